@@ -1,0 +1,105 @@
+/*
+ * ingest: validate and decode one upload into a struct ingest_batch.
+ *
+ * Everything that can be checked without the database is checked here, on
+ * the HTTP thread that received the body: JSON syntax and types, names,
+ * integers, finiteness, variance signs, lengths, base64 and dtypes, limits.
+ * What needs stored state (a layer's channel count fixed by an earlier
+ * upload, a batch identity seen before) is checked by the store's writer.
+ * A batch that leaves ingest is internally consistent; one that does not
+ * left nothing behind.
+ */
+#ifndef BNSTAT_INGEST_H
+#define BNSTAT_INGEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bnstat/error.h"
+#include "bnstat/stats.h"
+
+#define INGEST_NAME_MAX 128       /* run, worker, domain names */
+#define INGEST_LAYER_NAME_MAX 256 /* layer (module) names */
+#define INGEST_HASH_SIZE 16
+
+struct ingest_limits {
+	size_t max_layers;   /* layers per upload */
+	size_t max_channels; /* channels per layer */
+};
+
+struct ingest_layer {
+	const char *name;    /* NUL-terminated, owned by the batch */
+	int64_t count;       /* elements per channel, >= 0 */
+	size_t channels;     /* length of the arrays; 0 when count == 0 and no arrays were sent */
+	const double *mean;  /* [channels], NULL when channels == 0 */
+	const double *var;   /* [channels], NULL when channels == 0 */
+	const double *ema_mean; /* [channels] or NULL: the worker's running_mean */
+	const double *ema_var;  /* [channels] or NULL: the worker's running_var */
+};
+
+struct ingest_batch {
+	char run[INGEST_NAME_MAX + 1];
+	char worker[INGEST_NAME_MAX + 1];
+	char domain[INGEST_NAME_MAX + 1];
+	int64_t step;
+	int64_t seq;
+	enum stats_var_kind var_kind;
+	size_t n_layers;
+	struct ingest_layer *layers; /* sorted by name (strcmp), names unique */
+	/*
+	 * Content hash over var_kind, the number of layers and, layer by
+	 * layer in name order, name, count, channels, whether an EMA was sent
+	 * and the decoded doubles (mean, var, ema; -0.0 stored as +0.0). A
+	 * count-0 layer is content too. Two uploads
+	 * of one identity are "the same content" exactly when the hashes agree,
+	 * whatever encoding (number arrays, f32/f64 base64, safetensors) they
+	 * used. Run, worker, domain, step and seq are the identity, not content,
+	 * and are not hashed.
+	 */
+	uint8_t hash[INGEST_HASH_SIZE];
+};
+
+/* Default limits (documented in docs/API.md). */
+#define INGEST_DEFAULT_MAX_LAYERS 4096
+#define INGEST_DEFAULT_MAX_CHANNELS 65536
+
+/*
+ * True when s is a valid run, worker or domain name: [A-Za-z0-9._-]{1,128}.
+ */
+bool ingest_name_valid(const char *s);
+
+/* True when s is a valid layer name: [A-Za-z0-9._-]{1,256}. */
+bool ingest_layer_name_valid(const char *s);
+
+/*
+ * Decode the JSON upload body[0..len) for run `run` (taken from the URL;
+ * validated here too). On success returns 0 and stores in *out a batch that
+ * the caller owns and releases with ingest_batch_free(). On failure returns
+ * a negative errno, leaves *out NULL and describes the problem in *err:
+ * 400 (malformed JSON, wrong type, missing field) or 422 (invalid value,
+ * limit), with the path of the offending field ("worker",
+ * "layers.<name>.var[17]", "layers.<name>.mean.b64"; "" for the body as a
+ * whole). -EINVAL for those; -ENOMEM (with 500 "internal") when memory
+ * runs out. limits NULL means the defaults; err may be NULL. The body is
+ * borrowed and need not be NUL-terminated.
+ */
+int ingest_decode_json(const char *run, const char *body, size_t len,
+		       const struct ingest_limits *limits,
+		       struct ingest_batch **out, struct bn_error *err);
+
+/* Release a batch from ingest_decode_json(); NULL is fine. */
+void ingest_batch_free(struct ingest_batch *b);
+
+/*
+ * Decode standard base64 (RFC 4648, with '=' padding, no whitespace) of
+ * src[0..len) into dst, which has room for at least len/4*3 bytes
+ * (exactly the decoded size is enough: no byte past it is written).
+ * Returns the number of bytes written, or -EINVAL on a bad character,
+ * bad length or bad padding (including non-zero unused bits before the
+ * padding, so that each byte string has one accepted encoding). On
+ * -EINVAL the contents of dst are unspecified.
+ */
+long ingest_base64_decode(const char *src, size_t len, uint8_t *dst);
+
+#endif

@@ -1,0 +1,106 @@
+/*
+ * stats: the estimator math of bnstat, as pure functions over arrays.
+ *
+ * A batch reports, per channel, count n, mean m and variance v. It becomes
+ * the partial aggregate (n, m, M2) and partial aggregates are merged with
+ * Chan, Golub and LeVeque's pairwise update in double precision:
+ *
+ *   n = nA + nB;  d = mB - mA;  m = mA + d*nB/n;  M2 = M2A + M2B + d*d*nA*nB/n
+ *
+ * which is exact in the sense that matters (no E[x^2]-E[x]^2 cancellation)
+ * and associative to rounding: any split into batches, any order, any number
+ * of workers gives the same answer to ~1e-12 relative.
+ *
+ * struct stats_agg is everything the estimators need about a set of batches
+ * of one layer. Besides the pooled (n, mean, M2) it keeps, with weight one
+ * per batch, the mean and M2 of the batch means (for mean_of_batch_var and
+ * batch_noise) and the sum of the unbiased batch variances.
+ *
+ * Nothing here allocates except stats_agg_init(), and nothing does I/O.
+ */
+#ifndef BNSTAT_STATS_H
+#define BNSTAT_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum stats_var_kind {
+	STATS_VAR_UNBIASED = 0, /* v = M2/(n-1), PyTorch running_var convention */
+	STATS_VAR_BIASED = 1,   /* v = M2/n */
+};
+
+enum stats_estimator {
+	STATS_EST_POPULATION = 0,        /* mean = m, var = M2/n (fvcore) */
+	STATS_EST_MEAN_OF_BATCH_VAR = 1, /* mean of batch means, mean of unbiased batch vars */
+};
+
+/* Number of double arrays of length `channels` in a stats_agg. */
+#define STATS_AGG_ARRAYS 5
+
+struct stats_agg {
+	size_t channels;
+	int64_t n;       /* elements per channel merged (sum of batch counts) */
+	int64_t k;       /* batches merged (batches with count 0 do not count) */
+	int64_t nbs_min; /* smallest batch count merged, 0 when k == 0 */
+	int64_t nbs_max; /* largest batch count merged, 0 when k == 0 */
+	double *mean;    /* [channels] pooled mean */
+	double *m2;      /* [channels] pooled sum of squared deviations */
+	double *bmean;   /* [channels] unweighted mean of the k batch means */
+	double *bm2;     /* [channels] sum of squared deviations of batch means from bmean */
+	double *uvar;    /* [channels] sum of the k unbiased batch variances */
+};
+
+/*
+ * Set up an empty aggregate of `channels` channels. The five arrays are one
+ * allocation owned by the aggregate; release it with stats_agg_free().
+ * Returns 0 or -ENOMEM (-EINVAL when channels is 0). On failure *a is left
+ * zeroed, so stats_agg_free() on it is harmless.
+ */
+int stats_agg_init(struct stats_agg *a, size_t channels);
+
+/* Release what stats_agg_init() allocated; a zeroed aggregate is fine too. */
+void stats_agg_free(struct stats_agg *a);
+
+/* Make *a empty again (keeps its channel count and memory). */
+void stats_agg_reset(struct stats_agg *a);
+
+/*
+ * Merge one batch into *a: count elements per channel, per-channel mean and
+ * variance of kind `kind`, arrays of a->channels doubles borrowed from the
+ * caller. count == 0 is a no-op (the layer was unused in that batch); the
+ * arrays are then not read and may be NULL.
+ * The caller has validated the input (finite, var >= 0, count >= 2 for
+ * unbiased variance); a biased batch with count 1 contributes an unbiased
+ * variance of 0 to mean_of_batch_var.
+ */
+void stats_agg_add_batch(struct stats_agg *a, int64_t count,
+			 const double *mean, const double *var,
+			 enum stats_var_kind kind);
+
+/*
+ * Merge aggregate *src into *dst (same channel count, which is asserted;
+ * src is borrowed and left unchanged). Merging an empty aggregate is a
+ * no-op; merging into an empty one copies src exactly.
+ */
+void stats_agg_merge(struct stats_agg *dst, const struct stats_agg *src);
+
+/*
+ * Population statistics of *a by estimator `est` into the caller's arrays
+ * mean_out/var_out of a->channels doubles.
+ * Returns 0, -ENODATA when *a holds no batch, or -EINVAL for an unknown
+ * estimator; the arrays are not written on error.
+ */
+int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
+		   double *mean_out, double *var_out);
+
+/*
+ * The batch-noise diagnostic of SPEC section 2: per channel
+ * sqrt(s^2 / sigma_p^2), with s^2 the sample variance (divisor k-1) of the
+ * k batch means and sigma_p^2 = M2/n the population variance; *out is the
+ * mean over channels. Channels whose population variance is 0 are left out
+ * of the mean. Returns 0, or -ENODATA when k < 2 or no channel has a
+ * positive population variance (*out is then not written).
+ */
+int stats_batch_noise(const struct stats_agg *a, double *out);
+
+#endif

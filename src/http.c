@@ -1,0 +1,584 @@
+/*
+ * http: routes and request state on libmicrohttpd.
+ *
+ * Data flows one way: a request's body is gathered here, decoded by ingest,
+ * queued to the store's writer; GETs go to query with a store reader. The
+ * only thing that comes back from the writer is the outcome of an upload,
+ * through upload_done(), which resumes the suspended connection.
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "bnstat/ingest.h"
+#include "log.h"
+#include "query.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int MHD_Result;
+#else
+typedef enum MHD_Result MHD_Result;
+#endif
+
+#define MAX_LAYER_PARAMS 256
+
+struct http_server {
+	struct MHD_Daemon *mhd;
+	struct store *store;
+	struct http_options opt;
+	unsigned port;
+};
+
+enum route {
+	R_NONE,
+	R_HEALTH,
+	R_RUNS,
+	R_RUN,
+	R_BATCHES,
+	R_STATS,
+};
+
+static const char *const route_names[] = {
+	[R_NONE] = "none", [R_HEALTH] = "healthz", [R_RUNS] = "runs",
+	[R_RUN] = "run", [R_BATCHES] = "batches", [R_STATS] = "stats",
+};
+
+struct request {
+	struct http_server *srv;
+	struct MHD_Connection *conn;
+	enum route route;
+	char run[INGEST_NAME_MAX + 2];
+	struct timespec started;
+
+	/* the body */
+	char *body;
+	size_t len, cap;
+	bool too_large;
+
+	/* an upload waiting for the writer; mu orders suspend before resume */
+	pthread_mutex_t mu;
+	bool submitted;
+	bool done;
+	struct store_result res;
+};
+
+void http_options_default(struct http_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->host = "127.0.0.1";
+	o->port = 8650;
+	o->threads = 4;
+	o->max_body = 64u << 20;
+	o->max_connections = 1024;
+	o->timeout_s = 60;
+	o->limits.max_layers = INGEST_DEFAULT_MAX_LAYERS;
+	o->limits.max_channels = INGEST_DEFAULT_MAX_CHANNELS;
+}
+
+/* --- replies ---------------------------------------------------------------- */
+
+static MHD_Result reply_text(struct request *rq, unsigned status, char *text,
+			     size_t len, const char *content_type)
+{
+	struct MHD_Response *resp;
+	MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	if (status == 503)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	ret = MHD_queue_response(rq->conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* Queue doc (stolen) as the reply. */
+static MHD_Result reply_json(struct request *rq, unsigned status, json_t *doc)
+{
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(17));
+	size_t len;
+
+	json_decref(doc);
+	if (text == NULL)
+		return MHD_NO;
+	len = strlen(text);
+	text[len] = '\0';
+	return reply_text(rq, status, text, len, "application/json");
+}
+
+static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
+{
+	int status = err->status ? err->status : 500;
+	json_t *e = json_pack("{s:i, s:s, s:s}", "status", status, "code",
+			      err->code[0] ? err->code : BN_E_INTERNAL, "message", err->message);
+
+	if (e == NULL)
+		return MHD_NO;
+	if (err->path[0] != '\0')
+		json_object_set_new(e, "path", json_string(err->path));
+	if (status >= 500)
+		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
+			  route_names[rq->route],
+			  rq->run, status, err->message);
+	else
+		log_info("request_rejected", "route=%s run=%s status=%d code=%s path=\"%s\"",
+			 route_names[rq->route], rq->run, status, err->code, err->path);
+	return reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
+}
+
+static MHD_Result fail(struct request *rq, int status, const char *code,
+		       const char *path, const char *msg)
+{
+	struct bn_error err;
+
+	bn_error_set(&err, status, code, path, "%s", msg);
+	return reply_error(rq, &err);
+}
+
+/* --- routing --------------------------------------------------------------- */
+
+/*
+ * Match url against the routes. Fills rq->route and rq->run; returns the
+ * allowed methods for a known path (for 405) or NULL for an unknown one.
+ */
+static const char *route_match(struct request *rq, const char *url)
+{
+	const char *p, *slash;
+	size_t n;
+
+	if (strcmp(url, "/healthz") == 0) {
+		rq->route = R_HEALTH;
+		return "GET";
+	}
+	if (strcmp(url, "/v1/runs") == 0 || strcmp(url, "/v1/runs/") == 0) {
+		rq->route = R_RUNS;
+		return "GET";
+	}
+	if (strncmp(url, "/v1/runs/", 9) != 0)
+		return NULL;
+	p = url + 9;
+	slash = strchr(p, '/');
+	n = slash ? (size_t)(slash - p) : strlen(p);
+	if (n == 0 || n >= sizeof(rq->run))
+		n = sizeof(rq->run) - 1; /* too long: caught by name validation */
+	memcpy(rq->run, p, n);
+	rq->run[n] = '\0';
+	if (slash == NULL || strcmp(slash, "/") == 0) {
+		rq->route = R_RUN;
+		return "GET";
+	}
+	if (strcmp(slash, "/batches") == 0) {
+		rq->route = R_BATCHES;
+		return "POST";
+	}
+	if (strcmp(slash, "/stats") == 0) {
+		rq->route = R_STATS;
+		return "GET";
+	}
+	return NULL;
+}
+
+/* --- uploads ------------------------------------------------------------------ */
+
+/* Writer thread: the batch committed (or failed); wake the connection. */
+static void upload_done(void *ctx, const struct store_result *r)
+{
+	struct request *rq = ctx;
+	struct MHD_Connection *conn = rq->conn;
+
+	pthread_mutex_lock(&rq->mu);
+	rq->res = *r;
+	rq->done = true;
+	pthread_mutex_unlock(&rq->mu);
+	/* rq may be freed once resumed; only conn is touched from here on. */
+	MHD_resume_connection(conn);
+}
+
+static MHD_Result handle_upload(struct request *rq)
+{
+	struct http_server *srv = rq->srv;
+	struct ingest_batch *b = NULL;
+	struct bn_error err;
+	const char *ctype;
+	size_t n_layers;
+	int rc;
+
+	if (rq->submitted) {
+		bool done;
+		struct store_result res;
+
+		pthread_mutex_lock(&rq->mu);
+		done = rq->done;
+		res = rq->res;
+		pthread_mutex_unlock(&rq->mu);
+		if (!done)
+			return MHD_YES; /* spurious wake-up; still suspended work */
+		if (res.status != 200)
+			return reply_error(rq, &res.err);
+		return reply_json(rq, 200, json_pack("{s:b, s:b, s:I}", "accepted", 1,
+						     "duplicate", res.duplicate, "layers",
+						     (json_int_t)res.layers));
+	}
+
+	ctype = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+					    MHD_HTTP_HEADER_CONTENT_TYPE);
+	/* Anything but the binary form is taken as JSON (curl -d sends a form type). */
+	if (ctype != NULL && strncasecmp(ctype, "application/octet-stream", 24) == 0)
+		return fail(rq, 415, BN_E_MEDIA, NULL,
+			    "binary (safetensors) uploads are not supported by this server yet; "
+			    "send JSON with Content-Type: application/json");
+	rc = ingest_decode_json(rq->run, rq->body ? rq->body : "", rq->len, &srv->opt.limits,
+				&b, &err);
+	if (rc < 0)
+		return reply_error(rq, &err);
+	free(rq->body); /* the batch holds everything decoded */
+	rq->body = NULL;
+	rq->len = rq->cap = 0;
+
+	n_layers = b->n_layers;
+	pthread_mutex_lock(&rq->mu);
+	rc = store_submit(srv->store, b, upload_done, rq);
+	if (rc == 0) {
+		rq->submitted = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	pthread_mutex_unlock(&rq->mu);
+	if (rc == 0) {
+		log_debug("upload_queued", "run=%s layers=%zu", rq->run, n_layers);
+		return MHD_YES;
+	}
+	ingest_batch_free(b);
+	if (rc == -EAGAIN)
+		return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+			    "the write queue is full; retry after a second");
+	return fail(rq, 503, BN_E_UNAVAILABLE, NULL, "the server is shutting down");
+}
+
+/* --- reads ---------------------------------------------------------------------- */
+
+struct layer_params {
+	const char *v[MAX_LAYER_PARAMS];
+	size_t n;
+	bool overflow;
+};
+
+static MHD_Result collect_layer_param(void *cls, enum MHD_ValueKind kind,
+				      const char *key, const char *value)
+{
+	struct layer_params *lp = cls;
+
+	if (strcmp(key, "layer") != 0)
+		return MHD_YES;
+	if (lp->n == MAX_LAYER_PARAMS) {
+		lp->overflow = true;
+		return MHD_NO;
+	}
+	lp->v[lp->n++] = value ? value : "";
+	return MHD_YES;
+}
+
+static const char *arg(struct request *rq, const char *key)
+{
+	return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static MHD_Result handle_get(struct request *rq)
+{
+	struct store_reader *r = NULL;
+	struct bn_error err;
+	json_t *doc = NULL;
+	int rc;
+
+	bn_error_clear(&err);
+	if (rq->route == R_HEALTH)
+		return reply_json(rq, 200, json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
+						     store_schema_version(rq->srv->store),
+						     "queue", (json_int_t)store_queue_depth(rq->srv->store)));
+	if (store_reader_get(rq->srv->store, &r, &err) < 0)
+		return reply_error(rq, &err);
+	switch (rq->route) {
+	case R_RUNS:
+		rc = query_runs(r, &doc, &err);
+		break;
+	case R_RUN:
+		rc = query_run(r, rq->run, &doc, &err);
+		break;
+	case R_STATS: {
+		struct layer_params lp = { .n = 0 };
+		struct query_stats_params p;
+
+		MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, collect_layer_param, &lp);
+		if (lp.overflow) {
+			rc = bn_error_set(&err, 422, BN_E_LIMIT, "layer",
+					  "at most %d layer= parameters", MAX_LAYER_PARAMS);
+			break;
+		}
+		p.step = arg(rq, "step");
+		p.window = arg(rq, "window");
+		p.domain = arg(rq, "domain");
+		p.estimator = arg(rq, "estimator");
+		p.layers = lp.v;
+		p.n_layers = lp.n;
+		rc = query_stats(r, rq->run, &p, &doc, &err);
+		break;
+	}
+	default:
+		rc = bn_error_set(&err, 404, BN_E_NOT_FOUND, NULL, "no such resource");
+		break;
+	}
+	store_reader_put(rq->srv->store, r);
+	if (rc < 0)
+		return reply_error(rq, &err);
+	return reply_json(rq, 200, doc);
+}
+
+/* --- the access handler ------------------------------------------------------------- */
+
+static bool body_append(struct request *rq, const char *data, size_t size)
+{
+	size_t need = rq->len + size;
+
+	if (need > rq->srv->opt.max_body) {
+		rq->too_large = true;
+		free(rq->body);
+		rq->body = NULL;
+		rq->len = rq->cap = 0;
+		return false;
+	}
+	if (need + 1 > rq->cap) {
+		size_t cap = rq->cap ? rq->cap : 16384;
+		char *p;
+
+		while (cap < need + 1)
+			cap *= 2;
+		if (cap > rq->srv->opt.max_body + 1)
+			cap = rq->srv->opt.max_body + 1;
+		p = realloc(rq->body, cap);
+		if (p == NULL)
+			return false;
+		rq->body = p;
+		rq->cap = cap;
+	}
+	memcpy(rq->body + rq->len, data, size);
+	rq->len += size;
+	rq->body[rq->len] = '\0';
+	return true;
+}
+
+static struct request *request_new(struct http_server *srv,
+				   struct MHD_Connection *conn)
+{
+	struct request *rq = calloc(1, sizeof(*rq));
+
+	if (rq == NULL)
+		return NULL;
+	rq->srv = srv;
+	rq->conn = conn;
+	pthread_mutex_init(&rq->mu, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &rq->started);
+	return rq;
+}
+
+static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+			     const char *url, const char *method,
+			     const char *version, const char *upload_data,
+			     size_t *upload_data_size, void **req_cls)
+{
+	struct http_server *srv = cls;
+	struct request *rq = *req_cls;
+	char msg[128];
+	const char *allowed;
+
+	if (rq == NULL) {
+		const char *clen;
+
+		rq = request_new(srv, conn);
+		if (rq == NULL)
+			return MHD_NO;
+		*req_cls = rq;
+		allowed = route_match(rq, url);
+		if (allowed == NULL)
+			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
+		if (strcmp(method, allowed) != 0) {
+			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
+			return fail(rq, 405, BN_E_METHOD, NULL, msg);
+		}
+		clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						   MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (clen != NULL) {
+			unsigned long long n = strtoull(clen, NULL, 10);
+
+			if (n > srv->opt.max_body) {
+				snprintf(msg, sizeof(msg), "the body is %llu bytes; the limit is %zu",
+					 n, srv->opt.max_body);
+				return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
+			}
+			if (n > 0) { /* one allocation for the whole body */
+				char *p = realloc(rq->body, (size_t)n + 1);
+
+				if (p == NULL)
+					return MHD_NO;
+				rq->body = p;
+				rq->cap = (size_t)n + 1;
+			}
+		}
+		return MHD_YES;
+	}
+
+	if (*upload_data_size > 0) {
+		if (!rq->too_large && !body_append(rq, upload_data, *upload_data_size) &&
+		    !rq->too_large)
+			return MHD_NO; /* out of memory */
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (rq->too_large) {
+		snprintf(msg, sizeof(msg), "the body is larger than the limit of %zu bytes",
+			 srv->opt.max_body);
+		return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
+	}
+	if (rq->route == R_BATCHES)
+		return handle_upload(rq);
+	return handle_get(rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct request *rq = *req_cls;
+
+	if (rq == NULL)
+		return;
+	if (rq->submitted && !rq->done)
+		log_error("request_abandoned", "run=%s", rq->run); /* cannot happen: suspended */
+	pthread_mutex_destroy(&rq->mu);
+	free(rq->body);
+	free(rq);
+	*req_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+	size_t n;
+
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	for (char *p = line; *p; p++)
+		if (*p == '"')
+			*p = '\'';
+	log_warn("http", "message=\"%s\"", line);
+}
+
+/* --- start and stop ------------------------------------------------------------------- */
+
+int http_start(const struct http_options *o, struct store *s,
+	       struct http_server **out, struct bn_error *err)
+{
+	struct http_server *srv;
+	struct addrinfo hints, *ai = NULL;
+	const union MHD_DaemonInfo *info;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	int rc;
+
+	*out = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	rc = getaddrinfo(o->host, NULL, &hints, &ai);
+	if (rc != 0)
+		return bn_error_set(err, 500, BN_E_INTERNAL, "listen", "cannot resolve %s: %s",
+				    o->host, gai_strerror(rc));
+	if (ai->ai_family == AF_INET6) {
+		((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons((uint16_t)o->port);
+		flags |= MHD_USE_IPv6;
+	} else {
+		((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)o->port);
+	}
+
+	srv = calloc(1, sizeof(*srv));
+	if (srv == NULL) {
+		freeaddrinfo(ai);
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	}
+	srv->store = s;
+	srv->opt = *o;
+	srv->mhd = MHD_start_daemon(
+		flags, (uint16_t)o->port, NULL, NULL, on_request, srv,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
+		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 1),
+		MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+		MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+		MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (srv->mhd == NULL) {
+		free(srv);
+		return bn_error_set(err, 500, BN_E_INTERNAL, "listen",
+				    "cannot listen on %s:%u (address in use or not available)",
+				    o->host, o->port);
+	}
+	info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+	srv->port = info ? info->port : o->port;
+	*out = srv;
+	return 0;
+}
+
+unsigned http_port(const struct http_server *h)
+{
+	return h->port;
+}
+
+void http_quiesce(struct http_server *h)
+{
+	MHD_socket fd;
+
+	if (h == NULL)
+		return;
+	fd = MHD_quiesce_daemon(h->mhd);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+}
+
+unsigned http_drain(struct http_server *h, unsigned timeout_ms)
+{
+	unsigned waited = 0;
+	const union MHD_DaemonInfo *info;
+
+	for (;;) {
+		info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+		if (info == NULL || info->num_connections == 0 || waited >= timeout_ms)
+			return info ? info->num_connections : 0;
+		usleep(10000);
+		waited += 10;
+	}
+}
+
+void http_stop(struct http_server *h)
+{
+	if (h == NULL)
+		return;
+	MHD_stop_daemon(h->mhd);
+	free(h);
+}

@@ -1,0 +1,57 @@
+/*
+ * http: the libmicrohttpd server, its routes and per-request state.
+ *
+ * Bodies are read incrementally into the request's own buffer (refused with
+ * 413 from Content-Length on the first call, and by counting bytes after).
+ * An upload is decoded on the connection's thread, queued for the store's
+ * writer and the connection suspended until the writer reports the commit;
+ * HTTP threads never wait on SQLite writes.
+ */
+#ifndef BNSTAT_HTTP_H
+#define BNSTAT_HTTP_H
+
+#include <stddef.h>
+
+#include "bnstat/error.h"
+#include "bnstat/ingest.h"
+#include "store.h"
+
+struct http_options {
+	const char *host;          /* numeric address or name to bind */
+	unsigned port;             /* 0: any free port (see http_port) */
+	unsigned threads;          /* libmicrohttpd thread pool size */
+	size_t max_body;           /* bytes; larger bodies get 413 */
+	unsigned max_connections;  /* open connections at most */
+	unsigned timeout_s;        /* idle connection timeout */
+	struct ingest_limits limits;
+};
+
+struct http_server;
+
+/* Fill *o with the defaults (127.0.0.1:8650, see docs/OPERATIONS.md). */
+void http_options_default(struct http_options *o);
+
+/*
+ * Bind and start serving with store s (borrowed; it must outlive the
+ * server). On success *out is owned by the caller: stop it with
+ * http_stop(). Returns 0 or a negative errno with *err filled in.
+ */
+int http_start(const struct http_options *o, struct store *s,
+	       struct http_server **out, struct bn_error *err);
+
+/* The port actually bound (useful with port 0). */
+unsigned http_port(const struct http_server *h);
+
+/* Stop accepting new connections; requests in flight go on. */
+void http_quiesce(struct http_server *h);
+
+/*
+ * Wait up to timeout_ms for open connections to finish.
+ * Returns the number still open.
+ */
+unsigned http_drain(struct http_server *h, unsigned timeout_ms);
+
+/* Stop the server and free it; NULL is fine. */
+void http_stop(struct http_server *h);
+
+#endif

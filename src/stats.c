@@ -1,0 +1,248 @@
+/*
+ * stats: the estimator math (see include/bnstat/stats.h and SPEC section 2).
+ *
+ * Every merge here, of a batch into an aggregate or of two aggregates, is the
+ * same Chan-Golub-LeVeque pairwise update, applied twice: once to the pooled
+ * elements (weights = element counts) and once to the batch means (weight one
+ * per batch). Using the one update for both paths is what makes the result
+ * independent of how the batches were split among workers and in which order
+ * they arrived, up to rounding.
+ */
+#include "bnstat/stats.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int stats_agg_init(struct stats_agg *a, size_t channels)
+{
+	double *block;
+
+	memset(a, 0, sizeof(*a));
+	if (channels == 0)
+		return -EINVAL;
+	/*
+	 * One block for the five arrays: one allocation to fail, one to free,
+	 * and reset/copy are a single memset/memcpy. STATS_AGG_ARRAYS *
+	 * channels cannot overflow for any channel count a caller could have
+	 * memory for, but guard anyway rather than allocate too little.
+	 */
+	if (channels > SIZE_MAX / STATS_AGG_ARRAYS)
+		return -ENOMEM;
+	block = calloc(STATS_AGG_ARRAYS * channels, sizeof(*block));
+	if (block == NULL)
+		return -ENOMEM;
+	a->channels = channels;
+	a->mean = block;
+	a->m2 = block + channels;
+	a->bmean = block + 2 * channels;
+	a->bm2 = block + 3 * channels;
+	a->uvar = block + 4 * channels;
+	return 0;
+}
+
+void stats_agg_free(struct stats_agg *a)
+{
+	/* mean is the start of the single block that holds all five arrays. */
+	free(a->mean);
+	memset(a, 0, sizeof(*a));
+}
+
+void stats_agg_reset(struct stats_agg *a)
+{
+	if (a->mean != NULL)
+		memset(a->mean, 0,
+		       STATS_AGG_ARRAYS * a->channels * sizeof(*a->mean));
+	a->n = 0;
+	a->k = 0;
+	a->nbs_min = 0;
+	a->nbs_max = 0;
+}
+
+void stats_agg_add_batch(struct stats_agg *a, int64_t count,
+			 const double *mean, const double *var,
+			 enum stats_var_kind kind)
+{
+	int64_t n;
+	double nb, wn, fn, wk, fk;
+	size_t c;
+
+	/*
+	 * A layer unused in a batch sends count 0 and possibly no arrays: it
+	 * must neither touch the arrays nor count as a batch. A negative count
+	 * is a caller bug; treating it like 0 keeps the aggregate sane.
+	 */
+	if (count <= 0)
+		return;
+
+	n = a->n + count;
+	nb = (double)count;
+	/*
+	 * Per-batch weights of the Chan update, computed once: wn = nB/n and
+	 * fn = nA*nB/n for the elements; wk = 1/(k+1) and fk = k/(k+1) for the
+	 * batch means, where the new batch mean is one observation.
+	 */
+	wn = nb / (double)n;
+	fn = (double)a->n * wn;
+	wk = 1.0 / (double)(a->k + 1);
+	fk = (double)a->k * wk;
+
+	for (c = 0; c < a->channels; c++) {
+		double m2b, d;
+
+		if (kind == STATS_VAR_BIASED)
+			m2b = var[c] * nb;
+		else
+			m2b = var[c] * (double)(count - 1);
+
+		if (a->k == 0) {
+			/*
+			 * The first batch is taken as it is: the update would
+			 * compute d*d*0, which is NaN when d*d overflows.
+			 */
+			a->mean[c] = mean[c];
+			a->m2[c] = m2b;
+			a->bmean[c] = mean[c];
+			a->bm2[c] = 0.0;
+		} else {
+			d = mean[c] - a->mean[c];
+			a->mean[c] += d * wn;
+			a->m2[c] += m2b + d * d * fn;
+
+			d = mean[c] - a->bmean[c];
+			a->bmean[c] += d * wk;
+			a->bm2[c] += d * d * fk;
+		}
+
+		/*
+		 * uvar wants the unbiased batch variance: M2/(n-1) for a
+		 * biased report. Divide rather than multiply by a reciprocal
+		 * so that a biased and an unbiased report of the same batch
+		 * give the same bits whenever v*n is exact. A single element
+		 * has no spread to estimate and adds 0 (the header's contract;
+		 * ingest refuses count 1 with an unbiased variance).
+		 */
+		if (kind != STATS_VAR_BIASED)
+			a->uvar[c] += var[c];
+		else if (count > 1)
+			a->uvar[c] += m2b / (double)(count - 1);
+	}
+
+	if (a->k == 0 || count < a->nbs_min)
+		a->nbs_min = count;
+	if (a->k == 0 || count > a->nbs_max)
+		a->nbs_max = count;
+	a->n = n;
+	a->k++;
+}
+
+void stats_agg_merge(struct stats_agg *dst, const struct stats_agg *src)
+{
+	int64_t n, k;
+	double wn, fn, wk, fk;
+	size_t c;
+
+	assert(dst->channels == src->channels);
+	if (src->k == 0)
+		return;
+	if (dst->k == 0) {
+		/*
+		 * The update below would give the same numbers up to the last
+		 * bit or so; a copy makes "merge into empty" exact, so that a
+		 * tree of merges with empty leaves equals one without them.
+		 */
+		if (dst != src)
+			memcpy(dst->mean, src->mean, STATS_AGG_ARRAYS *
+			       src->channels * sizeof(*src->mean));
+		dst->n = src->n;
+		dst->k = src->k;
+		dst->nbs_min = src->nbs_min;
+		dst->nbs_max = src->nbs_max;
+		return;
+	}
+
+	/* Read every scalar of src before writing dst: they may alias. */
+	n = dst->n + src->n;
+	k = dst->k + src->k;
+	wn = (double)src->n / (double)n;
+	fn = (double)dst->n * wn;
+	wk = (double)src->k / (double)k;
+	fk = (double)dst->k * wk;
+
+	for (c = 0; c < dst->channels; c++) {
+		double d;
+
+		d = src->mean[c] - dst->mean[c];
+		dst->mean[c] += d * wn;
+		dst->m2[c] += src->m2[c] + d * d * fn;
+
+		d = src->bmean[c] - dst->bmean[c];
+		dst->bmean[c] += d * wk;
+		dst->bm2[c] += src->bm2[c] + d * d * fk;
+
+		dst->uvar[c] += src->uvar[c];
+	}
+
+	if (src->nbs_min < dst->nbs_min)
+		dst->nbs_min = src->nbs_min;
+	if (src->nbs_max > dst->nbs_max)
+		dst->nbs_max = src->nbs_max;
+	dst->n = n;
+	dst->k = k;
+}
+
+int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
+		   double *mean_out, double *var_out)
+{
+	size_t c;
+
+	if (a->k == 0)
+		return -ENODATA;
+
+	switch (est) {
+	case STATS_EST_POPULATION:
+		for (c = 0; c < a->channels; c++) {
+			mean_out[c] = a->mean[c];
+			var_out[c] = a->m2[c] / (double)a->n;
+		}
+		return 0;
+	case STATS_EST_MEAN_OF_BATCH_VAR:
+		for (c = 0; c < a->channels; c++) {
+			mean_out[c] = a->bmean[c];
+			var_out[c] = a->uvar[c] / (double)a->k;
+		}
+		return 0;
+	}
+	return -EINVAL;
+}
+
+int stats_batch_noise(const struct stats_agg *a, double *out)
+{
+	double sum = 0.0;
+	size_t c, used = 0;
+
+	if (a->k < 2)
+		return -ENODATA;
+
+	for (c = 0; c < a->channels; c++) {
+		double pvar = a->m2[c] / (double)a->n;
+		double s2 = a->bm2[c] / (double)(a->k - 1);
+
+		/*
+		 * A constant channel has no scale to compare the batch means
+		 * against; counting it would put inf or NaN into the layer's
+		 * value.
+		 */
+		if (!(pvar > 0.0))
+			continue;
+		sum += sqrt(s2 / pvar);
+		used++;
+	}
+	if (used == 0)
+		return -ENODATA;
+	*out = sum / (double)used;
+	return 0;
+}

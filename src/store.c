@@ -1,0 +1,1069 @@
+/*
+ * store: SQLite persistence, the single writer and the reader pool.
+ *
+ * The writer thread is the only code that writes. It drains the queue of
+ * decoded batches into one transaction per round (group commit): each batch
+ * gets a savepoint, so that a batch refused for a reason only the database
+ * knows (a layer's channel count, a conflicting resend) rolls back alone
+ * while the others commit. Outcomes are reported after COMMIT returns, which
+ * is what lets the HTTP layer promise that a 2xx is durable.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "log.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the stored blobs are little-endian doubles; big-endian hosts need byte swapping"
+#endif
+
+struct queued {
+	struct queued *next;
+	struct ingest_batch *batch;
+	store_done_fn done;
+	void *ctx;
+	struct store_result res;
+};
+
+/* Statements the writer prepares once. */
+enum wstmt {
+	W_RUN_GET,
+	W_RUN_INS,
+	W_DOM_GET,
+	W_DOM_INS,
+	W_BATCH_GET,
+	W_BATCH_INS,
+	W_LAYER_GET,
+	W_LAYER_INS,
+	W_AGG_GET,
+	W_AGG_PUT,
+	W_EMA_PUT,
+	W_COUNT
+};
+
+static const char *const wstmt_sql[W_COUNT] = {
+	[W_RUN_GET] = "SELECT id FROM runs WHERE name = ?1",
+	[W_RUN_INS] = "INSERT INTO runs (name, created) VALUES (?1, ?2)",
+	[W_DOM_GET] = "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
+	[W_DOM_INS] = "INSERT INTO domains (run_id, name) VALUES (?1, ?2)",
+	[W_BATCH_GET] = "SELECT hash FROM batches WHERE run_id = ?1 AND domain_id = ?2"
+			" AND worker = ?3 AND step = ?4 AND seq = ?5",
+	[W_BATCH_INS] = "INSERT INTO batches (run_id, domain_id, worker, step, seq,"
+			" hash, layers, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+	[W_LAYER_GET] = "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
+	[W_LAYER_INS] = "INSERT INTO layers (run_id, name, channels) VALUES (?1, ?2, ?3)",
+	[W_AGG_GET] = "SELECT n, k, nbs_min, nbs_max, data FROM aggs WHERE run_id = ?1"
+		      " AND domain_id = ?2 AND step = ?3 AND layer_id = ?4",
+	[W_AGG_PUT] = "INSERT INTO aggs (run_id, domain_id, step, layer_id, n, k,"
+		      " nbs_min, nbs_max, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+		      " ON CONFLICT (run_id, domain_id, step, layer_id) DO UPDATE SET"
+		      " n = excluded.n, k = excluded.k, nbs_min = excluded.nbs_min,"
+		      " nbs_max = excluded.nbs_max, data = excluded.data",
+	[W_EMA_PUT] = "INSERT INTO emas (run_id, domain_id, layer_id, worker, step, seq, data)"
+		      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+		      " ON CONFLICT (run_id, domain_id, layer_id, worker, step) DO UPDATE SET"
+		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
+};
+
+struct store_reader {
+	struct store_reader *next;
+	sqlite3 *db;
+	double *scratch; /* STATS_AGG_ARRAYS * cap doubles */
+	size_t scratch_cap;
+};
+
+struct store {
+	char *path;
+	struct store_options opt;
+	int schema_version;
+
+	/* writer */
+	sqlite3 *wdb;
+	sqlite3_stmt *ws[W_COUNT];
+	double *wscratch; /* STATS_AGG_ARRAYS * wscratch_cap doubles */
+	size_t wscratch_cap;
+	pthread_t writer;
+	bool writer_started;
+
+	/* queue, guarded by mu */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct queued *head, *tail;
+	size_t depth;
+	bool closing;
+
+	/* reader pool, guarded by rmu */
+	pthread_mutex_t rmu;
+	struct store_reader *idle;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int db_error(struct bn_error *err, sqlite3 *db, const char *what)
+{
+	return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "%s: %s", what,
+			    db ? sqlite3_errmsg(db) : "out of memory");
+}
+
+void store_options_default(struct store_options *o)
+{
+	o->queue_max = 1024;
+	o->group_max = 512;
+	o->sync_full = true;
+}
+
+/* Point the arrays of *a into data, which holds STATS_AGG_ARRAYS * c doubles. */
+static void agg_view(struct stats_agg *a, double *data, size_t c)
+{
+	a->channels = c;
+	a->mean = data;
+	a->m2 = data + c;
+	a->bmean = data + 2 * c;
+	a->bm2 = data + 3 * c;
+	a->uvar = data + 4 * c;
+}
+
+/* Grow a scratch buffer to hold an aggregate of c channels. */
+static int scratch_reserve(double **buf, size_t *cap, size_t c)
+{
+	double *p;
+
+	if (c <= *cap)
+		return 0;
+	p = realloc(*buf, STATS_AGG_ARRAYS * c * sizeof(double));
+	if (p == NULL)
+		return -ENOMEM;
+	*buf = p;
+	*cap = c;
+	return 0;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, struct bn_error *err)
+{
+	char *msg = NULL;
+	int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+
+	if (rc != SQLITE_OK) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "%s: %s", sql,
+			     msg ? msg : sqlite3_errstr(rc));
+		sqlite3_free(msg);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int pragma_int(sqlite3 *db, const char *sql, int *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+static int open_conn(const char *path, bool writer, sqlite3 **out,
+		     struct bn_error *err)
+{
+	sqlite3 *db = NULL;
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+	int rc;
+
+	if (writer)
+		flags |= SQLITE_OPEN_CREATE;
+	rc = sqlite3_open_v2(path, &db, flags, NULL);
+	if (rc != SQLITE_OK) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot open database %s: %s",
+			     path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+		sqlite3_close(db);
+		return -EIO;
+	}
+	sqlite3_busy_timeout(db, 10000);
+	sqlite3_extended_result_codes(db, 1);
+	*out = db;
+	return 0;
+}
+
+static int migrate(struct store *s, struct bn_error *err)
+{
+	int version = 0;
+	int latest = 0;
+	size_t i;
+
+	if (pragma_int(s->wdb, "PRAGMA user_version", &version) < 0)
+		return db_error(err, s->wdb, "reading schema version");
+	for (i = 0; i < store_migrations_count; i++)
+		if (store_migrations[i].version > latest)
+			latest = store_migrations[i].version;
+	if (version > latest)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL,
+				    "database schema version %d is newer than this bnstatd knows (%d)",
+				    version, latest);
+	for (i = 0; i < store_migrations_count; i++) {
+		const struct store_migration *m = &store_migrations[i];
+
+		if (m->version <= version)
+			continue;
+		if (exec_sql(s->wdb, "BEGIN IMMEDIATE", err) < 0)
+			return -EIO;
+		if (exec_sql(s->wdb, m->sql, err) < 0) {
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+			return -EIO;
+		}
+		if (exec_sql(s->wdb, "COMMIT", err) < 0) {
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+			return -EIO;
+		}
+		log_info("migrated", "version=%d name=%s", m->version, m->name);
+		version = m->version;
+	}
+	s->schema_version = version;
+	return 0;
+}
+
+/* --- the writer ----------------------------------------------------------- */
+
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Find or create a row by (optional run_id, name); *id receives its id. */
+static int intern(struct store *s, enum wstmt get, enum wstmt ins,
+		  int64_t run_id, const char *name, int64_t *id)
+{
+	sqlite3_stmt *st = s->ws[get];
+	int rc;
+
+	if (get == W_RUN_GET) {
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	} else {
+		sqlite3_bind_int64(st, 1, run_id);
+		sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	}
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (rc == SQLITE_ROW)
+		return 0;
+	if (rc != SQLITE_DONE)
+		return -EIO;
+
+	st = s->ws[ins];
+	if (ins == W_RUN_INS) {
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, now_ms());
+	} else {
+		sqlite3_bind_int64(st, 1, run_id);
+		sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	}
+	if (step_done(st) < 0)
+		return -EIO;
+	*id = sqlite3_last_insert_rowid(s->wdb);
+	return 0;
+}
+
+/*
+ * Find the layer, or create it with the batch's channel count. A layer
+ * whose stored channel count differs refuses the batch (422).
+ */
+static int layer_resolve(struct store *s, int64_t run_id,
+			 const struct ingest_layer *l, int64_t *layer_id,
+			 struct bn_error *err)
+{
+	sqlite3_stmt *st = s->ws[W_LAYER_GET];
+	int64_t channels = 0;
+	char path[BN_ERROR_PATH_MAX];
+	int rc;
+
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, l->name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*layer_id = sqlite3_column_int64(st, 0);
+		channels = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	if (rc == SQLITE_ROW) {
+		if ((size_t)channels == l->channels)
+			return 0;
+		snprintf(path, sizeof(path), "layers.%s.mean", l->name);
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "layer %s has %lld channels (fixed by its first upload); this upload has %zu",
+				    l->name, (long long)channels, l->channels);
+	}
+	if (rc != SQLITE_DONE)
+		return db_error(err, s->wdb, "looking up layer");
+
+	st = s->ws[W_LAYER_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, l->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)l->channels);
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "creating layer");
+	*layer_id = sqlite3_last_insert_rowid(s->wdb);
+	return 0;
+}
+
+/* Merge one layer of a batch into its per-step aggregate row. */
+static int agg_update(struct store *s, int64_t run_id, int64_t domain_id,
+		      int64_t step, int64_t layer_id, enum stats_var_kind kind,
+		      const struct ingest_layer *l, struct bn_error *err)
+{
+	sqlite3_stmt *st = s->ws[W_AGG_GET];
+	struct stats_agg a;
+	size_t c = l->channels;
+	size_t bytes = STATS_AGG_ARRAYS * c * sizeof(double);
+	int rc;
+
+	if (scratch_reserve(&s->wscratch, &s->wscratch_cap, c) < 0)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	agg_view(&a, s->wscratch, c);
+
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step);
+	sqlite3_bind_int64(st, 4, layer_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const void *blob = sqlite3_column_blob(st, 4);
+
+		if ((size_t)sqlite3_column_bytes(st, 4) != bytes) {
+			sqlite3_reset(st);
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL,
+					    "stored aggregate of layer %s has the wrong size", l->name);
+		}
+		a.n = sqlite3_column_int64(st, 0);
+		a.k = sqlite3_column_int64(st, 1);
+		a.nbs_min = sqlite3_column_int64(st, 2);
+		a.nbs_max = sqlite3_column_int64(st, 3);
+		memcpy(s->wscratch, blob, bytes);
+	} else {
+		a.n = a.k = a.nbs_min = a.nbs_max = 0;
+		memset(s->wscratch, 0, bytes);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return db_error(err, s->wdb, "reading aggregate");
+
+	stats_agg_add_batch(&a, l->count, l->mean, l->var, kind);
+
+	st = s->ws[W_AGG_PUT];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step);
+	sqlite3_bind_int64(st, 4, layer_id);
+	sqlite3_bind_int64(st, 5, a.n);
+	sqlite3_bind_int64(st, 6, a.k);
+	sqlite3_bind_int64(st, 7, a.nbs_min);
+	sqlite3_bind_int64(st, 8, a.nbs_max);
+	sqlite3_bind_blob(st, 9, s->wscratch, (int)bytes, SQLITE_STATIC);
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "writing aggregate");
+	return 0;
+}
+
+static int ema_put(struct store *s, int64_t run_id, int64_t domain_id,
+		   int64_t layer_id, const struct ingest_batch *b,
+		   const struct ingest_layer *l, struct bn_error *err)
+{
+	sqlite3_stmt *st = s->ws[W_EMA_PUT];
+	size_t c = l->channels;
+
+	if (scratch_reserve(&s->wscratch, &s->wscratch_cap, c) < 0)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	memcpy(s->wscratch, l->ema_mean, c * sizeof(double));
+	memcpy(s->wscratch + c, l->ema_var, c * sizeof(double));
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_text(st, 4, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, b->step);
+	sqlite3_bind_int64(st, 6, b->seq);
+	sqlite3_bind_blob(st, 7, s->wscratch, (int)(2 * c * sizeof(double)), SQLITE_STATIC);
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "writing worker EMA");
+	return 0;
+}
+
+/*
+ * Apply one batch inside the open transaction. Returns 0 when the batch is
+ * accepted or recognised as a duplicate (q->res says which), or a negative
+ * errno with q->res.err filled in; the caller then rolls the savepoint back.
+ */
+static int apply_batch(struct store *s, struct queued *q)
+{
+	const struct ingest_batch *b = q->batch;
+	struct bn_error *err = &q->res.err;
+	sqlite3_stmt *st;
+	int64_t run_id, domain_id, layer_id = 0;
+	size_t i;
+	int rc;
+
+	q->res.layers = b->n_layers;
+	if (intern(s, W_RUN_GET, W_RUN_INS, 0, b->run, &run_id) < 0)
+		return db_error(err, s->wdb, "creating run");
+	if (intern(s, W_DOM_GET, W_DOM_INS, run_id, b->domain, &domain_id) < 0)
+		return db_error(err, s->wdb, "creating domain");
+
+	st = s->ws[W_BATCH_GET];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_text(st, 3, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, b->step);
+	sqlite3_bind_int64(st, 5, b->seq);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		bool same = sqlite3_column_bytes(st, 0) == INGEST_HASH_SIZE &&
+			    memcmp(sqlite3_column_blob(st, 0), b->hash, INGEST_HASH_SIZE) == 0;
+
+		sqlite3_reset(st);
+		if (same) {
+			q->res.duplicate = true;
+			return 0;
+		}
+		return bn_error_set(err, 409, BN_E_CONFLICT, NULL,
+				    "batch (domain %s, worker %s, step %lld, seq %lld) was already "
+				    "received with different content",
+				    b->domain, b->worker, (long long)b->step, (long long)b->seq);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return db_error(err, s->wdb, "looking up batch");
+
+	for (i = 0; i < b->n_layers; i++) {
+		const struct ingest_layer *l = &b->layers[i];
+
+		if (l->channels == 0)
+			continue; /* unused in this batch and nothing sent */
+		if (layer_resolve(s, run_id, l, &layer_id, err) < 0)
+			return -EINVAL;
+		if (l->count > 0 &&
+		    agg_update(s, run_id, domain_id, b->step, layer_id, b->var_kind, l, err) < 0)
+			return -EIO;
+		if (l->ema_mean != NULL && ema_put(s, run_id, domain_id, layer_id, b, l, err) < 0)
+			return -EIO;
+	}
+
+	st = s->ws[W_BATCH_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_text(st, 3, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, b->step);
+	sqlite3_bind_int64(st, 5, b->seq);
+	sqlite3_bind_blob(st, 6, b->hash, INGEST_HASH_SIZE, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, (sqlite3_int64)b->n_layers);
+	sqlite3_bind_int64(st, 8, now_ms());
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "recording batch");
+	return 0;
+}
+
+static void fail_all(struct queued *group, int status, const char *why)
+{
+	struct queued *q;
+
+	for (q = group; q != NULL; q = q->next) {
+		if (q->res.status == 200 || q->res.status == 0) {
+			q->res.status = status;
+			q->res.duplicate = false;
+			bn_error_set(&q->res.err, status,
+				     status == 503 ? BN_E_UNAVAILABLE : BN_E_INTERNAL, NULL,
+				     "%s", why);
+		}
+	}
+}
+
+/* One group commit: apply every batch of the group, commit, report. */
+static void write_group(struct store *s, struct queued *group, size_t count)
+{
+	struct queued *q, *next;
+	struct timespec t0, t1;
+	struct bn_error err;
+	size_t accepted = 0, refused = 0;
+	bool ok = true;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (exec_sql(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
+		log_error("commit_failed", "stage=begin error=\"%s\"", err.message);
+		fail_all(group, 503, "the database is unavailable; retry later");
+		goto report;
+	}
+	for (q = group; q != NULL; q = q->next) {
+		int rc;
+
+		if (exec_sql(s->wdb, "SAVEPOINT batch", &err) < 0) {
+			ok = false;
+			break;
+		}
+		rc = apply_batch(s, q);
+		if (rc < 0) {
+			q->res.status = q->res.err.status ? q->res.err.status : 500;
+			if (exec_sql(s->wdb, "ROLLBACK TO batch", &err) < 0 ||
+			    sqlite3_get_autocommit(s->wdb)) {
+				ok = false;
+				break;
+			}
+			refused++;
+		} else {
+			q->res.status = 200;
+			accepted++;
+		}
+		if (exec_sql(s->wdb, "RELEASE batch", &err) < 0) {
+			ok = false;
+			break;
+		}
+	}
+	if (ok && exec_sql(s->wdb, "COMMIT", &err) < 0)
+		ok = false;
+	if (!ok) {
+		log_error("commit_failed", "stage=write error=\"%s\"", err.message);
+		if (!sqlite3_get_autocommit(s->wdb))
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+		fail_all(group, 503, "the database could not commit; retry later");
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	log_debug("commit", "batches=%zu accepted=%zu refused=%zu ok=%d ms=%.3f", count,
+		  accepted, refused, ok,
+		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+report:
+	for (q = group; q != NULL; q = next) {
+		next = q->next;
+		q->done(q->ctx, &q->res);
+		ingest_batch_free(q->batch);
+		free(q);
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct store *s = arg;
+
+	for (;;) {
+		struct queued *group, *last;
+		size_t n = 1;
+
+		pthread_mutex_lock(&s->mu);
+		while (s->head == NULL && !s->closing)
+			pthread_cond_wait(&s->cv, &s->mu);
+		if (s->head == NULL) {
+			pthread_mutex_unlock(&s->mu);
+			break;
+		}
+		group = last = s->head;
+		while (last->next != NULL && n < s->opt.group_max) {
+			last = last->next;
+			n++;
+		}
+		s->head = last->next;
+		if (s->head == NULL)
+			s->tail = NULL;
+		last->next = NULL;
+		s->depth -= n;
+		pthread_mutex_unlock(&s->mu);
+
+		write_group(s, group, n);
+	}
+	return NULL;
+}
+
+int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
+		 void *ctx)
+{
+	struct queued *q;
+	int rc = 0;
+
+	q = calloc(1, sizeof(*q));
+	if (q == NULL)
+		return -ENOMEM;
+	q->batch = b;
+	q->done = done;
+	q->ctx = ctx;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->closing)
+		rc = -ESHUTDOWN;
+	else if (s->depth >= s->opt.queue_max)
+		rc = -EAGAIN;
+	if (rc == 0) {
+		if (s->tail != NULL)
+			s->tail->next = q;
+		else
+			s->head = q;
+		s->tail = q;
+		s->depth++;
+		pthread_cond_signal(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc < 0)
+		free(q);
+	return rc;
+}
+
+size_t store_queue_depth(struct store *s)
+{
+	size_t d;
+
+	pthread_mutex_lock(&s->mu);
+	d = s->depth;
+	pthread_mutex_unlock(&s->mu);
+	return d;
+}
+
+int store_schema_version(struct store *s)
+{
+	return s->schema_version;
+}
+
+/* --- open and close ---------------------------------------------------------- */
+
+int store_open(const char *path, const struct store_options *opt,
+	       struct store **out, struct bn_error *err)
+{
+	struct store *s;
+	char pragma[64];
+	int i;
+
+	*out = NULL;
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	if (opt != NULL)
+		s->opt = *opt;
+	else
+		store_options_default(&s->opt);
+	if (s->opt.queue_max == 0)
+		s->opt.queue_max = 1;
+	if (s->opt.group_max == 0)
+		s->opt.group_max = 1;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	pthread_mutex_init(&s->rmu, NULL);
+	s->path = strdup(path);
+	if (s->path == NULL) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		goto fail;
+	}
+
+	if (open_conn(path, true, &s->wdb, err) < 0)
+		goto fail;
+	if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
+		goto fail;
+	snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%s",
+		 s->opt.sync_full ? "FULL" : "NORMAL");
+	if (exec_sql(s->wdb, pragma, err) < 0 ||
+	    exec_sql(s->wdb, "PRAGMA foreign_keys=ON", err) < 0)
+		goto fail;
+	if (migrate(s, err) < 0)
+		goto fail;
+	for (i = 0; i < W_COUNT; i++) {
+		if (sqlite3_prepare_v3(s->wdb, wstmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+				       &s->ws[i], NULL) != SQLITE_OK) {
+			db_error(err, s->wdb, "preparing statements");
+			goto fail;
+		}
+	}
+	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot start the writer thread");
+		goto fail;
+	}
+	s->writer_started = true;
+	*out = s;
+	return 0;
+
+fail:
+	store_close(s);
+	return -EIO;
+}
+
+void store_stop_writer(struct store *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->closing = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	if (s->writer_started) {
+		pthread_join(s->writer, NULL);
+		s->writer_started = false;
+	}
+}
+
+void store_close(struct store *s)
+{
+	struct store_reader *r, *next;
+	int i;
+
+	if (s == NULL)
+		return;
+	store_stop_writer(s);
+	for (i = 0; i < W_COUNT; i++)
+		sqlite3_finalize(s->ws[i]);
+	for (r = s->idle; r != NULL; r = next) {
+		next = r->next;
+		sqlite3_close(r->db);
+		free(r->scratch);
+		free(r);
+	}
+	if (s->wdb != NULL) {
+		/* A clean close checkpoints the WAL into the main file. */
+		if (sqlite3_close(s->wdb) != SQLITE_OK)
+			log_error("close_failed", "error=\"%s\"", sqlite3_errmsg(s->wdb));
+	}
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->rmu);
+	free(s->wscratch);
+	free(s->path);
+	free(s);
+}
+
+/* --- readers --------------------------------------------------------------- */
+
+int store_reader_get(struct store *s, struct store_reader **out,
+		     struct bn_error *err)
+{
+	struct store_reader *r;
+
+	pthread_mutex_lock(&s->rmu);
+	r = s->idle;
+	if (r != NULL)
+		s->idle = r->next;
+	pthread_mutex_unlock(&s->rmu);
+	if (r == NULL) {
+		r = calloc(1, sizeof(*r));
+		if (r == NULL)
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		if (open_conn(s->path, false, &r->db, err) < 0 ||
+		    exec_sql(r->db, "PRAGMA query_only=ON", err) < 0) {
+			sqlite3_close(r->db);
+			free(r);
+			return -EIO;
+		}
+	}
+	r->next = NULL;
+	*out = r;
+	return 0;
+}
+
+void store_reader_put(struct store *s, struct store_reader *r)
+{
+	if (r == NULL)
+		return;
+	if (!sqlite3_get_autocommit(r->db))
+		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_lock(&s->rmu);
+	r->next = s->idle;
+	s->idle = r;
+	pthread_mutex_unlock(&s->rmu);
+}
+
+int store_read_begin(struct store_reader *r)
+{
+	return sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+}
+
+void store_read_end(struct store_reader *r)
+{
+	if (!sqlite3_get_autocommit(r->db))
+		sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+}
+
+/* Run a one-row query that yields an int64 in column 0. */
+static int query_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b,
+		       const char *text, int64_t *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	if (text != NULL) {
+		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+	} else {
+		sqlite3_bind_int64(st, 1, a);
+		sqlite3_bind_int64(st, 2, b);
+	}
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		*out = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+		rc = -ENOENT;
+	} else {
+		rc = -EIO;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_run_find(struct store_reader *r, const char *run, int64_t *run_id)
+{
+	return query_int64(r->db, "SELECT id FROM runs WHERE name = ?1", 0, 0, run, run_id);
+}
+
+int store_domain_find(struct store_reader *r, int64_t run_id,
+		      const char *domain, int64_t *domain_id)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, domain, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*domain_id = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
+}
+
+int store_latest_step(struct store_reader *r, int64_t run_id,
+		      int64_t domain_id, int64_t *step)
+{
+	if (domain_id < 0)
+		return query_int64(r->db, "SELECT max(step) FROM aggs WHERE run_id = ?1 AND ?2 < 0",
+				   run_id, domain_id, NULL, step);
+	return query_int64(r->db, "SELECT max(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2",
+			   run_id, domain_id, NULL, step);
+}
+
+int store_layer_find(struct store_reader *r, int64_t run_id,
+		     const char *layer, int64_t *layer_id, size_t *channels)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, layer, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*layer_id = sqlite3_column_int64(st, 0);
+		*channels = (size_t)sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
+}
+
+int store_aggs_foreach(struct store_reader *r, int64_t run_id,
+		       int64_t domain_id, int64_t step_lo, int64_t step_hi,
+		       const int64_t *layer_ids, size_t n_layer_ids,
+		       store_agg_fn fn, void *ctx)
+{
+	sqlite3_stmt *st = NULL;
+	char *sql = NULL;
+	size_t len, i;
+	FILE *f;
+	int rc = 0, src;
+
+	f = open_memstream(&sql, &len);
+	if (f == NULL)
+		return -ENOMEM;
+	fputs("SELECT a.layer_id, a.domain_id, a.step, a.n, a.k, a.nbs_min, a.nbs_max,"
+	      " a.data, l.channels FROM aggs a JOIN layers l ON l.id = a.layer_id"
+	      " WHERE a.run_id = ?1 AND a.step > ?3 AND a.step <= ?4", f);
+	if (domain_id >= 0)
+		fputs(" AND a.domain_id = ?2", f);
+	if (layer_ids != NULL) {
+		fputs(" AND a.layer_id IN (", f);
+		for (i = 0; i < n_layer_ids; i++)
+			fprintf(f, "%s%lld", i ? "," : "", (long long)layer_ids[i]);
+		fputs(")", f);
+	}
+	fputs(" ORDER BY a.step, a.layer_id, a.domain_id", f);
+	if (fclose(f) != 0) {
+		free(sql);
+		return -ENOMEM;
+	}
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
+		log_error("query_failed", "error=\"%s\"", sqlite3_errmsg(r->db));
+		free(sql);
+		return -EIO;
+	}
+	free(sql);
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step_lo);
+	sqlite3_bind_int64(st, 4, step_hi);
+
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_agg_row row;
+		struct stats_agg a;
+		size_t c = (size_t)sqlite3_column_int64(st, 8);
+		size_t bytes = STATS_AGG_ARRAYS * c * sizeof(double);
+
+		if ((size_t)sqlite3_column_bytes(st, 7) != bytes) {
+			rc = -EIO;
+			break;
+		}
+		/* Copy out: SQLite's blob pointer need not be 8-byte aligned. */
+		if (scratch_reserve(&r->scratch, &r->scratch_cap, c) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		memcpy(r->scratch, sqlite3_column_blob(st, 7), bytes);
+		agg_view(&a, r->scratch, c);
+		a.n = sqlite3_column_int64(st, 3);
+		a.k = sqlite3_column_int64(st, 4);
+		a.nbs_min = sqlite3_column_int64(st, 5);
+		a.nbs_max = sqlite3_column_int64(st, 6);
+		row.layer_id = sqlite3_column_int64(st, 0);
+		row.domain_id = sqlite3_column_int64(st, 1);
+		row.step = sqlite3_column_int64(st, 2);
+		row.agg = &a;
+		rc = fn(ctx, &row);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* --- describing runs ----------------------------------------------------------- */
+
+static const char run_info_sql[] =
+	"SELECT r.name, r.created,"
+	" (SELECT count(*) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT min(step) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT max(step) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT count(*) FROM layers l WHERE l.run_id = r.id),"
+	" (SELECT count(*) FROM domains d WHERE d.run_id = r.id),"
+	" (SELECT count(DISTINCT worker) FROM batches b WHERE b.run_id = r.id)"
+	" FROM runs r";
+
+static int run_rows(sqlite3_stmt *st, store_run_fn fn, void *ctx, bool *found)
+{
+	int rc = 0, src;
+
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_run_info info = {
+			.name = (const char *)sqlite3_column_text(st, 0),
+			.created_ms = sqlite3_column_int64(st, 1),
+			.batches = sqlite3_column_int64(st, 2),
+			.step_min = sqlite3_column_int64(st, 3),
+			.step_max = sqlite3_column_int64(st, 4),
+			.layers = sqlite3_column_int64(st, 5),
+			.domains = sqlite3_column_int64(st, 6),
+			.workers = sqlite3_column_int64(st, 7),
+		};
+		*found = true;
+		rc = fn(ctx, &info);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	char sql[sizeof(run_info_sql) + 32];
+	bool found = false;
+
+	snprintf(sql, sizeof(sql), "%s ORDER BY r.name", run_info_sql);
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	return run_rows(st, fn, ctx, &found);
+}
+
+int store_run_describe(struct store_reader *r, const char *run,
+		       store_run_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	char sql[sizeof(run_info_sql) + 32];
+	bool found = false;
+	int rc;
+
+	snprintf(sql, sizeof(sql), "%s WHERE r.name = ?1", run_info_sql);
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, run, -1, SQLITE_STATIC);
+	rc = run_rows(st, fn, ctx, &found);
+	return rc == 0 && !found ? -ENOENT : rc;
+}
+
+static int item_rows(sqlite3 *db, const char *sql, int64_t run_id,
+		     store_item_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	int rc = 0, src;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_item item = {
+			.id = sqlite3_column_int64(st, 0),
+			.name = (const char *)sqlite3_column_text(st, 1),
+			.a = sqlite3_column_int64(st, 2),
+			.b = sqlite3_column_int64(st, 3),
+		};
+		rc = fn(ctx, &item);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_layers_foreach(struct store_reader *r, int64_t run_id,
+			 store_item_fn fn, void *ctx)
+{
+	return item_rows(r->db,
+			 "SELECT id, name, channels, 0 FROM layers WHERE run_id = ?1 ORDER BY name",
+			 run_id, fn, ctx);
+}
+
+int store_domains_foreach(struct store_reader *r, int64_t run_id,
+			  store_item_fn fn, void *ctx)
+{
+	return item_rows(r->db,
+			 "SELECT d.id, d.name,"
+			 " (SELECT count(*) FROM batches b WHERE b.run_id = d.run_id AND b.domain_id = d.id),"
+			 " (SELECT count(DISTINCT step) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id)"
+			 " FROM domains d WHERE d.run_id = ?1 ORDER BY d.name",
+			 run_id, fn, ctx);
+}
+
+int store_workers_foreach(struct store_reader *r, int64_t run_id,
+			  store_item_fn fn, void *ctx)
+{
+	return item_rows(r->db,
+			 "SELECT 0, worker, count(*), max(step) FROM batches WHERE run_id = ?1"
+			 " GROUP BY worker ORDER BY worker",
+			 run_id, fn, ctx);
+}

@@ -1,0 +1,197 @@
+/*
+ * store: SQLite persistence; the only module that speaks SQL.
+ *
+ * One writer thread owns the write connection. HTTP threads hand it decoded
+ * batches with store_submit(); it takes every batch queued so far, applies
+ * them in one transaction (each in its own savepoint, so that one bad batch
+ * rolls back alone), commits once, and only then reports each batch's
+ * outcome through its callback. That is group commit: many uploads, one
+ * fsync, and a reply means durable.
+ *
+ * Readers borrow a connection of their own from a small pool
+ * (store_reader_get/put) and never wait on the writer: WAL mode lets them
+ * read the last committed state while the writer writes.
+ */
+#ifndef BNSTAT_STORE_H
+#define BNSTAT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bnstat/error.h"
+#include "bnstat/ingest.h"
+#include "bnstat/stats.h"
+
+struct store;
+struct store_reader;
+
+/* One schema migration, compiled in from sql/NNNN_name.sql. */
+struct store_migration {
+	int version;
+	const char *name;
+	const char *sql;
+};
+extern const struct store_migration store_migrations[];
+extern const size_t store_migrations_count;
+
+struct store_options {
+	size_t queue_max;  /* uploads waiting for the writer before 503 (default 1024) */
+	size_t group_max;  /* batches per transaction at most (default 512) */
+	bool sync_full;    /* PRAGMA synchronous=FULL (default) instead of NORMAL */
+};
+
+/* The outcome of one submitted batch, reported after the commit. */
+struct store_result {
+	int status;          /* 200 accepted or duplicate; 409, 422, 500, 503 */
+	bool duplicate;      /* same identity and content seen before */
+	size_t layers;       /* layers in the batch */
+	struct bn_error err; /* when status is not 200 */
+};
+
+/*
+ * Called once per submitted batch, from the writer thread, after the
+ * transaction that holds it committed (or failed). *r is borrowed for the
+ * duration of the call.
+ */
+typedef void (*store_done_fn)(void *ctx, const struct store_result *r);
+
+/* Fill *o with the defaults. */
+void store_options_default(struct store_options *o);
+
+/*
+ * Open (creating if needed) the database at path, apply pending migrations
+ * and start the writer thread. opt may be NULL for the defaults. On success
+ * *out is a store the caller owns and releases with store_close().
+ * Returns 0 or a negative errno with *err filled in.
+ */
+int store_open(const char *path, const struct store_options *opt,
+	       struct store **out, struct bn_error *err);
+
+/*
+ * Stop accepting uploads (store_submit then fails with -ESHUTDOWN), let the
+ * writer commit everything already queued and report it, and join the
+ * writer. Readers keep working until store_close(). Idempotent.
+ */
+void store_stop_writer(struct store *s);
+
+/*
+ * Stop the writer as store_stop_writer() does, close every connection and
+ * free the store. NULL is fine.
+ */
+void store_close(struct store *s);
+
+/*
+ * Queue batch b for the writer. On success the store owns b (it frees it)
+ * and will call done(ctx, result) exactly once. Returns -EAGAIN when the
+ * queue is full and -ESHUTDOWN when the store is closing; then the caller
+ * still owns b and done is never called.
+ */
+int store_submit(struct store *s, struct ingest_batch *b,
+		 store_done_fn done, void *ctx);
+
+/* Batches waiting for the writer right now. */
+size_t store_queue_depth(struct store *s);
+
+/* The schema version of the open database (PRAGMA user_version). */
+int store_schema_version(struct store *s);
+
+/* --- reading ---------------------------------------------------------- */
+
+/*
+ * Borrow a read connection (opened on first use). Returns 0 or a negative
+ * errno with *err filled in. Give it back with store_reader_put().
+ */
+int store_reader_get(struct store *s, struct store_reader **out,
+		     struct bn_error *err);
+void store_reader_put(struct store *s, struct store_reader *r);
+
+/* Begin/end one consistent read snapshot over several calls. */
+int store_read_begin(struct store_reader *r);
+void store_read_end(struct store_reader *r);
+
+/* Look up a run by name: 0 and *run_id, or -ENOENT. */
+int store_run_find(struct store_reader *r, const char *run, int64_t *run_id);
+
+/* Look up a domain of a run: 0 and *domain_id, or -ENOENT. */
+int store_domain_find(struct store_reader *r, int64_t run_id,
+		      const char *domain, int64_t *domain_id);
+
+/*
+ * Highest step with data in the domain (domain_id < 0: any domain).
+ * Returns 0, or -ENOENT when there is none.
+ */
+int store_latest_step(struct store_reader *r, int64_t run_id,
+		      int64_t domain_id, int64_t *step);
+
+/*
+ * One stored per-step aggregate, handed to a store_agg_fn. agg's arrays
+ * are the store's scratch memory, valid only during the call.
+ */
+struct store_agg_row {
+	int64_t layer_id;
+	int64_t domain_id;
+	int64_t step;
+	const struct stats_agg *agg;
+};
+typedef int (*store_agg_fn)(void *ctx, const struct store_agg_row *row);
+
+/*
+ * Call fn for every aggregate of the run with step_lo < step <= step_hi in
+ * the domain (domain_id < 0: every domain), ordered by step, then layer id,
+ * then domain id: a fixed order, so that the same query always merges in
+ * the same order and gives the same bits. When layer_ids is not NULL only
+ * those n_layer_ids layers are visited. A nonzero return from fn stops the
+ * walk and is returned. Returns 0 or a negative errno.
+ */
+int store_aggs_foreach(struct store_reader *r, int64_t run_id,
+		       int64_t domain_id, int64_t step_lo, int64_t step_hi,
+		       const int64_t *layer_ids, size_t n_layer_ids,
+		       store_agg_fn fn, void *ctx);
+
+/* --- describing runs ---------------------------------------------------- */
+
+struct store_run_info {
+	const char *name;
+	int64_t created_ms;
+	int64_t batches;    /* accepted batch identities */
+	int64_t step_min;   /* valid when batches > 0 */
+	int64_t step_max;
+	int64_t layers;
+	int64_t domains;
+	int64_t workers;
+};
+typedef int (*store_run_fn)(void *ctx, const struct store_run_info *info);
+
+/* Call fn for every run, by name. */
+int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx);
+
+/* Describe one run: 0, or -ENOENT. */
+int store_run_describe(struct store_reader *r, const char *run,
+		       store_run_fn fn, void *ctx);
+
+/*
+ * A named item of a run with counts: a layer (channels in `a`), a domain
+ * (batches in `a`, steps in `b`) or a worker (batches in `a`, last step in
+ * `b`).
+ */
+struct store_item {
+	int64_t id;
+	const char *name;
+	int64_t a;
+	int64_t b;
+};
+typedef int (*store_item_fn)(void *ctx, const struct store_item *item);
+
+int store_layers_foreach(struct store_reader *r, int64_t run_id,
+			 store_item_fn fn, void *ctx);
+int store_domains_foreach(struct store_reader *r, int64_t run_id,
+			  store_item_fn fn, void *ctx);
+int store_workers_foreach(struct store_reader *r, int64_t run_id,
+			  store_item_fn fn, void *ctx);
+
+/* Look up one layer: 0 with its id and channel count, or -ENOENT. */
+int store_layer_find(struct store_reader *r, int64_t run_id,
+		     const char *layer, int64_t *layer_id, size_t *channels);
+
+#endif
