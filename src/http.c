@@ -47,11 +47,14 @@ enum route {
 	R_RUN,
 	R_BATCHES,
 	R_STATS,
+	R_SNAPSHOTS,
+	R_SNAPSHOT,
 };
 
 static const char *const route_names[] = {
 	[R_NONE] = "none", [R_HEALTH] = "healthz", [R_RUNS] = "runs",
 	[R_RUN] = "run", [R_BATCHES] = "batches", [R_STATS] = "stats",
+	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot",
 };
 
 struct request {
@@ -59,6 +62,7 @@ struct request {
 	struct MHD_Connection *conn;
 	enum route route;
 	char run[INGEST_NAME_MAX + 2];
+	char label[STORE_LABEL_MAX + 2];
 	struct timespec started;
 
 	/* the body */
@@ -190,6 +194,16 @@ static const char *route_match(struct request *rq, const char *url)
 		rq->route = R_STATS;
 		return "GET";
 	}
+	if (strcmp(slash, "/snapshots") == 0) {
+		rq->route = R_SNAPSHOTS;
+		return "GET, POST";
+	}
+	if (strncmp(slash, "/snapshots/", 11) == 0 && slash[11] != '\0' &&
+	    strchr(slash + 11, '/') == NULL) {
+		snprintf(rq->label, sizeof(rq->label), "%s", slash + 11);
+		rq->route = R_SNAPSHOT;
+		return "GET";
+	}
 	return NULL;
 }
 
@@ -209,6 +223,18 @@ static void upload_done(void *ctx, const struct store_result *r)
 	MHD_resume_connection(conn);
 }
 
+/* The writer's outcome, once upload_done() has delivered it. */
+static bool take_result(struct request *rq, struct store_result *res)
+{
+	bool done;
+
+	pthread_mutex_lock(&rq->mu);
+	done = rq->done;
+	*res = rq->res;
+	pthread_mutex_unlock(&rq->mu);
+	return done;
+}
+
 static MHD_Result handle_upload(struct request *rq)
 {
 	struct http_server *srv = rq->srv;
@@ -219,15 +245,10 @@ static MHD_Result handle_upload(struct request *rq)
 	int rc;
 
 	if (rq->submitted) {
-		bool done;
 		struct store_result res;
 
-		pthread_mutex_lock(&rq->mu);
-		done = rq->done;
-		res = rq->res;
-		pthread_mutex_unlock(&rq->mu);
-		if (!done)
-			return MHD_YES; /* spurious wake-up; still suspended work */
+		if (!take_result(rq, &res))
+			return MHD_YES; /* not ours to answer yet */
 		if (res.status != 200)
 			return reply_error(rq, &res.err);
 		return reply_json(rq, 200, json_pack("{s:b, s:b, s:I}", "accepted", 1,
@@ -297,6 +318,77 @@ static const char *arg(struct request *rq, const char *key)
 	return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+/* ?format=safetensors, or an Accept header that asks for octet-stream. */
+static bool wants_safetensors(struct request *rq)
+{
+	const char *format = arg(rq, "format");
+	const char *accept;
+
+	if (format != NULL)
+		return strcmp(format, "safetensors") == 0;
+	accept = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+	return accept != NULL && strstr(accept, "application/octet-stream") != NULL;
+}
+
+/*
+ * POST /v1/runs/{run}/snapshots: compute on this thread, create through
+ * the writer (which settles a race for the same label), answer 201 with
+ * the snapshot; a retry answers 200 with the stored one.
+ */
+static MHD_Result handle_snapshot_create(struct request *rq)
+{
+	struct http_server *srv = rq->srv;
+	struct store_snapshot *snap = NULL;
+	struct store_reader *r = NULL;
+	struct bn_error err;
+	json_t *doc = NULL;
+	int rc;
+
+	bn_error_clear(&err);
+	if (rq->submitted) {
+		struct store_result res;
+		char label[STORE_LABEL_MAX + 2];
+
+		if (!take_result(rq, &res))
+			return MHD_YES;
+		if (res.status >= 300)
+			return reply_error(rq, &res.err);
+		snprintf(label, sizeof(label), "%s", rq->label);
+		if (store_reader_get(srv->store, &r, &err) < 0)
+			return reply_error(rq, &err);
+		rc = query_snapshot_get(r, rq->run, label, &doc, &err);
+		store_reader_put(srv->store, r);
+		if (rc < 0)
+			return reply_error(rq, &err);
+		return reply_json(rq, (unsigned)res.status, doc);
+	}
+
+	if (store_reader_get(srv->store, &r, &err) < 0)
+		return reply_error(rq, &err);
+	rc = query_snapshot_prepare(r, rq->run, rq->body ? rq->body : "", rq->len, &snap, &doc,
+				    &err);
+	store_reader_put(srv->store, r);
+	if (rc < 0)
+		return reply_error(rq, &err);
+	if (doc != NULL)
+		return reply_json(rq, 200, doc);
+
+	snprintf(rq->label, sizeof(rq->label), "%s", snap->label);
+	pthread_mutex_lock(&rq->mu);
+	rc = store_submit_snapshot(srv->store, snap, upload_done, rq);
+	if (rc == 0) {
+		rq->submitted = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	pthread_mutex_unlock(&rq->mu);
+	if (rc == 0)
+		return MHD_YES;
+	store_snapshot_free(snap);
+	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+		    rc == -EAGAIN ? "the write queue is full; retry after a second"
+				  : "the server is shutting down");
+}
+
 static MHD_Result handle_get(struct request *rq)
 {
 	struct store_reader *r = NULL;
@@ -337,6 +429,30 @@ static MHD_Result handle_get(struct request *rq)
 		rc = query_stats(r, rq->run, &p, &doc, &err);
 		break;
 	}
+	case R_SNAPSHOTS:
+		rc = query_snapshots(r, rq->run, &doc, &err);
+		break;
+	case R_SNAPSHOT:
+		if (wants_safetensors(rq)) {
+			const char *dtype = arg(rq, "dtype");
+			char *buf;
+			size_t len;
+
+			if (dtype != NULL && strcmp(dtype, "f32") != 0 && strcmp(dtype, "f64") != 0) {
+				rc = bn_error_set(&err, 422, BN_E_INVALID, "dtype",
+						  "dtype must be f32 or f64");
+				break;
+			}
+			rc = query_snapshot_safetensors(r, rq->run, rq->label,
+							dtype != NULL && strcmp(dtype, "f64") == 0,
+							&buf, &len, &err);
+			store_reader_put(rq->srv->store, r);
+			if (rc < 0)
+				return reply_error(rq, &err);
+			return reply_text(rq, 200, buf, len, "application/octet-stream");
+		}
+		rc = query_snapshot_get(r, rq->run, rq->label, &doc, &err);
+		break;
 	default:
 		rc = bn_error_set(&err, 404, BN_E_NOT_FOUND, NULL, "no such resource");
 		break;
@@ -380,6 +496,20 @@ static bool body_append(struct request *rq, const char *data, size_t size)
 	return true;
 }
 
+/* Is method one of the comma-separated methods in allowed? */
+static bool method_allowed(const char *method, const char *allowed)
+{
+	size_t n = strlen(method);
+	const char *p = allowed;
+
+	while ((p = strstr(p, method)) != NULL) {
+		if ((p == allowed || p[-1] == ' ') && (p[n] == '\0' || p[n] == ','))
+			return true;
+		p += n;
+	}
+	return false;
+}
+
 static struct request *request_new(struct http_server *srv,
 				   struct MHD_Connection *conn)
 {
@@ -414,7 +544,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		allowed = route_match(rq, url);
 		if (allowed == NULL)
 			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
-		if (strcmp(method, allowed) != 0) {
+		if (!method_allowed(method, allowed)) {
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
 		}
@@ -454,6 +584,8 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 	}
 	if (rq->route == R_BATCHES)
 		return handle_upload(rq);
+	if (rq->route == R_SNAPSHOTS && strcmp(method, "POST") == 0)
+		return handle_snapshot_create(rq);
 	return handle_get(rq);
 }
 

@@ -7,8 +7,10 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
@@ -298,103 +300,169 @@ static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator 
 	return o;
 }
 
+/* A precise-estimate request, with parameters already parsed. */
+struct window_req {
+	const char *run;
+	const char *domain;  /* a name or "*" */
+	bool has_step;
+	int64_t step;
+	int64_t window;
+	const char *const *layers; /* filter, n_layers names; none: every layer */
+	size_t n_layers;
+};
+
+static int parse_estimator(const char *s, enum stats_estimator *est,
+			   struct bn_error *err)
+{
+	if (s == NULL || strcmp(s, "population") == 0)
+		*est = STATS_EST_POPULATION;
+	else if (strcmp(s, "mean_of_batch_var") == 0)
+		*est = STATS_EST_MEAN_OF_BATCH_VAR;
+	else
+		return bn_error_set(err, 422, BN_E_INVALID, "estimator",
+				    "estimator must be \"population\" or \"mean_of_batch_var\"");
+	return 0;
+}
+
+static const char *estimator_name(enum stats_estimator est)
+{
+	return est == STATS_EST_POPULATION ? "population" : "mean_of_batch_var";
+}
+
+static int check_domain(const char *domain, struct bn_error *err)
+{
+	if (strcmp(domain, DOMAIN_ALL) != 0 && !ingest_name_valid(domain))
+		return bn_error_set(err, 422, BN_E_INVALID, "domain",
+				    "domain names are 1 to 128 of [A-Za-z0-9._-], or * for all");
+	return 0;
+}
+
+/*
+ * Merge every per-step aggregate of the window into w (one accumulator per
+ * layer of the run; those without data keep k == 0) and resolve the step.
+ * Inside the caller's read transaction. 404 when the window holds no data
+ * or a requested layer has none.
+ */
+static int window_compute(struct store_reader *r, const struct window_req *q,
+			  struct window *w, int64_t *step_out, struct bn_error *err)
+{
+	int64_t run_id, domain_id = -1, step = q->step;
+	int64_t *ids = NULL;
+	size_t i, j, n_ids = 0, with_data = 0;
+	int rc;
+
+	rc = find_run(r, q->run, &run_id, err);
+	if (rc < 0)
+		return rc;
+	if (strcmp(q->domain, DOMAIN_ALL) != 0) {
+		rc = store_domain_find(r, run_id, q->domain, &domain_id);
+		if (rc == -ENOENT)
+			return bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
+					    "run %s has no domain %s", q->run, q->domain);
+		if (rc < 0)
+			return read_failed(err);
+	}
+	if (!q->has_step) {
+		rc = store_latest_step(r, run_id, domain_id, &step);
+		if (rc == -ENOENT)
+			return bn_error_set(err, 404, BN_E_NOT_FOUND, NULL,
+					    "run %s has no statistics in domain %s", q->run, q->domain);
+		if (rc < 0)
+			return read_failed(err);
+	}
+	*step_out = step;
+
+	rc = store_layers_foreach(r, run_id, collect_layer, w);
+	if (rc < 0)
+		return rc == -ENOMEM ? oom(err) : read_failed(err);
+	qsort(w->layers, w->n, sizeof(*w->layers), acc_cmp_id);
+	if (q->n_layers > 0) {
+		ids = calloc(q->n_layers, sizeof(*ids));
+		if (ids == NULL)
+			return oom(err);
+		for (i = 0; i < q->n_layers; i++) {
+			for (j = 0; j < w->n && strcmp(w->layers[j].name, q->layers[i]) != 0; j++)
+				;
+			if (j == w->n) {
+				free(ids);
+				return bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
+						    "run %s has no layer %s", q->run, q->layers[i]);
+			}
+			if (!w->layers[j].wanted)
+				ids[n_ids++] = w->layers[j].id;
+			w->layers[j].wanted = true;
+		}
+	} else {
+		for (j = 0; j < w->n; j++)
+			w->layers[j].wanted = true;
+	}
+
+	/* step - window cannot overflow: step >= 0 and window >= 1. */
+	rc = store_aggs_foreach(r, run_id, domain_id, step - q->window, step, ids, n_ids,
+				merge_row, w);
+	free(ids);
+	if (rc < 0)
+		return rc == -ENOMEM ? oom(err) : read_failed(err);
+
+	for (j = 0; j < w->n; j++) {
+		if (!w->layers[j].wanted)
+			continue;
+		if (w->layers[j].agg.k > 0) {
+			with_data++;
+		} else if (q->n_layers > 0) {
+			return bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
+					    "layer %s has no data in steps (%lld, %lld] of domain %s",
+					    w->layers[j].name, (long long)(step - q->window),
+					    (long long)step, q->domain);
+		}
+	}
+	if (with_data == 0)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+				    "run %s has no data in steps (%lld, %lld] of domain %s", q->run,
+				    (long long)(step - q->window), (long long)step, q->domain);
+	return 0;
+}
+
 int query_stats(struct store_reader *r, const char *run,
 		const struct query_stats_params *p, json_t **out,
 		struct bn_error *err)
 {
 	struct window w = { 0 };
-	json_t *layers = NULL;
-	const char *domain = p->domain ? p->domain : "default";
+	struct window_req q = {
+		.run = run,
+		.domain = p->domain ? p->domain : "default",
+		.window = 1,
+		.layers = p->layers,
+		.n_layers = p->n_layers,
+	};
 	enum stats_estimator est = STATS_EST_POPULATION;
-	int64_t run_id, domain_id = -1, step;
-	int64_t *ids = NULL;
-	long long v, window = 1;
-	size_t i, j, n_ids = 0;
+	json_t *layers = NULL;
+	long long v;
+	int64_t step = 0;
+	size_t j;
 	int rc;
 
 	*out = NULL;
-	if (p->estimator != NULL) {
-		if (strcmp(p->estimator, "population") == 0)
-			est = STATS_EST_POPULATION;
-		else if (strcmp(p->estimator, "mean_of_batch_var") == 0)
-			est = STATS_EST_MEAN_OF_BATCH_VAR;
-		else
-			return bn_error_set(err, 422, BN_E_INVALID, "estimator",
-					    "estimator must be \"population\" or \"mean_of_batch_var\"");
-	}
-	if (p->window != NULL && query_parse_int("window", p->window, 1, &window, err) < 0)
+	if (parse_estimator(p->estimator, &est, err) < 0)
 		return -EINVAL;
-	if (p->step != NULL && query_parse_int("step", p->step, 0, &v, err) < 0)
-		return -EINVAL;
-	if (strcmp(domain, DOMAIN_ALL) != 0 && !ingest_name_valid(domain))
-		return bn_error_set(err, 422, BN_E_INVALID, "domain",
-				    "domain names are 1 to 128 of [A-Za-z0-9._-], or * for all");
-
-	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
-	if (rc < 0)
-		goto done;
-	if (strcmp(domain, DOMAIN_ALL) != 0) {
-		rc = store_domain_find(r, run_id, domain, &domain_id);
-		if (rc == -ENOENT) {
-			rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
-					  "run %s has no domain %s", run, domain);
-			goto done;
-		} else if (rc < 0) {
-			rc = read_failed(err);
-			goto done;
-		}
+	if (p->window != NULL) {
+		if (query_parse_int("window", p->window, 1, &v, err) < 0)
+			return -EINVAL;
+		q.window = v;
 	}
 	if (p->step != NULL) {
-		step = v;
-	} else {
-		rc = store_latest_step(r, run_id, domain_id, &step);
-		if (rc == -ENOENT) {
-			rc = bn_error_set(err, 404, BN_E_NOT_FOUND, NULL,
-					  "run %s has no statistics in domain %s", run, domain);
-			goto done;
-		} else if (rc < 0) {
-			rc = read_failed(err);
-			goto done;
-		}
+		if (query_parse_int("step", p->step, 0, &v, err) < 0)
+			return -EINVAL;
+		q.has_step = true;
+		q.step = v;
 	}
+	if (check_domain(q.domain, err) < 0)
+		return -EINVAL;
 
-	rc = store_layers_foreach(r, run_id, collect_layer, &w);
-	if (rc < 0) {
-		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+	store_read_begin(r);
+	rc = window_compute(r, &q, &w, &step, err);
+	if (rc < 0)
 		goto done;
-	}
-	qsort(w.layers, w.n, sizeof(*w.layers), acc_cmp_id);
-	if (p->n_layers > 0) {
-		ids = calloc(p->n_layers, sizeof(*ids));
-		if (ids == NULL) {
-			rc = oom(err);
-			goto done;
-		}
-		for (i = 0; i < p->n_layers; i++) {
-			for (j = 0; j < w.n && strcmp(w.layers[j].name, p->layers[i]) != 0; j++)
-				;
-			if (j == w.n) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
-						  "run %s has no layer %s", run, p->layers[i]);
-				goto done;
-			}
-			if (!w.layers[j].wanted)
-				ids[n_ids++] = w.layers[j].id;
-			w.layers[j].wanted = true;
-		}
-	} else {
-		for (j = 0; j < w.n; j++)
-			w.layers[j].wanted = true;
-	}
-
-	rc = store_aggs_foreach(r, run_id, domain_id, step - window, step, ids, n_ids ? n_ids : 0,
-				merge_row, &w);
-	if (rc < 0) {
-		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
-		goto done;
-	}
-
 	layers = json_object();
 	if (layers == NULL) {
 		rc = oom(err);
@@ -403,38 +471,438 @@ int query_stats(struct store_reader *r, const char *run,
 	for (j = 0; j < w.n; j++) {
 		json_t *o;
 
-		if (!w.layers[j].wanted)
+		if (!w.layers[j].wanted || w.layers[j].agg.k == 0)
 			continue;
-		if (w.layers[j].agg.k == 0) {
-			if (p->n_layers == 0)
-				continue;
-			rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
-					  "layer %s has no data in steps (%lld, %lld] of domain %s",
-					  w.layers[j].name, (long long)(step - window),
-					  (long long)step, domain);
-			goto done;
-		}
 		o = layer_stats_json(&w.layers[j], est);
 		if (o == NULL || json_object_set_new(layers, w.layers[j].name, o) < 0) {
 			rc = oom(err);
 			goto done;
 		}
 	}
-	if (json_object_size(layers) == 0) {
-		rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
-				  "run %s has no data in steps (%lld, %lld] of domain %s", run,
-				  (long long)(step - window), (long long)step, domain);
-		goto done;
-	}
-	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", domain,
-			 "step", (json_int_t)step, "window", (json_int_t)window,
-			 "estimator", est == STATS_EST_POPULATION ? "population" : "mean_of_batch_var",
-			 "layers", layers);
+	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain,
+			 "step", (json_int_t)step, "window", (json_int_t)q.window,
+			 "estimator", estimator_name(est), "layers", layers);
 	rc = *out ? 0 : oom(err);
 done:
 	store_read_end(r);
 	json_decref(layers);
-	free(ids);
 	window_free(&w);
+	return rc;
+}
+
+/* --- snapshots ------------------------------------------------------------------ */
+
+static void iso_time(int64_t ms, char *buf, size_t size)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	size_t n;
+
+	gmtime_r(&t, &tm);
+	n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, size - n, ".%03dZ", (int)(ms % 1000));
+}
+
+static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers)
+{
+	char created[40];
+	json_t *o, *layers;
+	size_t i;
+
+	iso_time(snap->created_ms, created, sizeof(created));
+	o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s}", "label", snap->label,
+		      "step", (json_int_t)snap->step, "window", (json_int_t)snap->window,
+		      "domain", snap->domain, "estimator", snap->estimator, "created", created);
+	if (o == NULL || !with_layers)
+		return o;
+	layers = json_object();
+	if (layers == NULL || json_object_set_new(o, "layers", layers) < 0) {
+		json_decref(o);
+		return NULL;
+	}
+	for (i = 0; i < snap->n_layers; i++) {
+		const struct store_snapshot_layer *l = &snap->layers[i];
+		json_t *lo = json_pack("{s:I, s:I, s:I, s:o, s:o}", "channels", (json_int_t)l->channels,
+				       "count", (json_int_t)l->count, "batches", (json_int_t)l->batches,
+				       "mean", json_doubles(l->mean, l->channels),
+				       "var", json_doubles(l->var, l->channels));
+
+		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0) {
+			json_decref(o);
+			return NULL;
+		}
+	}
+	return o;
+}
+
+/* Read the JSON body of a snapshot request into *snap (parameters only). */
+static int snapshot_request(const char *body, size_t len, struct store_snapshot *snap,
+			    struct bn_error *err)
+{
+	json_error_t jerr;
+	json_t *doc, *v;
+	const char *key;
+	int rc = -EINVAL;
+
+	doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (doc == NULL)
+		return bn_error_set(err, 400, BN_E_MALFORMED, NULL, "the body is not JSON: %s (line %d, column %d)",
+				    jerr.text, jerr.line, jerr.column);
+	if (!json_is_object(doc)) {
+		bn_error_set(err, 400, BN_E_TYPE, NULL, "the body must be a JSON object");
+		goto done;
+	}
+	json_object_foreach(doc, key, v) {
+		if (strcmp(key, "label") == 0) {
+			if (!json_is_string(v)) {
+				bn_error_set(err, 400, BN_E_TYPE, "label", "label must be a string");
+				goto done;
+			}
+			if (!ingest_name_valid(json_string_value(v))) {
+				bn_error_set(err, 422, BN_E_INVALID, "label",
+					     "labels are 1 to 128 of [A-Za-z0-9._-]");
+				goto done;
+			}
+			snprintf(snap->label, sizeof(snap->label), "%s", json_string_value(v));
+		} else if (strcmp(key, "step") == 0 || strcmp(key, "window") == 0) {
+			bool is_step = key[0] == 's';
+			json_int_t n;
+
+			if (json_is_real(v)) {
+				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be an integer", key);
+				goto done;
+			}
+			if (!json_is_integer(v)) {
+				bn_error_set(err, 400, BN_E_TYPE, key, "%s must be an integer", key);
+				goto done;
+			}
+			n = json_integer_value(v);
+			if (n < (is_step ? 0 : 1)) {
+				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be at least %d", key,
+					     is_step ? 0 : 1);
+				goto done;
+			}
+			if (is_step) {
+				snap->step = n;
+				snap->explicit_fields |= STORE_SNAP_STEP;
+			} else {
+				snap->window = n;
+				snap->explicit_fields |= STORE_SNAP_WINDOW;
+			}
+		} else if (strcmp(key, "domain") == 0 || strcmp(key, "estimator") == 0) {
+			bool is_domain = key[0] == 'd';
+			enum stats_estimator est;
+
+			if (!json_is_string(v)) {
+				bn_error_set(err, 400, BN_E_TYPE, key, "%s must be a string", key);
+				goto done;
+			}
+			if (is_domain) {
+				if (check_domain(json_string_value(v), err) < 0)
+					goto done;
+				snprintf(snap->domain, sizeof(snap->domain), "%s", json_string_value(v));
+				snap->explicit_fields |= STORE_SNAP_DOMAIN;
+			} else {
+				if (parse_estimator(json_string_value(v), &est, err) < 0)
+					goto done;
+				snprintf(snap->estimator, sizeof(snap->estimator), "%s", estimator_name(est));
+				snap->explicit_fields |= STORE_SNAP_ESTIMATOR;
+			}
+		} else {
+			bn_error_set(err, 422, BN_E_INVALID, key,
+				     "unknown field %.64s (expected label, step, window, domain, estimator)",
+				     key);
+			goto done;
+		}
+	}
+	if (snap->label[0] == '\0') {
+		bn_error_set(err, 400, BN_E_MISSING, "label", "a snapshot needs a label");
+		goto done;
+	}
+	rc = 0;
+done:
+	json_decref(doc);
+	return rc;
+}
+
+/* Turn the merged window into the layers of a snapshot. */
+static int snapshot_fill(struct store_snapshot *snap, const struct window *w,
+			 enum stats_estimator est)
+{
+	size_t j;
+
+	snap->layers = calloc(w->n ? w->n : 1, sizeof(*snap->layers));
+	if (snap->layers == NULL)
+		return -ENOMEM;
+	for (j = 0; j < w->n; j++) {
+		const struct layer_acc *a = &w->layers[j];
+		struct store_snapshot_layer *l = &snap->layers[snap->n_layers];
+
+		if (!a->wanted || a->agg.k == 0)
+			continue;
+		l->name = strdup(a->name);
+		l->mean = malloc(2 * a->channels * sizeof(double));
+		if (l->name == NULL || l->mean == NULL) {
+			free(l->name);
+			free(l->mean);
+			l->name = NULL;
+			l->mean = NULL;
+			return -ENOMEM;
+		}
+		snap->n_layers++;
+		l->channels = a->channels;
+		l->var = l->mean + a->channels;
+		l->count = a->agg.n;
+		l->batches = a->agg.k;
+		stats_estimate(&a->agg, est, l->mean, l->var);
+	}
+	return 0;
+}
+
+int query_snapshot_prepare(struct store_reader *r, const char *run,
+			   const char *body, size_t len,
+			   struct store_snapshot **create, json_t **existing,
+			   struct bn_error *err)
+{
+	struct store_snapshot *snap, *have = NULL;
+	struct window w = { 0 };
+	struct window_req q = { .run = run };
+	enum stats_estimator est = STATS_EST_POPULATION;
+	int64_t run_id;
+	int rc;
+
+	*create = NULL;
+	*existing = NULL;
+	snap = calloc(1, sizeof(*snap));
+	if (snap == NULL)
+		return oom(err);
+	snprintf(snap->run, sizeof(snap->run), "%s", run);
+	snap->window = 1;
+	snprintf(snap->domain, sizeof(snap->domain), "default");
+	snprintf(snap->estimator, sizeof(snap->estimator), "population");
+	rc = snapshot_request(body, len, snap, err);
+	if (rc < 0)
+		goto fail;
+
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc < 0)
+		goto done;
+	rc = store_snapshot_get(r, run_id, snap->label, false, &have);
+	if (rc == 0) {
+		if (!store_snapshot_matches(snap, have)) {
+			rc = bn_error_set(err, 409, BN_E_CONFLICT, "label",
+					  "snapshot %s exists with other parameters (step %lld, window %lld, "
+					  "domain %s, estimator %s)", snap->label, (long long)have->step,
+					  (long long)have->window, have->domain, have->estimator);
+			goto done;
+		}
+		store_snapshot_free(have);
+		have = NULL;
+		rc = store_snapshot_get(r, run_id, snap->label, true, &have);
+		if (rc < 0) {
+			rc = read_failed(err);
+			goto done;
+		}
+		*existing = snapshot_json(have, true);
+		rc = *existing ? 0 : oom(err);
+		goto done;
+	} else if (rc != -ENOENT) {
+		rc = read_failed(err);
+		goto done;
+	}
+
+	q.domain = snap->domain;
+	q.has_step = (snap->explicit_fields & STORE_SNAP_STEP) != 0;
+	q.step = snap->step;
+	q.window = snap->window;
+	parse_estimator(snap->estimator, &est, NULL);
+	rc = window_compute(r, &q, &w, &snap->step, err);
+	if (rc == 0 && snapshot_fill(snap, &w, est) < 0)
+		rc = oom(err);
+done:
+	store_read_end(r);
+	store_snapshot_free(have);
+	window_free(&w);
+	if (rc == 0 && *existing == NULL) {
+		*create = snap;
+		return 0;
+	}
+fail:
+	store_snapshot_free(snap);
+	return rc;
+}
+
+/* Read a snapshot with its layers; 404 in *err when there is none. */
+static int snapshot_load(struct store_reader *r, const char *run, const char *label,
+			 struct store_snapshot **out, struct bn_error *err)
+{
+	int64_t run_id;
+	int rc;
+
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc == 0) {
+		rc = store_snapshot_get(r, run_id, label, true, out);
+		if (rc == -ENOENT)
+			rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "label",
+					  "run %s has no snapshot %s", run, label);
+		else if (rc < 0)
+			rc = read_failed(err);
+	}
+	store_read_end(r);
+	return rc;
+}
+
+int query_snapshot_get(struct store_reader *r, const char *run,
+		       const char *label, json_t **out, struct bn_error *err)
+{
+	struct store_snapshot *snap = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = snapshot_load(r, run, label, &snap, err);
+	if (rc < 0)
+		return rc;
+	*out = snapshot_json(snap, true);
+	store_snapshot_free(snap);
+	return *out ? 0 : oom(err);
+}
+
+/* Append little-endian values of v[0..n) as f32 or f64 to f. */
+static void write_values(FILE *f, const double *v, size_t n, bool f64)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (f64) {
+			fwrite(&v[i], sizeof(double), 1, f);
+		} else {
+			float x = (float)v[i];
+
+			fwrite(&x, sizeof(float), 1, f);
+		}
+	}
+}
+
+int query_snapshot_safetensors(struct store_reader *r, const char *run,
+			       const char *label, bool f64, char **buf,
+			       size_t *len, struct bn_error *err)
+{
+	struct store_snapshot *snap = NULL;
+	json_t *header = NULL, *meta;
+	char *htext = NULL, *data = NULL, name[INGEST_LAYER_NAME_MAX + 32];
+	size_t hlen, dlen, off = 0, elem = f64 ? 8 : 4, i, k;
+	uint64_t hlen_le;
+	FILE *f = NULL;
+	int rc;
+
+	*buf = NULL;
+	rc = snapshot_load(r, run, label, &snap, err);
+	if (rc < 0)
+		return rc;
+	meta = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "run", run, "label", snap->label,
+			 "step", "", "window", "", "domain", snap->domain, "estimator", snap->estimator);
+	header = json_object();
+	if (meta == NULL || header == NULL || json_object_set_new(header, "__metadata__", meta) < 0) {
+		json_decref(meta);
+		rc = oom(err);
+		goto done;
+	}
+	{
+		char num[32];
+
+		snprintf(num, sizeof(num), "%lld", (long long)snap->step);
+		json_object_set_new(meta, "step", json_string(num));
+		snprintf(num, sizeof(num), "%lld", (long long)snap->window);
+		json_object_set_new(meta, "window", json_string(num));
+	}
+	for (i = 0; i < snap->n_layers; i++) {
+		const struct store_snapshot_layer *l = &snap->layers[i];
+
+		for (k = 0; k < 2; k++) {
+			size_t bytes = l->channels * elem;
+
+			snprintf(name, sizeof(name), "%s.%s", l->name, k ? "running_var" : "running_mean");
+			if (json_object_set_new(header, name,
+						json_pack("{s:s, s:[I], s:[I, I]}", "dtype",
+							  f64 ? "F64" : "F32", "shape",
+							  (json_int_t)l->channels, "data_offsets",
+							  (json_int_t)off, (json_int_t)(off + bytes))) < 0) {
+				rc = oom(err);
+				goto done;
+			}
+			off += bytes;
+		}
+	}
+	htext = json_dumps(header, JSON_COMPACT | JSON_SORT_KEYS);
+	if (htext == NULL) {
+		rc = oom(err);
+		goto done;
+	}
+	/* Pad the header with spaces so that the data starts 8-byte aligned. */
+	hlen = strlen(htext);
+	hlen_le = (uint64_t)((hlen + 7) / 8 * 8);
+	f = open_memstream(&data, &dlen);
+	if (f == NULL) {
+		rc = oom(err);
+		goto done;
+	}
+	fwrite(&hlen_le, sizeof(hlen_le), 1, f);
+	fwrite(htext, 1, hlen, f);
+	for (k = hlen; k < hlen_le; k++)
+		fputc(' ', f);
+	for (i = 0; i < snap->n_layers; i++) {
+		write_values(f, snap->layers[i].mean, snap->layers[i].channels, f64);
+		write_values(f, snap->layers[i].var, snap->layers[i].channels, f64);
+	}
+	if (fclose(f) != 0) {
+		f = NULL;
+		rc = oom(err);
+		goto done;
+	}
+	f = NULL;
+	*buf = data;
+	*len = dlen;
+	data = NULL;
+	rc = 0;
+done:
+	free(data);
+	free(htext);
+	json_decref(header);
+	store_snapshot_free(snap);
+	return rc;
+}
+
+static int append_snapshot(void *ctx, const struct store_snapshot *snap)
+{
+	json_t *o = snapshot_json(snap, false);
+
+	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
+}
+
+int query_snapshots(struct store_reader *r, const char *run, json_t **out,
+		    struct bn_error *err)
+{
+	json_t *list = json_array();
+	int64_t run_id;
+	int rc;
+
+	*out = NULL;
+	if (list == NULL)
+		return oom(err);
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc == 0) {
+		rc = store_snapshots_foreach(r, run_id, append_snapshot, list);
+		if (rc < 0)
+			rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+	}
+	store_read_end(r);
+	if (rc == 0)
+		*out = json_pack("{s:s, s:O}", "run", run, "snapshots", list);
+	json_decref(list);
+	if (rc == 0 && *out == NULL)
+		rc = oom(err);
 	return rc;
 }

@@ -9,6 +9,7 @@
 #ifndef BNSTAT_QUERY_H
 #define BNSTAT_QUERY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -41,6 +42,38 @@ int query_run(struct store_reader *r, const char *run, json_t **out,
 int query_stats(struct store_reader *r, const char *run,
 		const struct query_stats_params *p, json_t **out,
 		struct bn_error *err);
+
+/*
+ * POST /v1/runs/{run}/snapshots with body[0..len). Validates the request
+ * and, in one read transaction, either
+ *  - finds the label already taken: with equal explicit fields *existing is
+ *    the stored snapshot's JSON (answer 200), otherwise a 409 in *err;
+ *  - or computes the precise estimate and returns it in *create (owned by
+ *    the caller, normally handed to store_submit_snapshot()).
+ * Returns 0 with exactly one of *create and *existing set, or a negative
+ * errno with *err filled in (400, 404, 409, 422).
+ */
+int query_snapshot_prepare(struct store_reader *r, const char *run,
+			   const char *body, size_t len,
+			   struct store_snapshot **create, json_t **existing,
+			   struct bn_error *err);
+
+/* GET /v1/runs/{run}/snapshots/{label}: the snapshot as JSON (404 if none). */
+int query_snapshot_get(struct store_reader *r, const char *run,
+		       const char *label, json_t **out, struct bn_error *err);
+
+/*
+ * The same snapshot as a safetensors file of {layer}.running_mean and
+ * {layer}.running_var, F32 (or F64 when f64), for load_state_dict().
+ * On success *buf (malloc'd, owned by the caller) holds *len bytes.
+ */
+int query_snapshot_safetensors(struct store_reader *r, const char *run,
+			       const char *label, bool f64, char **buf,
+			       size_t *len, struct bn_error *err);
+
+/* GET /v1/runs/{run}/snapshots: {"snapshots": [...]} without statistics. */
+int query_snapshots(struct store_reader *r, const char *run, json_t **out,
+		    struct bn_error *err);
 
 /*
  * Parse a non-negative decimal integer parameter `name`: 0 and *out, or a

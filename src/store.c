@@ -25,9 +25,11 @@
 #error "the stored blobs are little-endian doubles; big-endian hosts need byte swapping"
 #endif
 
+/* One job for the writer: a batch to merge or a snapshot to create. */
 struct queued {
 	struct queued *next;
 	struct ingest_batch *batch;
+	struct store_snapshot *snap;
 	store_done_fn done;
 	void *ctx;
 	struct store_result res;
@@ -46,6 +48,9 @@ enum wstmt {
 	W_AGG_GET,
 	W_AGG_PUT,
 	W_EMA_PUT,
+	W_SNAP_GET,
+	W_SNAP_INS,
+	W_SNAP_LAYER_INS,
 	W_COUNT
 };
 
@@ -71,6 +76,12 @@ static const char *const wstmt_sql[W_COUNT] = {
 		      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
 		      " ON CONFLICT (run_id, domain_id, layer_id, worker, step) DO UPDATE SET"
 		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
+	[W_SNAP_GET] = "SELECT step, win, domain, estimator FROM snapshots"
+		       " WHERE run_id = ?1 AND label = ?2",
+	[W_SNAP_INS] = "INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created)"
+		       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
+			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 };
 
 struct store_reader {
@@ -481,12 +492,118 @@ static int apply_batch(struct store *s, struct queued *q)
 	return 0;
 }
 
+void store_snapshot_free(struct store_snapshot *snap)
+{
+	size_t i;
+
+	if (snap == NULL)
+		return;
+	for (i = 0; i < snap->n_layers; i++) {
+		free(snap->layers[i].name);
+		free(snap->layers[i].mean); /* var shares the allocation */
+	}
+	free(snap->layers);
+	free(snap);
+}
+
+bool store_snapshot_matches(const struct store_snapshot *want,
+			    const struct store_snapshot *have)
+{
+	unsigned f = want->explicit_fields;
+
+	return (!(f & STORE_SNAP_STEP) || want->step == have->step) &&
+	       (!(f & STORE_SNAP_WINDOW) || want->window == have->window) &&
+	       (!(f & STORE_SNAP_DOMAIN) || strcmp(want->domain, have->domain) == 0) &&
+	       (!(f & STORE_SNAP_ESTIMATOR) || strcmp(want->estimator, have->estimator) == 0);
+}
+
+/*
+ * Create a snapshot inside the open transaction, or recognise a retry:
+ * q->res.status becomes 201 or 200; a conflict or a vanished run returns
+ * a negative errno with q->res.err filled in.
+ */
+static int apply_snapshot(struct store *s, struct queued *q)
+{
+	const struct store_snapshot *snap = q->snap;
+	struct bn_error *err = &q->res.err;
+	sqlite3_stmt *st;
+	int64_t run_id, snap_id;
+	size_t i;
+	int rc;
+
+	st = s->ws[W_RUN_GET];
+	sqlite3_bind_text(st, 1, snap->run, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		run_id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", snap->run);
+	if (rc != SQLITE_ROW)
+		return db_error(err, s->wdb, "looking up run");
+
+	st = s->ws[W_SNAP_GET];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, snap->label, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		struct store_snapshot have;
+
+		memset(&have, 0, sizeof(have));
+		have.step = sqlite3_column_int64(st, 0);
+		have.window = sqlite3_column_int64(st, 1);
+		snprintf(have.domain, sizeof(have.domain), "%s", sqlite3_column_text(st, 2));
+		snprintf(have.estimator, sizeof(have.estimator), "%s", sqlite3_column_text(st, 3));
+		sqlite3_reset(st);
+		if (store_snapshot_matches(snap, &have)) {
+			q->res.status = 200;
+			return 0;
+		}
+		return bn_error_set(err, 409, BN_E_CONFLICT, "label",
+				    "snapshot %s exists with other parameters (step %lld, window %lld, "
+				    "domain %s, estimator %s)", snap->label, (long long)have.step,
+				    (long long)have.window, have.domain, have.estimator);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return db_error(err, s->wdb, "looking up snapshot");
+
+	st = s->ws[W_SNAP_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, snap->label, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, snap->step);
+	sqlite3_bind_int64(st, 4, snap->window);
+	sqlite3_bind_text(st, 5, snap->domain, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, snap->estimator, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, now_ms());
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "creating snapshot");
+	snap_id = sqlite3_last_insert_rowid(s->wdb);
+	for (i = 0; i < snap->n_layers; i++) {
+		const struct store_snapshot_layer *l = &snap->layers[i];
+
+		st = s->ws[W_SNAP_LAYER_INS];
+		sqlite3_bind_int64(st, 1, snap_id);
+		sqlite3_bind_text(st, 2, l->name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)l->channels);
+		sqlite3_bind_int64(st, 4, l->count);
+		sqlite3_bind_int64(st, 5, l->batches);
+		/* mean and var are one allocation, var right after mean */
+		sqlite3_bind_blob(st, 6, l->mean, (int)(2 * l->channels * sizeof(double)),
+				  SQLITE_STATIC);
+		if (step_done(st) < 0)
+			return db_error(err, s->wdb, "writing snapshot layer");
+	}
+	q->res.status = 201;
+	return 0;
+}
+
 static void fail_all(struct queued *group, int status, const char *why)
 {
 	struct queued *q;
 
 	for (q = group; q != NULL; q = q->next) {
-		if (q->res.status == 200 || q->res.status == 0) {
+		if (q->res.status < 300) {
 			q->res.status = status;
 			q->res.duplicate = false;
 			bn_error_set(&q->res.err, status,
@@ -518,7 +635,7 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			ok = false;
 			break;
 		}
-		rc = apply_batch(s, q);
+		rc = q->snap ? apply_snapshot(s, q) : apply_batch(s, q);
 		if (rc < 0) {
 			q->res.status = q->res.err.status ? q->res.err.status : 500;
 			if (exec_sql(s->wdb, "ROLLBACK TO batch", &err) < 0 ||
@@ -528,7 +645,8 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			}
 			refused++;
 		} else {
-			q->res.status = 200;
+			if (q->res.status == 0)
+				q->res.status = 200;
 			accepted++;
 		}
 		if (exec_sql(s->wdb, "RELEASE batch", &err) < 0) {
@@ -553,6 +671,7 @@ report:
 		next = q->next;
 		q->done(q->ctx, &q->res);
 		ingest_batch_free(q->batch);
+		store_snapshot_free(q->snap);
 		free(q);
 	}
 }
@@ -589,8 +708,9 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
-		 void *ctx)
+/* Queue a job for the writer; on failure the caller keeps what q carries. */
+static int enqueue(struct store *s, struct ingest_batch *b,
+		   struct store_snapshot *snap, store_done_fn done, void *ctx)
 {
 	struct queued *q;
 	int rc = 0;
@@ -599,6 +719,7 @@ int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
 	if (q == NULL)
 		return -ENOMEM;
 	q->batch = b;
+	q->snap = snap;
 	q->done = done;
 	q->ctx = ctx;
 
@@ -620,6 +741,18 @@ int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
 	if (rc < 0)
 		free(q);
 	return rc;
+}
+
+int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
+		 void *ctx)
+{
+	return enqueue(s, b, NULL, done, ctx);
+}
+
+int store_submit_snapshot(struct store *s, struct store_snapshot *snap,
+			  store_done_fn done, void *ctx)
+{
+	return enqueue(s, NULL, snap, done, ctx);
 }
 
 size_t store_queue_depth(struct store *s)
@@ -1066,4 +1199,130 @@ int store_workers_foreach(struct store_reader *r, int64_t run_id,
 			 "SELECT 0, worker, count(*), max(step) FROM batches WHERE run_id = ?1"
 			 " GROUP BY worker ORDER BY worker",
 			 run_id, fn, ctx);
+}
+
+/* --- snapshots, read side ------------------------------------------------------------ */
+
+static void snapshot_header(sqlite3_stmt *st, struct store_snapshot *snap)
+{
+	snprintf(snap->label, sizeof(snap->label), "%s", sqlite3_column_text(st, 1));
+	snap->step = sqlite3_column_int64(st, 2);
+	snap->window = sqlite3_column_int64(st, 3);
+	snprintf(snap->domain, sizeof(snap->domain), "%s", sqlite3_column_text(st, 4));
+	snprintf(snap->estimator, sizeof(snap->estimator), "%s", sqlite3_column_text(st, 5));
+	snap->created_ms = sqlite3_column_int64(st, 6);
+}
+
+static int snapshot_layers(struct store_reader *r, int64_t snap_id,
+			   struct store_snapshot *snap)
+{
+	sqlite3_stmt *st;
+	int rc = 0, src;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT name, channels, count, batches, data"
+				      " FROM snapshot_layers WHERE snapshot_id = ?1 ORDER BY name",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, snap_id);
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_snapshot_layer *p, *l;
+		size_t c = (size_t)sqlite3_column_int64(st, 1);
+
+		if ((size_t)sqlite3_column_bytes(st, 4) != 2 * c * sizeof(double)) {
+			rc = -EIO;
+			break;
+		}
+		p = realloc(snap->layers, (snap->n_layers + 1) * sizeof(*p));
+		if (p == NULL) {
+			rc = -ENOMEM;
+			break;
+		}
+		snap->layers = p;
+		l = &p[snap->n_layers];
+		memset(l, 0, sizeof(*l));
+		l->name = strdup((const char *)sqlite3_column_text(st, 0));
+		l->mean = malloc(2 * c * sizeof(double));
+		if (l->name == NULL || l->mean == NULL) {
+			free(l->name);
+			free(l->mean);
+			rc = -ENOMEM;
+			break;
+		}
+		snap->n_layers++;
+		l->channels = c;
+		l->count = sqlite3_column_int64(st, 2);
+		l->batches = sqlite3_column_int64(st, 3);
+		memcpy(l->mean, sqlite3_column_blob(st, 4), 2 * c * sizeof(double));
+		l->var = l->mean + c;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static const char snapshot_sql[] =
+	"SELECT id, label, step, win, domain, estimator, created FROM snapshots WHERE run_id = ?1";
+
+int store_snapshot_get(struct store_reader *r, int64_t run_id,
+		       const char *label, bool with_layers,
+		       struct store_snapshot **out)
+{
+	struct store_snapshot *snap;
+	sqlite3_stmt *st;
+	char sql[sizeof(snapshot_sql) + 32];
+	int64_t id = 0;
+	int rc;
+
+	*out = NULL;
+	snprintf(sql, sizeof(sql), "%s AND label = ?2", snapshot_sql);
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	snap = calloc(1, sizeof(*snap));
+	if (snap == NULL) {
+		sqlite3_finalize(st);
+		return -ENOMEM;
+	}
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, label, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		id = sqlite3_column_int64(st, 0);
+		snapshot_header(st, snap);
+	}
+	sqlite3_finalize(st);
+	rc = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
+	if (rc == 0 && with_layers)
+		rc = snapshot_layers(r, id, snap);
+	if (rc < 0) {
+		store_snapshot_free(snap);
+		return rc;
+	}
+	*out = snap;
+	return 0;
+}
+
+int store_snapshots_foreach(struct store_reader *r, int64_t run_id,
+			    store_snapshot_fn fn, void *ctx)
+{
+	struct store_snapshot snap;
+	sqlite3_stmt *st;
+	char sql[sizeof(snapshot_sql) + 32];
+	int rc = 0, src;
+
+	snprintf(sql, sizeof(sql), "%s ORDER BY label", snapshot_sql);
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		memset(&snap, 0, sizeof(snap));
+		snapshot_header(st, &snap);
+		rc = fn(ctx, &snap);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
 }

@@ -90,6 +90,79 @@ void store_close(struct store *s);
 int store_submit(struct store *s, struct ingest_batch *b,
 		 store_done_fn done, void *ctx);
 
+/* --- snapshots ------------------------------------------------------------ */
+
+#define STORE_LABEL_MAX 128
+#define STORE_ESTIMATOR_MAX 32
+
+/* Which snapshot parameters the client gave explicitly (the rest defaulted). */
+enum {
+	STORE_SNAP_STEP = 1 << 0,
+	STORE_SNAP_WINDOW = 1 << 1,
+	STORE_SNAP_DOMAIN = 1 << 2,
+	STORE_SNAP_ESTIMATOR = 1 << 3,
+};
+
+struct store_snapshot_layer {
+	char *name;
+	size_t channels;
+	int64_t count;   /* elements per channel merged */
+	int64_t batches;
+	double *mean;    /* [channels] */
+	double *var;     /* [channels] */
+};
+
+/*
+ * A snapshot to create: the resolved parameters and the statistics. Built
+ * by query (query_snapshot_prepare) and handed to the writer with
+ * store_submit_snapshot(). Everything it points to is owned by it.
+ */
+struct store_snapshot {
+	char run[INGEST_NAME_MAX + 1];
+	char label[STORE_LABEL_MAX + 1];
+	int64_t step;
+	int64_t window;
+	char domain[INGEST_NAME_MAX + 1];
+	char estimator[STORE_ESTIMATOR_MAX];
+	unsigned explicit_fields; /* STORE_SNAP_* given by the client */
+	int64_t created_ms;       /* filled in when read back */
+	size_t n_layers;
+	struct store_snapshot_layer *layers;
+};
+
+/* Free a snapshot and everything it owns; NULL is fine. */
+void store_snapshot_free(struct store_snapshot *snap);
+
+/*
+ * Queue the creation of snapshot snap. On success the store owns snap and
+ * calls done exactly once after the commit with status 201 (created), 200
+ * (the label exists and every explicit field equals the stored one:
+ * nothing changed), 409 (the label exists with other parameters) or 404
+ * (the run is gone). Returns as store_submit() does.
+ */
+int store_submit_snapshot(struct store *s, struct store_snapshot *snap,
+			  store_done_fn done, void *ctx);
+
+/*
+ * Compare the explicit fields of want with the stored snapshot have:
+ * true when they agree (a retry), false when one differs (a conflict).
+ */
+bool store_snapshot_matches(const struct store_snapshot *want,
+			    const struct store_snapshot *have);
+
+/*
+ * Read snapshot `label` of run run_id: 0 and a new snapshot in *out (owned
+ * by the caller; with layers when with_layers), or -ENOENT.
+ */
+int store_snapshot_get(struct store_reader *r, int64_t run_id,
+		       const char *label, bool with_layers,
+		       struct store_snapshot **out);
+
+/* Call fn for every snapshot of the run (without layers), by label. */
+typedef int (*store_snapshot_fn)(void *ctx, const struct store_snapshot *snap);
+int store_snapshots_foreach(struct store_reader *r, int64_t run_id,
+			    store_snapshot_fn fn, void *ctx);
+
 /* Batches waiting for the writer right now. */
 size_t store_queue_depth(struct store *s);
 

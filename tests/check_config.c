@@ -1,0 +1,159 @@
+/* check_config: defaults, flags, the config file and their precedence. */
+#include <check.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static char path[64];
+
+static void write_file(const char *text)
+{
+	int fd;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/tmp/check_config.XXXXXX");
+	fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	f = fdopen(fd, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static int parse(struct config *c, struct bn_error *err, int argc, ...)
+{
+	char *argv[16];
+	va_list ap;
+	int i;
+
+	ck_assert_int_lt(argc, 15);
+	argv[0] = "bnstatd";
+	va_start(ap, argc);
+	for (i = 1; i <= argc; i++)
+		argv[i] = va_arg(ap, char *);
+	va_end(ap);
+	argv[argc + 1] = NULL;
+	bn_error_clear(err);
+	return config_parse(c, argc + 1, argv, err);
+}
+
+START_TEST(test_defaults)
+{
+	struct config c;
+	struct bn_error err;
+
+	ck_assert_int_eq(parse(&c, &err, 0), 0);
+	ck_assert_str_eq(c.db, "./bnstat.db");
+	ck_assert_str_eq(c.host, "127.0.0.1");
+	ck_assert_uint_eq(c.port, 8650);
+	ck_assert_str_eq(c.http.host, "127.0.0.1");
+	ck_assert_uint_eq(c.http.port, 8650);
+	ck_assert(c.store.sync_full);
+	ck_assert_int_eq(c.log_level, LOG_INFO);
+}
+END_TEST
+
+START_TEST(test_flags)
+{
+	struct config c;
+	struct bn_error err;
+
+	ck_assert_int_eq(parse(&c, &err, 6, "--db", "/tmp/x.db", "--listen=[::1]:0",
+			       "--max-body", "2048", "--synchronous=normal"), 0);
+	ck_assert_str_eq(c.db, "/tmp/x.db");
+	ck_assert_str_eq(c.host, "::1");
+	ck_assert_uint_eq(c.port, 0);
+	ck_assert_uint_eq(c.http.max_body, 2048);
+	ck_assert(!c.store.sync_full);
+
+	ck_assert_int_eq(parse(&c, &err, 1, "--help"), 0);
+	ck_assert(c.help);
+	ck_assert_int_eq(parse(&c, &err, 1, "-V"), 0);
+	ck_assert(c.version);
+}
+END_TEST
+
+START_TEST(test_bad_flags)
+{
+	struct config c;
+	struct bn_error err;
+
+	ck_assert_int_lt(parse(&c, &err, 2, "--listen", "8650"), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, "HOST:PORT"));
+	ck_assert_int_lt(parse(&c, &err, 2, "--listen", "127.0.0.1:70000"), 0);
+	ck_assert_int_lt(parse(&c, &err, 2, "--threads", "0"), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, "--threads"));
+	ck_assert_int_lt(parse(&c, &err, 2, "--threads", "-1"), 0);
+	ck_assert_int_lt(parse(&c, &err, 2, "--max-body", "12x"), 0);
+	ck_assert_int_lt(parse(&c, &err, 2, "--log-level", "loud"), 0);
+	ck_assert_int_lt(parse(&c, &err, 2, "--no-such-option", "1"), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, "--no-such-option"));
+	ck_assert_int_lt(parse(&c, &err, 1, "--db"), 0);
+	ck_assert_int_lt(parse(&c, &err, 1, "stray"), 0);
+}
+END_TEST
+
+START_TEST(test_file_and_precedence)
+{
+	struct config c;
+	struct bn_error err;
+
+	write_file("# comment\n\n db = \"/var/lib/x.db\" \nmax_layers = 12\nlisten = 0.0.0.0:9000\n");
+	ck_assert_int_eq(parse(&c, &err, 4, "--listen", "127.0.0.1:1", "-c", path), 0);
+	ck_assert_str_eq(c.db, "/var/lib/x.db");
+	ck_assert_uint_eq(c.http.limits.max_layers, 12);
+	ck_assert_str_eq(c.host, "127.0.0.1"); /* the flag wins, wherever it stands */
+	ck_assert_uint_eq(c.port, 1);
+	unlink(path);
+}
+END_TEST
+
+START_TEST(test_file_errors_name_the_line)
+{
+	struct config c;
+	struct bn_error err;
+
+	write_file("db = a.db\n# fine\ncolour = blue\n");
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, ":3:"));
+	ck_assert_ptr_nonnull(strstr(err.message, "colour"));
+	unlink(path);
+
+	write_file("threads = 4\nthreads = many\n");
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, ":2:"));
+	unlink(path);
+
+	write_file("just words\n");
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, ":1:"));
+	unlink(path);
+
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", "/nonexistent/bnstatd.conf"), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, "/nonexistent/bnstatd.conf"));
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("core");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_test(tc, test_defaults);
+	tcase_add_test(tc, test_flags);
+	tcase_add_test(tc, test_bad_flags);
+	tcase_add_test(tc, test_file_and_precedence);
+	tcase_add_test(tc, test_file_errors_name_the_line);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}
