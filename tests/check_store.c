@@ -139,13 +139,15 @@ static struct merged read_window(struct store *s, const char *domain, int64_t lo
 START_TEST(test_migrate_and_reopen)
 {
 	struct store *s = open_store();
+	int latest = store_migrations[store_migrations_count - 1].version;
 	sqlite3 *db;
 	sqlite3_stmt *st;
 
-	ck_assert_int_eq(store_schema_version(s), 1);
+	ck_assert_int_ge(latest, 2);
+	ck_assert_int_eq(store_schema_version(s), latest);
 	store_close(s);
 	s = open_store(); /* second open applies nothing and keeps the version */
-	ck_assert_int_eq(store_schema_version(s), 1);
+	ck_assert_int_eq(store_schema_version(s), latest);
 	store_close(s);
 
 	/* A database from a newer bnstatd is refused, not downgraded. */
