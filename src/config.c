@@ -37,6 +37,7 @@ static const struct option_def options[] = {
 	{ "queue-max", T_SIZE, F(store.queue_max), 1, 1u << 20, "uploads waiting for the writer before 503" },
 	{ "group-max", T_SIZE, F(store.group_max), 1, 1u << 20, "uploads committed in one transaction at most" },
 	{ "synchronous", T_SYNC, F(store.sync_full), 0, 0, "full (durable on power loss) or normal (on process crash)" },
+	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20, "MiB of simulated-EMA replay checkpoints kept in memory" },
 	{ "log-level", T_LEVEL, F(log_level), 0, 0, "debug, info, warn or error" },
 };
 
@@ -50,6 +51,7 @@ void config_defaults(struct config *c)
 	snprintf(c->host, sizeof(c->host), "127.0.0.1");
 	c->port = 8650;
 	c->log_level = LOG_INFO;
+	c->replay_cache_mb = 256;
 	http_options_default(&c->http);
 	store_options_default(&c->store);
 }

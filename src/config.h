@@ -23,6 +23,7 @@ struct config {
 	unsigned port;
 	char config_file[4096];
 	enum log_level log_level;
+	size_t replay_cache_mb;  /* simulated-EMA checkpoints, MiB */
 	struct http_options http;
 	struct store_options store;
 	bool help;

@@ -36,6 +36,7 @@ typedef enum MHD_Result MHD_Result;
 struct http_server {
 	struct MHD_Daemon *mhd;
 	struct store *store;
+	struct replay_cache *replay;
 	struct http_options opt;
 	unsigned port;
 };
@@ -49,12 +50,26 @@ enum route {
 	R_STATS,
 	R_SNAPSHOTS,
 	R_SNAPSHOT,
+	R_COMPARE,
+	R_SERIES,
+	R_DOMAINS,
+	R_SHIFT,
 };
 
 static const char *const route_names[] = {
 	[R_NONE] = "none", [R_HEALTH] = "healthz", [R_RUNS] = "runs",
 	[R_RUN] = "run", [R_BATCHES] = "batches", [R_STATS] = "stats",
-	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot",
+	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot", [R_COMPARE] = "compare",
+	[R_SERIES] = "series", [R_DOMAINS] = "domains", [R_SHIFT] = "shift",
+};
+
+/* Read-only routes below /v1/runs/{run}. */
+static const struct {
+	const char *path;
+	enum route route;
+} run_gets[] = {
+	{ "/stats", R_STATS },     { "/compare", R_COMPARE }, { "/series", R_SERIES },
+	{ "/domains", R_DOMAINS }, { "/shift", R_SHIFT },
 };
 
 struct request {
@@ -190,9 +205,11 @@ static const char *route_match(struct request *rq, const char *url)
 		rq->route = R_BATCHES;
 		return "POST";
 	}
-	if (strcmp(slash, "/stats") == 0) {
-		rq->route = R_STATS;
-		return "GET";
+	for (size_t i = 0; i < sizeof(run_gets) / sizeof(run_gets[0]); i++) {
+		if (strcmp(slash, run_gets[i].path) == 0) {
+			rq->route = run_gets[i].route;
+			return "GET";
+		}
 	}
 	if (strcmp(slash, "/snapshots") == 0) {
 		rq->route = R_SNAPSHOTS;
@@ -410,9 +427,12 @@ static MHD_Result handle_get(struct request *rq)
 	case R_RUN:
 		rc = query_run(r, rq->run, &doc, &err);
 		break;
-	case R_STATS: {
+	case R_STATS:
+	case R_COMPARE:
+	case R_SERIES:
+	case R_SHIFT: {
 		struct layer_params lp = { .n = 0 };
-		struct query_stats_params p;
+		struct query_params p = { 0 };
 
 		MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, collect_layer_param, &lp);
 		if (lp.overflow) {
@@ -424,11 +444,31 @@ static MHD_Result handle_get(struct request *rq)
 		p.window = arg(rq, "window");
 		p.domain = arg(rq, "domain");
 		p.estimator = arg(rq, "estimator");
+		p.ema = arg(rq, "ema");
+		p.worker = arg(rq, "worker");
+		p.momentum = arg(rq, "momentum");
+		p.channel = arg(rq, "channel");
+		p.from = arg(rq, "from");
+		p.to = arg(rq, "to");
+		p.stride = arg(rq, "stride");
+		p.points = arg(rq, "points");
+		p.source = arg(rq, "source");
+		p.target = arg(rq, "target");
 		p.layers = lp.v;
 		p.n_layers = lp.n;
-		rc = query_stats(r, rq->run, &p, &doc, &err);
+		if (rq->route == R_STATS)
+			rc = query_stats(r, rq->run, &p, &doc, &err);
+		else if (rq->route == R_COMPARE)
+			rc = query_compare(r, rq->srv->replay, rq->run, &p, &doc, &err);
+		else if (rq->route == R_SERIES)
+			rc = query_series(r, rq->srv->replay, rq->run, &p, &doc, &err);
+		else
+			rc = query_shift(r, rq->run, &p, &doc, &err);
 		break;
 	}
+	case R_DOMAINS:
+		rc = query_domains(r, rq->run, &doc, &err);
+		break;
 	case R_SNAPSHOTS:
 		rc = query_snapshots(r, rq->run, &doc, &err);
 		break;
@@ -622,7 +662,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 /* --- start and stop ------------------------------------------------------------------- */
 
 int http_start(const struct http_options *o, struct store *s,
-	       struct http_server **out, struct bn_error *err)
+	       struct replay_cache *replay, struct http_server **out,
+	       struct bn_error *err)
 {
 	struct http_server *srv;
 	struct addrinfo hints, *ai = NULL;
@@ -653,6 +694,7 @@ int http_start(const struct http_options *o, struct store *s,
 		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
 	}
 	srv->store = s;
+	srv->replay = replay;
 	srv->opt = *o;
 	srv->mhd = MHD_start_daemon(
 		flags, (uint16_t)o->port, NULL, NULL, on_request, srv,

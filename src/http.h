@@ -31,13 +31,17 @@ struct http_server;
 /* Fill *o with the defaults (127.0.0.1:8650, see docs/OPERATIONS.md). */
 void http_options_default(struct http_options *o);
 
+struct replay_cache;
+
 /*
- * Bind and start serving with store s (borrowed; it must outlive the
- * server). On success *out is owned by the caller: stop it with
- * http_stop(). Returns 0 or a negative errno with *err filled in.
+ * Bind and start serving with store s and the simulated-EMA cache replay
+ * (both borrowed; they must outlive the server). On success *out is owned
+ * by the caller: stop it with http_stop(). Returns 0 or a negative errno
+ * with *err filled in.
  */
 int http_start(const struct http_options *o, struct store *s,
-	       struct http_server **out, struct bn_error *err);
+	       struct replay_cache *replay, struct http_server **out,
+	       struct bn_error *err);
 
 /* The port actually bound (useful with port 0). */
 unsigned http_port(const struct http_server *h);

@@ -19,6 +19,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "replay.h"
 #include "store.h"
 
 int main(int argc, char **argv)
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
 	struct bn_error err;
 	struct store *store = NULL;
 	struct http_server *http = NULL;
+	struct replay_cache *replay = NULL;
 	sigset_t sigs;
 	int sig = 0;
 
@@ -62,8 +64,15 @@ int main(int argc, char **argv)
 		log_error("start_failed", "db=%s error=\"%s\"", cfg.db, err.message);
 		return 1;
 	}
-	if (http_start(&cfg.http, store, &http, &err) < 0) {
+	replay = replay_cache_new(cfg.replay_cache_mb << 20);
+	if (replay == NULL) {
+		log_error("start_failed", "error=\"out of memory\"");
+		store_close(store);
+		return 1;
+	}
+	if (http_start(&cfg.http, store, replay, &http, &err) < 0) {
 		log_error("start_failed", "listen=%s error=\"%s\"", cfg.listen, err.message);
+		replay_cache_free(replay);
 		store_close(store);
 		return 1;
 	}
@@ -88,6 +97,7 @@ int main(int argc, char **argv)
 	store_stop_writer(store);
 	http_drain(http, 2000);
 	http_stop(http);
+	replay_cache_free(replay);
 	store_close(store);
 	log_info("stopped", NULL);
 	return 0;

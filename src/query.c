@@ -14,6 +14,7 @@
 
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
+#include "replay.h"
 
 #define DOMAIN_ALL "*"
 
@@ -423,40 +424,45 @@ static int window_compute(struct store_reader *r, const struct window_req *q,
 	return 0;
 }
 
+/* Parse step, window and domain (with its default) into *q. */
+static int parse_window_req(const struct query_params *p, struct window_req *q,
+			    struct bn_error *err)
+{
+	long long v;
+
+	q->domain = p->domain ? p->domain : "default";
+	q->window = 1;
+	q->has_step = false;
+	q->layers = p->layers;
+	q->n_layers = p->n_layers;
+	if (p->window != NULL) {
+		if (query_parse_int("window", p->window, 1, &v, err) < 0)
+			return -EINVAL;
+		q->window = v;
+	}
+	if (p->step != NULL) {
+		if (query_parse_int("step", p->step, 0, &v, err) < 0)
+			return -EINVAL;
+		q->has_step = true;
+		q->step = v;
+	}
+	return check_domain(q->domain, err);
+}
+
 int query_stats(struct store_reader *r, const char *run,
-		const struct query_stats_params *p, json_t **out,
+		const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
 	struct window w = { 0 };
-	struct window_req q = {
-		.run = run,
-		.domain = p->domain ? p->domain : "default",
-		.window = 1,
-		.layers = p->layers,
-		.n_layers = p->n_layers,
-	};
+	struct window_req q = { .run = run };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	json_t *layers = NULL;
-	long long v;
 	int64_t step = 0;
 	size_t j;
 	int rc;
 
 	*out = NULL;
-	if (parse_estimator(p->estimator, &est, err) < 0)
-		return -EINVAL;
-	if (p->window != NULL) {
-		if (query_parse_int("window", p->window, 1, &v, err) < 0)
-			return -EINVAL;
-		q.window = v;
-	}
-	if (p->step != NULL) {
-		if (query_parse_int("step", p->step, 0, &v, err) < 0)
-			return -EINVAL;
-		q.has_step = true;
-		q.step = v;
-	}
-	if (check_domain(q.domain, err) < 0)
+	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &q, err) < 0)
 		return -EINVAL;
 
 	store_read_begin(r);
@@ -904,5 +910,706 @@ int query_snapshots(struct store_reader *r, const char *run, json_t **out,
 	json_decref(list);
 	if (rc == 0 && *out == NULL)
 		rc = oom(err);
+	return rc;
+}
+
+/* --- compare and shift ------------------------------------------------------------- */
+
+static int parse_momentum(const char *s, double *out, struct bn_error *err)
+{
+	char *end;
+	double v;
+
+	if (s == NULL) {
+		*out = 0.1;
+		return 0;
+	}
+	errno = 0;
+	v = strtod(s, &end);
+	if (*s == '\0' || *end != '\0' || errno != 0)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "momentum",
+				    "momentum must be a number, got \"%s\"", s);
+	if (!(v > 0.0 && v <= 1.0))
+		return bn_error_set(err, 422, BN_E_INVALID, "momentum",
+				    "momentum is PyTorch's: 0 < momentum <= 1 (Keras decay 0.99 is "
+				    "momentum 0.01), got %s", s);
+	*out = v;
+	return 0;
+}
+
+static json_t *cmp_json(const struct stats_cmp *c)
+{
+	return json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "mean_err", c->mean_err,
+			 "mean_err_max", c->mean_err_max, "var_err", c->var_err,
+			 "var_err_max", c->var_err_max, "kl", c->kl, "kl_max", c->kl_max);
+}
+
+/* Fold a layer's metrics into the run's: means of means, maxima of maxima. */
+static void cmp_accumulate(struct stats_cmp *all, const struct stats_cmp *c, size_t *n)
+{
+	all->mean_err += c->mean_err;
+	all->var_err += c->var_err;
+	all->kl += c->kl;
+	if (c->mean_err_max > all->mean_err_max)
+		all->mean_err_max = c->mean_err_max;
+	if (c->var_err_max > all->var_err_max)
+		all->var_err_max = c->var_err_max;
+	if (c->kl_max > all->kl_max)
+		all->kl_max = c->kl_max;
+	(*n)++;
+}
+
+static json_t *cmp_overall(struct stats_cmp all, size_t n)
+{
+	if (n > 0) {
+		all.mean_err /= (double)n;
+		all.var_err /= (double)n;
+		all.kl /= (double)n;
+	}
+	return cmp_json(&all);
+}
+
+/* Worker EMA of one layer at one step: the row, when the worker sent one. */
+struct ema_pick {
+	int64_t rowid;
+	bool found;
+};
+
+static int pick_ema(void *ctx, const struct store_row *row)
+{
+	struct ema_pick *p = ctx;
+
+	if (!p->found) {
+		p->rowid = row->rowid;
+		p->found = true;
+	}
+	return 0;
+}
+
+int query_compare(struct store_reader *r, struct replay_cache *cache,
+		  const char *run, const struct query_params *p, json_t **out,
+		  struct bn_error *err)
+{
+	struct window w = { 0 };
+	struct window_req q = { .run = run };
+	enum stats_estimator est = STATS_EST_POPULATION;
+	struct stats_cmp all = { 0 };
+	json_t *layers = NULL;
+	char worker[INGEST_NAME_MAX + 1] = "";
+	double momentum = 0.1, *buf = NULL;
+	bool sim;
+	int64_t step = 0, run_id, domain_id = -1;
+	size_t j, n_cmp = 0, cap = 0;
+	int rc;
+
+	*out = NULL;
+	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &q, err) < 0)
+		return -EINVAL;
+	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "ema", "ema must be \"worker\" or \"sim\"");
+	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
+	if (sim && parse_momentum(p->momentum, &momentum, err) < 0)
+		return -EINVAL;
+	if (!sim && strcmp(q.domain, DOMAIN_ALL) == 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "domain",
+				    "a worker EMA belongs to one domain: domain * needs ema=sim");
+	if (!sim && p->worker != NULL && !ingest_name_valid(p->worker))
+		return bn_error_set(err, 422, BN_E_INVALID, "worker",
+				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
+
+	store_read_begin(r);
+	rc = window_compute(r, &q, &w, &step, err);
+	if (rc < 0)
+		goto done;
+	/* window_compute found both; look them up again for the EMA side. */
+	if (store_run_find(r, run, &run_id) < 0 ||
+	    (strcmp(q.domain, DOMAIN_ALL) != 0 &&
+	     store_domain_find(r, run_id, q.domain, &domain_id) < 0)) {
+		rc = read_failed(err);
+		goto done;
+	}
+	if (!sim) {
+		if (p->worker != NULL) {
+			snprintf(worker, sizeof(worker), "%s", p->worker);
+		} else {
+			rc = store_ema_first_worker(r, run_id, domain_id, step, worker, sizeof(worker));
+			if (rc == -ENOENT) {
+				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+						  "no worker reported an EMA at step %lld in domain %s",
+						  (long long)step, q.domain);
+				goto done;
+			} else if (rc < 0) {
+				rc = read_failed(err);
+				goto done;
+			}
+		}
+	}
+
+	layers = json_object();
+	if (layers == NULL) {
+		rc = oom(err);
+		goto done;
+	}
+	for (j = 0; j < w.n; j++) {
+		const struct layer_acc *a = &w.layers[j];
+		size_t c = a->channels;
+		struct stats_cmp cmp;
+		double *mp, *vp, *me, *ve;
+
+		if (!a->wanted || a->agg.k == 0)
+			continue;
+		if (4 * c > cap) {
+			double *nb = realloc(buf, 4 * c * sizeof(double));
+
+			if (nb == NULL) {
+				rc = oom(err);
+				goto done;
+			}
+			buf = nb;
+			cap = 4 * c;
+		}
+		mp = buf;
+		vp = buf + c;
+		me = buf + 2 * c;
+		ve = buf + 3 * c;
+		stats_estimate(&a->agg, est, mp, vp);
+		if (sim) {
+			int64_t applied;
+
+			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me, ve,
+					  &applied);
+			if (rc < 0) {
+				rc = read_failed(err);
+				goto done;
+			}
+		} else {
+			struct ema_pick pick = { 0 };
+
+			rc = store_layer_emas(r, run_id, domain_id, a->id, worker, step - 1, step,
+					      pick_ema, &pick);
+			if (rc == 0 && pick.found)
+				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c, me);
+			if (rc < 0) {
+				rc = read_failed(err);
+				goto done;
+			}
+			if (!pick.found)
+				continue; /* this worker sent no EMA for this layer */
+		}
+		stats_compare(c, me, ve, mp, vp, &cmp);
+		cmp_accumulate(&all, &cmp, &n_cmp);
+		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
+			rc = oom(err);
+			goto done;
+		}
+	}
+	if (n_cmp == 0) {
+		rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "worker",
+				  "worker %s reported no EMA at step %lld in domain %s for these layers",
+				  worker, (long long)step, q.domain);
+		goto done;
+	}
+	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "run", run,
+			 "domain", q.domain, "step", (json_int_t)step, "window", (json_int_t)q.window,
+			 "estimator", estimator_name(est), "ema", sim ? "sim" : "worker",
+			 "layers", layers, "overall", cmp_overall(all, n_cmp));
+	if (*out != NULL) {
+		if (sim)
+			json_object_set_new(*out, "momentum", json_real(momentum));
+		else
+			json_object_set_new(*out, "worker", json_string(worker));
+	}
+	rc = *out ? 0 : oom(err);
+done:
+	store_read_end(r);
+	json_decref(layers);
+	free(buf);
+	window_free(&w);
+	return rc;
+}
+
+int query_shift(struct store_reader *r, const char *run,
+		const struct query_params *p, json_t **out,
+		struct bn_error *err)
+{
+	struct window ws = { 0 }, wt = { 0 };
+	struct window_req qs = { .run = run }, qt;
+	enum stats_estimator est = STATS_EST_POPULATION;
+	struct stats_cmp all = { 0 };
+	json_t *layers = NULL;
+	double *buf = NULL;
+	int64_t step = 0, run_id, dom, latest;
+	size_t i, j, n_cmp = 0;
+	int rc, k;
+
+	*out = NULL;
+	if (p->source == NULL || p->target == NULL)
+		return bn_error_set(err, 400, BN_E_PARAMETER, p->source ? "target" : "source",
+				    "shift needs source= and target= domains");
+	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &qs, err) < 0)
+		return -EINVAL;
+	if (check_domain(p->source, err) < 0 || check_domain(p->target, err) < 0)
+		return -EINVAL;
+	qs.domain = p->source;
+	qt = qs;
+	qt.domain = p->target;
+
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc < 0)
+		goto done;
+	if (!qs.has_step) {
+		/* Both domains at one model version: the latest step they both reached. */
+		for (k = 0; k < 2; k++) {
+			const char *d = k ? p->target : p->source;
+
+			dom = -1;
+			if (strcmp(d, DOMAIN_ALL) != 0 && store_domain_find(r, run_id, d, &dom) < 0) {
+				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
+						  "run %s has no domain %s", run, d);
+				goto done;
+			}
+			if (store_latest_step(r, run_id, dom, &latest) < 0) {
+				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
+						  "domain %s has no statistics", d);
+				goto done;
+			}
+			if (k == 0 || latest < step)
+				step = latest;
+		}
+		qs.has_step = qt.has_step = true;
+		qs.step = qt.step = step;
+	}
+	rc = window_compute(r, &qs, &ws, &step, err);
+	if (rc == 0)
+		rc = window_compute(r, &qt, &wt, &step, err);
+	if (rc < 0)
+		goto done;
+	layers = json_object();
+	if (layers == NULL) {
+		rc = oom(err);
+		goto done;
+	}
+	/* Both windows list the run's layers in the same (id) order. */
+	for (i = 0, j = 0; i < ws.n && j < wt.n; i++, j++) {
+		const struct layer_acc *a = &ws.layers[i], *b = &wt.layers[j];
+		struct stats_cmp cmp;
+		size_t c = a->channels;
+
+		if (!a->wanted || a->agg.k == 0 || b->agg.k == 0)
+			continue;
+		free(buf);
+		buf = malloc(4 * c * sizeof(double));
+		if (buf == NULL) {
+			rc = oom(err);
+			goto done;
+		}
+		stats_estimate(&a->agg, est, buf, buf + c);
+		stats_estimate(&b->agg, est, buf + 2 * c, buf + 3 * c);
+		stats_compare(c, buf, buf + c, buf + 2 * c, buf + 3 * c, &cmp);
+		cmp_accumulate(&all, &cmp, &n_cmp);
+		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
+			rc = oom(err);
+			goto done;
+		}
+	}
+	if (n_cmp == 0) {
+		rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+				  "domains %s and %s share no layer with data in steps (%lld, %lld]",
+				  p->source, p->target, (long long)(step - qs.window), (long long)step);
+		goto done;
+	}
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source", p->source,
+			 "target", p->target, "step", (json_int_t)step, "window", (json_int_t)qs.window,
+			 "estimator", estimator_name(est), "layers", layers,
+			 "overall", cmp_overall(all, n_cmp));
+	rc = *out ? 0 : oom(err);
+done:
+	store_read_end(r);
+	json_decref(layers);
+	free(buf);
+	window_free(&ws);
+	window_free(&wt);
+	return rc;
+}
+
+/* --- domains ---------------------------------------------------------------------- */
+
+static int append_domain_info(void *ctx, const struct store_item *it)
+{
+	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", it->name, "layers",
+			      (json_int_t)it->c, "steps", (json_int_t)it->b, "batches",
+			      (json_int_t)it->a, "elements", (json_int_t)it->d);
+
+	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
+}
+
+int query_domains(struct store_reader *r, const char *run, json_t **out,
+		  struct bn_error *err)
+{
+	json_t *list = json_array();
+	int64_t run_id;
+	int rc;
+
+	*out = NULL;
+	if (list == NULL)
+		return oom(err);
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc == 0) {
+		rc = store_domains_foreach(r, run_id, append_domain_info, list);
+		if (rc < 0)
+			rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+	}
+	store_read_end(r);
+	if (rc == 0)
+		*out = json_pack("{s:s, s:O}", "run", run, "domains", list);
+	json_decref(list);
+	if (rc == 0 && *out == NULL)
+		rc = oom(err);
+	return rc;
+}
+
+/* --- series -------------------------------------------------------------------------- */
+
+/* One channel's pooled statistics at one step. */
+struct mv {
+	int64_t step;
+	int64_t n;
+	double mean, m2;
+};
+
+static struct mv mv_merge(struct mv a, struct mv b)
+{
+	struct mv m = b;
+	double n, d;
+
+	if (a.n == 0)
+		return b;
+	if (b.n == 0)
+		return a;
+	n = (double)(a.n + b.n);
+	d = b.mean - a.mean;
+	m.n = a.n + b.n;
+	m.mean = a.mean + d * (double)b.n / n;
+	m.m2 = a.m2 + b.m2 + d * d * (double)a.n * (double)b.n / n;
+	return m;
+}
+
+struct series_walk {
+	struct store_reader *r;
+	size_t channels, channel;
+	struct mv *pts;
+	size_t n, cap;
+	int rc;
+};
+
+static int series_row(void *ctx, const struct store_row *row)
+{
+	struct series_walk *s = ctx;
+	struct mv v = { .step = row->step, .n = row->n };
+
+	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channel, 1, &v.mean) < 0 ||
+	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) < 0)
+		return -EIO;
+	if (s->n > 0 && s->pts[s->n - 1].step == row->step) {
+		/* another domain at the same step (domain "*") */
+		int64_t step = row->step;
+
+		s->pts[s->n - 1] = mv_merge(s->pts[s->n - 1], v);
+		s->pts[s->n - 1].step = step;
+		return 0;
+	}
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 256;
+		struct mv *p = realloc(s->pts, cap * sizeof(*p));
+
+		if (p == NULL)
+			return -ENOMEM;
+		s->pts = p;
+		s->cap = cap;
+	}
+	s->pts[s->n++] = v;
+	return 0;
+}
+
+/*
+ * Merge over the sliding window (step - window, step] for every point, with
+ * a two-stack queue: each point is merged O(1) times on average however
+ * wide the window is. out[i] receives the window ending at pts[i].
+ */
+static int sliding_window(const struct mv *pts, size_t n, int64_t window, struct mv *out)
+{
+	struct mv *front = malloc((n + 1) * sizeof(*front)); /* suffix merges, oldest last */
+	struct mv back = { 0 };
+	size_t nf = 0, head = 0, back_first = 0, i, k;
+
+	if (front == NULL)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		back = mv_merge(back, pts[i]);
+		/* pop points that left the window */
+		while (head <= i && pts[head].step <= pts[i].step - window) {
+			if (nf == 0) {
+				/* move the back stack [back_first, i] to the front, as suffix merges */
+				struct mv acc = { 0 };
+
+				for (k = i + 1; k > back_first; k--) {
+					acc = mv_merge(pts[k - 1], acc);
+					front[nf++] = acc;
+				}
+				back_first = i + 1;
+				back = (struct mv){ 0 };
+			}
+			nf--;
+			head++;
+		}
+		out[i] = nf > 0 ? mv_merge(front[nf - 1], back) : back;
+		out[i].step = pts[i].step;
+	}
+	free(front);
+	return 0;
+}
+
+/* Values per step handed back by replay_channel / the EMA walk. */
+struct step_values {
+	int64_t *step;
+	double *a, *b;
+	size_t n, cap;
+	int64_t last_step;
+	bool first_only; /* keep the first value seen per step */
+};
+
+static int step_values_add(struct step_values *v, int64_t step, double a, double b)
+{
+	if (v->first_only && v->n > 0 && v->step[v->n - 1] == step)
+		return 0;
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? 2 * v->cap : 256;
+		int64_t *s = realloc(v->step, cap * sizeof(*s));
+		double *pa, *pb;
+
+		if (s == NULL)
+			return -ENOMEM;
+		v->step = s;
+		pa = realloc(v->a, cap * sizeof(*pa));
+		if (pa == NULL)
+			return -ENOMEM;
+		v->a = pa;
+		pb = realloc(v->b, cap * sizeof(*pb));
+		if (pb == NULL)
+			return -ENOMEM;
+		v->b = pb;
+		v->cap = cap;
+	}
+	v->step[v->n] = step;
+	v->a[v->n] = a;
+	v->b[v->n] = b;
+	v->n++;
+	return 0;
+}
+
+static void step_values_free(struct step_values *v)
+{
+	free(v->step);
+	free(v->a);
+	free(v->b);
+}
+
+static int sim_point(void *ctx, int64_t step, double mean, double var)
+{
+	return step_values_add(ctx, step, mean, var);
+}
+
+struct ema_walk {
+	struct store_reader *r;
+	size_t channels, channel;
+	struct step_values *v;
+};
+
+static int ema_row(void *ctx, const struct store_row *row)
+{
+	struct ema_walk *e = ctx;
+	double m, var;
+
+	if (e->v->n > 0 && e->v->step[e->v->n - 1] == row->step)
+		return 0; /* the first worker by name already gave this step */
+	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channel, 1, &m) < 0 ||
+	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels + e->channel, 1, &var) < 0)
+		return -EIO;
+	return step_values_add(e->v, row->step, m, var);
+}
+
+/* The value of v at `step`, advancing the cursor *k (steps ascend). */
+static bool step_lookup(const struct step_values *v, size_t *k, int64_t step, double *a, double *b)
+{
+	while (*k < v->n && v->step[*k] < step)
+		(*k)++;
+	if (*k < v->n && v->step[*k] == step) {
+		*a = v->a[*k];
+		*b = v->b[*k];
+		return true;
+	}
+	return false;
+}
+
+static int parse_optional_int(const char *name, const char *s, long long min, long long dflt,
+			      long long *out, struct bn_error *err)
+{
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	return query_parse_int(name, s, min, out, err);
+}
+
+int query_series(struct store_reader *r, struct replay_cache *cache,
+		 const char *run, const struct query_params *p, json_t **out,
+		 struct bn_error *err)
+{
+	const char *domain = p->domain ? p->domain : "default";
+	struct series_walk sw = { .r = r };
+	struct step_values ema = { .first_only = true }, sim = { 0 };
+	struct mv *prec = NULL;
+	json_t *doc = NULL, *arr[9] = { NULL };
+	static const char *const names[9] = { "step", "batch_mean", "batch_var", "precise_mean",
+					      "precise_var", "ema_mean", "ema_var", "sim_mean",
+					      "sim_var" };
+	long long channel, from, to, window, stride, points;
+	double momentum;
+	int64_t run_id, domain_id = -1, layer_id, latest;
+	size_t channels, i, ke = 0, ks = 0, first_out;
+	int rc, a;
+
+	*out = NULL;
+	if (p->n_layers != 1)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "layer",
+				    "series needs exactly one layer= parameter");
+	if (p->channel == NULL)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "channel", "series needs channel=");
+	if (query_parse_int("channel", p->channel, 0, &channel, err) < 0 ||
+	    parse_optional_int("from", p->from, 0, 0, &from, err) < 0 ||
+	    parse_optional_int("to", p->to, 0, -1, &to, err) < 0 ||
+	    parse_optional_int("window", p->window, 1, 1, &window, err) < 0 ||
+	    parse_optional_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
+	    parse_optional_int("points", p->points, 1, 0, &points, err) < 0 ||
+	    parse_momentum(p->momentum, &momentum, err) < 0 || check_domain(domain, err) < 0)
+		return -EINVAL;
+	if (p->to != NULL && from > to)
+		return bn_error_set(err, 422, BN_E_INVALID, "from",
+				    "from (%lld) is after to (%lld)", from, to);
+	if (p->worker != NULL && !ingest_name_valid(p->worker))
+		return bn_error_set(err, 422, BN_E_INVALID, "worker",
+				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
+
+	store_read_begin(r);
+	rc = find_run(r, run, &run_id, err);
+	if (rc < 0)
+		goto done;
+	if (strcmp(domain, DOMAIN_ALL) != 0) {
+		rc = store_domain_find(r, run_id, domain, &domain_id);
+		if (rc < 0) {
+			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
+							  "run %s has no domain %s", run, domain)
+					   : read_failed(err);
+			goto done;
+		}
+	}
+	rc = store_layer_find(r, run_id, p->layers[0], &layer_id, &channels);
+	if (rc < 0) {
+		rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
+						  "run %s has no layer %s", run, p->layers[0])
+				   : read_failed(err);
+		goto done;
+	}
+	if ((size_t)channel >= channels) {
+		rc = bn_error_set(err, 422, BN_E_INVALID, "channel",
+				  "layer %s has %zu channels; channel %lld is out of range",
+				  p->layers[0], channels, channel);
+		goto done;
+	}
+	if (p->to == NULL) {
+		rc = store_latest_step(r, run_id, domain_id, &latest);
+		to = rc == 0 ? latest : -1;
+		rc = 0;
+	}
+
+	/* batch and precise: the window reaches window-1 steps before `from` */
+	sw.channels = channels;
+	sw.channel = (size_t)channel;
+	rc = store_layer_aggs(r, run_id, domain_id, layer_id,
+			      from - window < -1 ? -1 : from - window, to, series_row, &sw);
+	if (rc == 0 && sw.n > 0) {
+		prec = malloc(sw.n * sizeof(*prec));
+		rc = prec ? sliding_window(sw.pts, sw.n, window, prec) : -ENOMEM;
+	}
+	/* worker EMA (one domain only) and simulated EMA */
+	if (rc == 0 && domain_id >= 0) {
+		struct ema_walk ew = { r, channels, (size_t)channel, &ema };
+
+		rc = store_layer_emas(r, run_id, domain_id, layer_id, p->worker, from - 1, to,
+				      ema_row, &ew);
+	}
+	if (rc == 0)
+		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels, (size_t)channel,
+				    momentum, from - 1, to, sim_point, &sim);
+	if (rc < 0) {
+		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+		goto done;
+	}
+
+	for (a = 0; a < 9; a++) {
+		arr[a] = json_array();
+		if (arr[a] == NULL) {
+			rc = oom(err);
+			goto done;
+		}
+	}
+	for (first_out = 0; first_out < sw.n && sw.pts[first_out].step < from; first_out++)
+		;
+	if (points > 0 && (size_t)points < sw.n - first_out)
+		stride = (long long)((sw.n - first_out + (size_t)points - 1) / (size_t)points);
+	for (i = first_out; i < sw.n; i++) {
+		const struct mv *b = &sw.pts[i], *w = &prec[i];
+		double em, ev, sm, sv;
+		bool has_ema, has_sim;
+
+		has_ema = step_lookup(&ema, &ke, b->step, &em, &ev);
+		has_sim = step_lookup(&sim, &ks, b->step, &sm, &sv);
+		/* keep every stride-th point and always the last */
+		if ((i - first_out) % (size_t)stride != 0 && i + 1 != sw.n)
+			continue;
+		json_array_append_new(arr[0], json_integer(b->step));
+		json_array_append_new(arr[1], json_real(b->mean));
+		json_array_append_new(arr[2], json_real(b->m2 / (double)b->n));
+		json_array_append_new(arr[3], json_real(w->mean));
+		json_array_append_new(arr[4], json_real(w->m2 / (double)w->n));
+		json_array_append_new(arr[5], has_ema ? json_real(em) : json_null());
+		json_array_append_new(arr[6], has_ema ? json_real(ev) : json_null());
+		json_array_append_new(arr[7], has_sim ? json_real(sm) : json_null());
+		json_array_append_new(arr[8], has_sim ? json_real(sv) : json_null());
+	}
+	doc = json_pack("{s:s, s:s, s:I, s:s, s:I, s:f, s:I}", "run", run, "layer", p->layers[0],
+			"channel", (json_int_t)channel, "domain", domain, "window",
+			(json_int_t)window, "momentum", momentum, "stride", (json_int_t)stride);
+	if (doc == NULL) {
+		rc = oom(err);
+		goto done;
+	}
+	json_object_set_new(doc, "worker", p->worker ? json_string(p->worker) : json_null());
+	for (a = 0; a < 9; a++) {
+		json_object_set_new(doc, names[a], arr[a]);
+		arr[a] = NULL;
+	}
+	*out = doc;
+	rc = 0;
+done:
+	store_read_end(r);
+	for (a = 0; a < 9; a++)
+		json_decref(arr[a]);
+	free(sw.pts);
+	free(prec);
+	step_values_free(&ema);
+	step_values_free(&sim);
 	return rc;
 }

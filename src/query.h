@@ -17,12 +17,24 @@
 #include "bnstat/error.h"
 #include "store.h"
 
-/* Parameters of GET /v1/runs/{run}/stats, as sent (NULL: not given). */
-struct query_stats_params {
+struct replay_cache;
+
+/* Query parameters of a GET, as sent (NULL: not given). */
+struct query_params {
 	const char *step;
 	const char *window;
 	const char *domain;
 	const char *estimator;
+	const char *ema;      /* compare: worker | sim */
+	const char *worker;
+	const char *momentum;
+	const char *channel;  /* series */
+	const char *from;
+	const char *to;
+	const char *stride;
+	const char *points;
+	const char *source;   /* shift */
+	const char *target;
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
 };
@@ -40,7 +52,37 @@ int query_run(struct store_reader *r, const char *run, json_t **out,
 
 /* GET /v1/runs/{run}/stats: precise statistics (SPEC section 4). */
 int query_stats(struct store_reader *r, const char *run,
-		const struct query_stats_params *p, json_t **out,
+		const struct query_params *p, json_t **out,
+		struct bn_error *err);
+
+/*
+ * GET /v1/runs/{run}/compare: EMA (the workers' own, or simulated with a
+ * momentum through cache) against the precise statistics, per layer and
+ * overall (SPEC section 4).
+ */
+int query_compare(struct store_reader *r, struct replay_cache *cache,
+		  const char *run, const struct query_params *p, json_t **out,
+		  struct bn_error *err);
+
+/*
+ * GET /v1/runs/{run}/series: one channel of one layer over a step range:
+ * batch, precise (window), worker EMA and simulated EMA, as parallel arrays.
+ */
+int query_series(struct store_reader *r, struct replay_cache *cache,
+		 const char *run, const struct query_params *p, json_t **out,
+		 struct bn_error *err);
+
+/* GET /v1/runs/{run}/domains: per domain layers, steps, batches, elements. */
+int query_domains(struct store_reader *r, const char *run, json_t **out,
+		  struct bn_error *err);
+
+/*
+ * GET /v1/runs/{run}/shift: the comparison metrics between the precise
+ * statistics of domain `source` (as the estimate) and `target` (as the
+ * reference) at one step and window.
+ */
+int query_shift(struct store_reader *r, const char *run,
+		const struct query_params *p, json_t **out,
 		struct bn_error *err);
 
 /*

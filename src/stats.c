@@ -246,3 +246,36 @@ int stats_batch_noise(const struct stats_agg *a, double *out)
 	*out = sum / (double)used;
 	return 0;
 }
+
+void stats_compare(size_t channels, const double *mean_e, const double *var_e,
+		   const double *mean_p, const double *var_p, struct stats_cmp *out)
+{
+	struct stats_cmp c = { 0 };
+	size_t i;
+
+	for (i = 0; i < channels; i++) {
+		double vp = var_p[i] + STATS_CMP_EPS;
+		double ve = var_e[i] + STATS_CMP_EPS;
+		double d = mean_e[i] - mean_p[i];
+		double merr = fabs(d) / sqrt(vp);
+		double verr = fabs(log(ve / vp));
+		/* KL(N(mp, vp) || N(me, ve)) = (ln(ve/vp) + (vp + d^2)/ve - 1) / 2 */
+		double kl = 0.5 * (log(ve / vp) + (vp + d * d) / ve - 1.0);
+
+		c.mean_err += merr;
+		c.var_err += verr;
+		c.kl += kl;
+		if (merr > c.mean_err_max)
+			c.mean_err_max = merr;
+		if (verr > c.var_err_max)
+			c.var_err_max = verr;
+		if (kl > c.kl_max)
+			c.kl_max = kl;
+	}
+	if (channels > 0) {
+		c.mean_err /= (double)channels;
+		c.var_err /= (double)channels;
+		c.kl /= (double)channels;
+	}
+	*out = c;
+}

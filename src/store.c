@@ -51,6 +51,8 @@ enum wstmt {
 	W_SNAP_GET,
 	W_SNAP_INS,
 	W_SNAP_LAYER_INS,
+	W_RUN_MAX_STEP,
+	W_LATE_INS,
 	W_COUNT
 };
 
@@ -82,11 +84,15 @@ static const char *const wstmt_sql[W_COUNT] = {
 		       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
 			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
+	[W_LATE_INS] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, ?2, ?3)",
 };
 
 struct store_reader {
 	struct store_reader *next;
 	sqlite3 *db;
+	sqlite3_blob *agg_blob; /* open handles for store_row_read() */
+	sqlite3_blob *ema_blob;
 	double *scratch; /* STATS_AGG_ARRAYS * cap doubles */
 	size_t scratch_cap;
 };
@@ -420,6 +426,39 @@ static int ema_put(struct store *s, int64_t run_id, int64_t domain_id,
 }
 
 /*
+ * A batch below the run's highest step rewrites history for replayed EMAs:
+ * log it (query.c keeps its cached replays exact by it). Batches at or
+ * above the highest step, the normal case in training, log nothing.
+ */
+static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
+			   const struct ingest_batch *b)
+{
+	sqlite3_stmt *st = s->ws[W_RUN_MAX_STEP];
+	bool late = false, merges = false;
+	size_t i;
+	int rc;
+
+	for (i = 0; i < b->n_layers; i++)
+		merges |= b->layers[i].count > 0;
+	if (!merges)
+		return 0;
+	sqlite3_bind_int64(st, 1, run_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+		late = b->step < sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW)
+		return -EIO;
+	if (!late)
+		return 0;
+	st = s->ws[W_LATE_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, b->step);
+	return step_done(st);
+}
+
+/*
  * Apply one batch inside the open transaction. Returns 0 when the batch is
  * accepted or recognised as a duplicate (q->res says which), or a negative
  * errno with q->res.err filled in; the caller then rolls the savepoint back.
@@ -464,6 +503,8 @@ static int apply_batch(struct store *s, struct queued *q)
 	if (rc != SQLITE_DONE)
 		return db_error(err, s->wdb, "looking up batch");
 
+	if (note_late_write(s, run_id, domain_id, b) < 0)
+		return db_error(err, s->wdb, "recording a late write");
 	for (i = 0; i < b->n_layers; i++) {
 		const struct ingest_layer *l = &b->layers[i];
 
@@ -900,10 +941,18 @@ int store_reader_get(struct store *s, struct store_reader **out,
 	return 0;
 }
 
+static void reader_blobs_close(struct store_reader *r)
+{
+	sqlite3_blob_close(r->agg_blob);
+	sqlite3_blob_close(r->ema_blob);
+	r->agg_blob = r->ema_blob = NULL;
+}
+
 void store_reader_put(struct store *s, struct store_reader *r)
 {
 	if (r == NULL)
 		return;
+	reader_blobs_close(r);
 	if (!sqlite3_get_autocommit(r->db))
 		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
 	pthread_mutex_lock(&s->rmu);
@@ -919,6 +968,7 @@ int store_read_begin(struct store_reader *r)
 
 void store_read_end(struct store_reader *r)
 {
+	reader_blobs_close(r);
 	if (!sqlite3_get_autocommit(r->db))
 		sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
 }
@@ -1161,6 +1211,8 @@ static int item_rows(sqlite3 *db, const char *sql, int64_t run_id,
 			.name = (const char *)sqlite3_column_text(st, 1),
 			.a = sqlite3_column_int64(st, 2),
 			.b = sqlite3_column_int64(st, 3),
+			.c = sqlite3_column_count(st) > 4 ? sqlite3_column_int64(st, 4) : 0,
+			.d = sqlite3_column_count(st) > 5 ? sqlite3_column_int64(st, 5) : 0,
 		};
 		rc = fn(ctx, &item);
 		if (rc != 0)
@@ -1187,6 +1239,10 @@ int store_domains_foreach(struct store_reader *r, int64_t run_id,
 			 "SELECT d.id, d.name,"
 			 " (SELECT count(*) FROM batches b WHERE b.run_id = d.run_id AND b.domain_id = d.id),"
 			 " (SELECT count(DISTINCT step) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
+			 " (SELECT count(DISTINCT layer_id) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
+			 " (SELECT coalesce(sum(n), 0) FROM aggs a"
 			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id)"
 			 " FROM domains d WHERE d.run_id = ?1 ORDER BY d.name",
 			 run_id, fn, ctx);
@@ -1325,4 +1381,155 @@ int store_snapshots_foreach(struct store_reader *r, int64_t run_id,
 		rc = -EIO;
 	sqlite3_finalize(st);
 	return rc;
+}
+
+/* --- one layer across steps --------------------------------------------------------- */
+
+static int row_walk(sqlite3_stmt *st, bool ema, store_row_fn fn, void *ctx)
+{
+	int rc = 0, src;
+
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_row row = {
+			.rowid = sqlite3_column_int64(st, 0),
+			.step = sqlite3_column_int64(st, 1),
+			.domain_id = sqlite3_column_int64(st, 2),
+			.n = sqlite3_column_int64(st, 3),
+			.k = sqlite3_column_int64(st, 4),
+			.nbs_min = ema ? 0 : sqlite3_column_int64(st, 5),
+			.nbs_max = ema ? 0 : sqlite3_column_int64(st, 6),
+			.worker = ema ? (const char *)sqlite3_column_text(st, 5) : NULL,
+		};
+		rc = fn(ctx, &row);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, int64_t step_lo, int64_t step_hi,
+		     store_row_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	const char *sql = domain_id < 0
+		? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+		  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
+		  " AND ?2 < 0 ORDER BY step, domain_id"
+		: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+		  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step";
+
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_int64(st, 4, step_lo);
+	sqlite3_bind_int64(st, 5, step_hi);
+	return row_walk(st, false, fn, ctx);
+}
+
+int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, const char *worker, int64_t step_lo,
+		     int64_t step_hi, store_row_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	const char *sql = worker != NULL
+		? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+		  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step"
+		: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+		  " AND domain_id = ?2 AND layer_id = ?3"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
+
+	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_int64(st, 4, step_lo);
+	sqlite3_bind_int64(st, 5, step_hi);
+	if (worker != NULL)
+		sqlite3_bind_text(st, 6, worker, -1, SQLITE_STATIC);
+	return row_walk(st, true, fn, ctx);
+}
+
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
+		   size_t first, size_t n, double *out)
+{
+	sqlite3_blob **blob = which == STORE_BLOB_AGG ? &r->agg_blob : &r->ema_blob;
+	const char *table = which == STORE_BLOB_AGG ? "aggs" : "emas";
+	int rc;
+
+	/* One open blob handle per table, moved from row to row. */
+	if (*blob != NULL)
+		rc = sqlite3_blob_reopen(*blob, rowid);
+	else
+		rc = sqlite3_blob_open(r->db, "main", table, "data", rowid, 0, blob);
+	if (rc != SQLITE_OK) {
+		sqlite3_blob_close(*blob);
+		*blob = NULL;
+		return -EIO;
+	}
+	if (sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)),
+			      (int)(first * sizeof(double))) != SQLITE_OK)
+		return -EIO;
+	return 0;
+}
+
+int store_ema_first_worker(struct store_reader *r, int64_t run_id,
+			   int64_t domain_id, int64_t step, char *worker,
+			   size_t size)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT min(worker) FROM emas WHERE run_id = ?1"
+				      " AND domain_id = ?2 AND step = ?3", -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+		snprintf(worker, size, "%s", sqlite3_column_text(st, 0));
+	else if (rc == SQLITE_ROW)
+		rc = SQLITE_DONE;
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
+}
+
+int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen)
+{
+	int rc = query_int64(r->db, "SELECT max(id) FROM late_writes WHERE run_id = ?1 AND ?2 = 0",
+			     run_id, 0, NULL, gen);
+
+	if (rc == -ENOENT) {
+		*gen = 0;
+		rc = 0;
+	}
+	return rc;
+}
+
+int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t gen, int64_t step)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM late_writes WHERE run_id = ?1 AND id > ?2"
+				      " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4) LIMIT 1",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, gen);
+	sqlite3_bind_int64(st, 3, step);
+	sqlite3_bind_int64(st, 4, domain_id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -EIO;
 }

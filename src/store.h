@@ -245,14 +245,17 @@ int store_run_describe(struct store_reader *r, const char *run,
 
 /*
  * A named item of a run with counts: a layer (channels in `a`), a domain
- * (batches in `a`, steps in `b`) or a worker (batches in `a`, last step in
- * `b`).
+ * (batches in `a`, distinct steps in `b`, layers in `c`, elements per
+ * channel summed over layers and steps in `d`) or a worker (batches in
+ * `a`, last step in `b`).
  */
 struct store_item {
 	int64_t id;
 	const char *name;
 	int64_t a;
 	int64_t b;
+	int64_t c;
+	int64_t d;
 };
 typedef int (*store_item_fn)(void *ctx, const struct store_item *item);
 
@@ -262,6 +265,72 @@ int store_domains_foreach(struct store_reader *r, int64_t run_id,
 			  store_item_fn fn, void *ctx);
 int store_workers_foreach(struct store_reader *r, int64_t run_id,
 			  store_item_fn fn, void *ctx);
+
+/* --- one layer across steps (series, simulated EMA) --------------------------- */
+
+/*
+ * A stored row seen without its arrays: a per-step aggregate (n, k, ...)
+ * or a worker EMA (seq in k). Read its values with store_row_read().
+ */
+struct store_row {
+	int64_t rowid;
+	int64_t step;
+	int64_t domain_id;
+	int64_t n;
+	int64_t k;
+	int64_t nbs_min;
+	int64_t nbs_max;
+	const char *worker; /* EMA rows only */
+};
+typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
+
+/*
+ * Per-step aggregates of one layer with step_lo < step <= step_hi in the
+ * domain (domain_id < 0: all), ordered by step then domain id.
+ */
+int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, int64_t step_lo, int64_t step_hi,
+		     store_row_fn fn, void *ctx);
+
+/*
+ * Worker EMA rows of one layer and domain with step_lo < step <= step_hi,
+ * by step; worker NULL: every worker (then by step, worker).
+ */
+int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, const char *worker, int64_t step_lo,
+		     int64_t step_hi, store_row_fn fn, void *ctx);
+
+enum store_blob { STORE_BLOB_AGG, STORE_BLOB_EMA };
+
+/*
+ * Read n doubles starting at double index `first` of the data blob of row
+ * rowid (an aggregate: array a of STATS_AGG_ARRAYS lies at a*channels; an
+ * EMA: mean at 0, var at channels) into out, without reading the rest of
+ * the blob. Returns 0 or -EIO.
+ */
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
+		   size_t first, size_t n, double *out);
+
+/*
+ * The first worker by name that reported an EMA at `step` in the domain:
+ * 0 and its name copied to worker[size], or -ENOENT.
+ */
+int store_ema_first_worker(struct store_reader *r, int64_t run_id,
+			   int64_t domain_id, int64_t step, char *worker,
+			   size_t size);
+
+/*
+ * Late writes (batches that landed below the run's highest step): *gen is
+ * the newest late-write id (0 when none).
+ */
+int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen);
+
+/*
+ * Has a late write newer than gen landed at a step <= step in the domain
+ * (domain_id < 0: any)? Returns 1, 0, or a negative errno.
+ */
+int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t gen, int64_t step);
 
 /* Look up one layer: 0 with its id and channel count, or -ENOENT. */
 int store_layer_find(struct store_reader *r, int64_t run_id,

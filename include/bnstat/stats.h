@@ -103,4 +103,25 @@ int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
  */
 int stats_batch_noise(const struct stats_agg *a, double *out);
 
+/* The eps of the comparison metrics (SPEC section 2). */
+#define STATS_CMP_EPS 1e-5
+
+/* How far an estimate (mean_e, var_e) is from a reference (mean_p, var_p). */
+struct stats_cmp {
+	double mean_err;     /* mean over channels of |me - mp| / sqrt(vp + eps) */
+	double mean_err_max; /* the maximum over channels */
+	double var_err;      /* mean of |ln((ve + eps) / (vp + eps))| */
+	double var_err_max;
+	double kl;           /* mean of KL(N(mp, vp + eps) || N(me, ve + eps)) */
+	double kl_max;
+};
+
+/*
+ * Compare per channel an estimate (an EMA, or a source domain) with a
+ * reference (the precise statistics, or a target domain), arrays of
+ * `channels` doubles borrowed from the caller, into *out.
+ */
+void stats_compare(size_t channels, const double *mean_e, const double *var_e,
+		   const double *mean_p, const double *var_p, struct stats_cmp *out);
+
 #endif

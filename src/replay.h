@@ -1,0 +1,70 @@
+/*
+ * replay: the simulated EMA, with its replay states cached.
+ *
+ * The simulated EMA replays a layer's per-step pooled batch statistics in
+ * step order with PyTorch's update r <- (1-a)*r + a*x (x the pooled mean
+ * and the pooled unbiased variance M2/(n-1)), from mean 0 and variance 1
+ * before the first step with data. Replaying a long run for every query
+ * would read every step's arrays, so the states reached on the way are kept
+ * as checkpoints, per (run, domain, layer, momentum), every
+ * REPLAY_CHECKPOINT_EVERY steps with data; a query resumes from the latest
+ * valid checkpoint at or before its step.
+ *
+ * Exactness: a checkpoint stays valid only while no batch has landed at or
+ * before its step since it was taken. The store logs every batch that lands
+ * below the run's highest step (a "late write") in the same transaction as
+ * its data, and a checkpoint is checked against that log inside the
+ * reader's transaction before use; checkpoints are only taken below the
+ * highest step, so the ordinary in-order upload never invalidates one. A
+ * resumed replay performs the very same floating-point operations as a
+ * full one, so the answer is bit-identical.
+ */
+#ifndef BNSTAT_REPLAY_H
+#define BNSTAT_REPLAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define REPLAY_CHECKPOINT_EVERY 64
+
+struct replay_cache;
+
+/*
+ * A cache of at most max_bytes of checkpoint states (0: no caching).
+ * Owned by the caller; free with replay_cache_free(). Thread-safe.
+ */
+struct replay_cache *replay_cache_new(size_t max_bytes);
+void replay_cache_free(struct replay_cache *c);
+
+/*
+ * The simulated EMA of every channel of a layer after step `step` with
+ * momentum a in (0, 1], in domain domain_id (< 0: all domains pooled per
+ * step), into mean_out/var_out (channels doubles each, the caller's).
+ * Runs inside the caller's read transaction on r. *applied receives the
+ * number of steps with data replayed from the start of the run (0: no data
+ * at or before `step`; the outputs are then the initial 0 and 1).
+ * Returns 0 or a negative errno.
+ */
+int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+		 int64_t domain_id, int64_t layer_id, size_t channels,
+		 double momentum, int64_t step, double *mean_out,
+		 double *var_out, int64_t *applied);
+
+/*
+ * The simulated EMA of one channel at every step with data in
+ * (from_excl, to], handed to fn(ctx, step, mean, var) in step order.
+ * Resumes from a cached checkpoint before from_excl when one is valid.
+ */
+typedef int (*replay_point_fn)(void *ctx, int64_t step, double mean, double var);
+int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+		   int64_t domain_id, int64_t layer_id, size_t channels,
+		   size_t channel, double momentum, int64_t from_excl, int64_t to,
+		   replay_point_fn fn, void *ctx);
+
+/* Checkpoints held and bytes used, for metrics and tests. */
+void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes);
+
+#endif
