@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@ struct http_server {
 	struct store *store;
 	struct replay_cache *replay;
 	struct http_options opt;
+	_Atomic unsigned in_flight; /* requests begun and not completed */
 	unsigned port;
 };
 
@@ -76,6 +78,7 @@ struct request {
 	struct http_server *srv;
 	struct MHD_Connection *conn;
 	enum route route;
+	const char *allowed; /* methods of the matched route, for 405's Allow */
 	char run[INGEST_NAME_MAX + 2];
 	char label[STORE_LABEL_MAX + 2];
 	struct timespec started;
@@ -121,6 +124,8 @@ static MHD_Result reply_text(struct request *rq, unsigned status, char *text,
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	if (status == 503)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	if (status == 405 && rq->allowed != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->allowed);
 	ret = MHD_queue_response(rq->conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -559,6 +564,7 @@ static struct request *request_new(struct http_server *srv,
 		return NULL;
 	rq->srv = srv;
 	rq->conn = conn;
+	atomic_fetch_add(&srv->in_flight, 1);
 	pthread_mutex_init(&rq->mu, NULL);
 	clock_gettime(CLOCK_MONOTONIC, &rq->started);
 	return rq;
@@ -584,6 +590,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		allowed = route_match(rq, url);
 		if (allowed == NULL)
 			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
+		rq->allowed = allowed;
 		if (!method_allowed(method, allowed)) {
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
@@ -640,6 +647,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 		log_error("request_abandoned", "run=%s", rq->run); /* cannot happen: suspended */
 	pthread_mutex_destroy(&rq->mu);
 	free(rq->body);
+	atomic_fetch_sub(&rq->srv->in_flight, 1);
 	free(rq);
 	*req_cls = NULL;
 }
@@ -737,16 +745,14 @@ void http_quiesce(struct http_server *h)
 
 unsigned http_drain(struct http_server *h, unsigned timeout_ms)
 {
-	unsigned waited = 0;
-	const union MHD_DaemonInfo *info;
+	unsigned waited = 0, n;
 
-	for (;;) {
-		info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-		if (info == NULL || info->num_connections == 0 || waited >= timeout_ms)
-			return info ? info->num_connections : 0;
+	/* Idle keep-alive connections do not count: http_stop() closes them. */
+	while ((n = atomic_load(&h->in_flight)) > 0 && waited < timeout_ms) {
 		usleep(10000);
 		waited += 10;
 	}
+	return n;
 }
 
 void http_stop(struct http_server *h)

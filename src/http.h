@@ -50,8 +50,9 @@ unsigned http_port(const struct http_server *h);
 void http_quiesce(struct http_server *h);
 
 /*
- * Wait up to timeout_ms for open connections to finish.
- * Returns the number still open.
+ * Wait up to timeout_ms for requests in flight to be answered (idle
+ * keep-alive connections are not waited for). Returns the number still
+ * in flight.
  */
 unsigned http_drain(struct http_server *h, unsigned timeout_ms);
 

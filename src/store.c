@@ -26,6 +26,8 @@
 #endif
 
 /* One job for the writer: a batch to merge or a snapshot to create. */
+#define WCACHE_BUCKETS 1024 /* hash buckets of the writer's aggregate cache */
+
 struct queued {
 	struct queued *next;
 	struct ingest_batch *batch;
@@ -107,6 +109,11 @@ struct store {
 	sqlite3_stmt *ws[W_COUNT];
 	double *wscratch; /* STATS_AGG_ARRAYS * wscratch_cap doubles */
 	size_t wscratch_cap;
+	struct wagg *wcache[WCACHE_BUCKETS]; /* see agg_merge() */
+	size_t wcache_bytes;
+	uint64_t wgroup;          /* groups written so far */
+	int64_t *wlayer_ids;      /* per batch: the resolved layer ids */
+	size_t wlayer_cap;
 	pthread_t writer;
 	bool writer_started;
 
@@ -344,61 +351,175 @@ static int layer_resolve(struct store *s, int64_t run_id,
 	return 0;
 }
 
-/* Merge one layer of a batch into its per-step aggregate row. */
-static int agg_update(struct store *s, int64_t run_id, int64_t domain_id,
-		      int64_t step, int64_t layer_id, enum stats_var_kind kind,
-		      const struct ingest_layer *l, struct bn_error *err)
+/*
+ * The writer's aggregate cache. Uploads of one step from many workers all
+ * merge into the same (run, domain, step, layer) rows; reading and writing
+ * each row once per upload would move the whole blob through SQLite every
+ * time. Instead a group merges into these in-memory copies and flushes each
+ * dirty one once, just before COMMIT. Entries stay cached after the commit
+ * (clean), so the next group of the same step does not read them back;
+ * entries not touched by the last two groups are dropped. After a failed
+ * commit the whole cache is dropped, since it may hold merges that never
+ * reached the disk.
+ */
+struct wagg {
+	struct wagg *next; /* bucket chain */
+	int64_t run_id, domain_id, step, layer_id;
+	size_t channels;
+	int64_t n, k, nbs_min, nbs_max;
+	double *data; /* STATS_AGG_ARRAYS * channels */
+	bool dirty;
+	uint64_t group; /* last group that touched it */
+};
+
+static size_t wcache_bucket(int64_t run_id, int64_t domain_id, int64_t step, int64_t layer_id)
 {
-	sqlite3_stmt *st = s->ws[W_AGG_GET];
-	struct stats_agg a;
-	size_t c = l->channels;
+	uint64_t h = (uint64_t)run_id * 0x9E3779B97F4A7C15ull;
+
+	h ^= (uint64_t)domain_id * 0xC2B2AE3D27D4EB4Full;
+	h ^= (uint64_t)step * 0x165667B19E3779F9ull;
+	h ^= (uint64_t)layer_id * 0x27D4EB2F165667C5ull;
+	return (size_t)(h >> 40) % WCACHE_BUCKETS;
+}
+
+static void wagg_free(struct wagg *e)
+{
+	free(e->data);
+	free(e);
+}
+
+/* Drop every entry (all == true) or those idle for more than one group. */
+static void wcache_prune(struct store *s, bool all)
+{
+	size_t i;
+
+	for (i = 0; i < WCACHE_BUCKETS; i++) {
+		struct wagg **pp = &s->wcache[i];
+
+		while (*pp != NULL) {
+			struct wagg *e = *pp;
+
+			if (all || e->group + 1 < s->wgroup) {
+				*pp = e->next;
+				s->wcache_bytes -= STATS_AGG_ARRAYS * e->channels * sizeof(double);
+				wagg_free(e);
+			} else {
+				pp = &e->next;
+			}
+		}
+	}
+}
+
+/* Find the cached aggregate, reading it from the database on first use. */
+static struct wagg *wcache_get(struct store *s, int64_t run_id, int64_t domain_id,
+			       int64_t step, int64_t layer_id, size_t c, struct bn_error *err)
+{
 	size_t bytes = STATS_AGG_ARRAYS * c * sizeof(double);
+	size_t b = wcache_bucket(run_id, domain_id, step, layer_id);
+	sqlite3_stmt *st = s->ws[W_AGG_GET];
+	struct wagg *e;
 	int rc;
 
-	if (scratch_reserve(&s->wscratch, &s->wscratch_cap, c) < 0)
-		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
-	agg_view(&a, s->wscratch, c);
+	for (e = s->wcache[b]; e != NULL; e = e->next)
+		if (e->run_id == run_id && e->domain_id == domain_id && e->step == step &&
+		    e->layer_id == layer_id)
+			return e;
+	e = calloc(1, sizeof(*e));
+	if (e != NULL)
+		e->data = malloc(bytes);
+	if (e == NULL || e->data == NULL) {
+		free(e);
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return NULL;
+	}
+	e->run_id = run_id;
+	e->domain_id = domain_id;
+	e->step = step;
+	e->layer_id = layer_id;
+	e->channels = c;
 
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);
 	sqlite3_bind_int64(st, 3, step);
 	sqlite3_bind_int64(st, 4, layer_id);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		const void *blob = sqlite3_column_blob(st, 4);
-
-		if ((size_t)sqlite3_column_bytes(st, 4) != bytes) {
-			sqlite3_reset(st);
-			return bn_error_set(err, 500, BN_E_INTERNAL, NULL,
-					    "stored aggregate of layer %s has the wrong size", l->name);
-		}
-		a.n = sqlite3_column_int64(st, 0);
-		a.k = sqlite3_column_int64(st, 1);
-		a.nbs_min = sqlite3_column_int64(st, 2);
-		a.nbs_max = sqlite3_column_int64(st, 3);
-		memcpy(s->wscratch, blob, bytes);
+	if (rc == SQLITE_ROW && (size_t)sqlite3_column_bytes(st, 4) == bytes) {
+		e->n = sqlite3_column_int64(st, 0);
+		e->k = sqlite3_column_int64(st, 1);
+		e->nbs_min = sqlite3_column_int64(st, 2);
+		e->nbs_max = sqlite3_column_int64(st, 3);
+		memcpy(e->data, sqlite3_column_blob(st, 4), bytes);
+	} else if (rc == SQLITE_DONE) {
+		memset(e->data, 0, bytes);
 	} else {
-		a.n = a.k = a.nbs_min = a.nbs_max = 0;
-		memset(s->wscratch, 0, bytes);
+		sqlite3_reset(st);
+		wagg_free(e);
+		db_error(err, s->wdb, rc == SQLITE_ROW ? "stored aggregate has the wrong size"
+						       : "reading aggregate");
+		return NULL;
 	}
 	sqlite3_reset(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-		return db_error(err, s->wdb, "reading aggregate");
+	e->next = s->wcache[b];
+	s->wcache[b] = e;
+	s->wcache_bytes += bytes;
+	return e;
+}
 
+/* Merge one layer of a batch into its cached per-step aggregate. */
+static int agg_merge(struct store *s, int64_t run_id, int64_t domain_id, int64_t step,
+		     int64_t layer_id, enum stats_var_kind kind, const struct ingest_layer *l,
+		     struct bn_error *err)
+{
+	struct wagg *e = wcache_get(s, run_id, domain_id, step, layer_id, l->channels, err);
+	struct stats_agg a;
+
+	if (e == NULL)
+		return -EIO;
+	agg_view(&a, e->data, e->channels);
+	a.n = e->n;
+	a.k = e->k;
+	a.nbs_min = e->nbs_min;
+	a.nbs_max = e->nbs_max;
 	stats_agg_add_batch(&a, l->count, l->mean, l->var, kind);
+	e->n = a.n;
+	e->k = a.k;
+	e->nbs_min = a.nbs_min;
+	e->nbs_max = a.nbs_max;
+	e->dirty = true;
+	e->group = s->wgroup;
+	return 0;
+}
 
-	st = s->ws[W_AGG_PUT];
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, step);
-	sqlite3_bind_int64(st, 4, layer_id);
-	sqlite3_bind_int64(st, 5, a.n);
-	sqlite3_bind_int64(st, 6, a.k);
-	sqlite3_bind_int64(st, 7, a.nbs_min);
-	sqlite3_bind_int64(st, 8, a.nbs_max);
-	sqlite3_bind_blob(st, 9, s->wscratch, (int)bytes, SQLITE_STATIC);
-	if (step_done(st) < 0)
-		return db_error(err, s->wdb, "writing aggregate");
+/* Write every dirty cached aggregate (inside the group's transaction). */
+static int wcache_flush(struct store *s, size_t *rows)
+{
+	sqlite3_stmt *st = s->ws[W_AGG_PUT];
+	size_t i;
+
+	*rows = 0;
+	for (i = 0; i < WCACHE_BUCKETS; i++) {
+		struct wagg *e;
+
+		for (e = s->wcache[i]; e != NULL; e = e->next) {
+			if (!e->dirty)
+				continue;
+			sqlite3_bind_int64(st, 1, e->run_id);
+			sqlite3_bind_int64(st, 2, e->domain_id);
+			sqlite3_bind_int64(st, 3, e->step);
+			sqlite3_bind_int64(st, 4, e->layer_id);
+			sqlite3_bind_int64(st, 5, e->n);
+			sqlite3_bind_int64(st, 6, e->k);
+			sqlite3_bind_int64(st, 7, e->nbs_min);
+			sqlite3_bind_int64(st, 8, e->nbs_max);
+			sqlite3_bind_blob(st, 9, e->data,
+					  (int)(STATS_AGG_ARRAYS * e->channels * sizeof(double)),
+					  SQLITE_STATIC);
+			if (step_done(st) < 0)
+				return -EIO;
+			e->dirty = false;
+			(*rows)++;
+		}
+	}
 	return 0;
 }
 
@@ -505,15 +626,32 @@ static int apply_batch(struct store *s, struct queued *q)
 
 	if (note_late_write(s, run_id, domain_id, b) < 0)
 		return db_error(err, s->wdb, "recording a late write");
+	/*
+	 * Every check that can refuse the batch comes first (the savepoint
+	 * undoes SQL, not the in-memory aggregates); only then merge.
+	 */
+	if (b->n_layers > s->wlayer_cap) {
+		int64_t *p = realloc(s->wlayer_ids, b->n_layers * sizeof(*p));
+
+		if (p == NULL)
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		s->wlayer_ids = p;
+		s->wlayer_cap = b->n_layers;
+	}
+	for (i = 0; i < b->n_layers; i++) {
+		if (b->layers[i].channels == 0)
+			continue; /* unused in this batch and nothing sent */
+		if (layer_resolve(s, run_id, &b->layers[i], &s->wlayer_ids[i], err) < 0)
+			return -EINVAL;
+	}
 	for (i = 0; i < b->n_layers; i++) {
 		const struct ingest_layer *l = &b->layers[i];
 
 		if (l->channels == 0)
-			continue; /* unused in this batch and nothing sent */
-		if (layer_resolve(s, run_id, l, &layer_id, err) < 0)
-			return -EINVAL;
+			continue;
+		layer_id = s->wlayer_ids[i];
 		if (l->count > 0 &&
-		    agg_update(s, run_id, domain_id, b->step, layer_id, b->var_kind, l, err) < 0)
+		    agg_merge(s, run_id, domain_id, b->step, layer_id, b->var_kind, l, err) < 0)
 			return -EIO;
 		if (l->ema_mean != NULL && ema_put(s, run_id, domain_id, layer_id, b, l, err) < 0)
 			return -EIO;
@@ -660,7 +798,7 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 	struct queued *q, *next;
 	struct timespec t0, t1;
 	struct bn_error err;
-	size_t accepted = 0, refused = 0;
+	size_t accepted = 0, refused = 0, rows = 0;
 	bool ok = true;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -679,6 +817,12 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 		rc = q->snap ? apply_snapshot(s, q) : apply_batch(s, q);
 		if (rc < 0) {
 			q->res.status = q->res.err.status ? q->res.err.status : 500;
+			if (q->res.status >= 500) {
+				/* A database failure: in-memory merges may be half done. */
+				err = q->res.err;
+				ok = false;
+				break;
+			}
 			if (exec_sql(s->wdb, "ROLLBACK TO batch", &err) < 0 ||
 			    sqlite3_get_autocommit(s->wdb)) {
 				ok = false;
@@ -695,6 +839,10 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			break;
 		}
 	}
+	if (ok && wcache_flush(s, &rows) < 0) {
+		db_error(&err, s->wdb, "writing aggregates");
+		ok = false;
+	}
 	if (ok && exec_sql(s->wdb, "COMMIT", &err) < 0)
 		ok = false;
 	if (!ok) {
@@ -703,9 +851,12 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
 		fail_all(group, 503, "the database could not commit; retry later");
 	}
+	/* Failed: the cache may hold merges that never reached the disk. */
+	wcache_prune(s, !ok);
+	s->wgroup++;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	log_debug("commit", "batches=%zu accepted=%zu refused=%zu ok=%d ms=%.3f", count,
-		  accepted, refused, ok,
+	log_debug("commit", "batches=%zu accepted=%zu refused=%zu rows=%zu ok=%d ms=%.3f", count,
+		  accepted, refused, rows, ok,
 		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
 report:
 	for (q = group; q != NULL; q = next) {
@@ -908,6 +1059,8 @@ void store_close(struct store *s)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->rmu);
+	wcache_prune(s, true);
+	free(s->wlayer_ids);
 	free(s->wscratch);
 	free(s->path);
 	free(s);
