@@ -23,7 +23,6 @@ import http.client
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
@@ -577,15 +576,6 @@ def rel_err(got, ref):
 
 def is_json_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def wait_until(pred, timeout, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 class TestCaseMixin:

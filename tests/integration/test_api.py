@@ -16,8 +16,8 @@ import threading
 import unittest
 
 from bnstat_testlib import (Daemon, RawLayerBatch, TestCaseMixin, b64_f32, b64_f64,
-                            exact_merge, exact_moments, f32_round, is_json_int, raw_exchange,
-                            raw_reference, rel_err, split_http_reply, with_query)
+                            exact_merge, f32_round, is_json_int, raw_exchange, raw_reference,
+                            rel_err, split_http_reply)
 
 REL = 1e-12          # the contract: exact merge to ~1e-12 relative
 
@@ -112,7 +112,7 @@ class DaemonTest(TestCaseMixin, unittest.TestCase):
                                     what + ".batch_noise")
 
 
-def make_channels(rng, c, big=False):
+def make_channels(rng, c):
     mus = [rng.choice((-1, 1)) * rng.uniform(0.5, 3.0) for _ in range(c)]
     sigmas = [rng.uniform(0.2, 2.0) for _ in range(c)]
     return mus, sigmas
@@ -293,6 +293,7 @@ class TestWindowsAndDomains(DaemonTest):
             (5, 3, [3, 5]), (5, 5, [1, 2, 3, 5]), (3, 2, [2, 3]), (1, 1, [1]),
             (4, 2, [3]), (12, 5, [8]), (13, 13, list(self.STEPS)),
             (10 ** 6, 10 ** 6, list(self.STEPS)), (13, 12, [2, 3, 5, 8, 13]),
+            (13, 2 ** 63 - 1, list(self.STEPS)), (2 ** 63 - 1, 2 ** 63 - 1, list(self.STEPS)),
         ]
         for step, window, steps in cases:
             with self.subTest(step=step, window=window):
@@ -433,6 +434,64 @@ class TestIdentityAndConflicts(DaemonTest):
         # the original content is still recognised as a retry
         self.post_ok(run, self.base(run), duplicate=True)
 
+    def test_concurrent_retries_count_once(self):
+        # eight clients send the same batch at the same moment: exactly one is
+        # new, the others are duplicates, and it is merged once
+        run = "dup-race"
+        replies = self.race(run, [self.base(run)] * 8)
+        self.assertEqual([r[0] for r in replies], [200] * 8, replies)
+        self.assertEqual(sorted(r[1]["duplicate"] for r in replies), [False] + [True] * 7,
+                         [r[1] for r in replies])
+        got = self.stats_ok(run)["layers"]["a.bn"]
+        self.assertEqual((got["batches"], got["count"]), (1, 16))
+        self.assertEqual(self.d.get("/v1/runs/%s" % run)[1]["batches"], 1)
+
+    def race(self, run, docs):
+        """POST every doc at the same moment, one thread each; the replies."""
+        barrier = threading.Barrier(len(docs))
+        replies = [None] * len(docs)
+
+        def send(i):
+            barrier.wait(10)
+            replies[i] = self.d.post_batch(run, docs[i])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(docs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertTrue(all(r is not None for r in replies), replies)
+        return replies
+
+    def test_concurrent_conflicting_uploads(self):
+        # one identity, eight different contents at once: one wins, seven get
+        # 409, and the stored statistics are the winner's
+        run = "conflict-race"
+        docs = [upload_doc("w0", 7, 0, {"a.bn": layer_doc(16, [float(i)] * 4, self.VAR)})
+                for i in range(8)]
+        replies = self.race(run, docs)
+        statuses = sorted(r[0] for r in replies)
+        self.assertEqual(statuses, [200] + [409] * 7, [r[:2] for r in replies])
+        winner = [i for i, r in enumerate(replies) if r[0] == 200][0]
+        got = self.stats_ok(run)["layers"]["a.bn"]
+        self.assertEqual((got["batches"], got["mean"]), (1, [float(winner)] * 4))
+
+    def test_concurrent_first_uploads_of_a_layer(self):
+        # eight new batches name a new layer with 1..8 channels at once: the
+        # first one fixes the channel count, the seven others get 422
+        run = "chan-race"
+        docs = [upload_doc("w%d" % i, 7, 0, {"n.bn": layer_doc(16, [1.0] * (i + 1),
+                                                                [1.0] * (i + 1))})
+                for i in range(8)]
+        replies = self.race(run, docs)
+        self.assertEqual(sorted(r[0] for r in replies), [200] + [422] * 7,
+                         [r[:2] for r in replies])
+        winner = [i for i, r in enumerate(replies) if r[0] == 200][0]
+        st, body, _ = self.d.get("/v1/runs/%s" % run)
+        self.assertEqual(body["layers"], [{"name": "n.bn", "channels": winner + 1}])
+        self.assertEqual(body["batches"], 1)
+        self.assertEqual([w["name"] for w in body["workers"]], ["w%d" % winner])
+
     def test_f32_exactness_premise(self):
         # the duplicate test relies on these values being exact in float32
         self.assertEqual([f32_round(x) for x in self.MEAN + self.VAR], self.MEAN + self.VAR)
@@ -520,6 +579,14 @@ class TestUploadSemantics(DaemonTest):
         # a batch whose only layer is unused is accepted and adds nothing
         self.post_ok(run, upload_doc("w1", 3, 0, {"L2": {"count": 0}}))
         self.assertEqual(self.stats_ok(run), body)
+        # ... and a later step holding only unused layers has no data: the
+        # latest step (the default) stays 3
+        self.post_ok(run, upload_doc("w1", 9, 0, {"L2": {"count": 0}}))
+        self.post_ok(run, upload_doc("w1", 10, 0, {"L1": {"count": 0, "mean": [0.0, 0.0],
+                                                          "var": [0.0, 0.0]}}))
+        self.assertEqual(self.stats_ok(run), body)
+        self.assertEqual(self.stats_ok(run, domain="*")["step"], 3)
+        self.assertError(self.d.stats(run, step=10, window=7), 404, what="window of unused layers")
 
     def test_round_trip_of_doubles_and_integers(self):
         # One biased batch of count 8: M2 = v*8 and var = M2/8 are exact in
@@ -537,6 +604,31 @@ class TestUploadSemantics(DaemonTest):
         got = self.stats_ok("rt-u", estimator="mean_of_batch_var")["layers"]["x.bn"]
         self.assertEqual(got["mean"], mean)
         self.assertEqual(got["var"], var)
+
+    def test_resnet50_sized_upload_round_trips(self):
+        # 53 BatchNorm layers, 26,560 channels (ResNet-50), base64 f64; one
+        # biased batch of count 256 (a power of two), so every statistic
+        # comes back bit for bit.
+        names = [("bn1", 64)]
+        for li, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), 1):
+            for b in range(blocks):
+                for k, c in ((1, width), (2, width), (3, 4 * width)):
+                    names.append(("layer%d.%d.bn%d" % (li, b, k), c))
+            names.append(("layer%d.0.downsample.1" % li, 4 * width))
+        self.assertEqual((len(names), sum(c for _, c in names)), (53, 26560))
+        rng = random.Random(50)
+        values = {n: ([rng.gauss(0, 1) for _ in range(c)], [rng.uniform(0, 2) for _ in range(c)])
+                  for n, c in names}
+        doc = upload_doc("rank0", 1, 0, {n: layer_doc(256, m, v, "f64")
+                                          for n, (m, v) in values.items()}, var_kind="biased")
+        self.post_ok("resnet50", doc)
+        body = self.stats_ok("resnet50")
+        self.assertEqual(len(body["layers"]), 53)
+        for n, c in names:
+            got = body["layers"][n]
+            self.assertEqual((got["channels"], got["count"]), (c, 256), n)
+            self.assertEqual(got["mean"], values[n][0], n)
+            self.assertEqual(got["var"], values[n][1], n)
 
     def test_counts_stay_exact_integers(self):
         # a count sum past 2**53 is not a double; the reply must keep it exact
@@ -590,6 +682,40 @@ class TestUploadSemantics(DaemonTest):
         st, body, _ = self.d.get("/v1/runs")
         self.assertEqual(st, 200)
         self.assertNotIn("ghost", [r["name"] for r in body["runs"]])
+
+    def test_malformed_bodies(self):
+        good = json.dumps(upload_doc("w0", 1, 0, {"x.bn": layer_doc(8, [1.0], [1.0])})).encode()
+        cases = {
+            "empty": b"",
+            "whitespace only": b"   \n",
+            "trailing garbage": good + b" x",
+            "two documents": good + good,
+            "not UTF-8": good.replace(b'"w0"', b'"w\xff"'),
+            "NUL inside": good[:10] + b"\x00" + good[10:],
+            "unterminated string": b'{"worker": "w0',
+        }
+        for name, body in cases.items():
+            with self.subTest(case=name):
+                self.assertError(self.d.post_batch("malformed", body), 400, "malformed_json",
+                                 what=name)
+        self.assertError(self.d.get("/v1/runs/malformed"), 404, what="run of malformed uploads")
+
+    def test_out_of_range_integers_are_refused(self):
+        for name, text in {
+            "step 2**64": '{"worker":"w0","step":18446744073709551616,"seq":0,"layers":'
+                          '{"x.bn":{"count":8,"mean":[1],"var":[1]}}}',
+            "seq 2**63": '{"worker":"w0","step":1,"seq":9223372036854775808,"layers":'
+                         '{"x.bn":{"count":8,"mean":[1],"var":[1]}}}',
+            "count 2**63": '{"worker":"w0","step":1,"seq":0,"layers":'
+                           '{"x.bn":{"count":9223372036854775808,"mean":[1],"var":[1]}}}',
+            "mean 1e400": '{"worker":"w0","step":1,"seq":0,"layers":'
+                          '{"x.bn":{"count":8,"mean":[1e400],"var":[1]}}}',
+        }.items():
+            with self.subTest(case=name):
+                st, body, _ = self.d.post_batch("range", text)
+                self.assertIn(st, (400, 422), "%s: %r %r" % (name, st, body))
+                self.assertError((st, body, None), st, what=name)
+        self.assertError(self.d.get("/v1/runs/range"), 404, what="run of refused uploads")
 
     def test_bad_run_names_in_url(self):
         doc = upload_doc("w0", 1, 0, {"x.bn": layer_doc(8, [1.0], [1.0])})
@@ -656,7 +782,8 @@ class TestReadEndpoints(DaemonTest):
 
     def test_bad_query_parameters(self):
         for params in ({"step": "abc"}, {"step": "-1"}, {"window": "0"}, {"window": "x"},
-                       {"estimator": "ema"}, {"step": "1.5"}, {"domain": "bad!dom"}):
+                       {"estimator": "ema"}, {"step": "1.5"}, {"domain": "bad!dom"},
+                       {"window": str(2 ** 63)}, {"step": str(2 ** 64)}, {"step": ""}):
             with self.subTest(params=params):
                 st, body, _ = self.d.stats("meta", **params)
                 self.assertIn(st, (400, 422), body)
@@ -685,6 +812,32 @@ class TestReadEndpoints(DaemonTest):
                 self.assertIsNotNone(allow, "405 without an Allow header")
                 self.assertIn(allowed, [m.strip() for m in allow.split(",")])
 
+    def test_connection_reusable_after_errors(self):
+        # An error answered before the body was read must not leave the body
+        # in the stream to be taken for the next request (here a smuggled
+        # GET /healthz inside a refused PUT's body).
+        smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        for method, path, body in (("PUT", "/v1/runs/meta/batches", smuggled),
+                                   ("POST", "/v1/runs/meta/stats", smuggled),
+                                   ("POST", "/nope", smuggled),
+                                   ("POST", "/v1/runs/meta/batches", b"{bad json"),
+                                   ("POST", "/v1/runs/meta/batches", b'{"worker": 1}')):
+            with self.subTest(method=method, path=path):
+                conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=10)
+                try:
+                    conn.request(method, path, body=body,
+                                 headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    first = resp.read()
+                    self.assertIn(resp.status, (400, 404, 405), first)
+                    conn.request("GET", "/v1/runs/meta")
+                    resp = conn.getresponse()
+                    second = resp.read()
+                finally:
+                    conn.close()
+                self.assertEqual(resp.status, 200, second)
+                self.assertEqual(json.loads(second).get("name"), "meta", second)
+
     def test_healthz(self):
         st, body, hdrs = self.d.get("/healthz")
         self.assertEqual(st, 200, body)
@@ -710,7 +863,8 @@ class TestBodyLimit(DaemonTest):
                 self.assertError(self.d.post_batch("lim", self.padded(10 + size % 97, size)),
                                  413, what="%d-byte body" % size)
         # chunked: no Content-Length, the server has to count
-        chunks = [self.padded(1, 3 * self.LIMIT)[i:i + 1000] for i in range(0, 3 * self.LIMIT, 1000)]
+        big = self.padded(1, 3 * self.LIMIT)
+        chunks = [big[i:i + 1000] for i in range(0, len(big), 1000)]
         conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=30)
         try:
             conn.request("POST", "/v1/runs/lim/batches", body=iter(chunks),
@@ -744,6 +898,30 @@ class TestBodyLimit(DaemonTest):
         self.assertError(self.d.get("/v1/runs/lim2"), 404, what="run of a 413 upload")
         TestBodyLimit.after += 1
         self.post_ok("lim-after", self.padded(100 + TestBodyLimit.after, 300), layers=1)
+
+
+class TestLayerAndChannelLimits(DaemonTest):
+
+    daemon_args = ("--max-layers", "3", "--max-channels", "16")
+
+    def test_limits(self):
+        def layers(prefix, n, c):
+            return {"%s%d.bn" % (prefix, i): layer_doc(8, [1.0] * c, [1.0] * c)
+                    for i in range(n)}
+        # at the limits: accepted
+        self.post_ok("lims", upload_doc("w0", 1, 0, layers("a", 3, 16)))
+        # over them (new layer names, so no channel count is fixed yet): refused
+        for name, doc in {"4 layers": upload_doc("w0", 1, 1, layers("b", 4, 1)),
+                          "17 channels": upload_doc("w0", 1, 2, layers("c", 1, 17)),
+                          "17 channels base64": upload_doc("w0", 1, 3, {"d.bn": layer_doc(
+                              8, [1.0] * 17, [1.0] * 17, "f64")})}.items():
+            with self.subTest(case=name):
+                st, body, _ = self.d.post_batch("lims", doc)
+                self.assertIn(st, (413, 422), "%s: %r %r" % (name, st, body))
+                self.assertError((st, body, None), st, what=name)
+        st, body, _ = self.d.get("/v1/runs/lims")
+        self.assertEqual(body["batches"], 1, body)
+        self.assertEqual(sorted(l["name"] for l in body["layers"]), ["a0.bn", "a1.bn", "a2.bn"])
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import threading
 import time
 import unittest
 
-from bnstat_testlib import (Daemon, Session, TestCaseMixin, b64_f64, exact_merge, is_json_int,
-                            rel_err)
+from bnstat_testlib import Daemon, Session, TestCaseMixin, b64_f64, exact_merge, is_json_int
 
 N_THREADS = 8
 N_BATCHES = 400
@@ -187,8 +186,9 @@ class DurabilityTest(TestCaseMixin, unittest.TestCase):
                                  % (w, name, got["batches"], len(sel)))
                 self.assertEqual(got["count"], ref["count"], "%s %s count" % (w, name))
                 pre = "pop_" if est == "population" else "mbv_"
-                self.assertAllRelClose(got["mean"], ref[pre + "mean"], REL, "%s %s mean" % (w, name))
-                self.assertAllRelClose(got["var"], ref[pre + "var"], REL, "%s %s var" % (w, name))
+                what_layer = "%s %s" % (w, name)
+                self.assertAllRelClose(got["mean"], ref[pre + "mean"], REL, what_layer + " mean")
+                self.assertAllRelClose(got["var"], ref[pre + "var"], REL, what_layer + " var")
 
     def resend(self, run, batches, expect_duplicate, what):
         present = []
@@ -222,6 +222,57 @@ class DurabilityTest(TestCaseMixin, unittest.TestCase):
         return acked, unknown, unsent, odd
 
     # -- the tests -------------------------------------------------------------
+
+    def test_reads_during_load_see_whole_acknowledged_batches(self):
+        # Readers polling while 8 writers upload: every reply is a consistent
+        # snapshot (each batch carries both layers, so both layers always
+        # show the same number of batches), never goes backwards, and
+        # includes every batch acknowledged before the read began.
+        run = "dur-read"
+        batches = make_batches(4)
+        load = Load(self.d.port, run, batches)
+        problems = []
+        stop = threading.Event()
+
+        def reader():
+            last = 0
+            while not stop.is_set():
+                with load.cond:
+                    acked_before = load.acked
+                st, body, _ = self.d.stats(run, step=STEPS, window=STEPS)
+                if st == 404 and acked_before == 0:
+                    continue
+                if st != 200:
+                    problems.append("stats answered %r %r" % (st, body))
+                    return
+                k = {name: body["layers"][name]["batches"] for name in LAYERS
+                     if name in body["layers"]}
+                if len(k) != len(LAYERS) or len(set(k.values())) != 1:
+                    problems.append("layers disagree on the batches merged: %r" % k)
+                    return
+                n = k["conv1.bn"]
+                if n < acked_before:
+                    problems.append("read %d batches after %d were acknowledged"
+                                    % (n, acked_before))
+                    return
+                if n < last:
+                    problems.append("batches went from %d back to %d" % (last, n))
+                    return
+                last = n
+
+        readers = [threading.Thread(target=reader, daemon=True) for _ in range(2)]
+        for t in readers:
+            t.start()
+        load.start()
+        finished = load.join(90)
+        stop.set()
+        for t in readers:
+            t.join(30)
+        self.assertTrue(finished, "uploads did not finish")
+        self.assertEqual(problems, [])
+        acked, unknown, unsent, odd = load.by_outcome()
+        self.assertEqual((len(acked), len(unknown), len(unsent), odd), (N_BATCHES, 0, 0, {}))
+        self.check(self.fetch(run), batches, "after the load")
 
     def test_sigkill_right_after_the_last_reply(self):
         run = "dur-a"
@@ -260,6 +311,8 @@ class DurabilityTest(TestCaseMixin, unittest.TestCase):
         batches = make_batches(3)
         load = Load(self.d.port, run, batches).start()
         self.assertTrue(load.wait_acked(N_BATCHES // 4, 60), "uploads too slow")
+        with load.cond:
+            at_signal = len(load.outcome)
         rc = self.d.terminate(timeout=30)
         self.assertTrue(load.join(60), "uploaders hang after SIGTERM")
         self.assertEqual(rc, 0, "bnstatd exit status after SIGTERM\n" + self.d.log_tail())
@@ -271,10 +324,31 @@ class DurabilityTest(TestCaseMixin, unittest.TestCase):
                             "batch %d during SIGTERM: %r" % (idx, o))
             refused.append(batches[idx])
         self.assertGreaterEqual(len(acked), N_BATCHES // 4)
+        self.assertLess(at_signal, N_BATCHES, "the load was over before SIGTERM; "
+                        "the test did not test anything in flight")
         self.d.restart()
         self.recover_and_check(run, load, batches, refused)
         self.d.stop()
 
+
+    def test_sigterm_does_not_wait_for_idle_connections(self):
+        # A client that keeps an idle keep-alive connection (a connection
+        # pool, a dashboard) has nothing in flight: a graceful stop has
+        # nothing to wait for and should be prompt.
+        run = "dur-idle"
+        doc = make_batches(5)[0].doc
+        sess = Session(self.d.port)
+        self.addCleanup(sess.close)
+        st, body, _ = sess.post_batch(run, doc)
+        self.assertEqual(st, 200, body)
+        t0 = time.monotonic()
+        rc = self.d.terminate(timeout=30)
+        took = time.monotonic() - t0
+        self.assertEqual(rc, 0, self.d.log_tail())
+        self.assertLess(took, 5.0, "SIGTERM with one idle keep-alive connection open and no "
+                        "request in flight took %.1f s to exit" % took)
+        self.d.restart()
+        self.resend(run, [make_batches(5)[0]], True, "acknowledged before SIGTERM")
 
 if __name__ == "__main__":
     unittest.main()
