@@ -7,12 +7,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 
-enum opt_type { T_STRING, T_UINT, T_SIZE, T_LISTEN, T_LEVEL, T_SYNC };
+enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC };
 
 struct option_def {
 	const char *name;
@@ -33,10 +34,16 @@ static const struct option_def options[] = {
 	{ "max-layers", T_SIZE, F(http.limits.max_layers), 1, 1u << 20, "layers per upload" },
 	{ "max-channels", T_SIZE, F(http.limits.max_channels), 1, 1u << 24, "channels per layer" },
 	{ "max-connections", T_UINT, F(http.max_connections), 1, 1u << 20, "open connections at most" },
+	{ "max-connections-per-ip", T_UINT, F(http.max_per_ip), 0, 1u << 20, "open connections per client address (0: no limit)" },
 	{ "timeout", T_UINT, F(http.timeout_s), 1, 86400, "seconds an idle connection is kept" },
 	{ "queue-max", T_SIZE, F(store.queue_max), 1, 1u << 20, "uploads waiting for the writer before 503" },
 	{ "group-max", T_SIZE, F(store.group_max), 1, 1u << 20, "uploads committed in one transaction at most" },
 	{ "synchronous", T_SYNC, F(store.sync_full), 0, 0, "full (durable on power loss) or normal (on process crash)" },
+	{ "retain-steps", T_I64, F(store.retain_steps), 0, 1ull << 62, "keep per-step statistics of the last N steps of each run (0: all)" },
+	{ "token-file", T_OPTSTRING, F(token_file), 0, 0, "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
+	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0, "PEM certificate: serve HTTPS (with tls-key)" },
+	{ "tls-key", T_OPTSTRING, F(tls_key), 0, 0, "PEM private key of tls-cert" },
+	{ "log-file", T_OPTSTRING, F(log_file), 0, 0, "append logs to this file instead of stderr (reopened on SIGHUP)" },
 	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20, "MiB of simulated-EMA replay checkpoints kept in memory" },
 	{ "log-level", T_LEVEL, F(log_level), 0, 0, "debug, info, warn or error" },
 };
@@ -126,8 +133,9 @@ static int set_option(struct config *c, const struct option_def *o,
 	char *end;
 
 	switch (o->type) {
+	case T_OPTSTRING: /* may be set to "" to unset it */
 	case T_STRING:
-		if (*v == '\0' || strlen(v) >= o->size)
+		if ((*v == '\0' && o->type == T_STRING) || strlen(v) >= o->size)
 			return bn_error_set(err, 400, BN_E_INVALID, o->name,
 					    "%s: %s must be a non-empty string shorter than %zu bytes",
 					    where, o->name, o->size);
@@ -150,6 +158,7 @@ static int set_option(struct config *c, const struct option_def *o,
 				    "%s: synchronous must be full or normal, got \"%s\"", where, v);
 	case T_UINT:
 	case T_SIZE:
+	case T_I64:
 		errno = 0;
 		n = strtoull(v, &end, 10);
 		if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 || n < o->min || n > o->max)
@@ -158,6 +167,8 @@ static int set_option(struct config *c, const struct option_def *o,
 					    where, o->name, o->min, o->max, v);
 		if (o->type == T_UINT)
 			*(unsigned *)(void *)field = (unsigned)n;
+		else if (o->type == T_I64)
+			*(int64_t *)(void *)field = (int64_t)n;
 		else
 			*(size_t *)(void *)field = (size_t)n;
 		return 0;
@@ -289,6 +300,9 @@ int config_parse(struct config *c, int argc, char **argv, struct bn_error *err)
 	}
 	c->http.host = c->host;
 	c->http.port = c->port;
+	if ((c->tls_cert[0] == '\0') != (c->tls_key[0] == '\0'))
+		return bn_error_set(err, 400, BN_E_INVALID, "tls-cert",
+				    "tls-cert and tls-key go together: give both or neither");
 	return 0;
 }
 
@@ -315,11 +329,17 @@ void config_usage(const char *prog)
 		case T_LISTEN:
 			snprintf(def, sizeof(def), "%s", field);
 			break;
+		case T_OPTSTRING:
+			snprintf(def, sizeof(def), "none");
+			break;
 		case T_UINT:
 			snprintf(def, sizeof(def), "%u", *(const unsigned *)(const void *)field);
 			break;
 		case T_SIZE:
 			snprintf(def, sizeof(def), "%zu", *(const size_t *)(const void *)field);
+			break;
+		case T_I64:
+			snprintf(def, sizeof(def), "%lld", (long long)*(const int64_t *)(const void *)field);
 			break;
 		case T_LEVEL:
 			snprintf(def, sizeof(def), "info");

@@ -9,7 +9,9 @@
 #include "http.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -22,8 +24,10 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "auth.h"
 #include "bnstat/ingest.h"
 #include "log.h"
+#include "metrics.h"
 #include "query.h"
 
 #if MHD_VERSION < 0x00097002
@@ -56,6 +60,7 @@ enum route {
 	R_SERIES,
 	R_DOMAINS,
 	R_SHIFT,
+	R_METRICS,
 };
 
 static const char *const route_names[] = {
@@ -63,6 +68,7 @@ static const char *const route_names[] = {
 	[R_RUN] = "run", [R_BATCHES] = "batches", [R_STATS] = "stats",
 	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot", [R_COMPARE] = "compare",
 	[R_SERIES] = "series", [R_DOMAINS] = "domains", [R_SHIFT] = "shift",
+	[R_METRICS] = "metrics",
 };
 
 /* Read-only routes below /v1/runs/{run}. */
@@ -79,6 +85,7 @@ struct request {
 	struct MHD_Connection *conn;
 	enum route route;
 	const char *allowed; /* methods of the matched route, for 405's Allow */
+	bool unauthorized;   /* a 401: say how to authenticate */
 	char run[INGEST_NAME_MAX + 2];
 	char label[STORE_LABEL_MAX + 2];
 	struct timespec started;
@@ -104,6 +111,7 @@ void http_options_default(struct http_options *o)
 	o->max_body = 64u << 20;
 	o->max_connections = 1024;
 	o->timeout_s = 60;
+	o->max_per_ip = 256;
 	o->limits.max_layers = INGEST_DEFAULT_MAX_LAYERS;
 	o->limits.max_channels = INGEST_DEFAULT_MAX_CHANNELS;
 }
@@ -126,6 +134,8 @@ static MHD_Result reply_text(struct request *rq, unsigned status, char *text,
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
 	if (status == 405 && rq->allowed != NULL)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->allowed);
+	if (status == 401 && rq->unauthorized)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"bnstat\"");
 	ret = MHD_queue_response(rq->conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -155,6 +165,8 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 		return MHD_NO;
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));
+	if (rq->route == R_BATCHES)
+		metrics_upload(err->code[0] ? err->code : BN_E_INTERNAL);
 	if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
 			  route_names[rq->route],
@@ -189,6 +201,10 @@ static const char *route_match(struct request *rq, const char *url)
 		rq->route = R_HEALTH;
 		return "GET";
 	}
+	if (strcmp(url, "/metrics") == 0) {
+		rq->route = R_METRICS;
+		return "GET";
+	}
 	if (strcmp(url, "/v1/runs") == 0 || strcmp(url, "/v1/runs/") == 0) {
 		rq->route = R_RUNS;
 		return "GET";
@@ -204,7 +220,7 @@ static const char *route_match(struct request *rq, const char *url)
 	rq->run[n] = '\0';
 	if (slash == NULL || strcmp(slash, "/") == 0) {
 		rq->route = R_RUN;
-		return "GET";
+		return "GET, DELETE";
 	}
 	if (strcmp(slash, "/batches") == 0) {
 		rq->route = R_BATCHES;
@@ -273,6 +289,7 @@ static MHD_Result handle_upload(struct request *rq)
 			return MHD_YES; /* not ours to answer yet */
 		if (res.status != 200)
 			return reply_error(rq, &res.err);
+		metrics_upload(res.duplicate ? "duplicate" : "accepted");
 		return reply_json(rq, 200, json_pack("{s:b, s:b, s:I}", "accepted", 1,
 						     "duplicate", res.duplicate, "layers",
 						     (json_int_t)res.layers));
@@ -310,6 +327,38 @@ static MHD_Result handle_upload(struct request *rq)
 		return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
 			    "the write queue is full; retry after a second");
 	return fail(rq, 503, BN_E_UNAVAILABLE, NULL, "the server is shutting down");
+}
+
+/*
+ * DELETE /v1/runs/{run}: the writer removes the run and everything of it
+ * (statistics, EMAs, snapshots) in one transaction.
+ */
+static MHD_Result handle_delete(struct request *rq)
+{
+	struct store_result res;
+	int rc;
+
+	if (rq->submitted) {
+		if (!take_result(rq, &res))
+			return MHD_YES;
+		if (res.status >= 300)
+			return reply_error(rq, &res.err);
+		return reply_json(rq, 200, json_pack("{s:s, s:b}", "run", rq->run, "deleted", 1));
+	}
+	if (!ingest_name_valid(rq->run))
+		return fail(rq, 422, BN_E_INVALID, "run", "run names are 1 to 128 of [A-Za-z0-9._-]");
+	pthread_mutex_lock(&rq->mu);
+	rc = store_submit_delete(rq->srv->store, rq->run, upload_done, rq);
+	if (rc == 0) {
+		rq->submitted = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	pthread_mutex_unlock(&rq->mu);
+	if (rc == 0)
+		return MHD_YES;
+	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+		    rc == -EAGAIN ? "the write queue is full; retry after a second"
+				  : "the server is shutting down");
 }
 
 /* --- reads ---------------------------------------------------------------------- */
@@ -411,6 +460,36 @@ static MHD_Result handle_snapshot_create(struct request *rq)
 				  : "the server is shutting down");
 }
 
+/* GET /metrics: counters, then the gauges only the store and database know. */
+static MHD_Result handle_metrics(struct request *rq, struct store_reader *r)
+{
+	struct store *st = rq->srv->store;
+	struct bn_error err;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	int rc;
+
+	if (f == NULL) {
+		store_reader_put(st, r);
+		return MHD_NO;
+	}
+	metrics_render(f);
+	fprintf(f, "# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
+		   "# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
+		   "# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
+		   "# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
+		store_queue_depth(st), store_disk_bytes(st));
+	rc = query_metrics(r, f, &err);
+	store_reader_put(st, r);
+	fclose(f);
+	if (rc < 0) {
+		free(text);
+		return reply_error(rq, &err);
+	}
+	return reply_text(rq, 200, text, len, "text/plain; version=0.0.4; charset=utf-8");
+}
+
 static MHD_Result handle_get(struct request *rq)
 {
 	struct store_reader *r = NULL;
@@ -425,6 +504,8 @@ static MHD_Result handle_get(struct request *rq)
 						     "queue", (json_int_t)store_queue_depth(rq->srv->store)));
 	if (store_reader_get(rq->srv->store, &r, &err) < 0)
 		return reply_error(rq, &err);
+	if (rq->route == R_METRICS)
+		return handle_metrics(rq, r);
 	switch (rq->route) {
 	case R_RUNS:
 		rc = query_runs(r, &doc, &err);
@@ -537,8 +618,83 @@ static bool body_append(struct request *rq, const char *data, size_t size)
 	}
 	memcpy(rq->body + rq->len, data, size);
 	rq->len += size;
+	metrics_bytes(size);
 	rq->body[rq->len] = '\0';
 	return true;
+}
+
+static bool is_loopback(const struct sockaddr *sa)
+{
+	if (sa == NULL)
+		return false;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+		const uint8_t *b = in6->sin6_addr.s6_addr;
+		static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return true;
+		return memcmp(b, v4mapped, 12) == 0 && b[12] == 127;
+	}
+	return false;
+}
+
+/*
+ * May this request go on? With a token file: a known bearer token with the
+ * role the route needs (401 without or with an unknown token, 403 with the
+ * wrong role). Without one: loopback clients only. Returns true, or false
+ * with the refusal queued in *ret.
+ */
+static bool authorize(struct request *rq, const char *method, MHD_Result *ret)
+{
+	struct http_server *srv = rq->srv;
+	unsigned need = AUTH_READ, have;
+	const char *h, *what;
+
+	if (rq->route == R_HEALTH)
+		return true;
+	if (rq->route == R_BATCHES)
+		need = AUTH_INGEST;
+	else if (strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0)
+		need = AUTH_ADMIN;
+	if (srv->opt.auth == NULL) {
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+		if (ci != NULL && is_loopback(ci->client_addr))
+			return true;
+		*ret = fail(rq, 403, BN_E_FORBIDDEN, NULL,
+			    "this server has no token file and only serves loopback clients");
+		return false;
+	}
+	h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0) {
+		rq->unauthorized = true;
+		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL,
+			    "send Authorization: Bearer TOKEN");
+		return false;
+	}
+	have = auth_roles(srv->opt.auth, h + 7);
+	if (have == AUTH_NONE) {
+		rq->unauthorized = true;
+		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL, "unknown token");
+		return false;
+	}
+	if ((have & need) == need)
+		return true;
+	what = need == AUTH_INGEST ? "ingest" : need == AUTH_ADMIN ? "admin" : "read";
+	{
+		char msg[96];
+
+		snprintf(msg, sizeof(msg), "this token lacks the %s role", what);
+		*ret = fail(rq, 403, BN_E_FORBIDDEN, NULL, msg);
+	}
+	return false;
 }
 
 /* Is method one of the comma-separated methods in allowed? */
@@ -595,6 +751,12 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
 		}
+		{
+			MHD_Result ret;
+
+			if (!authorize(rq, method, &ret))
+				return ret;
+		}
 		clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						   MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (clen != NULL) {
@@ -633,6 +795,8 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		return handle_upload(rq);
 	if (rq->route == R_SNAPSHOTS && strcmp(method, "POST") == 0)
 		return handle_snapshot_create(rq);
+	if (rq->route == R_RUN && strcmp(method, "DELETE") == 0)
+		return handle_delete(rq);
 	return handle_get(rq);
 }
 
@@ -704,22 +868,29 @@ int http_start(const struct http_options *o, struct store *s,
 	srv->store = s;
 	srv->replay = replay;
 	srv->opt = *o;
+	if (o->tls_cert_pem != NULL && o->tls_key_pem != NULL)
+		flags |= MHD_USE_TLS;
 	srv->mhd = MHD_start_daemon(
 		flags, (uint16_t)o->port, NULL, NULL, on_request, srv,
 		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
 		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 1),
 		MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_per_ip,
 		MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+		/* the TLS options last: MHD_OPTION_END ends the list when there is no TLS */
+		(flags & MHD_USE_TLS) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, o->tls_cert_pem,
+		MHD_OPTION_HTTPS_MEM_KEY, o->tls_key_pem,
 		MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (srv->mhd == NULL) {
 		free(srv);
 		return bn_error_set(err, 500, BN_E_INTERNAL, "listen",
-				    "cannot listen on %s:%u (address in use or not available)",
-				    o->host, o->port);
+				    "cannot listen on %s:%u (address in use or not available%s)",
+				    o->host, o->port,
+				    (flags & MHD_USE_TLS) ? ", or the TLS certificate and key were refused" : "");
 	}
 	info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
 	srv->port = info ? info->port : o->port;

@@ -23,7 +23,11 @@ struct http_options {
 	size_t max_body;           /* bytes; larger bodies get 413 */
 	unsigned max_connections;  /* open connections at most */
 	unsigned timeout_s;        /* idle connection timeout */
+	unsigned max_per_ip;       /* connections per client address, 0: no limit */
 	struct ingest_limits limits;
+	struct auth *auth;         /* bearer tokens; NULL: loopback clients only */
+	const char *tls_cert_pem;  /* PEM text; both set: HTTPS */
+	const char *tls_key_pem;
 };
 
 struct http_server;

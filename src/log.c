@@ -2,6 +2,8 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +15,19 @@ static const char *const level_names[] = { "debug", "info", "warn", "error" };
 void log_set_level(enum log_level level)
 {
 	min_level = level;
+}
+
+int log_open_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (dup2(fd, STDERR_FILENO) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
 }
 
 int log_level_parse(const char *s, enum log_level *out)

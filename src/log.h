@@ -14,6 +14,13 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 /* Lines below this level are dropped (default LOG_INFO). */
 void log_set_level(enum log_level level);
 
+/*
+ * Send stderr (our lines and libraries' alike) to the file at path,
+ * appending; called again (SIGHUP) it reopens the file, for log rotation.
+ * Returns 0 or a negative errno.
+ */
+int log_open_file(const char *path);
+
 /* Parse "debug", "info", "warn" or "error": 0 and *out, or -EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);
 

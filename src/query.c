@@ -1613,3 +1613,44 @@ done:
 	step_values_free(&sim);
 	return rc;
 }
+
+/* --- metrics ---------------------------------------------------------------------------- */
+
+struct metrics_runs {
+	FILE *f;
+	long long runs;
+};
+
+static int count_run(void *ctx, const struct store_run_info *info)
+{
+	((struct metrics_runs *)ctx)->runs++;
+	return 0;
+}
+
+static int print_last_step(void *ctx, const struct store_run_info *info)
+{
+	struct metrics_runs *m = ctx;
+
+	if (info->batches > 0)
+		fprintf(m->f, "bnstat_run_last_step{run=\"%s\"} %lld\n", info->name,
+			(long long)info->step_max);
+	return 0;
+}
+
+int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err)
+{
+	struct metrics_runs m = { .f = f };
+	int rc;
+
+	store_read_begin(r);
+	rc = store_runs_last_step(r, count_run, &m);
+	if (rc == 0) {
+		fprintf(f, "# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
+			   "bnstat_runs %lld\n", m.runs);
+		fputs("# HELP bnstat_run_last_step The highest step with statistics, per run.\n"
+		      "# TYPE bnstat_run_last_step gauge\n", f);
+		rc = store_runs_last_step(r, print_last_step, &m);
+	}
+	store_read_end(r);
+	return rc < 0 ? read_failed(err) : 0;
+}

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -116,6 +117,12 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run,
 /* GET /v1/runs/{run}/snapshots: {"snapshots": [...]} without statistics. */
 int query_snapshots(struct store_reader *r, const char *run, json_t **out,
 		    struct bn_error *err);
+
+/*
+ * GET /metrics: the database-side gauges (runs, each run's last step) in
+ * Prometheus text format, appended to f.
+ */
+int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err);
 
 /*
  * Parse a non-negative decimal integer parameter `name`: 0 and *out, or a

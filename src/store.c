@@ -15,11 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <sqlite3.h>
 
 #include "log.h"
+#include "metrics.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the stored blobs are little-endian doubles; big-endian hosts need byte swapping"
@@ -32,6 +34,7 @@ struct queued {
 	struct queued *next;
 	struct ingest_batch *batch;
 	struct store_snapshot *snap;
+	char *delete_run;       /* or a run to delete */
 	store_done_fn done;
 	void *ctx;
 	struct store_result res;
@@ -55,12 +58,20 @@ enum wstmt {
 	W_SNAP_LAYER_INS,
 	W_RUN_MAX_STEP,
 	W_LATE_INS,
+	W_RUN_ID_NEW,
+	W_RUN_ID_DROP,
+	W_RUN_DEL,
+	W_RET_RUNS,
+	W_RET_AGGS,
+	W_RET_BATCHES,
+	W_RET_LATE,
+	W_RET_LATE_GC,
 	W_COUNT
 };
 
 static const char *const wstmt_sql[W_COUNT] = {
 	[W_RUN_GET] = "SELECT id FROM runs WHERE name = ?1",
-	[W_RUN_INS] = "INSERT INTO runs (name, created) VALUES (?1, ?2)",
+	[W_RUN_INS] = "INSERT INTO runs (id, name, created) VALUES (?3, ?1, ?2)",
 	[W_DOM_GET] = "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
 	[W_DOM_INS] = "INSERT INTO domains (run_id, name) VALUES (?1, ?2)",
 	[W_BATCH_GET] = "SELECT hash FROM batches WHERE run_id = ?1 AND domain_id = ?2"
@@ -88,6 +99,16 @@ static const char *const wstmt_sql[W_COUNT] = {
 			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
 	[W_LATE_INS] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, ?2, ?3)",
+	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",
+	[W_RUN_ID_DROP] = "DELETE FROM run_ids",
+	[W_RUN_DEL] = "DELETE FROM runs WHERE id = ?1",
+	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r",
+	[W_RET_AGGS] = "DELETE FROM aggs WHERE id IN (SELECT id FROM aggs WHERE run_id = ?1"
+		       " AND step <= ?2 LIMIT ?3)",
+	[W_RET_BATCHES] = "DELETE FROM batches WHERE run_id = ?1 AND step <= ?2",
+	/* history changed everywhere: every replay checkpoint of the run is stale */
+	[W_RET_LATE] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, -1, -1)",
+	[W_RET_LATE_GC] = "DELETE FROM late_writes WHERE run_id = ?1 AND id < ?2",
 };
 
 struct store_reader {
@@ -114,6 +135,8 @@ struct store {
 	uint64_t wgroup;          /* groups written so far */
 	int64_t *wlayer_ids;      /* per batch: the resolved layer ids */
 	size_t wlayer_cap;
+	struct timespec retention_last;
+	bool retention_more;
 	pthread_t writer;
 	bool writer_started;
 
@@ -297,8 +320,15 @@ static int intern(struct store *s, enum wstmt get, enum wstmt ins,
 
 	st = s->ws[ins];
 	if (ins == W_RUN_INS) {
+		/* A fresh id that no earlier (deleted) run ever had. */
+		if (step_done(s->ws[W_RUN_ID_NEW]) < 0)
+			return -EIO;
+		run_id = sqlite3_last_insert_rowid(s->wdb);
+		if (step_done(s->ws[W_RUN_ID_DROP]) < 0)
+			return -EIO;
 		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, now_ms());
+		sqlite3_bind_int64(st, 3, run_id);
 	} else {
 		sqlite3_bind_int64(st, 1, run_id);
 		sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
@@ -546,37 +576,54 @@ static int ema_put(struct store *s, int64_t run_id, int64_t domain_id,
 	return 0;
 }
 
+static bool batch_merges(const struct ingest_batch *b)
+{
+	size_t i;
+
+	for (i = 0; i < b->n_layers; i++)
+		if (b->layers[i].count > 0)
+			return true;
+	return false;
+}
+
 /*
  * A batch below the run's highest step rewrites history for replayed EMAs:
  * log it (query.c keeps its cached replays exact by it). Batches at or
  * above the highest step, the normal case in training, log nothing.
  */
 static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
-			   const struct ingest_batch *b)
+			   const struct ingest_batch *b, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->ws[W_RUN_MAX_STEP];
-	bool late = false, merges = false;
-	size_t i;
+	bool late = false, have_max = false;
+	int64_t max_step = 0;
 	int rc;
 
-	for (i = 0; i < b->n_layers; i++)
-		merges |= b->layers[i].count > 0;
-	if (!merges)
-		return 0;
 	sqlite3_bind_int64(st, 1, run_id);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-		late = b->step < sqlite3_column_int64(st, 0);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		have_max = true;
+		max_step = sqlite3_column_int64(st, 0);
+		late = b->step < max_step;
+	}
 	sqlite3_reset(st);
 	if (rc != SQLITE_ROW)
-		return -EIO;
-	if (!late)
+		return db_error(err, s->wdb, "reading the run's last step");
+	if (have_max && s->opt.retain_steps > 0 && b->step <= max_step - s->opt.retain_steps)
+		return bn_error_set(err, 422, BN_E_INVALID, "step",
+				    "step %lld is older than the retention horizon: this server keeps "
+				    "the last %lld steps of a run (now steps > %lld)",
+				    (long long)b->step, (long long)s->opt.retain_steps,
+				    (long long)(max_step - s->opt.retain_steps));
+	if (!late || !batch_merges(b))
 		return 0;
 	st = s->ws[W_LATE_INS];
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);
 	sqlite3_bind_int64(st, 3, b->step);
-	return step_done(st);
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "recording a late write");
+	return 0;
 }
 
 /*
@@ -624,8 +671,9 @@ static int apply_batch(struct store *s, struct queued *q)
 	if (rc != SQLITE_DONE)
 		return db_error(err, s->wdb, "looking up batch");
 
-	if (note_late_write(s, run_id, domain_id, b) < 0)
-		return db_error(err, s->wdb, "recording a late write");
+	rc = note_late_write(s, run_id, domain_id, b, err);
+	if (rc < 0)
+		return rc;
 	/*
 	 * Every check that can refuse the batch comes first (the savepoint
 	 * undoes SQL, not the in-memory aggregates); only then merge.
@@ -777,6 +825,54 @@ static int apply_snapshot(struct store *s, struct queued *q)
 	return 0;
 }
 
+/* Forget cached aggregates of a run (it is being deleted). */
+static void wcache_drop_run(struct store *s, int64_t run_id)
+{
+	size_t i;
+
+	for (i = 0; i < WCACHE_BUCKETS; i++) {
+		struct wagg **pp = &s->wcache[i];
+
+		while (*pp != NULL) {
+			struct wagg *e = *pp;
+
+			if (e->run_id == run_id) {
+				*pp = e->next;
+				s->wcache_bytes -= STATS_AGG_ARRAYS * e->channels * sizeof(double);
+				wagg_free(e);
+			} else {
+				pp = &e->next;
+			}
+		}
+	}
+}
+
+static int apply_delete(struct store *s, struct queued *q)
+{
+	struct bn_error *err = &q->res.err;
+	sqlite3_stmt *st = s->ws[W_RUN_GET];
+	int64_t run_id = 0;
+	int rc;
+
+	sqlite3_bind_text(st, 1, q->delete_run, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		run_id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", q->delete_run);
+	if (rc != SQLITE_ROW)
+		return db_error(err, s->wdb, "looking up run");
+	st = s->ws[W_RUN_DEL];
+	sqlite3_bind_int64(st, 1, run_id);
+	if (step_done(st) < 0)
+		return db_error(err, s->wdb, "deleting run");
+	/* Uploads of this run earlier in the group must not be written back. */
+	wcache_drop_run(s, run_id);
+	log_info("run_deleted", "run=%s", q->delete_run);
+	return 0;
+}
+
 static void fail_all(struct queued *group, int status, const char *why)
 {
 	struct queued *q;
@@ -814,7 +910,7 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			ok = false;
 			break;
 		}
-		rc = q->snap ? apply_snapshot(s, q) : apply_batch(s, q);
+		rc = q->snap ? apply_snapshot(s, q) : q->delete_run ? apply_delete(s, q) : apply_batch(s, q);
 		if (rc < 0) {
 			q->res.status = q->res.err.status ? q->res.err.status : 500;
 			if (q->res.status >= 500) {
@@ -855,6 +951,8 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 	wcache_prune(s, !ok);
 	s->wgroup++;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
+	metrics_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
+		       count, ok);
 	log_debug("commit", "batches=%zu accepted=%zu refused=%zu rows=%zu ok=%d ms=%.3f", count,
 		  accepted, refused, rows, ok,
 		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
@@ -864,8 +962,92 @@ report:
 		q->done(q->ctx, &q->res);
 		ingest_batch_free(q->batch);
 		store_snapshot_free(q->snap);
+		free(q->delete_run);
 		free(q);
 	}
+}
+
+/*
+ * Retention: drop per-step statistics and batch identities at or below
+ * each run's horizon (highest step - retain_steps), at most `budget` rows
+ * of aggregates per call, in its own transaction. Snapshots and worker EMAs
+ * stay. Returns true when rows remain to be dropped.
+ */
+static bool retention_pass(struct store *s, int budget)
+{
+	sqlite3_stmt *st = s->ws[W_RET_RUNS];
+	struct { int64_t run_id, horizon; } runs[64];
+	int n = 0, i, deleted = 0;
+	bool more = false;
+	struct bn_error err;
+
+	if (exec_sql(s->wdb, "BEGIN IMMEDIATE", &err) < 0)
+		return false;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (sqlite3_column_type(st, 1) == SQLITE_NULL)
+			continue;
+		if (n == 64) {
+			more = true; /* the rest next time */
+			break;
+		}
+		runs[n].run_id = sqlite3_column_int64(st, 0);
+		runs[n].horizon = sqlite3_column_int64(st, 1) - s->opt.retain_steps;
+		n++;
+	}
+	sqlite3_reset(st);
+	for (i = 0; i < n && deleted < budget; i++) {
+		int changed;
+
+		st = s->ws[W_RET_AGGS];
+		sqlite3_bind_int64(st, 1, runs[i].run_id);
+		sqlite3_bind_int64(st, 2, runs[i].horizon);
+		sqlite3_bind_int64(st, 3, budget - deleted);
+		if (step_done(st) < 0)
+			goto fail;
+		changed = sqlite3_changes(s->wdb);
+		if (changed == 0)
+			continue;
+		deleted += changed;
+		more |= deleted >= budget;
+		st = s->ws[W_RET_BATCHES];
+		sqlite3_bind_int64(st, 1, runs[i].run_id);
+		sqlite3_bind_int64(st, 2, runs[i].horizon);
+		if (step_done(st) < 0)
+			goto fail;
+		st = s->ws[W_RET_LATE];
+		sqlite3_bind_int64(st, 1, runs[i].run_id);
+		if (step_done(st) < 0)
+			goto fail;
+		st = s->ws[W_RET_LATE_GC];
+		sqlite3_bind_int64(st, 1, runs[i].run_id);
+		sqlite3_bind_int64(st, 2, sqlite3_last_insert_rowid(s->wdb));
+		if (step_done(st) < 0)
+			goto fail;
+	}
+	if (exec_sql(s->wdb, "COMMIT", &err) < 0)
+		goto fail;
+	if (deleted > 0) {
+		/* Give the freed pages back to the file system, a bounded number at a time. */
+		sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum(4096)", NULL, NULL, NULL);
+		log_info("retention", "aggregates_dropped=%d more=%d", deleted, more);
+	}
+	return more;
+fail:
+	log_error("retention_failed", "error=\"%s\"", sqlite3_errmsg(s->wdb));
+	sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+	return false;
+}
+
+/* A retention pass every 10 s, or every 100 ms while a backlog remains. */
+static bool retention_due(struct store *s)
+{
+	struct timespec now;
+	double since;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	since = (double)(now.tv_sec - s->retention_last.tv_sec) +
+		(double)(now.tv_nsec - s->retention_last.tv_nsec) / 1e9;
+	return since >= (s->retention_more ? 0.1 : 10.0);
 }
 
 static void *writer_main(void *arg)
@@ -877,8 +1059,24 @@ static void *writer_main(void *arg)
 		size_t n = 1;
 
 		pthread_mutex_lock(&s->mu);
-		while (s->head == NULL && !s->closing)
-			pthread_cond_wait(&s->cv, &s->mu);
+		while (s->head == NULL && !s->closing) {
+			if (s->opt.retain_steps > 0 && retention_due(s)) {
+				pthread_mutex_unlock(&s->mu);
+				s->retention_more = retention_pass(s, 2000);
+				clock_gettime(CLOCK_MONOTONIC, &s->retention_last);
+				pthread_mutex_lock(&s->mu);
+				continue;
+			}
+			if (s->opt.retain_steps > 0) {
+				struct timespec until;
+
+				clock_gettime(CLOCK_REALTIME, &until);
+				until.tv_sec += 1;
+				pthread_cond_timedwait(&s->cv, &s->mu, &until);
+			} else {
+				pthread_cond_wait(&s->cv, &s->mu);
+			}
+		}
 		if (s->head == NULL) {
 			pthread_mutex_unlock(&s->mu);
 			break;
@@ -896,13 +1094,17 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 
 		write_group(s, group, n);
+		if (s->opt.retain_steps > 0 && retention_due(s)) {
+			s->retention_more = retention_pass(s, 2000);
+			clock_gettime(CLOCK_MONOTONIC, &s->retention_last);
+		}
 	}
 	return NULL;
 }
 
 /* Queue a job for the writer; on failure the caller keeps what q carries. */
-static int enqueue(struct store *s, struct ingest_batch *b,
-		   struct store_snapshot *snap, store_done_fn done, void *ctx)
+static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapshot *snap,
+		   char *delete_run, store_done_fn done, void *ctx)
 {
 	struct queued *q;
 	int rc = 0;
@@ -912,6 +1114,7 @@ static int enqueue(struct store *s, struct ingest_batch *b,
 		return -ENOMEM;
 	q->batch = b;
 	q->snap = snap;
+	q->delete_run = delete_run;
 	q->done = done;
 	q->ctx = ctx;
 
@@ -938,13 +1141,27 @@ static int enqueue(struct store *s, struct ingest_batch *b,
 int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
 		 void *ctx)
 {
-	return enqueue(s, b, NULL, done, ctx);
+	return enqueue(s, b, NULL, NULL, done, ctx);
 }
 
 int store_submit_snapshot(struct store *s, struct store_snapshot *snap,
 			  store_done_fn done, void *ctx)
 {
-	return enqueue(s, NULL, snap, done, ctx);
+	return enqueue(s, NULL, snap, NULL, done, ctx);
+}
+
+int store_submit_delete(struct store *s, const char *run, store_done_fn done,
+			void *ctx)
+{
+	char *name = strdup(run);
+	int rc;
+
+	if (name == NULL)
+		return -ENOMEM;
+	rc = enqueue(s, NULL, NULL, name, done, ctx);
+	if (rc < 0)
+		free(name);
+	return rc;
 }
 
 size_t store_queue_depth(struct store *s)
@@ -955,6 +1172,20 @@ size_t store_queue_depth(struct store *s)
 	d = s->depth;
 	pthread_mutex_unlock(&s->mu);
 	return d;
+}
+
+unsigned long long store_disk_bytes(struct store *s)
+{
+	char wal[4200];
+	struct stat st;
+	unsigned long long n = 0;
+
+	if (stat(s->path, &st) == 0)
+		n += (unsigned long long)st.st_size;
+	snprintf(wal, sizeof(wal), "%s-wal", s->path);
+	if (stat(wal, &st) == 0)
+		n += (unsigned long long)st.st_size;
+	return n;
 }
 
 int store_schema_version(struct store *s)
@@ -994,7 +1225,9 @@ int store_open(const char *path, const struct store_options *opt,
 
 	if (open_conn(path, true, &s->wdb, err) < 0)
 		goto fail;
-	if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
+	/* Only takes effect on a new, empty database: lets retention shrink the file. */
+	if (exec_sql(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0 ||
+	    exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
 		goto fail;
 	snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%s",
 		 s->opt.sync_full ? "FULL" : "NORMAL");
@@ -1311,6 +1544,30 @@ static int run_rows(sqlite3_stmt *st, store_run_fn fn, void *ctx, bool *found)
 			.workers = sqlite3_column_int64(st, 7),
 		};
 		*found = true;
+		rc = fn(ctx, &info);
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = -EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	int rc = 0, src;
+
+	if (sqlite3_prepare_v2(r->db, "SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id)"
+				      " FROM runs r ORDER BY name", -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_run_info info = {
+			.name = (const char *)sqlite3_column_text(st, 0),
+			.batches = sqlite3_column_type(st, 1) != SQLITE_NULL,
+			.step_max = sqlite3_column_int64(st, 1),
+		};
 		rc = fn(ctx, &info);
 		if (rc != 0)
 			break;
@@ -1675,7 +1932,7 @@ int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id,
 	int rc;
 
 	if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM late_writes WHERE run_id = ?1 AND id > ?2"
-				      " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4) LIMIT 1",
+				      " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4 OR domain_id < 0) LIMIT 1",
 			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);

@@ -39,6 +39,7 @@ struct store_options {
 	size_t queue_max;  /* uploads waiting for the writer before 503 (default 1024) */
 	size_t group_max;  /* batches per transaction at most (default 512) */
 	bool sync_full;    /* PRAGMA synchronous=FULL (default) instead of NORMAL */
+	int64_t retain_steps; /* keep per-step statistics of the last N steps per run; 0: all */
 };
 
 /* The outcome of one submitted batch, reported after the commit. */
@@ -163,8 +164,18 @@ typedef int (*store_snapshot_fn)(void *ctx, const struct store_snapshot *snap);
 int store_snapshots_foreach(struct store_reader *r, int64_t run_id,
 			    store_snapshot_fn fn, void *ctx);
 
+/*
+ * Queue the deletion of run `run` with everything it holds. done reports
+ * 200 (deleted) or 404 (no such run). Returns as store_submit() does.
+ */
+int store_submit_delete(struct store *s, const char *run, store_done_fn done,
+			void *ctx);
+
 /* Batches waiting for the writer right now. */
 size_t store_queue_depth(struct store *s);
+
+/* Bytes on disk of the database file and its write-ahead log. */
+unsigned long long store_disk_bytes(struct store *s);
 
 /* The schema version of the open database (PRAGMA user_version). */
 int store_schema_version(struct store *s);
@@ -235,6 +246,11 @@ struct store_run_info {
 	int64_t workers;
 };
 typedef int (*store_run_fn)(void *ctx, const struct store_run_info *info);
+
+/* Call fn for every run, by name, with only name and step_max (the highest
+ * step with statistics; batches is 1 when there is one, else 0) filled:
+ * cheap enough for every metrics scrape. */
+int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx);
 
 /* Call fn for every run, by name. */
 int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx);

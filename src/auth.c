@@ -1,0 +1,188 @@
+/*
+ * auth: the token table (see auth.h). Lookups take a read lock; a reload
+ * builds the new table outside the lock and swaps it in.
+ */
+#include "auth.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct token {
+	char value[AUTH_TOKEN_MAX + 1];
+	size_t len;
+	unsigned roles;
+};
+
+struct table {
+	struct token *tokens;
+	unsigned n;
+};
+
+struct auth {
+	pthread_rwlock_t lock;
+	struct table t;
+};
+
+static int parse_roles(char *s, unsigned *roles)
+{
+	char *save = NULL, *r;
+
+	*roles = 0;
+	for (r = strtok_r(s, ",", &save); r != NULL; r = strtok_r(NULL, ",", &save)) {
+		if (strcmp(r, "ingest") == 0)
+			*roles |= AUTH_INGEST;
+		else if (strcmp(r, "read") == 0)
+			*roles |= AUTH_READ;
+		else if (strcmp(r, "admin") == 0)
+			*roles |= AUTH_ADMIN | AUTH_INGEST | AUTH_READ;
+		else
+			return -EINVAL;
+	}
+	return *roles ? 0 : -EINVAL;
+}
+
+static int read_table(const char *path, struct table *t, struct bn_error *err)
+{
+	FILE *f = fopen(path, "r");
+	char line[1024];
+	unsigned lineno = 0;
+	int rc = 0;
+
+	t->tokens = NULL;
+	t->n = 0;
+	if (f == NULL)
+		return bn_error_set(err, 400, BN_E_INVALID, "token-file",
+				    "cannot open token file %s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *save = NULL, *tok, *roles, *extra;
+		struct token *p;
+		unsigned r;
+
+		lineno++;
+		tok = strtok_r(line, " \t\r\n", &save);
+		if (tok == NULL || tok[0] == '#')
+			continue;
+		roles = strtok_r(NULL, " \t\r\n", &save);
+		extra = strtok_r(NULL, " \t\r\n", &save);
+		if (roles == NULL || (extra != NULL && extra[0] != '#')) {
+			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
+					  "%s:%u: expected \"TOKEN ROLE[,ROLE]\"", path, lineno);
+			break;
+		}
+		if (strlen(tok) < AUTH_TOKEN_MIN || strlen(tok) > AUTH_TOKEN_MAX) {
+			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
+					  "%s:%u: a token must have %d to %d characters", path, lineno,
+					  AUTH_TOKEN_MIN, AUTH_TOKEN_MAX);
+			break;
+		}
+		if (parse_roles(roles, &r) < 0) {
+			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
+					  "%s:%u: roles are ingest, read and admin (comma-separated)",
+					  path, lineno);
+			break;
+		}
+		p = realloc(t->tokens, (t->n + 1) * sizeof(*p));
+		if (p == NULL) {
+			rc = bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+			break;
+		}
+		t->tokens = p;
+		memset(&p[t->n], 0, sizeof(p[t->n]));
+		memcpy(p[t->n].value, tok, strlen(tok));
+		p[t->n].len = strlen(tok);
+		p[t->n].roles = r;
+		t->n++;
+	}
+	fclose(f);
+	if (rc == 0 && t->n == 0)
+		rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
+				  "%s holds no token: nobody could use the server", path);
+	if (rc < 0) {
+		free(t->tokens);
+		t->tokens = NULL;
+		t->n = 0;
+	}
+	return rc;
+}
+
+int auth_load(const char *path, struct auth **out, struct bn_error *err)
+{
+	struct auth *a = calloc(1, sizeof(*a));
+	int rc;
+
+	*out = NULL;
+	if (a == NULL)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	rc = read_table(path, &a->t, err);
+	if (rc < 0) {
+		free(a);
+		return rc;
+	}
+	pthread_rwlock_init(&a->lock, NULL);
+	*out = a;
+	return 0;
+}
+
+int auth_reload(struct auth *a, const char *path, struct bn_error *err)
+{
+	struct table t, old;
+	int rc = read_table(path, &t, err);
+
+	if (rc < 0)
+		return rc;
+	pthread_rwlock_wrlock(&a->lock);
+	old = a->t;
+	a->t = t;
+	pthread_rwlock_unlock(&a->lock);
+	free(old.tokens);
+	return 0;
+}
+
+/*
+ * Equal in time independent of where the strings differ: every byte of the
+ * stored token is compared whatever the candidate holds.
+ */
+static int token_equal(const struct token *t, const char *cand, size_t len)
+{
+	unsigned char diff = (unsigned char)(len != t->len);
+	size_t i;
+
+	for (i = 0; i < t->len; i++)
+		diff |= (unsigned char)(t->value[i] ^ (i < len ? cand[i] : 0));
+	return diff == 0;
+}
+
+unsigned auth_roles(struct auth *a, const char *token)
+{
+	size_t len = strnlen(token, AUTH_TOKEN_MAX + 1);
+	unsigned roles = AUTH_NONE, i;
+
+	pthread_rwlock_rdlock(&a->lock);
+	for (i = 0; i < a->t.n; i++)
+		if (token_equal(&a->t.tokens[i], token, len))
+			roles |= a->t.tokens[i].roles;
+	pthread_rwlock_unlock(&a->lock);
+	return roles;
+}
+
+unsigned auth_count(struct auth *a)
+{
+	unsigned n;
+
+	pthread_rwlock_rdlock(&a->lock);
+	n = a->t.n;
+	pthread_rwlock_unlock(&a->lock);
+	return n;
+}
+
+void auth_free(struct auth *a)
+{
+	if (a == NULL)
+		return;
+	pthread_rwlock_destroy(&a->lock);
+	free(a->t.tokens);
+	free(a);
+}

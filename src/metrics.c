@@ -1,0 +1,107 @@
+/*
+ * metrics: process-wide counters and histograms (see metrics.h). Fixed
+ * label sets keep it allocation-free: the upload outcomes are the known
+ * error codes, anything else counts as "other".
+ */
+#include "metrics.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "bnstat/error.h"
+
+static const char *const outcomes[] = {
+	"accepted", "duplicate", BN_E_MALFORMED, BN_E_TYPE, BN_E_MISSING, BN_E_INVALID,
+	BN_E_LIMIT, BN_E_CONFLICT, BN_E_NOT_FOUND, BN_E_TOO_LARGE, BN_E_MEDIA,
+	BN_E_UNAVAILABLE, BN_E_INTERNAL, BN_E_UNAUTHORIZED, BN_E_FORBIDDEN, "other",
+};
+#define N_OUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
+
+static const double latency_le[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+				     0.1, 0.25, 0.5, 1.0, 2.5, 10.0 };
+#define N_LATENCY (sizeof(latency_le) / sizeof(latency_le[0]))
+static const double size_le[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024 };
+#define N_SIZE (sizeof(size_le) / sizeof(size_le[0]))
+
+static _Atomic unsigned long long upload_count[N_OUTCOMES];
+static _Atomic unsigned long long bytes_received;
+static _Atomic unsigned long long commits_ok, commits_failed;
+static _Atomic unsigned long long latency_bucket[N_LATENCY + 1];
+static _Atomic unsigned long long size_bucket[N_SIZE + 1];
+/* sums kept in microseconds and jobs so that they stay integers */
+static _Atomic unsigned long long latency_sum_us, size_sum;
+
+void metrics_upload(const char *outcome)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < N_OUTCOMES; i++)
+		if (strcmp(outcome, outcomes[i]) == 0)
+			break;
+	atomic_fetch_add_explicit(&upload_count[i], 1, memory_order_relaxed);
+}
+
+void metrics_bytes(size_t n)
+{
+	atomic_fetch_add_explicit(&bytes_received, n, memory_order_relaxed);
+}
+
+void metrics_commit(double seconds, size_t batches, int ok)
+{
+	size_t i;
+
+	atomic_fetch_add_explicit(ok ? &commits_ok : &commits_failed, 1, memory_order_relaxed);
+	for (i = 0; i < N_LATENCY && seconds > latency_le[i]; i++)
+		;
+	atomic_fetch_add_explicit(&latency_bucket[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&latency_sum_us, (unsigned long long)(seconds * 1e6),
+				  memory_order_relaxed);
+	for (i = 0; i < N_SIZE && (double)batches > size_le[i]; i++)
+		;
+	atomic_fetch_add_explicit(&size_bucket[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&size_sum, batches, memory_order_relaxed);
+}
+
+static void histogram(FILE *f, const char *name, const char *help, const double *le, size_t n,
+		      _Atomic unsigned long long *buckets, double sum)
+{
+	unsigned long long cum = 0;
+	size_t i;
+
+	fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (i = 0; i <= n; i++) {
+		cum += atomic_load_explicit(&buckets[i], memory_order_relaxed);
+		if (i < n)
+			fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, le[i], cum);
+		else
+			fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, cum);
+	}
+	fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, cum);
+}
+
+void metrics_render(FILE *f)
+{
+	size_t i;
+
+	fputs("# HELP bnstat_uploads_total Uploads by outcome: accepted, duplicate, or the error code.\n"
+	      "# TYPE bnstat_uploads_total counter\n", f);
+	for (i = 0; i < N_OUTCOMES; i++)
+		fprintf(f, "bnstat_uploads_total{outcome=\"%s\"} %llu\n", outcomes[i],
+			atomic_load_explicit(&upload_count[i], memory_order_relaxed));
+	fprintf(f, "# HELP bnstat_received_bytes_total Request body bytes received.\n"
+		   "# TYPE bnstat_received_bytes_total counter\n"
+		   "bnstat_received_bytes_total %llu\n",
+		atomic_load_explicit(&bytes_received, memory_order_relaxed));
+	fprintf(f, "# HELP bnstat_commits_total Group commits by result.\n"
+		   "# TYPE bnstat_commits_total counter\n"
+		   "bnstat_commits_total{result=\"ok\"} %llu\n"
+		   "bnstat_commits_total{result=\"failed\"} %llu\n",
+		atomic_load_explicit(&commits_ok, memory_order_relaxed),
+		atomic_load_explicit(&commits_failed, memory_order_relaxed));
+	histogram(f, "bnstat_commit_seconds", "Time of one group commit, from BEGIN to COMMIT.",
+		  latency_le, N_LATENCY, latency_bucket,
+		  (double)atomic_load_explicit(&latency_sum_us, memory_order_relaxed) / 1e6);
+	histogram(f, "bnstat_commit_batches", "Jobs (uploads, snapshots) per group commit.",
+		  size_le, N_SIZE, size_bucket,
+		  (double)atomic_load_explicit(&size_sum, memory_order_relaxed));
+}
