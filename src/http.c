@@ -299,11 +299,11 @@ static MHD_Result handle_upload(struct request *rq)
 					    MHD_HTTP_HEADER_CONTENT_TYPE);
 	/* Anything but the binary form is taken as JSON (curl -d sends a form type). */
 	if (ctype != NULL && strncasecmp(ctype, "application/octet-stream", 24) == 0)
-		return fail(rq, 415, BN_E_MEDIA, NULL,
-			    "binary (safetensors) uploads are not supported by this server yet; "
-			    "send JSON with Content-Type: application/json");
-	rc = ingest_decode_json(rq->run, rq->body ? rq->body : "", rq->len, &srv->opt.limits,
-				&b, &err);
+		rc = ingest_decode_safetensors(rq->run, (const uint8_t *)(rq->body ? rq->body : ""),
+					       rq->len, &srv->opt.limits, &b, &err);
+	else
+		rc = ingest_decode_json(rq->run, rq->body ? rq->body : "", rq->len,
+					&srv->opt.limits, &b, &err);
 	if (rc < 0)
 		return reply_error(rq, &err);
 	free(rq->body); /* the batch holds everything decoded */

@@ -1,18 +1,23 @@
 /*
- * ingest: validate and decode one JSON upload (SPEC section 4, "Upload")
- * into a struct ingest_batch, and compute its content hash.
+ * ingest: validate and decode one upload (SPEC section 4, "Upload") into a
+ * struct ingest_batch, and compute its content hash. The upload comes in
+ * two forms: a JSON body, or a safetensors file (an 8-byte header length,
+ * a JSON header, a raw data buffer).
  *
- * The decoder works in two passes over the parsed document. The first pass
- * checks everything structural (types, names, required and unknown keys,
- * integers, encodings, lengths, limits) and sizes the result; then a single
- * allocation is made for the whole batch (header, layer table, all value
- * arrays, names), and the second pass converts the values straight into it
- * (base64 is decoded in place, f32 widened in place) and checks each value
- * (finite, variance >= 0). A failure anywhere frees that one block, so
+ * Each form has its own front end, which checks what is particular to it
+ * (JSON types, base64; safetensors' dtypes, shapes and data offsets) and
+ * describes every layer as a struct layer_plan: name, count, and where
+ * each value array is. One back end, build_batch(), then applies the
+ * rules of the upload to the plans (check_layer()), makes a single
+ * allocation for the whole batch (header, layer table, all value arrays,
+ * names), converts the values straight into it (base64 decoded in place,
+ * f32 widened in place) and checks each value (finite, variance >= 0),
+ * and hashes the result. The same content thus gives the same batch and
+ * the same hash in any form. A failure anywhere frees that one block, so
  * nothing leaks and *out stays NULL.
  *
- * Layers are handled in name order in both passes, so which of several
- * bad layers is reported does not depend on the key order of the JSON.
+ * Layers are handled in name order, so which of several bad layers is
+ * reported does not depend on the order of the upload.
  *
  * Error paths and messages can echo client-supplied names; they go through
  * show(), which keeps them printable ASCII and bounded, because the HTTP
@@ -429,36 +434,50 @@ static void batch_hash(struct ingest_batch *b)
 }
 
 /* ------------------------------------------------------------------ */
-/* decoding */
+/* decoded layers: what both forms produce, checked and built alike */
 
 enum arr_id { ARR_MEAN, ARR_VAR, ARR_EMA_MEAN, ARR_EMA_VAR, ARR_N };
 
 static const char *const arr_key[ARR_N] = {"mean", "var", "ema_mean",
 					   "ema_var"};
 
-enum enc { ENC_NONE, ENC_NUMBERS, ENC_F32, ENC_F64 };
+/* Where the values of one array are, as found before the batch exists. */
+enum src_kind {
+	SRC_NONE,    /* not sent */
+	SRC_NUMBERS, /* a JSON array of numbers */
+	SRC_B64,     /* base64 text of little-endian f32/f64 */
+	SRC_RAW,     /* little-endian f32/f64 in a safetensors data buffer */
+};
 
-/* Where one value array comes from, as found by the first pass. */
 struct src_array {
-	enum enc enc;
-	const json_t *json; /* the array (ENC_NUMBERS) or the object */
-	const char *b64;    /* ENC_F32, ENC_F64 */
+	enum src_kind kind;
+	size_t esize;       /* SRC_B64, SRC_RAW: 4 (f32) or 8 (f64) */
+	const json_t *json; /* SRC_NUMBERS: the array */
+	const char *b64;    /* SRC_B64 */
 	size_t b64_len;
+	const uint8_t *raw; /* SRC_RAW: at any alignment */
 	size_t n;           /* number of values */
 };
 
-/* One layer between the passes. */
+/*
+ * One layer between the passes. Each form fills in the name, the count
+ * and where the arrays are; check_layer() then applies the rules of the
+ * upload, the same for both forms, and fill_array() reads the values.
+ */
 struct layer_plan {
-	const char *name; /* jansson's key, NUL-terminated, no NUL inside */
+	const char *prefix; /* of error paths: "layers." (JSON), "" (safetensors) */
+	const char *name;   /* name[0..name_len), not necessarily NUL-terminated */
 	size_t name_len;
-	const json_t *obj;
-	int64_t count;
+	const json_t *obj;  /* JSON: the layer's object */
+	bool has_count;
+	int64_t count;      /* as sent, until check_layer() has checked it */
 	size_t channels;
 	struct src_array src[ARR_N];
 };
 
-static const char *const top_keys[] = {"worker", "step",     "seq",
-				       "domain", "var_kind", "layers"};
+/* What a decoder given NULL limits uses. */
+static const struct ingest_limits default_limits = {
+	INGEST_DEFAULT_MAX_LAYERS, INGEST_DEFAULT_MAX_CHANNELS};
 
 static const char *type_name(const json_t *v)
 {
@@ -492,9 +511,19 @@ static bool key_known(const char *key, const char *const *known, size_t n)
 	return false;
 }
 
+/* bn_error_set() with a message already in a va_list. */
+static int error_v(struct bn_error *err, int status, const char *code,
+		   const char *path, const char *fmt, va_list ap)
+{
+	char msg[BN_ERROR_MESSAGE_MAX];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	return bn_error_set(err, status, code, path, "%s", msg);
+}
+
 /*
- * Path "layers.<name>[.<field>][.<sub>][[index]]" of something in layer p.
- * Fields and sub-keys given here may be client-supplied (unknown keys).
+ * Path "<prefix><name>[.<field>][.<sub>][[index]]" of something in layer
+ * p. Fields and sub-keys given here may be client-supplied (unknown keys).
  */
 static void layer_path(char *path, size_t size, const struct layer_plan *p,
 		       const char *field, const char *sub, long index)
@@ -503,7 +532,7 @@ static void layer_path(char *path, size_t size, const struct layer_plan *p,
 	int n;
 
 	show(name, sizeof(name), p->name, p->name_len, INGEST_LAYER_NAME_MAX);
-	n = snprintf(path, size, "layers.%s", name);
+	n = snprintf(path, size, "%s%s", p->prefix, name);
 	if (field != NULL && n >= 0 && (size_t)n < size)
 		n += snprintf(path + n, size - (size_t)n, ".%s",
 			      show(key, sizeof(key), field, strlen(field), SHOW_MAX));
@@ -520,68 +549,450 @@ layer_error(struct bn_error *err, int status, const char *code,
 	    const struct layer_plan *p, const char *field, const char *sub,
 	    long index, const char *fmt, ...)
 {
-	char path[BN_ERROR_PATH_MAX], msg[BN_ERROR_MESSAGE_MAX];
+	char path[BN_ERROR_PATH_MAX];
 	va_list ap;
+	int r;
 
 	layer_path(path, sizeof(path), p, field, sub, index);
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	r = error_v(err, status, code, path, fmt, ap);
 	va_end(ap);
-	return bn_error_set(err, status, code, path, "%s", msg);
+	return r;
 }
 
 /*
- * A JSON integer in [0, max]. A JSON real (1.5, and 3.0 too: the wire
- * contract wants integers written as integers) is well-typed for JSON but
- * not acceptable, hence 422; anything else is the wrong type, 400.
- * The error path is filled in by the caller through `path`, or through
- * layer `p` and `field` when p is not NULL.
+ * bn_error_set() for a value at `path`, or at field `field` of layer p
+ * when p is not NULL: the integer helpers below serve both.
  */
-static int get_uint(const json_t *v, int64_t max, int64_t *out,
+__attribute__((format(printf, 7, 8))) static int
+value_error(struct bn_error *err, int status, const char *code,
+	    const char *path, const struct layer_plan *p, const char *field,
+	    const char *fmt, ...)
+{
+	char lpath[BN_ERROR_PATH_MAX];
+	va_list ap;
+	int r;
+
+	if (p != NULL) {
+		layer_path(lpath, sizeof(lpath), p, field, NULL, -1);
+		path = lpath;
+	}
+	va_start(ap, fmt);
+	r = error_v(err, status, code, path, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+/*
+ * A JSON integer into *out. A JSON real (1.5, and 3.0 too: the wire
+ * contract wants integers written as integers) is well-typed for JSON but
+ * not acceptable, hence 422; anything else is the wrong type, 400. `what`
+ * names the value in messages; for the path see value_error().
+ */
+static int json_int(const json_t *v, const char *what, int64_t *out,
 		    const char *path, const struct layer_plan *p,
 		    const char *field, struct bn_error *err)
 {
-	json_int_t i;
-
-#define UINT_ERR(status, code, ...)                                          \
-	(p ? layer_error(err, status, code, p, field, NULL, -1, __VA_ARGS__)  \
-	   : bn_error_set(err, status, code, path, __VA_ARGS__))
 	if (json_is_real(v))
-		return UINT_ERR(422, BN_E_INVALID,
-				"must be an integer, not a real number (%.17g)",
-				json_real_value(v));
+		return value_error(err, 422, BN_E_INVALID, path, p, field,
+				   "%s must be an integer, not a real number "
+				   "(%.17g)",
+				   what, json_real_value(v));
 	if (!json_is_integer(v))
-		return UINT_ERR(400, BN_E_TYPE, "must be an integer, not %s",
-				type_name(v));
-	i = json_integer_value(v);
-	if (i < 0)
-		return UINT_ERR(422, BN_E_INVALID, "must be >= 0, not %lld",
-				(long long)i);
-	if (i > max)
-		return UINT_ERR(422, BN_E_INVALID, "must be <= %lld, not %lld",
-				(long long)max, (long long)i);
-#undef UINT_ERR
-	*out = (int64_t)i;
+		return value_error(err, 400, BN_E_TYPE, path, p, field,
+				   "%s must be an integer, not %s", what,
+				   type_name(v));
+	*out = (int64_t)json_integer_value(v);
 	return 0;
 }
 
-/* A top-level name field (worker, domain) into dst. */
-static int get_name(const json_t *root, const char *key, bool required,
-		    const char *dflt, char *dst, struct bn_error *err)
+/* 0 when v is in [0, max], else a 422; arguments as for json_int(). */
+static int uint_range(int64_t v, int64_t max, const char *what,
+		      const char *path, const struct layer_plan *p,
+		      const char *field, struct bn_error *err)
 {
-	const json_t *v = json_object_get(root, key);
+	if (v < 0)
+		return value_error(err, 422, BN_E_INVALID, path, p, field,
+				   "%s must be >= 0, not %lld", what,
+				   (long long)v);
+	if (v > max)
+		return value_error(err, 422, BN_E_INVALID, path, p, field,
+				   "%s must be <= %lld, not %lld", what,
+				   (long long)max, (long long)v);
+	return 0;
+}
+
+/*
+ * The rules of the upload for one layer, whatever its form: count
+ * present and in range, count 1 only with a biased variance, EMA arrays
+ * both or neither, mean and var unless count 0 comes without arrays,
+ * lengths equal, channels within the limit. Sets p->channels.
+ */
+static int check_layer(struct layer_plan *p, enum stats_var_kind kind,
+		       const struct ingest_limits *lim, struct bn_error *err)
+{
+	size_t n, i;
+	bool any = false;
+	int r;
+
+	if (!p->has_count)
+		return layer_error(err, 400, BN_E_MISSING, p, "count", NULL, -1,
+				   "count is required");
+	r = uint_range(p->count, COUNT_MAX, "count", NULL, p, "count", err);
+	if (r < 0)
+		return r;
+	if (p->count == 1 && kind == STATS_VAR_UNBIASED)
+		return layer_error(err, 422, BN_E_INVALID, p, "count", NULL, -1,
+				   "count 1 has no unbiased variance (send "
+				   "var_kind \"biased\")");
+
+	for (i = 0; i < ARR_N; i++)
+		any = any || p->src[i].kind != SRC_NONE;
+	if ((p->src[ARR_EMA_MEAN].kind == SRC_NONE) !=
+	    (p->src[ARR_EMA_VAR].kind == SRC_NONE)) {
+		bool has_m = p->src[ARR_EMA_MEAN].kind != SRC_NONE;
+
+		return layer_error(err, 422, BN_E_INVALID, p,
+				   has_m ? "ema_mean" : "ema_var", NULL, -1,
+				   "%s needs %s: send both or neither",
+				   has_m ? "ema_mean" : "ema_var",
+				   has_m ? "ema_var" : "ema_mean");
+	}
+	/* count 0 (layer unused) may come without arrays; else both needed */
+	if (p->count == 0 && !any) {
+		p->channels = 0;
+		return 0;
+	}
+	for (i = ARR_MEAN; i <= ARR_VAR; i++)
+		if (p->src[i].kind == SRC_NONE)
+			return layer_error(err, 400, BN_E_MISSING, p,
+					   arr_key[i], NULL, -1,
+					   "%s is required when count > 0 or "
+					   "other arrays are given",
+					   arr_key[i]);
+
+	n = p->src[ARR_MEAN].n;
+	if (n == 0)
+		return layer_error(err, 422, BN_E_INVALID, p, "mean", NULL, -1,
+				   "must hold at least one channel");
+	if (n > lim->max_channels)
+		return layer_error(err, 422, BN_E_LIMIT, p, "mean", NULL, -1,
+				   "%zu channels, more than the limit of %zu",
+				   n, lim->max_channels);
+	for (i = ARR_VAR; i < ARR_N; i++)
+		if (p->src[i].kind != SRC_NONE && p->src[i].n != n)
+			return layer_error(err, 422, BN_E_INVALID, p,
+					   arr_key[i], NULL, -1,
+					   "%zu values, but mean has %zu",
+					   p->src[i].n, n);
+	p->channels = n;
+	return 0;
+}
+
+static inline uint32_t load_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t load_le64(const uint8_t *p)
+{
+	return (uint64_t)load_le32(p) | (uint64_t)load_le32(p + 4) << 32;
+}
+
+/*
+ * n little-endian f32 (esize 4) or f64 (esize 8) values at src, at any
+ * alignment (bytes are assembled, never loaded through a cast pointer),
+ * into dst as doubles. src may overlap dst in the way base64 decoding
+ * uses: f64 in place, f32 in the upper half of dst, widened front to
+ * back, which never overwrites a float not yet read (double i ends where
+ * float 2i-n+1 ends, and 2i-n+1 <= i).
+ */
+static void load_values(const uint8_t *src, size_t esize, size_t n,
+			double *dst)
+{
+	size_t i;
+
+	if (esize == 8) {
+		for (i = 0; i < n; i++) {
+			uint64_t u = load_le64(src + 8 * i);
+
+			memcpy(&dst[i], &u, 8);
+		}
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		uint32_t u = load_le32(src + 4 * i);
+		float f;
+
+		memcpy(&f, &u, 4);
+		dst[i] = (double)f;
+	}
+}
+
+/*
+ * One value array of a layer, once the batch exists: write its
+ * p->channels doubles to dst and check them. Base64 is decoded straight
+ * into dst (see load_values()).
+ */
+static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
+		      struct bn_error *err)
+{
+	const struct src_array *a = &p->src[id];
+	const char *key = arr_key[id];
+	const bool is_var = id == ARR_VAR || id == ARR_EMA_VAR;
+	size_t n = p->channels, i;
+	uint8_t *bytes;
+
+	switch (a->kind) {
+	case SRC_NUMBERS:
+		for (i = 0; i < n; i++) {
+			const json_t *x = json_array_get(a->json, i);
+
+			if (json_is_real(x))
+				dst[i] = json_real_value(x);
+			else if (json_is_integer(x))
+				dst[i] = (double)json_integer_value(x);
+			else
+				return layer_error(err, 400, BN_E_TYPE, p, key,
+						   NULL, (long)i,
+						   "must be a number, not %s",
+						   type_name(x));
+		}
+		break;
+	case SRC_B64:
+		bytes = (uint8_t *)dst + (8 - a->esize) * n;
+		if (ingest_base64_decode(a->b64, a->b64_len, bytes) < 0)
+			return layer_error(err, 422, BN_E_INVALID, p, key, "b64",
+					   -1,
+					   "bad base64 (standard alphabet, '=' "
+					   "padding, no whitespace)");
+		load_values(bytes, a->esize, n, dst);
+		break;
+	case SRC_RAW:
+		load_values(a->raw, a->esize, n, dst);
+		break;
+	case SRC_NONE:
+		return 0;
+	}
+
+	for (i = 0; i < n; i++) {
+		double x = dst[i];
+
+		if (!isfinite(x))
+			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
+					   (long)i, "must be finite, not %g", x);
+		if (is_var && x < 0)
+			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
+					   (long)i,
+					   "a variance must be >= 0, not %.17g",
+					   x);
+		/* -0.0 == 0.0: store +0.0 so that the hash agrees too */
+		if (x == 0)
+			dst[i] = 0.0;
+	}
+	return 0;
+}
+
+/* strcmp() order of a[0..alen) and b[0..blen), which hold no NUL. */
+static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+
+	if (c != 0)
+		return c;
+	return (alen > blen) - (alen < blen);
+}
+
+static int plan_cmp(const void *a, const void *b)
+{
+	const struct layer_plan *x = a, *y = b;
+
+	return name_cmp(x->name, x->name_len, y->name, y->name_len);
+}
+
+static size_t align_up(size_t n, size_t a)
+{
+	return (n + a - 1) / a * a;
+}
+
+/* The number of layers against the limits; `path` names the layer set. */
+static int check_layer_count(size_t n, const struct ingest_limits *lim,
+			     const char *path, struct bn_error *err)
+{
+	if (n == 0)
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "at least one layer is required");
+	if (n > lim->max_layers)
+		return bn_error_set(err, 422, BN_E_LIMIT, path,
+				    "%zu layers, more than the limit of %zu",
+				    n, lim->max_layers);
+	return 0;
+}
+
+/*
+ * Check plans[0..n_layers) (names distinct) and build the batch with the
+ * identity in *hdr: the one builder of both forms, so that equal content
+ * gives an equal batch and hash whatever the encoding.
+ *
+ * Layers are handled in name order, so that which of several bad layers
+ * is reported does not depend on the order of the upload. For each, the
+ * name is checked, then `plan` (when not NULL) finishes what the form
+ * needs to look at, then check_layer(). Then a single allocation is made
+ * for the whole batch (header, layer table, all value arrays, names),
+ * and the values are converted straight into it and checked. A failure
+ * anywhere frees that one block, so nothing leaks and *out stays NULL.
+ * plans stay the caller's.
+ */
+static int build_batch(const struct ingest_batch *hdr,
+		       struct layer_plan *plans, size_t n_layers,
+		       int (*plan)(struct layer_plan *, struct bn_error *),
+		       const struct ingest_limits *lim,
+		       struct ingest_batch **out, struct bn_error *err)
+{
+	struct ingest_batch *b = NULL;
+	size_t i, j, n_doubles = 0, name_bytes = 0;
+	size_t off_layers, off_doubles, off_names, total;
+	double *dp;
+	char *np;
+	int r;
+
+	qsort(plans, n_layers, sizeof(*plans), plan_cmp);
+	for (i = 0; i < n_layers; i++) {
+		struct layer_plan *p = &plans[i];
+		size_t arrays;
+
+		if (!name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
+			return layer_error(err, 422, BN_E_INVALID, p, NULL,
+					   NULL, -1,
+					   "layer name must match "
+					   "[A-Za-z0-9._-]{1,%d}",
+					   INGEST_LAYER_NAME_MAX);
+		if (plan != NULL && (r = plan(p, err)) < 0)
+			return r;
+		r = check_layer(p, hdr->var_kind, lim, err);
+		if (r < 0)
+			return r;
+		arrays = p->src[ARR_EMA_MEAN].kind != SRC_NONE ? 4 : 2;
+		/* cannot overflow in practice (bounded by the body size), but
+		 * the limits are configurable */
+		if (p->channels > (SIZE_MAX / 64 - n_doubles) / arrays)
+			goto nomem;
+		n_doubles += p->channels * arrays;
+		name_bytes += p->name_len + 1;
+	}
+
+	/* one block: header, layer table, doubles, names */
+	off_layers = align_up(sizeof(struct ingest_batch),
+			      alignof(struct ingest_layer));
+	off_doubles = align_up(off_layers + n_layers * sizeof(struct ingest_layer),
+			       alignof(double));
+	off_names = off_doubles + n_doubles * sizeof(double);
+	total = off_names + name_bytes;
+	b = malloc(total);
+	if (b == NULL)
+		goto nomem;
+	*b = *hdr;
+	b->n_layers = n_layers;
+	b->layers = (struct ingest_layer *)(void *)((char *)b + off_layers);
+	dp = (double *)(void *)((char *)b + off_doubles);
+	np = (char *)b + off_names;
+
+	for (i = 0; i < n_layers; i++) {
+		const struct layer_plan *p = &plans[i];
+		struct ingest_layer *l = &b->layers[i];
+		double *arr[ARR_N] = {NULL, NULL, NULL, NULL};
+
+		memcpy(np, p->name, p->name_len);
+		np[p->name_len] = '\0';
+		l->name = np;
+		np += p->name_len + 1;
+		l->count = p->count;
+		l->channels = p->channels;
+		for (j = 0; j < ARR_N && p->channels > 0; j++) {
+			if (p->src[j].kind == SRC_NONE)
+				continue;
+			arr[j] = dp;
+			dp += p->channels;
+			r = fill_array(p, (enum arr_id)j, arr[j], err);
+			if (r < 0)
+				goto fail;
+		}
+		l->mean = arr[ARR_MEAN];
+		l->var = arr[ARR_VAR];
+		l->ema_mean = arr[ARR_EMA_MEAN];
+		l->ema_var = arr[ARR_EMA_VAR];
+	}
+	batch_hash(b);
+	*out = b;
+	return 0;
+
+nomem:
+	bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	r = -ENOMEM;
+fail:
+	free(b);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* identity: worker, step, seq, domain, var_kind */
+
+/* How a form spells the identity and options of an upload. */
+struct ident_form {
+	const char *prefix;      /* of error paths */
+	const char *const *keys; /* the keys allowed beside them */
+	size_t n_keys;
+	const char *expected;    /* the keys, for the unknown-key message */
+	bool strings;            /* step and seq are decimal strings */
+};
+
+static const char *const json_keys[] = {"worker", "step",     "seq",
+					"domain", "var_kind", "layers"};
+static const struct ident_form json_form = {
+	"", json_keys, sizeof(json_keys) / sizeof(*json_keys),
+	"worker, step, seq, domain, var_kind, layers", false};
+
+/*
+ * safetensors: the "__metadata__" object, a string-to-string map. "format"
+ * is what safetensors' own writers add ("pt"); it is allowed and ignored.
+ */
+#define ST_META "__metadata__"
+static const char *const meta_keys[] = {"worker", "step", "seq", "domain",
+					"var_kind", "format"};
+static const struct ident_form meta_form = {
+	ST_META ".", meta_keys, sizeof(meta_keys) / sizeof(*meta_keys),
+	"worker, step, seq, domain, var_kind, format", true};
+
+/* "<prefix><key>" into dst (of size > SHOW_MAX + strlen(prefix) + 4). */
+static const char *key_path(char *dst, size_t size, const struct ident_form *f,
+			    const char *key, size_t len)
+{
+	char shown[SHOW_MAX + 4];
+
+	snprintf(dst, size, "%s%s", f->prefix,
+		 show(shown, sizeof(shown), key, len, SHOW_MAX));
+	return dst;
+}
+
+/* A name field (worker, domain) of obj into dst. */
+static int get_name(const json_t *obj, const char *key, const char *path,
+		    bool required, const char *dflt, char *dst,
+		    struct bn_error *err)
+{
+	const json_t *v = json_object_get(obj, key);
 	const char *s;
 	size_t len;
 
 	if (v == NULL) {
 		if (required)
-			return bn_error_set(err, 400, BN_E_MISSING, key,
+			return bn_error_set(err, 400, BN_E_MISSING, path,
 					    "%s is required", key);
 		snprintf(dst, INGEST_NAME_MAX + 1, "%s", dflt);
 		return 0;
 	}
 	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, key,
+		return bn_error_set(err, 400, BN_E_TYPE, path,
 				    "%s must be a string, not %s", key,
 				    type_name(v));
 	s = json_string_value(v);
@@ -589,7 +1000,7 @@ static int get_name(const json_t *root, const char *key, bool required,
 	if (!name_valid_n(s, len, INGEST_NAME_MAX)) {
 		char shown[SHOW_MAX + 4];
 
-		return bn_error_set(err, 422, BN_E_INVALID, key,
+		return bn_error_set(err, 422, BN_E_INVALID, path,
 				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}",
 				    key, show(shown, sizeof(shown), s, len, SHOW_MAX),
 				    INGEST_NAME_MAX);
@@ -600,8 +1011,176 @@ static int get_name(const json_t *root, const char *key, bool required,
 }
 
 /*
- * First pass over one value array of a layer: find its encoding and its
- * length, check everything but the values themselves.
+ * A step or seq of safetensors metadata, where every value is a string:
+ * the decimal digits of an integer in [0, INT64_MAX] and nothing else (no
+ * sign, space, decimal point or exponent), without leading zeros so that
+ * each number has one spelling, as in JSON.
+ */
+static int get_decimal(const json_t *v, const char *key, const char *path,
+		       int64_t *out, struct bn_error *err)
+{
+	char shown[SHOW_MAX + 4];
+	const char *s;
+	size_t len, i;
+	uint64_t x = 0;
+
+	if (!json_is_string(v))
+		return bn_error_set(err, 400, BN_E_TYPE, path,
+				    "%s must be a string (safetensors metadata "
+				    "maps strings to strings), not %s",
+				    key, type_name(v));
+	s = json_string_value(v);
+	len = json_string_length(v);
+	show(shown, sizeof(shown), s, len, SHOW_MAX);
+	for (i = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+		;
+	if (len == 0 || i < len || (len > 1 && s[0] == '0'))
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "%s \"%s\" must be an integer >= 0 in "
+				    "decimal digits (no sign, space, decimal "
+				    "point or leading zero)",
+				    key, shown);
+	/* 19 digits always fit in 64 bits */
+	for (i = 0; i < len && i < 19; i++)
+		x = x * 10 + (uint64_t)(s[i] - '0');
+	if (len > 19 || x > (uint64_t)INT64_MAX)
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "%s \"%s\" must be <= %lld", key, shown,
+				    (long long)INT64_MAX);
+	*out = (int64_t)x;
+	return 0;
+}
+
+/*
+ * The identity and options of the upload from obj (the JSON body, or
+ * safetensors' metadata) into *hdr. Unknown keys are looked for first, so
+ * that a misspelt key is reported as unknown rather than as missing.
+ */
+static int decode_identity(const json_t *obj, const struct ident_form *f,
+			   struct ingest_batch *hdr, struct bn_error *err)
+{
+	static const char *const int_keys[2] = {"step", "seq"};
+	int64_t *ints[2] = {&hdr->step, &hdr->seq};
+	char path[SHOW_MAX + 32], shown[SHOW_MAX + 4];
+	const json_t *v;
+	const char *k, *s;
+	int r, i;
+
+	json_object_foreach ((json_t *)obj, k, v) {
+		if (!key_known(k, f->keys, f->n_keys))
+			return bn_error_set(err, 422, BN_E_INVALID,
+					    key_path(path, sizeof(path), f, k,
+						     strlen(k)),
+					    "unknown key \"%s\" (expected %s)",
+					    show(shown, sizeof(shown), k,
+						 strlen(k), SHOW_MAX),
+					    f->expected);
+	}
+
+	r = get_name(obj, "worker", key_path(path, sizeof(path), f, "worker", 6),
+		     true, NULL, hdr->worker, err);
+	if (r < 0)
+		return r;
+	for (i = 0; i < 2; i++) {
+		key_path(path, sizeof(path), f, int_keys[i], strlen(int_keys[i]));
+		v = json_object_get(obj, int_keys[i]);
+		if (v == NULL)
+			return bn_error_set(err, 400, BN_E_MISSING, path,
+					    "%s is required", int_keys[i]);
+		if (f->strings)
+			r = get_decimal(v, int_keys[i], path, ints[i], err);
+		else if ((r = json_int(v, int_keys[i], ints[i], path, NULL,
+				       NULL, err)) == 0)
+			r = uint_range(*ints[i], INT64_MAX, int_keys[i], path,
+				       NULL, NULL, err);
+		if (r < 0)
+			return r;
+	}
+	r = get_name(obj, "domain", key_path(path, sizeof(path), f, "domain", 6),
+		     false, "default", hdr->domain, err);
+	if (r < 0)
+		return r;
+
+	hdr->var_kind = STATS_VAR_UNBIASED;
+	v = json_object_get(obj, "var_kind");
+	if (v == NULL)
+		return 0;
+	key_path(path, sizeof(path), f, "var_kind", 8);
+	if (!json_is_string(v))
+		return bn_error_set(err, 400, BN_E_TYPE, path,
+				    "var_kind must be a string, not %s",
+				    type_name(v));
+	s = json_string_value(v);
+	if (strcmp(s, "biased") == 0 && json_string_length(v) == 6)
+		hdr->var_kind = STATS_VAR_BIASED;
+	else if (strcmp(s, "unbiased") != 0 || json_string_length(v) != 8)
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "var_kind \"%s\" is not \"unbiased\" or "
+				    "\"biased\"",
+				    show(shown, sizeof(shown), s,
+					 json_string_length(v), SHOW_MAX));
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* both forms: the run name, the JSON parser */
+
+/*
+ * What both decoders do first: *out to NULL, the default limits when
+ * *limits is NULL, and the run name from the URL checked.
+ */
+static int decode_start(const char *run, const struct ingest_limits **limits,
+			struct ingest_batch **out, struct bn_error *err)
+{
+	size_t run_len = run ? bounded_len(run, INGEST_NAME_MAX) : 0;
+	char shown[SHOW_MAX + 4];
+
+	*out = NULL;
+	if (*limits == NULL)
+		*limits = &default_limits;
+	if (name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX))
+		return 0;
+	return bn_error_set(err, 422, BN_E_INVALID, "run",
+			    "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
+			    show(shown, sizeof(shown), run ? run : "", run_len,
+				 SHOW_MAX),
+			    INGEST_NAME_MAX);
+}
+
+/*
+ * Parse text[0..len) into *root, rejecting duplicate keys; a syntax error
+ * is a 400 at `path`, its message naming `what` and the position.
+ */
+static int parse_json(const char *text, size_t len, const char *path,
+		      const char *what, json_t **root, struct bn_error *err)
+{
+	char shown[JSON_ERROR_TEXT_LENGTH + 4];
+	json_error_t jerr;
+
+	/* JSON_DECODE_ANY so that a scalar is a wrong type rather than a
+	 * syntax error; the callers say what the top level must be */
+	*root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+			   &jerr);
+	if (*root != NULL)
+		return 0;
+	if (json_error_code(&jerr) == json_error_out_of_memory) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return -ENOMEM;
+	}
+	/* jansson quotes the offending input, which may be binary */
+	show(shown, sizeof(shown), jerr.text, strlen(jerr.text),
+	     JSON_ERROR_TEXT_LENGTH);
+	return bn_error_set(err, 400, BN_E_MALFORMED, path,
+			    "malformed %s at line %d, column %d: %s", what,
+			    jerr.line, jerr.column, shown);
+}
+
+/* ------------------------------------------------------------------ */
+/* the JSON form */
+
+/*
+ * Where one value array of a JSON layer is: its encoding and its length;
+ * everything but the values themselves is checked.
  */
 static int plan_array(struct layer_plan *p, enum arr_id id,
 		      struct bn_error *err)
@@ -611,15 +1190,15 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 	const json_t *v = json_object_get(p->obj, key);
 	const json_t *dt, *b64, *x;
 	const char *k, *dts;
-	size_t esize, bytes;
+	size_t bytes;
 
-	a->enc = ENC_NONE;
+	a->kind = SRC_NONE;
 	a->n = 0;
 	if (v == NULL)
 		return 0;
-	a->json = v;
 	if (json_is_array(v)) {
-		a->enc = ENC_NUMBERS;
+		a->kind = SRC_NUMBERS;
+		a->json = v;
 		a->n = json_array_size(v);
 		return 0;
 	}
@@ -645,11 +1224,9 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 				   type_name(dt));
 	dts = json_string_value(dt);
 	if (strcmp(dts, "f32") == 0 && json_string_length(dt) == 3) {
-		a->enc = ENC_F32;
-		esize = 4;
+		a->esize = 4;
 	} else if (strcmp(dts, "f64") == 0 && json_string_length(dt) == 3) {
-		a->enc = ENC_F64;
-		esize = 8;
+		a->esize = 8;
 	} else {
 		char shown[SHOW_MAX + 4];
 
@@ -675,31 +1252,26 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 				   "bad base64: length %zu is not a multiple "
 				   "of 4 (standard alphabet, '=' padding)",
 				   a->b64_len);
-	if (bytes % esize != 0)
+	if (bytes % a->esize != 0)
 		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
 				   "decodes to %zu bytes, not a multiple of "
 				   "%zu (%s)",
-				   bytes, esize, dts);
-	a->n = bytes / esize;
+				   bytes, a->esize, dts);
+	a->kind = SRC_B64;
+	a->n = bytes / a->esize;
 	return 0;
 }
 
-/* First pass over one layer. */
-static int plan_layer(struct layer_plan *p, enum stats_var_kind kind,
-		      const struct ingest_limits *lim, struct bn_error *err)
+/* What build_batch() needs of a JSON layer beyond its name. */
+static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
 {
 	static const char *const layer_keys[] = {"count", "mean", "var",
 						 "ema_mean", "ema_var"};
 	const json_t *v;
 	const char *k;
-	size_t n, i;
-	bool any;
+	size_t i;
 	int r;
 
-	if (!name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
-		return layer_error(err, 422, BN_E_INVALID, p, NULL, NULL, -1,
-				   "layer name must match [A-Za-z0-9._-]{1,%d}",
-				   INGEST_LAYER_NAME_MAX);
 	if (!json_is_object(p->obj))
 		return layer_error(err, 400, BN_E_TYPE, p, NULL, NULL, -1,
 				   "a layer must be an object, not %s",
@@ -711,268 +1283,43 @@ static int plan_layer(struct layer_plan *p, enum stats_var_kind kind,
 					   "unknown key (expected count, mean, "
 					   "var, ema_mean, ema_var)");
 	}
-
 	v = json_object_get(p->obj, "count");
-	if (v == NULL)
-		return layer_error(err, 400, BN_E_MISSING, p, "count", NULL, -1,
-				   "count is required");
-	r = get_uint(v, COUNT_MAX, &p->count, NULL, p, "count", err);
-	if (r < 0)
-		return r;
-	if (p->count == 1 && kind == STATS_VAR_UNBIASED)
-		return layer_error(err, 422, BN_E_INVALID, p, "count", NULL, -1,
-				   "count 1 has no unbiased variance (send "
-				   "var_kind \"biased\")");
-
-	any = false;
+	if (v != NULL) {
+		r = json_int(v, "count", &p->count, NULL, p, "count", err);
+		if (r < 0)
+			return r;
+		p->has_count = true;
+	}
 	for (i = 0; i < ARR_N; i++) {
 		r = plan_array(p, (enum arr_id)i, err);
 		if (r < 0)
 			return r;
-		any = any || p->src[i].enc != ENC_NONE;
-	}
-	if ((p->src[ARR_EMA_MEAN].enc == ENC_NONE) !=
-	    (p->src[ARR_EMA_VAR].enc == ENC_NONE)) {
-		bool has_m = p->src[ARR_EMA_MEAN].enc != ENC_NONE;
-
-		return layer_error(err, 422, BN_E_INVALID, p,
-				   has_m ? "ema_mean" : "ema_var", NULL, -1,
-				   "%s needs %s: send both or neither",
-				   has_m ? "ema_mean" : "ema_var",
-				   has_m ? "ema_var" : "ema_mean");
-	}
-	/* count 0 (layer unused) may come without arrays; else both needed */
-	if (p->count == 0 && !any) {
-		p->channels = 0;
-		return 0;
-	}
-	for (i = ARR_MEAN; i <= ARR_VAR; i++)
-		if (p->src[i].enc == ENC_NONE)
-			return layer_error(err, 400, BN_E_MISSING, p,
-					   arr_key[i], NULL, -1,
-					   "%s is required when count > 0 or "
-					   "other arrays are given",
-					   arr_key[i]);
-
-	n = p->src[ARR_MEAN].n;
-	if (n == 0)
-		return layer_error(err, 422, BN_E_INVALID, p, "mean", NULL, -1,
-				   "must hold at least one channel");
-	if (n > lim->max_channels)
-		return layer_error(err, 422, BN_E_LIMIT, p, "mean", NULL, -1,
-				   "%zu channels, more than the limit of %zu",
-				   n, lim->max_channels);
-	for (i = ARR_VAR; i < ARR_N; i++)
-		if (p->src[i].enc != ENC_NONE && p->src[i].n != n)
-			return layer_error(err, 422, BN_E_INVALID, p,
-					   arr_key[i], NULL, -1,
-					   "%zu values, but mean has %zu",
-					   p->src[i].n, n);
-	p->channels = n;
-	return 0;
-}
-
-static inline uint32_t load_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t load_le64(const uint8_t *p)
-{
-	return (uint64_t)load_le32(p) | (uint64_t)load_le32(p + 4) << 32;
-}
-
-/*
- * Second pass over one value array: write its p->channels doubles to dst
- * and check them. Base64 is decoded straight into dst: f64 in place, f32
- * into the upper half of dst and then widened front to back, which never
- * overwrites a float not yet read (double i ends where float 2i-n+1 ends,
- * and 2i-n+1 <= i).
- */
-static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
-		      struct bn_error *err)
-{
-	const struct src_array *a = &p->src[id];
-	const char *key = arr_key[id];
-	const bool is_var = id == ARR_VAR || id == ARR_EMA_VAR;
-	size_t n = p->channels, i;
-	uint8_t *bytes;
-	long got;
-
-	switch (a->enc) {
-	case ENC_NUMBERS:
-		for (i = 0; i < n; i++) {
-			const json_t *x = json_array_get(a->json, i);
-
-			if (json_is_real(x))
-				dst[i] = json_real_value(x);
-			else if (json_is_integer(x))
-				dst[i] = (double)json_integer_value(x);
-			else
-				return layer_error(err, 400, BN_E_TYPE, p, key,
-						   NULL, (long)i,
-						   "must be a number, not %s",
-						   type_name(x));
-		}
-		break;
-	case ENC_F64:
-		bytes = (uint8_t *)dst;
-		got = ingest_base64_decode(a->b64, a->b64_len, bytes);
-		if (got < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, "b64",
-					   -1,
-					   "bad base64 (standard alphabet, '=' "
-					   "padding, no whitespace)");
-		for (i = 0; i < n; i++) {
-			uint64_t u = load_le64(bytes + 8 * i);
-
-			memcpy(&dst[i], &u, 8);
-		}
-		break;
-	case ENC_F32:
-		bytes = (uint8_t *)dst + 4 * n;
-		got = ingest_base64_decode(a->b64, a->b64_len, bytes);
-		if (got < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, "b64",
-					   -1,
-					   "bad base64 (standard alphabet, '=' "
-					   "padding, no whitespace)");
-		for (i = 0; i < n; i++) {
-			uint32_t u = load_le32(bytes + 4 * i);
-			float f;
-
-			memcpy(&f, &u, 4);
-			dst[i] = (double)f;
-		}
-		break;
-	case ENC_NONE:
-		return 0;
-	}
-
-	for (i = 0; i < n; i++) {
-		double x = dst[i];
-
-		if (!isfinite(x))
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
-					   (long)i, "must be finite, not %g", x);
-		if (is_var && x < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
-					   (long)i,
-					   "a variance must be >= 0, not %.17g",
-					   x);
-		/* -0.0 == 0.0: store +0.0 so that the hash agrees too */
-		if (x == 0)
-			dst[i] = 0.0;
 	}
 	return 0;
 }
 
-static int plan_cmp(const void *a, const void *b)
-{
-	return strcmp(((const struct layer_plan *)a)->name,
-		      ((const struct layer_plan *)b)->name);
-}
-
-static size_t align_up(size_t n, size_t a)
-{
-	return (n + a - 1) / a * a;
-}
-
 /*
- * The identity and options of the upload (everything but the layers)
- * into *hdr. Unknown keys are looked for first, so that a misspelt
- * "layers" is reported as unknown rather than as missing.
+ * Everything after the JSON document is parsed. On success *out holds the
+ * batch; on failure nothing is allocated.
  */
-static int decode_header(const json_t *root, struct ingest_batch *hdr,
-			 struct bn_error *err)
+static int json_decode_doc(const char *run, const json_t *root,
+			   const struct ingest_limits *lim,
+			   struct ingest_batch **out, struct bn_error *err)
 {
-	const json_t *v;
+	struct ingest_batch hdr;
+	struct layer_plan *plans;
+	const json_t *layers, *v;
 	const char *k;
+	size_t n_layers, j;
 	int r;
 
 	if (!json_is_object(root))
 		return bn_error_set(err, 400, BN_E_TYPE, NULL,
 				    "the body must be a JSON object, not %s",
 				    type_name(root));
-	json_object_foreach ((json_t *)root, k, v) {
-		if (!key_known(k, top_keys, sizeof(top_keys) / sizeof(*top_keys))) {
-			char shown[SHOW_MAX + 4];
-
-			show(shown, sizeof(shown), k, strlen(k), SHOW_MAX);
-			return bn_error_set(err, 422, BN_E_INVALID, shown,
-					    "unknown key \"%s\" (expected worker, "
-					    "step, seq, domain, var_kind, layers)",
-					    shown);
-		}
-	}
-
-	r = get_name(root, "worker", true, NULL, hdr->worker, err);
-	if (r < 0)
-		return r;
-	v = json_object_get(root, "step");
-	if (v == NULL)
-		return bn_error_set(err, 400, BN_E_MISSING, "step",
-				    "step is required");
-	r = get_uint(v, INT64_MAX, &hdr->step, "step", NULL, NULL, err);
-	if (r < 0)
-		return r;
-	v = json_object_get(root, "seq");
-	if (v == NULL)
-		return bn_error_set(err, 400, BN_E_MISSING, "seq",
-				    "seq is required");
-	r = get_uint(v, INT64_MAX, &hdr->seq, "seq", NULL, NULL, err);
-	if (r < 0)
-		return r;
-	r = get_name(root, "domain", false, "default", hdr->domain, err);
-	if (r < 0)
-		return r;
-
-	hdr->var_kind = STATS_VAR_UNBIASED;
-	v = json_object_get(root, "var_kind");
-	if (v == NULL)
-		return 0;
-	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, "var_kind",
-				    "var_kind must be a string, not %s",
-				    type_name(v));
-	if (strcmp(json_string_value(v), "biased") == 0 &&
-	    json_string_length(v) == 6) {
-		hdr->var_kind = STATS_VAR_BIASED;
-	} else if (strcmp(json_string_value(v), "unbiased") != 0 ||
-		   json_string_length(v) != 8) {
-		char shown[SHOW_MAX + 4];
-
-		return bn_error_set(err, 422, BN_E_INVALID, "var_kind",
-				    "var_kind \"%s\" is not \"unbiased\" or "
-				    "\"biased\"",
-				    show(shown, sizeof(shown), json_string_value(v),
-					 json_string_length(v), SHOW_MAX));
-	}
-	return 0;
-}
-
-/*
- * Everything after the document is parsed. On success *out holds the
- * batch; on failure nothing is allocated.
- */
-static int decode_doc(const char *run, const json_t *root,
-		      const struct ingest_limits *lim,
-		      struct ingest_batch **out, struct bn_error *err)
-{
-	struct ingest_batch hdr, *b = NULL;
-	struct layer_plan *plans = NULL;
-	const json_t *layers, *v;
-	const char *k;
-	size_t n_layers, i, j, n_doubles = 0, name_bytes = 0;
-	size_t off_layers, off_doubles, off_names, total;
-	double *dp;
-	char *np;
-	int r;
-
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = decode_header(root, &hdr, err);
+	r = decode_identity(root, &json_form, &hdr, err);
 	if (r < 0)
 		return r;
 
@@ -985,92 +1332,24 @@ static int decode_doc(const char *run, const json_t *root,
 				    "layers must be an object, not %s",
 				    type_name(layers));
 	n_layers = json_object_size(layers);
-	if (n_layers == 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "layers",
-				    "at least one layer is required");
-	if (n_layers > lim->max_layers)
-		return bn_error_set(err, 422, BN_E_LIMIT, "layers",
-				    "%zu layers, more than the limit of %zu",
-				    n_layers, lim->max_layers);
+	r = check_layer_count(n_layers, lim, "layers", err);
+	if (r < 0)
+		return r;
 
-	/* pass 1: check the structure and size the batch */
 	plans = calloc(n_layers, sizeof(*plans));
-	if (plans == NULL)
-		goto nomem;
+	if (plans == NULL) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return -ENOMEM;
+	}
 	j = 0;
 	json_object_foreach ((json_t *)layers, k, v) {
+		plans[j].prefix = "layers.";
 		plans[j].name = k;
 		plans[j].name_len = strlen(k);
 		plans[j].obj = v;
 		j++;
 	}
-	qsort(plans, n_layers, sizeof(*plans), plan_cmp);
-	for (i = 0; i < n_layers; i++) {
-		size_t arrays;
-
-		r = plan_layer(&plans[i], hdr.var_kind, lim, err);
-		if (r < 0)
-			goto fail;
-		arrays = plans[i].src[ARR_EMA_MEAN].enc != ENC_NONE ? 4 : 2;
-		/* cannot overflow in practice (bounded by the body size), but
-		 * the limits are configurable */
-		if (plans[i].channels > (SIZE_MAX / 64 - n_doubles) / arrays)
-			goto nomem;
-		n_doubles += plans[i].channels * arrays;
-		name_bytes += plans[i].name_len + 1;
-	}
-
-	/* one block: header, layer table, doubles, names */
-	off_layers = align_up(sizeof(struct ingest_batch),
-			      alignof(struct ingest_layer));
-	off_doubles = align_up(off_layers + n_layers * sizeof(struct ingest_layer),
-			       alignof(double));
-	off_names = off_doubles + n_doubles * sizeof(double);
-	total = off_names + name_bytes;
-	b = malloc(total);
-	if (b == NULL)
-		goto nomem;
-	*b = hdr;
-	b->n_layers = n_layers;
-	b->layers = (struct ingest_layer *)(void *)((char *)b + off_layers);
-	dp = (double *)(void *)((char *)b + off_doubles);
-	np = (char *)b + off_names;
-
-	/* pass 2: the values */
-	for (i = 0; i < n_layers; i++) {
-		const struct layer_plan *p = &plans[i];
-		struct ingest_layer *l = &b->layers[i];
-		double *arr[ARR_N] = {NULL, NULL, NULL, NULL};
-
-		memcpy(np, p->name, p->name_len + 1);
-		l->name = np;
-		np += p->name_len + 1;
-		l->count = p->count;
-		l->channels = p->channels;
-		for (j = 0; j < ARR_N && p->channels > 0; j++) {
-			if (p->src[j].enc == ENC_NONE)
-				continue;
-			arr[j] = dp;
-			dp += p->channels;
-			r = fill_array(p, (enum arr_id)j, arr[j], err);
-			if (r < 0)
-				goto fail;
-		}
-		l->mean = arr[ARR_MEAN];
-		l->var = arr[ARR_VAR];
-		l->ema_mean = arr[ARR_EMA_MEAN];
-		l->ema_var = arr[ARR_EMA_VAR];
-	}
-	batch_hash(b);
-	free(plans);
-	*out = b;
-	return 0;
-
-nomem:
-	bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
-	r = -ENOMEM;
-fail:
-	free(b);
+	r = build_batch(&hdr, plans, n_layers, json_plan_layer, lim, out, err);
 	free(plans);
 	return r;
 }
@@ -1079,47 +1358,501 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits,
 		       struct ingest_batch **out, struct bn_error *err)
 {
-	static const struct ingest_limits defaults = {
-		INGEST_DEFAULT_MAX_LAYERS, INGEST_DEFAULT_MAX_CHANNELS};
-	json_error_t jerr;
 	json_t *root;
-	size_t run_len;
 	int r;
 
-	*out = NULL;
-	if (limits == NULL)
-		limits = &defaults;
-	run_len = run ? bounded_len(run, INGEST_NAME_MAX) : 0;
-	if (!name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX)) {
-		char shown[SHOW_MAX + 4];
+	r = decode_start(run, &limits, out, err);
+	if (r < 0)
+		return r;
+	r = parse_json(body, len, NULL, "JSON", &root, err);
+	if (r < 0)
+		return r;
+	r = json_decode_doc(run, root, limits, out, err);
+	json_decref(root);
+	return r;
+}
 
-		return bn_error_set(err, 422, BN_E_INVALID, "run",
-				    "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-				    show(shown, sizeof(shown), run ? run : "",
-					 run_len, SHOW_MAX),
-				    INGEST_NAME_MAX);
+/* ------------------------------------------------------------------ */
+/* the safetensors form */
+
+/*
+ * The header is untrusted: its length is checked against the body and
+ * the reference implementation's own limit before anything is parsed, and
+ * every tensor's dtype, shape and data_offsets are checked against each
+ * other and against the data buffer before a byte of data is read. As
+ * the format requires, the tensors must tile the data buffer exactly:
+ * back to back, no overlap, no byte left over (so that no data can hide
+ * in a body that a reader would otherwise accept).
+ *
+ * Data is read byte by byte (load_le32/64), never through a pointer cast
+ * into the body: offsets need not be aligned, and neither need the body.
+ *
+ * Tensor-level errors have the tensor's name as path ("layer1.0.bn1.var",
+ * "layer1.0.bn1.var[17]" for a value); errors of the file as a whole have
+ * "__header__". The layer rules are check_layer()'s, with the tensor name
+ * "<layer>.<field>" as path.
+ */
+
+#define ST_HEADER_MAX 100000000 /* bytes, the reference implementation's */
+#define ST_HEADER "__header__"
+#define ST_COUNT ARR_N /* st_tensor.field of "<layer>.count" */
+#define ST_FIELDS "count, mean, var, ema_mean, ema_var"
+
+struct st_tensor {
+	const char *key;  /* the tensor name (jansson's key, NUL-terminated) */
+	size_t key_len;
+	size_t layer_len; /* key[0..layer_len) names the layer */
+	unsigned field;   /* enum arr_id, or ST_COUNT */
+	const json_t *info;
+	size_t esize;     /* bytes of one element */
+	size_t n;         /* elements */
+	size_t begin, end; /* data_offsets, within the data buffer */
+};
+
+static const char *st_field_name(unsigned field)
+{
+	return field == ST_COUNT ? "count" : arr_key[field];
+}
+
+/* The error path of tensor t: its name, bounded and printable. */
+static const char *st_path(char *dst, size_t size, const struct st_tensor *t)
+{
+	return show(dst, size, t->key, t->key_len,
+		    INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
+}
+
+/* bn_error_set() for tensor t. */
+__attribute__((format(printf, 5, 6))) static int
+st_error(struct bn_error *err, int status, const char *code,
+	 const struct st_tensor *t, const char *fmt, ...)
+{
+	char path[BN_ERROR_PATH_MAX];
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	r = error_v(err, status, code, st_path(path, sizeof(path), t), fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+/*
+ * Element `i` of an array of tensor t that must be an integer >= 0. The
+ * path and the name are only written out for an error: this runs for
+ * every shape and offset of every tensor.
+ */
+static int st_uint(const struct st_tensor *t, const json_t *arr,
+		   const char *key, size_t i, int64_t *out,
+		   struct bn_error *err)
+{
+	const json_t *v = json_array_get(arr, i);
+	char path[BN_ERROR_PATH_MAX], what[48];
+	int r;
+
+	if (json_is_integer(v) && json_integer_value(v) >= 0) {
+		*out = (int64_t)json_integer_value(v);
+		return 0;
+	}
+	st_path(path, sizeof(path), t);
+	snprintf(what, sizeof(what), "%s[%zu]", key, i);
+	r = json_int(v, what, out, path, NULL, NULL, err);
+	if (r == 0)
+		r = uint_range(*out, INT64_MAX, what, path, NULL, NULL, err);
+	return r;
+}
+
+/* t's name into layer and field, its dtype into t->esize. */
+static int st_check_name_dtype(struct st_tensor *t, struct bn_error *err)
+{
+	char shown[SHOW_MAX + 4];
+	const json_t *dt;
+	const char *field, *ds;
+	size_t dot;
+
+	for (dot = t->key_len; dot > 0 && t->key[dot - 1] != '.'; dot--)
+		;
+	if (dot == 0)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"a tensor name must be \"<layer>.<field>\" "
+				"with field one of " ST_FIELDS);
+	t->layer_len = dot - 1;
+	field = t->key + dot;
+	for (t->field = 0; t->field <= ST_COUNT; t->field++)
+		if (strcmp(field, st_field_name(t->field)) == 0)
+			break;
+	if (t->field > ST_COUNT)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"unknown field \"%s\" (expected " ST_FIELDS ")",
+				show(shown, sizeof(shown), field,
+				     t->key_len - dot, SHOW_MAX));
+	if (!name_valid_n(t->key, t->layer_len, INGEST_LAYER_NAME_MAX))
+		return st_error(err, 422, BN_E_INVALID, t,
+				"layer name must match [A-Za-z0-9._-]{1,%d}",
+				INGEST_LAYER_NAME_MAX);
+	if (!json_is_object(t->info))
+		return st_error(err, 400, BN_E_TYPE, t,
+				"a tensor must be an object {\"dtype\", "
+				"\"shape\", \"data_offsets\"}, not %s",
+				type_name(t->info));
+
+	dt = json_object_get(t->info, "dtype");
+	if (dt == NULL)
+		return st_error(err, 400, BN_E_MISSING, t, "dtype is required");
+	if (!json_is_string(dt))
+		return st_error(err, 400, BN_E_TYPE, t,
+				"dtype must be a string, not %s", type_name(dt));
+	ds = json_string_value(dt);
+	if (json_string_length(dt) != 3)
+		t->esize = 0;
+	else if (t->field == ST_COUNT)
+		t->esize = strcmp(ds, "I64") == 0 ? 8 : 0;
+	else if (strcmp(ds, "F32") == 0)
+		t->esize = 4;
+	else if (strcmp(ds, "F64") == 0)
+		t->esize = 8;
+	else
+		t->esize = 0;
+	if (t->esize == 0)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"%s must have dtype %s, not \"%s\"",
+				st_field_name(t->field),
+				t->field == ST_COUNT ? "\"I64\""
+						     : "\"F32\" or \"F64\"",
+				show(shown, sizeof(shown), ds,
+				     json_string_length(dt), SHOW_MAX));
+	return 0;
+}
+
+/*
+ * Everything about one tensor that needs no other: name, keys, dtype,
+ * shape, data_offsets within the data buffer (of data_len bytes), and
+ * the size of that range against dtype and shape.
+ */
+static int st_check_tensor(struct st_tensor *t, size_t data_len,
+			   struct bn_error *err)
+{
+	static const char *const info_keys[] = {"dtype", "shape",
+						"data_offsets"};
+	char shown[SHOW_MAX + 4];
+	const json_t *shape, *offs, *x;
+	const char *k;
+	int64_t dim = 1, off[2];
+	size_t i, rank;
+	int r;
+
+	r = st_check_name_dtype(t, err);
+	if (r < 0)
+		return r;
+	json_object_foreach ((json_t *)t->info, k, x) {
+		if (!key_known(k, info_keys, 3))
+			return st_error(err, 422, BN_E_INVALID, t,
+					"unknown key \"%s\" (expected dtype, "
+					"shape, data_offsets)",
+					show(shown, sizeof(shown), k, strlen(k),
+					     SHOW_MAX));
 	}
 
-	/* JSON_DECODE_ANY so that a scalar body is a wrong type (400
-	 * wrong_type), like an array, rather than a syntax error */
-	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-			  &jerr);
-	if (root == NULL) {
-		char text[JSON_ERROR_TEXT_LENGTH + 4];
+	shape = json_object_get(t->info, "shape");
+	if (shape == NULL)
+		return st_error(err, 400, BN_E_MISSING, t, "shape is required");
+	if (!json_is_array(shape))
+		return st_error(err, 400, BN_E_TYPE, t,
+				"shape must be an array of integers, not %s",
+				type_name(shape));
+	rank = json_array_size(shape);
+	for (i = 0; i < rank; i++) {
+		r = st_uint(t, shape, "shape", i, &dim, err);
+		if (r < 0)
+			return r;
+	}
+	if (t->field == ST_COUNT && !(rank == 0 || (rank == 1 && dim == 1)))
+		return st_error(err, 422, BN_E_INVALID, t,
+				"count must be one number: shape [] or [1]");
+	if (t->field != ST_COUNT && rank != 1)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"%s must have shape [channels], not %zu "
+				"dimensions",
+				arr_key[t->field], rank);
 
-		if (json_error_code(&jerr) == json_error_out_of_memory) {
-			bn_error_set(err, 500, BN_E_INTERNAL, NULL,
-				     "out of memory");
-			return -ENOMEM;
+	offs = json_object_get(t->info, "data_offsets");
+	if (offs == NULL)
+		return st_error(err, 400, BN_E_MISSING, t,
+				"data_offsets is required");
+	if (!json_is_array(offs))
+		return st_error(err, 400, BN_E_TYPE, t,
+				"data_offsets must be an array [begin, end], "
+				"not %s",
+				type_name(offs));
+	if (json_array_size(offs) != 2)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"data_offsets must be 2 integers [begin, end], "
+				"not %zu values",
+				json_array_size(offs));
+	for (i = 0; i < 2; i++) {
+		r = st_uint(t, offs, "data_offsets", i, &off[i], err);
+		if (r < 0)
+			return r;
+	}
+	if (off[0] > off[1])
+		return st_error(err, 422, BN_E_INVALID, t,
+				"data_offsets [%lld, %lld]: begin is after end",
+				(long long)off[0], (long long)off[1]);
+	if ((uint64_t)off[1] > data_len)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"data_offsets [%lld, %lld] go past the end of "
+				"the data buffer (%zu bytes)",
+				(long long)off[0], (long long)off[1], data_len);
+	t->begin = (size_t)off[0];
+	t->end = (size_t)off[1];
+	/* dim (1 for rank 0) against the range, without overflowing */
+	if ((uint64_t)dim > (t->end - t->begin) / t->esize ||
+	    (size_t)dim * t->esize != t->end - t->begin)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"data_offsets [%zu, %zu] hold %zu bytes, not "
+				"the %lld x %zu bytes of its shape and dtype",
+				t->begin, t->end, t->end - t->begin,
+				(long long)dim, t->esize);
+	t->n = (size_t)dim;
+	return 0;
+}
+
+static int st_key_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct st_tensor *)a)->key,
+		      ((const struct st_tensor *)b)->key);
+}
+
+static int st_offset_cmp(const void *a, const void *b)
+{
+	const struct st_tensor *x = a, *y = b;
+
+	if (x->begin != y->begin)
+		return x->begin < y->begin ? -1 : 1;
+	if (x->end != y->end)
+		return x->end < y->end ? -1 : 1;
+	return strcmp(x->key, y->key);
+}
+
+/* Layer by layer, each layer's fields in a fixed order. */
+static int st_layer_cmp(const void *a, const void *b)
+{
+	const struct st_tensor *x = a, *y = b;
+	int c = name_cmp(x->key, x->layer_len, y->key, y->layer_len);
+
+	if (c != 0)
+		return c;
+	return (x->field > y->field) - (x->field < y->field);
+}
+
+/*
+ * The tensors ts[0..n), sorted by offsets, tile the data buffer of
+ * data_len bytes: each starts where the one before ends.
+ */
+static int st_check_layout(const struct st_tensor *ts, size_t n,
+			   size_t data_len, struct bn_error *err)
+{
+	char other[BN_ERROR_PATH_MAX];
+	size_t at = 0, i;
+
+	for (i = 0; i < n; i++) {
+		const struct st_tensor *t = &ts[i];
+
+		if (t->begin < at)
+			return st_error(err, 422, BN_E_INVALID, t,
+					"data_offsets [%zu, %zu] overlap those "
+					"of %s [%zu, %zu]: tensors must lie "
+					"back to back in the data buffer",
+					t->begin, t->end,
+					st_path(other, sizeof(other), &ts[i - 1]),
+					ts[i - 1].begin, ts[i - 1].end);
+		if (t->begin > at)
+			break;
+		at = t->end;
+	}
+	if (at != data_len)
+		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+				    "bytes [%zu, %zu) of the data buffer belong "
+				    "to no tensor: the tensors must cover it "
+				    "exactly, back to back",
+				    at, i < n ? ts[i].begin : data_len);
+	return 0;
+}
+
+/*
+ * The layers of the tensors ts[0..n), sorted by st_layer_cmp(), into
+ * plans (one per layer, *n_layers of them, released with free()).
+ */
+static int st_plan_layers(const struct st_tensor *ts, size_t n,
+			  const uint8_t *data, const struct ingest_limits *lim,
+			  struct layer_plan **plans, size_t *n_layers,
+			  struct bn_error *err)
+{
+	struct layer_plan *p = NULL;
+	size_t i, count = 0;
+	int r;
+
+	for (i = 0; i < n; i++)
+		if (i == 0 || name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key,
+				       ts[i - 1].layer_len) != 0)
+			count++;
+	r = check_layer_count(count, lim, ST_HEADER, err);
+	if (r < 0)
+		return r;
+	*plans = calloc(count, sizeof(**plans));
+	if (*plans == NULL) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		const struct st_tensor *t = &ts[i];
+		const uint8_t *raw = data + t->begin;
+
+		if (p == NULL || name_cmp(t->key, t->layer_len, p->name,
+					  p->name_len) != 0) {
+			p = p == NULL ? *plans : p + 1;
+			p->prefix = "";
+			p->name = t->key;
+			p->name_len = t->layer_len;
 		}
-		/* jansson quotes the offending input, which may be binary */
-		show(text, sizeof(text), jerr.text, strlen(jerr.text),
-		     JSON_ERROR_TEXT_LENGTH);
-		return bn_error_set(err, 400, BN_E_MALFORMED, NULL,
-				    "malformed JSON at line %d, column %d: %s",
-				    jerr.line, jerr.column, text);
+		if (t->field == ST_COUNT) {
+			uint64_t u = load_le64(raw);
+
+			/* two's complement, whatever C thinks of the cast */
+			memcpy(&p->count, &u, 8);
+			p->has_count = true;
+		} else {
+			struct src_array *a = &p->src[t->field];
+
+			a->kind = SRC_RAW;
+			a->esize = t->esize;
+			a->raw = raw;
+			a->n = t->n;
+		}
 	}
-	r = decode_doc(run, root, limits, out, err);
+	*n_layers = count;
+	return 0;
+}
+
+/*
+ * Everything after the header is parsed (into root, an object), with the
+ * data buffer data[0..data_len). On success *out holds the batch; on
+ * failure nothing is allocated.
+ */
+static int st_decode_doc(const char *run, const json_t *root,
+			 const uint8_t *data, size_t data_len,
+			 const struct ingest_limits *lim,
+			 struct ingest_batch **out, struct bn_error *err)
+{
+	struct ingest_batch hdr;
+	struct st_tensor *ts = NULL;
+	struct layer_plan *plans = NULL;
+	const json_t *meta, *v;
+	const char *k;
+	size_t n, n_layers = 0, i;
+	int r;
+
+	memset(&hdr, 0, sizeof(hdr));
+	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
+	meta = json_object_get(root, ST_META);
+	if (meta == NULL)
+		return bn_error_set(err, 400, BN_E_MISSING, ST_META,
+				    ST_META " is required: it holds worker, "
+				    "step and seq");
+	if (!json_is_object(meta))
+		return bn_error_set(err, 400, BN_E_TYPE, ST_META,
+				    ST_META " must be an object, not %s",
+				    type_name(meta));
+	r = decode_identity(meta, &meta_form, &hdr, err);
+	if (r < 0)
+		return r;
+
+	/* at most 5 tensors a layer: refuse a flood before allocating */
+	n = json_object_size(root) - 1;
+	if (n == 0)
+		return check_layer_count(0, lim, ST_HEADER, err);
+	if ((n + ARR_N) / (ARR_N + 1) > lim->max_layers)
+		return bn_error_set(err, 422, BN_E_LIMIT, ST_HEADER,
+				    "%zu tensors: more than %zu layers (the "
+				    "limit) of at most 5 tensors each",
+				    n, lim->max_layers);
+	ts = calloc(n, sizeof(*ts));
+	if (ts == NULL)
+		goto nomem;
+	i = 0;
+	json_object_foreach ((json_t *)root, k, v) {
+		if (strcmp(k, ST_META) == 0)
+			continue;
+		ts[i].key = k;
+		ts[i].key_len = strlen(k);
+		ts[i].info = v;
+		i++;
+	}
+
+	qsort(ts, n, sizeof(*ts), st_key_cmp);
+	for (i = 0; i < n; i++) {
+		r = st_check_tensor(&ts[i], data_len, err);
+		if (r < 0)
+			goto done;
+	}
+	qsort(ts, n, sizeof(*ts), st_offset_cmp);
+	r = st_check_layout(ts, n, data_len, err);
+	if (r < 0)
+		goto done;
+	qsort(ts, n, sizeof(*ts), st_layer_cmp);
+	r = st_plan_layers(ts, n, data, lim, &plans, &n_layers, err);
+	if (r < 0)
+		goto done;
+	r = build_batch(&hdr, plans, n_layers, NULL, lim, out, err);
+	goto done;
+
+nomem:
+	bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	r = -ENOMEM;
+done:
+	free(plans);
+	free(ts);
+	return r;
+}
+
+int ingest_decode_safetensors(const char *run, const uint8_t *body,
+			      size_t len, const struct ingest_limits *limits,
+			      struct ingest_batch **out, struct bn_error *err)
+{
+	uint64_t hlen;
+	json_t *root;
+	int r;
+
+	r = decode_start(run, &limits, out, err);
+	if (r < 0)
+		return r;
+	if (len < 8)
+		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+				    "a safetensors body starts with an 8-byte "
+				    "header length; this one has %zu bytes",
+				    len);
+	hlen = load_le64(body);
+	if (hlen > ST_HEADER_MAX)
+		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+				    "header length %llu is more than the limit "
+				    "of %d bytes",
+				    (unsigned long long)hlen, ST_HEADER_MAX);
+	if (hlen > len - 8)
+		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+				    "header length %llu goes past the end of "
+				    "the body (%zu bytes after the length)",
+				    (unsigned long long)hlen, len - 8);
+	r = parse_json((const char *)body + 8, (size_t)hlen, ST_HEADER,
+		       "JSON in the safetensors header", &root, err);
+	if (r < 0)
+		return r;
+	if (!json_is_object(root))
+		r = bn_error_set(err, 400, BN_E_MALFORMED, ST_HEADER,
+				 "the safetensors header must be a JSON "
+				 "object, not %s",
+				 type_name(root));
+	else
+		r = st_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen,
+				  limits, out, err);
 	json_decref(root);
 	return r;
 }

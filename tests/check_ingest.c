@@ -1,11 +1,13 @@
 /*
  * check_ingest: unit tests of the ingest module (validation and decoding of
- * uploads, the content hash, base64).
+ * uploads in both forms, JSON and safetensors, the content hash, base64).
  *
  * The bad-input cases live as data in tests/fixtures/invalid/<name>.json
  * (a request body) with <name>.expect ("<status> <code> <path>", path "-"
  * when empty); the bodies in tests/fixtures/valid/ must decode. The integration
- * tests POST the same files to the daemon. The fixtures directory comes from
+ * tests POST the same files to the daemon. tests/fixtures/safetensors/ holds
+ * binary bodies in the same layout; the safetensors tests also build their
+ * bodies here, with a small writer (struct stw). The fixtures directory comes from
  * $BNSTAT_FIXTURES, else "tests/fixtures" (relative to the source tree).
  */
 #include "bnstat/ingest.h"
@@ -102,22 +104,17 @@ static void put_le64(unsigned char *p, uint64_t u)
 /* Encodings of a value array in a test body. */
 enum enc { NUMBERS, F32, F64 };
 
-/* Append the JSON for x[0..n) in encoding e. */
-static void sb_values(struct sbuf *b, const double *x, size_t n, enum enc e)
+/*
+ * x[0..n) as little-endian f32 (e == F32) or f64 (else) in a new buffer
+ * (for the caller to free()) of *size bytes.
+ */
+static unsigned char *pack_values(const double *x, size_t n, enum enc e,
+				  size_t *size)
 {
-	unsigned char *raw;
-	size_t i;
+	unsigned char *raw = malloc(n * 8 + 1);
 
-	if (e == NUMBERS) {
-		sb_printf(b, "[");
-		for (i = 0; i < n; i++)
-			sb_printf(b, "%s%.17g", i ? ", " : "", x[i]);
-		sb_printf(b, "]");
-		return;
-	}
-	raw = malloc(n * 8 + 1);
 	ck_assert_ptr_nonnull(raw);
-	for (i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++) {
 		if (e == F32) {
 			float f = (float)x[i];
 			uint32_t u;
@@ -131,8 +128,26 @@ static void sb_values(struct sbuf *b, const double *x, size_t n, enum enc e)
 			put_le64(raw + 8 * i, u);
 		}
 	}
+	*size = n * (e == F32 ? 4 : 8);
+	return raw;
+}
+
+/* Append the JSON for x[0..n) in encoding e. */
+static void sb_values(struct sbuf *b, const double *x, size_t n, enum enc e)
+{
+	unsigned char *raw;
+	size_t i, size;
+
+	if (e == NUMBERS) {
+		sb_printf(b, "[");
+		for (i = 0; i < n; i++)
+			sb_printf(b, "%s%.17g", i ? ", " : "", x[i]);
+		sb_printf(b, "]");
+		return;
+	}
+	raw = pack_values(x, n, e, &size);
 	sb_printf(b, "{\"dtype\": \"%s\", \"b64\": \"", e == F32 ? "f32" : "f64");
-	sb_base64(b, raw, n * (e == F32 ? 4 : 8));
+	sb_base64(b, raw, size);
 	sb_printf(b, "\"}");
 	free(raw);
 }
@@ -217,9 +232,10 @@ static int name_cmp(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Sorted names of the *.json files in dir; *n their number. */
-static char **list_json(const char *dir, size_t *n)
+/* Sorted names (without suffix) of the files *<suffix> in dir; *n their number. */
+static char **list_files(const char *dir, const char *suffix, size_t *n)
 {
+	size_t slen = strlen(suffix);
 	DIR *d = opendir(dir);
 	struct dirent *e;
 	char **names = NULL;
@@ -230,7 +246,7 @@ static char **list_json(const char *dir, size_t *n)
 	while ((e = readdir(d)) != NULL) {
 		size_t len = strlen(e->d_name);
 
-		if (len <= 5 || strcmp(e->d_name + len - 5, ".json") != 0)
+		if (len <= slen || strcmp(e->d_name + len - slen, suffix) != 0)
 			continue;
 		if (*n == cap) {
 			char **more;
@@ -240,7 +256,7 @@ static char **list_json(const char *dir, size_t *n)
 			ck_assert_ptr_nonnull(more);
 			names = more;
 		}
-		names[*n] = strndup(e->d_name, len - 5);
+		names[*n] = strndup(e->d_name, len - slen);
 		ck_assert_ptr_nonnull(names[*n]);
 		(*n)++;
 	}
@@ -885,6 +901,1040 @@ START_TEST(test_hash_structure)
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* safetensors */
+
+/*
+ * A safetensors writer for the tests: tensors are appended back to back
+ * to the data buffer, their entries to the header; stw_finish() puts the
+ * file together. Enough for valid bodies; the hostile ones are written
+ * as header text (st_body()).
+ */
+struct stw {
+	struct sbuf hdr; /* the tensor entries, ", "-separated */
+	unsigned char *data;
+	size_t len, cap;
+};
+
+static void stw_tensor(struct stw *w, const char *name, const char *dtype,
+		       const char *shape, const void *bytes, size_t n)
+{
+	if (w->len + n > w->cap) {
+		unsigned char *d;
+
+		w->cap = (w->len + n) * 2 + 64;
+		d = realloc(w->data, w->cap);
+		ck_assert_ptr_nonnull(d);
+		w->data = d;
+	}
+	if (n > 0)
+		memcpy(w->data + w->len, bytes, n);
+	sb_printf(&w->hdr, "%s\"%s\": {\"dtype\": \"%s\", \"shape\": %s, "
+		  "\"data_offsets\": [%zu, %zu]}",
+		  w->hdr.len ? ", " : "", name, dtype, shape, w->len, w->len + n);
+	w->len += n;
+}
+
+/* x[0..n) as an F32 or F64 tensor of shape [n]. */
+static void stw_values(struct stw *w, const char *name, const double *x,
+		       size_t n, enum enc e)
+{
+	char shape[32];
+	size_t size;
+	unsigned char *raw = pack_values(x, n, e, &size);
+
+	snprintf(shape, sizeof(shape), "[%zu]", n);
+	stw_tensor(w, name, e == F32 ? "F32" : "F64", shape, raw, size);
+	free(raw);
+}
+
+/* An I64 count, of shape [] or [1]. */
+static void stw_count(struct stw *w, const char *name, int64_t count,
+		      bool scalar)
+{
+	unsigned char raw[8];
+
+	put_le64(raw, (uint64_t)count);
+	stw_tensor(w, name, "I64", scalar ? "[]" : "[1]", raw, 8);
+}
+
+/*
+ * The body: header length, "{<meta>, <entries>}" (meta NULL: none), pad
+ * spaces after the JSON (as safetensors' own writer aligns the data),
+ * data. Frees what w holds; the body is the caller's to free().
+ */
+static unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad,
+				 size_t *len)
+{
+	struct sbuf h = {0};
+	unsigned char *body;
+
+	sb_printf(&h, "{%s%s%s}%*s", meta ? meta : "",
+		  meta && w->hdr.len ? ", " : "", w->hdr.s ? w->hdr.s : "",
+		  (int)pad, "");
+	*len = 8 + h.len + w->len;
+	body = malloc(*len);
+	ck_assert_ptr_nonnull(body);
+	put_le64(body, h.len);
+	memcpy(body + 8, h.s, h.len);
+	if (w->len > 0)
+		memcpy(body + 8 + h.len, w->data, w->len);
+	sb_free(&h);
+	sb_free(&w->hdr);
+	free(w->data);
+	memset(w, 0, sizeof(*w));
+	return body;
+}
+
+/* A body of the given header text and dlen bytes of data. */
+static unsigned char *st_body(const char *header, const void *data,
+			      size_t dlen, size_t *len)
+{
+	size_t hl = strlen(header);
+	unsigned char *body;
+
+	*len = 8 + hl + dlen;
+	body = malloc(*len);
+	ck_assert_ptr_nonnull(body);
+	put_le64(body, hl);
+	memcpy(body + 8, header, hl);
+	if (dlen > 0)
+		memcpy(body + 8 + hl, data, dlen);
+	return body;
+}
+
+#define ST_WSS "\"worker\": \"w\", \"step\": \"1\", \"seq\": \"0\""
+#define ST_META "\"__metadata__\": {" ST_WSS "}"
+
+/*
+ * Decode a copy of body[0..len) that ends exactly where its allocation
+ * ends and starts at an odd address: AddressSanitizer and valgrind see
+ * any read past the end, and no value of the body is aligned.
+ */
+static int st_decode(const unsigned char *body, size_t len,
+		     const struct ingest_limits *lim, struct ingest_batch **b,
+		     struct bn_error *err)
+{
+	unsigned char *copy = malloc(len + 1);
+	int r;
+
+	ck_assert_ptr_nonnull(copy);
+	if (len > 0)
+		memcpy(copy + 1, body, len);
+	bn_error_clear(err);
+	r = ingest_decode_safetensors("r1", copy + 1, len, lim, b, err);
+	free(copy);
+	return r;
+}
+
+static struct ingest_batch *st_ok(const unsigned char *body, size_t len,
+				  const struct ingest_limits *lim)
+{
+	struct ingest_batch *b = NULL;
+	struct bn_error err;
+	int r = st_decode(body, len, lim, &b, &err);
+
+	ck_assert_msg(r == 0, "decode failed: %d %s '%s' (%s)", err.status,
+		      err.code, err.path, err.message);
+	ck_assert_ptr_nonnull(b);
+	return b;
+}
+
+/* Refused with status, code and path, and a printable message. */
+static void st_expect(const unsigned char *body, size_t len,
+		      const struct ingest_limits *lim, int status,
+		      const char *code, const char *path, const char *what)
+{
+	struct ingest_batch *b = (struct ingest_batch *)&b; /* not NULL */
+	struct bn_error err;
+	int r = st_decode(body, len, lim, &b, &err);
+
+	ck_assert_msg(r == -EINVAL, "%s: decode should fail, got %d", what, r);
+	ck_assert_ptr_null(b);
+	ck_assert_msg(err.status == status && strcmp(err.code, code) == 0 &&
+			      strcmp(err.path, path) == 0,
+		      "%s: expected %d %s '%s', got %d %s '%s' (%s)", what,
+		      status, code, path, err.status, err.code, err.path,
+		      err.message);
+	ck_assert_str_ne(err.message, "");
+	for (size_t i = 0; err.message[i]; i++)
+		ck_assert(err.message[i] >= 0x20 && err.message[i] < 0x7f);
+}
+
+/* Two batches with the same identity, content and hash. */
+static void batch_assert_equal(const struct ingest_batch *a,
+			       const struct ingest_batch *b)
+{
+	ck_assert_str_eq(a->run, b->run);
+	ck_assert_str_eq(a->worker, b->worker);
+	ck_assert_str_eq(a->domain, b->domain);
+	ck_assert_int_eq(a->step, b->step);
+	ck_assert_int_eq(a->seq, b->seq);
+	ck_assert_int_eq(a->var_kind, b->var_kind);
+	ck_assert_uint_eq(a->n_layers, b->n_layers);
+	for (size_t i = 0; i < a->n_layers; i++) {
+		const struct ingest_layer *x = &a->layers[i], *y = &b->layers[i];
+		size_t n = x->channels * sizeof(double);
+
+		ck_assert_str_eq(x->name, y->name);
+		ck_assert_int_eq(x->count, y->count);
+		ck_assert_uint_eq(x->channels, y->channels);
+		ck_assert((x->mean == NULL) == (y->mean == NULL));
+		ck_assert((x->ema_mean == NULL) == (y->ema_mean == NULL));
+		ck_assert((x->ema_var == NULL) == (y->ema_var == NULL));
+		if (x->channels == 0)
+			continue;
+		ck_assert_mem_eq(x->mean, y->mean, n);
+		ck_assert_mem_eq(x->var, y->var, n);
+		if (x->ema_mean != NULL) {
+			ck_assert_mem_eq(x->ema_mean, y->ema_mean, n);
+			ck_assert_mem_eq(x->ema_var, y->ema_var, n);
+		}
+	}
+	ck_assert_mem_eq(a->hash, b->hash, INGEST_HASH_SIZE);
+}
+
+START_TEST(test_st_decode)
+{
+	static const double m[3] = {0.12, -1, 3}, v[3] = {1.01, 0, 2e-3};
+	struct stw w = {0};
+	struct sbuf j = {0};
+	struct ingest_batch *a, *b;
+	unsigned char *body;
+	size_t len;
+
+	/* f32 with a scalar count, f64 with a [1] count, tensors unsorted */
+	stw_values(&w, "layer2.bn.mean", m, 3, F32);
+	stw_count(&w, "layer2.bn.count", 200704, true);
+	stw_values(&w, "layer2.bn.var", v, 3, F32);
+	stw_values(&w, "layer1.0.bn1.var", v + 2, 1, F64);
+	stw_values(&w, "layer1.0.bn1.mean", m + 2, 1, F64);
+	stw_count(&w, "layer1.0.bn1.count", 16, false);
+	body = stw_finish(&w, "\"__metadata__\": {\"seq\": \"3\", \"step\": "
+			  "\"1200\", \"worker\": \"rank0\"}", 0, &len);
+	b = st_ok(body, len, &limits);
+
+	/* the same batch as the JSON form of the same values */
+	sb_printf(&j, "{\"worker\": \"rank0\", \"step\": 1200, \"seq\": 3, "
+		      "\"layers\": {\"layer2.bn\": {\"count\": 200704, \"mean\": ");
+	sb_values(&j, m, 3, F32);
+	sb_printf(&j, ", \"var\": ");
+	sb_values(&j, v, 3, F32);
+	sb_printf(&j, "}, \"layer1.0.bn1\": {\"count\": 16, \"mean\": [3], "
+		      "\"var\": [2e-3]}}}");
+	a = decode_ok(j.s);
+	batch_assert_equal(a, b);
+
+	/* and what that is */
+	ck_assert_str_eq(b->worker, "rank0");
+	ck_assert_str_eq(b->domain, "default");
+	ck_assert_int_eq(b->step, 1200);
+	ck_assert_int_eq(b->seq, 3);
+	ck_assert_int_eq(b->var_kind, STATS_VAR_UNBIASED);
+	ck_assert_str_eq(b->layers[0].name, "layer1.0.bn1");
+	ck_assert_int_eq(b->layers[1].count, 200704);
+	ck_assert_uint_eq(b->layers[1].channels, 3);
+	for (int i = 0; i < 3; i++)
+		/* f32 widened exactly */
+		ck_assert(b->layers[1].mean[i] == (double)(float)m[i]);
+	ck_assert(b->layers[0].var[0] == 2e-3);
+	ingest_batch_free(a);
+	ingest_batch_free(b);
+	sb_free(&j);
+	free(body);
+}
+END_TEST
+
+START_TEST(test_st_options)
+{
+	static const double one[1] = {2}, zero[1] = {0};
+	struct stw w = {0};
+	struct ingest_batch *b;
+	unsigned char *body;
+	size_t len;
+
+	/* biased var_kind allows count 1; the largest step and seq */
+	stw_count(&w, "bn.count", 1, true);
+	stw_values(&w, "bn.mean", one, 1, F64);
+	stw_values(&w, "bn.var", zero, 1, F64);
+	body = stw_finish(&w, "\"__metadata__\": {\"worker\": \"w\", \"step\": "
+			  "\"9223372036854775807\", \"seq\": \"0\", \"domain\": "
+			  "\"fpn.p3\", \"var_kind\": \"biased\"}", 0, &len);
+	b = st_ok(body, len, &limits);
+	ck_assert_str_eq(b->domain, "fpn.p3");
+	ck_assert_int_eq(b->var_kind, STATS_VAR_BIASED);
+	ck_assert_int_eq(b->step, INT64_MAX);
+	ck_assert_int_eq(b->seq, 0);
+	ck_assert_int_eq(b->layers[0].count, 1);
+	ingest_batch_free(b);
+	free(body);
+
+	/* the largest count, and "unbiased" spelt out */
+	stw_count(&w, "bn.count", (int64_t)1 << 53, false);
+	stw_values(&w, "bn.mean", one, 1, F32);
+	stw_values(&w, "bn.var", zero, 1, F32);
+	body = stw_finish(&w, "\"__metadata__\": {" ST_WSS ", \"var_kind\": "
+			  "\"unbiased\"}", 0, &len);
+	b = st_ok(body, len, &limits);
+	ck_assert_int_eq(b->var_kind, STATS_VAR_UNBIASED);
+	ck_assert_int_eq(b->layers[0].count, (int64_t)1 << 53);
+	ingest_batch_free(b);
+	free(body);
+}
+END_TEST
+
+/*
+ * Values at offsets of 4 mod 8 in the data buffer, and the data buffer
+ * itself at each of the 8 alignments (the header padding moves it; the
+ * body is at an odd address anyway, see st_decode()).
+ */
+START_TEST(test_st_unaligned)
+{
+	double m[5], v[5];
+	struct stw w = {0};
+	struct ingest_batch *b;
+	unsigned char *body;
+	size_t len;
+
+	for (int i = 0; i < 5; i++) {
+		m[i] = (float)(0.1 * i - 0.3);
+		v[i] = (float)(0.7 * i + 0.01);
+	}
+	for (size_t pad = 0; pad < 8; pad++) {
+		stw_count(&w, "a.count", 3, true);           /* [0, 8) */
+		stw_values(&w, "c.mean", m, 1, F32);         /* [8, 12) */
+		stw_values(&w, "b.mean", m, 5, F64);         /* [12, 52) */
+		stw_values(&w, "b.var", v, 5, F64);          /* [52, 92) */
+		stw_count(&w, "c.count", 9, true);           /* [92, 100) */
+		stw_values(&w, "a.mean", m, 3, F32);         /* [100, 112) */
+		stw_values(&w, "a.var", v, 3, F32);          /* [112, 124) */
+		stw_count(&w, "b.count", 9, false);          /* [124, 132) */
+		stw_values(&w, "c.var", v, 1, F32);          /* [132, 136) */
+		stw_values(&w, "c.ema_mean", m + 1, 1, F64); /* [136, 144) */
+		stw_values(&w, "c.ema_var", v + 1, 1, F32);  /* [144, 148) */
+		body = stw_finish(&w, ST_META, pad, &len);
+		b = st_ok(body, len, &limits);
+		ck_assert_uint_eq(b->n_layers, 3);
+		for (int i = 0; i < 3; i++) {
+			ck_assert(b->layers[0].mean[i] == m[i]);
+			ck_assert(b->layers[0].var[i] == v[i]);
+		}
+		for (int i = 0; i < 5; i++) {
+			ck_assert(b->layers[1].mean[i] == m[i]);
+			ck_assert(b->layers[1].var[i] == v[i]);
+		}
+		ck_assert(b->layers[2].mean[0] == m[0]);
+		ck_assert(b->layers[2].ema_mean[0] == m[1]);
+		ck_assert(b->layers[2].ema_var[0] == v[1]);
+		ingest_batch_free(b);
+		free(body);
+	}
+}
+END_TEST
+
+START_TEST(test_st_count_zero_ema)
+{
+	static const double x[2] = {1, 2}, y[2] = {3, 4};
+	struct stw w = {0};
+	struct ingest_batch *a, *b;
+	unsigned char *body;
+	size_t len;
+
+	stw_count(&w, "a.count", 0, true);
+	stw_count(&w, "b.count", 0, false);
+	stw_values(&w, "b.mean", x, 2, F32);
+	stw_values(&w, "b.var", y, 2, F64);
+	stw_count(&w, "c.count", 5, true);
+	stw_values(&w, "c.mean", x, 2, F64);
+	stw_values(&w, "c.var", y, 2, F64);
+	stw_values(&w, "c.ema_mean", y, 2, F32);
+	stw_values(&w, "c.ema_var", x, 2, F64);
+	body = stw_finish(&w, ST_META, 0, &len);
+	b = st_ok(body, len, &limits);
+	a = decode_ok("{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {"
+		      "\"a\": {\"count\": 0}, "
+		      "\"b\": {\"count\": 0, \"mean\": [1, 2], \"var\": [3, 4]}, "
+		      "\"c\": {\"count\": 5, \"mean\": [1, 2], \"var\": [3, 4], "
+		      "\"ema_mean\": [3, 4], \"ema_var\": [1, 2]}}}");
+	batch_assert_equal(a, b);
+	ck_assert_uint_eq(b->layers[0].channels, 0);
+	ck_assert_ptr_null(b->layers[0].mean);
+	ck_assert_ptr_null(b->layers[1].ema_mean);
+	ck_assert(b->layers[2].ema_mean[1] == 4.0);
+	ingest_batch_free(a);
+	ingest_batch_free(b);
+	free(body);
+
+	/* a layer of nothing but a count 0 is a whole upload */
+	stw_count(&w, "a.count", 0, true);
+	body = stw_finish(&w, ST_META, 3, &len);
+	b = st_ok(body, len, &limits);
+	ck_assert_uint_eq(b->n_layers, 1);
+	ingest_batch_free(b);
+	free(body);
+}
+END_TEST
+
+/* The hbatch of the hash tests as safetensors. */
+static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6],
+				bool reverse, bool scalar, size_t *len)
+{
+	static const char *const a_names[4] = {"bn.a.mean", "bn.a.var",
+					       "bn.a.ema_mean", "bn.a.ema_var"};
+	struct stw w = {0};
+	struct sbuf meta = {0};
+	unsigned char *body;
+
+	for (int pass = 0; pass < 3; pass++) {
+		int which = reverse ? 2 - pass : pass;
+
+		if (which == 0) {
+			if (!reverse)
+				stw_count(&w, "bn.a.count", h->count_a, scalar);
+			for (int k = 0; k < 4; k++)
+				stw_values(&w, a_names[reverse ? 3 - k : k],
+					   h->a[reverse ? 3 - k : k], 5,
+					   enc[reverse ? 3 - k : k]);
+			if (reverse)
+				stw_count(&w, "bn.a.count", h->count_a, scalar);
+		} else if (which == 1) {
+			stw_count(&w, "bn.b.count", 0, !scalar);
+		} else {
+			stw_values(&w, "bn.c.mean", h->c[0], 7, enc[4]);
+			stw_count(&w, "bn.c.count", h->count_c, scalar);
+			stw_values(&w, "bn.c.var", h->c[1], 7, enc[5]);
+		}
+	}
+	sb_printf(&meta, "\"__metadata__\": {" ST_WSS ", \"var_kind\": \"%s\"}",
+		  h->var_kind);
+	body = stw_finish(&w, meta.s, reverse ? 5 : 0, len);
+	sb_free(&meta);
+	return body;
+}
+
+START_TEST(test_st_same_as_json)
+{
+	static const enum enc nums[6] = {NUMBERS, NUMBERS, NUMBERS,
+					 NUMBERS, NUMBERS, NUMBERS};
+	static const enum enc all[][6] = {
+		{F32, F32, F32, F32, F32, F32},
+		{F64, F64, F64, F64, F64, F64},
+		{F32, F64, F64, F32, F64, F32},
+	};
+	struct hbatch h;
+	struct ingest_batch *ref, *b;
+	unsigned char *body;
+	char *json;
+	size_t len;
+
+	hbatch_init(&h);
+	for (int biased = 0; biased < 2; biased++) {
+		h.var_kind = biased ? "biased" : "unbiased";
+		json = hbatch_json(&h, nums, false);
+		ref = decode_ok(json);
+		for (size_t e = 0; e < sizeof(all) / sizeof(all[0]); e++)
+			for (int rev = 0; rev < 2; rev++)
+				for (int scalar = 0; scalar < 2; scalar++) {
+					body = hbatch_st(&h, all[e], rev, scalar, &len);
+					b = st_ok(body, len, &limits);
+					batch_assert_equal(ref, b);
+					ingest_batch_free(b);
+					free(body);
+				}
+		ingest_batch_free(ref);
+		free(json);
+	}
+
+	/* and a change of one value is a change of hash */
+	hbatch_init(&h);
+	json = hbatch_json(&h, nums, false);
+	ref = decode_ok(json);
+	h.c[1][6] = nextafter(h.c[1][6], INFINITY);
+	body = hbatch_st(&h, all[1], false, true, &len);
+	b = st_ok(body, len, &limits);
+	ck_assert_mem_ne(ref->hash, b->hash, INGEST_HASH_SIZE);
+	ingest_batch_free(b);
+	ingest_batch_free(ref);
+	free(body);
+	free(json);
+}
+END_TEST
+
+/* -0.0 is stored (and hashed) as +0.0, as in JSON. */
+START_TEST(test_st_negative_zero)
+{
+	static const double z[2] = {-0.0, 1}, pz[2] = {0, 0}, nz[2] = {-0.0, -0.0};
+	struct stw w = {0};
+	struct ingest_batch *a, *b;
+	unsigned char *body;
+	size_t len;
+
+	stw_count(&w, "bn.count", 2, true);
+	stw_values(&w, "bn.mean", z, 2, F32);
+	stw_values(&w, "bn.var", nz, 2, F64);
+	body = stw_finish(&w, ST_META, 0, &len);
+	a = st_ok(body, len, &limits);
+	free(body);
+	ck_assert(!signbit(a->layers[0].mean[0]));
+	ck_assert(!signbit(a->layers[0].var[0]));
+	stw_count(&w, "bn.count", 2, true);
+	stw_values(&w, "bn.mean", z, 2, F64);
+	stw_values(&w, "bn.var", pz, 2, F32);
+	body = stw_finish(&w, ST_META, 0, &len);
+	b = st_ok(body, len, &limits);
+	free(body);
+	ck_assert_mem_eq(a->hash, b->hash, INGEST_HASH_SIZE);
+	ingest_batch_free(a);
+	ingest_batch_free(b);
+}
+END_TEST
+
+/*
+ * The rules of the upload, reported at tensor names: each case a list of
+ * tensors, written back to back. kind: 'c' an I64 count of shape [], 'C'
+ * of shape [1] (value v); else v values of dtype e: 'g' 1.0s, 'b' 1, -0.5,
+ * 1, ..., 'n' NaN at 17, 'i' -inf at 17.
+ */
+struct st_rule_tensor {
+	const char *name;
+	char kind;
+	int64_t v;
+	enum enc e;
+};
+
+static const struct ingest_limits small_limits = {2, 3};
+
+static const struct st_rule {
+	const char *what;
+	const struct ingest_limits *lim; /* NULL: the defaults */
+	int status;
+	const char *code, *path;
+	struct st_rule_tensor t[12];
+} st_rules[] = {
+	{"NaN, the example of the SPEC", NULL, 422, BN_E_INVALID, "layer1.0.bn1.var[17]",
+	 {{"layer1.0.bn1.count", 'c', 2, F32}, {"layer1.0.bn1.mean", 'g', 20, F64},
+	  {"layer1.0.bn1.var", 'n', 20, F32}}},
+	{"-inf", NULL, 422, BN_E_INVALID, "a.mean[17]",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'i', 20, F64}, {"a.var", 'g', 20, F64}}},
+	{"var < 0", NULL, 422, BN_E_INVALID, "a.var[1]",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'b', 3, F32}, {"a.var", 'b', 3, F32}}},
+	{"ema_var < 0", NULL, 422, BN_E_INVALID, "a.ema_var[1]",
+	 {{"a.count", 'C', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
+	  {"a.ema_mean", 'b', 3, F32}, {"a.ema_var", 'b', 3, F64}}},
+	{"count -1", NULL, 422, BN_E_INVALID, "a.count",
+	 {{"a.count", 'c', -1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
+	{"count INT64_MIN", NULL, 422, BN_E_INVALID, "a.count",
+	 {{"a.count", 'C', INT64_MIN, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
+	{"count 2^53 + 1", NULL, 422, BN_E_INVALID, "a.count",
+	 {{"a.count", 'c', ((int64_t)1 << 53) + 1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
+	{"count INT64_MAX", NULL, 422, BN_E_INVALID, "a.count",
+	 {{"a.count", 'C', INT64_MAX, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
+	{"count 1, unbiased", NULL, 422, BN_E_INVALID, "a.count",
+	 {{"a.count", 'c', 1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
+	{"ema_var alone", NULL, 422, BN_E_INVALID, "a.ema_var",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
+	  {"a.ema_var", 'g', 3, F32}}},
+	{"var longer than mean", NULL, 422, BN_E_INVALID, "a.var",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 4, F64}}},
+	{"ema shorter", NULL, 422, BN_E_INVALID, "a.ema_mean",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
+	  {"a.ema_mean", 'g', 2, F32}, {"a.ema_var", 'g', 2, F32}}},
+	{"no count", NULL, 400, BN_E_MISSING, "a.count",
+	 {{"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32}}},
+	{"no var", NULL, 400, BN_E_MISSING, "a.var",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}}},
+	{"count 0 with only an EMA", NULL, 400, BN_E_MISSING, "a.mean",
+	 {{"a.count", 'c', 0, F32}, {"a.ema_mean", 'g', 3, F32}, {"a.ema_var", 'g', 3, F32}}},
+	{"no channel", NULL, 422, BN_E_INVALID, "a.mean",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 0, F32}, {"a.var", 'g', 0, F64}}},
+	{"4 channels, default limits", NULL, 0, NULL, NULL,
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 4, F32}, {"a.var", 'g', 4, F32}}},
+	{"4 channels, limit 3", &small_limits, 422, BN_E_LIMIT, "a.mean",
+	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 4, F32}, {"a.var", 'g', 4, F32}}},
+	{"3 layers, default limits", NULL, 0, NULL, NULL,
+	 {{"a.count", 'c', 0, F32}, {"b.count", 'c', 0, F32}, {"c.count", 'C', 0, F32}}},
+	{"3 layers, limit 2", &small_limits, 422, BN_E_LIMIT, "__header__",
+	 {{"a.count", 'c', 0, F32}, {"b.count", 'c', 0, F32}, {"c.count", 'C', 0, F32}}},
+	/* 11 tensors cannot be 2 layers: refused before they are looked at */
+	{"11 tensors, limit 2 layers", &small_limits, 422, BN_E_LIMIT, "__header__",
+	 {{"l0.x", 'c', 0, F32}, {"l1.x", 'c', 0, F32}, {"l2.x", 'c', 0, F32},
+	  {"l3.x", 'c', 0, F32}, {"l4.x", 'c', 0, F32}, {"l5.x", 'c', 0, F32},
+	  {"l6.x", 'c', 0, F32}, {"l7.x", 'c', 0, F32}, {"l8.x", 'c', 0, F32},
+	  {"l9.x", 'c', 0, F32}, {"l10.x", 'c', 0, F32}}},
+};
+
+START_TEST(test_st_layer_rules)
+{
+	for (size_t i = 0; i < sizeof(st_rules) / sizeof(st_rules[0]); i++) {
+		const struct st_rule *c = &st_rules[i];
+		const struct ingest_limits *lim = c->lim ? c->lim : &limits;
+		struct stw w = {0};
+		unsigned char *body;
+		size_t len;
+
+		for (const struct st_rule_tensor *t = c->t; t->name != NULL; t++) {
+			double x[32];
+
+			if (t->kind == 'c' || t->kind == 'C') {
+				stw_count(&w, t->name, t->v, t->kind == 'c');
+				continue;
+			}
+			ck_assert_int_le(t->v, 32);
+			for (int k = 0; k < 32; k++)
+				x[k] = t->kind == 'b' && k % 2 ? -0.5 : 1.0;
+			x[17] = t->kind == 'n' ? NAN : t->kind == 'i' ? -INFINITY : x[17];
+			stw_values(&w, t->name, x, (size_t)t->v, t->e);
+		}
+		body = stw_finish(&w, ST_META, 0, &len);
+		if (c->status == 0)
+			ingest_batch_free(st_ok(body, len, lim));
+		else
+			st_expect(body, len, lim, c->status, c->code, c->path, c->what);
+		free(body);
+	}
+}
+END_TEST
+
+/*
+ * Hostile headers: the text between the braces of the header, and the
+ * size of the data buffer, which holds an I64 2 and then f32 1.0s. The
+ * tensors of the base case: a.count [0, 8), a.mean [8, 16), a.var
+ * [16, 24). status 0: the body must decode.
+ */
+#define ST_C "\"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}"
+#define ST_M "\"a.mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}"
+#define ST_V "\"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [16, 24]}"
+#define ST_CMV ST_C ", " ST_M ", " ST_V
+#define ST_OK ST_META ", " ST_CMV
+#define ST_MD(x) "\"__metadata__\": {" x "}, " ST_CMV
+#define ST_STEP(s) ST_MD("\"worker\": \"w\", \"seq\": \"0\", \"step\": " s)
+#define ST_MEAN(x) ST_META ", " ST_C ", " ST_V ", \"a.mean\": " x
+#define ST_COUNT(x) ST_META ", " ST_M ", " ST_V ", \"a.count\": " x
+
+static const struct st_case {
+	const char *header;
+	size_t data;
+	int status;
+	const char *code, *path;
+} st_cases[] = {
+	{ST_OK, 24, 0, NULL, NULL},
+	{ST_CMV ", " ST_META, 24, 0, NULL, NULL},
+	/* metadata */
+	{ST_CMV, 24, 400, BN_E_MISSING, "__metadata__"},
+	{"\"__metadata__\": [\"w\"], " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__"},
+	{"\"__metadata__\": null, " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__"},
+	{ST_MD("\"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.worker"},
+	{ST_MD("\"worker\": \"w\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.step"},
+	{ST_MD("\"worker\": \"w\", \"step\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.seq"},
+	{ST_MD("\"worker\": 7, \"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_TYPE, "__metadata__.worker"},
+	{ST_MD("\"worker\": \"a b\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID, "__metadata__.worker"},
+	{ST_MD("\"worker\": \"\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID, "__metadata__.worker"},
+	{ST_STEP("1"), 24, 400, BN_E_TYPE, "__metadata__.step"},
+	{ST_STEP("1.0"), 24, 400, BN_E_TYPE, "__metadata__.step"},
+	{ST_STEP("null"), 24, 400, BN_E_TYPE, "__metadata__.step"},
+	{ST_STEP("\"-1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"+1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\" 1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"1 \""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"1.0\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"1.\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"1e3\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"0x10\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"01\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"\\u0661\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"9223372036854775808\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"18446744073709551617\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"99999999999999999999999999\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
+	{ST_STEP("\"0\""), 24, 0, NULL, NULL},
+	{ST_STEP("\"9223372036854775807\""), 24, 0, NULL, NULL},
+	{ST_MD("\"worker\": \"w\", \"step\": \"1\", \"seq\": \"-0\""), 24, 422, BN_E_INVALID, "__metadata__.seq"},
+	{ST_MD(ST_WSS ", \"domain\": \"*\""), 24, 422, BN_E_INVALID, "__metadata__.domain"},
+	{ST_MD(ST_WSS ", \"domain\": [\"d\"]"), 24, 400, BN_E_TYPE, "__metadata__.domain"},
+	{ST_MD(ST_WSS ", \"var_kind\": \"Biased\""), 24, 422, BN_E_INVALID, "__metadata__.var_kind"},
+	{ST_MD(ST_WSS ", \"var_kind\": true"), 24, 400, BN_E_TYPE, "__metadata__.var_kind"},
+	{ST_MD(ST_WSS ", \"colour\": \"blue\""), 24, 422, BN_E_INVALID, "__metadata__.colour"},
+	{ST_MD(ST_WSS ", \"layers\": \"x\""), 24, 422, BN_E_INVALID, "__metadata__.layers"},
+	/* tensor names */
+	{ST_META ", " ST_M ", " ST_V ", \"count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	 24, 422, BN_E_INVALID, "count"},
+	{ST_META ", " ST_C ", " ST_V ", \"a.bias\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	 24, 422, BN_E_INVALID, "a.bias"},
+	{ST_META ", " ST_C ", " ST_V ", \"a.Mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	 24, 422, BN_E_INVALID, "a.Mean"},
+	{ST_META ", " ST_C ", " ST_V ", \"a.mean.\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	 24, 422, BN_E_INVALID, "a.mean."},
+	{ST_META ", " ST_M ", " ST_V ", \".count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	 24, 422, BN_E_INVALID, ".count"},
+	{ST_META ", " ST_M ", " ST_V ", \"a b.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	 24, 422, BN_E_INVALID, "a b.count"},
+	{ST_META ", " ST_M ", " ST_V ", \"a\\u00e9.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	 24, 422, BN_E_INVALID, "a??.count"},
+	{ST_META ", " ST_M ", " ST_V ", \"a\\n.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	 24, 422, BN_E_INVALID, "a?.count"},
+	/* tensor entries */
+	{ST_MEAN("[8, 16]"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("\"F32\""), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16], \"x\": 1}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING, "a.mean"},
+	{ST_MEAN("{\"dtype\": 32, \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"BF16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"f32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\\u0000\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_COUNT("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_COUNT("{\"dtype\": \"U64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_COUNT("{\"dtype\": \"F64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": 2, \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": {}, \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [\"2\"], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [null], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2.0], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1, 2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2, 1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [9223372036854775807], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [4611686018427387906], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [0, 8]}"), 24, 0, NULL, NULL},
+	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [0], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1, 1], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2]}"), 24, 400, BN_E_MISSING, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": \"8,16\"}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": {\"8\": 16}}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": []}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [\"8\", 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, true]}"), 24, 400, BN_E_TYPE, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8.0, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 1.6e1]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [-8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [16, 8]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 99999999999999999999]}"), 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 9223372036854775807]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [9223372036854775807, 9223372036854775807]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
+	{ST_MEAN("{\"dtype\": \"F64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.var"},
+	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 4]}"), 24, 422, BN_E_INVALID, "a.count"},
+	/* layout */
+	{ST_OK, 28, 422, BN_E_INVALID, "__header__"},
+	{ST_OK, 25, 422, BN_E_INVALID, "__header__"},
+	{ST_OK, 23, 422, BN_E_INVALID, "a.var"},
+	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	 16, 422, BN_E_INVALID, "a.var"},
+	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [12, 20]}",
+	 20, 422, BN_E_INVALID, "a.var"},
+	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [20, 28]}",
+	 28, 422, BN_E_INVALID, "__header__"},
+	{ST_META ", " ST_M ", " ST_V ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
+	 24, 422, BN_E_INVALID, "__header__"},
+	{ST_META ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
+	 12, 422, BN_E_INVALID, "__header__"},
+	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [4, 4]}",
+	 24, 422, BN_E_INVALID, "b.mean"},
+	/* empty tensors at a boundary tile fine; b then lacks its count */
+	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [8, 8]}",
+	 24, 400, BN_E_MISSING, "b.count"},
+	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [24, 24]}",
+	 24, 400, BN_E_MISSING, "b.count"},
+	/* the whole header */
+	{"", 24, 400, BN_E_MISSING, "__metadata__"},
+	{ST_META, 0, 422, BN_E_INVALID, "__header__"},
+	{ST_META, 8, 422, BN_E_INVALID, "__header__"},
+	{ST_OK ", " ST_C, 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_OK ", " ST_META, 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_MD(ST_WSS ", \"seq\": \"0\""), 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_MEAN("{\"dtype\": \"F32\", \"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_OK ",", 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_OK "} {", 24, 400, BN_E_MALFORMED, "__header__"},
+	{ST_OK ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}",
+	 32, 422, BN_E_INVALID, "a.ema_mean"},
+	{ST_OK ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"
+	       ", \"a.ema_var\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [32, 48]}",
+	 48, 0, NULL, NULL},
+};
+
+/* The data of st_cases: an I64 2, then f32 1.0s. */
+static unsigned char *st_case_data(size_t n)
+{
+	unsigned char *d = calloc(1, n + 1);
+
+	ck_assert_ptr_nonnull(d);
+	if (n >= 8)
+		put_le64(d, 2);
+	for (size_t i = 8; i + 4 <= n; i += 4)
+		put_le32(d + i, 0x3f800000u);
+	return d;
+}
+
+START_TEST(test_st_hostile)
+{
+	size_t failures = 0;
+
+	for (size_t i = 0; i < sizeof(st_cases) / sizeof(st_cases[0]); i++) {
+		const struct st_case *c = &st_cases[i];
+		struct ingest_batch *b = (struct ingest_batch *)&b;
+		struct sbuf h = {0};
+		unsigned char *data = st_case_data(c->data), *body;
+		struct bn_error err;
+		size_t len;
+		int r;
+
+		sb_printf(&h, "{%s}", c->header);
+		body = st_body(h.s, data, c->data, &len);
+		r = st_decode(body, len, &limits, &b, &err);
+		if (c->status == 0 ? r != 0
+				   : (r != -EINVAL || b != NULL ||
+				      err.status != c->status ||
+				      strcmp(err.code, c->code) != 0 ||
+				      strcmp(err.path, c->path) != 0 ||
+				      err.message[0] == '\0')) {
+			fprintf(stderr, "st_cases[%zu] %s\n  expected %d %s '%s', got r=%d %d %s '%s' (%s)\n",
+				i, h.s, c->status, c->code ? c->code : "-",
+				c->path ? c->path : "", r, err.status,
+				err.code, err.path, err.message);
+			failures++;
+		}
+		if (r == 0)
+			ingest_batch_free(b);
+		free(body);
+		free(data);
+		sb_free(&h);
+	}
+	ck_assert_msg(failures == 0, "%zu hostile headers misjudged", failures);
+}
+END_TEST
+
+/* The length prefix and the header as bytes. */
+START_TEST(test_st_header_bytes)
+{
+	static const char ok[] = "{" ST_OK "}";
+	unsigned char *data = st_case_data(24), *body;
+	unsigned char raw[64];
+	struct sbuf h = {0};
+	size_t len;
+
+	/* shorter than the length itself */
+	memset(raw, 0, sizeof(raw));
+	for (size_t n = 0; n < 8; n++)
+		st_expect(raw, n, &limits, 422, BN_E_INVALID, "__header__", "short");
+	/* length 0: no JSON at all */
+	st_expect(raw, 8, &limits, 400, BN_E_MALFORMED, "__header__", "empty header");
+	/* lengths past the end, just and far */
+	body = st_body(ok, data, 24, &len);
+	put_le64(body, strlen(ok) + 25);
+	st_expect(body, len, &limits, 422, BN_E_INVALID, "__header__", "past the end");
+	put_le64(body, strlen(ok) + 24);
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "header takes the data");
+	put_le64(body, 100000001);
+	st_expect(body, len, &limits, 422, BN_E_INVALID, "__header__", "> 100 MB");
+	put_le64(body, UINT64_MAX);
+	st_expect(body, len, &limits, 422, BN_E_INVALID, "__header__", "2^64-1");
+	put_le64(body, (uint64_t)1 << 63);
+	st_expect(body, len, &limits, 422, BN_E_INVALID, "__header__", "2^63");
+	put_le64(body, strlen(ok));
+	ingest_batch_free(st_ok(body, len, &limits));
+	free(body);
+
+	/* not an object */
+	static const char *const not_obj[] = {"[]", "null", "1", "\"{}\"", "true"};
+	for (size_t i = 0; i < sizeof(not_obj) / sizeof(not_obj[0]); i++) {
+		body = st_body(not_obj[i], NULL, 0, &len);
+		st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", not_obj[i]);
+		free(body);
+	}
+	/* a NUL, invalid UTF-8, binary: not JSON */
+	body = st_body("{\"__metadata__\": {}}", NULL, 0, &len);
+	body[8 + 3] = '\0';
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "NUL");
+	body[8 + 3] = 0xff;
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "0xff");
+	free(body);
+	/* nesting deeper than jansson's limit */
+	for (int i = 0; i < 5000; i++)
+		sb_printf(&h, "[");
+	body = st_body(h.s, NULL, 0, &len);
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "deep");
+	free(body);
+	sb_free(&h);
+	/* trailing spaces (safetensors pads the header to align the data)
+	 * are fine, anything else after the object is not */
+	sb_printf(&h, "%s       ", ok);
+	body = st_body(h.s, data, 24, &len);
+	ingest_batch_free(st_ok(body, len, &limits));
+	body[8 + h.len - 1] = 'x';
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "trailing x");
+	body[8 + h.len - 1] = '\0';
+	st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", "trailing NUL");
+	free(body);
+	sb_free(&h);
+
+	/* a long hostile tensor name is cut in the path */
+	sb_printf(&h, "{" ST_OK ", \"");
+	for (int i = 0; i < 2000; i++)
+		sb_printf(&h, "x");
+	sb_printf(&h, ".mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [24, 24]}}");
+	body = st_body(h.s, data, 24, &len);
+	{
+		struct ingest_batch *b = NULL;
+		struct bn_error err;
+
+		ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), -EINVAL);
+		ck_assert_int_eq(err.status, 422);
+		ck_assert_uint_lt(strlen(err.path), 300);
+		ck_assert_msg(strstr(err.path, "...") != NULL, "%s", err.path);
+	}
+	free(body);
+	sb_free(&h);
+	/* a layer name of 256 characters is fine, of 257 not */
+	for (int n = 256; n <= 257; n++) {
+		char name[300];
+		struct stw w = {0};
+
+		memset(name, 'l', (size_t)n);
+		snprintf(name + n, sizeof(name) - (size_t)n, ".count");
+		stw_count(&w, name, 0, true);
+		body = stw_finish(&w, ST_META, 0, &len);
+		if (n == 256) {
+			ingest_batch_free(st_ok(body, len, &limits));
+		} else {
+			struct ingest_batch *b = NULL;
+			struct bn_error err;
+
+			ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), -EINVAL);
+			ck_assert_int_eq(err.status, 422);
+			ck_assert_str_eq(err.code, BN_E_INVALID);
+		}
+		free(body);
+	}
+	free(data);
+}
+END_TEST
+
+START_TEST(test_st_arguments)
+{
+	struct stw w = {0};
+	struct ingest_batch *b = NULL;
+	struct bn_error err;
+	unsigned char *body;
+	size_t len;
+
+	stw_count(&w, "a.count", 0, true);
+	body = stw_finish(&w, ST_META, 0, &len);
+	ck_assert_int_eq(ingest_decode_safetensors("r 1", body, len, &limits, &b, &err), -EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_int_eq(err.status, 422);
+	ck_assert_str_eq(err.path, "run");
+	ck_assert_int_eq(ingest_decode_safetensors(NULL, body, len, &limits, &b, &err), -EINVAL);
+	ck_assert_str_eq(err.path, "run");
+	/* NULL limits: the defaults; NULL err is allowed */
+	ck_assert_int_eq(ingest_decode_safetensors("r1", body, len, NULL, &b, NULL), 0);
+	ingest_batch_free(b);
+	ck_assert_int_eq(ingest_decode_safetensors("r1", body, 7, NULL, &b, NULL), -EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_int_eq(ingest_decode_safetensors("r1", NULL, 0, NULL, &b, &err), -EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_str_eq(err.path, "__header__");
+	free(body);
+}
+END_TEST
+
+/*
+ * Truncations, byte flips and digit changes of a valid body never crash
+ * or read outside the body (st_decode() makes ASan and valgrind see it)
+ * and give either a batch or a 4xx with a printable message. Digit
+ * changes get past the JSON parser to the offsets, shapes and metadata.
+ */
+static uint32_t fuzz_next(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+static void fuzz_one(const unsigned char *body, size_t len, size_t *ok)
+{
+	struct ingest_batch *b = NULL;
+	struct bn_error err;
+	int r = st_decode(body, len, &limits, &b, &err);
+
+	if (r == 0) {
+		ck_assert_ptr_nonnull(b);
+		ck_assert_uint_ge(b->n_layers, 1);
+		ingest_batch_free(b);
+		(*ok)++;
+		return;
+	}
+	ck_assert_int_eq(r, -EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_msg(err.status >= 400 && err.status < 500, "status %d", err.status);
+	ck_assert_str_ne(err.code, "");
+	ck_assert_str_ne(err.message, "");
+	for (size_t i = 0; err.message[i]; i++)
+		ck_assert(err.message[i] >= 0x20 && err.message[i] < 0x7f);
+	for (size_t i = 0; err.path[i]; i++)
+		ck_assert(err.path[i] >= 0x20 && err.path[i] < 0x7f);
+}
+
+START_TEST(test_st_fuzz)
+{
+	static const enum enc mixed[6] = {F32, F64, F32, F64, F64, F32};
+	struct hbatch h;
+	unsigned char *base, *body;
+	size_t len, hlen, digits[1024], n_digits = 0, ok = 0;
+	uint32_t x = 0x9e3779b9u;
+
+	hbatch_init(&h);
+	base = hbatch_st(&h, mixed, true, false, &len);
+	body = malloc(len);
+	ck_assert_ptr_nonnull(body);
+	hlen = (size_t)base[0] | (size_t)base[1] << 8;
+	for (size_t i = 8; i < 8 + hlen && n_digits < 1024; i++)
+		if (base[i] >= '0' && base[i] <= '9')
+			digits[n_digits++] = i;
+	ck_assert_uint_gt(n_digits, 50);
+
+	/* every truncation */
+	for (size_t n = 0; n < len; n++)
+		fuzz_one(base, n, &ok);
+	ck_assert_uint_eq(ok, 0);
+	/* 1 to 4 random bytes changed, anywhere */
+	for (int it = 0; it < 2000; it++) {
+		int k = 1 + (int)(fuzz_next(&x) % 4);
+
+		memcpy(body, base, len);
+		while (k-- > 0)
+			body[fuzz_next(&x) % len] ^= (unsigned char)(1 + fuzz_next(&x) % 255);
+		fuzz_one(body, len, &ok);
+	}
+	/* 1 to 3 digits of the header changed, then maybe truncated */
+	for (int it = 0; it < 2000; it++) {
+		int k = 1 + (int)(fuzz_next(&x) % 3);
+		size_t n = len;
+
+		memcpy(body, base, len);
+		while (k-- > 0)
+			body[digits[fuzz_next(&x) % n_digits]] = (unsigned char)('0' + fuzz_next(&x) % 10);
+		if (fuzz_next(&x) % 4 == 0)
+			n = fuzz_next(&x) % (len + 1);
+		fuzz_one(body, n, &ok);
+	}
+	/* some changes (in the data, or a digit for the same digit) decode */
+	ck_assert_uint_gt(ok, 100);
+	free(body);
+	free(base);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* fixtures */
 
 START_TEST(test_fixtures_invalid)
@@ -894,7 +1944,7 @@ START_TEST(test_fixtures_invalid)
 	size_t n, failures = 0;
 
 	snprintf(dir, sizeof(dir), "%s/invalid", fixtures_dir());
-	names = list_json(dir, &n);
+	names = list_files(dir, ".json", &n);
 	ck_assert_msg(n >= 30, "only %zu fixtures in %s", n, dir);
 	for (size_t i = 0; i < n; i++) {
 		struct ingest_batch *b = (struct ingest_batch *)&b;
@@ -941,7 +1991,7 @@ START_TEST(test_fixtures_valid)
 	size_t n, failures = 0;
 
 	snprintf(dir, sizeof(dir), "%s/valid", fixtures_dir());
-	names = list_json(dir, &n);
+	names = list_files(dir, ".json", &n);
 	ck_assert_msg(n >= 4, "only %zu fixtures in %s", n, dir);
 	for (size_t i = 0; i < n; i++) {
 		struct ingest_batch *b = NULL;
@@ -994,6 +2044,93 @@ START_TEST(test_fixture_mixed_values)
 }
 END_TEST
 
+/*
+ * tests/fixtures/safetensors/{valid,invalid}/<name>.safetensors, written
+ * by an independent writer (make_fixtures.py there); the invalid ones
+ * with <name>.expect as in invalid/.
+ */
+START_TEST(test_fixtures_safetensors)
+{
+	char dir[4096], path[4200];
+	size_t failures = 0, total = 0;
+
+	for (int valid = 0; valid < 2; valid++) {
+		char **names;
+		size_t n;
+
+		snprintf(dir, sizeof(dir), "%s/safetensors/%s", fixtures_dir(),
+			 valid ? "valid" : "invalid");
+		names = list_files(dir, ".safetensors", &n);
+		ck_assert_msg(n >= 2, "only %zu fixtures in %s", n, dir);
+		for (size_t i = 0; i < n; i++) {
+			struct ingest_batch *b = NULL;
+			struct bn_error err;
+			char *body, *expect = NULL, code[64] = "", epath[1024] = "";
+			size_t blen, elen;
+			int status = 0, r;
+
+			snprintf(path, sizeof(path), "%s/%s.safetensors", dir, names[i]);
+			body = read_file(path, &blen);
+			ck_assert_msg(body != NULL, "cannot read %s", path);
+			if (!valid) {
+				snprintf(path, sizeof(path), "%s/%s.expect", dir, names[i]);
+				expect = read_file(path, &elen);
+				ck_assert_msg(expect != NULL, "cannot read %s", path);
+				ck_assert_msg(sscanf(expect, "%d %63s %1023s", &status, code, epath) == 3,
+					      "%s: want \"<status> <code> <path>\"", path);
+			}
+			r = st_decode((const unsigned char *)body, blen, &limits, &b, &err);
+			if (valid ? r != 0
+				  : (r == 0 || err.status != status ||
+				     strcmp(err.code, code) != 0 || strcmp(err.path, epath) != 0)) {
+				fprintf(stderr, "safetensors/%s/%s: expected %d %s '%s', got r=%d %d %s '%s' (%s)\n",
+					valid ? "valid" : "invalid", names[i], status, code, epath,
+					r, err.status, err.code, err.path, err.message);
+				failures++;
+			}
+			if (r == 0)
+				ingest_batch_free(b);
+			free(body);
+			free(expect);
+			total++;
+		}
+		free_names(names, n);
+	}
+	ck_assert_msg(failures == 0, "%zu of %zu safetensors fixtures misjudged", failures, total);
+}
+END_TEST
+
+/* The valid safetensors fixtures carry the values of JSON ones. */
+START_TEST(test_fixtures_safetensors_same_as_json)
+{
+	static const char *const names[] = {"mixed", "count_zero"};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		struct ingest_batch *a, *b;
+		char path[4200];
+		size_t len;
+		char *json, *st;
+
+		snprintf(path, sizeof(path), "%s/valid/%s.json", fixtures_dir(), names[i]);
+		json = read_file(path, &len);
+		ck_assert_msg(json != NULL, "cannot read %s", path);
+		a = decode_ok(json);
+		snprintf(path, sizeof(path), "%s/safetensors/valid/%s.safetensors",
+			 fixtures_dir(), names[i]);
+		st = read_file(path, &len);
+		ck_assert_msg(st != NULL, "cannot read %s", path);
+		b = st_ok((const unsigned char *)st, len, &limits);
+		/* each fixture has its own worker name, so copy the identity */
+		memcpy(b->worker, a->worker, sizeof(b->worker));
+		batch_assert_equal(a, b);
+		ingest_batch_free(a);
+		ingest_batch_free(b);
+		free(json);
+		free(st);
+	}
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 
 static Suite *ingest_suite(void)
@@ -1029,10 +2166,26 @@ static Suite *ingest_suite(void)
 	tcase_add_test(tc, test_hash_structure);
 	suite_add_tcase(s, tc);
 
+	tc = tcase_create("safetensors");
+	tcase_add_test(tc, test_st_decode);
+	tcase_add_test(tc, test_st_options);
+	tcase_add_test(tc, test_st_unaligned);
+	tcase_add_test(tc, test_st_count_zero_ema);
+	tcase_add_test(tc, test_st_same_as_json);
+	tcase_add_test(tc, test_st_negative_zero);
+	tcase_add_test(tc, test_st_layer_rules);
+	tcase_add_test(tc, test_st_hostile);
+	tcase_add_test(tc, test_st_header_bytes);
+	tcase_add_test(tc, test_st_arguments);
+	tcase_add_test(tc, test_st_fuzz);
+	suite_add_tcase(s, tc);
+
 	tc = tcase_create("fixtures");
 	tcase_add_test(tc, test_fixtures_invalid);
 	tcase_add_test(tc, test_fixtures_valid);
 	tcase_add_test(tc, test_fixture_mixed_values);
+	tcase_add_test(tc, test_fixtures_safetensors);
+	tcase_add_test(tc, test_fixtures_safetensors_same_as_json);
 	suite_add_tcase(s, tc);
 	return s;
 }

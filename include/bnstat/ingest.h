@@ -88,7 +88,39 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits,
 		       struct ingest_batch **out, struct bn_error *err);
 
-/* Release a batch from ingest_decode_json(); NULL is fine. */
+/*
+ * Decode the binary upload body[0..len) for run `run`: a safetensors file
+ * (8-byte little-endian header length N, N bytes of JSON header, then the
+ * data buffer) with tensors "<layer>.count" (I64, shape [] or [1]),
+ * "<layer>.mean", "<layer>.var" and optionally "<layer>.ema_mean",
+ * "<layer>.ema_var" (F32 or F64, shape [C]), and "__metadata__" holding
+ * worker, step, seq, domain and var_kind as strings (step and seq in
+ * decimal digits). The rules and the result are those of
+ * ingest_decode_json(): the same values give an equal batch and hash.
+ * The header is untrusted: its length, every dtype, shape and
+ * data_offsets are checked, and the tensors must cover the data buffer
+ * exactly, back to back. Data may be at any alignment.
+ *
+ * On success returns 0 and stores in *out a batch that the caller owns
+ * and releases with ingest_batch_free(); the batch does not point into
+ * body. On failure returns a negative errno, leaves *out NULL and
+ * describes the problem in *err: 400 (header not JSON or not an object:
+ * malformed_json; a wrong JSON type; a missing field) or 422 (invalid
+ * value, limit), with the path of the offending item: the tensor name
+ * ("layer1.0.bn1.var", "layer1.0.bn1.var[17]" for a value),
+ * "__metadata__.<key>", or "__header__" for the file as a whole (length,
+ * layout, syntax). -EINVAL for those; -ENOMEM (with 500 "internal") when
+ * memory runs out. limits NULL means the defaults; err may be NULL. The
+ * body is borrowed.
+ */
+int ingest_decode_safetensors(const char *run, const uint8_t *body,
+			      size_t len, const struct ingest_limits *limits,
+			      struct ingest_batch **out, struct bn_error *err);
+
+/*
+ * Release a batch from ingest_decode_json() or
+ * ingest_decode_safetensors(); NULL is fine.
+ */
 void ingest_batch_free(struct ingest_batch *b);
 
 /*
