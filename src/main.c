@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
@@ -143,6 +144,14 @@ int main(int argc, char **argv)
 	}
 	log_set_level(cfg.log_level);
 	cfg.http.auth = auth;
+	/*
+	 * Upload bodies and decoded batches are a few hundred KB each: served
+	 * from mmap and trimmed back after every request, each one would fault
+	 * in fresh zeroed pages. Keep them in the heap and keep the heap; memory
+	 * stays bounded by connections x body size.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	mallopt(M_TRIM_THRESHOLD, 256 << 20);
 
 	/* Signals are taken by sigwait() below, never by the worker threads. */
 	sigemptyset(&sigs);

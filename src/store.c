@@ -147,6 +147,14 @@ struct store {
 	size_t depth;
 	bool closing;
 
+	/* checkpointer: its own connection and thread, woken by the WAL hook */
+	sqlite3 *cdb;
+	pthread_t ckpt;
+	bool ckpt_started;
+	pthread_mutex_t cmu;
+	pthread_cond_t ccv;
+	bool ckpt_wanted, ckpt_stop;
+
 	/* reader pool, guarded by rmu */
 	pthread_mutex_t rmu;
 	struct store_reader *idle;
@@ -1050,6 +1058,64 @@ static bool retention_due(struct store *s)
 	return since >= (s->retention_more ? 0.1 : 10.0);
 }
 
+/*
+ * Checkpoints copy WAL frames back into the database file: as many bytes
+ * again as the commits wrote. Done by the writer (SQLite's default) they
+ * would stall every upload behind them, so the writer turns automatic
+ * checkpoints off and its WAL hook wakes this thread instead, which runs
+ * PASSIVE checkpoints on its own connection while the writer goes on.
+ * Should the WAL still outgrow CKPT_HARD_PAGES (readers pinning old frames,
+ * a disk slower than the uploads), a RESTART checkpoint waits for them so
+ * that the WAL can start over.
+ */
+#define CKPT_PAGES 256
+#define CKPT_HARD_PAGES (16 * CKPT_PAGES)
+
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	struct store *s = arg;
+
+	if (pages >= CKPT_PAGES) {
+		pthread_mutex_lock(&s->cmu);
+		s->ckpt_wanted = true;
+		pthread_cond_signal(&s->ccv);
+		pthread_mutex_unlock(&s->cmu);
+	}
+	return SQLITE_OK;
+}
+
+static void *checkpointer_main(void *arg)
+{
+	struct store *s = arg;
+
+	for (;;) {
+		int log_pages = 0, done_pages = 0, rc, mode = SQLITE_CHECKPOINT_PASSIVE;
+
+		pthread_mutex_lock(&s->cmu);
+		while (!s->ckpt_wanted && !s->ckpt_stop)
+			pthread_cond_wait(&s->ccv, &s->cmu);
+		if (s->ckpt_stop) {
+			pthread_mutex_unlock(&s->cmu);
+			break;
+		}
+		s->ckpt_wanted = false;
+		pthread_mutex_unlock(&s->cmu);
+
+		rc = sqlite3_wal_checkpoint_v2(s->cdb, "main", mode, &log_pages, &done_pages);
+		if (rc == SQLITE_OK && log_pages >= CKPT_HARD_PAGES) {
+			mode = SQLITE_CHECKPOINT_RESTART;
+			rc = sqlite3_wal_checkpoint_v2(s->cdb, "main", mode, &log_pages, &done_pages);
+		}
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			log_error("checkpoint_failed", "error=\"%s\"", sqlite3_errmsg(s->cdb));
+		else
+			log_debug("checkpoint", "rc=%d mode=%s wal_pages=%d copied=%d", rc,
+				  mode == SQLITE_CHECKPOINT_PASSIVE ? "passive" : "restart",
+				  log_pages, done_pages);
+	}
+	return NULL;
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
@@ -1217,6 +1283,8 @@ int store_open(const char *path, const struct store_options *opt,
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->rmu, NULL);
+	pthread_mutex_init(&s->cmu, NULL);
+	pthread_cond_init(&s->ccv, NULL);
 	s->path = strdup(path);
 	if (s->path == NULL) {
 		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
@@ -1225,8 +1293,13 @@ int store_open(const char *path, const struct store_options *opt,
 
 	if (open_conn(path, true, &s->wdb, err) < 0)
 		goto fail;
-	/* Only takes effect on a new, empty database: lets retention shrink the file. */
-	if (exec_sql(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0 ||
+	/*
+	 * These two only take effect on a new, empty database. Large pages suit
+	 * rows that are blobs of tens to hundreds of KB (fewer overflow pages
+	 * per row); incremental auto-vacuum lets retention shrink the file.
+	 */
+	if (exec_sql(s->wdb, "PRAGMA page_size=65536", err) < 0 ||
+	    exec_sql(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0 ||
 	    exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
 		goto fail;
 	snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%s",
@@ -1236,6 +1309,19 @@ int store_open(const char *path, const struct store_options *opt,
 		goto fail;
 	if (migrate(s, err) < 0)
 		goto fail;
+	/* Checkpoints run on their own thread (checkpointer_main), not in commits. */
+	if (exec_sql(s->wdb, "PRAGMA wal_autocheckpoint=0", err) < 0 ||
+	    exec_sql(s->wdb, "PRAGMA journal_size_limit=67108864", err) < 0 ||
+	    open_conn(path, false, &s->cdb, err) < 0 ||
+	    /* a first read makes the connection see the database in WAL mode */
+	    exec_sql(s->cdb, "SELECT count(*) FROM sqlite_master", err) < 0)
+		goto fail;
+	sqlite3_wal_hook(s->wdb, on_wal, s);
+	if (pthread_create(&s->ckpt, NULL, checkpointer_main, s) != 0) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot start the checkpoint thread");
+		goto fail;
+	}
+	s->ckpt_started = true;
 	for (i = 0; i < W_COUNT; i++) {
 		if (sqlite3_prepare_v3(s->wdb, wstmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
 				       &s->ws[i], NULL) != SQLITE_OK) {
@@ -1276,6 +1362,14 @@ void store_close(struct store *s)
 	if (s == NULL)
 		return;
 	store_stop_writer(s);
+	if (s->ckpt_started) {
+		pthread_mutex_lock(&s->cmu);
+		s->ckpt_stop = true;
+		pthread_cond_signal(&s->ccv);
+		pthread_mutex_unlock(&s->cmu);
+		pthread_join(s->ckpt, NULL);
+	}
+	sqlite3_close(s->cdb);
 	for (i = 0; i < W_COUNT; i++)
 		sqlite3_finalize(s->ws[i]);
 	for (r = s->idle; r != NULL; r = next) {
@@ -1292,6 +1386,8 @@ void store_close(struct store *s)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->rmu);
+	pthread_mutex_destroy(&s->cmu);
+	pthread_cond_destroy(&s->ccv);
 	wcache_prune(s, true);
 	free(s->wlayer_ids);
 	free(s->wscratch);
