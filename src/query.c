@@ -40,6 +40,16 @@ bad:
 			    "parameter %s must be an integer, got \"%s\"", name, s ? s : "");
 }
 
+/*
+ * A double for a reply. Inputs are finite, but statistics of extreme ones
+ * can overflow (a squared difference of means beyond 1e154): JSON has no
+ * infinity, so those become null rather than breaking the reply.
+ */
+static json_t *json_num(double v)
+{
+	return isfinite(v) ? json_real(v) : json_null();
+}
+
 static json_t *json_doubles(const double *v, size_t n)
 {
 	json_t *a = json_array();
@@ -48,7 +58,7 @@ static json_t *json_doubles(const double *v, size_t n)
 	if (a == NULL)
 		return NULL;
 	for (i = 0; i < n; i++) {
-		if (json_array_append_new(a, json_real(v[i])) < 0) {
+		if (json_array_append_new(a, json_num(v[i])) < 0) {
 			json_decref(a);
 			return NULL;
 		}
@@ -282,20 +292,20 @@ static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator 
 		return NULL;
 	var = mean + l->channels;
 	stats_estimate(&l->agg, est, mean, var);
-	o = json_pack("{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:f, s:I}}",
+	o = json_pack("{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}",
 		      "channels", (json_int_t)l->channels,
 		      "count", (json_int_t)l->agg.n,
 		      "batches", (json_int_t)l->agg.k,
 		      "mean", json_doubles(mean, l->channels),
 		      "var", json_doubles(var, l->channels),
 		      "batch_size", "min", (json_int_t)l->agg.nbs_min,
-		      "mean", (double)l->agg.n / (double)l->agg.k,
+		      "mean", json_num((double)l->agg.n / (double)l->agg.k),
 		      "max", (json_int_t)l->agg.nbs_max);
 	free(mean);
 	if (o == NULL)
 		return NULL;
 	if (stats_batch_noise(&l->agg, &noise) == 0)
-		json_object_set_new(o, "batch_noise", json_real(noise));
+		json_object_set_new(o, "batch_noise", json_num(noise));
 	else
 		json_object_set_new(o, "batch_noise", json_null());
 	return o;
@@ -939,9 +949,10 @@ static int parse_momentum(const char *s, double *out, struct bn_error *err)
 
 static json_t *cmp_json(const struct stats_cmp *c)
 {
-	return json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "mean_err", c->mean_err,
-			 "mean_err_max", c->mean_err_max, "var_err", c->var_err,
-			 "var_err_max", c->var_err_max, "kl", c->kl, "kl_max", c->kl_max);
+	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", json_num(c->mean_err),
+			 "mean_err_max", json_num(c->mean_err_max), "var_err", json_num(c->var_err),
+			 "var_err_max", json_num(c->var_err_max), "kl", json_num(c->kl),
+			 "kl_max", json_num(c->kl_max));
 }
 
 /* Fold a layer's metrics into the run's: means of means, maxima of maxima. */
@@ -1281,19 +1292,8 @@ struct mv {
 
 static struct mv mv_merge(struct mv a, struct mv b)
 {
-	struct mv m = b;
-	double n, d;
-
-	if (a.n == 0)
-		return b;
-	if (b.n == 0)
-		return a;
-	n = (double)(a.n + b.n);
-	d = b.mean - a.mean;
-	m.n = a.n + b.n;
-	m.mean = a.mean + d * (double)b.n / n;
-	m.m2 = a.m2 + b.m2 + d * d * (double)a.n * (double)b.n / n;
-	return m;
+	stats_merge1(&a.n, &a.mean, &a.m2, b.n, b.mean, b.m2);
+	return a;
 }
 
 struct series_walk {
@@ -1550,9 +1550,23 @@ int query_series(struct store_reader *r, struct replay_cache *cache,
 		rc = store_layer_emas(r, run_id, domain_id, layer_id, p->worker, from - 1, to,
 				      ema_row, &ew);
 	}
-	if (rc == 0)
+	if (rc == 0 && from - window < 0) {
+		/*
+		 * The walk above read every step up to `to`: replay from its points
+		 * instead of reading the rows again (the same pooling and updates as
+		 * replay_channel, so the same bits).
+		 */
+		double rm = 0.0, rv = 1.0;
+
+		for (i = 0; i < sw.n && rc == 0; i++) {
+			stats_ema_step(momentum, sw.pts[i].n, sw.pts[i].mean, sw.pts[i].m2, &rm, &rv);
+			if (sw.pts[i].step >= from)
+				rc = step_values_add(&sim, sw.pts[i].step, rm, rv);
+		}
+	} else if (rc == 0) {
 		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels, (size_t)channel,
 				    momentum, from - 1, to, sim_point, &sim);
+	}
 	if (rc < 0) {
 		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
 		goto done;
@@ -1579,15 +1593,26 @@ int query_series(struct store_reader *r, struct replay_cache *cache,
 		/* keep every stride-th point and always the last */
 		if ((i - first_out) % (size_t)stride != 0 && i + 1 != sw.n)
 			continue;
-		json_array_append_new(arr[0], json_integer(b->step));
-		json_array_append_new(arr[1], json_real(b->mean));
-		json_array_append_new(arr[2], json_real(b->m2 / (double)b->n));
-		json_array_append_new(arr[3], json_real(w->mean));
-		json_array_append_new(arr[4], json_real(w->m2 / (double)w->n));
-		json_array_append_new(arr[5], has_ema ? json_real(em) : json_null());
-		json_array_append_new(arr[6], has_ema ? json_real(ev) : json_null());
-		json_array_append_new(arr[7], has_sim ? json_real(sm) : json_null());
-		json_array_append_new(arr[8], has_sim ? json_real(sv) : json_null());
+		{
+			json_t *v[9] = {
+				json_integer(b->step),
+				json_num(b->mean),
+				json_num(b->m2 / (double)b->n),
+				json_num(w->mean),
+				json_num(w->m2 / (double)w->n),
+				has_ema ? json_num(em) : json_null(),
+				has_ema ? json_num(ev) : json_null(),
+				has_sim ? json_num(sm) : json_null(),
+				has_sim ? json_num(sv) : json_null(),
+			};
+
+			for (a = 0; a < 9; a++) {
+				if (json_array_append_new(arr[a], v[a]) < 0) {
+					rc = oom(err);
+					goto done;
+				}
+			}
+		}
 	}
 	doc = json_pack("{s:s, s:s, s:I, s:s, s:I, s:f, s:I}", "run", run, "layer", p->layers[0],
 			"channel", (json_int_t)channel, "domain", domain, "window",

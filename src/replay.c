@@ -4,6 +4,8 @@
  */
 #include "replay.h"
 
+#include "bnstat/stats.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -278,13 +280,8 @@ static int walk_flush(struct walk *w)
 	if (!w->pending)
 		return 0;
 	w->pending = false;
-	for (i = 0; i < w->width; i++) {
-		/* PyTorch: running = momentum * batch + (1 - momentum) * running */
-		double xvar = w->xn > 1 ? w->xm2[i] / (double)(w->xn - 1) : 0.0;
-
-		w->rmean[i] = a * w->xmean[i] + (1.0 - a) * w->rmean[i];
-		w->rvar[i] = a * xvar + (1.0 - a) * w->rvar[i];
-	}
+	for (i = 0; i < w->width; i++)
+		stats_ema_step(a, w->xn, w->xmean[i], w->xm2[i], &w->rmean[i], &w->rvar[i]);
 	w->applied++;
 	if (w->fn != NULL && w->cur_step > w->emit_after) {
 		int rc = w->fn(w->ctx, w->cur_step, w->rmean[0], w->rvar[0]);
@@ -331,13 +328,11 @@ static int walk_row(void *ctx, const struct store_row *row)
 		w->pending = true;
 		return 0;
 	}
-	/* Another domain at the same step (domain "*"): Chan's merge. */
+	/* Another domain at the same step (domain "*"). */
 	for (i = 0; i < w->width; i++) {
-		double n = (double)(w->xn + row->n);
-		double d = m[i] - w->xmean[i];
+		int64_t n = w->xn;
 
-		w->xmean[i] += d * (double)row->n / n;
-		w->xm2[i] += m2[i] + d * d * (double)w->xn * (double)row->n / n;
+		stats_merge1(&n, &w->xmean[i], &w->xm2[i], row->n, m[i], m2[i]);
 	}
 	w->xn += row->n;
 	return 0;

@@ -279,3 +279,33 @@ void stats_compare(size_t channels, const double *mean_e, const double *var_e,
 	}
 	*out = c;
 }
+
+void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb,
+		  double m2b)
+{
+	double total, d;
+
+	if (nb == 0)
+		return;
+	if (*n == 0) {
+		*n = nb;
+		*mean = mb;
+		*m2 = m2b;
+		return;
+	}
+	total = (double)(*n + nb);
+	d = mb - *mean;
+	*mean += d * (double)nb / total;
+	*m2 += m2b + d * d * (double)*n * (double)nb / total;
+	*n += nb;
+}
+
+void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
+		    double *r_var)
+{
+	/* PyTorch: running = momentum * batch + (1 - momentum) * running */
+	double var = n > 1 ? m2 / (double)(n - 1) : 0.0;
+
+	*r_mean = a * mean + (1.0 - a) * *r_mean;
+	*r_var = a * var + (1.0 - a) * *r_var;
+}

@@ -103,6 +103,23 @@ int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
  */
 int stats_batch_noise(const struct stats_agg *a, double *out);
 
+/*
+ * One channel: merge (nb, mb, m2b) into (*n, *mean, *m2) with Chan's
+ * update (either side may be empty). Every per-channel pooling outside
+ * stats_agg goes through this, so that the same data pools to the same
+ * bits wherever it is pooled.
+ */
+void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb,
+		  double m2b);
+
+/*
+ * One step of PyTorch's EMA for one channel: with the step's pooled
+ * (n, mean, M2), r <- a*x + (1-a)*r for the mean and for the unbiased
+ * variance M2/(n-1) (0 when n == 1).
+ */
+void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
+		    double *r_var);
+
 /* The eps of the comparison metrics (SPEC section 2). */
 #define STATS_CMP_EPS 1e-5
 

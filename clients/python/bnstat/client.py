@@ -1,0 +1,402 @@
+"""HTTP client of bnstatd (standard library only).
+
+One Client talks to one daemon. Every method returns the server's JSON reply
+as parsed Python objects (dicts, lists, floats that round-trip the server's
+doubles exactly), or raises BnstatError.
+
+Retries: connection errors, timeouts and 5xx replies are retried with
+exponential backoff (honouring Retry-After). That is safe for every request
+the client makes: GETs have no effect, an upload is identified by
+(run, domain, worker, step, seq), so the server answers a retried upload
+"duplicate": true and counts it once, and a retried snapshot creation answers
+200 with the snapshot it created the first time.
+"""
+
+import array
+import base64
+import email.utils
+import http.client
+import json
+import logging
+import random
+import ssl
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from . import safetensors
+
+__all__ = ["Client", "BnstatError", "DEFAULT_URL"]
+
+DEFAULT_URL = "http://127.0.0.1:8650"
+
+log = logging.getLogger("bnstat")
+
+_LAYER_KEYS = ("count", "mean", "var", "ema_mean", "ema_var")
+_FLOAT = {"f32": ("f", "<f4", "F32"), "f64": ("d", "<f8", "F64")}
+
+
+class BnstatError(Exception):
+    """An error answered by bnstatd, or the server could not be reached.
+
+    status: the HTTP status (None when no reply came: connection refused,
+    timeout, after the retries ran out); code, message, path: the fields of
+    the server's JSON error (path may be None); body: the whole parsed error
+    reply (or the raw text when it was not JSON, or None).
+    """
+
+    def __init__(self, status, code, message, path=None, body=None, url=None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.path = path
+        self.body = body
+        self.url = url
+        super().__init__(str(self))
+
+    def __str__(self):
+        head = "HTTP %d %s" % (self.status, self.code) if self.status else self.code
+        where = " at %s" % self.path if self.path else ""
+        return "%s%s: %s" % (head, where, self.message)
+
+
+def _float_bytes(values, dtype, what):
+    """Little-endian f32/f64 bytes of a 1-D sequence, array, ndarray or tensor."""
+    code, npdtype, _ = _FLOAT[dtype]
+    if hasattr(values, "detach") and hasattr(values, "cpu"):  # a torch tensor
+        t = values.detach().cpu()
+        if str(t.dtype) not in ("torch.float32", "torch.float64"):
+            t = t.double()
+        values = t.contiguous().numpy()
+    if hasattr(values, "astype") and hasattr(values, "tobytes"):  # a numpy array
+        if values.ndim != 1:
+            raise ValueError("%s must be 1-D, not of shape %r" % (what, tuple(values.shape)))
+        return values.astype(npdtype, copy=False).tobytes()
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError("%s must be a sequence of numbers, not %s" % (what, type(values).__name__))
+    if isinstance(values, array.array) and values.typecode == code and sys.byteorder == "little":
+        return values.tobytes()
+    floats = [float(v) for v in values]
+    try:
+        return struct.pack("<%d%s" % (len(floats), code), *floats)
+    except (OverflowError, struct.error) as e:
+        raise ValueError("%s: %s (a value is out of float32 range; use dtype='f64')" % (what, e))
+
+
+def _encode_layers(layers, dtype):
+    """layers -> {name: {"count": int, key: bytes}} after validating the keys."""
+    if dtype not in _FLOAT:
+        raise ValueError("dtype must be 'f32' or 'f64', not %r" % (dtype,))
+    out = {}
+    for name, layer in layers.items():
+        unknown = set(layer) - set(_LAYER_KEYS)
+        if unknown:
+            raise ValueError("layer %s: unknown keys %s (expected %s)"
+                             % (name, sorted(unknown), ", ".join(_LAYER_KEYS)))
+        if "count" not in layer:
+            raise ValueError("layer %s has no count" % name)
+        count = layer["count"]
+        if hasattr(count, "item"):
+            count = count.item()
+        if isinstance(count, bool) or int(count) != count:
+            raise ValueError("layer %s: count must be an integer, not %r" % (name, count))
+        enc = {"count": int(count)}
+        for key in _LAYER_KEYS[1:]:
+            if layer.get(key) is not None:
+                enc[key] = _float_bytes(layer[key], dtype, "layers.%s.%s" % (name, key))
+        out[name] = enc
+    return out
+
+
+def _retry_after(headers):
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class Client:
+    """A client of one bnstatd.
+
+    url: the daemon's base URL. token: sent as "Authorization: Bearer TOKEN"
+    when set. timeout: seconds per HTTP attempt. retries: how many times a
+    request is sent again after a connection error, a timeout or a 5xx reply
+    (0: never); the n-th retry waits backoff * 2**(n-1) seconds (plus up to
+    25% jitter, at most max_backoff), or the server's Retry-After when that is
+    longer. dtype: the default float encoding of uploads, "f32" (compact
+    base64 float32; values are rounded to float32) or "f64" (exact).
+    binary: False (JSON uploads), True (safetensors uploads; a server without
+    them answers 415, raised as BnstatError) or "auto" (safetensors, falling
+    back to JSON for good once the server answers 415). cafile: a PEM file of
+    the CA (or the self-signed certificate) to trust for an https:// URL;
+    ssl_context: an ssl.SSLContext to use instead.
+    """
+
+    def __init__(self, url=DEFAULT_URL, token=None, timeout=30.0, retries=5, backoff=0.2,
+                 binary=False, dtype="f32", max_backoff=30.0, cafile=None, ssl_context=None):
+        if dtype not in _FLOAT:
+            raise ValueError("dtype must be 'f32' or 'f64', not %r" % (dtype,))
+        if binary not in (False, True, "auto"):
+            raise ValueError("binary must be False, True or 'auto', not %r" % (binary,))
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.dtype = dtype
+        self.binary = binary
+        # "auto": None until the server has answered a binary upload.
+        self.binary_supported = None
+        handlers = []
+        if ssl_context is None and cafile is not None:
+            ssl_context = ssl.create_default_context(cafile=cafile)
+        if ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self):
+        return "Client(%r)" % self.url
+
+    # -- transport -----------------------------------------------------------
+
+    def _url(self, path, params):
+        url = self.url + path
+        if params:
+            items = []
+            for k, v in params.items():
+                if v is None:
+                    continue
+                if isinstance(v, (list, tuple)):
+                    items.extend((k, str(x)) for x in v)
+                else:
+                    items.append((k, str(v)))
+            if items:
+                url += "?" + urllib.parse.urlencode(items)
+        return url
+
+    def _delay(self, attempt, retry_after):
+        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+        delay *= 1.0 + 0.25 * random.random()
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 60.0))
+        return delay
+
+    def request(self, method, path, params=None, body=None, content_type=None,
+                accept="application/json"):
+        """Send a request with retries; returns (status, headers, raw body bytes).
+
+        A reply of 4xx raises BnstatError at once; 5xx replies, connection
+        errors and timeouts are retried, then raised.
+        """
+        url = self._url(path, params)
+        headers = {"Accept": accept, "User-Agent": "bnstat-python/0.1"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = "Bearer " + self.token
+        attempt = 0
+        while True:
+            req = urllib.request.Request(url, data=body, method=method, headers=headers)
+            try:
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    return resp.status, resp.headers, resp.read()
+            except urllib.error.HTTPError as e:
+                try:
+                    raw = e.read()
+                except (OSError, http.client.HTTPException):
+                    raw = b""
+                finally:
+                    e.close()
+                err = self._error(e.code, raw, url)
+                if e.code < 500 or attempt >= self.retries:
+                    raise err from None
+                delay = self._delay(attempt, _retry_after(e.headers))
+                log.info("bnstat: %s %s answered %s; retry %d/%d in %.2fs",
+                         method, path, e.code, attempt + 1, self.retries, delay)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                reason = getattr(e, "reason", None) or e
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    raise BnstatError(None, "tls_error", "cannot verify %s: %s (pass cafile=)"
+                                      % (self.url, reason), url=url) from None
+                if attempt >= self.retries:
+                    raise BnstatError(None, "unreachable", "cannot reach %s: %s (after %d attempts)"
+                                      % (self.url, reason, attempt + 1), url=url) from None
+                delay = self._delay(attempt, None)
+                log.info("bnstat: %s %s failed (%s); retry %d/%d in %.2fs",
+                         method, path, reason, attempt + 1, self.retries, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _error(status, raw, url):
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            text = raw.decode("utf-8", "replace").strip()
+            return BnstatError(status, "http_error", text or http.client.responses.get(status, ""),
+                               body=text or None, url=url)
+        e = doc.get("error") if isinstance(doc, dict) else None
+        if not isinstance(e, dict):
+            return BnstatError(status, "http_error", str(doc), body=doc, url=url)
+        return BnstatError(e.get("status", status), e.get("code", "http_error"),
+                           e.get("message", ""), e.get("path"), doc, url)
+
+    def _json(self, method, path, params=None, doc=None):
+        body = None
+        ctype = None
+        if doc is not None:
+            body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
+            ctype = "application/json"
+        _, _, raw = self.request(method, path, params, body, ctype)
+        return json.loads(raw.decode("utf-8")) if raw else None
+
+    @staticmethod
+    def _run(run):
+        return "/v1/runs/" + urllib.parse.quote(str(run), safe="")
+
+    # -- uploads ---------------------------------------------------------------
+
+    def upload(self, run, worker, step, seq, layers, domain=None, var_kind=None, dtype=None):
+        """Upload one batch's statistics; returns the reply
+        {"accepted": True, "duplicate": bool, "layers": N}.
+
+        layers maps a BatchNorm layer name to dict(count=, mean=, var=,
+        ema_mean=, ema_var=): count the elements per channel (0: the layer was
+        unused, mean/var may then be left out), the others per-channel
+        sequences, array.array, numpy arrays or torch tensors (ema_* optional,
+        both or neither). var_kind: "unbiased" (server default) or "biased".
+        dtype: "f32" or "f64", default the client's. A retry of the same
+        batch (same identity and content) answers duplicate: True.
+        """
+        dtype = dtype or self.dtype
+        enc = _encode_layers(layers, dtype)
+        if self.binary is True or (self.binary == "auto" and self.binary_supported is not False):
+            body = safetensors.encode_upload(worker, step, seq, enc, domain, var_kind,
+                                             _FLOAT[dtype][2])
+            try:
+                _, _, raw = self.request("POST", self._run(run) + "/batches", body=body,
+                                         content_type="application/octet-stream")
+            except BnstatError as e:
+                if e.status != 415 or self.binary is True:
+                    raise
+                log.info("bnstat: %s does not take binary uploads; using JSON", self.url)
+                self.binary_supported = False
+            else:
+                self.binary_supported = True
+                return json.loads(raw.decode("utf-8"))
+        doc = {"worker": worker, "step": step, "seq": seq}
+        if domain is not None:
+            doc["domain"] = domain
+        if var_kind is not None:
+            doc["var_kind"] = var_kind
+        jl = {}
+        for name, layer in enc.items():
+            out = {"count": layer["count"]}
+            for key in _LAYER_KEYS[1:]:
+                if key in layer:
+                    out[key] = {"dtype": dtype, "b64": base64.b64encode(layer[key]).decode("ascii")}
+            jl[name] = out
+        doc["layers"] = jl
+        return self._json("POST", self._run(run) + "/batches", doc=doc)
+
+    # -- reads -----------------------------------------------------------------
+
+    def health(self):
+        """GET /healthz."""
+        return self._json("GET", "/healthz")
+
+    def runs(self):
+        """GET /v1/runs: {"runs": [summary, ...]}."""
+        return self._json("GET", "/v1/runs")
+
+    def run(self, name):
+        """GET /v1/runs/{name}: the run's summary with layers, domains, workers."""
+        return self._json("GET", self._run(name))
+
+    def delete_run(self, name):
+        """DELETE /v1/runs/{name} (SPEC; not every server version has it)."""
+        return self._json("DELETE", self._run(name))
+
+    def stats(self, run, step=None, window=None, domain=None, estimator=None, layers=None):
+        """GET /v1/runs/{run}/stats: the precise estimate over the window
+        ending at step (default the latest). layers: a name or a list."""
+        if isinstance(layers, str):
+            layers = [layers]
+        return self._json("GET", self._run(run) + "/stats",
+                          {"step": step, "window": window, "domain": domain,
+                           "estimator": estimator, "layer": layers})
+
+    def compare(self, run, step=None, window=None, domain=None, ema=None, momentum=None,
+                worker=None, layers=None):
+        """GET /v1/runs/{run}/compare: EMA against the precise estimate per layer
+        (mean_err, var_err, kl and their *_max) and "overall". ema: "worker"
+        (server default) or "sim" with momentum."""
+        if isinstance(layers, str):
+            layers = [layers]
+        return self._json("GET", self._run(run) + "/compare",
+                          {"step": step, "window": window, "domain": domain, "ema": ema,
+                           "momentum": momentum, "worker": worker, "layer": layers})
+
+    def series(self, run, layer, channel=None, domain=None, from_step=None, to_step=None,
+               window=None, momentum=None, worker=None):
+        """GET /v1/runs/{run}/series: per step of [from_step, to_step], parallel
+        arrays step, batch_mean/var, precise_mean/var, ema_mean/var, sim_mean/var
+        of one channel of one layer."""
+        return self._json("GET", self._run(run) + "/series",
+                          {"layer": layer, "channel": channel, "domain": domain,
+                           "from": from_step, "to": to_step, "window": window,
+                           "momentum": momentum, "worker": worker})
+
+    def domains(self, run):
+        """GET /v1/runs/{run}/domains."""
+        return self._json("GET", self._run(run) + "/domains")
+
+    def metrics(self):
+        """GET /metrics: the Prometheus text."""
+        _, _, raw = self.request("GET", "/metrics", accept="text/plain")
+        return raw.decode("utf-8")
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot_create(self, run, label, step=None, window=None, domain=None, estimator=None):
+        """POST /v1/runs/{run}/snapshots; returns the snapshot. Only the fields
+        given here are sent (the server resolves the others when it creates
+        it), so that a retry or a second call with the same arguments answers
+        the stored snapshot; other explicit values give 409."""
+        doc = {"label": label}
+        for key, value in (("step", step), ("window", window), ("domain", domain),
+                           ("estimator", estimator)):
+            if value is not None:
+                doc[key] = value
+        return self._json("POST", self._run(run) + "/snapshots", doc=doc)
+
+    def snapshots(self, run):
+        """GET /v1/runs/{run}/snapshots: {"run", "snapshots": [...]} (no layers)."""
+        return self._json("GET", self._run(run) + "/snapshots")
+
+    def snapshot(self, run, label):
+        """GET /v1/runs/{run}/snapshots/{label}: the snapshot with its layers
+        ({name: {"count", "mean", "var", ...}}; the values are the server's
+        doubles, exactly)."""
+        return self._json("GET", self._run(run) + "/snapshots/" + urllib.parse.quote(label, safe=""))
+
+    def snapshot_safetensors(self, run, label, dtype="f32"):
+        """The snapshot as safetensors bytes: {layer}.running_mean and
+        {layer}.running_var, F32 (or F64 with dtype="f64")."""
+        if dtype not in _FLOAT:
+            raise ValueError("dtype must be 'f32' or 'f64', not %r" % (dtype,))
+        _, _, raw = self.request(
+            "GET", self._run(run) + "/snapshots/" + urllib.parse.quote(label, safe=""),
+            {"format": "safetensors", "dtype": dtype}, accept="application/octet-stream")
+        return raw

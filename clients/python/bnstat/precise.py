@@ -1,0 +1,295 @@
+"""PreciseBN through bnstatd: the distributed replacement of fvcore's update_bn_stats.
+
+precise_bn() runs a fixed model over num_iters batches on every rank, sends
+each BatchNorm input's exact per-batch statistics (float64) to the daemon,
+which merges all ranks' batches exactly; rank 0 freezes the result as a
+snapshot and every rank loads the same snapshot into running_mean and
+running_var. load_snapshot() and state_dict_from_snapshot() load a snapshot
+made any other way. torch is imported only inside the functions.
+"""
+
+import collections
+import logging
+import time
+import warnings
+
+from . import _bn
+from . import safetensors
+from .client import BnstatError, Client
+
+__all__ = ["precise_bn", "load_snapshot", "state_dict_from_snapshot", "LoadResult"]
+
+log = logging.getLogger("bnstat")
+
+LoadResult = collections.namedtuple("LoadResult", ["loaded", "missing"])
+LoadResult.__doc__ = """What load_snapshot() did: loaded, the BatchNorm layers whose
+running_mean/running_var were set; missing, the model's BatchNorm layers (with
+running statistics) that the snapshot does not hold (left unchanged)."""
+
+
+def _default_forward(model, batch):
+    import torch
+
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    elif isinstance(batch, dict):
+        raise TypeError("precise_bn: the loader yields dicts; pass forward=lambda model, batch: ...")
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None and isinstance(batch, torch.Tensor):
+        batch = batch.to(device)
+    model(batch)
+
+
+def _sleep_until(deadline, delay):
+    time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+
+
+def _wait_for_batches(client, run, step, domain, expected, deadline):
+    """Poll /stats?step= until one layer holds `expected` batches."""
+    delay = 0.05
+    got = 0
+    while True:
+        try:
+            st = client.stats(run, step=step, window=1, domain=domain)
+            got = max((layer["batches"] for layer in st["layers"].values()), default=0)
+        except BnstatError as e:
+            if e.status != 404:
+                raise
+            got = 0
+        if got >= expected:
+            if got > expected:
+                warnings.warn("precise_bn: step %d of run %s holds %d batches, more than the %d "
+                              "expected (another job uploaded at this step?)"
+                              % (step, run, got, expected))
+            return got
+        if time.monotonic() >= deadline:
+            raise TimeoutError("precise_bn: only %d of %d batches (num_iters x world_size) reached "
+                               "run %s at step %d in time; did every rank run precise_bn with the "
+                               "same step?" % (got, expected, run, step))
+        _sleep_until(deadline, delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def _wait_for_snapshot(client, run, label, deadline):
+    delay = 0.05
+    while True:
+        try:
+            return client.snapshot(run, label)
+        except BnstatError as e:
+            if e.status != 404:
+                raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError("precise_bn: snapshot %s of run %s did not appear in time (rank 0 "
+                               "creates it once every rank's batches are in)" % (label, run))
+        _sleep_until(deadline, delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_size=1,
+               domain="default", label=None, timeout=600.0, forward=None):
+    """Recompute every BatchNorm layer's population statistics exactly, over
+    all ranks, and load them into running_mean / running_var.
+
+    model is put in training mode (each module's mode is restored at the end)
+    and run under torch.no_grad() on num_iters batches of loader; a forward
+    pre-hook takes each BatchNorm input's count, mean and unbiased variance in
+    float64, uploaded exactly (f64) as worker f"rank{rank}", seq = batch
+    index, at `step` (the model version; use a step no other upload of this
+    run and domain uses, e.g. the number of optimizer steps taken). The
+    module buffers are not used and are restored after the pass, so momentum
+    does not matter. Rank 0 then waits until num_iters * world_size batches
+    are in (at least one layer must run in every batch), creates the snapshot
+    `label` (default f"precise-bn-{step}", or f"precise-bn-{domain}-{step}"
+    for another domain) with the population estimator over step, window 1;
+    the other ranks wait for that snapshot. Every rank loads it: all ranks
+    end with identical statistics. timeout: seconds to wait for the others.
+    forward(model, batch): how to run a batch (default: model(batch[0]) for
+    a tuple or list, model(batch) otherwise, moved to the model's device).
+
+    Each loader must yield at least num_iters batches (as fvcore requires).
+    BatchNorm layers without running statistics (track_running_stats=False)
+    are left alone. Returns the snapshot (the server's JSON).
+    """
+    import torch
+
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError("precise_bn: rank %r is not in [0, world_size=%r)" % (rank, world_size))
+    if num_iters < 1:
+        raise ValueError("precise_bn: num_iters must be >= 1")
+    forward = forward or _default_forward
+    if label is None:
+        label = ("precise-bn-%d" % step if domain in (None, "default")
+                 else "precise-bn-%s-%d" % (domain, step))
+    bns = [(n, m) for n, m in _bn.bn_modules(model) if m.running_mean is not None]
+    if not bns:
+        raise ValueError("precise_bn: the model has no BatchNorm module with running statistics")
+    worker = "rank%d" % rank
+
+    current = {}
+
+    def hook_for(name):
+        def pre_hook(module, inputs):
+            if name in current:
+                raise RuntimeError("precise_bn: BatchNorm module %r ran twice in one forward; "
+                                   "its statistics would mix two inputs" % name)
+            current[name] = _bn.batch_stats(inputs[0])
+
+        return pre_hook
+
+    modes = [(m, m.training) for m in model.modules()]
+    saved = []
+    with torch.no_grad():
+        for _, m in bns:
+            saved.append((m, [(attr, getattr(m, attr).clone()) for attr in
+                              ("running_mean", "running_var", "num_batches_tracked")
+                              if getattr(m, attr, None) is not None]))
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in bns]
+    t0 = time.monotonic()
+    try:
+        model.train()
+        it = iter(loader)
+        with torch.no_grad(), _bn.pause_reporting():
+            for i in range(num_iters):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise ValueError("precise_bn: the loader stopped after %d batches; num_iters "
+                                     "is %d" % (i, num_iters)) from None
+                current.clear()
+                forward(model, batch)
+                layers = {}
+                for name, _ in bns:
+                    if name in current:
+                        count, mean, var = current[name]
+                        layers[name] = {"count": count, "mean": mean.cpu(), "var": var.cpu()}
+                    else:
+                        layers[name] = {"count": 0}
+                client.upload(run, worker, step, i, layers, domain=domain, var_kind="unbiased",
+                              dtype="f64")
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for m, buffers in saved:
+                for attr, value in buffers:
+                    getattr(m, attr).copy_(value)
+        for m, mode in modes:
+            m.training = mode
+    log.info("bnstat: precise_bn rank %d sent %d batches in %.2fs", rank, num_iters,
+             time.monotonic() - t0)
+
+    deadline = time.monotonic() + timeout
+    if rank == 0:
+        _wait_for_batches(client, run, step, domain, num_iters * world_size, deadline)
+        snap = client.snapshot_create(run, label, step=step, window=1, domain=domain,
+                                      estimator="population")
+    else:
+        snap = _wait_for_snapshot(client, run, label, deadline)
+    _load(model, _tensors_from(snap))
+    return snap
+
+
+def _bn_buffers(model):
+    return {n: m for n, m in _bn.bn_modules(model) if m.running_mean is not None}
+
+
+def _tensors_from(source, run=None, label=None, fmt="json"):
+    """{layer: (mean list, var list)} from a Client, a snapshot dict or safetensors bytes."""
+    if isinstance(source, Client) or (hasattr(source, "snapshot") and not isinstance(source, dict)):
+        if run is None or label is None:
+            raise ValueError("run and label are needed to fetch a snapshot")
+        if fmt == "safetensors":
+            source = source.snapshot_safetensors(run, label, dtype="f64")
+        elif fmt == "json":
+            source = source.snapshot(run, label)
+        else:
+            raise ValueError("format must be 'json' or 'safetensors', not %r" % (fmt,))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        tensors, _ = safetensors.decode(source)
+        out = {}
+        for key, (_, _, values) in tensors.items():
+            for suffix, idx in ((".running_mean", 0), (".running_var", 1)):
+                if key.endswith(suffix):
+                    out.setdefault(key[:-len(suffix)], [None, None])[idx] = list(values)
+        for name, (mean, var) in out.items():
+            if mean is None or var is None:
+                raise ValueError("the safetensors export lacks %s.running_%s"
+                                 % (name, "mean" if mean is None else "var"))
+        return {k: tuple(v) for k, v in out.items()}
+    if isinstance(source, dict) and isinstance(source.get("layers"), dict):
+        return {name: (layer["mean"], layer["var"]) for name, layer in source["layers"].items()}
+    raise TypeError("expected a Client, a snapshot (dict) or safetensors bytes, not %s"
+                    % type(source).__name__)
+
+
+def state_dict_from_snapshot(client_or_snapshot, run=None, label=None, model=None, dtype=None,
+                             device=None, format="json"):
+    """A state dict {f"{layer}.running_mean": tensor, f"{layer}.running_var":
+    tensor} that model.load_state_dict(sd, strict=False) takes.
+
+    client_or_snapshot: a Client (then run and label say which snapshot;
+    format "json", exact doubles, or "safetensors", the F64 export), a
+    snapshot dict as Client.snapshot() returns it, or safetensors bytes from
+    Client.snapshot_safetensors(). With model, each tensor takes the dtype
+    and device of that module's buffer (and a layer that is not a BatchNorm
+    module of model raises ValueError, as load_snapshot does); otherwise
+    dtype (default torch.float32) and device (default CPU).
+    """
+    import torch
+
+    values = _tensors_from(client_or_snapshot, run, label, format)
+    modules = _bn_buffers(model) if model is not None else None
+    sd = {}
+    for name, (mean, var) in values.items():
+        if modules is not None:
+            m = _check_layer(modules, name, len(mean), len(var))
+            kw = {"dtype": m.running_mean.dtype, "device": m.running_mean.device}
+        else:
+            kw = {"dtype": dtype or torch.float32, "device": device}
+        # Through float64 first: one rounding, from the server's doubles.
+        sd[name + ".running_mean"] = torch.tensor(mean, dtype=torch.float64).to(**kw)
+        sd[name + ".running_var"] = torch.tensor(var, dtype=torch.float64).to(**kw)
+    return sd
+
+
+def _check_layer(modules, name, n_mean, n_var):
+    m = modules.get(name)
+    if m is None:
+        names = sorted(modules)
+        hint = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ValueError("snapshot layer %r is not a BatchNorm module (with running statistics) "
+                         "of the model; its BatchNorm modules are: %s" % (name, hint or "none"))
+    shape = tuple(m.running_mean.shape)
+    if shape != (n_mean,) or tuple(m.running_var.shape) != (n_var,):
+        raise ValueError("snapshot layer %r has %d channels; the model's %s has running_mean of "
+                         "shape %r" % (name, n_mean, type(m).__name__, shape))
+    return m
+
+
+def _load(model, values):
+    import torch
+
+    modules = _bn_buffers(model)
+    checked = [(_check_layer(modules, name, len(mean), len(var)), mean, var)
+               for name, (mean, var) in values.items()]  # all checked before any change
+    with torch.no_grad():
+        for m, mean, var in checked:
+            m.running_mean.copy_(torch.tensor(mean, dtype=torch.float64))
+            m.running_var.copy_(torch.tensor(var, dtype=torch.float64))
+    loaded = sorted(values)
+    missing = sorted(set(modules) - set(values))
+    if missing:
+        log.warning("bnstat: the snapshot has no statistics for %d BatchNorm layers (left "
+                    "unchanged): %s", len(missing), ", ".join(missing[:8]))
+    return LoadResult(loaded, missing)
+
+
+def load_snapshot(model, client, run, label, format="json"):
+    """Set running_mean/running_var of model's BatchNorm modules from the
+    snapshot `label` of `run` (exact doubles rounded once to the buffers'
+    dtype). Raises ValueError, before changing anything, when a snapshot layer
+    is not a BatchNorm module of model or its channel count differs; the
+    model's BatchNorm layers the snapshot lacks are left as they are.
+    client may also be a snapshot dict or safetensors bytes (run and label
+    are then ignored). Returns LoadResult(loaded, missing)."""
+    return _load(model, _tensors_from(client, run, label, format))

@@ -1,0 +1,280 @@
+"""BNStatsReporter: stream every BatchNorm layer's batch statistics during training.
+
+    reporter = BNStatsReporter(model, client, run="exp1", worker="rank0")
+    for x, y in loader:
+        loss = crit(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+        reporter.step()
+    reporter.close()
+
+Per forward, a forward pre-hook on each BatchNorm module in training mode
+computes the input's per-channel count, mean and unbiased variance (float64).
+step() — called once per optimizer step, after optimizer.step() — packs them
+with each module's running_mean/running_var (its EMA after this batch) into
+one upload and hands it to a background thread, so that training never waits
+for the network. torch is imported only when a reporter is created.
+"""
+
+import logging
+import queue
+import threading
+import time
+
+from . import _bn
+from .client import BnstatError
+
+__all__ = ["BNStatsReporter"]
+
+log = logging.getLogger("bnstat")
+
+_STOP = object()
+
+
+class BNStatsReporter:
+    """Report batch statistics and the EMA of every BatchNorm layer of model.
+
+    model: the torch module; its BatchNorm modules (BatchNorm1d/2d/3d,
+    SyncBatchNorm) are hooked, and those in training mode at a forward are
+    reported. client: a bnstat Client (or any object with its upload()
+    signature). run, worker, domain: as in the upload (worker e.g.
+    f"rank{rank}"). every: report every N-th step only (steps whose number is
+    a multiple of N; the others cost nothing). start_step: the number of
+    optimizer steps already taken (when resuming from a checkpoint).
+    queue_size: uploads that may wait for the background thread; when it is
+    full, step() blocks up to block_timeout seconds, then drops the upload
+    and counts it in .dropped (training is never held up for longer).
+    dtype: the upload encoding ("f32", the compact default of Client, or
+    "f64"); None: the client's.
+
+    Steps: the batch statistics of a forward are reported at step = the
+    number of step() calls before it (plus start_step), i.e. the model version
+    that produced them, with seq 0 (and 1, 2, ... when step(n) names the same
+    step again).
+
+    Refused: a BatchNorm module that runs twice before step() (a module
+    shared within one forward, or several forwards per optimizer step) raises
+    RuntimeError naming the module.
+    """
+
+    def __init__(self, model, client, run, worker, every=1, domain="default", queue_size=64,
+                 start_step=0, dtype=None, block_timeout=5.0):
+        if every < 1:
+            raise ValueError("every must be >= 1, not %r" % (every,))
+        self.client = client
+        self.run = run
+        self.worker = worker
+        self.every = int(every)
+        self.domain = domain
+        self.dtype = dtype
+        self.block_timeout = block_timeout
+        self._modules = _bn.bn_modules(model)
+        if not self._modules:
+            raise ValueError("the model has no BatchNorm module to report")
+        self._step = int(start_step)
+        self._last = (None, -1)  # (step, seq) of the last upload
+        self._seen = set()
+        self._pending = {}
+        self._handles = [m.register_forward_pre_hook(self._hook(name))
+                         for name, m in self._modules]
+        self._queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self._abandon = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.sent = 0          # uploads the server accepted
+        self.duplicates = 0    # of which it had already (a retry after a lost reply)
+        self.dropped = 0       # uploads given up: queue full, or close() timed out
+        self.failed = 0        # uploads the server refused (4xx) or that could not be encoded
+        self.last_error = None
+        self._thread = threading.Thread(target=self._worker, name="bnstat-reporter", daemon=True)
+        self._thread.start()
+
+    # -- hooks --------------------------------------------------------------
+
+    def _hook(self, name):
+        def pre_hook(module, inputs):
+            if not module.training or _bn.reporting_paused():
+                return None
+            if name in self._seen:
+                raise RuntimeError(
+                    "bnstat: BatchNorm module %r (%s) ran a second time before "
+                    "BNStatsReporter.step(); each BatchNorm module must run once per "
+                    "reported batch (call step() after every optimizer step; a module "
+                    "shared within one forward, or several forwards per step, is not "
+                    "supported)" % (name, type(module).__name__))
+            self._seen.add(name)
+            if self._step % self.every == 0:
+                self._pending[name] = _bn.batch_stats(inputs[0])
+            return None
+
+        return pre_hook
+
+    # -- the training side -----------------------------------------------------
+
+    @property
+    def step_count(self):
+        """The step the next forward's statistics will be reported at."""
+        return self._step
+
+    def discard(self):
+        """Forget the statistics gathered since the last step() without
+        reporting them or advancing the step (e.g. after a forward that failed
+        half-way, or a batch that is skipped)."""
+        self._pending = {}
+        self._seen = set()
+
+    def step(self, step=None):
+        """Mark an optimizer step: report the batch statistics gathered since
+        the previous step() with every module's current EMA, then advance.
+
+        step: the number of this step, when the caller counts steps itself
+        (default: the reporter's own count). Returns True when an upload was
+        queued, False when nothing was reported (not an every-th step, no
+        BatchNorm forward in training mode, or the queue stayed full).
+        """
+        if self._closed:
+            raise RuntimeError("bnstat: BNStatsReporter.step() after close()")
+        if step is not None:
+            self._step = int(step)
+        s = self._step
+        pending, self._pending = self._pending, {}
+        self._seen = set()
+        self._step = s + 1
+        if s % self.every != 0 or not pending:
+            return False
+        layers = {}
+        for name, m in self._modules:
+            stats = pending.get(name)
+            if stats is None:
+                if m.training:
+                    layers[name] = {"count": 0}  # unused in this batch
+                continue
+            count, mean, var = stats
+            entry = {"count": count, "mean": mean.cpu(), "var": var.cpu()}
+            if m.running_mean is not None and m.running_var is not None:
+                entry["ema_mean"] = m.running_mean.detach().to("cpu", copy=True)
+                entry["ema_var"] = m.running_var.detach().to("cpu", copy=True)
+            layers[name] = entry
+        seq = self._last[1] + 1 if self._last[0] == s else 0
+        self._last = (s, seq)
+        try:
+            self._queue.put((s, seq, layers), timeout=self.block_timeout)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+                n = self.dropped
+            if n == 1 or n % 100 == 0:
+                log.warning("bnstat: upload queue full for %.1fs; dropped the statistics of "
+                            "step %d (%d dropped so far)", self.block_timeout or 0.0, s, n)
+            return False
+        return True
+
+    # -- the background thread ---------------------------------------------------
+
+    def _worker(self):
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._abandon.is_set():
+                    with self._lock:
+                        self.dropped += 1
+                    continue
+                self._send(*item)
+            finally:
+                self._queue.task_done()
+
+    def _send(self, step, seq, layers):
+        kwargs = {"domain": self.domain, "var_kind": "unbiased"}
+        if self.dtype is not None:
+            kwargs["dtype"] = self.dtype
+        delay = 0.5
+        outage = False
+        while True:
+            try:
+                reply = self.client.upload(self.run, self.worker, step, seq, layers, **kwargs)
+            except BnstatError as e:
+                if e.status is not None and e.status < 500:
+                    with self._lock:
+                        self.failed += 1
+                        self.last_error = e
+                    log.warning("bnstat: upload of step %d seq %d refused: %s", step, seq, e)
+                    return
+                # The server is down or overloaded: keep this batch and retry
+                # (the identity makes a repeat harmless) until close() gives up.
+                if not outage:
+                    log.warning("bnstat: upload of step %d failed (%s); retrying", step, e)
+                    outage = True
+                self.last_error = e
+                if self._abandon.wait(delay):
+                    with self._lock:
+                        self.dropped += 1
+                    return
+                delay = min(delay * 2, 10.0)
+            except Exception as e:  # a bug or an unencodable value: do not kill the thread
+                with self._lock:
+                    self.failed += 1
+                    self.last_error = e
+                log.error("bnstat: upload of step %d seq %d failed: %r", step, seq, e)
+                return
+            else:
+                with self._lock:
+                    self.sent += 1
+                    if reply and reply.get("duplicate"):
+                        self.duplicates += 1
+                if outage:
+                    log.warning("bnstat: uploads resumed at step %d", step)
+                return
+
+    # -- the end -------------------------------------------------------------------
+
+    @property
+    def counters(self):
+        """{"sent", "duplicates", "dropped", "failed", "queued"}."""
+        with self._lock:
+            return {"sent": self.sent, "duplicates": self.duplicates, "dropped": self.dropped,
+                    "failed": self.failed, "queued": self._queue.unfinished_tasks}
+
+    def flush(self, timeout=None):
+        """Wait until every queued upload is done; True unless timeout ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def remove_hooks(self):
+        """Stop observing the model (close() does it too)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def close(self, timeout=60.0):
+        """Remove the hooks, send what is queued (waiting up to timeout
+        seconds, None: forever), stop the thread; returns counters. Uploads
+        still unsent after the timeout are dropped and counted."""
+        if self._closed:
+            return self.counters
+        self._closed = True
+        self.remove_hooks()
+        done = self.flush(timeout)
+        if not done:
+            log.warning("bnstat: %d uploads not sent within %.0fs of close(); dropping them",
+                        self._queue.unfinished_tasks, timeout)
+            self._abandon.set()
+        self._queue.put(_STOP)
+        self._thread.join(None if done else 30.0)
+        return self.counters
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.remove_hooks()
+        except Exception:
+            pass
