@@ -135,15 +135,16 @@ class Client:
     25% jitter, at most max_backoff), or the server's Retry-After when that is
     longer. dtype: the default float encoding of uploads, "f32" (compact
     base64 float32; values are rounded to float32) or "f64" (exact).
-    binary: False (JSON uploads), True (safetensors uploads; a server without
-    them answers 415, raised as BnstatError) or "auto" (safetensors, falling
-    back to JSON for good once the server answers 415). cafile: a PEM file of
+    binary: "auto" (the default: safetensors uploads, falling back to JSON for
+    good once the server answers 415), False (JSON uploads) or True
+    (safetensors uploads; a server without them answers 415, raised as
+    BnstatError). cafile: a PEM file of
     the CA (or the self-signed certificate) to trust for an https:// URL;
     ssl_context: an ssl.SSLContext to use instead.
     """
 
     def __init__(self, url=DEFAULT_URL, token=None, timeout=30.0, retries=5, backoff=0.2,
-                 binary=False, dtype="f32", max_backoff=30.0, cafile=None, ssl_context=None):
+                 binary="auto", dtype="f32", max_backoff=30.0, cafile=None, ssl_context=None):
         if dtype not in _FLOAT:
             raise ValueError("dtype must be 'f32' or 'f64', not %r" % (dtype,))
         if binary not in (False, True, "auto"):
