@@ -86,6 +86,7 @@ struct request {
 	enum route route;
 	const char *allowed; /* methods of the matched route, for 405's Allow */
 	bool unauthorized;   /* a 401: say how to authenticate */
+	bool is_upload;      /* POST .../batches, counted in the upload metrics */
 	char run[INGEST_NAME_MAX + 2];
 	char label[STORE_LABEL_MAX + 2];
 	struct timespec started;
@@ -165,7 +166,7 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 		return MHD_NO;
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));
-	if (rq->route == R_BATCHES)
+	if (rq->route == R_BATCHES && rq->is_upload)
 		metrics_upload(err->code[0] ? err->code : BN_E_INTERNAL);
 	if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
@@ -747,6 +748,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		if (allowed == NULL)
 			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
 		rq->allowed = allowed;
+		rq->is_upload = rq->route == R_BATCHES && strcmp(method, "POST") == 0;
 		if (!method_allowed(method, allowed)) {
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
@@ -896,6 +898,21 @@ int http_start(const struct http_options *o, struct store *s,
 	info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
 	srv->port = info ? info->port : o->port;
 	*out = srv;
+	return 0;
+}
+
+int http_tls_check(const char *cert_pem, const char *key_pem, struct bn_error *err)
+{
+	/* libmicrohttpd loads the pair at start: start one that listens nowhere. */
+	struct MHD_Daemon *d = MHD_start_daemon(
+		MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL,
+		NULL, on_request, NULL, MHD_OPTION_HTTPS_MEM_CERT, cert_pem,
+		MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
+
+	if (d == NULL)
+		return bn_error_set(err, 400, BN_E_INVALID, "tls-cert",
+				    "the TLS certificate and key were refused (not PEM, or not a pair)");
+	MHD_stop_daemon(d);
 	return 0;
 }
 

@@ -47,6 +47,12 @@ int http_start(const struct http_options *o, struct store *s,
 	       struct replay_cache *replay, struct http_server **out,
 	       struct bn_error *err);
 
+/*
+ * Check that PEM texts cert_pem and key_pem are a certificate and its key
+ * that the TLS library accepts, without listening anywhere (for -t).
+ */
+int http_tls_check(const char *cert_pem, const char *key_pem, struct bn_error *err);
+
 /* The port actually bound (useful with port 0). */
 unsigned http_port(const struct http_server *h);
 

@@ -124,8 +124,9 @@ int main(int argc, char **argv)
 	if (cfg.tls_cert[0] != '\0') {
 		cert = read_file(cfg.tls_cert, &err);
 		key = cert ? read_file(cfg.tls_key, &err) : NULL;
-		if (key == NULL) {
+		if (key == NULL || http_tls_check(cert, key, &err) < 0) {
 			fprintf(stderr, "bnstatd: %s\n", err.message);
+			status = 2;
 			goto out;
 		}
 		cfg.http.tls_cert_pem = cert;

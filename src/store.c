@@ -64,6 +64,7 @@ enum wstmt {
 	W_RET_RUNS,
 	W_RET_AGGS,
 	W_RET_BATCHES,
+	W_RET_EMAS,
 	W_RET_LATE,
 	W_RET_LATE_GC,
 	W_COUNT
@@ -102,10 +103,14 @@ static const char *const wstmt_sql[W_COUNT] = {
 	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",
 	[W_RUN_ID_DROP] = "DELETE FROM run_ids",
 	[W_RUN_DEL] = "DELETE FROM runs WHERE id = ?1",
-	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r",
+	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r"
+		       " WHERE id > ?1 ORDER BY id LIMIT 64",
 	[W_RET_AGGS] = "DELETE FROM aggs WHERE id IN (SELECT id FROM aggs WHERE run_id = ?1"
 		       " AND step <= ?2 LIMIT ?3)",
 	[W_RET_BATCHES] = "DELETE FROM batches WHERE run_id = ?1 AND step <= ?2",
+	/* series shows only steps with statistics: their EMAs go with them */
+	[W_RET_EMAS] = "DELETE FROM emas WHERE id IN (SELECT id FROM emas WHERE run_id = ?1"
+		       " AND step <= ?2 LIMIT ?3)",
 	/* history changed everywhere: every replay checkpoint of the run is stale */
 	[W_RET_LATE] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, -1, -1)",
 	[W_RET_LATE_GC] = "DELETE FROM late_writes WHERE run_id = ?1 AND id < ?2",
@@ -137,6 +142,7 @@ struct store {
 	size_t wlayer_cap;
 	struct timespec retention_last;
 	bool retention_more;
+	int64_t retention_cursor; /* the last run id a pass looked at */
 	pthread_t writer;
 	bool writer_started;
 
@@ -984,25 +990,30 @@ report:
 static bool retention_pass(struct store *s, int budget)
 {
 	sqlite3_stmt *st = s->ws[W_RET_RUNS];
-	struct { int64_t run_id, horizon; } runs[64];
-	int n = 0, i, deleted = 0;
-	bool more = false;
+	struct {
+		int64_t run_id, horizon;
+	} runs[64];
+	int n = 0, i, deleted = 0, listed = 0;
+	bool more;
 	struct bn_error err;
 
 	if (exec_sql(s->wdb, "BEGIN IMMEDIATE", &err) < 0)
 		return false;
+	/* Up to 64 runs a pass, resuming after the last one seen: every run gets its turn. */
+	sqlite3_bind_int64(st, 1, s->retention_cursor);
 	while (sqlite3_step(st) == SQLITE_ROW) {
+		listed++;
+		s->retention_cursor = sqlite3_column_int64(st, 0);
 		if (sqlite3_column_type(st, 1) == SQLITE_NULL)
 			continue;
-		if (n == 64) {
-			more = true; /* the rest next time */
-			break;
-		}
 		runs[n].run_id = sqlite3_column_int64(st, 0);
 		runs[n].horizon = sqlite3_column_int64(st, 1) - s->opt.retain_steps;
 		n++;
 	}
 	sqlite3_reset(st);
+	more = listed == 64; /* more runs after the cursor */
+	if (!more)
+		s->retention_cursor = 0;
 	for (i = 0; i < n && deleted < budget; i++) {
 		int changed;
 
@@ -1013,10 +1024,21 @@ static bool retention_pass(struct store *s, int budget)
 		if (step_done(st) < 0)
 			goto fail;
 		changed = sqlite3_changes(s->wdb);
+		st = s->ws[W_RET_EMAS];
+		sqlite3_bind_int64(st, 1, runs[i].run_id);
+		sqlite3_bind_int64(st, 2, runs[i].horizon);
+		sqlite3_bind_int64(st, 3, budget);
+		if (step_done(st) < 0)
+			goto fail;
+		changed += sqlite3_changes(s->wdb);
 		if (changed == 0)
 			continue;
 		deleted += changed;
-		more |= deleted >= budget;
+		if (deleted >= budget) {
+			more = true;
+			/* this run again first next time: it may have more to drop */
+			s->retention_cursor = runs[i].run_id - 1;
+		}
 		st = s->ws[W_RET_BATCHES];
 		sqlite3_bind_int64(st, 1, runs[i].run_id);
 		sqlite3_bind_int64(st, 2, runs[i].horizon);
@@ -1037,7 +1059,7 @@ static bool retention_pass(struct store *s, int budget)
 	if (deleted > 0) {
 		/* Give the freed pages back to the file system, a bounded number at a time. */
 		sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum(4096)", NULL, NULL, NULL);
-		log_info("retention", "aggregates_dropped=%d more=%d", deleted, more);
+		log_info("retention", "rows_dropped=%d more=%d", deleted, more);
 	}
 	return more;
 fail:

@@ -7,7 +7,10 @@ What is here:
     private temporary directory; start, stop (SIGTERM, exit 0 asserted), kill
     (SIGKILL), restart on the same database, and cleanup that always happens;
   * request()/post_batch()/get(): HTTP on http.client, returning
-    (status, parsed JSON body, headers);
+    (status, parsed JSON body, headers); HTTPS when given an ssl context
+    (Daemon(..., tls_ca=CERT) does that for its own shortcuts);
+  * run_bnstatd(): run the binary once (--help, --test-config, a start that
+    must fail) and return its exit status and output;
   * exact references: samples drawn from random.Random(seed), their two-pass
     population mean/variance computed exactly with integers/fractions, batches
     (count, mean, unbiased var) made from them, and the exact merge of
@@ -27,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -97,13 +101,29 @@ class Daemon:
     d = Daemon("--max-body", "4096").start(); ... d.stop(); d.start(); ...
     d.close() kills a running process and removes the directory; it is safe
     to call more than once and is also run at interpreter exit.
+
+    Keyword options (all optional):
+      env       extra environment variables for the process (dict)
+      prefix    argv words before the binary (e.g. ["ip", "netns", "exec", NS])
+      host      the address given to --listen (default 127.0.0.1; the HTTP
+                shortcuts always connect to 127.0.0.1)
+      tls_ca    a PEM CA/certificate file: the shortcuts speak HTTPS and
+                verify the server with it (start the daemon with --tls-cert)
+      ready_file  look for event=listening in this file instead of stderr
+                (for --log-file)
     """
 
     START_TIMEOUT = 15.0
     STOP_TIMEOUT = 30.0
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None, prefix=None, host=None, tls_ca=None, ready_file=None):
         self.args = [str(a) for a in args]
+        self.env = dict(env or {})
+        self.prefix = [str(a) for a in (prefix or [])]
+        self.host = host or HOST
+        self.tls_ca = tls_ca
+        self.ssl_context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self.ready_file = ready_file
         self.tmpdir = tempfile.mkdtemp(prefix="bnstat-it-")
         self.db = os.path.join(self.tmpdir, "test.db")
         self.proc = None
@@ -125,12 +145,19 @@ class Daemon:
         if self.running:
             raise DaemonError("bnstatd is already running (pid %d)" % self.proc.pid)
         self._reap()
-        cmd = [BNSTATD, "--db", self.db, "--listen", HOST + ":0"] + self.args
+        cmd = self.prefix + [BNSTATD, "--db", self.db, "--listen", self.host + ":0"] + self.args
         self.starts += 1
         with self._lock:
             self._log.append("---- start #%d: %s" % (self.starts, " ".join(cmd)))
+        env = None
+        if self.env:
+            env = dict(os.environ)
+            env.update(self.env)
+        ready_offset = 0
+        if self.ready_file is not None and os.path.exists(self.ready_file):
+            ready_offset = os.path.getsize(self.ready_file)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, env=env)
         self.proc = proc
         self.port = None
         found = []
@@ -153,7 +180,10 @@ class Daemon:
         self._reader = threading.Thread(target=read_stderr, daemon=True,
                                         name="bnstatd-stderr-%d" % proc.pid)
         self._reader.start()
-        ready.wait(timeout)
+        if self.ready_file is None:
+            ready.wait(timeout)
+        else:
+            self._wait_ready_file(proc, ready_offset, timeout, found)
         if not found:
             rc = proc.poll()
             self._kill_quietly()
@@ -164,6 +194,43 @@ class Daemon:
             self._kill_quietly()
             raise DaemonError("bnstatd reported port %d" % self.port)
         return self
+
+    def _wait_ready_file(self, proc, offset, timeout, found):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with open(self.ready_file, "rb") as f:
+                    f.seek(offset)
+                    text = f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                text = ""
+            for line in text.splitlines():
+                m = re.search(r"event=listening\b.*?(?:^|\s)port=(\d+)(?:\s|$)", line)
+                if m:
+                    found.append(int(m.group(1)))
+                    return
+            time.sleep(0.02)
+
+    def send_signal(self, sig):
+        """Send sig to the running process."""
+        if not self.running:
+            raise DaemonError("bnstatd is not running")
+        self.proc.send_signal(sig)
+
+    def wait_log(self, pattern, timeout=10.0, start=0):
+        """Wait until a stderr line at index >= start matches the regex pattern;
+        return (index, line), or raise AssertionError after timeout seconds."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log_lines()
+            for i in range(start, len(lines)):
+                if rx.search(lines[i]):
+                    return i, lines[i]
+            if time.monotonic() >= deadline:
+                raise AssertionError("no log line matching %r within %.0fs\n%s"
+                                     % (pattern, timeout, self.log_tail()))
+            time.sleep(0.02)
 
     def restart(self, timeout=START_TIMEOUT):
         """Start again on the same database (the previous process must be gone)."""
@@ -256,22 +323,45 @@ class Daemon:
     # -- HTTP shortcuts ---------------------------------------------------
 
     def request(self, method, path, body=None, headers=None, timeout=30):
-        return request(self.port, method, path, body, headers, timeout)
+        return request(self.port, method, path, body, headers, timeout,
+                       ssl_context=self.ssl_context)
 
     def request_raw(self, method, path, body=None, headers=None, timeout=30):
-        return request_raw(self.port, method, path, body, headers, timeout)
+        return request_raw(self.port, method, path, body, headers, timeout,
+                           ssl_context=self.ssl_context)
 
-    def get(self, path, params=None, timeout=30):
-        return get(self.port, path, params, timeout)
+    def get(self, path, params=None, timeout=30, headers=None):
+        return get(self.port, path, params, timeout, headers=headers,
+                   ssl_context=self.ssl_context)
 
-    def get_raw(self, path, params=None, timeout=30):
-        return request_raw(self.port, "GET", with_query(path, params), timeout=timeout)
+    def get_raw(self, path, params=None, timeout=30, headers=None):
+        return request_raw(self.port, "GET", with_query(path, params), headers=headers,
+                           timeout=timeout, ssl_context=self.ssl_context)
 
     def post_batch(self, run, doc, headers=None, timeout=30):
-        return post_batch(self.port, run, doc, headers, timeout)
+        return post_batch(self.port, run, doc, headers, timeout, ssl_context=self.ssl_context)
 
     def stats(self, run, timeout=30, **params):
-        return get(self.port, "/v1/runs/%s/stats" % run, params, timeout)
+        return get(self.port, "/v1/runs/%s/stats" % run, params, timeout,
+                   ssl_context=self.ssl_context)
+
+
+def run_bnstatd(*args, timeout=15, env=None):
+    """Run bnstatd once with args (for --help, --version, --test-config or a
+    start that must fail) and wait for it: a subprocess.CompletedProcess with
+    text stdout/stderr. A process still running after timeout seconds is
+    killed and AssertionError raised."""
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    try:
+        return subprocess.run([BNSTATD] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+                              timeout=timeout, universal_newlines=True, errors="replace")
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("bnstatd %s still running after %.0fs\nstdout: %s\nstderr: %s"
+                             % (" ".join(map(str, args)), timeout, e.stdout, e.stderr))
 
 
 # --------------------------------------------------------------------------
@@ -299,9 +389,16 @@ def with_query(path, params):
     return path + "?" + urllib.parse.urlencode(items)
 
 
-def request_raw(port, method, path, body=None, headers=None, timeout=30):
+def connection(port, timeout=30, ssl_context=None):
+    """An http.client connection to 127.0.0.1:port (HTTPS with ssl_context)."""
+    if ssl_context is not None:
+        return http.client.HTTPSConnection(HOST, port, timeout=timeout, context=ssl_context)
+    return http.client.HTTPConnection(HOST, port, timeout=timeout)
+
+
+def request_raw(port, method, path, body=None, headers=None, timeout=30, ssl_context=None):
     """One request on a fresh connection: (status, raw body bytes, headers)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    conn = connection(port, timeout, ssl_context)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -311,13 +408,13 @@ def request_raw(port, method, path, body=None, headers=None, timeout=30):
         conn.close()
 
 
-def request(port, method, path, body=None, headers=None, timeout=30):
+def request(port, method, path, body=None, headers=None, timeout=30, ssl_context=None):
     """One request: (status, parsed JSON body or None when empty, headers).
 
     A non-empty body that is not strict JSON raises AssertionError: every
     reply of the API is JSON.
     """
-    status, raw, hdrs = request_raw(port, method, path, body, headers, timeout)
+    status, raw, hdrs = request_raw(port, method, path, body, headers, timeout, ssl_context)
     return status, _parse_reply(status, raw, method, path), hdrs
 
 
@@ -331,8 +428,9 @@ def _parse_reply(status, raw, method, path):
                              % (method, path, status, e, raw[:300]))
 
 
-def get(port, path, params=None, timeout=30):
-    return request(port, "GET", with_query(path, params), timeout=timeout)
+def get(port, path, params=None, timeout=30, headers=None, ssl_context=None):
+    return request(port, "GET", with_query(path, params), headers=headers, timeout=timeout,
+                   ssl_context=ssl_context)
 
 
 def encode_doc(doc):
@@ -344,11 +442,12 @@ def encode_doc(doc):
     return json.dumps(doc, allow_nan=False).encode("utf-8")
 
 
-def post_batch(port, run, doc, headers=None, timeout=30):
+def post_batch(port, run, doc, headers=None, timeout=30, ssl_context=None):
     """POST an upload (dict, str or bytes) as JSON: (status, body, headers)."""
     h = {"Content-Type": "application/json"}
     h.update(headers or {})
-    return request(port, "POST", "/v1/runs/%s/batches" % run, encode_doc(doc), h, timeout)
+    return request(port, "POST", "/v1/runs/%s/batches" % run, encode_doc(doc), h, timeout,
+                   ssl_context=ssl_context)
 
 
 class Session:
