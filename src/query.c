@@ -897,7 +897,12 @@ static int append_snapshot(void *ctx, const struct store_snapshot *snap)
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
 
-int query_snapshots(struct store_reader *r, const char *run, json_t **out,
+/*
+ * {"run": run, key: [...]} with the list filled by walk for the run's id:
+ * the shape of every per-run listing.
+ */
+static int run_list(struct store_reader *r, const char *run, const char *key,
+		    int (*walk)(struct store_reader *, int64_t, json_t *), json_t **out,
 		    struct bn_error *err)
 {
 	json_t *list = json_array();
@@ -910,17 +915,28 @@ int query_snapshots(struct store_reader *r, const char *run, json_t **out,
 	store_read_begin(r);
 	rc = find_run(r, run, &run_id, err);
 	if (rc == 0) {
-		rc = store_snapshots_foreach(r, run_id, append_snapshot, list);
+		rc = walk(r, run_id, list);
 		if (rc < 0)
 			rc = rc == -ENOMEM ? oom(err) : read_failed(err);
 	}
 	store_read_end(r);
 	if (rc == 0)
-		*out = json_pack("{s:s, s:O}", "run", run, "snapshots", list);
+		*out = json_pack("{s:s, s:O}", "run", run, key, list);
 	json_decref(list);
 	if (rc == 0 && *out == NULL)
 		rc = oom(err);
 	return rc;
+}
+
+static int walk_snapshots(struct store_reader *r, int64_t run_id, json_t *list)
+{
+	return store_snapshots_foreach(r, run_id, append_snapshot, list);
+}
+
+int query_snapshots(struct store_reader *r, const char *run, json_t **out,
+		    struct bn_error *err)
+{
+	return run_list(r, run, "snapshots", walk_snapshots, out, err);
 }
 
 /* --- compare and shift ------------------------------------------------------------- */
@@ -1255,30 +1271,15 @@ static int append_domain_info(void *ctx, const struct store_item *it)
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
 
+static int walk_domains(struct store_reader *r, int64_t run_id, json_t *list)
+{
+	return store_domains_foreach(r, run_id, append_domain_info, list);
+}
+
 int query_domains(struct store_reader *r, const char *run, json_t **out,
 		  struct bn_error *err)
 {
-	json_t *list = json_array();
-	int64_t run_id;
-	int rc;
-
-	*out = NULL;
-	if (list == NULL)
-		return oom(err);
-	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
-	if (rc == 0) {
-		rc = store_domains_foreach(r, run_id, append_domain_info, list);
-		if (rc < 0)
-			rc = rc == -ENOMEM ? oom(err) : read_failed(err);
-	}
-	store_read_end(r);
-	if (rc == 0)
-		*out = json_pack("{s:s, s:O}", "run", run, "domains", list);
-	json_decref(list);
-	if (rc == 0 && *out == NULL)
-		rc = oom(err);
-	return rc;
+	return run_list(r, run, "domains", walk_domains, out, err);
 }
 
 /* --- series -------------------------------------------------------------------------- */

@@ -733,6 +733,25 @@ static int apply_batch(struct store *s, struct queued *q)
 	return 0;
 }
 
+/* An existing run, looked up by the writer: 0, or 404 / 500 in *err. */
+static int writer_run_find(struct store *s, const char *run, int64_t *run_id,
+			   struct bn_error *err)
+{
+	sqlite3_stmt *st = s->ws[W_RUN_GET];
+	int rc;
+
+	sqlite3_bind_text(st, 1, run, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*run_id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", run);
+	if (rc != SQLITE_ROW)
+		return db_error(err, s->wdb, "looking up run");
+	return 0;
+}
+
 void store_snapshot_free(struct store_snapshot *snap)
 {
 	size_t i;
@@ -772,16 +791,9 @@ static int apply_snapshot(struct store *s, struct queued *q)
 	size_t i;
 	int rc;
 
-	st = s->ws[W_RUN_GET];
-	sqlite3_bind_text(st, 1, snap->run, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		run_id = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", snap->run);
-	if (rc != SQLITE_ROW)
-		return db_error(err, s->wdb, "looking up run");
+	rc = writer_run_find(s, snap->run, &run_id, err);
+	if (rc < 0)
+		return rc;
 
 	st = s->ws[W_SNAP_GET];
 	sqlite3_bind_int64(st, 1, run_id);
@@ -864,19 +876,13 @@ static void wcache_drop_run(struct store *s, int64_t run_id)
 static int apply_delete(struct store *s, struct queued *q)
 {
 	struct bn_error *err = &q->res.err;
-	sqlite3_stmt *st = s->ws[W_RUN_GET];
+	sqlite3_stmt *st;
 	int64_t run_id = 0;
 	int rc;
 
-	sqlite3_bind_text(st, 1, q->delete_run, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		run_id = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", q->delete_run);
-	if (rc != SQLITE_ROW)
-		return db_error(err, s->wdb, "looking up run");
+	rc = writer_run_find(s, q->delete_run, &run_id, err);
+	if (rc < 0)
+		return rc;
 	st = s->ws[W_RUN_DEL];
 	sqlite3_bind_int64(st, 1, run_id);
 	if (step_done(st) < 0)
