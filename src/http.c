@@ -274,13 +274,50 @@ static bool take_result(struct request *rq, struct store_result *res)
 	return done;
 }
 
+/*
+ * Hand one job to the writer (a batch, a snapshot, or the deletion of
+ * rq->run) and suspend the connection until upload_done() resumes it.
+ * The job is the store's from here on; on a refusal (a full queue, a
+ * shutdown) it is freed and the client gets 503 with Retry-After.
+ */
+static MHD_Result to_writer(struct request *rq, struct ingest_batch *b,
+			    struct store_snapshot *snap, bool delete_run)
+{
+	struct store *st = rq->srv->store;
+	size_t n_layers = b != NULL ? b->n_layers : 0; /* b is the writer's once queued */
+	int rc;
+
+	/* mu held across submit and suspend: upload_done() cannot resume first */
+	pthread_mutex_lock(&rq->mu);
+	if (b != NULL)
+		rc = store_submit(st, b, upload_done, rq);
+	else if (snap != NULL)
+		rc = store_submit_snapshot(st, snap, upload_done, rq);
+	else
+		rc = delete_run ? store_submit_delete(st, rq->run, upload_done, rq) : -EINVAL;
+	if (rc == 0) {
+		rq->submitted = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	pthread_mutex_unlock(&rq->mu);
+	if (rc == 0) {
+		log_debug(b != NULL ? "upload_queued" : snap != NULL ? "snapshot_queued" : "delete_queued",
+			  "run=%s layers=%zu", rq->run, n_layers);
+		return MHD_YES;
+	}
+	ingest_batch_free(b);
+	store_snapshot_free(snap);
+	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+		    rc == -EAGAIN ? "the write queue is full; retry after a second"
+				  : "the server is shutting down");
+}
+
 static MHD_Result handle_upload(struct request *rq)
 {
 	struct http_server *srv = rq->srv;
 	struct ingest_batch *b = NULL;
 	struct bn_error err;
 	const char *ctype;
-	size_t n_layers;
 	int rc;
 
 	if (rq->submitted) {
@@ -311,23 +348,7 @@ static MHD_Result handle_upload(struct request *rq)
 	rq->body = NULL;
 	rq->len = rq->cap = 0;
 
-	n_layers = b->n_layers;
-	pthread_mutex_lock(&rq->mu);
-	rc = store_submit(srv->store, b, upload_done, rq);
-	if (rc == 0) {
-		rq->submitted = true;
-		MHD_suspend_connection(rq->conn);
-	}
-	pthread_mutex_unlock(&rq->mu);
-	if (rc == 0) {
-		log_debug("upload_queued", "run=%s layers=%zu", rq->run, n_layers);
-		return MHD_YES;
-	}
-	ingest_batch_free(b);
-	if (rc == -EAGAIN)
-		return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
-			    "the write queue is full; retry after a second");
-	return fail(rq, 503, BN_E_UNAVAILABLE, NULL, "the server is shutting down");
+	return to_writer(rq, b, NULL, false);
 }
 
 /*
@@ -337,7 +358,6 @@ static MHD_Result handle_upload(struct request *rq)
 static MHD_Result handle_delete(struct request *rq)
 {
 	struct store_result res;
-	int rc;
 
 	if (rq->submitted) {
 		if (!take_result(rq, &res))
@@ -348,18 +368,7 @@ static MHD_Result handle_delete(struct request *rq)
 	}
 	if (!ingest_name_valid(rq->run))
 		return fail(rq, 422, BN_E_INVALID, "run", "run names are 1 to 128 of [A-Za-z0-9._-]");
-	pthread_mutex_lock(&rq->mu);
-	rc = store_submit_delete(rq->srv->store, rq->run, upload_done, rq);
-	if (rc == 0) {
-		rq->submitted = true;
-		MHD_suspend_connection(rq->conn);
-	}
-	pthread_mutex_unlock(&rq->mu);
-	if (rc == 0)
-		return MHD_YES;
-	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
-		    rc == -EAGAIN ? "the write queue is full; retry after a second"
-				  : "the server is shutting down");
+	return to_writer(rq, NULL, NULL, true);
 }
 
 /* --- reads ---------------------------------------------------------------------- */
@@ -446,19 +455,7 @@ static MHD_Result handle_snapshot_create(struct request *rq)
 		return reply_json(rq, 200, doc);
 
 	snprintf(rq->label, sizeof(rq->label), "%s", snap->label);
-	pthread_mutex_lock(&rq->mu);
-	rc = store_submit_snapshot(srv->store, snap, upload_done, rq);
-	if (rc == 0) {
-		rq->submitted = true;
-		MHD_suspend_connection(rq->conn);
-	}
-	pthread_mutex_unlock(&rq->mu);
-	if (rc == 0)
-		return MHD_YES;
-	store_snapshot_free(snap);
-	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
-		    rc == -EAGAIN ? "the write queue is full; retry after a second"
-				  : "the server is shutting down");
+	return to_writer(rq, NULL, snap, false);
 }
 
 /* GET /metrics: counters, then the gauges only the store and database know. */
