@@ -19,7 +19,8 @@ import threading
 import time
 import unittest
 
-from bnstat_testlib import Daemon, Session, TestCaseMixin, b64_f64, exact_merge, is_json_int
+from bnstat_testlib import (Daemon, Session, TestCaseMixin, b64_f64, encode_doc, exact_merge,
+                            is_json_int)
 
 N_THREADS = 8
 N_BATCHES = 400
@@ -349,6 +350,35 @@ class DurabilityTest(TestCaseMixin, unittest.TestCase):
                         "request in flight took %.1f s to exit" % took)
         self.d.restart()
         self.resend(run, [make_batches(5)[0]], True, "acknowledged before SIGTERM")
+
+    def test_snapshot_survives_sigkill_and_later_uploads(self):
+        # A 201 for a snapshot is as durable as a 200 for an upload, and a
+        # snapshot never changes afterwards.
+        run = "dur-snap"
+        batches = make_batches(6)
+        for b in batches[:40]:
+            st, body, _ = self.d.post_batch(run, b.doc)
+            self.assertEqual(st, 200, body)
+        st, created, _ = self.d.request("POST", "/v1/runs/%s/snapshots" % run,
+                                        encode_doc({"label": "frozen"}))
+        self.assertEqual(st, 201, created)
+        self.d.kill()
+        self.d.restart()
+        st, after, _ = self.d.get("/v1/runs/%s/snapshots/frozen" % run)
+        self.assertEqual(st, 200, after)
+        self.assertEqual(after, created)
+        # uploads at the snapshot's step and later ones leave it as it was
+        for b in batches[40:]:
+            st, body, _ = self.d.post_batch(run, b.doc)
+            self.assertEqual(st, 200, body)
+        st, retry, _ = self.d.request("POST", "/v1/runs/%s/snapshots" % run,
+                                      encode_doc({"label": "frozen"}))
+        self.assertEqual(st, 200, retry)
+        self.assertEqual(retry, created)
+        self.d.kill()
+        self.d.restart()
+        st, final, _ = self.d.get("/v1/runs/%s/snapshots/frozen" % run)
+        self.assertEqual((st, final), (200, created))
 
 if __name__ == "__main__":
     unittest.main()
