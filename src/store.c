@@ -159,7 +159,10 @@ struct store {
 	bool ckpt_started;
 	pthread_mutex_t cmu;
 	pthread_cond_t ccv;
+	pthread_cond_t cidle;  /* signalled when a checkpoint ends */
 	bool ckpt_wanted, ckpt_stop;
+	bool ckpt_running;     /* one checkpoint at a time: a second would get BUSY */
+	int wal_pages;         /* WAL size after the writer's last commit */
 
 	/* reader pool, guarded by rmu */
 	pthread_mutex_t rmu;
@@ -908,6 +911,8 @@ static void fail_all(struct queued *group, int status, const char *why)
 	}
 }
 
+static void wal_bound(struct store *s);
+
 /* One group commit: apply every batch of the group, commit, report. */
 static void write_group(struct store *s, struct queued *group, size_t count)
 {
@@ -917,6 +922,7 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 	size_t accepted = 0, refused = 0, rows = 0;
 	bool ok = true;
 
+	wal_bound(s);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (exec_sql(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
 		log_error("commit_failed", "stage=begin error=\"%s\"", err.message);
@@ -1092,17 +1098,22 @@ static bool retention_due(struct store *s)
  * would stall every upload behind them, so the writer turns automatic
  * checkpoints off and its WAL hook wakes this thread instead, which runs
  * PASSIVE checkpoints on its own connection while the writer goes on.
- * Should the WAL still outgrow CKPT_HARD_PAGES (readers pinning old frames,
- * a disk slower than the uploads), a RESTART checkpoint waits for them so
- * that the WAL can start over.
+ *
+ * The WAL only starts over when the writer begins a transaction at a moment
+ * when every frame has been copied back; a writer that never pauses would
+ * never see that moment, and the WAL would grow without bound. So once the
+ * WAL passes CKPT_WRITER_PAGES, the writer runs a PASSIVE checkpoint itself
+ * before its next group: little is left to copy by then (the thread did the
+ * rest), and its next transaction restarts the WAL.
  */
 #define CKPT_PAGES 256
-#define CKPT_HARD_PAGES (16 * CKPT_PAGES)
+#define CKPT_WRITER_PAGES (8 * CKPT_PAGES)
 
 static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
 {
 	struct store *s = arg;
 
+	s->wal_pages = pages; /* the writer's own thread: no lock needed */
 	if (pages >= CKPT_PAGES) {
 		pthread_mutex_lock(&s->cmu);
 		s->ckpt_wanted = true;
@@ -1112,13 +1123,48 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
 	return SQLITE_OK;
 }
 
+/*
+ * Run one PASSIVE checkpoint on db, waiting for one in progress on the
+ * other connection to end first (a checkpoint that meets another one gives
+ * up with SQLITE_BUSY, and the WAL could then never start over).
+ */
+static void checkpoint(struct store *s, sqlite3 *db, const char *who)
+{
+	int log_pages = 0, done_pages = 0, rc;
+
+	pthread_mutex_lock(&s->cmu);
+	while (s->ckpt_running)
+		pthread_cond_wait(&s->cidle, &s->cmu);
+	s->ckpt_running = true;
+	pthread_mutex_unlock(&s->cmu);
+
+	rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done_pages);
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+		log_error("checkpoint_failed", "by=%s error=\"%s\"", who, sqlite3_errmsg(db));
+	else
+		log_debug("checkpoint", "by=%s rc=%d wal_pages=%d copied=%d", who, rc, log_pages,
+			  done_pages);
+
+	pthread_mutex_lock(&s->cmu);
+	s->ckpt_running = false;
+	pthread_cond_broadcast(&s->cidle);
+	pthread_mutex_unlock(&s->cmu);
+}
+
+/* Before a group: bound the WAL (see above). Writer thread only. */
+static void wal_bound(struct store *s)
+{
+	if (s->wal_pages < CKPT_WRITER_PAGES)
+		return;
+	checkpoint(s, s->wdb, "writer");
+	s->wal_pages = 0;
+}
+
 static void *checkpointer_main(void *arg)
 {
 	struct store *s = arg;
 
 	for (;;) {
-		int log_pages = 0, done_pages = 0, rc, mode = SQLITE_CHECKPOINT_PASSIVE;
-
 		pthread_mutex_lock(&s->cmu);
 		while (!s->ckpt_wanted && !s->ckpt_stop)
 			pthread_cond_wait(&s->ccv, &s->cmu);
@@ -1128,18 +1174,7 @@ static void *checkpointer_main(void *arg)
 		}
 		s->ckpt_wanted = false;
 		pthread_mutex_unlock(&s->cmu);
-
-		rc = sqlite3_wal_checkpoint_v2(s->cdb, "main", mode, &log_pages, &done_pages);
-		if (rc == SQLITE_OK && log_pages >= CKPT_HARD_PAGES) {
-			mode = SQLITE_CHECKPOINT_RESTART;
-			rc = sqlite3_wal_checkpoint_v2(s->cdb, "main", mode, &log_pages, &done_pages);
-		}
-		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-			log_error("checkpoint_failed", "error=\"%s\"", sqlite3_errmsg(s->cdb));
-		else
-			log_debug("checkpoint", "rc=%d mode=%s wal_pages=%d copied=%d", rc,
-				  mode == SQLITE_CHECKPOINT_PASSIVE ? "passive" : "restart",
-				  log_pages, done_pages);
+		checkpoint(s, s->cdb, "thread");
 	}
 	return NULL;
 }
@@ -1313,6 +1348,7 @@ int store_open(const char *path, const struct store_options *opt,
 	pthread_mutex_init(&s->rmu, NULL);
 	pthread_mutex_init(&s->cmu, NULL);
 	pthread_cond_init(&s->ccv, NULL);
+	pthread_cond_init(&s->cidle, NULL);
 	s->path = strdup(path);
 	if (s->path == NULL) {
 		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
@@ -1416,6 +1452,7 @@ void store_close(struct store *s)
 	pthread_mutex_destroy(&s->rmu);
 	pthread_mutex_destroy(&s->cmu);
 	pthread_cond_destroy(&s->ccv);
+	pthread_cond_destroy(&s->cidle);
 	wcache_prune(s, true);
 	free(s->wlayer_ids);
 	free(s->wscratch);
