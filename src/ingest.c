@@ -7,7 +7,9 @@
  * Each form has its own front end, which checks what is particular to it
  * (JSON types, base64; safetensors' dtypes, shapes and data offsets) and
  * describes every layer as a struct layer_plan: name, count, and where
- * each value array is. One back end, build_batch(), then applies the
+ * each value array is. (The JSON form has two front ends: a fast scanner
+ * for ordinary uploads, and jansson for everything else; see "the JSON
+ * form, fast path".) One back end, build_batch(), then applies the
  * rules of the upload to the plans (check_layer()), makes a single
  * allocation for the whole batch (header, layer table, all value arrays,
  * names), converts the values straight into it (base64 decoded in place,
@@ -24,6 +26,7 @@
  * layer puts them into a JSON reply and the log puts them on a line.
  */
 #include "bnstat/ingest.h"
+#include "ingest_private.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -447,6 +450,7 @@ enum src_kind {
 	SRC_NUMBERS, /* a JSON array of numbers */
 	SRC_B64,     /* base64 text of little-endian f32/f64 */
 	SRC_RAW,     /* little-endian f32/f64 in a safetensors data buffer */
+	SRC_DOUBLES, /* numbers already converted by the fast JSON scanner */
 };
 
 struct src_array {
@@ -456,6 +460,11 @@ struct src_array {
 	const char *b64;    /* SRC_B64 */
 	size_t b64_len;
 	const uint8_t *raw; /* SRC_RAW: at any alignment */
+	const double *dbl;  /* SRC_DOUBLES */
+	size_t at;          /* SRC_DOUBLES: index of dbl[0] in the fast
+			       scanner's value buffer (which may still move) */
+	const char *dtype;  /* SRC_B64 from the fast scanner: the dtype text */
+	size_t dtype_len;   /* (not NUL-terminated), until plan_b64() reads it */
 	size_t n;           /* number of values */
 };
 
@@ -772,6 +781,9 @@ static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
 	case SRC_RAW:
 		load_values(a->raw, a->esize, n, dst);
 		break;
+	case SRC_DOUBLES:
+		memcpy(dst, a->dbl, n * sizeof(*dst));
+		break;
 	case SRC_NONE:
 		return 0;
 	}
@@ -975,14 +987,53 @@ static const char *key_path(char *dst, size_t size, const struct ident_form *f,
 	return dst;
 }
 
+/*
+ * The value s[0..len) of name field `key` (worker, domain) into dst, once
+ * it is known to be a string: both JSON parsers end here.
+ */
+static int set_name(const char *key, const char *path, const char *s,
+		    size_t len, char *dst, struct bn_error *err)
+{
+	if (!name_valid_n(s, len, INGEST_NAME_MAX)) {
+		char shown[SHOW_MAX + 4];
+
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}",
+				    key, show(shown, sizeof(shown), s, len, SHOW_MAX),
+				    INGEST_NAME_MAX);
+	}
+	memcpy(dst, s, len);
+	dst[len] = '\0';
+	return 0;
+}
+
+/*
+ * The value s[0..len) of var_kind into *kind, once it is known to be a
+ * string; `path` is where it was.
+ */
+static int set_var_kind(const char *path, const char *s, size_t len,
+			enum stats_var_kind *kind, struct bn_error *err)
+{
+	char shown[SHOW_MAX + 4];
+
+	if (len == 6 && memcmp(s, "biased", 6) == 0)
+		*kind = STATS_VAR_BIASED;
+	else if (len == 8 && memcmp(s, "unbiased", 8) == 0)
+		*kind = STATS_VAR_UNBIASED;
+	else
+		return bn_error_set(err, 422, BN_E_INVALID, path,
+				    "var_kind \"%s\" is not \"unbiased\" or "
+				    "\"biased\"",
+				    show(shown, sizeof(shown), s, len, SHOW_MAX));
+	return 0;
+}
+
 /* A name field (worker, domain) of obj into dst. */
 static int get_name(const json_t *obj, const char *key, const char *path,
 		    bool required, const char *dflt, char *dst,
 		    struct bn_error *err)
 {
 	const json_t *v = json_object_get(obj, key);
-	const char *s;
-	size_t len;
 
 	if (v == NULL) {
 		if (required)
@@ -995,19 +1046,8 @@ static int get_name(const json_t *obj, const char *key, const char *path,
 		return bn_error_set(err, 400, BN_E_TYPE, path,
 				    "%s must be a string, not %s", key,
 				    type_name(v));
-	s = json_string_value(v);
-	len = json_string_length(v);
-	if (!name_valid_n(s, len, INGEST_NAME_MAX)) {
-		char shown[SHOW_MAX + 4];
-
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-				    key, show(shown, sizeof(shown), s, len, SHOW_MAX),
-				    INGEST_NAME_MAX);
-	}
-	memcpy(dst, s, len);
-	dst[len] = '\0';
-	return 0;
+	return set_name(key, path, json_string_value(v), json_string_length(v),
+			dst, err);
 }
 
 /*
@@ -1063,7 +1103,7 @@ static int decode_identity(const json_t *obj, const struct ident_form *f,
 	int64_t *ints[2] = {&hdr->step, &hdr->seq};
 	char path[SHOW_MAX + 32], shown[SHOW_MAX + 4];
 	const json_t *v;
-	const char *k, *s;
+	const char *k;
 	int r, i;
 
 	json_object_foreach ((json_t *)obj, k, v) {
@@ -1110,16 +1150,8 @@ static int decode_identity(const json_t *obj, const struct ident_form *f,
 		return bn_error_set(err, 400, BN_E_TYPE, path,
 				    "var_kind must be a string, not %s",
 				    type_name(v));
-	s = json_string_value(v);
-	if (strcmp(s, "biased") == 0 && json_string_length(v) == 6)
-		hdr->var_kind = STATS_VAR_BIASED;
-	else if (strcmp(s, "unbiased") != 0 || json_string_length(v) != 8)
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "var_kind \"%s\" is not \"unbiased\" or "
-				    "\"biased\"",
-				    show(shown, sizeof(shown), s,
-					 json_string_length(v), SHOW_MAX));
-	return 0;
+	return set_var_kind(path, json_string_value(v), json_string_length(v),
+			    &hdr->var_kind, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1179,6 +1211,58 @@ static int parse_json(const char *text, size_t len, const char *path,
 /* the JSON form */
 
 /*
+ * The dtype s[0..len) of base64 array `id` of layer p, once it is known
+ * to be a string, into p->src[id].esize: both JSON parsers end here.
+ */
+static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s,
+		      size_t len, struct bn_error *err)
+{
+	struct src_array *a = &p->src[id];
+	char shown[SHOW_MAX + 4];
+
+	if (len == 3 && memcmp(s, "f32", 3) == 0)
+		a->esize = 4;
+	else if (len == 3 && memcmp(s, "f64", 3) == 0)
+		a->esize = 8;
+	else
+		return layer_error(err, 422, BN_E_INVALID, p, arr_key[id],
+				   "dtype", -1,
+				   "unknown dtype \"%s\" (expected \"f32\" or "
+				   "\"f64\")",
+				   show(shown, sizeof(shown), s, len, SHOW_MAX));
+	return 0;
+}
+
+/*
+ * The base64 text s[0..len) of array `id` of layer p, whose esize
+ * plan_dtype() has set: its length against the dtype. The text is
+ * decoded later, by fill_array(), straight into the batch.
+ */
+static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s,
+		    size_t len, struct bn_error *err)
+{
+	struct src_array *a = &p->src[id];
+	const char *key = arr_key[id];
+	size_t bytes = b64_decoded_size(s, len);
+
+	if (bytes == (size_t)-1)
+		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
+				   "bad base64: length %zu is not a multiple "
+				   "of 4 (standard alphabet, '=' padding)",
+				   len);
+	if (bytes % a->esize != 0)
+		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
+				   "decodes to %zu bytes, not a multiple of "
+				   "%zu (%s)",
+				   bytes, a->esize, a->esize == 4 ? "f32" : "f64");
+	a->b64 = s;
+	a->b64_len = len;
+	a->kind = SRC_B64;
+	a->n = bytes / a->esize;
+	return 0;
+}
+
+/*
  * Where one value array of a JSON layer is: its encoding and its length;
  * everything but the values themselves is checked.
  */
@@ -1189,8 +1273,8 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 	struct src_array *a = &p->src[id];
 	const json_t *v = json_object_get(p->obj, key);
 	const json_t *dt, *b64, *x;
-	const char *k, *dts;
-	size_t bytes;
+	const char *k;
+	int r;
 
 	a->kind = SRC_NONE;
 	a->n = 0;
@@ -1222,20 +1306,10 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 		return layer_error(err, 400, BN_E_TYPE, p, key, "dtype", -1,
 				   "dtype must be a string, not %s",
 				   type_name(dt));
-	dts = json_string_value(dt);
-	if (strcmp(dts, "f32") == 0 && json_string_length(dt) == 3) {
-		a->esize = 4;
-	} else if (strcmp(dts, "f64") == 0 && json_string_length(dt) == 3) {
-		a->esize = 8;
-	} else {
-		char shown[SHOW_MAX + 4];
-
-		return layer_error(err, 422, BN_E_INVALID, p, key, "dtype", -1,
-				   "unknown dtype \"%s\" (expected \"f32\" or "
-				   "\"f64\")",
-				   show(shown, sizeof(shown), dts,
-					json_string_length(dt), SHOW_MAX));
-	}
+	r = plan_dtype(p, id, json_string_value(dt), json_string_length(dt),
+		       err);
+	if (r < 0)
+		return r;
 	b64 = json_object_get(v, "b64");
 	if (b64 == NULL)
 		return layer_error(err, 400, BN_E_MISSING, p, key, "b64", -1,
@@ -1244,22 +1318,8 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 		return layer_error(err, 400, BN_E_TYPE, p, key, "b64", -1,
 				   "b64 must be a string, not %s",
 				   type_name(b64));
-	a->b64 = json_string_value(b64);
-	a->b64_len = json_string_length(b64);
-	bytes = b64_decoded_size(a->b64, a->b64_len);
-	if (bytes == (size_t)-1)
-		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
-				   "bad base64: length %zu is not a multiple "
-				   "of 4 (standard alphabet, '=' padding)",
-				   a->b64_len);
-	if (bytes % a->esize != 0)
-		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
-				   "decodes to %zu bytes, not a multiple of "
-				   "%zu (%s)",
-				   bytes, a->esize, dts);
-	a->kind = SRC_B64;
-	a->n = bytes / a->esize;
-	return 0;
+	return plan_b64(p, id, json_string_value(b64), json_string_length(b64),
+			err);
 }
 
 /* What build_batch() needs of a JSON layer beyond its name. */
@@ -1354,21 +1414,600 @@ static int json_decode_doc(const char *run, const json_t *root,
 	return r;
 }
 
-int ingest_decode_json(const char *run, const char *body, size_t len,
-		       const struct ingest_limits *limits,
-		       struct ingest_batch **out, struct bn_error *err)
+/*
+ * The JSON body as jansson sees it, without the fast path: parse, then
+ * decode the document. *out and the limits are decode_start()'s.
+ */
+static int json_decode_slow(const char *run, const char *body, size_t len,
+			    const struct ingest_limits *limits,
+			    struct ingest_batch **out, struct bn_error *err)
 {
 	json_t *root;
 	int r;
 
-	r = decode_start(run, &limits, out, err);
-	if (r < 0)
-		return r;
 	r = parse_json(body, len, NULL, "JSON", &root, err);
 	if (r < 0)
 		return r;
 	r = json_decode_doc(run, root, limits, out, err);
 	json_decref(root);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* the JSON form, fast path */
+
+/*
+ * json_loadb() is most of the cost of an upload: it lexes strings a byte
+ * at a time (a base64 body is mostly one long string) and makes an object
+ * for every number. The fast path scans the body once, in place, for
+ * exactly the shape of a well-formed upload, and hands the same
+ * layer_plans to the same build_batch() as the jansson path.
+ *
+ * It is strict and gives up (INGEST_NOT_HANDLED) on anything else: a
+ * syntax error, a string with an escape, a control character or a byte
+ * outside printable ASCII, a duplicate or unknown key, a missing required
+ * field, a type the schema does not expect, an integer outside int64 or a
+ * real that overflows (both syntax errors to jansson), trailing bytes,
+ * more layers than the limit, a number token longer than
+ * FAST_NUMBER_MAX. Then ingest_decode_json() runs the jansson path from
+ * scratch, so every such body is reported exactly as before. What is left
+ * for a body the scanner accepted are the checks of values (names,
+ * ranges, var_kind, dtypes, base64, lengths, finiteness, limits), and
+ * those run in the same order through the same functions as on the
+ * jansson path; so the fast path never makes an error of its own and, on
+ * a body it accepts, gives the same batch or the same error as the
+ * jansson path. tests/check_ingest.c holds the two paths to that.
+ *
+ * Numbers convert as jansson converts them: an integer token (no '.',
+ * 'e' or 'E') through int64 then to double, any other through strtod() on
+ * the token's exact text. jansson swaps '.' for the locale's decimal point
+ * first; bnstatd never calls setlocale(), so it runs in the "C" locale and
+ * plain strtod() reads the same text the same way.
+ */
+
+/* Longest real number token converted in place; longer ones give up. */
+#define FAST_NUMBER_MAX 64
+
+struct fast_scan {
+	const char *p, *end;    /* the cursor, the end of the body */
+	struct layer_plan *plans;
+	size_t n_plans, cap_plans;
+	size_t max_plans;       /* more layers than the limit: give up (the
+				   jansson path reports it) rather than grow */
+	double *vals;           /* the values of number arrays, back to back */
+	size_t n_vals, cap_vals;
+};
+
+/* What the top level may hold, as bits of a mask of keys seen. */
+enum fast_key { FK_WORKER, FK_STEP, FK_SEQ, FK_DOMAIN, FK_VAR_KIND, FK_LAYERS };
+
+static void fast_ws(struct fast_scan *s)
+{
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' ||
+				 *s->p == '\r' || *s->p == '\t'))
+		s->p++;
+}
+
+/* After whitespace, the character c; the cursor moves past it. */
+static bool fast_char(struct fast_scan *s, char c)
+{
+	fast_ws(s);
+	if (s->p == s->end || *s->p != c)
+		return false;
+	s->p++;
+	return true;
+}
+
+/*
+ * After whitespace, the character ',' (true, *more set) or `close`
+ * (true, *more cleared).
+ */
+static bool fast_next(struct fast_scan *s, char close, bool *more)
+{
+	fast_ws(s);
+	if (s->p == s->end || (*s->p != ',' && *s->p != close))
+		return false;
+	*more = *s->p++ == ',';
+	return true;
+}
+
+/*
+ * Whether s[0..n) is all printable ASCII (0x20..0x7e) but for the
+ * backslash. Base64 strings make most of a body, so this looks at 8
+ * bytes at a time: the classic bit tricks flag, in the high bit of a
+ * byte, one below 0x20, one above 0x7e and one equal to '\\'. Each may
+ * also flag bytes after a flagged one (through carries), but never when
+ * no byte is bad, which is all that is asked.
+ */
+static bool fast_plain(const unsigned char *s, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ULL, high = ones * 0x80;
+	uint64_t bad = 0, w, x;
+	size_t i;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		memcpy(&w, s + i, 8);
+		x = w ^ ones * '\\';
+		bad |= ((w - ones * 0x20) & ~w) | (w + ones) | w |
+		       ((x - ones) & ~x);
+	}
+	for (; i < n; i++)
+		bad |= (uint64_t)(s[i] < 0x20 || s[i] > 0x7e || s[i] == '\\')
+		       << 7;
+	return (bad & high) == 0;
+}
+
+/*
+ * After whitespace, a string without escapes into *str, *len (pointing
+ * into the body).
+ */
+static bool fast_string(struct fast_scan *s, const char **str, size_t *len)
+{
+	const char *q;
+
+	if (!fast_char(s, '"'))
+		return false;
+	q = memchr(s->p, '"', (size_t)(s->end - s->p));
+	if (q == NULL || !fast_plain((const unsigned char *)s->p,
+				     (size_t)(q - s->p)))
+		return false;
+	*str = s->p;
+	*len = (size_t)(q - s->p);
+	s->p = q + 1;
+	return true;
+}
+
+/* A key and its ':'. */
+static bool fast_key(struct fast_scan *s, const char **key, size_t *len)
+{
+	return fast_string(s, key, len) && fast_char(s, ':');
+}
+
+/* key[0..len) is the NUL-terminated word. */
+static bool key_is(const char *key, size_t len, const char *word)
+{
+	return strlen(word) == len && memcmp(key, word, len) == 0;
+}
+
+static bool is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/*
+ * After whitespace, a JSON number token
+ * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, as jansson would read
+ * it: an integer token (no fraction, no exponent) that fits int64 sets
+ * *is_int and *i; another token sets *d from strtod(). An integer out of
+ * range, or a real that overflows, is a syntax error to jansson: give up.
+ */
+static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i,
+			double *d)
+{
+	const char *t, *p;
+	char text[FAST_NUMBER_MAX + 1];
+	uint64_t u = 0, lim;
+	bool neg;
+
+	fast_ws(s);
+	t = p = s->p;
+	neg = p < s->end && *p == '-';
+	if (neg)
+		p++;
+	if (p == s->end || !is_digit(*p))
+		return false;
+	if (*p == '0') {
+		p++;
+	} else {
+		lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+		for (; p < s->end && is_digit(*p); p++) {
+			unsigned dig = (unsigned)(*p - '0');
+
+			if (u > (lim - dig) / 10)
+				u = lim + 1; /* out of range; keeps scanning */
+			else
+				u = u * 10 + dig;
+		}
+	}
+	*is_int = p == s->end || (*p != '.' && *p != 'e' && *p != 'E');
+	if (*is_int) {
+		if (u > (neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
+			return false;
+		if (!neg)
+			*i = (int64_t)u;
+		else if (u == 0)
+			*i = 0;
+		else /* -2^63 has no positive int64: -(u - 1) - 1 */
+			*i = -(int64_t)(u - 1) - 1;
+		s->p = p;
+		return true;
+	}
+	if (*p == '.') {
+		p++;
+		if (p == s->end || !is_digit(*p))
+			return false;
+		while (p < s->end && is_digit(*p))
+			p++;
+	}
+	if (p < s->end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < s->end && (*p == '+' || *p == '-'))
+			p++;
+		if (p == s->end || !is_digit(*p))
+			return false;
+		while (p < s->end && is_digit(*p))
+			p++;
+	}
+	if ((size_t)(p - t) > FAST_NUMBER_MAX)
+		return false;
+	memcpy(text, t, (size_t)(p - t));
+	text[p - t] = '\0';
+	/* "C" locale (see above); the syntax is checked, so strtod() reads
+	 * the whole token */
+	*d = strtod(text, NULL);
+	if (isinf(*d))
+		return false;
+	s->p = p;
+	return true;
+}
+
+/* After whitespace, an integer token (step, seq, count). */
+static bool fast_int(struct fast_scan *s, int64_t *out)
+{
+	bool is_int;
+	double d;
+
+	return fast_number(s, &is_int, out, &d) && is_int;
+}
+
+/* A number array, its '[' read, into s->vals and *a. */
+static bool fast_numbers(struct fast_scan *s, struct src_array *a)
+{
+	bool more = true, is_int;
+	int64_t i;
+	double d;
+
+	a->kind = SRC_DOUBLES;
+	a->at = s->n_vals;
+	a->n = 0;
+	fast_ws(s);
+	if (s->p < s->end && *s->p == ']') {
+		s->p++;
+		return true;
+	}
+	while (more) {
+		if (!fast_number(s, &is_int, &i, &d))
+			return false;
+		if (s->n_vals == s->cap_vals) {
+			size_t cap = s->cap_vals ? 2 * s->cap_vals : 1024;
+			double *v;
+
+			if (cap > SIZE_MAX / sizeof(*v) ||
+			    (v = realloc(s->vals, cap * sizeof(*v))) == NULL)
+				return false;
+			s->vals = v;
+			s->cap_vals = cap;
+		}
+		s->vals[s->n_vals++] = is_int ? (double)i : d;
+		a->n++;
+		if (!fast_next(s, ']', &more))
+			return false;
+	}
+	return true;
+}
+
+/* {"dtype": "...", "b64": "..."}, its '{' read, into *a. */
+static bool fast_b64(struct fast_scan *s, struct src_array *a)
+{
+	unsigned seen = 0;
+	bool more = true;
+	const char *key;
+	size_t len;
+
+	a->kind = SRC_B64;
+	while (more) {
+		unsigned bit;
+
+		if (!fast_key(s, &key, &len))
+			return false;
+		if (key_is(key, len, "dtype")) {
+			bit = 1;
+			if (!fast_string(s, &a->dtype, &a->dtype_len))
+				return false;
+		} else if (key_is(key, len, "b64")) {
+			bit = 2;
+			if (!fast_string(s, &a->b64, &a->b64_len))
+				return false;
+		} else {
+			return false;
+		}
+		if (seen & bit)
+			return false;
+		seen |= bit;
+		if (!fast_next(s, '}', &more))
+			return false;
+	}
+	return seen == 3;
+}
+
+/* One layer's object into *p. */
+static bool fast_layer(struct fast_scan *s, struct layer_plan *p)
+{
+	unsigned seen = 0;
+	bool more = true;
+	const char *key;
+	size_t len, id;
+
+	if (!fast_char(s, '{'))
+		return false;
+	while (more) {
+		if (!fast_key(s, &key, &len))
+			return false;
+		if (key_is(key, len, "count")) {
+			id = ARR_N;
+			if (!fast_int(s, &p->count))
+				return false;
+			p->has_count = true;
+		} else {
+			for (id = 0; id < ARR_N; id++)
+				if (key_is(key, len, arr_key[id]))
+					break;
+			if (id == ARR_N)
+				return false;
+			if (fast_char(s, '[')) {
+				if (!fast_numbers(s, &p->src[id]))
+					return false;
+			} else if (s->p < s->end && *s->p == '{') {
+				s->p++;
+				if (!fast_b64(s, &p->src[id]))
+					return false;
+			} else {
+				return false;
+			}
+		}
+		if (seen & 1u << id)
+			return false;
+		seen |= 1u << id;
+		if (!fast_next(s, '}', &more))
+			return false;
+	}
+	return p->has_count;
+}
+
+/* The "layers" object into s->plans. */
+static bool fast_layers(struct fast_scan *s)
+{
+	bool more = true;
+
+	if (!fast_char(s, '{'))
+		return false;
+	fast_ws(s);
+	if (s->p < s->end && *s->p == '}') {
+		s->p++;
+		return true;
+	}
+	while (more) {
+		struct layer_plan *p;
+
+		if (s->n_plans == s->max_plans)
+			return false;
+		if (s->n_plans == s->cap_plans) {
+			size_t cap = s->cap_plans ? 2 * s->cap_plans : 64;
+
+			if (cap > SIZE_MAX / sizeof(*p) ||
+			    (p = realloc(s->plans, cap * sizeof(*p))) == NULL)
+				return false;
+			s->plans = p;
+			s->cap_plans = cap;
+		}
+		p = &s->plans[s->n_plans++];
+		memset(p, 0, sizeof(*p));
+		p->prefix = "layers.";
+		if (!fast_key(s, &p->name, &p->name_len) || !fast_layer(s, p) ||
+		    !fast_next(s, '}', &more))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The whole body: the top-level object into the identity strings and
+ * integers and s->plans, then nothing but whitespace.
+ */
+static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS],
+		      size_t str_len[FK_LAYERS], int64_t ints[2],
+		      unsigned *seen)
+{
+	bool more = true;
+	const char *key;
+	size_t len;
+	unsigned k;
+	static const char *const keys[] = {"worker", "step", "seq",
+					   "domain", "var_kind", "layers"};
+
+	*seen = 0;
+	if (!fast_char(s, '{'))
+		return false;
+	while (more) {
+		if (!fast_key(s, &key, &len))
+			return false;
+		for (k = 0; k <= FK_LAYERS; k++)
+			if (key_is(key, len, keys[k]))
+				break;
+		if (k > FK_LAYERS || (*seen & 1u << k))
+			return false;
+		*seen |= 1u << k;
+		if (k == FK_STEP || k == FK_SEQ) {
+			if (!fast_int(s, &ints[k - FK_STEP]))
+				return false;
+		} else if (k == FK_LAYERS) {
+			if (!fast_layers(s))
+				return false;
+		} else if (!fast_string(s, &str[k], &str_len[k])) {
+			return false;
+		}
+		if (!fast_next(s, '}', &more))
+			return false;
+	}
+	fast_ws(s);
+	return s->p == s->end;
+}
+
+/*
+ * json_plan_layer() for a layer the scanner read: the count is an
+ * integer and the arrays well-typed already, so what is left is the
+ * dtype and base64 length of each base64 array, in the same order.
+ */
+static int fast_plan_layer(struct layer_plan *p, struct bn_error *err)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < ARR_N; i++) {
+		struct src_array *a = &p->src[i];
+
+		if (a->kind != SRC_B64)
+			continue;
+		r = plan_dtype(p, (enum arr_id)i, a->dtype, a->dtype_len, err);
+		if (r == 0)
+			r = plan_b64(p, (enum arr_id)i, a->b64, a->b64_len, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * decode_identity() and json_decode_doc() for a body the scanner read:
+ * the same checks of values, in the same order, through the same
+ * functions (the type checks have passed already).
+ */
+static int fast_decode_doc(const char *run, struct fast_scan *s,
+			   const char *const str[FK_LAYERS],
+			   const size_t str_len[FK_LAYERS],
+			   const int64_t ints[2], unsigned seen,
+			   const struct ingest_limits *lim,
+			   struct ingest_batch **out, struct bn_error *err)
+{
+	static const char *const int_keys[2] = {"step", "seq"};
+	struct ingest_batch hdr;
+	int r, i;
+
+	memset(&hdr, 0, sizeof(hdr));
+	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
+	r = set_name("worker", "worker", str[FK_WORKER], str_len[FK_WORKER],
+		     hdr.worker, err);
+	if (r < 0)
+		return r;
+	for (i = 0; i < 2; i++) {
+		r = uint_range(ints[i], INT64_MAX, int_keys[i], int_keys[i],
+			       NULL, NULL, err);
+		if (r < 0)
+			return r;
+	}
+	hdr.step = ints[0];
+	hdr.seq = ints[1];
+	if (seen & 1u << FK_DOMAIN)
+		r = set_name("domain", "domain", str[FK_DOMAIN],
+			     str_len[FK_DOMAIN], hdr.domain, err);
+	else
+		snprintf(hdr.domain, sizeof(hdr.domain), "%s", "default");
+	if (r < 0)
+		return r;
+	hdr.var_kind = STATS_VAR_UNBIASED;
+	if (seen & 1u << FK_VAR_KIND) {
+		r = set_var_kind("var_kind", str[FK_VAR_KIND],
+				 str_len[FK_VAR_KIND], &hdr.var_kind, err);
+		if (r < 0)
+			return r;
+	}
+
+	r = check_layer_count(s->n_plans, lim, "layers", err);
+	if (r < 0)
+		return r;
+	return build_batch(&hdr, s->plans, s->n_plans, fast_plan_layer, lim,
+			   out, err);
+}
+
+/*
+ * The fast path: as the jansson path (json_decode_slow()), or
+ * INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a body it
+ * leaves to jansson.
+ */
+static int json_decode_fast(const char *run, const char *body, size_t len,
+			    const struct ingest_limits *limits,
+			    struct ingest_batch **out, struct bn_error *err)
+{
+	struct fast_scan s;
+	const char *str[FK_LAYERS] = {NULL};
+	size_t str_len[FK_LAYERS] = {0}, i, j;
+	int64_t ints[2] = {0, 0};
+	unsigned seen;
+	const unsigned need = 1u << FK_WORKER | 1u << FK_STEP | 1u << FK_SEQ |
+			      1u << FK_LAYERS;
+	int r = INGEST_NOT_HANDLED;
+
+	if (body == NULL)
+		return INGEST_NOT_HANDLED;
+	memset(&s, 0, sizeof(s));
+	s.p = body;
+	s.end = body + len;
+	s.max_plans = limits->max_layers;
+	if (!fast_body(&s, str, str_len, ints, &seen) ||
+	    (seen & need) != need)
+		goto done;
+	/* duplicate layer names: jansson's JSON_REJECT_DUPLICATES */
+	if (s.n_plans > 1)
+		qsort(s.plans, s.n_plans, sizeof(*s.plans), plan_cmp);
+	for (i = 1; i < s.n_plans; i++)
+		if (plan_cmp(&s.plans[i - 1], &s.plans[i]) == 0)
+			goto done;
+	/* s.vals stays put from here on */
+	for (i = 0; i < s.n_plans; i++)
+		for (j = 0; j < ARR_N; j++)
+			if (s.plans[i].src[j].kind == SRC_DOUBLES)
+				s.plans[i].src[j].dbl = s.vals + s.plans[i].src[j].at;
+	r = fast_decode_doc(run, &s, str, str_len, ints, seen, limits, out,
+			    err);
+done:
+	free(s.plans);
+	free(s.vals);
+	return r;
+}
+
+int ingest_decode_json_fast(const char *run, const char *body, size_t len,
+			    const struct ingest_limits *limits,
+			    struct ingest_batch **out, struct bn_error *err)
+{
+	int r = decode_start(run, &limits, out, err);
+
+	if (r < 0)
+		return r;
+	return json_decode_fast(run, body, len, limits, out, err);
+}
+
+int ingest_decode_json_slow(const char *run, const char *body, size_t len,
+			    const struct ingest_limits *limits,
+			    struct ingest_batch **out, struct bn_error *err)
+{
+	int r = decode_start(run, &limits, out, err);
+
+	if (r < 0)
+		return r;
+	return json_decode_slow(run, body, len, limits, out, err);
+}
+
+int ingest_decode_json(const char *run, const char *body, size_t len,
+		       const struct ingest_limits *limits,
+		       struct ingest_batch **out, struct bn_error *err)
+{
+	int r = decode_start(run, &limits, out, err);
+
+	if (r < 0)
+		return r;
+	r = json_decode_fast(run, body, len, limits, out, err);
+	if (r == INGEST_NOT_HANDLED)
+		r = json_decode_slow(run, body, len, limits, out, err);
 	return r;
 }
 
