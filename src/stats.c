@@ -35,13 +35,18 @@ int stats_agg_init(struct stats_agg *a, size_t channels)
 	block = calloc(STATS_AGG_ARRAYS * channels, sizeof(*block));
 	if (block == NULL)
 		return -ENOMEM;
+	stats_agg_view(a, block, channels);
+	return 0;
+}
+
+void stats_agg_view(struct stats_agg *a, double *block, size_t channels)
+{
 	a->channels = channels;
 	a->mean = block;
 	a->m2 = block + channels;
 	a->bmean = block + 2 * channels;
 	a->bm2 = block + 3 * channels;
 	a->uvar = block + 4 * channels;
-	return 0;
 }
 
 void stats_agg_free(struct stats_agg *a)

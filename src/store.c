@@ -190,17 +190,6 @@ void store_options_default(struct store_options *o)
 	o->sync_full = true;
 }
 
-/* Point the arrays of *a into data, which holds STATS_AGG_ARRAYS * c doubles. */
-static void agg_view(struct stats_agg *a, double *data, size_t c)
-{
-	a->channels = c;
-	a->mean = data;
-	a->m2 = data + c;
-	a->bmean = data + 2 * c;
-	a->bm2 = data + 3 * c;
-	a->uvar = data + 4 * c;
-}
-
 /* Grow a scratch buffer to hold an aggregate of c channels. */
 static int scratch_reserve(double **buf, size_t *cap, size_t c)
 {
@@ -522,7 +511,7 @@ static int agg_merge(struct store *s, int64_t run_id, int64_t domain_id, int64_t
 
 	if (e == NULL)
 		return -EIO;
-	agg_view(&a, e->data, e->channels);
+	stats_agg_view(&a, e->data, e->channels);
 	a.n = e->n;
 	a.k = e->k;
 	a.nbs_min = e->nbs_min;
@@ -1658,7 +1647,7 @@ int store_aggs_foreach(struct store_reader *r, int64_t run_id,
 			break;
 		}
 		memcpy(r->scratch, sqlite3_column_blob(st, 7), bytes);
-		agg_view(&a, r->scratch, c);
+		stats_agg_view(&a, r->scratch, c);
 		a.n = sqlite3_column_int64(st, 3);
 		a.k = sqlite3_column_int64(st, 4);
 		a.nbs_min = sqlite3_column_int64(st, 5);

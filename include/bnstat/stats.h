@@ -58,6 +58,15 @@ struct stats_agg {
  */
 int stats_agg_init(struct stats_agg *a, size_t channels);
 
+/*
+ * Point the arrays of *a into `block`, STATS_AGG_ARRAYS * channels doubles
+ * the caller owns, in the order mean, m2, bmean, bm2, uvar (the layout
+ * stats_agg_init() allocates, and the one the store keeps on disk). Sets
+ * channels; leaves n, k, nbs_min and nbs_max to the caller. Do not pass
+ * such an aggregate to stats_agg_free().
+ */
+void stats_agg_view(struct stats_agg *a, double *block, size_t channels);
+
 /* Release what stats_agg_init() allocated; a zeroed aggregate is fine too. */
 void stats_agg_free(struct stats_agg *a);
 
