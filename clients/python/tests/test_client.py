@@ -10,6 +10,7 @@ import array
 import base64
 import http.server
 import json
+import math
 import logging
 import os
 import re
@@ -329,9 +330,43 @@ class ServerTests(unittest.TestCase):
             decoded, meta2 = st.decode(c.snapshot_safetensors("snap", "both", dtype))
             self.assertEqual(list(decoded["bn.running_var"][2]), tensors["bn.running_var"][2])
 
-    def test_not_yet_implemented_endpoints_raise_the_server_error(self):
-        # compare, series and domains: thin methods; whatever this server
-        # version implements, an unknown run is the server's 404.
+    def test_compare_series_domains(self):
+        c = self.c
+        a = 0.1
+        rm, rv = [0.0, 0.0], [1.0, 1.0]
+        for step in range(1, 6):
+            mean = [0.5 * step, -1.0 + step]
+            var = [1.0 + 0.1 * step, 2.0]           # unbiased, count 4
+            rm = [a * m + (1 - a) * r for m, r in zip(mean, rm)]
+            rv = [a * v + (1 - a) * r for v, r in zip(var, rv)]
+            c.upload("cmp", "w0", step, 0, {"bn": {"count": 4, "mean": mean, "var": var,
+                                                    "ema_mean": list(rm), "ema_var": list(rv)}},
+                     dtype="f64")
+        c.upload("cmp", "w0", 5, 0, {"bn": {"count": 4, "mean": [9.0, 9.0], "var": [1.0, 1.0]}},
+                 domain="other", dtype="f64")
+        # the worker EMA reported equals the simulated one here, so both compare alike
+        worker = c.compare("cmp", step=5, ema="worker")
+        sim = c.compare("cmp", step=5, ema="sim", momentum=a)
+        self.assertEqual(worker["worker"], "w0")
+        for key in ("mean_err", "var_err", "kl"):
+            self.assertTrue(close([worker["layers"]["bn"][key]], [sim["layers"]["bn"][key]], 1e-9), key)
+            self.assertEqual(worker["overall"][key], worker["layers"]["bn"][key])
+        # mean_err by hand: |ema - precise| / sqrt(precise var + eps), precise var biased
+        pv = [v * 3 / 4 for v in (1.5, 2.0)]
+        ref = [abs(e - p) / math.sqrt(q + 1e-5) for e, p, q in zip(rm, (2.5, 4.0), pv)]
+        self.assertTrue(close([worker["layers"]["bn"]["mean_err"]], [sum(ref) / 2], 1e-9))
+        self.assertTrue(close([worker["layers"]["bn"]["mean_err_max"]], [max(ref)], 1e-9))
+        ser = c.series("cmp", "bn", channel=1, momentum=a)
+        self.assertEqual(ser["step"], [1, 2, 3, 4, 5])
+        self.assertTrue(close([ser["sim_mean"][-1]], [rm[1]], 1e-12))
+        self.assertTrue(close([ser["sim_var"][-1]], [rv[1]], 1e-12))
+        self.assertEqual(ser["ema_mean"][-1], rm[1])
+        doms = {d["name"]: d for d in c.domains("cmp")["domains"]}
+        self.assertEqual(doms["default"]["steps"], 5)
+        self.assertEqual(doms["other"]["batches"], 1)
+
+    def test_unknown_runs_raise_the_server_error(self):
+        # an unknown run is the server's 404, carried by BnstatError
         for call in (lambda: self.c.compare("no-such-run"),
                      lambda: self.c.compare("no-such-run", ema="sim", momentum=0.01),
                      lambda: self.c.series("no-such-run", "bn", channel=0, from_step=1, to_step=5),
