@@ -159,6 +159,8 @@ static MHD_Result reply_json(struct request *rq, unsigned status, json_t *doc)
 static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 {
 	int status = err->status ? err->status : 500;
+	/* a refused name may hold anything: log it only when it is a valid one */
+	const char *run = ingest_name_valid(rq->run) ? rq->run : "-";
 	json_t *e = json_pack("{s:i, s:s, s:s}", "status", status, "code",
 			      err->code[0] ? err->code : BN_E_INTERNAL, "message", err->message);
 
@@ -171,10 +173,10 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 	if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
 			  route_names[rq->route],
-			  rq->run, status, err->message);
+			  run, status, err->message);
 	else
 		log_info("request_rejected", "route=%s run=%s status=%d code=%s path=\"%s\"",
-			 route_names[rq->route], rq->run, status, err->code, err->path);
+			 route_names[rq->route], run, status, err->code, err->path);
 	return reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
 }
 
@@ -215,7 +217,9 @@ static const char *route_match(struct request *rq, const char *url)
 	p = url + 9;
 	slash = strchr(p, '/');
 	n = slash ? (size_t)(slash - p) : strlen(p);
-	if (n == 0 || n >= sizeof(rq->run))
+	if (n == 0)
+		return NULL; /* "/v1/runs//stats": no such resource */
+	if (n >= sizeof(rq->run))
 		n = sizeof(rq->run) - 1; /* too long: caught by name validation */
 	memcpy(rq->run, p, n);
 	rq->run[n] = '\0';

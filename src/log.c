@@ -59,10 +59,19 @@ void log_event(enum log_level level, const char *event, const char *fmt, ...)
 	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ level=%s event=%s",
 			      ts.tv_nsec / 1000000, level_names[level], event);
 	if (fmt != NULL && *fmt != '\0' && n < sizeof(line) - 2) {
+		size_t i;
+
 		line[n++] = ' ';
 		va_start(ap, fmt);
 		vsnprintf(line + n, sizeof(line) - n, fmt, ap);
 		va_end(ap);
+		/*
+		 * Values can carry client text (a run name from the URL, decoded
+		 * from %0A): one event must stay one line.
+		 */
+		for (i = n; line[i] != '\0'; i++)
+			if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+				line[i] = '?';
 		n = strlen(line);
 	}
 	if (n > sizeof(line) - 2)

@@ -360,6 +360,7 @@ static int walk_init(struct walk *w, size_t width)
 static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step,
 		       int64_t *resume_after)
 {
+	int64_t gen_now, latest_now;
 	double *state = NULL;
 	size_t i;
 
@@ -371,6 +372,14 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step,
 	w->applied = 0;
 	if (c == NULL || c->max_bytes == 0)
 		return 0;
+	/*
+	 * What this reader's snapshot holds: a checkpoint taken by a reader of
+	 * a newer snapshot (a newer late write, or past our highest step) is
+	 * not ours to use.
+	 */
+	if (store_late_gen(w->r, w->run_id, &gen_now) < 0 ||
+	    store_latest_step(w->r, w->run_id, w->domain_id, &latest_now) < 0)
+		return 0; /* no data, or no answer: replay from the start */
 	state = malloc(2 * w->channels * sizeof(double));
 	if (state == NULL)
 		return -ENOMEM;
@@ -379,7 +388,7 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step,
 						 w->channels, step, state);
 		int late;
 
-		if (!res.found)
+		if (!res.found || res.gen > gen_now || res.step > latest_now)
 			break;
 		late = store_late_since(w->r, w->run_id, w->domain_id, res.gen, res.step);
 		if (late < 0) {

@@ -889,14 +889,15 @@ static void fail_all(struct queued *group, int status, const char *why)
 {
 	struct queued *q;
 
+	/*
+	 * Every result, refusals included: a 409 or 422 may have been decided
+	 * against rows of this very group, which are gone now.
+	 */
 	for (q = group; q != NULL; q = q->next) {
-		if (q->res.status < 300) {
-			q->res.status = status;
-			q->res.duplicate = false;
-			bn_error_set(&q->res.err, status,
-				     status == 503 ? BN_E_UNAVAILABLE : BN_E_INTERNAL, NULL,
-				     "%s", why);
-		}
+		q->res.status = status;
+		q->res.duplicate = false;
+		bn_error_set(&q->res.err, status, status == 503 ? BN_E_UNAVAILABLE : BN_E_INTERNAL,
+			     NULL, "%s", why);
 	}
 }
 
@@ -984,9 +985,9 @@ report:
 
 /*
  * Retention: drop per-step statistics and batch identities at or below
- * each run's horizon (highest step - retain_steps), at most `budget` rows
- * of aggregates per call, in its own transaction. Snapshots and worker EMAs
- * stay. Returns true when rows remain to be dropped.
+ * each run's horizon (highest step - retain_steps), with the worker EMAs
+ * of those steps, at most about `budget` rows per call, in its own
+ * transaction. Snapshots stay. Returns true when rows remain to be dropped.
  */
 static bool retention_pass(struct store *s, int budget)
 {
@@ -1028,7 +1029,7 @@ static bool retention_pass(struct store *s, int budget)
 		st = s->ws[W_RET_EMAS];
 		sqlite3_bind_int64(st, 1, runs[i].run_id);
 		sqlite3_bind_int64(st, 2, runs[i].horizon);
-		sqlite3_bind_int64(st, 3, budget);
+		sqlite3_bind_int64(st, 3, budget - deleted - changed > 0 ? budget - deleted - changed : 1);
 		if (step_done(st) < 0)
 			goto fail;
 		changed += sqlite3_changes(s->wdb);
@@ -1361,6 +1362,12 @@ int store_open(const char *path, const struct store_options *opt,
 	    exec_sql(s->wdb, "PRAGMA foreign_keys=ON", err) < 0)
 		goto fail;
 	if (migrate(s, err) < 0)
+		goto fail;
+	/*
+	 * late_writes only serve to validate replay checkpoints, which live in
+	 * memory: none exists yet, so the log can start empty.
+	 */
+	if (exec_sql(s->wdb, "DELETE FROM late_writes", err) < 0)
 		goto fail;
 	/* Checkpoints run on their own thread (checkpointer_main), not in commits. */
 	if (exec_sql(s->wdb, "PRAGMA wal_autocheckpoint=0", err) < 0 ||

@@ -748,6 +748,18 @@ class TestReadEndpoints(DaemonTest):
                 st, body, _ = cls.d.post_batch(run, doc)   # a retry: counted once
                 assert st == 200 and body["duplicate"], body
 
+    def test_empty_run_segment_and_hostile_run_names(self):
+        # an empty run segment is no resource at all
+        st, body, _ = self.d.get("/v1/runs//stats")
+        self.assertEqual((st, body["error"]["code"]), (404, "not_found"), body)
+        # a run name carrying a newline (decoded from %0A) cannot forge log lines
+        n0 = len(self.d.log_lines())
+        st, body, _ = self.d.get("/v1/runs/x%0Ats=2024-01-01T00:00:00.000Z%20level=error%20event=forged/stats")
+        self.assertEqual(st, 422, body)
+        new = self.d.log_lines()[n0:]
+        self.assertTrue(new, "the refusal is logged")
+        self.assertFalse([l for l in new if l.startswith("ts=2024") or "forged" in l], new)
+
     def test_runs_list(self):
         st, body, hdrs = self.d.get("/v1/runs")
         self.assertEqual(st, 200, body)
