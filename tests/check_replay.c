@@ -34,6 +34,7 @@
 #include "bnstat/stats.h"
 #include "replay.h"
 #include "store.h"
+#include "store_testutil.h"
 
 #define C 5            /* channels of both layers */
 #define MAXSTEP 420    /* steps 0 .. MAXSTEP-1 */
@@ -85,9 +86,7 @@ static struct pooled pool[N_DOMS + 1][N_LAYERS][MAXSTEP + 8];
 
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "/tmp/check_replay.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-	snprintf(dbpath, sizeof(dbpath), "%s/t.db", dir);
+	tu_tmpdir_make(dir, sizeof(dir), dbpath, sizeof(dbpath), "check_replay");
 	free(gbs);
 	gbs = NULL;
 	n_gbs = cap_gbs = 0;
@@ -95,42 +94,10 @@ static void setup(void)
 
 static void teardown(void)
 {
-	char cmd[400];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ck_assert_int_eq(system(cmd), 0);
+	tu_tmpdir_remove(dir);
 }
 
 /* --- submitting batches ---------------------------------------------------------- */
-
-struct outcome {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
-	struct store_result res;
-};
-
-static void on_done(void *ctx, const struct store_result *r)
-{
-	struct outcome *o = ctx;
-
-	pthread_mutex_lock(&o->mu);
-	o->res = *r;
-	o->done = true;
-	pthread_cond_signal(&o->cv);
-	pthread_mutex_unlock(&o->mu);
-}
-
-static struct ingest_batch *decode(const char *json)
-{
-	struct ingest_limits lim = { 4096, 65536 };
-	struct ingest_batch *b = NULL;
-	struct bn_error err;
-
-	if (ingest_decode_json("r1", json, strlen(json), &lim, &b, &err) < 0)
-		ck_abort_msg("batch does not decode: %s at %s: %s", err.message, err.path, json);
-	return b;
-}
 
 /* Submitted but not yet waited for (the writer holds pointers into it). */
 #define MAX_PENDING 256
@@ -146,9 +113,7 @@ static void submit_json(struct store *s, const char *json)
 	if (n_pending == MAX_PENDING)
 		wait_all();
 	o = &pending[n_pending++];
-	memset(o, 0, sizeof(*o));
-	pthread_mutex_init(&o->mu, NULL);
-	pthread_cond_init(&o->cv, NULL);
+	outcome_init(o);
 	ck_assert_int_eq(store_submit(s, decode(json), on_done, o), 0);
 }
 
@@ -159,10 +124,7 @@ static void wait_all(void)
 	for (i = 0; i < n_pending; i++) {
 		struct outcome *o = &pending[i];
 
-		pthread_mutex_lock(&o->mu);
-		while (!o->done)
-			pthread_cond_wait(&o->cv, &o->mu);
-		pthread_mutex_unlock(&o->mu);
+		outcome_wait(o);
 		ck_assert_msg(o->res.status == 200 && !o->res.duplicate,
 			      "batch %zu: status %d (%s)", i, o->res.status, o->res.err.message);
 	}

@@ -17,68 +17,19 @@
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
 #include "store.h"
+#include "store_testutil.h"
 
 static char dir[256];
 static char dbpath[300];
 
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "/tmp/check_store.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-	snprintf(dbpath, sizeof(dbpath), "%s/t.db", dir);
+	tu_tmpdir_make(dir, sizeof(dir), dbpath, sizeof(dbpath), "check_store");
 }
 
 static void teardown(void)
 {
-	char cmd[400];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ck_assert_int_eq(system(cmd), 0);
-}
-
-/* A submitted batch's outcome, waited for by the test thread. */
-struct outcome {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
-	struct store_result res;
-};
-
-static void outcome_init(struct outcome *o)
-{
-	memset(o, 0, sizeof(*o));
-	pthread_mutex_init(&o->mu, NULL);
-	pthread_cond_init(&o->cv, NULL);
-}
-
-static void on_done(void *ctx, const struct store_result *r)
-{
-	struct outcome *o = ctx;
-
-	pthread_mutex_lock(&o->mu);
-	o->res = *r;
-	o->done = true;
-	pthread_cond_signal(&o->cv);
-	pthread_mutex_unlock(&o->mu);
-}
-
-static void outcome_wait(struct outcome *o)
-{
-	pthread_mutex_lock(&o->mu);
-	while (!o->done)
-		pthread_cond_wait(&o->cv, &o->mu);
-	pthread_mutex_unlock(&o->mu);
-}
-
-static struct ingest_batch *decode(const char *json)
-{
-	struct ingest_limits lim = { 4096, 65536 };
-	struct ingest_batch *b = NULL;
-	struct bn_error err;
-
-	if (ingest_decode_json("r1", json, strlen(json), &lim, &b, &err) < 0)
-		ck_abort_msg("fixture does not decode: %s at %s", err.message, err.path);
-	return b;
+	tu_tmpdir_remove(dir);
 }
 
 /* Submit one JSON batch and wait for its outcome. */
