@@ -66,6 +66,9 @@ typedef enum MHD_Result MHD_Result;
 #error "bench writes little-endian binary bodies with memcpy; port it first"
 #endif
 
+#define BENCH_PROG "bench"
+#include "bench_common.h"
+
 #define RESNET50_LAYERS 53
 #define RESNET50_CHANNELS 26560
 #define NBS 32 /* images per batch (per GPU) */
@@ -76,144 +79,7 @@ typedef enum MHD_Result MHD_Result;
 #define STATUS_MAX 600
 
 /* ------------------------------------------------------------------------ */
-/* small helpers */
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("bench: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(2);
-}
-
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* Progress goes to stderr; stdout carries only the Markdown report. */
-static void note(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("bench: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
-
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-
-	if (p == NULL)
-		die("out of memory (%zu bytes)", n);
-	return p;
-}
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size ? size : 1);
-
-	if (p == NULL)
-		die("out of memory");
-	return p;
-}
-
-static void *xrealloc(void *p, size_t n)
-{
-	p = realloc(p, n ? n : 1);
-	if (p == NULL)
-		die("out of memory (%zu bytes)", n);
-	return p;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double thread_cpu_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* A growable byte string; always NUL-terminated. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static void sb_reserve(struct sbuf *b, size_t add)
-{
-	size_t need = b->len + add + 1;
-
-	if (need <= b->cap)
-		return;
-	if (b->cap == 0)
-		b->cap = 4096;
-	while (b->cap < need)
-		b->cap *= 2;
-	b->p = xrealloc(b->p, b->cap);
-}
-
-static void sb_add(struct sbuf *b, const void *s, size_t n)
-{
-	sb_reserve(b, n);
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-	sb_add(b, s, strlen(s));
-}
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		die("vsnprintf failed");
-	sb_reserve(b, (size_t)n);
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
-
-static void sb_free(struct sbuf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
-
-/* splitmix64: the deterministic source of every value in the workload. */
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
+/* small helpers (the rest are in bench_common.h) */
 
 static double uniform01(uint64_t *s)
 {
@@ -455,72 +321,7 @@ static void parse_options(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------ */
-/* the workload: torchvision resnet50's BatchNorm layers */
-
-struct bn_layer {
-	char name[32];
-	unsigned channels;
-	int64_t count;  /* elements per channel in one batch: NBS * H * W */
-	size_t offset;  /* of the layer's first channel in a variant's arrays */
-};
-
-static struct bn_layer layers[RESNET50_LAYERS];
-static size_t n_layers, n_channels;
-
-static void add_layer(const char *name, unsigned channels, unsigned hw)
-{
-	struct bn_layer *l;
-
-	if (n_layers == RESNET50_LAYERS)
-		die("resnet50: more than %d BatchNorm layers", RESNET50_LAYERS);
-	l = &layers[n_layers++];
-	snprintf(l->name, sizeof(l->name), "%s", name);
-	l->channels = channels;
-	l->count = (int64_t)NBS * hw * hw;
-	l->offset = n_channels;
-	n_channels += channels;
-}
-
-/*
- * torchvision.models.resnet50: a stem (conv1/bn1 at 112x112 for a 224x224
- * input, then max-pooling to 56x56) and four stages of Bottleneck blocks
- * (3, 4, 6, 3 blocks; widths 64, 128, 256, 512; expansion 4). Each block
- * has bn1 (width, after the 1x1 conv, at the block's input resolution),
- * bn2 (width, after the 3x3 conv, which carries the stride in torchvision's
- * "v1.5" ResNet), bn3 (4 * width); the first block of a stage also has
- * downsample = Sequential(conv1x1, BatchNorm2d), whose norm is
- * "downsample.1". Module order as in named_modules().
- */
-static void resnet50_layers(void)
-{
-	static const struct {
-		unsigned blocks, width, hw_in, hw_out;
-	} stage[4] = { { 3, 64, 56, 56 }, { 4, 128, 56, 28 }, { 6, 256, 28, 14 }, { 3, 512, 14, 7 } };
-	char name[32];
-	unsigned s, b;
-
-	add_layer("bn1", 64, 112);
-	for (s = 0; s < 4; s++) {
-		for (b = 0; b < stage[s].blocks; b++) {
-			unsigned w = stage[s].width;
-			unsigned hw_in = b == 0 ? stage[s].hw_in : stage[s].hw_out;
-
-			snprintf(name, sizeof(name), "layer%u.%u.bn1", s + 1, b);
-			add_layer(name, w, hw_in);
-			snprintf(name, sizeof(name), "layer%u.%u.bn2", s + 1, b);
-			add_layer(name, w, stage[s].hw_out);
-			snprintf(name, sizeof(name), "layer%u.%u.bn3", s + 1, b);
-			add_layer(name, 4 * w, stage[s].hw_out);
-			if (b == 0) {
-				snprintf(name, sizeof(name), "layer%u.0.downsample.1", s + 1);
-				add_layer(name, 4 * w, stage[s].hw_out);
-			}
-		}
-	}
-	if (n_layers != RESNET50_LAYERS || n_channels != RESNET50_CHANNELS)
-		die("resnet50 layer table is wrong: %zu layers, %zu channels (want %d, %d)",
-		    n_layers, n_channels, RESNET50_LAYERS, RESNET50_CHANNELS);
-}
+/* the workload: torchvision resnet50's BatchNorm layers (layers[] in bench_common.h) */
 
 /*
  * A variant: one set of per-channel batch statistics for every layer, and
@@ -611,7 +412,7 @@ static void make_variants(void)
 
 		sb_puts(&vr->json, "\"layers\":{");
 		sb_puts(&vr->b64, "\"layers\":{");
-		for (i = 0; i < n_layers; i++) {
+		for (i = 0; i < N_LAYERS; i++) {
 			const struct bn_layer *l = &layers[i];
 
 			sb_printf(&vr->json, "%s\"%s\":{\"count\":%" PRId64 ",\"mean\":", i ? "," : "",
@@ -638,7 +439,7 @@ static void make_variants(void)
 
 	/* the tensor table of the safetensors header: the same for every variant */
 	off = 0;
-	for (i = 0; i < n_layers; i++) {
+	for (i = 0; i < N_LAYERS; i++) {
 		const struct bn_layer *l = &layers[i];
 		size_t fb = l->channels * sizeof(float);
 
@@ -740,53 +541,7 @@ static void body_render(struct sbuf *out, enum form form, unsigned worker, int64
 }
 
 /* ------------------------------------------------------------------------ */
-/* /proc readers */
-
-/* utime + stime, in clock ticks, from a /proc/.../stat file; -1 on error. */
-static long long proc_cpu_ticks(const char *path)
-{
-	char buf[1024], *p;
-	unsigned long long ut, st;
-	ssize_t n;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
-	p = strrchr(buf, ')'); /* comm may hold spaces */
-	if (p == NULL)
-		return -1;
-	/* after ") ": state(3) ppid pgrp session tty tpgid flags minflt cminflt
-	 * majflt cmajflt utime(14) stime(15) */
-	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-		return -1;
-	return (long long)(ut + st);
-}
-
-/* A "Vm...:" field of /proc/<pid>/status in kB; -1 on error. */
-static long proc_status_kb(pid_t pid, const char *field)
-{
-	char path[64], line[256];
-	size_t fl = strlen(field);
-	long kb = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "re");
-	if (f == NULL)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
-			kb = strtol(line + fl + 1, NULL, 10);
-			break;
-		}
-	fclose(f);
-	return kb;
-}
+/* /proc readers (more in bench_common.h) */
 
 /* The thread ids of this process. */
 static size_t self_tids(pid_t *out, size_t max)
@@ -965,24 +720,6 @@ struct daemon {
 	char dir[PATH_MAX], db[PATH_MAX + 16], log[PATH_MAX + 16];
 };
 
-static void print_log_tail(const char *path)
-{
-	char buf[4096];
-	FILE *f = fopen(path, "re");
-	long size;
-	size_t n;
-
-	if (f == NULL)
-		return;
-	fseek(f, 0, SEEK_END);
-	size = ftell(f);
-	fseek(f, size > (long)sizeof(buf) - 1 ? size - (long)sizeof(buf) + 1 : 0, SEEK_SET);
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	buf[n] = '\0';
-	fclose(f);
-	fprintf(stderr, "--- %s (tail) ---\n%s--- end ---\n", path, buf);
-}
-
 static int daemon_start(struct daemon *d)
 {
 	char threads[16], *argv[96], logbuf[8192];
@@ -1034,26 +771,11 @@ static int daemon_start(struct daemon *d)
 	/* its log line "event=listening ... port=N" says where it listens */
 	deadline = now_s() + 15;
 	while (now_s() < deadline) {
-		FILE *f = fopen(d->log, "re");
-		size_t n = 0;
 		int status;
 
-		if (f != NULL) {
-			n = fread(logbuf, 1, sizeof(logbuf) - 1, f);
-			fclose(f);
-		}
-		logbuf[n] = '\0';
-		{
-			char *ev = strstr(logbuf, "event=listening");
-			char *eol = ev ? strchr(ev, '\n') : NULL;
-			char *p = ev ? strstr(ev, " port=") : NULL;
-
-			if (p != NULL && eol != NULL && p < eol) {
-				d->port = (unsigned)strtoul(p + 6, NULL, 10);
-				if (d->port > 0)
-					return 0;
-			}
-		}
+		d->port = log_listen_port(d->log, 0, logbuf, sizeof(logbuf));
+		if (d->port > 0)
+			return 0;
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
 			note("bnstatd exited before listening (status %d)", status);
 			print_log_tail(d->log);
@@ -1090,10 +812,7 @@ static bool daemon_gone(struct daemon *d, char *why, size_t size)
 
 static long long daemon_cpu_ticks(const struct daemon *d)
 {
-	char path[64];
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)d->pid);
-	return proc_cpu_ticks(path);
+	return pid_cpu_ticks(d->pid);
 }
 
 /* SIGTERM, then SIGKILL after 20 s. Returns the wait status or -1. */
@@ -1163,28 +882,6 @@ static void dir_remove(const char *dir)
 
 /* ------------------------------------------------------------------------ */
 /* HTTP client pieces */
-
-static int tcp_connect(unsigned port, bool nonblocking)
-{
-	struct sockaddr_in sa;
-	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0)
-		return -1;
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-		close(fd);
-		return -1;
-	}
-	if (nonblocking)
-		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-	return fd;
-}
 
 struct http_reply {
 	int status;
@@ -1707,13 +1404,6 @@ static void *client_main(void *arg)
 	return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 /* nearest-rank percentile of sorted v[0..n) */
 static double percentile(const double *v, size_t n, double p)
 {
@@ -1943,7 +1633,7 @@ static void verify_cell(struct cell *c, struct verify *v)
 			v->ok = false;
 			sb_printf(&v->text, "step %zu: reply is for another step; ", step);
 		}
-		for (li = 0; li < n_layers; li++) {
+		for (li = 0; li < N_LAYERS; li++) {
 			const struct bn_layer *l = &layers[li];
 			json_t *lo = json_object_get(jl, l->name);
 			json_int_t batches = json_integer_value(json_object_get(lo, "batches"));
@@ -1984,7 +1674,7 @@ static void verify_cell(struct cell *c, struct verify *v)
 	if (v->ok)
 		sb_printf(&v->text, "steps %s: `batches` = acknowledged uploads and `count` = "
 			  "their sum for all %zu layers; mean/var of %s and %s equal the exact "
-			  "merge (max rel. diff %.2g)", steps.p, n_layers, layers[0].name,
+			  "merge (max rel. diff %.2g)", steps.p, N_LAYERS, layers[0].name,
 			  layers[RESNET50_LAYERS - 1].name, worst);
 	else
 		sb_printf(&v->text, "(steps checked, acknowledged: %s)", steps.p);
@@ -2026,7 +1716,7 @@ static void bench_estimator(struct inproc *r)
 	do {
 		const struct variant *v = &variants[it % opt.variants];
 
-		for (li = 0; li < n_layers; li++) {
+		for (li = 0; li < N_LAYERS; li++) {
 			const struct bn_layer *l = &layers[li];
 			const float *m = v->mean + l->offset, *var = v->var + l->offset;
 			float *pmean = pm + l->offset, *psq = ps + l->offset;
@@ -2150,26 +1840,10 @@ static void cell_setup(struct cell *c, enum target t, enum form f, unsigned conn
 
 static void machine_line(void)
 {
-	char model[256] = "unknown", line[512];
-	FILE *f = fopen("/proc/cpuinfo", "re");
+	char model[256];
 	struct utsname u;
 
-	if (f != NULL) {
-		while (fgets(line, sizeof(line), f))
-			if (strncmp(line, "model name", 10) == 0) {
-				char *p = strchr(line, ':');
-
-				if (p != NULL) {
-					p++;
-					while (*p == ' ' || *p == '\t')
-						p++;
-					p[strcspn(p, "\n")] = '\0';
-					snprintf(model, sizeof(model), "%s", p);
-				}
-				break;
-			}
-		fclose(f);
-	}
+	cpu_model(model, sizeof(model));
 	uname(&u);
 	printf("- machine: %ld CPUs online (nproc), %s, Linux %s %s\n",
 	       sysconf(_SC_NPROCESSORS_ONLN), model, u.release, u.machine);
@@ -2242,7 +1916,7 @@ static void print_header(int argc, char **argv)
 	printf("- workload: torchvision ResNet-50, %zu BatchNorm layers, %zu channels, "
 	       "batch %d (count = %d·H·W per layer); body bytes: safetensors %zu, b64 %zu, "
 	       "json %zu\n",
-	       n_layers, n_channels, NBS, NBS, b[F_ST].len, b[F_B64].len, b[F_JSON].len);
+	       N_LAYERS, n_channels, NBS, NBS, b[F_ST].len, b[F_B64].len, b[F_JSON].len);
 	printf("- each cell: N connections = N workers (`rank0`…), %u upload(s) per worker per "
 	       "step, a barrier between steps, %s; %u client thread(s); one bnstatd per form on "
 	       "a fresh database in %s\n\n",
@@ -2616,7 +2290,7 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 	parse_options(argc, argv);
-	resnet50_layers();
+	layers_init();
 	for (f = 0; f < F_COUNT; f++)
 		any_daemon = any_daemon || opt.run_form[f];
 	if (opt.dump_form >= 0) {

@@ -66,9 +66,9 @@
 #error "bench_query writes little-endian binary data with memcpy; port it first"
 #endif
 
-#define NBS 32              /* images per batch: count = NBS * H * W */
-#define RESNET50_LAYERS 53
-#define RESNET50_CHANNELS 26560
+#define BENCH_PROG "bench_query"
+#include "bench_common.h"
+
 #define MAX_CONNS 64
 #define MAX_REPS 1000
 #define MAX_RESULTS 64
@@ -80,84 +80,7 @@
 #define WORKER_MOMENTUM 0.1 /* the EMA rank0 reports, PyTorch's default */
 
 /* ------------------------------------------------------------------------ */
-/* small helpers */
-
-static void cleanup(void);
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("bench_query: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	cleanup();
-	exit(2);
-}
-
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* Progress goes to stderr; stdout carries only the Markdown report. */
-static void note(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("bench_query: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
-
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-
-	if (p == NULL)
-		die("out of memory (%zu bytes)", n);
-	return p;
-}
-
-static void *xrealloc(void *p, size_t n)
-{
-	p = realloc(p, n ? n : 1);
-	if (p == NULL)
-		die("out of memory (%zu bytes)", n);
-	return p;
-}
-
-static char *xstrdup(const char *s)
-{
-	char *p = strdup(s);
-
-	if (p == NULL)
-		die("out of memory");
-	return p;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_s(double s)
-{
-	struct timespec ts;
-
-	if (s <= 0)
-		return;
-	ts.tv_sec = (time_t)s;
-	ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
+/* small helpers (the rest are in bench_common.h) */
 
 static unsigned long long parse_ull(const char *s, const char *what, unsigned long long max)
 {
@@ -173,161 +96,8 @@ static unsigned long long parse_ull(const char *s, const char *what, unsigned lo
 	return v;
 }
 
-/* A growable byte buffer, always NUL-terminated. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static void sb_reserve(struct sbuf *b, size_t more)
-{
-	if (b->len + more + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-
-		while (cap < b->len + more + 1)
-			cap *= 2;
-		b->p = xrealloc(b->p, cap);
-		b->cap = cap;
-	}
-}
-
-static void sb_put(struct sbuf *b, const void *data, size_t n)
-{
-	sb_reserve(b, n);
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-	sb_put(b, s, strlen(s));
-}
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		die("vsnprintf failed");
-	sb_reserve(b, (size_t)n);
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
-
-/* ------------------------------------------------------------------------ */
-/* the model: torchvision.models.resnet50's BatchNorm2d layers */
-
-struct bn_layer {
-	const char *name; /* as in model.named_modules() */
-	unsigned channels;
-	unsigned hw;      /* spatial size of its input (224x224 images) */
-	int64_t count;    /* NBS * hw * hw */
-	size_t offset;    /* first channel in the flat arrays */
-};
-
-/*
- * In named_modules() order. The stem's bn1 sees 112x112; each Bottleneck
- * has bn1 (width, at the block's input resolution), bn2 (width, after the
- * 3x3 conv that carries the stride in torchvision's ResNet v1.5), bn3
- * (4 * width); the first block of each stage also has
- * downsample = Sequential(conv1x1, BatchNorm2d), whose norm is
- * "downsample.1", at the block's output resolution.
- */
-static struct bn_layer layers[] = {
-	{ "bn1", 64, 112, 0, 0 },
-	{ "layer1.0.bn1", 64, 56, 0, 0 },
-	{ "layer1.0.bn2", 64, 56, 0, 0 },
-	{ "layer1.0.bn3", 256, 56, 0, 0 },
-	{ "layer1.0.downsample.1", 256, 56, 0, 0 },
-	{ "layer1.1.bn1", 64, 56, 0, 0 },
-	{ "layer1.1.bn2", 64, 56, 0, 0 },
-	{ "layer1.1.bn3", 256, 56, 0, 0 },
-	{ "layer1.2.bn1", 64, 56, 0, 0 },
-	{ "layer1.2.bn2", 64, 56, 0, 0 },
-	{ "layer1.2.bn3", 256, 56, 0, 0 },
-	{ "layer2.0.bn1", 128, 56, 0, 0 },
-	{ "layer2.0.bn2", 128, 28, 0, 0 },
-	{ "layer2.0.bn3", 512, 28, 0, 0 },
-	{ "layer2.0.downsample.1", 512, 28, 0, 0 },
-	{ "layer2.1.bn1", 128, 28, 0, 0 },
-	{ "layer2.1.bn2", 128, 28, 0, 0 },
-	{ "layer2.1.bn3", 512, 28, 0, 0 },
-	{ "layer2.2.bn1", 128, 28, 0, 0 },
-	{ "layer2.2.bn2", 128, 28, 0, 0 },
-	{ "layer2.2.bn3", 512, 28, 0, 0 },
-	{ "layer2.3.bn1", 128, 28, 0, 0 },
-	{ "layer2.3.bn2", 128, 28, 0, 0 },
-	{ "layer2.3.bn3", 512, 28, 0, 0 },
-	{ "layer3.0.bn1", 256, 28, 0, 0 },
-	{ "layer3.0.bn2", 256, 14, 0, 0 },
-	{ "layer3.0.bn3", 1024, 14, 0, 0 },
-	{ "layer3.0.downsample.1", 1024, 14, 0, 0 },
-	{ "layer3.1.bn1", 256, 14, 0, 0 },
-	{ "layer3.1.bn2", 256, 14, 0, 0 },
-	{ "layer3.1.bn3", 1024, 14, 0, 0 },
-	{ "layer3.2.bn1", 256, 14, 0, 0 },
-	{ "layer3.2.bn2", 256, 14, 0, 0 },
-	{ "layer3.2.bn3", 1024, 14, 0, 0 },
-	{ "layer3.3.bn1", 256, 14, 0, 0 },
-	{ "layer3.3.bn2", 256, 14, 0, 0 },
-	{ "layer3.3.bn3", 1024, 14, 0, 0 },
-	{ "layer3.4.bn1", 256, 14, 0, 0 },
-	{ "layer3.4.bn2", 256, 14, 0, 0 },
-	{ "layer3.4.bn3", 1024, 14, 0, 0 },
-	{ "layer3.5.bn1", 256, 14, 0, 0 },
-	{ "layer3.5.bn2", 256, 14, 0, 0 },
-	{ "layer3.5.bn3", 1024, 14, 0, 0 },
-	{ "layer4.0.bn1", 512, 14, 0, 0 },
-	{ "layer4.0.bn2", 512, 7, 0, 0 },
-	{ "layer4.0.bn3", 2048, 7, 0, 0 },
-	{ "layer4.0.downsample.1", 2048, 7, 0, 0 },
-	{ "layer4.1.bn1", 512, 7, 0, 0 },
-	{ "layer4.1.bn2", 512, 7, 0, 0 },
-	{ "layer4.1.bn3", 2048, 7, 0, 0 },
-	{ "layer4.2.bn1", 512, 7, 0, 0 },
-	{ "layer4.2.bn2", 512, 7, 0, 0 },
-	{ "layer4.2.bn3", 2048, 7, 0, 0 },
-};
-
-#define N_LAYERS (sizeof(layers) / sizeof(layers[0]))
-
-static size_t n_channels;
-
-static void layers_init(void)
-{
-	size_t i;
-
-	n_channels = 0;
-	for (i = 0; i < N_LAYERS; i++) {
-		layers[i].count = (int64_t)NBS * layers[i].hw * layers[i].hw;
-		layers[i].offset = n_channels;
-		n_channels += layers[i].channels;
-	}
-	if (N_LAYERS != RESNET50_LAYERS || n_channels != RESNET50_CHANNELS)
-		die("resnet50 layer table is wrong: %zu layers, %zu channels (want %d, %d)",
-		    (size_t)N_LAYERS, n_channels, RESNET50_LAYERS, RESNET50_CHANNELS);
-}
-
 /* ------------------------------------------------------------------------ */
 /* the statistics: deterministic, counter-based, any step on its own */
-
-static uint64_t splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-	return z ^ (z >> 31);
-}
 
 struct rng {
 	uint64_t s[4];
@@ -566,12 +336,12 @@ static void body_safetensors(struct sbuf *b, struct sbuf *hdr, const struct batc
 	hlen = hdr->len;
 	b->len = 0;
 	sb_reserve(b, 8 + hdr->len + off);
-	sb_put(b, &hlen, 8);
-	sb_put(b, hdr->p, hdr->len);
+	sb_add(b, &hlen, 8);
+	sb_add(b, hdr->p, hdr->len);
 	for (l = 0; l < N_LAYERS; l++) {
-		sb_put(b, &layers[l].count, 8);
+		sb_add(b, &layers[l].count, 8);
 		for (p = 0; p < n_parts; p++)
-			sb_put(b, arrays[p] + layers[l].offset, layers[l].channels * sizeof(float));
+			sb_add(b, arrays[p] + layers[l].offset, layers[l].channels * sizeof(float));
 	}
 }
 
@@ -600,24 +370,10 @@ static void conn_close(struct conn *c)
 
 static int conn_open(struct conn *c)
 {
-	struct sockaddr_in a;
-	int one = 1;
-
 	conn_close(c);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_port = htons((uint16_t)c->port);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	c->fd = tcp_connect(c->port, false);
 	if (c->fd < 0)
 		return -errno;
-	if (connect(c->fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-		int e = errno;
-
-		conn_close(c);
-		return -e;
-	}
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	return 0;
 }
 
@@ -773,7 +529,7 @@ static int read_response(struct conn *c, struct resp *r, double deadline, bool *
 			rc = recv_until(c, size + 2, deadline);
 			if (rc < 0)
 				return rc;
-			sb_put(&r->body, c->in.p, size);
+			sb_add(&r->body, c->in.p, size);
 			consume(c, size + 2);
 			if (size == 0)
 				break;
@@ -782,7 +538,7 @@ static int read_response(struct conn *c, struct resp *r, double deadline, bool *
 		rc = recv_until(c, clen, deadline);
 		if (rc < 0)
 			return rc;
-		sb_put(&r->body, c->in.p, clen);
+		sb_add(&r->body, c->in.p, clen);
 		consume(c, clen);
 	} else {
 		for (;;) { /* until the server closes */
@@ -795,7 +551,7 @@ static int read_response(struct conn *c, struct resp *r, double deadline, bool *
 			if (c->in.len > BODY_MAX)
 				return -EFBIG;
 		}
-		sb_put(&r->body, c->in.p, c->in.len);
+		sb_add(&r->body, c->in.p, c->in.len);
 		consume(c, c->in.len);
 		close_after = true;
 	}
@@ -1101,24 +857,6 @@ static void on_signal(int sig)
 	raise(sig);
 }
 
-static void print_log_tail(void)
-{
-	char buf[4096];
-	FILE *f = fopen(log_path, "re");
-	long size;
-	size_t n;
-
-	if (f == NULL)
-		return;
-	fseek(f, 0, SEEK_END);
-	size = ftell(f);
-	fseek(f, size > (long)sizeof(buf) - 1 ? size - (long)sizeof(buf) + 1 : 0, SEEK_SET);
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	buf[n] = '\0';
-	fclose(f);
-	fprintf(stderr, "--- %s (tail) ---\n%s--- end ---\n", log_path, buf);
-}
-
 static void setup_paths(void)
 {
 	if (opt.db != NULL) {
@@ -1201,83 +939,49 @@ static void daemon_start(void)
 	/* its log line "event=listening ... port=N" (after `from`) says where */
 	deadline = now_s() + 60;
 	while (now_s() < deadline) {
-		FILE *f = fopen(log_path, "re");
-		size_t n = 0;
 		int status;
 
-		if (f != NULL) {
-			fseeko(f, from, SEEK_SET);
-			n = fread(logbuf, 1, sizeof(logbuf) - 1, f);
-			fclose(f);
-		}
-		logbuf[n] = '\0';
-		{
-			char *ev = strstr(logbuf, "event=listening");
-			char *eol = ev ? strchr(ev, '\n') : NULL;
-			char *p = ev ? strstr(ev, " port=") : NULL;
-
-			if (p != NULL && eol != NULL && p < eol) {
-				daemon_port = (unsigned)strtoul(p + 6, NULL, 10);
-				if (daemon_port > 0)
-					return;
-			}
-		}
+		daemon_port = log_listen_port(log_path, from, logbuf, sizeof(logbuf));
+		if (daemon_port > 0)
+			return;
 		if (waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
 			daemon_pid = 0;
-			print_log_tail();
+			print_log_tail(log_path);
 			die("bnstatd exited before listening (status %d)", status);
 		}
 		sleep_s(0.02);
 	}
-	print_log_tail();
+	print_log_tail(log_path);
 	die("bnstatd did not log event=listening within 60 s");
 }
 
 /* utime + stime of the daemon in ms; -1 when unknown. */
 static double daemon_cpu_ms(void)
 {
-	char path[64], buf[2048], *p;
-	unsigned long long ut, stt;
-	FILE *f;
-	size_t n;
+	long long ticks;
 
 	if (daemon_pid <= 0)
 		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)daemon_pid);
-	f = fopen(path, "re");
-	if (f == NULL)
+	ticks = pid_cpu_ticks(daemon_pid);
+	if (ticks < 0)
 		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	p = strrchr(buf, ')');
-	/* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
-	if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-				&ut, &stt) != 2)
-		return -1;
-	return (double)(ut + stt) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+	return (double)ticks * 1000.0 / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* VmRSS and VmHWM of the daemon in MiB. */
 static void daemon_rss(double *rss, double *hwm)
 {
-	char path[64], line[256];
-	FILE *f;
+	long kb;
 
 	*rss = *hwm = -1;
 	if (daemon_pid <= 0)
 		return;
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
-	f = fopen(path, "re");
-	if (f == NULL)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "VmRSS:", 6) == 0)
-			*rss = strtod(line + 6, NULL) / 1024.0;
-		else if (strncmp(line, "VmHWM:", 6) == 0)
-			*hwm = strtod(line + 6, NULL) / 1024.0;
-	}
-	fclose(f);
+	kb = proc_status_kb(daemon_pid, "VmRSS");
+	if (kb >= 0)
+		*rss = (double)kb / 1024.0;
+	kb = proc_status_kb(daemon_pid, "VmHWM");
+	if (kb >= 0)
+		*hwm = (double)kb / 1024.0;
 }
 
 static double file_bytes(const char *path)
@@ -1643,13 +1347,6 @@ static struct result results[MAX_RESULTS];
 static size_t n_results;
 static struct conn qconn = { .fd = -1 };
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 /*
  * Send GET <run_path>/<query> reps times on the query connection; record
  * the wall clock of each (request written to answer read). If expect is
@@ -1784,28 +1481,12 @@ static int64_t run_latest_step(void)
 
 static void machine_line(void)
 {
-	char line[512], model[256] = "unknown";
+	char line[512], model[256];
 	double mem_gib = 0;
 	struct utsname u;
-	FILE *f = fopen("/proc/cpuinfo", "re");
+	FILE *f;
 
-	if (f != NULL) {
-		while (fgets(line, sizeof(line), f)) {
-			if (strncmp(line, "model name", 10) == 0) {
-				char *v = strchr(line, ':');
-
-				if (v != NULL) {
-					v++;
-					while (*v == ' ' || *v == '\t')
-						v++;
-					v[strcspn(v, "\n")] = '\0';
-					snprintf(model, sizeof(model), "%s", v);
-				}
-				break;
-			}
-		}
-		fclose(f);
-	}
+	cpu_model(model, sizeof(model));
 	f = fopen("/proc/meminfo", "re");
 	if (f != NULL) {
 		while (fgets(line, sizeof(line), f))
@@ -1863,6 +1544,7 @@ int main(int argc, char **argv)
 	unsigned mism = 0, checked = 0;
 	size_t i;
 
+	die_cleanup = cleanup; /* die() stops the daemon and removes the temporary files */
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	parse_args(argc, argv);
 	layers_init();
