@@ -1977,41 +1977,16 @@ static int row_walk(sqlite3_stmt *st, bool ema, store_row_fn fn, void *ctx)
 	return rc;
 }
 
-int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id,
-		     int64_t layer_id, int64_t step_lo, int64_t step_hi,
-		     store_row_fn fn, void *ctx)
+/*
+ * Run a per-layer row query with parameters ?1 run, ?2 domain, ?3 layer,
+ * ?4 and ?5 the step range and, for EMA rows (ema), ?6 the worker when
+ * given; hand each row to fn.
+ */
+static int layer_rows(struct store_reader *r, const char *sql, bool ema, int64_t run_id,
+		      int64_t domain_id, int64_t layer_id, int64_t step_lo, int64_t step_hi,
+		      const char *worker, store_row_fn fn, void *ctx)
 {
 	sqlite3_stmt *st;
-	const char *sql = domain_id < 0
-		? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
-		  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
-		  " AND ?2 < 0 ORDER BY step, domain_id"
-		: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
-		  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step";
-
-	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
-		return -EIO;
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, layer_id);
-	sqlite3_bind_int64(st, 4, step_lo);
-	sqlite3_bind_int64(st, 5, step_hi);
-	return row_walk(st, false, fn, ctx);
-}
-
-int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
-		     int64_t layer_id, const char *worker, int64_t step_lo,
-		     int64_t step_hi, store_row_fn fn, void *ctx)
-{
-	sqlite3_stmt *st;
-	const char *sql = worker != NULL
-		? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
-		  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step"
-		: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
-		  " AND domain_id = ?2 AND layer_id = ?3"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
 
 	if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
@@ -2022,7 +1997,39 @@ int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
 	sqlite3_bind_int64(st, 5, step_hi);
 	if (worker != NULL)
 		sqlite3_bind_text(st, 6, worker, -1, SQLITE_STATIC);
-	return row_walk(st, true, fn, ctx);
+	return row_walk(st, ema, fn, ctx);
+}
+
+int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, int64_t step_lo, int64_t step_hi,
+		     store_row_fn fn, void *ctx)
+{
+	const char *sql = domain_id < 0
+		? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+		  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
+		  " AND ?2 < 0 ORDER BY step, domain_id"
+		: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+		  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step";
+
+	return layer_rows(r, sql, false, run_id, domain_id, layer_id, step_lo, step_hi, NULL, fn,
+			  ctx);
+}
+
+int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		     int64_t layer_id, const char *worker, int64_t step_lo,
+		     int64_t step_hi, store_row_fn fn, void *ctx)
+{
+	const char *sql = worker != NULL
+		? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+		  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step"
+		: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+		  " AND domain_id = ?2 AND layer_id = ?3"
+		  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
+
+	return layer_rows(r, sql, true, run_id, domain_id, layer_id, step_lo, step_hi, worker, fn,
+			  ctx);
 }
 
 int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
