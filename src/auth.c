@@ -74,14 +74,15 @@ static int read_table(const char *path, struct table *t, struct bn_error *err)
 		}
 		if (strlen(tok) < AUTH_TOKEN_MIN || strlen(tok) > AUTH_TOKEN_MAX) {
 			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
-					  "%s:%u: a token must have %d to %d characters", path, lineno,
-					  AUTH_TOKEN_MIN, AUTH_TOKEN_MAX);
+					  "%s:%u: a token must have %d to %d characters", path,
+					  lineno, AUTH_TOKEN_MIN, AUTH_TOKEN_MAX);
 			break;
 		}
 		if (parse_roles(roles, &r) < 0) {
-			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
-					  "%s:%u: roles are ingest, read and admin (comma-separated)",
-					  path, lineno);
+			rc = bn_error_set(
+				err, 400, BN_E_INVALID, "token-file",
+				"%s:%u: roles are ingest, read and admin (comma-separated)", path,
+				lineno);
 			break;
 		}
 		p = realloc(t->tokens, (t->n + 1) * sizeof(*p));

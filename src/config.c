@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC };
 
 struct option_def {
@@ -28,23 +27,35 @@ struct option_def {
 
 static const struct option_def options[] = {
 	{ "db", T_STRING, F(db), 0, 0, "SQLite database file (created if missing)" },
-	{ "listen", T_LISTEN, F(listen), 0, 0, "HOST:PORT to listen on ([::1]:PORT for IPv6; port 0: any)" },
+	{ "listen", T_LISTEN, F(listen), 0, 0,
+	  "HOST:PORT to listen on ([::1]:PORT for IPv6; port 0: any)" },
 	{ "threads", T_UINT, F(http.threads), 1, 256, "HTTP worker threads" },
-	{ "max-body", T_SIZE, F(http.max_body), 1024, 1ull << 31, "largest request body in bytes (413 above)" },
+	{ "max-body", T_SIZE, F(http.max_body), 1024, 1ull << 31,
+	  "largest request body in bytes (413 above)" },
 	{ "max-layers", T_SIZE, F(http.limits.max_layers), 1, 1u << 20, "layers per upload" },
 	{ "max-channels", T_SIZE, F(http.limits.max_channels), 1, 1u << 24, "channels per layer" },
-	{ "max-connections", T_UINT, F(http.max_connections), 1, 1u << 20, "open connections at most" },
-	{ "max-connections-per-ip", T_UINT, F(http.max_per_ip), 0, 1u << 20, "open connections per client address (0: no limit)" },
+	{ "max-connections", T_UINT, F(http.max_connections), 1, 1u << 20,
+	  "open connections at most" },
+	{ "max-connections-per-ip", T_UINT, F(http.max_per_ip), 0, 1u << 20,
+	  "open connections per client address (0: no limit)" },
 	{ "timeout", T_UINT, F(http.timeout_s), 1, 86400, "seconds an idle connection is kept" },
-	{ "queue-max", T_SIZE, F(store.queue_max), 1, 1u << 20, "uploads waiting for the writer before 503" },
-	{ "group-max", T_SIZE, F(store.group_max), 1, 1u << 20, "uploads committed in one transaction at most" },
-	{ "synchronous", T_SYNC, F(store.sync_full), 0, 0, "full (durable on power loss) or normal (on process crash)" },
-	{ "retain-steps", T_I64, F(store.retain_steps), 0, 1ull << 62, "keep per-step statistics of the last N steps of each run (0: all)" },
-	{ "token-file", T_OPTSTRING, F(token_file), 0, 0, "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
-	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0, "PEM certificate: serve HTTPS (with tls-key)" },
+	{ "queue-max", T_SIZE, F(store.queue_max), 1, 1u << 20,
+	  "uploads waiting for the writer before 503" },
+	{ "group-max", T_SIZE, F(store.group_max), 1, 1u << 20,
+	  "uploads committed in one transaction at most" },
+	{ "synchronous", T_SYNC, F(store.sync_full), 0, 0,
+	  "full (durable on power loss) or normal (on process crash)" },
+	{ "retain-steps", T_I64, F(store.retain_steps), 0, 1ull << 62,
+	  "keep per-step statistics of the last N steps of each run (0: all)" },
+	{ "token-file", T_OPTSTRING, F(token_file), 0, 0,
+	  "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
+	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0,
+	  "PEM certificate: serve HTTPS (with tls-key)" },
 	{ "tls-key", T_OPTSTRING, F(tls_key), 0, 0, "PEM private key of tls-cert" },
-	{ "log-file", T_OPTSTRING, F(log_file), 0, 0, "append logs to this file instead of stderr (reopened on SIGHUP)" },
-	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20, "MiB of simulated-EMA replay checkpoints kept in memory" },
+	{ "log-file", T_OPTSTRING, F(log_file), 0, 0,
+	  "append logs to this file instead of stderr (reopened on SIGHUP)" },
+	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20,
+	  "MiB of simulated-EMA replay checkpoints kept in memory" },
 	{ "log-level", T_LEVEL, F(log_level), 0, 0, "debug, info, warn or error" },
 };
 
@@ -85,8 +96,7 @@ static const struct option_def *find_option(const char *name, size_t len)
 	return NULL;
 }
 
-static int parse_listen(struct config *c, const char *v, const char *where,
-			struct bn_error *err)
+static int parse_listen(struct config *c, const char *v, const char *where, struct bn_error *err)
 {
 	const char *colon;
 	const char *host = v;
@@ -120,13 +130,14 @@ static int parse_listen(struct config *c, const char *v, const char *where,
 	snprintf(c->listen, sizeof(c->listen), "%s", v);
 	return 0;
 bad:
-	return bn_error_set(err, 400, BN_E_INVALID, "listen",
-			    "%s: listen must be HOST:PORT (e.g. 127.0.0.1:8650 or [::1]:8650), got \"%s\"",
-			    where, v);
+	return bn_error_set(
+		err, 400, BN_E_INVALID, "listen",
+		"%s: listen must be HOST:PORT (e.g. 127.0.0.1:8650 or [::1]:8650), got \"%s\"",
+		where, v);
 }
 
-static int set_option(struct config *c, const struct option_def *o,
-		      const char *v, const char *where, struct bn_error *err)
+static int set_option(struct config *c, const struct option_def *o, const char *v,
+		      const char *where, struct bn_error *err)
 {
 	char *field = (char *)c + o->offset;
 	unsigned long long n;
@@ -136,18 +147,20 @@ static int set_option(struct config *c, const struct option_def *o,
 	case T_OPTSTRING: /* may be set to "" to unset it */
 	case T_STRING:
 		if ((*v == '\0' && o->type == T_STRING) || strlen(v) >= o->size)
-			return bn_error_set(err, 400, BN_E_INVALID, o->name,
-					    "%s: %s must be a non-empty string shorter than %zu bytes",
-					    where, o->name, o->size);
+			return bn_error_set(
+				err, 400, BN_E_INVALID, o->name,
+				"%s: %s must be a non-empty string shorter than %zu bytes", where,
+				o->name, o->size);
 		memcpy(field, v, strlen(v) + 1);
 		return 0;
 	case T_LISTEN:
 		return parse_listen(c, v, where, err);
 	case T_LEVEL:
 		if (log_level_parse(v, (enum log_level *)(void *)field) < 0)
-			return bn_error_set(err, 400, BN_E_INVALID, o->name,
-					    "%s: log-level must be debug, info, warn or error, got \"%s\"",
-					    where, v);
+			return bn_error_set(
+				err, 400, BN_E_INVALID, o->name,
+				"%s: log-level must be debug, info, warn or error, got \"%s\"",
+				where, v);
 		return 0;
 	case T_SYNC:
 		if (strcmp(v, "full") == 0 || strcmp(v, "normal") == 0) {
@@ -161,10 +174,12 @@ static int set_option(struct config *c, const struct option_def *o,
 	case T_I64:
 		errno = 0;
 		n = strtoull(v, &end, 10);
-		if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 || n < o->min || n > o->max)
-			return bn_error_set(err, 400, BN_E_INVALID, o->name,
-					    "%s: %s must be an integer from %llu to %llu, got \"%s\"",
-					    where, o->name, o->min, o->max, v);
+		if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 || n < o->min ||
+		    n > o->max)
+			return bn_error_set(
+				err, 400, BN_E_INVALID, o->name,
+				"%s: %s must be an integer from %llu to %llu, got \"%s\"", where,
+				o->name, o->min, o->max, v);
 		if (o->type == T_UINT)
 			*(unsigned *)(void *)field = (unsigned)n;
 		else if (o->type == T_I64)
@@ -196,8 +211,8 @@ static int load_file(struct config *c, const char *path, struct bn_error *err)
 	int rc = 0;
 
 	if (f == NULL)
-		return bn_error_set(err, 400, BN_E_INVALID, "config", "cannot open config file %s: %s",
-				    path, strerror(errno));
+		return bn_error_set(err, 400, BN_E_INVALID, "config",
+				    "cannot open config file %s: %s", path, strerror(errno));
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char *s = trim(line), *eq, *key, *val;
 		const struct option_def *o;
@@ -221,8 +236,8 @@ static int load_file(struct config *c, const char *path, struct bn_error *err)
 		}
 		o = find_option(key, strlen(key));
 		if (o == NULL) {
-			rc = bn_error_set(err, 400, BN_E_INVALID, "config", "%s: unknown key \"%s\"",
-					  where, key);
+			rc = bn_error_set(err, 400, BN_E_INVALID, "config",
+					  "%s: unknown key \"%s\"", where, key);
 			break;
 		}
 		rc = set_option(c, o, val, where, err);
@@ -339,7 +354,8 @@ void config_usage(const char *prog)
 			snprintf(def, sizeof(def), "%zu", *(const size_t *)(const void *)field);
 			break;
 		case T_I64:
-			snprintf(def, sizeof(def), "%lld", (long long)*(const int64_t *)(const void *)field);
+			snprintf(def, sizeof(def), "%lld",
+				 (long long)*(const int64_t *)(const void *)field);
 			break;
 		case T_LEVEL:
 			snprintf(def, sizeof(def), "info");

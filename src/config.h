@@ -18,16 +18,16 @@
 
 struct config {
 	char db[4096];
-	char listen[512];      /* HOST:PORT as given */
-	char host[256];        /* parsed from listen */
+	char listen[512]; /* HOST:PORT as given */
+	char host[256];	  /* parsed from listen */
 	unsigned port;
 	char config_file[4096];
 	enum log_level log_level;
-	size_t replay_cache_mb;  /* simulated-EMA checkpoints, MiB */
-	char token_file[4096];   /* "" : no tokens, loopback clients only */
-	char tls_cert[4096];     /* PEM files; both or neither */
+	size_t replay_cache_mb; /* simulated-EMA checkpoints, MiB */
+	char token_file[4096];	/* "" : no tokens, loopback clients only */
+	char tls_cert[4096];	/* PEM files; both or neither */
 	char tls_key[4096];
-	char log_file[4096];     /* "" : stderr */
+	char log_file[4096]; /* "" : stderr */
 	struct http_options http;
 	struct store_options store;
 	bool help;

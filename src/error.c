@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-int bn_error_set(struct bn_error *err, int status, const char *code,
-		 const char *path, const char *fmt, ...)
+int bn_error_set(struct bn_error *err, int status, const char *code, const char *path,
+		 const char *fmt, ...)
 {
 	va_list ap;
 

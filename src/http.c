@@ -64,10 +64,12 @@ enum route {
 };
 
 static const char *const route_names[] = {
-	[R_NONE] = "none", [R_HEALTH] = "healthz", [R_RUNS] = "runs",
-	[R_RUN] = "run", [R_BATCHES] = "batches", [R_STATS] = "stats",
-	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot", [R_COMPARE] = "compare",
-	[R_SERIES] = "series", [R_DOMAINS] = "domains", [R_SHIFT] = "shift",
+	[R_NONE] = "none",	     [R_HEALTH] = "healthz",
+	[R_RUNS] = "runs",	     [R_RUN] = "run",
+	[R_BATCHES] = "batches",     [R_STATS] = "stats",
+	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot",
+	[R_COMPARE] = "compare",     [R_SERIES] = "series",
+	[R_DOMAINS] = "domains",     [R_SHIFT] = "shift",
 	[R_METRICS] = "metrics",
 };
 
@@ -76,7 +78,7 @@ static const struct {
 	const char *path;
 	enum route route;
 } run_gets[] = {
-	{ "/stats", R_STATS },     { "/compare", R_COMPARE }, { "/series", R_SERIES },
+	{ "/stats", R_STATS },	   { "/compare", R_COMPARE }, { "/series", R_SERIES },
 	{ "/domains", R_DOMAINS }, { "/shift", R_SHIFT },
 };
 
@@ -86,7 +88,7 @@ struct request {
 	enum route route;
 	const char *allowed; /* methods of the matched route, for 405's Allow */
 	bool unauthorized;   /* a 401: say how to authenticate */
-	bool is_upload;      /* POST .../batches, counted in the upload metrics */
+	bool is_upload;	     /* POST .../batches, counted in the upload metrics */
 	char run[INGEST_NAME_MAX + 2];
 	char label[STORE_LABEL_MAX + 2];
 	struct timespec started;
@@ -119,8 +121,8 @@ void http_options_default(struct http_options *o)
 
 /* --- replies ---------------------------------------------------------------- */
 
-static MHD_Result reply_text(struct request *rq, unsigned status, char *text,
-			     size_t len, const char *content_type)
+static MHD_Result reply_text(struct request *rq, unsigned status, char *text, size_t len,
+			     const char *content_type)
 {
 	struct MHD_Response *resp;
 	MHD_Result ret;
@@ -136,7 +138,8 @@ static MHD_Result reply_text(struct request *rq, unsigned status, char *text,
 	if (status == 405 && rq->allowed != NULL)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->allowed);
 	if (status == 401 && rq->unauthorized)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"bnstat\"");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					"Bearer realm=\"bnstat\"");
 	ret = MHD_queue_response(rq->conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -172,16 +175,15 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 		metrics_upload(err->code[0] ? err->code : BN_E_INTERNAL);
 	if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
-			  route_names[rq->route],
-			  run, status, err->message);
+			  route_names[rq->route], run, status, err->message);
 	else
 		log_info("request_rejected", "route=%s run=%s status=%d code=%s path=\"%s\"",
 			 route_names[rq->route], run, status, err->code, err->path);
 	return reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
 }
 
-static MHD_Result fail(struct request *rq, int status, const char *code,
-		       const char *path, const char *msg)
+static MHD_Result fail(struct request *rq, int status, const char *code, const char *path,
+		       const char *msg)
 {
 	struct bn_error err;
 
@@ -284,8 +286,8 @@ static bool take_result(struct request *rq, struct store_result *res)
  * The job is the store's from here on; on a refusal (a full queue, a
  * shutdown) it is freed and the client gets 503 with Retry-After.
  */
-static MHD_Result to_writer(struct request *rq, struct ingest_batch *b,
-			    struct store_snapshot *snap, bool delete_run)
+static MHD_Result to_writer(struct request *rq, struct ingest_batch *b, struct store_snapshot *snap,
+			    bool delete_run)
 {
 	struct store *st = rq->srv->store;
 	size_t n_layers = b != NULL ? b->n_layers : 0; /* b is the writer's once queued */
@@ -305,7 +307,9 @@ static MHD_Result to_writer(struct request *rq, struct ingest_batch *b,
 	}
 	pthread_mutex_unlock(&rq->mu);
 	if (rc == 0) {
-		log_debug(b != NULL ? "upload_queued" : snap != NULL ? "snapshot_queued" : "delete_queued",
+		log_debug(b != NULL	 ? "upload_queued"
+			  : snap != NULL ? "snapshot_queued"
+					 : "delete_queued",
 			  "run=%s layers=%zu", rq->run, n_layers);
 		return MHD_YES;
 	}
@@ -332,9 +336,9 @@ static MHD_Result handle_upload(struct request *rq)
 		if (res.status != 200)
 			return reply_error(rq, &res.err);
 		metrics_upload(res.duplicate ? "duplicate" : "accepted");
-		return reply_json(rq, 200, json_pack("{s:b, s:b, s:I}", "accepted", 1,
-						     "duplicate", res.duplicate, "layers",
-						     (json_int_t)res.layers));
+		return reply_json(rq, 200,
+				  json_pack("{s:b, s:b, s:I}", "accepted", 1, "duplicate",
+					    res.duplicate, "layers", (json_int_t)res.layers));
 	}
 
 	ctype = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
@@ -371,7 +375,8 @@ static MHD_Result handle_delete(struct request *rq)
 		return reply_json(rq, 200, json_pack("{s:s, s:b}", "run", rq->run, "deleted", 1));
 	}
 	if (!ingest_name_valid(rq->run))
-		return fail(rq, 422, BN_E_INVALID, "run", "run names are 1 to 128 of [A-Za-z0-9._-]");
+		return fail(rq, 422, BN_E_INVALID, "run",
+			    "run names are 1 to 128 of [A-Za-z0-9._-]");
 	return to_writer(rq, NULL, NULL, true);
 }
 
@@ -383,8 +388,8 @@ struct layer_params {
 	bool overflow;
 };
 
-static MHD_Result collect_layer_param(void *cls, enum MHD_ValueKind kind,
-				      const char *key, const char *value)
+static MHD_Result collect_layer_param(void *cls, enum MHD_ValueKind kind, const char *key,
+				      const char *value)
 {
 	struct layer_params *lp = cls;
 
@@ -477,10 +482,11 @@ static MHD_Result handle_metrics(struct request *rq, struct store_reader *r)
 		return MHD_NO;
 	}
 	metrics_render(f);
-	fprintf(f, "# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
-		   "# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
-		   "# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
-		   "# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
+	fprintf(f,
+		"# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
+		"# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
+		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
+		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
 		store_queue_depth(st), store_disk_bytes(st));
 	rc = query_metrics(r, f, &err);
 	store_reader_put(st, r);
@@ -501,9 +507,10 @@ static MHD_Result handle_get(struct request *rq)
 
 	bn_error_clear(&err);
 	if (rq->route == R_HEALTH)
-		return reply_json(rq, 200, json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
-						     store_schema_version(rq->srv->store),
-						     "queue", (json_int_t)store_queue_depth(rq->srv->store)));
+		return reply_json(rq, 200,
+				  json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
+					    store_schema_version(rq->srv->store), "queue",
+					    (json_int_t)store_queue_depth(rq->srv->store)));
 	if (store_reader_get(rq->srv->store, &r, &err) < 0)
 		return reply_error(rq, &err);
 	if (rq->route == R_METRICS)
@@ -522,7 +529,8 @@ static MHD_Result handle_get(struct request *rq)
 		struct layer_params lp = { .n = 0 };
 		struct query_params p = { 0 };
 
-		MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, collect_layer_param, &lp);
+		MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, collect_layer_param,
+					  &lp);
 		if (lp.overflow) {
 			rc = bn_error_set(&err, 422, BN_E_LIMIT, "layer",
 					  "at most %d layer= parameters", MAX_LAYER_PARAMS);
@@ -566,7 +574,8 @@ static MHD_Result handle_get(struct request *rq)
 			char *buf;
 			size_t len;
 
-			if (dtype != NULL && strcmp(dtype, "f32") != 0 && strcmp(dtype, "f64") != 0) {
+			if (dtype != NULL && strcmp(dtype, "f32") != 0 &&
+			    strcmp(dtype, "f64") != 0) {
 				rc = bn_error_set(&err, 422, BN_E_INVALID, "dtype",
 						  "dtype must be f32 or f64");
 				break;
@@ -677,8 +686,7 @@ static bool authorize(struct request *rq, const char *method, MHD_Result *ret)
 	h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0) {
 		rq->unauthorized = true;
-		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL,
-			    "send Authorization: Bearer TOKEN");
+		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL, "send Authorization: Bearer TOKEN");
 		return false;
 	}
 	have = auth_roles(srv->opt.auth, h + 7);
@@ -713,8 +721,7 @@ static bool method_allowed(const char *method, const char *allowed)
 	return false;
 }
 
-static struct request *request_new(struct http_server *srv,
-				   struct MHD_Connection *conn)
+static struct request *request_new(struct http_server *srv, struct MHD_Connection *conn)
 {
 	struct request *rq = calloc(1, sizeof(*rq));
 
@@ -728,9 +735,8 @@ static struct request *request_new(struct http_server *srv,
 	return rq;
 }
 
-static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
-			     const char *url, const char *method,
-			     const char *version, const char *upload_data,
+static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+			     const char *method, const char *version, const char *upload_data,
 			     size_t *upload_data_size, void **req_cls)
 {
 	struct http_server *srv = cls;
@@ -751,7 +757,8 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		rq->allowed = allowed;
 		rq->is_upload = rq->route == R_BATCHES && strcmp(method, "POST") == 0;
 		if (!method_allowed(method, allowed)) {
-			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method, allowed);
+			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method,
+				 allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
 		}
 		{
@@ -766,8 +773,9 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 			unsigned long long n = strtoull(clen, NULL, 10);
 
 			if (n > srv->opt.max_body) {
-				snprintf(msg, sizeof(msg), "the body is %llu bytes; the limit is %zu",
-					 n, srv->opt.max_body);
+				snprintf(msg, sizeof(msg),
+					 "the body is %llu bytes; the limit is %zu", n,
+					 srv->opt.max_body);
 				return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
 			}
 			if (n > 0) { /* one allocation for the whole body */
@@ -836,9 +844,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* --- start and stop ------------------------------------------------------------------- */
 
-int http_start(const struct http_options *o, struct store *s,
-	       struct replay_cache *replay, struct http_server **out,
-	       struct bn_error *err)
+int http_start(const struct http_options *o, struct store *s, struct replay_cache *replay,
+	       struct http_server **out, struct bn_error *err)
 {
 	struct http_server *srv;
 	struct addrinfo hints, *ai = NULL;
@@ -874,27 +881,26 @@ int http_start(const struct http_options *o, struct store *s,
 	if (o->tls_cert_pem != NULL && o->tls_key_pem != NULL)
 		flags |= MHD_USE_TLS;
 	srv->mhd = MHD_start_daemon(
-		flags, (uint16_t)o->port, NULL, NULL, on_request, srv,
-		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
-		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 1),
-		MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
-		MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_per_ip,
+		flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
+		on_mhd_log, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+		(unsigned)(o->threads ? o->threads : 1), MHD_OPTION_CONNECTION_LIMIT,
+		o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_per_ip,
 		MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
 		/* bodies are copied out at once, so a small per-connection pool does */
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
 		/* the TLS options last: MHD_OPTION_END ends the list when there is no TLS */
 		(flags & MHD_USE_TLS) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, o->tls_cert_pem,
-		MHD_OPTION_HTTPS_MEM_KEY, o->tls_key_pem,
-		MHD_OPTION_END);
+		MHD_OPTION_HTTPS_MEM_KEY, o->tls_key_pem, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (srv->mhd == NULL) {
 		free(srv);
 		return bn_error_set(err, 500, BN_E_INTERNAL, "listen",
 				    "cannot listen on %s:%u (address in use or not available%s)",
 				    o->host, o->port,
-				    (flags & MHD_USE_TLS) ? ", or the TLS certificate and key were refused" : "");
+				    (flags & MHD_USE_TLS)
+					    ? ", or the TLS certificate and key were refused"
+					    : "");
 	}
 	info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
 	srv->port = info ? info->port : o->port;
@@ -911,8 +917,9 @@ int http_tls_check(const char *cert_pem, const char *key_pem, struct bn_error *e
 		MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
 
 	if (d == NULL)
-		return bn_error_set(err, 400, BN_E_INVALID, "tls-cert",
-				    "the TLS certificate and key were refused (not PEM, or not a pair)");
+		return bn_error_set(
+			err, 400, BN_E_INVALID, "tls-cert",
+			"the TLS certificate and key were refused (not PEM, or not a pair)");
 	MHD_stop_daemon(d);
 	return 0;
 }

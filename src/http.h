@@ -17,16 +17,16 @@
 #include "store.h"
 
 struct http_options {
-	const char *host;          /* numeric address or name to bind */
-	unsigned port;             /* 0: any free port (see http_port) */
-	unsigned threads;          /* libmicrohttpd thread pool size */
-	size_t max_body;           /* bytes; larger bodies get 413 */
-	unsigned max_connections;  /* open connections at most */
-	unsigned timeout_s;        /* idle connection timeout */
-	unsigned max_per_ip;       /* connections per client address, 0: no limit */
+	const char *host;	  /* numeric address or name to bind */
+	unsigned port;		  /* 0: any free port (see http_port) */
+	unsigned threads;	  /* libmicrohttpd thread pool size */
+	size_t max_body;	  /* bytes; larger bodies get 413 */
+	unsigned max_connections; /* open connections at most */
+	unsigned timeout_s;	  /* idle connection timeout */
+	unsigned max_per_ip;	  /* connections per client address, 0: no limit */
 	struct ingest_limits limits;
-	struct auth *auth;         /* bearer tokens; NULL: loopback clients only */
-	const char *tls_cert_pem;  /* PEM text; both set: HTTPS */
+	struct auth *auth;	  /* bearer tokens; NULL: loopback clients only */
+	const char *tls_cert_pem; /* PEM text; both set: HTTPS */
 	const char *tls_key_pem;
 };
 
@@ -43,9 +43,8 @@ struct replay_cache;
  * by the caller: stop it with http_stop(). Returns 0 or a negative errno
  * with *err filled in.
  */
-int http_start(const struct http_options *o, struct store *s,
-	       struct replay_cache *replay, struct http_server **out,
-	       struct bn_error *err);
+int http_start(const struct http_options *o, struct store *s, struct replay_cache *replay,
+	       struct http_server **out, struct bn_error *err);
 
 /*
  * Check that PEM texts cert_pem and key_pem are a certificate and its key

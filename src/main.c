@@ -66,7 +66,8 @@ static char *read_file(const char *path, struct bn_error *err)
 	size_t len = 0, cap = 0, n;
 
 	if (f == NULL) {
-		bn_error_set(err, 400, BN_E_INVALID, NULL, "cannot read %s: %s", path, strerror(errno));
+		bn_error_set(err, 400, BN_E_INVALID, NULL, "cannot read %s: %s", path,
+			     strerror(errno));
 		return NULL;
 	}
 	do {
@@ -139,7 +140,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (cfg.log_file[0] != '\0' && log_open_file(cfg.log_file) < 0) {
-		fprintf(stderr, "bnstatd: cannot open log file %s: %s\n", cfg.log_file, strerror(errno));
+		fprintf(stderr, "bnstatd: cannot open log file %s: %s\n", cfg.log_file,
+			strerror(errno));
 		status = 2;
 		goto out;
 	}
@@ -176,7 +178,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (auth == NULL)
-		log_warn("auth", "tokens=none access=loopback-only hint=\"set token-file to serve other hosts\"");
+		log_warn("auth", "tokens=none access=loopback-only hint=\"set token-file to serve "
+				 "other hosts\"");
 	else
 		log_info("auth", "tokens=%u", auth_count(auth));
 	log_info("listening", "host=%s port=%u db=%s schema=%d threads=%u tls=%s version=%s",
@@ -193,10 +196,12 @@ int main(int argc, char **argv)
 			log_error("sighup", "action=reopen_log error=\"%s\"", strerror(errno));
 		if (auth != NULL) {
 			if (auth_reload(auth, cfg.token_file, &err) < 0)
-				log_error("sighup", "action=reload_tokens result=kept_old error=\"%s\"",
+				log_error("sighup",
+					  "action=reload_tokens result=kept_old error=\"%s\"",
 					  err.message);
 			else
-				log_info("sighup", "action=reload_tokens tokens=%u", auth_count(auth));
+				log_info("sighup", "action=reload_tokens tokens=%u",
+					 auth_count(auth));
 		} else {
 			log_info("sighup", "action=none");
 		}

@@ -11,14 +11,15 @@
 #include "bnstat/error.h"
 
 static const char *const outcomes[] = {
-	"accepted", "duplicate", BN_E_MALFORMED, BN_E_TYPE, BN_E_MISSING, BN_E_INVALID,
-	BN_E_LIMIT, BN_E_CONFLICT, BN_E_NOT_FOUND, BN_E_TOO_LARGE, BN_E_MEDIA,
-	BN_E_UNAVAILABLE, BN_E_INTERNAL, BN_E_UNAUTHORIZED, BN_E_FORBIDDEN, "other",
+	"accepted",	"duplicate",	   BN_E_MALFORMED, BN_E_TYPE,
+	BN_E_MISSING,	BN_E_INVALID,	   BN_E_LIMIT,	   BN_E_CONFLICT,
+	BN_E_NOT_FOUND, BN_E_TOO_LARGE,	   BN_E_MEDIA,	   BN_E_UNAVAILABLE,
+	BN_E_INTERNAL,	BN_E_UNAUTHORIZED, BN_E_FORBIDDEN, "other",
 };
 #define N_OUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
 
 static const double latency_le[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-				     0.1, 0.25, 0.5, 1.0, 2.5, 10.0 };
+				     0.1,   0.25,   0.5,   1.0,	 2.5,	10.0 };
 #define N_LATENCY (sizeof(latency_le) / sizeof(latency_le[0]))
 static const double size_le[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024 };
 #define N_SIZE (sizeof(size_le) / sizeof(size_le[0]))
@@ -83,19 +84,23 @@ void metrics_render(FILE *f)
 {
 	size_t i;
 
-	fputs("# HELP bnstat_uploads_total Uploads by outcome: accepted, duplicate, or the error code.\n"
-	      "# TYPE bnstat_uploads_total counter\n", f);
+	fputs("# HELP bnstat_uploads_total Uploads by outcome: accepted, duplicate, or the error "
+	      "code.\n"
+	      "# TYPE bnstat_uploads_total counter\n",
+	      f);
 	for (i = 0; i < N_OUTCOMES; i++)
 		fprintf(f, "bnstat_uploads_total{outcome=\"%s\"} %llu\n", outcomes[i],
 			atomic_load_explicit(&upload_count[i], memory_order_relaxed));
-	fprintf(f, "# HELP bnstat_received_bytes_total Request body bytes received.\n"
-		   "# TYPE bnstat_received_bytes_total counter\n"
-		   "bnstat_received_bytes_total %llu\n",
+	fprintf(f,
+		"# HELP bnstat_received_bytes_total Request body bytes received.\n"
+		"# TYPE bnstat_received_bytes_total counter\n"
+		"bnstat_received_bytes_total %llu\n",
 		atomic_load_explicit(&bytes_received, memory_order_relaxed));
-	fprintf(f, "# HELP bnstat_commits_total Group commits by result.\n"
-		   "# TYPE bnstat_commits_total counter\n"
-		   "bnstat_commits_total{result=\"ok\"} %llu\n"
-		   "bnstat_commits_total{result=\"failed\"} %llu\n",
+	fprintf(f,
+		"# HELP bnstat_commits_total Group commits by result.\n"
+		"# TYPE bnstat_commits_total counter\n"
+		"bnstat_commits_total{result=\"ok\"} %llu\n"
+		"bnstat_commits_total{result=\"failed\"} %llu\n",
 		atomic_load_explicit(&commits_ok, memory_order_relaxed),
 		atomic_load_explicit(&commits_failed, memory_order_relaxed));
 	histogram(f, "bnstat_commit_seconds", "Time of one group commit, from BEGIN to COMMIT.",

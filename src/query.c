@@ -18,8 +18,8 @@
 
 #define DOMAIN_ALL "*"
 
-int query_parse_int(const char *name, const char *s, long long min,
-		    long long *out, struct bn_error *err)
+int query_parse_int(const char *name, const char *s, long long min, long long *out,
+		    struct bn_error *err)
 {
 	char *end;
 	long long v;
@@ -76,8 +76,7 @@ static int read_failed(struct bn_error *err)
 	return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "the database could not be read");
 }
 
-static int find_run(struct store_reader *r, const char *run, int64_t *run_id,
-		    struct bn_error *err)
+static int find_run(struct store_reader *r, const char *run, int64_t *run_id, struct bn_error *err)
 {
 	int rc;
 
@@ -94,19 +93,17 @@ static int find_run(struct store_reader *r, const char *run, int64_t *run_id,
 
 static json_t *run_json(const struct store_run_info *info)
 {
-	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", info->name,
-			      "created_ms", (json_int_t)info->created_ms,
-			      "batches", (json_int_t)info->batches,
-			      "layers", (json_int_t)info->layers,
-			      "domains", (json_int_t)info->domains,
-			      "workers", (json_int_t)info->workers);
+	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", info->name, "created_ms",
+			      (json_int_t)info->created_ms, "batches", (json_int_t)info->batches,
+			      "layers", (json_int_t)info->layers, "domains",
+			      (json_int_t)info->domains, "workers", (json_int_t)info->workers);
 
 	if (o == NULL)
 		return NULL;
 	if (info->batches > 0)
-		json_object_set_new(o, "steps", json_pack("{s:I, s:I}",
-				    "min", (json_int_t)info->step_min,
-				    "max", (json_int_t)info->step_max));
+		json_object_set_new(o, "steps",
+				    json_pack("{s:I, s:I}", "min", (json_int_t)info->step_min,
+					      "max", (json_int_t)info->step_max));
 	else
 		json_object_set_new(o, "steps", json_null());
 	return o;
@@ -168,8 +165,7 @@ static int append_worker(void *ctx, const struct store_item *it)
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
 
-int query_run(struct store_reader *r, const char *run, json_t **out,
-	      struct bn_error *err)
+int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
 	json_t *o = NULL, *layers = NULL, *domains = NULL, *workers = NULL;
 	int64_t run_id;
@@ -292,15 +288,12 @@ static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator 
 		return NULL;
 	var = mean + l->channels;
 	stats_estimate(&l->agg, est, mean, var);
-	o = json_pack("{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}",
-		      "channels", (json_int_t)l->channels,
-		      "count", (json_int_t)l->agg.n,
-		      "batches", (json_int_t)l->agg.k,
-		      "mean", json_doubles(mean, l->channels),
-		      "var", json_doubles(var, l->channels),
-		      "batch_size", "min", (json_int_t)l->agg.nbs_min,
-		      "mean", json_num((double)l->agg.n / (double)l->agg.k),
-		      "max", (json_int_t)l->agg.nbs_max);
+	o = json_pack(
+		"{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}", "channels", (json_int_t)l->channels,
+		"count", (json_int_t)l->agg.n, "batches", (json_int_t)l->agg.k, "mean",
+		json_doubles(mean, l->channels), "var", json_doubles(var, l->channels),
+		"batch_size", "min", (json_int_t)l->agg.nbs_min, "mean",
+		json_num((double)l->agg.n / (double)l->agg.k), "max", (json_int_t)l->agg.nbs_max);
 	free(mean);
 	if (o == NULL)
 		return NULL;
@@ -314,7 +307,7 @@ static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator 
 /* A precise-estimate request, with parameters already parsed. */
 struct window_req {
 	const char *run;
-	const char *domain;  /* a name or "*" */
+	const char *domain; /* a name or "*" */
 	bool has_step;
 	int64_t step;
 	int64_t window;
@@ -322,8 +315,7 @@ struct window_req {
 	size_t n_layers;
 };
 
-static int parse_estimator(const char *s, enum stats_estimator *est,
-			   struct bn_error *err)
+static int parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {
 	if (s == NULL || strcmp(s, "population") == 0)
 		*est = STATS_EST_POPULATION;
@@ -354,8 +346,8 @@ static int check_domain(const char *domain, struct bn_error *err)
  * Inside the caller's read transaction. 404 when the window holds no data
  * or a requested layer has none.
  */
-static int window_compute(struct store_reader *r, const struct window_req *q,
-			  struct window *w, int64_t *step_out, struct bn_error *err)
+static int window_compute(struct store_reader *r, const struct window_req *q, struct window *w,
+			  int64_t *step_out, struct bn_error *err)
 {
 	int64_t run_id, domain_id = -1, step = q->step;
 	int64_t *ids = NULL;
@@ -377,7 +369,8 @@ static int window_compute(struct store_reader *r, const struct window_req *q,
 		rc = store_latest_step(r, run_id, domain_id, &step);
 		if (rc == -ENOENT)
 			return bn_error_set(err, 404, BN_E_NOT_FOUND, NULL,
-					    "run %s has no statistics in domain %s", q->run, q->domain);
+					    "run %s has no statistics in domain %s", q->run,
+					    q->domain);
 		if (rc < 0)
 			return read_failed(err);
 	}
@@ -409,8 +402,8 @@ static int window_compute(struct store_reader *r, const struct window_req *q,
 	}
 
 	/* step - window cannot overflow: step >= 0 and window >= 1. */
-	rc = store_aggs_foreach(r, run_id, domain_id, step - q->window, step, ids, n_ids,
-				merge_row, w);
+	rc = store_aggs_foreach(r, run_id, domain_id, step - q->window, step, ids, n_ids, merge_row,
+				w);
 	free(ids);
 	if (rc < 0)
 		return rc == -ENOMEM ? oom(err) : read_failed(err);
@@ -421,10 +414,11 @@ static int window_compute(struct store_reader *r, const struct window_req *q,
 		if (w->layers[j].agg.k > 0) {
 			with_data++;
 		} else if (q->n_layers > 0) {
-			return bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
-					    "layer %s has no data in steps (%lld, %lld] of domain %s",
-					    w->layers[j].name, (long long)(step - q->window),
-					    (long long)step, q->domain);
+			return bn_error_set(
+				err, 404, BN_E_NOT_FOUND, "layer",
+				"layer %s has no data in steps (%lld, %lld] of domain %s",
+				w->layers[j].name, (long long)(step - q->window), (long long)step,
+				q->domain);
 		}
 	}
 	if (with_data == 0)
@@ -459,8 +453,7 @@ static int parse_window_req(const struct query_params *p, struct window_req *q,
 	return check_domain(q->domain, err);
 }
 
-int query_stats(struct store_reader *r, const char *run,
-		const struct query_params *p, json_t **out,
+int query_stats(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
 	struct window w = { 0 };
@@ -495,9 +488,9 @@ int query_stats(struct store_reader *r, const char *run,
 			goto done;
 		}
 	}
-	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain,
-			 "step", (json_int_t)step, "window", (json_int_t)q.window,
-			 "estimator", estimator_name(est), "layers", layers);
+	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain, "step",
+			 (json_int_t)step, "window", (json_int_t)q.window, "estimator",
+			 estimator_name(est), "layers", layers);
 	rc = *out ? 0 : oom(err);
 done:
 	store_read_end(r);
@@ -526,9 +519,9 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 	size_t i;
 
 	iso_time(snap->created_ms, created, sizeof(created));
-	o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s}", "label", snap->label,
-		      "step", (json_int_t)snap->step, "window", (json_int_t)snap->window,
-		      "domain", snap->domain, "estimator", snap->estimator, "created", created);
+	o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s}", "label", snap->label, "step",
+		      (json_int_t)snap->step, "window", (json_int_t)snap->window, "domain",
+		      snap->domain, "estimator", snap->estimator, "created", created);
 	if (o == NULL || !with_layers)
 		return o;
 	layers = json_object();
@@ -538,10 +531,11 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 	}
 	for (i = 0; i < snap->n_layers; i++) {
 		const struct store_snapshot_layer *l = &snap->layers[i];
-		json_t *lo = json_pack("{s:I, s:I, s:I, s:o, s:o}", "channels", (json_int_t)l->channels,
-				       "count", (json_int_t)l->count, "batches", (json_int_t)l->batches,
-				       "mean", json_doubles(l->mean, l->channels),
-				       "var", json_doubles(l->var, l->channels));
+		json_t *lo =
+			json_pack("{s:I, s:I, s:I, s:o, s:o}", "channels", (json_int_t)l->channels,
+				  "count", (json_int_t)l->count, "batches", (json_int_t)l->batches,
+				  "mean", json_doubles(l->mean, l->channels), "var",
+				  json_doubles(l->var, l->channels));
 
 		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0) {
 			json_decref(o);
@@ -562,16 +556,19 @@ static int snapshot_request(const char *body, size_t len, struct store_snapshot 
 
 	doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (doc == NULL)
-		return bn_error_set(err, 400, BN_E_MALFORMED, NULL, "the body is not JSON: %s (line %d, column %d)",
-				    jerr.text, jerr.line, jerr.column);
+		return bn_error_set(err, 400, BN_E_MALFORMED, NULL,
+				    "the body is not JSON: %s (line %d, column %d)", jerr.text,
+				    jerr.line, jerr.column);
 	if (!json_is_object(doc)) {
 		bn_error_set(err, 400, BN_E_TYPE, NULL, "the body must be a JSON object");
 		goto done;
 	}
-	json_object_foreach(doc, key, v) {
+	json_object_foreach(doc, key, v)
+	{
 		if (strcmp(key, "label") == 0) {
 			if (!json_is_string(v)) {
-				bn_error_set(err, 400, BN_E_TYPE, "label", "label must be a string");
+				bn_error_set(err, 400, BN_E_TYPE, "label",
+					     "label must be a string");
 				goto done;
 			}
 			if (!ingest_name_valid(json_string_value(v))) {
@@ -585,17 +582,19 @@ static int snapshot_request(const char *body, size_t len, struct store_snapshot 
 			json_int_t n;
 
 			if (json_is_real(v)) {
-				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be an integer", key);
+				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be an integer",
+					     key);
 				goto done;
 			}
 			if (!json_is_integer(v)) {
-				bn_error_set(err, 400, BN_E_TYPE, key, "%s must be an integer", key);
+				bn_error_set(err, 400, BN_E_TYPE, key, "%s must be an integer",
+					     key);
 				goto done;
 			}
 			n = json_integer_value(v);
 			if (n < (is_step ? 0 : 1)) {
-				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be at least %d", key,
-					     is_step ? 0 : 1);
+				bn_error_set(err, 422, BN_E_INVALID, key, "%s must be at least %d",
+					     key, is_step ? 0 : 1);
 				goto done;
 			}
 			if (is_step) {
@@ -616,17 +615,20 @@ static int snapshot_request(const char *body, size_t len, struct store_snapshot 
 			if (is_domain) {
 				if (check_domain(json_string_value(v), err) < 0)
 					goto done;
-				snprintf(snap->domain, sizeof(snap->domain), "%s", json_string_value(v));
+				snprintf(snap->domain, sizeof(snap->domain), "%s",
+					 json_string_value(v));
 				snap->explicit_fields |= STORE_SNAP_DOMAIN;
 			} else {
 				if (parse_estimator(json_string_value(v), &est, err) < 0)
 					goto done;
-				snprintf(snap->estimator, sizeof(snap->estimator), "%s", estimator_name(est));
+				snprintf(snap->estimator, sizeof(snap->estimator), "%s",
+					 estimator_name(est));
 				snap->explicit_fields |= STORE_SNAP_ESTIMATOR;
 			}
 		} else {
 			bn_error_set(err, 422, BN_E_INVALID, key,
-				     "unknown field %.64s (expected label, step, window, domain, estimator)",
+				     "unknown field %.64s (expected label, step, window, domain, "
+				     "estimator)",
 				     key);
 			goto done;
 		}
@@ -675,10 +677,8 @@ static int snapshot_fill(struct store_snapshot *snap, const struct window *w,
 	return 0;
 }
 
-int query_snapshot_prepare(struct store_reader *r, const char *run,
-			   const char *body, size_t len,
-			   struct store_snapshot **create, json_t **existing,
-			   struct bn_error *err)
+int query_snapshot_prepare(struct store_reader *r, const char *run, const char *body, size_t len,
+			   struct store_snapshot **create, json_t **existing, struct bn_error *err)
 {
 	struct store_snapshot *snap, *have = NULL;
 	struct window w = { 0 };
@@ -707,10 +707,12 @@ int query_snapshot_prepare(struct store_reader *r, const char *run,
 	rc = store_snapshot_get(r, run_id, snap->label, false, &have);
 	if (rc == 0) {
 		if (!store_snapshot_matches(snap, have)) {
-			rc = bn_error_set(err, 409, BN_E_CONFLICT, "label",
-					  "snapshot %s exists with other parameters (step %lld, window %lld, "
-					  "domain %s, estimator %s)", snap->label, (long long)have->step,
-					  (long long)have->window, have->domain, have->estimator);
+			rc = bn_error_set(
+				err, 409, BN_E_CONFLICT, "label",
+				"snapshot %s exists with other parameters (step %lld, window %lld, "
+				"domain %s, estimator %s)",
+				snap->label, (long long)have->step, (long long)have->window,
+				have->domain, have->estimator);
 			goto done;
 		}
 		store_snapshot_free(have);
@@ -770,8 +772,8 @@ static int snapshot_load(struct store_reader *r, const char *run, const char *la
 	return rc;
 }
 
-int query_snapshot_get(struct store_reader *r, const char *run,
-		       const char *label, json_t **out, struct bn_error *err)
+int query_snapshot_get(struct store_reader *r, const char *run, const char *label, json_t **out,
+		       struct bn_error *err)
 {
 	struct store_snapshot *snap = NULL;
 	int rc;
@@ -801,9 +803,8 @@ static void write_values(FILE *f, const double *v, size_t n, bool f64)
 	}
 }
 
-int query_snapshot_safetensors(struct store_reader *r, const char *run,
-			       const char *label, bool f64, char **buf,
-			       size_t *len, struct bn_error *err)
+int query_snapshot_safetensors(struct store_reader *r, const char *run, const char *label, bool f64,
+			       char **buf, size_t *len, struct bn_error *err)
 {
 	struct store_snapshot *snap = NULL;
 	json_t *header = NULL, *meta;
@@ -817,10 +818,11 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run,
 	rc = snapshot_load(r, run, label, &snap, err);
 	if (rc < 0)
 		return rc;
-	meta = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "run", run, "label", snap->label,
-			 "step", "", "window", "", "domain", snap->domain, "estimator", snap->estimator);
+	meta = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "run", run, "label", snap->label, "step",
+			 "", "window", "", "domain", snap->domain, "estimator", snap->estimator);
 	header = json_object();
-	if (meta == NULL || header == NULL || json_object_set_new(header, "__metadata__", meta) < 0) {
+	if (meta == NULL || header == NULL ||
+	    json_object_set_new(header, "__metadata__", meta) < 0) {
 		json_decref(meta);
 		rc = oom(err);
 		goto done;
@@ -839,12 +841,14 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run,
 		for (k = 0; k < 2; k++) {
 			size_t bytes = l->channels * elem;
 
-			snprintf(name, sizeof(name), "%s.%s", l->name, k ? "running_var" : "running_mean");
+			snprintf(name, sizeof(name), "%s.%s", l->name,
+				 k ? "running_var" : "running_mean");
 			if (json_object_set_new(header, name,
 						json_pack("{s:s, s:[I], s:[I, I]}", "dtype",
 							  f64 ? "F64" : "F32", "shape",
 							  (json_int_t)l->channels, "data_offsets",
-							  (json_int_t)off, (json_int_t)(off + bytes))) < 0) {
+							  (json_int_t)off,
+							  (json_int_t)(off + bytes))) < 0) {
 				rc = oom(err);
 				goto done;
 			}
@@ -933,8 +937,7 @@ static int walk_snapshots(struct store_reader *r, int64_t run_id, json_t *list)
 	return store_snapshots_foreach(r, run_id, append_snapshot, list);
 }
 
-int query_snapshots(struct store_reader *r, const char *run, json_t **out,
-		    struct bn_error *err)
+int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
 	return run_list(r, run, "snapshots", walk_snapshots, out, err);
 }
@@ -958,7 +961,8 @@ static int parse_momentum(const char *s, double *out, struct bn_error *err)
 	if (!(v > 0.0 && v <= 1.0))
 		return bn_error_set(err, 422, BN_E_INVALID, "momentum",
 				    "momentum is PyTorch's: 0 < momentum <= 1 (Keras decay 0.99 is "
-				    "momentum 0.01), got %s", s);
+				    "momentum 0.01), got %s",
+				    s);
 	*out = v;
 	return 0;
 }
@@ -967,8 +971,8 @@ static json_t *cmp_json(const struct stats_cmp *c)
 {
 	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", json_num(c->mean_err),
 			 "mean_err_max", json_num(c->mean_err_max), "var_err", json_num(c->var_err),
-			 "var_err_max", json_num(c->var_err_max), "kl", json_num(c->kl),
-			 "kl_max", json_num(c->kl_max));
+			 "var_err_max", json_num(c->var_err_max), "kl", json_num(c->kl), "kl_max",
+			 json_num(c->kl_max));
 }
 
 /* Fold a layer's metrics into the run's: means of means, maxima of maxima. */
@@ -1013,9 +1017,8 @@ static int pick_ema(void *ctx, const struct store_row *row)
 	return 0;
 }
 
-int query_compare(struct store_reader *r, struct replay_cache *cache,
-		  const char *run, const struct query_params *p, json_t **out,
-		  struct bn_error *err)
+int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
+		  const struct query_params *p, json_t **out, struct bn_error *err)
 {
 	struct window w = { 0 };
 	struct window_req q = { .run = run };
@@ -1033,7 +1036,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache,
 	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &q, err) < 0)
 		return -EINVAL;
 	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "ema", "ema must be \"worker\" or \"sim\"");
+		return bn_error_set(err, 422, BN_E_INVALID, "ema",
+				    "ema must be \"worker\" or \"sim\"");
 	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
 	if (sim && parse_momentum(p->momentum, &momentum, err) < 0)
 		return -EINVAL;
@@ -1059,11 +1063,13 @@ int query_compare(struct store_reader *r, struct replay_cache *cache,
 		if (p->worker != NULL) {
 			snprintf(worker, sizeof(worker), "%s", p->worker);
 		} else {
-			rc = store_ema_first_worker(r, run_id, domain_id, step, worker, sizeof(worker));
+			rc = store_ema_first_worker(r, run_id, domain_id, step, worker,
+						    sizeof(worker));
 			if (rc == -ENOENT) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
-						  "no worker reported an EMA at step %lld in domain %s",
-						  (long long)step, q.domain);
+				rc = bn_error_set(
+					err, 404, BN_E_NOT_FOUND, "step",
+					"no worker reported an EMA at step %lld in domain %s",
+					(long long)step, q.domain);
 				goto done;
 			} else if (rc < 0) {
 				rc = read_failed(err);
@@ -1103,8 +1109,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache,
 		if (sim) {
 			int64_t applied;
 
-			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me, ve,
-					  &applied);
+			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me,
+					  ve, &applied);
 			if (rc < 0) {
 				rc = read_failed(err);
 				goto done;
@@ -1131,15 +1137,16 @@ int query_compare(struct store_reader *r, struct replay_cache *cache,
 		}
 	}
 	if (n_cmp == 0) {
-		rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "worker",
-				  "worker %s reported no EMA at step %lld in domain %s for these layers",
-				  worker, (long long)step, q.domain);
+		rc = bn_error_set(
+			err, 404, BN_E_NOT_FOUND, "worker",
+			"worker %s reported no EMA at step %lld in domain %s for these layers",
+			worker, (long long)step, q.domain);
 		goto done;
 	}
-	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "run", run,
-			 "domain", q.domain, "step", (json_int_t)step, "window", (json_int_t)q.window,
-			 "estimator", estimator_name(est), "ema", sim ? "sim" : "worker",
-			 "layers", layers, "overall", cmp_overall(all, n_cmp));
+	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "run", run, "domain", q.domain,
+			 "step", (json_int_t)step, "window", (json_int_t)q.window, "estimator",
+			 estimator_name(est), "ema", sim ? "sim" : "worker", "layers", layers,
+			 "overall", cmp_overall(all, n_cmp));
 	if (*out != NULL) {
 		if (sim)
 			json_object_set_new(*out, "momentum", json_real(momentum));
@@ -1155,8 +1162,7 @@ done:
 	return rc;
 }
 
-int query_shift(struct store_reader *r, const char *run,
-		const struct query_params *p, json_t **out,
+int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
 	struct window ws = { 0 }, wt = { 0 };
@@ -1191,7 +1197,8 @@ int query_shift(struct store_reader *r, const char *run,
 			const char *d = k ? p->target : p->source;
 
 			dom = -1;
-			if (strcmp(d, DOMAIN_ALL) != 0 && store_domain_find(r, run_id, d, &dom) < 0) {
+			if (strcmp(d, DOMAIN_ALL) != 0 &&
+			    store_domain_find(r, run_id, d, &dom) < 0) {
 				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
 						  "run %s has no domain %s", run, d);
 				goto done;
@@ -1241,14 +1248,15 @@ int query_shift(struct store_reader *r, const char *run,
 		}
 	}
 	if (n_cmp == 0) {
-		rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
-				  "domains %s and %s share no layer with data in steps (%lld, %lld]",
-				  p->source, p->target, (long long)(step - qs.window), (long long)step);
+		rc = bn_error_set(
+			err, 404, BN_E_NOT_FOUND, "step",
+			"domains %s and %s share no layer with data in steps (%lld, %lld]",
+			p->source, p->target, (long long)(step - qs.window), (long long)step);
 		goto done;
 	}
-	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source", p->source,
-			 "target", p->target, "step", (json_int_t)step, "window", (json_int_t)qs.window,
-			 "estimator", estimator_name(est), "layers", layers,
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source",
+			 p->source, "target", p->target, "step", (json_int_t)step, "window",
+			 (json_int_t)qs.window, "estimator", estimator_name(est), "layers", layers,
 			 "overall", cmp_overall(all, n_cmp));
 	rc = *out ? 0 : oom(err);
 done:
@@ -1276,8 +1284,7 @@ static int walk_domains(struct store_reader *r, int64_t run_id, json_t *list)
 	return store_domains_foreach(r, run_id, append_domain_info, list);
 }
 
-int query_domains(struct store_reader *r, const char *run, json_t **out,
-		  struct bn_error *err)
+int query_domains(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
 	return run_list(r, run, "domains", walk_domains, out, err);
 }
@@ -1311,7 +1318,8 @@ static int series_row(void *ctx, const struct store_row *row)
 	struct mv v = { .step = row->step, .n = row->n };
 
 	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channel, 1, &v.mean) < 0 ||
-	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) < 0)
+	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) <
+		    0)
 		return -EIO;
 	if (s->n > 0 && s->pts[s->n - 1].step == row->step) {
 		/* another domain at the same step (domain "*") */
@@ -1352,7 +1360,8 @@ static int sliding_window(const struct mv *pts, size_t n, int64_t window, struct
 		/* pop points that left the window */
 		while (head <= i && pts[head].step <= pts[i].step - window) {
 			if (nf == 0) {
-				/* move the back stack [back_first, i] to the front, as suffix merges */
+				/* move the back stack [back_first, i] to the front, as suffix
+				 * merges */
 				struct mv acc = { 0 };
 
 				for (k = i + 1; k > back_first; k--) {
@@ -1464,18 +1473,17 @@ static int parse_optional_int(const char *name, const char *s, long long min, lo
 	return query_parse_int(name, s, min, out, err);
 }
 
-int query_series(struct store_reader *r, struct replay_cache *cache,
-		 const char *run, const struct query_params *p, json_t **out,
-		 struct bn_error *err)
+int query_series(struct store_reader *r, struct replay_cache *cache, const char *run,
+		 const struct query_params *p, json_t **out, struct bn_error *err)
 {
 	const char *domain = p->domain ? p->domain : "default";
 	struct series_walk sw = { .r = r };
 	struct step_values ema = { .first_only = true }, sim = { 0 };
 	struct mv *prec = NULL;
 	json_t *doc = NULL, *arr[9] = { NULL };
-	static const char *const names[9] = { "step", "batch_mean", "batch_var", "precise_mean",
-					      "precise_var", "ema_mean", "ema_var", "sim_mean",
-					      "sim_var" };
+	static const char *const names[9] = { "step",	      "batch_mean",  "batch_var",
+					      "precise_mean", "precise_var", "ema_mean",
+					      "ema_var",      "sim_mean",    "sim_var" };
 	long long channel, from, to, window, stride, points;
 	double momentum;
 	int64_t run_id, domain_id = -1, layer_id, latest;
@@ -1560,13 +1568,14 @@ int query_series(struct store_reader *r, struct replay_cache *cache,
 		double rm = 0.0, rv = 1.0;
 
 		for (i = 0; i < sw.n && rc == 0; i++) {
-			stats_ema_step(momentum, sw.pts[i].n, sw.pts[i].mean, sw.pts[i].m2, &rm, &rv);
+			stats_ema_step(momentum, sw.pts[i].n, sw.pts[i].mean, sw.pts[i].m2, &rm,
+				       &rv);
 			if (sw.pts[i].step >= from)
 				rc = step_values_add(&sim, sw.pts[i].step, rm, rv);
 		}
 	} else if (rc == 0) {
-		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels, (size_t)channel,
-				    momentum, from - 1, to, sim_point, &sim);
+		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels,
+				    (size_t)channel, momentum, from - 1, to, sim_point, &sim);
 	}
 	if (rc < 0) {
 		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
@@ -1671,10 +1680,13 @@ int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err)
 	store_read_begin(r);
 	rc = store_runs_last_step(r, count_run, &m);
 	if (rc == 0) {
-		fprintf(f, "# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
-			   "bnstat_runs %lld\n", m.runs);
+		fprintf(f,
+			"# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
+			"bnstat_runs %lld\n",
+			m.runs);
 		fputs("# HELP bnstat_run_last_step The highest step with statistics, per run.\n"
-		      "# TYPE bnstat_run_last_step gauge\n", f);
+		      "# TYPE bnstat_run_last_step gauge\n",
+		      f);
 		rc = store_runs_last_step(r, print_last_step, &m);
 	}
 	store_read_end(r);

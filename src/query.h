@@ -26,15 +26,15 @@ struct query_params {
 	const char *window;
 	const char *domain;
 	const char *estimator;
-	const char *ema;      /* compare: worker | sim */
+	const char *ema; /* compare: worker | sim */
 	const char *worker;
 	const char *momentum;
-	const char *channel;  /* series */
+	const char *channel; /* series */
 	const char *from;
 	const char *to;
 	const char *stride;
 	const char *points;
-	const char *source;   /* shift */
+	const char *source; /* shift */
 	const char *target;
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
@@ -48,12 +48,10 @@ struct query_params {
 int query_runs(struct store_reader *r, json_t **out, struct bn_error *err);
 
 /* GET /v1/runs/{run}: the run with its layers, domains and workers. */
-int query_run(struct store_reader *r, const char *run, json_t **out,
-	      struct bn_error *err);
+int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /* GET /v1/runs/{run}/stats: precise statistics (SPEC section 4). */
-int query_stats(struct store_reader *r, const char *run,
-		const struct query_params *p, json_t **out,
+int query_stats(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err);
 
 /*
@@ -61,29 +59,25 @@ int query_stats(struct store_reader *r, const char *run,
  * momentum through cache) against the precise statistics, per layer and
  * overall (SPEC section 4).
  */
-int query_compare(struct store_reader *r, struct replay_cache *cache,
-		  const char *run, const struct query_params *p, json_t **out,
-		  struct bn_error *err);
+int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
+		  const struct query_params *p, json_t **out, struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}/series: one channel of one layer over a step range:
  * batch, precise (window), worker EMA and simulated EMA, as parallel arrays.
  */
-int query_series(struct store_reader *r, struct replay_cache *cache,
-		 const char *run, const struct query_params *p, json_t **out,
-		 struct bn_error *err);
+int query_series(struct store_reader *r, struct replay_cache *cache, const char *run,
+		 const struct query_params *p, json_t **out, struct bn_error *err);
 
 /* GET /v1/runs/{run}/domains: per domain layers, steps, batches, elements. */
-int query_domains(struct store_reader *r, const char *run, json_t **out,
-		  struct bn_error *err);
+int query_domains(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}/shift: the comparison metrics between the precise
  * statistics of domain `source` (as the estimate) and `target` (as the
  * reference) at one step and window.
  */
-int query_shift(struct store_reader *r, const char *run,
-		const struct query_params *p, json_t **out,
+int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err);
 
 /*
@@ -96,27 +90,23 @@ int query_shift(struct store_reader *r, const char *run,
  * Returns 0 with exactly one of *create and *existing set, or a negative
  * errno with *err filled in (400, 404, 409, 422).
  */
-int query_snapshot_prepare(struct store_reader *r, const char *run,
-			   const char *body, size_t len,
-			   struct store_snapshot **create, json_t **existing,
-			   struct bn_error *err);
+int query_snapshot_prepare(struct store_reader *r, const char *run, const char *body, size_t len,
+			   struct store_snapshot **create, json_t **existing, struct bn_error *err);
 
 /* GET /v1/runs/{run}/snapshots/{label}: the snapshot as JSON (404 if none). */
-int query_snapshot_get(struct store_reader *r, const char *run,
-		       const char *label, json_t **out, struct bn_error *err);
+int query_snapshot_get(struct store_reader *r, const char *run, const char *label, json_t **out,
+		       struct bn_error *err);
 
 /*
  * The same snapshot as a safetensors file of {layer}.running_mean and
  * {layer}.running_var, F32 (or F64 when f64), for load_state_dict().
  * On success *buf (malloc'd, owned by the caller) holds *len bytes.
  */
-int query_snapshot_safetensors(struct store_reader *r, const char *run,
-			       const char *label, bool f64, char **buf,
-			       size_t *len, struct bn_error *err);
+int query_snapshot_safetensors(struct store_reader *r, const char *run, const char *label, bool f64,
+			       char **buf, size_t *len, struct bn_error *err);
 
 /* GET /v1/runs/{run}/snapshots: {"snapshots": [...]} without statistics. */
-int query_snapshots(struct store_reader *r, const char *run, json_t **out,
-		    struct bn_error *err);
+int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /*
  * GET /metrics: the database-side gauges (runs, each run's last step) in
@@ -128,7 +118,7 @@ int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err);
  * Parse a non-negative decimal integer parameter `name`: 0 and *out, or a
  * 422 in *err. Shared by every parameter that holds a step or a count.
  */
-int query_parse_int(const char *name, const char *s, long long min,
-		    long long *out, struct bn_error *err);
+int query_parse_int(const char *name, const char *s, long long min, long long *out,
+		    struct bn_error *err);
 
 #endif

@@ -13,9 +13,9 @@
 
 struct ckpt {
 	int64_t step;
-	int64_t gen;     /* newest late write seen when it was taken */
+	int64_t gen;	 /* newest late write seen when it was taken */
 	int64_t applied; /* steps with data replayed up to here */
-	double *state;   /* [2 * channels]: mean, then var */
+	double *state;	 /* [2 * channels]: mean, then var */
 };
 
 struct entry {
@@ -120,8 +120,8 @@ struct resume {
  * Caller holds nothing.
  */
 static struct resume cache_lookup(struct replay_cache *c, int64_t run_id, int64_t domain_id,
-				  int64_t layer_id, double momentum, size_t channels,
-				  int64_t step, double *state)
+				  int64_t layer_id, double momentum, size_t channels, int64_t step,
+				  double *state)
 {
 	struct resume res = { 0 };
 	struct entry *e;
@@ -172,7 +172,8 @@ static void cache_evict(struct replay_cache *c, const struct entry *keep)
 		struct entry **pp, **victim = NULL;
 
 		for (pp = &c->head; *pp != NULL; pp = &(*pp)->next)
-			if (*pp != keep && (victim == NULL || (*pp)->last_used < (*victim)->last_used))
+			if (*pp != keep &&
+			    (victim == NULL || (*pp)->last_used < (*victim)->last_used))
 				victim = pp;
 		if (victim == NULL) {
 			/* Only the entry being filled is left: shed its oldest checkpoints. */
@@ -196,8 +197,8 @@ static void cache_evict(struct replay_cache *c, const struct entry *keep)
 }
 
 /* Keep checkpoint k (its state is taken over by the cache, or freed). */
-static void cache_add(struct replay_cache *c, int64_t run_id, int64_t domain_id,
-		      int64_t layer_id, double momentum, size_t channels, struct ckpt k)
+static void cache_add(struct replay_cache *c, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		      double momentum, size_t channels, struct ckpt k)
 {
 	struct entry *e;
 	size_t i;
@@ -252,12 +253,12 @@ drop:
 struct walk {
 	struct store_reader *r;
 	size_t channels;
-	size_t first, width;   /* channels replayed: [first, first + width) */
+	size_t first, width; /* channels replayed: [first, first + width) */
 	double a;
-	double *rmean, *rvar;  /* [width] the state */
-	double *xmean, *xm2;   /* [width] the step's pooled statistics */
-	double *row;           /* [2 * width] scratch for one row */
-	int64_t xn;            /* elements pooled at the current step */
+	double *rmean, *rvar; /* [width] the state */
+	double *xmean, *xm2;  /* [width] the step's pooled statistics */
+	double *row;	      /* [2 * width] scratch for one row */
+	int64_t xn;	      /* elements pooled at the current step */
 	int64_t cur_step;
 	bool pending;
 	int64_t applied;
@@ -296,7 +297,8 @@ static int walk_flush(struct walk *w)
 		if (k.state != NULL) {
 			memcpy(k.state, w->rmean, w->width * sizeof(double));
 			memcpy(k.state + w->width, w->rvar, w->width * sizeof(double));
-			cache_add(w->cache, w->run_id, w->domain_id, w->layer_id, a, w->channels, k);
+			cache_add(w->cache, w->run_id, w->domain_id, w->layer_id, a, w->channels,
+				  k);
 		}
 		w->since = 0;
 	}
@@ -318,7 +320,8 @@ static int walk_row(void *ctx, const struct store_row *row)
 	}
 	/* The blob holds mean[channels] then m2[channels] first. */
 	if (store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->first, w->width, m) < 0 ||
-	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->channels + w->first, w->width, m2) < 0)
+	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->channels + w->first, w->width, m2) <
+		    0)
 		return -EIO;
 	if (!w->pending) {
 		memcpy(w->xmean, m, w->width * sizeof(double));
@@ -357,8 +360,7 @@ static int walk_init(struct walk *w, size_t width)
  * Set w's state to the latest usable checkpoint at or before `step` (or the
  * initial 0/1) and return the step the replay resumes after.
  */
-static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step,
-		       int64_t *resume_after)
+static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int64_t *resume_after)
 {
 	int64_t gen_now, latest_now;
 	double *state = NULL;
@@ -410,14 +412,19 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step,
 	return 0;
 }
 
-int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
-		 int64_t domain_id, int64_t layer_id, size_t channels,
-		 double momentum, int64_t step, double *mean_out,
+int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id, int64_t domain_id,
+		 int64_t layer_id, size_t channels, double momentum, int64_t step, double *mean_out,
 		 double *var_out, int64_t *applied)
 {
 	struct walk w = {
-		.r = r, .channels = channels, .first = 0, .a = momentum, .cache = c,
-		.run_id = run_id, .domain_id = domain_id, .layer_id = layer_id,
+		.r = r,
+		.channels = channels,
+		.first = 0,
+		.a = momentum,
+		.cache = c,
+		.run_id = run_id,
+		.domain_id = domain_id,
+		.layer_id = layer_id,
 	};
 	int64_t after;
 	int rc;
@@ -446,14 +453,21 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 }
 
 int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_id,
-		   int64_t domain_id, int64_t layer_id, size_t channels,
-		   size_t channel, double momentum, int64_t from_excl, int64_t to,
-		   replay_point_fn fn, void *ctx)
+		   int64_t domain_id, int64_t layer_id, size_t channels, size_t channel,
+		   double momentum, int64_t from_excl, int64_t to, replay_point_fn fn, void *ctx)
 {
 	struct walk w = {
-		.r = r, .channels = channels, .first = channel, .a = momentum, .cache = c,
-		.run_id = run_id, .domain_id = domain_id, .layer_id = layer_id,
-		.fn = fn, .ctx = ctx, .emit_after = from_excl,
+		.r = r,
+		.channels = channels,
+		.first = channel,
+		.a = momentum,
+		.cache = c,
+		.run_id = run_id,
+		.domain_id = domain_id,
+		.layer_id = layer_id,
+		.fn = fn,
+		.ctx = ctx,
+		.emit_after = from_excl,
 	};
 	int64_t after;
 	int rc;

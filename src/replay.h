@@ -48,9 +48,8 @@ void replay_cache_free(struct replay_cache *c);
  * at or before `step`; the outputs are then the initial 0 and 1).
  * Returns 0 or a negative errno.
  */
-int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
-		 int64_t domain_id, int64_t layer_id, size_t channels,
-		 double momentum, int64_t step, double *mean_out,
+int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id, int64_t domain_id,
+		 int64_t layer_id, size_t channels, double momentum, int64_t step, double *mean_out,
 		 double *var_out, int64_t *applied);
 
 /*
@@ -60,9 +59,8 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
  */
 typedef int (*replay_point_fn)(void *ctx, int64_t step, double mean, double var);
 int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_id,
-		   int64_t domain_id, int64_t layer_id, size_t channels,
-		   size_t channel, double momentum, int64_t from_excl, int64_t to,
-		   replay_point_fn fn, void *ctx);
+		   int64_t domain_id, int64_t layer_id, size_t channels, size_t channel,
+		   double momentum, int64_t from_excl, int64_t to, replay_point_fn fn, void *ctx);
 
 /* Checkpoints held and bytes used, for metrics and tests. */
 void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes);

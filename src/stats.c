@@ -59,16 +59,14 @@ void stats_agg_free(struct stats_agg *a)
 void stats_agg_reset(struct stats_agg *a)
 {
 	if (a->mean != NULL)
-		memset(a->mean, 0,
-		       STATS_AGG_ARRAYS * a->channels * sizeof(*a->mean));
+		memset(a->mean, 0, STATS_AGG_ARRAYS * a->channels * sizeof(*a->mean));
 	a->n = 0;
 	a->k = 0;
 	a->nbs_min = 0;
 	a->nbs_max = 0;
 }
 
-void stats_agg_add_batch(struct stats_agg *a, int64_t count,
-			 const double *mean, const double *var,
+void stats_agg_add_batch(struct stats_agg *a, int64_t count, const double *mean, const double *var,
 			 enum stats_var_kind kind)
 {
 	int64_t n;
@@ -160,8 +158,8 @@ void stats_agg_merge(struct stats_agg *dst, const struct stats_agg *src)
 		 * tree of merges with empty leaves equals one without them.
 		 */
 		if (dst != src)
-			memcpy(dst->mean, src->mean, STATS_AGG_ARRAYS *
-			       src->channels * sizeof(*src->mean));
+			memcpy(dst->mean, src->mean,
+			       STATS_AGG_ARRAYS * src->channels * sizeof(*src->mean));
 		dst->n = src->n;
 		dst->k = src->k;
 		dst->nbs_min = src->nbs_min;
@@ -199,8 +197,8 @@ void stats_agg_merge(struct stats_agg *dst, const struct stats_agg *src)
 	dst->k = k;
 }
 
-int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
-		   double *mean_out, double *var_out)
+int stats_estimate(const struct stats_agg *a, enum stats_estimator est, double *mean_out,
+		   double *var_out)
 {
 	size_t c;
 
@@ -252,8 +250,8 @@ int stats_batch_noise(const struct stats_agg *a, double *out)
 	return 0;
 }
 
-void stats_compare(size_t channels, const double *mean_e, const double *var_e,
-		   const double *mean_p, const double *var_p, struct stats_cmp *out)
+void stats_compare(size_t channels, const double *mean_e, const double *var_e, const double *mean_p,
+		   const double *var_p, struct stats_cmp *out)
 {
 	struct stats_cmp c = { 0 };
 	size_t i;
@@ -285,8 +283,7 @@ void stats_compare(size_t channels, const double *mean_e, const double *var_e,
 	*out = c;
 }
 
-void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb,
-		  double m2b)
+void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb, double m2b)
 {
 	double total, d;
 
@@ -305,8 +302,7 @@ void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb,
 	*n += nb;
 }
 
-void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
-		    double *r_var)
+void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean, double *r_var)
 {
 	/* PyTorch: running = momentum * batch + (1 - momentum) * running */
 	double var = n > 1 ? m2 / (double)(n - 1) : 0.0;

@@ -34,7 +34,7 @@ struct queued {
 	struct queued *next;
 	struct ingest_batch *batch;
 	struct store_snapshot *snap;
-	char *delete_run;       /* or a run to delete */
+	char *delete_run; /* or a run to delete */
 	store_done_fn done;
 	void *ctx;
 	struct store_result res;
@@ -94,8 +94,9 @@ static const char *const wstmt_sql[W_COUNT] = {
 		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
 	[W_SNAP_GET] = "SELECT step, win, domain, estimator FROM snapshots"
 		       " WHERE run_id = ?1 AND label = ?2",
-	[W_SNAP_INS] = "INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created)"
-		       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	[W_SNAP_INS] =
+		"INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
 			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
@@ -137,8 +138,8 @@ struct store {
 	size_t wscratch_cap;
 	struct wagg *wcache[WCACHE_BUCKETS]; /* see agg_merge() */
 	size_t wcache_bytes;
-	uint64_t wgroup;          /* groups written so far */
-	int64_t *wlayer_ids;      /* per batch: the resolved layer ids */
+	uint64_t wgroup;     /* groups written so far */
+	int64_t *wlayer_ids; /* per batch: the resolved layer ids */
 	size_t wlayer_cap;
 	struct timespec retention_last;
 	bool retention_more;
@@ -159,10 +160,10 @@ struct store {
 	bool ckpt_started;
 	pthread_mutex_t cmu;
 	pthread_cond_t ccv;
-	pthread_cond_t cidle;  /* signalled when a checkpoint ends */
+	pthread_cond_t cidle; /* signalled when a checkpoint ends */
 	bool ckpt_wanted, ckpt_stop;
-	bool ckpt_running;     /* one checkpoint at a time: a second would get BUSY */
-	int wal_pages;         /* WAL size after the writer's last commit */
+	bool ckpt_running; /* one checkpoint at a time: a second would get BUSY */
+	int wal_pages;	   /* WAL size after the writer's last commit */
 
 	/* reader pool, guarded by rmu */
 	pthread_mutex_t rmu;
@@ -233,8 +234,7 @@ static int pragma_int(sqlite3 *db, const char *sql, int *out)
 	return rc == SQLITE_ROW ? 0 : -EIO;
 }
 
-static int open_conn(const char *path, bool writer, sqlite3 **out,
-		     struct bn_error *err)
+static int open_conn(const char *path, bool writer, sqlite3 **out, struct bn_error *err)
 {
 	sqlite3 *db = NULL;
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
@@ -244,8 +244,8 @@ static int open_conn(const char *path, bool writer, sqlite3 **out,
 		flags |= SQLITE_OPEN_CREATE;
 	rc = sqlite3_open_v2(path, &db, flags, NULL);
 	if (rc != SQLITE_OK) {
-		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot open database %s: %s",
-			     path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot open database %s: %s", path,
+			     db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 		sqlite3_close(db);
 		return -EIO;
 	}
@@ -267,9 +267,10 @@ static int migrate(struct store *s, struct bn_error *err)
 		if (store_migrations[i].version > latest)
 			latest = store_migrations[i].version;
 	if (version > latest)
-		return bn_error_set(err, 500, BN_E_INTERNAL, NULL,
-				    "database schema version %d is newer than this bnstatd knows (%d)",
-				    version, latest);
+		return bn_error_set(
+			err, 500, BN_E_INTERNAL, NULL,
+			"database schema version %d is newer than this bnstatd knows (%d)", version,
+			latest);
 	for (i = 0; i < store_migrations_count; i++) {
 		const struct store_migration *m = &store_migrations[i];
 
@@ -303,8 +304,8 @@ static int step_done(sqlite3_stmt *st)
 }
 
 /* Find or create a row by (optional run_id, name); *id receives its id. */
-static int intern(struct store *s, enum wstmt get, enum wstmt ins,
-		  int64_t run_id, const char *name, int64_t *id)
+static int intern(struct store *s, enum wstmt get, enum wstmt ins, int64_t run_id, const char *name,
+		  int64_t *id)
 {
 	sqlite3_stmt *st = s->ws[get];
 	int rc;
@@ -349,9 +350,8 @@ static int intern(struct store *s, enum wstmt get, enum wstmt ins,
  * Find the layer, or create it with the batch's channel count. A layer
  * whose stored channel count differs refuses the batch (422).
  */
-static int layer_resolve(struct store *s, int64_t run_id,
-			 const struct ingest_layer *l, int64_t *layer_id,
-			 struct bn_error *err)
+static int layer_resolve(struct store *s, int64_t run_id, const struct ingest_layer *l,
+			 int64_t *layer_id, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->ws[W_LAYER_GET];
 	int64_t channels = 0;
@@ -371,7 +371,8 @@ static int layer_resolve(struct store *s, int64_t run_id,
 			return 0;
 		snprintf(path, sizeof(path), "layers.%s.mean", l->name);
 		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "layer %s has %lld channels (fixed by its first upload); this upload has %zu",
+				    "layer %s has %lld channels (fixed by its first upload); this "
+				    "upload has %zu",
 				    l->name, (long long)channels, l->channels);
 	}
 	if (rc != SQLITE_DONE)
@@ -447,8 +448,8 @@ static void wcache_prune(struct store *s, bool all)
 }
 
 /* Find the cached aggregate, reading it from the database on first use. */
-static struct wagg *wcache_get(struct store *s, int64_t run_id, int64_t domain_id,
-			       int64_t step, int64_t layer_id, size_t c, struct bn_error *err)
+static struct wagg *wcache_get(struct store *s, int64_t run_id, int64_t domain_id, int64_t step,
+			       int64_t layer_id, size_t c, struct bn_error *err)
 {
 	size_t bytes = STATS_AGG_ARRAYS * c * sizeof(double);
 	size_t b = wcache_bucket(run_id, domain_id, step, layer_id);
@@ -490,8 +491,9 @@ static struct wagg *wcache_get(struct store *s, int64_t run_id, int64_t domain_i
 	} else {
 		sqlite3_reset(st);
 		wagg_free(e);
-		db_error(err, s->wdb, rc == SQLITE_ROW ? "stored aggregate has the wrong size"
-						       : "reading aggregate");
+		db_error(err, s->wdb,
+			 rc == SQLITE_ROW ? "stored aggregate has the wrong size"
+					  : "reading aggregate");
 		return NULL;
 	}
 	sqlite3_reset(st);
@@ -559,9 +561,8 @@ static int wcache_flush(struct store *s, size_t *rows)
 	return 0;
 }
 
-static int ema_put(struct store *s, int64_t run_id, int64_t domain_id,
-		   int64_t layer_id, const struct ingest_batch *b,
-		   const struct ingest_layer *l, struct bn_error *err)
+static int ema_put(struct store *s, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		   const struct ingest_batch *b, const struct ingest_layer *l, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->ws[W_EMA_PUT];
 	size_t c = l->channels;
@@ -616,11 +617,12 @@ static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
 	if (rc != SQLITE_ROW)
 		return db_error(err, s->wdb, "reading the run's last step");
 	if (have_max && s->opt.retain_steps > 0 && b->step <= max_step - s->opt.retain_steps)
-		return bn_error_set(err, 422, BN_E_INVALID, "step",
-				    "step %lld is older than the retention horizon: this server keeps "
-				    "the last %lld steps of a run (now steps > %lld)",
-				    (long long)b->step, (long long)s->opt.retain_steps,
-				    (long long)(max_step - s->opt.retain_steps));
+		return bn_error_set(
+			err, 422, BN_E_INVALID, "step",
+			"step %lld is older than the retention horizon: this server keeps "
+			"the last %lld steps of a run (now steps > %lld)",
+			(long long)b->step, (long long)s->opt.retain_steps,
+			(long long)(max_step - s->opt.retain_steps));
 	if (!late || !batch_merges(b))
 		return 0;
 	st = s->ws[W_LATE_INS];
@@ -726,8 +728,7 @@ static int apply_batch(struct store *s, struct queued *q)
 }
 
 /* An existing run, looked up by the writer: 0, or 404 / 500 in *err. */
-static int writer_run_find(struct store *s, const char *run, int64_t *run_id,
-			   struct bn_error *err)
+static int writer_run_find(struct store *s, const char *run, int64_t *run_id, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->ws[W_RUN_GET];
 	int rc;
@@ -758,8 +759,7 @@ void store_snapshot_free(struct store_snapshot *snap)
 	free(snap);
 }
 
-bool store_snapshot_matches(const struct store_snapshot *want,
-			    const struct store_snapshot *have)
+bool store_snapshot_matches(const struct store_snapshot *want, const struct store_snapshot *have)
 {
 	unsigned f = want->explicit_fields;
 
@@ -804,10 +804,12 @@ static int apply_snapshot(struct store *s, struct queued *q)
 			q->res.status = 200;
 			return 0;
 		}
-		return bn_error_set(err, 409, BN_E_CONFLICT, "label",
-				    "snapshot %s exists with other parameters (step %lld, window %lld, "
-				    "domain %s, estimator %s)", snap->label, (long long)have.step,
-				    (long long)have.window, have.domain, have.estimator);
+		return bn_error_set(
+			err, 409, BN_E_CONFLICT, "label",
+			"snapshot %s exists with other parameters (step %lld, window %lld, "
+			"domain %s, estimator %s)",
+			snap->label, (long long)have.step, (long long)have.window, have.domain,
+			have.estimator);
 	}
 	sqlite3_reset(st);
 	if (rc != SQLITE_DONE)
@@ -926,7 +928,9 @@ static void write_group(struct store *s, struct queued *group, size_t count)
 			ok = false;
 			break;
 		}
-		rc = q->snap ? apply_snapshot(s, q) : q->delete_run ? apply_delete(s, q) : apply_batch(s, q);
+		rc = q->snap	     ? apply_snapshot(s, q)
+		     : q->delete_run ? apply_delete(s, q)
+				     : apply_batch(s, q);
 		if (rc < 0) {
 			q->res.status = q->res.err.status ? q->res.err.status : 500;
 			if (q->res.status >= 500) {
@@ -1029,7 +1033,8 @@ static bool retention_pass(struct store *s, int budget)
 		st = s->ws[W_RET_EMAS];
 		sqlite3_bind_int64(st, 1, runs[i].run_id);
 		sqlite3_bind_int64(st, 2, runs[i].horizon);
-		sqlite3_bind_int64(st, 3, budget - deleted - changed > 0 ? budget - deleted - changed : 1);
+		sqlite3_bind_int64(st, 3,
+				   budget - deleted - changed > 0 ? budget - deleted - changed : 1);
 		if (step_done(st) < 0)
 			goto fail;
 		changed += sqlite3_changes(s->wdb);
@@ -1128,7 +1133,8 @@ static void checkpoint(struct store *s, sqlite3 *db, const char *who)
 	s->ckpt_running = true;
 	pthread_mutex_unlock(&s->cmu);
 
-	rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done_pages);
+	rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+				       &done_pages);
 	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
 		log_error("checkpoint_failed", "by=%s error=\"%s\"", who, sqlite3_errmsg(db));
 	else
@@ -1257,20 +1263,18 @@ static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapsho
 	return rc;
 }
 
-int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done,
-		 void *ctx)
+int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx)
 {
 	return enqueue(s, b, NULL, NULL, done, ctx);
 }
 
-int store_submit_snapshot(struct store *s, struct store_snapshot *snap,
-			  store_done_fn done, void *ctx)
+int store_submit_snapshot(struct store *s, struct store_snapshot *snap, store_done_fn done,
+			  void *ctx)
 {
 	return enqueue(s, NULL, snap, NULL, done, ctx);
 }
 
-int store_submit_delete(struct store *s, const char *run, store_done_fn done,
-			void *ctx)
+int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx)
 {
 	char *name = strdup(run);
 	int rc;
@@ -1314,8 +1318,8 @@ int store_schema_version(struct store *s)
 
 /* --- open and close ---------------------------------------------------------- */
 
-int store_open(const char *path, const struct store_options *opt,
-	       struct store **out, struct bn_error *err)
+int store_open(const char *path, const struct store_options *opt, struct store **out,
+	       struct bn_error *err)
 {
 	struct store *s;
 	char pragma[64];
@@ -1458,8 +1462,7 @@ void store_close(struct store *s)
 
 /* --- readers --------------------------------------------------------------- */
 
-int store_reader_get(struct store *s, struct store_reader **out,
-		     struct bn_error *err)
+int store_reader_get(struct store *s, struct store_reader **out, struct bn_error *err)
 {
 	struct store_reader *r;
 
@@ -1517,8 +1520,8 @@ void store_read_end(struct store_reader *r)
 }
 
 /* Run a one-row query that yields an int64 in column 0. */
-static int query_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b,
-		       const char *text, int64_t *out)
+static int query_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b, const char *text,
+		       int64_t *out)
 {
 	sqlite3_stmt *st;
 	int rc;
@@ -1549,14 +1552,14 @@ int store_run_find(struct store_reader *r, const char *run, int64_t *run_id)
 	return query_int64(r->db, "SELECT id FROM runs WHERE name = ?1", 0, 0, run, run_id);
 }
 
-int store_domain_find(struct store_reader *r, int64_t run_id,
-		      const char *domain, int64_t *domain_id)
+int store_domain_find(struct store_reader *r, int64_t run_id, const char *domain,
+		      int64_t *domain_id)
 {
 	sqlite3_stmt *st;
 	int rc;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
-			       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(r->db, "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2", -1,
+			       &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_text(st, 2, domain, -1, SQLITE_STATIC);
@@ -1567,8 +1570,7 @@ int store_domain_find(struct store_reader *r, int64_t run_id,
 	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
 }
 
-int store_latest_step(struct store_reader *r, int64_t run_id,
-		      int64_t domain_id, int64_t *step)
+int store_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *step)
 {
 	if (domain_id < 0)
 		return query_int64(r->db, "SELECT max(step) FROM aggs WHERE run_id = ?1 AND ?2 < 0",
@@ -1577,13 +1579,14 @@ int store_latest_step(struct store_reader *r, int64_t run_id,
 			   run_id, domain_id, NULL, step);
 }
 
-int store_layer_find(struct store_reader *r, int64_t run_id,
-		     const char *layer, int64_t *layer_id, size_t *channels)
+int store_layer_find(struct store_reader *r, int64_t run_id, const char *layer, int64_t *layer_id,
+		     size_t *channels)
 {
 	sqlite3_stmt *st;
 	int rc;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
+	if (sqlite3_prepare_v2(r->db,
+			       "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
 			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
@@ -1597,9 +1600,8 @@ int store_layer_find(struct store_reader *r, int64_t run_id,
 	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -EIO;
 }
 
-int store_aggs_foreach(struct store_reader *r, int64_t run_id,
-		       int64_t domain_id, int64_t step_lo, int64_t step_hi,
-		       const int64_t *layer_ids, size_t n_layer_ids,
+int store_aggs_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		       int64_t step_hi, const int64_t *layer_ids, size_t n_layer_ids,
 		       store_agg_fn fn, void *ctx)
 {
 	sqlite3_stmt *st = NULL;
@@ -1613,7 +1615,8 @@ int store_aggs_foreach(struct store_reader *r, int64_t run_id,
 		return -ENOMEM;
 	fputs("SELECT a.layer_id, a.domain_id, a.step, a.n, a.k, a.nbs_min, a.nbs_max,"
 	      " a.data, l.channels FROM aggs a JOIN layers l ON l.id = a.layer_id"
-	      " WHERE a.run_id = ?1 AND a.step > ?3 AND a.step <= ?4", f);
+	      " WHERE a.run_id = ?1 AND a.step > ?3 AND a.step <= ?4",
+	      f);
 	if (domain_id >= 0)
 		fputs(" AND a.domain_id = ?2", f);
 	if (layer_ids != NULL) {
@@ -1716,8 +1719,10 @@ int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx)
 	sqlite3_stmt *st;
 	int rc = 0, src;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id)"
-				      " FROM runs r ORDER BY name", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(r->db,
+			       "SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id)"
+			       " FROM runs r ORDER BY name",
+			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
 		struct store_run_info info = {
@@ -1747,8 +1752,7 @@ int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx)
 	return run_rows(st, fn, ctx, &found);
 }
 
-int store_run_describe(struct store_reader *r, const char *run,
-		       store_run_fn fn, void *ctx)
+int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx)
 {
 	sqlite3_stmt *st;
 	char sql[sizeof(run_info_sql) + 32];
@@ -1763,8 +1767,7 @@ int store_run_describe(struct store_reader *r, const char *run,
 	return rc == 0 && !found ? -ENOENT : rc;
 }
 
-static int item_rows(sqlite3 *db, const char *sql, int64_t run_id,
-		     store_item_fn fn, void *ctx)
+static int item_rows(sqlite3 *db, const char *sql, int64_t run_id, store_item_fn fn, void *ctx)
 {
 	sqlite3_stmt *st;
 	int rc = 0, src;
@@ -1791,20 +1794,19 @@ static int item_rows(sqlite3 *db, const char *sql, int64_t run_id,
 	return rc;
 }
 
-int store_layers_foreach(struct store_reader *r, int64_t run_id,
-			 store_item_fn fn, void *ctx)
+int store_layers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
 {
 	return item_rows(r->db,
 			 "SELECT id, name, channels, 0 FROM layers WHERE run_id = ?1 ORDER BY name",
 			 run_id, fn, ctx);
 }
 
-int store_domains_foreach(struct store_reader *r, int64_t run_id,
-			  store_item_fn fn, void *ctx)
+int store_domains_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
 {
 	return item_rows(r->db,
 			 "SELECT d.id, d.name,"
-			 " (SELECT count(*) FROM batches b WHERE b.run_id = d.run_id AND b.domain_id = d.id),"
+			 " (SELECT count(*) FROM batches b WHERE b.run_id = d.run_id AND "
+			 "b.domain_id = d.id),"
 			 " (SELECT count(DISTINCT step) FROM aggs a"
 			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
 			 " (SELECT count(DISTINCT layer_id) FROM aggs a"
@@ -1815,8 +1817,7 @@ int store_domains_foreach(struct store_reader *r, int64_t run_id,
 			 run_id, fn, ctx);
 }
 
-int store_workers_foreach(struct store_reader *r, int64_t run_id,
-			  store_item_fn fn, void *ctx)
+int store_workers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
 {
 	return item_rows(r->db,
 			 "SELECT 0, worker, count(*), max(step) FROM batches WHERE run_id = ?1"
@@ -1836,14 +1837,14 @@ static void snapshot_header(sqlite3_stmt *st, struct store_snapshot *snap)
 	snap->created_ms = sqlite3_column_int64(st, 6);
 }
 
-static int snapshot_layers(struct store_reader *r, int64_t snap_id,
-			   struct store_snapshot *snap)
+static int snapshot_layers(struct store_reader *r, int64_t snap_id, struct store_snapshot *snap)
 {
 	sqlite3_stmt *st;
 	int rc = 0, src;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT name, channels, count, batches, data"
-				      " FROM snapshot_layers WHERE snapshot_id = ?1 ORDER BY name",
+	if (sqlite3_prepare_v2(r->db,
+			       "SELECT name, channels, count, batches, data"
+			       " FROM snapshot_layers WHERE snapshot_id = ?1 ORDER BY name",
 			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, snap_id);
@@ -1887,8 +1888,7 @@ static int snapshot_layers(struct store_reader *r, int64_t snap_id,
 static const char snapshot_sql[] =
 	"SELECT id, label, step, win, domain, estimator, created FROM snapshots WHERE run_id = ?1";
 
-int store_snapshot_get(struct store_reader *r, int64_t run_id,
-		       const char *label, bool with_layers,
+int store_snapshot_get(struct store_reader *r, int64_t run_id, const char *label, bool with_layers,
 		       struct store_snapshot **out)
 {
 	struct store_snapshot *snap;
@@ -1925,8 +1925,7 @@ int store_snapshot_get(struct store_reader *r, int64_t run_id,
 	return 0;
 }
 
-int store_snapshots_foreach(struct store_reader *r, int64_t run_id,
-			    store_snapshot_fn fn, void *ctx)
+int store_snapshots_foreach(struct store_reader *r, int64_t run_id, store_snapshot_fn fn, void *ctx)
 {
 	struct store_snapshot snap;
 	sqlite3_stmt *st;
@@ -2000,40 +1999,40 @@ static int layer_rows(struct store_reader *r, const char *sql, bool ema, int64_t
 	return row_walk(st, ema, fn, ctx);
 }
 
-int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id,
-		     int64_t layer_id, int64_t step_lo, int64_t step_hi,
-		     store_row_fn fn, void *ctx)
+int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx)
 {
-	const char *sql = domain_id < 0
-		? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
-		  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
-		  " AND ?2 < 0 ORDER BY step, domain_id"
-		: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
-		  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step";
+	const char *sql =
+		domain_id < 0 ? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+				" WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
+				" AND ?2 < 0 ORDER BY step, domain_id"
+			      : "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+				" WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+				" AND step > ?4 AND step <= ?5 ORDER BY step";
 
 	return layer_rows(r, sql, false, run_id, domain_id, layer_id, step_lo, step_hi, NULL, fn,
 			  ctx);
 }
 
-int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id,
-		     int64_t layer_id, const char *worker, int64_t step_lo,
-		     int64_t step_hi, store_row_fn fn, void *ctx)
+int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		     const char *worker, int64_t step_lo, int64_t step_hi, store_row_fn fn,
+		     void *ctx)
 {
-	const char *sql = worker != NULL
-		? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
-		  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step"
-		: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
-		  " AND domain_id = ?2 AND layer_id = ?3"
-		  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
+	const char *sql =
+		worker != NULL
+			? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+			  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
+			  " AND step > ?4 AND step <= ?5 ORDER BY step"
+			: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+			  " AND domain_id = ?2 AND layer_id = ?3"
+			  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
 
 	return layer_rows(r, sql, true, run_id, domain_id, layer_id, step_lo, step_hi, worker, fn,
 			  ctx);
 }
 
-int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
-		   size_t first, size_t n, double *out)
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t first,
+		   size_t n, double *out)
 {
 	sqlite3_blob **blob = which == STORE_BLOB_AGG ? &r->agg_blob : &r->ema_blob;
 	const char *table = which == STORE_BLOB_AGG ? "aggs" : "emas";
@@ -2055,15 +2054,16 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 	return 0;
 }
 
-int store_ema_first_worker(struct store_reader *r, int64_t run_id,
-			   int64_t domain_id, int64_t step, char *worker,
-			   size_t size)
+int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
+			   char *worker, size_t size)
 {
 	sqlite3_stmt *st;
 	int rc;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT min(worker) FROM emas WHERE run_id = ?1"
-				      " AND domain_id = ?2 AND step = ?3", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(r->db,
+			       "SELECT min(worker) FROM emas WHERE run_id = ?1"
+			       " AND domain_id = ?2 AND step = ?3",
+			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);
@@ -2089,15 +2089,17 @@ int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen)
 	return rc;
 }
 
-int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id,
-		     int64_t gen, int64_t step)
+int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t gen,
+		     int64_t step)
 {
 	sqlite3_stmt *st;
 	int rc;
 
-	if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM late_writes WHERE run_id = ?1 AND id > ?2"
-				      " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4 OR domain_id < 0) LIMIT 1",
-			       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(
+		    r->db,
+		    "SELECT 1 FROM late_writes WHERE run_id = ?1 AND id > ?2"
+		    " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4 OR domain_id < 0) LIMIT 1",
+		    -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, gen);

@@ -62,8 +62,9 @@ START_TEST(test_flags)
 	struct config c;
 	struct bn_error err;
 
-	ck_assert_int_eq(parse(&c, &err, 6, "--db", "/tmp/x.db", "--listen=[::1]:0",
-			       "--max-body", "2048", "--synchronous=normal"), 0);
+	ck_assert_int_eq(parse(&c, &err, 6, "--db", "/tmp/x.db", "--listen=[::1]:0", "--max-body",
+			       "2048", "--synchronous=normal"),
+			 0);
 	ck_assert_str_eq(c.db, "/tmp/x.db");
 	ck_assert_str_eq(c.host, "::1");
 	ck_assert_uint_eq(c.port, 0);
@@ -102,7 +103,8 @@ START_TEST(test_file_and_precedence)
 	struct config c;
 	struct bn_error err;
 
-	write_file("# comment\n\n db = \"/var/lib/x.db\" \nmax_layers = 12\nlisten = 0.0.0.0:9000\n");
+	write_file(
+		"# comment\n\n db = \"/var/lib/x.db\" \nmax_layers = 12\nlisten = 0.0.0.0:9000\n");
 	ck_assert_int_eq(parse(&c, &err, 4, "--listen", "127.0.0.1:1", "-c", path), 0);
 	ck_assert_str_eq(c.db, "/var/lib/x.db");
 	ck_assert_uint_eq(c.http.limits.max_layers, 12);

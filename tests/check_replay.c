@@ -36,8 +36,8 @@
 #include "store.h"
 #include "store_testutil.h"
 
-#define C 5            /* channels of both layers */
-#define MAXSTEP 420    /* steps 0 .. MAXSTEP-1 */
+#define C 5	    /* channels of both layers */
+#define MAXSTEP 420 /* steps 0 .. MAXSTEP-1 */
 #define N_LAYERS 2
 #define N_DOMS 2
 #define BIG_CACHE ((size_t)64 << 20)
@@ -167,10 +167,10 @@ static void make_batch(struct store *s, int dom, const char *worker, int step, i
 	int biased = rng_unit() < 0.25;
 	int l, c, first = 1;
 
-	n += (size_t)snprintf(json + n, room - n,
-			      "{\"worker\":\"%s\",\"step\":%d,\"seq\":%d,\"domain\":\"%s\",%s\"layers\":{",
-			      worker, step, seq, dom_names[dom],
-			      biased ? "\"var_kind\":\"biased\"," : "");
+	n += (size_t)snprintf(
+		json + n, room - n,
+		"{\"worker\":\"%s\",\"step\":%d,\"seq\":%d,\"domain\":\"%s\",%s\"layers\":{",
+		worker, step, seq, dom_names[dom], biased ? "\"var_kind\":\"biased\"," : "");
 	for (l = 0; l < N_LAYERS; l++) {
 		struct gb g = { .dom = dom, .layer = l, .step = step, .biased = biased };
 		static const int64_t counts[] = { 2, 3, 7, 64, 500, 4096, 100000 };
@@ -192,8 +192,8 @@ static void make_batch(struct store *s, int dom, const char *worker, int step, i
 			g.mean[c] = mu + sig * (rng_unit() - 0.5) / sqrt((double)g.count);
 			g.var[c] = sig * sig * (0.5 + rng_unit());
 		}
-		n += (size_t)snprintf(json + n, room - n, "{\"count\":%lld,\"mean\":",
-				      (long long)g.count);
+		n += (size_t)snprintf(json + n, room - n,
+				      "{\"count\":%lld,\"mean\":", (long long)g.count);
 		n += append_array(json + n, room - n, g.mean);
 		n += (size_t)snprintf(json + n, room - n, ",\"var\":");
 		n += append_array(json + n, room - n, g.var);
@@ -258,7 +258,8 @@ static void build_pool(void)
 				for (i = 0; i < n_gbs; i++) {
 					const struct gb *g = &gbs[i];
 
-					if (g->layer != l || g->step != s || (d < N_DOMS && g->dom != d))
+					if (g->layer != l || g->step != s ||
+					    (d < N_DOMS && g->dom != d))
 						continue;
 					p->n += g->count;
 					for (c = 0; c < C; c++)
@@ -271,12 +272,14 @@ static void build_pool(void)
 				for (i = 0; i < n_gbs; i++) {
 					const struct gb *g = &gbs[i];
 
-					if (g->layer != l || g->step != s || (d < N_DOMS && g->dom != d))
+					if (g->layer != l || g->step != s ||
+					    (d < N_DOMS && g->dom != d))
 						continue;
 					for (c = 0; c < C; c++) {
 						long double dm = g->mean[c] - p->mean[c];
-						long double m2b = (long double)g->var[c] *
-								  (g->biased ? g->count : g->count - 1);
+						long double m2b =
+							(long double)g->var[c] *
+							(g->biased ? g->count : g->count - 1);
 
 						p->m2[c] += m2b + g->count * dm * dm;
 					}
@@ -287,8 +290,7 @@ static void build_pool(void)
 }
 
 /* The EMA after `step`: dom_idx N_DOMS means all domains. */
-static int64_t ref_replay(int dom_idx, int layer, double a, int64_t step, double *mean,
-			  double *var)
+static int64_t ref_replay(int dom_idx, int layer, double a, int64_t step, double *mean, double *var)
 {
 	int64_t s, applied = 0;
 	int c;
@@ -341,7 +343,8 @@ static struct ids lookup_ids(struct store_reader *r)
 		ck_assert_int_eq(store_domain_find(r, ids.run, dom_names[i], &ids.dom[i]), 0);
 	ids.dom[N_DOMS] = -1;
 	for (i = 0; i < N_LAYERS; i++) {
-		ck_assert_int_eq(store_layer_find(r, ids.run, layer_names[i], &ids.layer[i], &ch), 0);
+		ck_assert_int_eq(store_layer_find(r, ids.run, layer_names[i], &ids.layer[i], &ch),
+				 0);
 		ck_assert_uint_eq(ch, C);
 	}
 	return ids;
@@ -359,19 +362,21 @@ static struct ema replay(struct replay_cache *cache, struct store_reader *r, con
 
 	memset(&e, 0xa5, sizeof(e)); /* every byte must be written */
 	ck_assert_int_eq(replay_layer(cache, r, ids->run, ids->dom[d], ids->layer[l], C, a, step,
-				      e.mean, e.var, &e.applied), 0);
+				      e.mean, e.var, &e.applied),
+			 0);
 	return e;
 }
 
-static void assert_same_bits(const struct ema *x, const struct ema *y, const char *what,
-			     int d, int l, double a, int64_t step)
+static void assert_same_bits(const struct ema *x, const struct ema *y, const char *what, int d,
+			     int l, double a, int64_t step)
 {
 	ck_assert_msg(memcmp(x->mean, y->mean, sizeof(x->mean)) == 0 &&
-		      memcmp(x->var, y->var, sizeof(x->var)) == 0 && x->applied == y->applied,
+			      memcmp(x->var, y->var, sizeof(x->var)) == 0 &&
+			      x->applied == y->applied,
 		      "%s: domain %d layer %d momentum %g step %lld: mean[0] %.17g vs %.17g, "
-		      "var[0] %.17g vs %.17g, applied %lld vs %lld", what, d, l, a, (long long)step,
-		      x->mean[0], y->mean[0], x->var[0], y->var[0], (long long)x->applied,
-		      (long long)y->applied);
+		      "var[0] %.17g vs %.17g, applied %lld vs %lld",
+		      what, d, l, a, (long long)step, x->mean[0], y->mean[0], x->var[0], y->var[0],
+		      (long long)x->applied, (long long)y->applied);
 }
 
 static void assert_matches_ref(const struct ema *e, int d, int l, double a, int64_t step)
@@ -380,14 +385,16 @@ static void assert_matches_ref(const struct ema *e, int d, int l, double a, int6
 	int64_t applied = ref_replay(d, l, a, step, m, v);
 	int c;
 
-	ck_assert_msg(e->applied == applied, "domain %d layer %d step %lld: applied %lld, want %lld",
-		      d, l, (long long)step, (long long)e->applied, (long long)applied);
+	ck_assert_msg(e->applied == applied,
+		      "domain %d layer %d step %lld: applied %lld, want %lld", d, l,
+		      (long long)step, (long long)e->applied, (long long)applied);
 	for (c = 0; c < C; c++) {
 		ck_assert_msg(fabs(e->mean[c] - m[c]) <= 1e-12 * fabs(m[c]) &&
-			      fabs(e->var[c] - v[c]) <= 1e-12 * fabs(v[c]),
-			      "domain %d layer %d momentum %g step %lld channel %d: mean %.17g want %.17g, "
-			      "var %.17g want %.17g", d, l, a, (long long)step, c, e->mean[c], m[c],
-			      e->var[c], v[c]);
+				      fabs(e->var[c] - v[c]) <= 1e-12 * fabs(v[c]),
+			      "domain %d layer %d momentum %g step %lld channel %d: mean %.17g "
+			      "want %.17g, "
+			      "var %.17g want %.17g",
+			      d, l, a, (long long)step, c, e->mean[c], m[c], e->var[c], v[c]);
 	}
 }
 
@@ -423,8 +430,9 @@ static void check_steps(struct replay_cache *c, struct replay_cache *zero, struc
 
 /* The steps 0..MAXSTEP+5 in a scrambled order, and a few fixed ones. */
 static int64_t all_steps[MAXSTEP + 6];
-static const int64_t some_steps[] = { MAXSTEP + 5, MAXSTEP - 1, 64, 63, 65, 128, 129, 300,
-				      205, 199, 0, 1, 7, 10, 250, 383, 384, 385, 127, 192, 256 };
+static const int64_t some_steps[] = { MAXSTEP + 5, MAXSTEP - 1, 64,  63,  65,  128, 129,
+				      300,	   205,		199, 0,	  1,   7,   10,
+				      250,	   383,		384, 385, 127, 192, 256 };
 #define N_SOME (sizeof(some_steps) / sizeof(some_steps[0]))
 
 static void scramble_steps(uint64_t seed)
@@ -478,7 +486,8 @@ START_TEST(test_cache_equals_no_cache_bitwise)
 			for (l = 0; l < N_LAYERS; l++) {
 				if (d == 1 && l == 1)
 					continue; /* no data: checked below */
-				check_steps(c, zero, r, &ids, d, l, momenta[mi], some_steps, N_SOME);
+				check_steps(c, zero, r, &ids, d, l, momenta[mi], some_steps,
+					    N_SOME);
 			}
 	/* every step, in a scrambled order, for one key per domain */
 	check_steps(c, zero, r, &ids, 0, 0, 0.1, all_steps, MAXSTEP + 6);
@@ -533,7 +542,8 @@ static void check_channel(struct replay_cache *c, struct store_reader *r, const 
 
 	ck_assert_ptr_nonnull(p);
 	ck_assert_int_eq(replay_channel(c, r, ids->run, ids->dom[d], ids->layer[l], C, (size_t)ch,
-					a, from_excl, to, collect_point, p), 0);
+					a, from_excl, to, collect_point, p),
+			 0);
 	for (s = from_excl + 1; s <= to && s < MAXSTEP + 8; s++) {
 		struct ema e;
 
@@ -543,11 +553,12 @@ static void check_channel(struct replay_cache *c, struct store_reader *r, const 
 			      "replay_channel domain %d layer %d (%lld, %lld]: step %lld missing",
 			      d, l, (long long)from_excl, (long long)to, (long long)s);
 		e = replay(NULL, r, ids, d, l, a, s);
-		ck_assert_msg(memcmp(&p->mean[k], &e.mean[ch], sizeof(double)) == 0 &&
-			      memcmp(&p->var[k], &e.var[ch], sizeof(double)) == 0,
-			      "replay_channel domain %d layer %d channel %d step %lld: %.17g/%.17g, "
-			      "replay_layer %.17g/%.17g", d, l, ch, (long long)s, p->mean[k], p->var[k],
-			      e.mean[ch], e.var[ch]);
+		ck_assert_msg(
+			memcmp(&p->mean[k], &e.mean[ch], sizeof(double)) == 0 &&
+				memcmp(&p->var[k], &e.var[ch], sizeof(double)) == 0,
+			"replay_channel domain %d layer %d channel %d step %lld: %.17g/%.17g, "
+			"replay_layer %.17g/%.17g",
+			d, l, ch, (long long)s, p->mean[k], p->var[k], e.mean[ch], e.var[ch]);
 		k++;
 	}
 	ck_assert_uint_eq(k, p->n);
@@ -621,9 +632,12 @@ START_TEST(test_checkpoints_are_used)
 		int bytes;
 		void *copy;
 
-		ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT id, data FROM aggs WHERE run_id = ?1 "
-						    "AND domain_id = ?2 AND layer_id = ?3 AND step = 2",
-						    -1, &st, NULL), SQLITE_OK);
+		ck_assert_int_eq(
+			sqlite3_prepare_v2(db,
+					   "SELECT id, data FROM aggs WHERE run_id = ?1 "
+					   "AND domain_id = ?2 AND layer_id = ?3 AND step = 2",
+					   -1, &st, NULL),
+			SQLITE_OK);
 		sqlite3_bind_int64(st, 1, ids.run);
 		sqlite3_bind_int64(st, 2, ids.dom[0]);
 		sqlite3_bind_int64(st, 3, ids.layer[0]);
@@ -641,8 +655,10 @@ START_TEST(test_checkpoints_are_used)
 			v += 1000.0;
 			memcpy(copy, &v, sizeof(v));
 			sqlite3_finalize(st);
-			ck_assert_int_eq(sqlite3_prepare_v2(db, "UPDATE aggs SET data = ?1 WHERE id = ?2",
-							    -1, &up, NULL), SQLITE_OK);
+			ck_assert_int_eq(
+				sqlite3_prepare_v2(db, "UPDATE aggs SET data = ?1 WHERE id = ?2",
+						   -1, &up, NULL),
+				SQLITE_OK);
 			sqlite3_bind_blob(up, 1, copy, bytes, free);
 			sqlite3_bind_int64(up, 2, id);
 			ck_assert_int_eq(sqlite3_step(up), SQLITE_DONE);
@@ -678,12 +694,12 @@ START_TEST(test_late_writes_invalidate)
 		int dom, step;
 		const char *worker;
 	} late[] = {
-		{ 0, 10, "late0" },   /* an old step with data, before every checkpoint */
-		{ 0, 7, "late1" },    /* a step that had no data (7 % 13 == 7) */
-		{ 0, 205, "late2" },  /* a gap step between checkpoints */
-		{ 1, 100, "late3" },  /* the other domain: a and b differ, all follows */
+		{ 0, 10, "late0" },  /* an old step with data, before every checkpoint */
+		{ 0, 7, "late1" },   /* a step that had no data (7 % 13 == 7) */
+		{ 0, 205, "late2" }, /* a gap step between checkpoints */
+		{ 1, 100, "late3" }, /* the other domain: a and b differ, all follows */
 		{ 0, 300, "late4" },
-		{ 1, 2, "late5" },    /* a new step in b, before its first checkpoint */
+		{ 1, 2, "late5" }, /* a new step in b, before its first checkpoint */
 	};
 	static const double momenta[] = { 0.1, 0.01 };
 	struct store *s = open_store();
@@ -709,7 +725,8 @@ START_TEST(test_late_writes_invalidate)
 	store_read_end(r);
 
 	for (i = 0; i < sizeof(late) / sizeof(late[0]); i++) {
-		static const bool bn_only[N_LAYERS] = { true, false }, none[N_LAYERS] = { false, false };
+		static const bool bn_only[N_LAYERS] = { true, false },
+				  none[N_LAYERS] = { false, false };
 		size_t ck = n_checkpoints(c);
 
 		ck_assert_uint_ge(ck, 6);
@@ -723,15 +740,18 @@ START_TEST(test_late_writes_invalidate)
 		for (d = 0; d <= N_DOMS; d++)
 			for (mi = 0; mi < 2; mi++) {
 				struct ema now = replay(c, r, &ids, d, 0, momenta[mi], MAXSTEP);
-				struct ema none_ = replay(NULL, r, &ids, d, 0, momenta[mi], MAXSTEP);
+				struct ema none_ =
+					replay(NULL, r, &ids, d, 0, momenta[mi], MAXSTEP);
 				bool affected = d == N_DOMS || d == late[i].dom;
 
-				assert_same_bits(&now, &none_, "after a late write", d, 0, momenta[mi],
-						 MAXSTEP);
+				assert_same_bits(&now, &none_, "after a late write", d, 0,
+						 momenta[mi], MAXSTEP);
 				assert_matches_ref(&now, d, 0, momenta[mi], MAXSTEP);
-				/* the late batch mattered where it landed (momentum 0.01: still visible) */
+				/* the late batch mattered where it landed (momentum 0.01: still
+				 * visible) */
 				if (mi == 1)
-					ck_assert_msg(affected == (memcmp(&now, &prev[d][mi], sizeof(now)) != 0),
+					ck_assert_msg(affected == (memcmp(&now, &prev[d][mi],
+									  sizeof(now)) != 0),
 						      "late write %zu: domain %d %s", i, d,
 						      affected ? "unchanged" : "changed");
 				prev[d][mi] = now;
@@ -739,7 +759,8 @@ START_TEST(test_late_writes_invalidate)
 		/* then everything else, in a scrambled order */
 		for (d = 0; d <= N_DOMS; d++)
 			for (mi = 0; mi < 2; mi++)
-				check_steps(c, zero, r, &ids, d, 0, momenta[mi], some_steps, N_SOME);
+				check_steps(c, zero, r, &ids, d, 0, momenta[mi], some_steps,
+					    N_SOME);
 		check_steps(c, zero, r, &ids, 0, 0, 0.01, all_steps, MAXSTEP + 6);
 		store_read_end(r);
 	}
@@ -777,7 +798,7 @@ START_TEST(test_stale_checkpoints_left_above_are_not_used)
 	wait_all();
 	build_pool();
 	store_read_begin(r);
-	x = replay(c, r, &ids, 0, 0, 0.1, 100);   /* resumes below 180 */
+	x = replay(c, r, &ids, 0, 0, 0.1, 100); /* resumes below 180 */
 	y = replay(NULL, r, &ids, 0, 0, 0.1, 100);
 	assert_same_bits(&x, &y, "below the late write", 0, 0, 0.1, 100);
 	x = replay(c, r, &ids, 0, 0, 0.1, 330);
@@ -828,8 +849,8 @@ START_TEST(test_tiny_cache_budget)
 			none = replay(NULL, r, &ids, d, l, a, step);
 			assert_same_bits(&with, &none, "tiny cache", d, l, a, step);
 			replay_cache_usage(c, &n, &bytes);
-			ck_assert_msg(bytes <= budgets[bi], "budget %zu: %zu bytes used", budgets[bi],
-				      bytes);
+			ck_assert_msg(bytes <= budgets[bi], "budget %zu: %zu bytes used",
+				      budgets[bi], bytes);
 			if (n > max_n)
 				max_n = n;
 			if (i % 50 == 0)

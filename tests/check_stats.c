@@ -81,8 +81,7 @@ struct dataset {
 	size_t *len;
 };
 
-static void ds_init(struct dataset *ds, size_t channels, const size_t *sizes,
-		    size_t nb)
+static void ds_init(struct dataset *ds, size_t channels, const size_t *sizes, size_t nb)
 {
 	size_t b;
 
@@ -102,8 +101,7 @@ static void ds_init(struct dataset *ds, size_t channels, const size_t *sizes,
 }
 
 /* Fill channel c with mu + sigma * N(0, 1). */
-static void ds_fill_normal(struct dataset *ds, struct rng *r, size_t c,
-			   double mu, double sigma)
+static void ds_fill_normal(struct dataset *ds, struct rng *r, size_t c, double mu, double sigma)
 {
 	size_t i;
 
@@ -142,8 +140,8 @@ static size_t *random_sizes(struct rng *r, size_t nb, size_t lo, size_t hi)
 /* --- independent references (long double, two-pass) -------------------- */
 
 /* Mean and sum of squared deviations of elements [off, off+len) of channel c. */
-static void ref_moments(const struct dataset *ds, size_t c, size_t off,
-			size_t len, long double *mean, long double *m2)
+static void ref_moments(const struct dataset *ds, size_t c, size_t off, size_t len,
+			long double *mean, long double *m2)
 {
 	const double *x = ds->x + c * ds->total + off;
 	long double s = 0.0L, q = 0.0L, m;
@@ -159,8 +157,7 @@ static void ref_moments(const struct dataset *ds, size_t c, size_t off,
 }
 
 /* Population mean and biased variance of channel c over all elements. */
-static void ref_population(const struct dataset *ds, size_t c,
-			   long double *mean, long double *var)
+static void ref_population(const struct dataset *ds, size_t c, long double *mean, long double *var)
 {
 	long double m2;
 
@@ -172,8 +169,8 @@ static void ref_population(const struct dataset *ds, size_t c,
  * mean_of_batch_var reference for channel c: unweighted mean of the batch
  * means and of the unbiased batch variances (0 for a batch of one element).
  */
-static void ref_mean_of_batch_var(const struct dataset *ds, size_t c,
-				  long double *mean, long double *var)
+static void ref_mean_of_batch_var(const struct dataset *ds, size_t c, long double *mean,
+				  long double *var)
 {
 	long double sm = 0.0L, sv = 0.0L, bm, m2;
 	size_t b;
@@ -229,8 +226,8 @@ static size_t ref_batch_noise(const struct dataset *ds, long double *out)
  * What a worker sends for batch b: per channel the mean and the variance of
  * kind `kind`, computed exactly and rounded to double once.
  */
-static void batch_report(const struct dataset *ds, size_t b,
-			 enum stats_var_kind kind, double *mean, double *var)
+static void batch_report(const struct dataset *ds, size_t b, enum stats_var_kind kind, double *mean,
+			 double *var)
 {
 	long double m, m2;
 	size_t c, n = ds->len[b];
@@ -245,8 +242,8 @@ static void batch_report(const struct dataset *ds, size_t b,
 	}
 }
 
-static void add_ds_batch(struct stats_agg *a, const struct dataset *ds,
-			 size_t b, enum stats_var_kind kind)
+static void add_ds_batch(struct stats_agg *a, const struct dataset *ds, size_t b,
+			 enum stats_var_kind kind)
 {
 	double *mean = calloc(ds->channels, sizeof(*mean));
 	double *var = calloc(ds->channels, sizeof(*var));
@@ -259,9 +256,8 @@ static void add_ds_batch(struct stats_agg *a, const struct dataset *ds,
 }
 
 /* Add batches order[0..cnt) (or 0..cnt when order is NULL) to a. */
-static void add_ds_batches(struct stats_agg *a, const struct dataset *ds,
-			   const size_t *order, size_t cnt,
-			   enum stats_var_kind kind)
+static void add_ds_batches(struct stats_agg *a, const struct dataset *ds, const size_t *order,
+			   size_t cnt, enum stats_var_kind kind)
 {
 	size_t i;
 
@@ -281,20 +277,19 @@ static void agg_new(struct stats_agg *a, size_t channels)
  * mean near zero has no relative precision of its own; its spread does),
  * variances against themselves.
  */
-static void check_close(long double got, long double want, long double rel,
-			long double scale, const char *what, size_t c)
+static void check_close(long double got, long double want, long double rel, long double scale,
+			const char *what, size_t c)
 {
 	long double err = fabsl(got - want);
 
 	ck_assert_msg(isfinite((double)got) && err <= rel * scale,
-		      "%s[%zu]: got %.20Lg want %.20Lg (err %.3Lg, allowed %.3Lg)",
-		      what, c, got, want, err, rel * scale);
+		      "%s[%zu]: got %.20Lg want %.20Lg (err %.3Lg, allowed %.3Lg)", what, c, got,
+		      want, err, rel * scale);
 }
 
 /* Population estimate of a against the raw-data reference. */
-static void check_population(const struct stats_agg *a,
-			     const struct dataset *ds, long double rel_mean,
-			     long double rel_var)
+static void check_population(const struct stats_agg *a, const struct dataset *ds,
+			     long double rel_mean, long double rel_var)
 {
 	double *mean = calloc(a->channels, sizeof(*mean));
 	double *var = calloc(a->channels, sizeof(*var));
@@ -308,30 +303,27 @@ static void check_population(const struct stats_agg *a,
 		long double rm, rv;
 
 		ref_population(ds, c, &rm, &rv);
-		check_close(mean[c], rm, rel_mean, fabsl(rm) + sqrtl(rv),
-			    "population mean", c);
+		check_close(mean[c], rm, rel_mean, fabsl(rm) + sqrtl(rv), "population mean", c);
 		check_close(var[c], rv, rel_var, rv, "population var", c);
 	}
 	free(mean);
 	free(var);
 }
 
-static void check_mean_of_batch_var(const struct stats_agg *a,
-				    const struct dataset *ds, long double rel)
+static void check_mean_of_batch_var(const struct stats_agg *a, const struct dataset *ds,
+				    long double rel)
 {
 	double *mean = calloc(a->channels, sizeof(*mean));
 	double *var = calloc(a->channels, sizeof(*var));
 	size_t c;
 
 	ck_assert(mean != NULL && var != NULL);
-	ck_assert_int_eq(stats_estimate(a, STATS_EST_MEAN_OF_BATCH_VAR, mean,
-					var), 0);
+	ck_assert_int_eq(stats_estimate(a, STATS_EST_MEAN_OF_BATCH_VAR, mean, var), 0);
 	for (c = 0; c < a->channels; c++) {
 		long double rm, rv;
 
 		ref_mean_of_batch_var(ds, c, &rm, &rv);
-		check_close(mean[c], rm, rel, fabsl(rm) + sqrtl(rv),
-			    "mean_of_batch_var mean", c);
+		check_close(mean[c], rm, rel, fabsl(rm) + sqrtl(rv), "mean_of_batch_var mean", c);
 		check_close(var[c], rv, rel, rv, "mean_of_batch_var var", c);
 	}
 	free(mean);
@@ -342,8 +334,8 @@ static void check_mean_of_batch_var(const struct stats_agg *a,
  * Two aggregates of the same batches (split, ordered or merged differently)
  * must agree: counts exactly, every array to rel.
  */
-static void check_agg_close(const struct stats_agg *got,
-			    const struct stats_agg *want, long double rel)
+static void check_agg_close(const struct stats_agg *got, const struct stats_agg *want,
+			    long double rel)
 {
 	size_t c;
 
@@ -355,11 +347,10 @@ static void check_agg_close(const struct stats_agg *got,
 	for (c = 0; c < want->channels; c++) {
 		long double sd = sqrtl((long double)want->m2[c] / want->n);
 
-		check_close(got->mean[c], want->mean[c], rel,
-			    fabsl(want->mean[c]) + sd, "mean", c);
+		check_close(got->mean[c], want->mean[c], rel, fabsl(want->mean[c]) + sd, "mean", c);
 		check_close(got->m2[c], want->m2[c], rel, want->m2[c], "m2", c);
-		check_close(got->bmean[c], want->bmean[c], rel,
-			    fabsl(want->bmean[c]) + sd, "bmean", c);
+		check_close(got->bmean[c], want->bmean[c], rel, fabsl(want->bmean[c]) + sd, "bmean",
+			    c);
 		/*
 		 * The batch means arrive rounded to double, so each deviation
 		 * d = m_i - bmean is only known to a few ulps of |bmean|; when
@@ -369,12 +360,10 @@ static void check_agg_close(const struct stats_agg *got,
 		 * is of the order of bm2 itself, far above this allowance.
 		 */
 		check_close(got->bm2[c], want->bm2[c], rel,
-			    want->bm2[c] + 8.0L * DBL_EPSILON *
-			    fabsl(want->bmean[c]) *
-			    sqrtl((long double)want->k * want->bm2[c]) / rel,
+			    want->bm2[c] + 8.0L * DBL_EPSILON * fabsl(want->bmean[c]) *
+						   sqrtl((long double)want->k * want->bm2[c]) / rel,
 			    "bm2", c);
-		check_close(got->uvar[c], want->uvar[c], rel, want->uvar[c],
-			    "uvar", c);
+		check_close(got->uvar[c], want->uvar[c], rel, want->uvar[c], "uvar", c);
 	}
 }
 
@@ -398,8 +387,7 @@ static int agg_unchanged(const struct stats_agg *a, const struct agg_bytes *b)
 {
 	size_t len = STATS_AGG_ARRAYS * b->s.channels * sizeof(double);
 
-	return memcmp(a, &b->s, sizeof(*a)) == 0 &&
-	       memcmp(a->mean, b->arr, len) == 0;
+	return memcmp(a, &b->s, sizeof(*a)) == 0 && memcmp(a->mean, b->arr, len) == 0;
 }
 
 /* Same numbers, bit for bit (the arrays may live elsewhere). */
@@ -435,20 +423,16 @@ START_TEST(test_init_free_reset)
 	ck_assert_int_eq(a.nbs_min, 0);
 	ck_assert_int_eq(a.nbs_max, 0);
 	for (c = 0; c < 3; c++)
-		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 &&
-			  a.bmean[c] == 0.0 && a.bm2[c] == 0.0 &&
-			  a.uvar[c] == 0.0);
-	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov),
-			 -ENODATA);
-	ck_assert_int_eq(stats_estimate(&a, STATS_EST_MEAN_OF_BATCH_VAR, om,
-					ov), -ENODATA);
+		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 && a.bmean[c] == 0.0 &&
+			  a.bm2[c] == 0.0 && a.uvar[c] == 0.0);
+	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov), -ENODATA);
+	ck_assert_int_eq(stats_estimate(&a, STATS_EST_MEAN_OF_BATCH_VAR, om, ov), -ENODATA);
 	ck_assert_int_eq(stats_batch_noise(&a, &noise), -ENODATA);
 
 	stats_agg_add_batch(&a, 10, mean, var, STATS_VAR_UNBIASED);
 	stats_agg_add_batch(&a, 6, var, mean, STATS_VAR_BIASED);
 	om[0] = ov[0] = 42.0;
-	ck_assert_int_eq(stats_estimate(&a, (enum stats_estimator)7, om, ov),
-			 -EINVAL);
+	ck_assert_int_eq(stats_estimate(&a, (enum stats_estimator)7, om, ov), -EINVAL);
 	ck_assert(om[0] == 42.0 && ov[0] == 42.0);
 
 	/* reset keeps the channel count and the memory, drops the data */
@@ -461,11 +445,9 @@ START_TEST(test_init_free_reset)
 	ck_assert_int_eq(a.nbs_min, 0);
 	ck_assert_int_eq(a.nbs_max, 0);
 	for (c = 0; c < 3; c++)
-		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 &&
-			  a.bmean[c] == 0.0 && a.bm2[c] == 0.0 &&
-			  a.uvar[c] == 0.0);
-	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov),
-			 -ENODATA);
+		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 && a.bmean[c] == 0.0 &&
+			  a.bm2[c] == 0.0 && a.uvar[c] == 0.0);
+	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov), -ENODATA);
 	ck_assert(om[0] == 42.0 && ov[0] == 42.0);
 
 	/* and after a reset it behaves like a fresh aggregate */
@@ -530,12 +512,11 @@ START_TEST(test_split_invariance)
 	for (c = 0; c < channels; c++) {
 		long double sd = sqrtl((long double)b.m2[c] / b.n);
 
-		check_close(a.mean[c], b.mean[c], 1e-12L,
-			    fabsl(b.mean[c]) + sd, "split mean", c);
-		check_close(a.m2[c] / (double)a.n, b.m2[c] / (double)b.n,
-			    1e-12L, b.m2[c] / (double)b.n, "split var", c);
-		check_close(w.m2[c] / (double)w.n, b.m2[c] / (double)b.n,
-			    1e-12L, b.m2[c] / (double)b.n, "whole var", c);
+		check_close(a.mean[c], b.mean[c], 1e-12L, fabsl(b.mean[c]) + sd, "split mean", c);
+		check_close(a.m2[c] / (double)a.n, b.m2[c] / (double)b.n, 1e-12L,
+			    b.m2[c] / (double)b.n, "split var", c);
+		check_close(w.m2[c] / (double)w.n, b.m2[c] / (double)b.n, 1e-12L,
+			    b.m2[c] / (double)b.n, "whole var", c);
 	}
 
 	stats_agg_free(&a);
@@ -572,8 +553,7 @@ START_TEST(test_order_invariance)
 	sizes = random_sizes(&r, nb, 2, 300);
 	ds_init(&ds, channels, sizes, nb);
 	for (c = 0; c < channels; c++)
-		ds_fill_normal(&ds, &r, c, 3.0 * (double)c - 5.0,
-			       0.5 + (double)c);
+		ds_fill_normal(&ds, &r, c, 3.0 * (double)c - 5.0, 0.5 + (double)c);
 	for (i = 0; i < nb; i++)
 		order[i] = i;
 
@@ -631,8 +611,7 @@ START_TEST(test_order_invariance)
 		for (i = 0; i < p; i++)
 			agg_new(&parts[i], channels);
 		for (i = 0; i < nb; i++)
-			add_ds_batch(&parts[i % p], &ds, order[i],
-				     STATS_VAR_UNBIASED);
+			add_ds_batch(&parts[i % p], &ds, order[i], STATS_VAR_UNBIASED);
 		agg_new(&total, channels);
 		for (i = p; i-- > 0;) {
 			agg_snap(&parts[i], &before);
@@ -660,8 +639,7 @@ START_TEST(test_order_invariance)
 		if (len > nb - i)
 			len = nb - i;
 		agg_new(&parts[0], channels);
-		add_ds_batches(&parts[0], &ds, order + i, len,
-			       STATS_VAR_UNBIASED);
+		add_ds_batches(&parts[0], &ds, order + i, len, STATS_VAR_UNBIASED);
 		stats_agg_merge(&got, &parts[0]);
 		stats_agg_free(&parts[0]);
 		i += len;
@@ -801,8 +779,7 @@ START_TEST(test_biased_unbiased_same)
 		stats_agg_add_batch(&ub, n, mean, vu, STATS_VAR_UNBIASED);
 		stats_agg_add_batch(&bi, n, mean, vb, STATS_VAR_BIASED);
 	}
-	ck_assert_msg(agg_same_bits(&ub, &bi),
-		      "biased and unbiased reports of exact data differ");
+	ck_assert_msg(agg_same_bits(&ub, &bi), "biased and unbiased reports of exact data differ");
 
 	/*
 	 * Random data: each report is rounded to double once, so the two
@@ -811,8 +788,7 @@ START_TEST(test_biased_unbiased_same)
 	sizes = random_sizes(&r, 30, 2, 64);
 	ds_init(&ds, channels, sizes, 30);
 	for (c = 0; c < channels; c++)
-		ds_fill_normal(&ds, &r, c, (double)c * 50.0 - 20.0,
-			       1.0 + (double)c);
+		ds_fill_normal(&ds, &r, c, (double)c * 50.0 - 20.0, 1.0 + (double)c);
 	stats_agg_reset(&ub);
 	stats_agg_reset(&bi);
 	add_ds_batches(&ub, &ds, NULL, ds.nb, STATS_VAR_UNBIASED);
@@ -855,8 +831,7 @@ START_TEST(test_mean_of_batch_var)
 
 	agg_new(&a, channels);
 	for (b = 0; b < nb; b++)
-		add_ds_batch(&a, &ds, b,
-			     b % 2 ? STATS_VAR_BIASED : STATS_VAR_UNBIASED);
+		add_ds_batch(&a, &ds, b, b % 2 ? STATS_VAR_BIASED : STATS_VAR_UNBIASED);
 	check_mean_of_batch_var(&a, &ds, 1e-12L);
 	check_population(&a, &ds, 1e-12L, 1e-12L);
 	stats_agg_free(&a);
@@ -874,12 +849,10 @@ START_TEST(test_mean_of_batch_var)
 		agg_new(&a, 1);
 		stats_agg_add_batch(&a, 1, &m1, &v1, STATS_VAR_BIASED);
 		stats_agg_add_batch(&a, 3, &m2, &v2, STATS_VAR_UNBIASED);
-		ck_assert_int_eq(stats_estimate(&a, STATS_EST_MEAN_OF_BATCH_VAR,
-						&pm, &pv), 0);
+		ck_assert_int_eq(stats_estimate(&a, STATS_EST_MEAN_OF_BATCH_VAR, &pm, &pv), 0);
 		ck_assert_double_eq(pm, 3.0);
 		ck_assert_double_eq(pv, 2.0);
-		ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, &pm,
-						&pv), 0);
+		ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, &pm, &pv), 0);
 		ck_assert_double_eq(pm, 2.0);
 		ck_assert_double_eq(pv, 5.0);
 		stats_agg_free(&a);
@@ -907,8 +880,7 @@ START_TEST(test_batch_noise)
 	/* channel 0 is constant: no population variance, left out */
 	ds_fill_const(&ds, 0, 3.0);
 	for (c = 1; c < channels; c++)
-		ds_fill_normal(&ds, &r, c, 4.0 * (double)c,
-			       0.1 * (double)(c * c));
+		ds_fill_normal(&ds, &r, c, 4.0 * (double)c, 0.1 * (double)(c * c));
 
 	agg_new(&a, channels);
 	add_ds_batches(&a, &ds, NULL, nb, STATS_VAR_UNBIASED);
@@ -965,16 +937,14 @@ START_TEST(test_bookkeeping)
 	agg_new(&a, 1);
 	agg_new(&b, 1);
 	for (i = 0; i < 6; i++)
-		stats_agg_add_batch(&a, counts_a[i], mean, var,
-				    STATS_VAR_UNBIASED);
+		stats_agg_add_batch(&a, counts_a[i], mean, var, STATS_VAR_UNBIASED);
 	ck_assert_int_eq(a.n, 27);
 	ck_assert_int_eq(a.k, 4);
 	ck_assert_int_eq(a.nbs_min, 2);
 	ck_assert_int_eq(a.nbs_max, 17);
 
 	for (i = 0; i < 4; i++)
-		stats_agg_add_batch(&b, counts_b[i], mean,
-				    counts_b[i] == 1 ? zero : var,
+		stats_agg_add_batch(&b, counts_b[i], mean, counts_b[i] == 1 ? zero : var,
 				    STATS_VAR_BIASED);
 	ck_assert_int_eq(b.n, 50);
 	ck_assert_int_eq(b.k, 3);
@@ -994,8 +964,7 @@ START_TEST(test_bookkeeping)
 	/* the other way round: min/max taken from whichever side has them */
 	stats_agg_reset(&a);
 	for (i = 0; i < 6; i++)
-		stats_agg_add_batch(&a, counts_a[i], mean, var,
-				    STATS_VAR_UNBIASED);
+		stats_agg_add_batch(&a, counts_a[i], mean, var, STATS_VAR_UNBIASED);
 	stats_agg_merge(&b, &a);
 	ck_assert_int_eq(b.n, 77);
 	ck_assert_int_eq(b.k, 7);
@@ -1068,8 +1037,7 @@ START_TEST(test_merge_empty)
 	for (i = 0; i < 2 * ds.nb; i++) {
 		agg_new(&leaves[i], channels);
 		if (i % 2)
-			add_ds_batch(&leaves[i], &ds, i / 2,
-				     STATS_VAR_UNBIASED);
+			add_ds_batch(&leaves[i], &ds, i / 2, STATS_VAR_UNBIASED);
 	}
 	merge_tree(leaves, 2 * ds.nb);
 	agg_new(&seq, channels);

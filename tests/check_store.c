@@ -82,7 +82,8 @@ static struct merged read_window(struct store *s, const char *domain, int64_t lo
 	ck_assert_int_eq(store_run_find(r, "r1", &run_id), 0);
 	if (domain != NULL)
 		ck_assert_int_eq(store_domain_find(r, run_id, domain, &domain_id), 0);
-	ck_assert_int_eq(store_aggs_foreach(r, run_id, domain_id, lo, hi, NULL, 0, merge_cb, &m), 0);
+	ck_assert_int_eq(store_aggs_foreach(r, run_id, domain_id, lo, hi, NULL, 0, merge_cb, &m),
+			 0);
 	store_reader_put(s, r);
 	return m;
 }
@@ -231,7 +232,8 @@ START_TEST(test_group_commit_exact)
 			stats_agg_add_batch(&ref, count, mean, var, STATS_VAR_UNBIASED);
 		snprintf(json, sizeof(json),
 			 "{\"worker\":\"w%d\",\"step\":%d,\"seq\":%d,\"domain\":\"%s\",\"layers\":{"
-			 "\"bn\":{\"count\":%lld,\"mean\":[%.17g,%.17g,%.17g],\"var\":[%.17g,%.17g,%.17g]}}}",
+			 "\"bn\":{\"count\":%lld,\"mean\":[%.17g,%.17g,%.17g],\"var\":[%.17g,%.17g,"
+			 "%.17g]}}}",
 			 i % 5, i / 10, i % 10, i % 10 < 5 ? "a" : "b", (long long)count, mean[0],
 			 mean[1], mean[2], var[0], var[1], var[2]);
 		outcome_init(&o[i]);
@@ -270,11 +272,13 @@ START_TEST(test_ema_and_count_zero)
 	sqlite3_stmt *st;
 
 	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"layers\":{"
-		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.1],\"ema_var\":[0.9]},"
+		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.1],\"ema_var\":[0."
+		   "9]},"
 		   "\"unused\":{\"count\":0}}}");
 	ck_assert_int_eq(r.status, 200);
 	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":1,\"layers\":{"
-		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.2],\"ema_var\":[0.8]}}}");
+		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.2],\"ema_var\":[0."
+		   "8]}}}");
 	ck_assert_int_eq(r.status, 200);
 	/* An older seq arriving late does not replace the newer EMA. */
 	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":2,\"layers\":{"
@@ -301,7 +305,8 @@ START_TEST(test_ema_and_count_zero)
 	ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
 	sqlite3_finalize(st);
 	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM layers WHERE name = 'unused'",
-					    -1, &st, NULL), SQLITE_OK);
+					    -1, &st, NULL),
+			 SQLITE_OK);
 	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
 	ck_assert_int_eq(sqlite3_column_int(st, 0), 0);
 	sqlite3_finalize(st);

@@ -19,7 +19,7 @@
 #include "bnstat/error.h"
 #include "bnstat/stats.h"
 
-#define INGEST_NAME_MAX 128       /* run, worker, domain names */
+#define INGEST_NAME_MAX 128	  /* run, worker, domain names */
 #define INGEST_LAYER_NAME_MAX 256 /* layer (module) names */
 #define INGEST_HASH_SIZE 16
 
@@ -29,13 +29,13 @@ struct ingest_limits {
 };
 
 struct ingest_layer {
-	const char *name;    /* NUL-terminated, owned by the batch */
-	int64_t count;       /* elements per channel, >= 0 */
-	size_t channels;     /* length of the arrays; 0 when count == 0 and no arrays were sent */
-	const double *mean;  /* [channels], NULL when channels == 0 */
-	const double *var;   /* [channels], NULL when channels == 0 */
+	const char *name;   /* NUL-terminated, owned by the batch */
+	int64_t count;	    /* elements per channel, >= 0 */
+	size_t channels;    /* length of the arrays; 0 when count == 0 and no arrays were sent */
+	const double *mean; /* [channels], NULL when channels == 0 */
+	const double *var;  /* [channels], NULL when channels == 0 */
 	const double *ema_mean; /* [channels] or NULL: the worker's running_mean */
-	const double *ema_var;  /* [channels] or NULL: the worker's running_var */
+	const double *ema_var;	/* [channels] or NULL: the worker's running_var */
 };
 
 struct ingest_batch {
@@ -85,8 +85,8 @@ bool ingest_layer_name_valid(const char *s);
  * borrowed and need not be NUL-terminated.
  */
 int ingest_decode_json(const char *run, const char *body, size_t len,
-		       const struct ingest_limits *limits,
-		       struct ingest_batch **out, struct bn_error *err);
+		       const struct ingest_limits *limits, struct ingest_batch **out,
+		       struct bn_error *err);
 
 /*
  * Decode the binary upload body[0..len) for run `run`: a safetensors file
@@ -113,9 +113,9 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
  * memory runs out. limits NULL means the defaults; err may be NULL. The
  * body is borrowed.
  */
-int ingest_decode_safetensors(const char *run, const uint8_t *body,
-			      size_t len, const struct ingest_limits *limits,
-			      struct ingest_batch **out, struct bn_error *err);
+int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
+			      const struct ingest_limits *limits, struct ingest_batch **out,
+			      struct bn_error *err);
 
 /*
  * Release a batch from ingest_decode_json() or

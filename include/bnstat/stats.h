@@ -26,11 +26,11 @@
 
 enum stats_var_kind {
 	STATS_VAR_UNBIASED = 0, /* v = M2/(n-1), PyTorch running_var convention */
-	STATS_VAR_BIASED = 1,   /* v = M2/n */
+	STATS_VAR_BIASED = 1,	/* v = M2/n */
 };
 
 enum stats_estimator {
-	STATS_EST_POPULATION = 0,        /* mean = m, var = M2/n (fvcore) */
+	STATS_EST_POPULATION = 0,	 /* mean = m, var = M2/n (fvcore) */
 	STATS_EST_MEAN_OF_BATCH_VAR = 1, /* mean of batch means, mean of unbiased batch vars */
 };
 
@@ -39,15 +39,15 @@ enum stats_estimator {
 
 struct stats_agg {
 	size_t channels;
-	int64_t n;       /* elements per channel merged (sum of batch counts) */
-	int64_t k;       /* batches merged (batches with count 0 do not count) */
+	int64_t n;	 /* elements per channel merged (sum of batch counts) */
+	int64_t k;	 /* batches merged (batches with count 0 do not count) */
 	int64_t nbs_min; /* smallest batch count merged, 0 when k == 0 */
 	int64_t nbs_max; /* largest batch count merged, 0 when k == 0 */
-	double *mean;    /* [channels] pooled mean */
-	double *m2;      /* [channels] pooled sum of squared deviations */
-	double *bmean;   /* [channels] unweighted mean of the k batch means */
-	double *bm2;     /* [channels] sum of squared deviations of batch means from bmean */
-	double *uvar;    /* [channels] sum of the k unbiased batch variances */
+	double *mean;	 /* [channels] pooled mean */
+	double *m2;	 /* [channels] pooled sum of squared deviations */
+	double *bmean;	 /* [channels] unweighted mean of the k batch means */
+	double *bm2;	 /* [channels] sum of squared deviations of batch means from bmean */
+	double *uvar;	 /* [channels] sum of the k unbiased batch variances */
 };
 
 /*
@@ -82,8 +82,7 @@ void stats_agg_reset(struct stats_agg *a);
  * unbiased variance); a biased batch with count 1 contributes an unbiased
  * variance of 0 to mean_of_batch_var.
  */
-void stats_agg_add_batch(struct stats_agg *a, int64_t count,
-			 const double *mean, const double *var,
+void stats_agg_add_batch(struct stats_agg *a, int64_t count, const double *mean, const double *var,
 			 enum stats_var_kind kind);
 
 /*
@@ -99,8 +98,8 @@ void stats_agg_merge(struct stats_agg *dst, const struct stats_agg *src);
  * Returns 0, -ENODATA when *a holds no batch, or -EINVAL for an unknown
  * estimator; the arrays are not written on error.
  */
-int stats_estimate(const struct stats_agg *a, enum stats_estimator est,
-		   double *mean_out, double *var_out);
+int stats_estimate(const struct stats_agg *a, enum stats_estimator est, double *mean_out,
+		   double *var_out);
 
 /*
  * The batch-noise diagnostic of SPEC section 2: per channel
@@ -118,16 +117,14 @@ int stats_batch_noise(const struct stats_agg *a, double *out);
  * stats_agg goes through this, so that the same data pools to the same
  * bits wherever it is pooled.
  */
-void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb,
-		  double m2b);
+void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb, double m2b);
 
 /*
  * One step of PyTorch's EMA for one channel: with the step's pooled
  * (n, mean, M2), r <- a*x + (1-a)*r for the mean and for the unbiased
  * variance M2/(n-1) (0 when n == 1).
  */
-void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
-		    double *r_var);
+void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean, double *r_var);
 
 /* The eps of the comparison metrics (SPEC section 2). */
 #define STATS_CMP_EPS 1e-5
@@ -136,9 +133,9 @@ void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
 struct stats_cmp {
 	double mean_err;     /* mean over channels of |me - mp| / sqrt(vp + eps) */
 	double mean_err_max; /* the maximum over channels */
-	double var_err;      /* mean of |ln((ve + eps) / (vp + eps))| */
+	double var_err;	     /* mean of |ln((ve + eps) / (vp + eps))| */
 	double var_err_max;
-	double kl;           /* mean of KL(N(mp, vp + eps) || N(me, ve + eps)) */
+	double kl; /* mean of KL(N(mp, vp + eps) || N(me, ve + eps)) */
 	double kl_max;
 };
 
@@ -147,7 +144,7 @@ struct stats_cmp {
  * reference (the precise statistics, or a target domain), arrays of
  * `channels` doubles borrowed from the caller, into *out.
  */
-void stats_compare(size_t channels, const double *mean_e, const double *var_e,
-		   const double *mean_p, const double *var_p, struct stats_cmp *out);
+void stats_compare(size_t channels, const double *mean_e, const double *var_e, const double *mean_p,
+		   const double *var_p, struct stats_cmp *out);
 
 #endif

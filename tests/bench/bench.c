@@ -183,7 +183,8 @@ static void parse_forms(const char *list)
 			opt.run_parse = known = true;
 		if (!known)
 			die("--forms: unknown form '%s' (sink, safetensors, b64, json, "
-			    "estimator, parse)", tok);
+			    "estimator, parse)",
+			    tok);
 	}
 	free(copy);
 }
@@ -230,11 +231,11 @@ static void parse_options(int argc, char **argv)
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 
-#define NEEDV()                                             \
-	do {                                                \
-		if (v == NULL)                              \
-			die("%s needs a value", a);         \
-		i++;                                        \
+#define NEEDV()                                                                                    \
+	do {                                                                                       \
+		if (v == NULL)                                                                     \
+			die("%s needs a value", a);                                                \
+		i++;                                                                               \
 	} while (0)
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
 			usage(stdout, argv[0]);
@@ -289,7 +290,8 @@ static void parse_options(int argc, char **argv)
 				die("--timeout: 0");
 		} else if (strcmp(a, "--daemon-arg") == 0) {
 			NEEDV();
-			if (opt.n_daemon_args == sizeof(opt.daemon_args) / sizeof(opt.daemon_args[0]))
+			if (opt.n_daemon_args ==
+			    sizeof(opt.daemon_args) / sizeof(opt.daemon_args[0]))
 				die("too many --daemon-arg");
 			opt.daemon_args[opt.n_daemon_args++] = v;
 		} else if (strcmp(a, "--tmpdir") == 0) {
@@ -415,15 +417,18 @@ static void make_variants(void)
 		for (i = 0; i < N_LAYERS; i++) {
 			const struct bn_layer *l = &layers[i];
 
-			sb_printf(&vr->json, "%s\"%s\":{\"count\":%" PRId64 ",\"mean\":", i ? "," : "",
+			sb_printf(&vr->json,
+				  "%s\"%s\":{\"count\":%" PRId64 ",\"mean\":", i ? "," : "",
 				  l->name, l->count);
 			render_json_array(&vr->json, vr->mean + l->offset, l->channels);
 			sb_puts(&vr->json, ",\"var\":");
 			render_json_array(&vr->json, vr->var + l->offset, l->channels);
 			sb_puts(&vr->json, "}");
 
-			sb_printf(&vr->b64, "%s\"%s\":{\"count\":%" PRId64
-				  ",\"mean\":{\"dtype\":\"f32\",\"b64\":\"", i ? "," : "", l->name, l->count);
+			sb_printf(&vr->b64,
+				  "%s\"%s\":{\"count\":%" PRId64
+				  ",\"mean\":{\"dtype\":\"f32\",\"b64\":\"",
+				  i ? "," : "", l->name, l->count);
 			b64_append(&vr->b64, vr->mean + l->offset, l->channels * sizeof(float));
 			sb_puts(&vr->b64, "\"},\"var\":{\"dtype\":\"f32\",\"b64\":\"");
 			b64_append(&vr->b64, vr->var + l->offset, l->channels * sizeof(float));
@@ -443,14 +448,20 @@ static void make_variants(void)
 		const struct bn_layer *l = &layers[i];
 		size_t fb = l->channels * sizeof(float);
 
-		sb_printf(&st_desc, ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],"
-			  "\"data_offsets\":[%zu,%zu]}", l->name, off, off + 8);
+		sb_printf(&st_desc,
+			  ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],"
+			  "\"data_offsets\":[%zu,%zu]}",
+			  l->name, off, off + 8);
 		off += 8;
-		sb_printf(&st_desc, ",\"%s.mean\":{\"dtype\":\"F32\",\"shape\":[%u],"
-			  "\"data_offsets\":[%zu,%zu]}", l->name, l->channels, off, off + fb);
+		sb_printf(&st_desc,
+			  ",\"%s.mean\":{\"dtype\":\"F32\",\"shape\":[%u],"
+			  "\"data_offsets\":[%zu,%zu]}",
+			  l->name, l->channels, off, off + fb);
 		off += fb;
-		sb_printf(&st_desc, ",\"%s.var\":{\"dtype\":\"F32\",\"shape\":[%u],"
-			  "\"data_offsets\":[%zu,%zu]}", l->name, l->channels, off, off + fb);
+		sb_printf(&st_desc,
+			  ",\"%s.var\":{\"dtype\":\"F32\",\"shape\":[%u],"
+			  "\"data_offsets\":[%zu,%zu]}",
+			  l->name, l->channels, off, off + fb);
 		off += fb;
 	}
 	sb_puts(&st_desc, "}");
@@ -575,9 +586,8 @@ struct sink {
 };
 
 static MHD_Result sink_on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version,
-				  const char *upload_data, size_t *upload_data_size,
-				  void **req_cls)
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **req_cls)
 {
 	static char reply[] = "{}";
 	struct sink_req *rq = *req_cls;
@@ -655,8 +665,8 @@ static void sink_start(struct sink *s)
 	sa.sin_port = 0;
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	s->mhd = MHD_start_daemon(
-		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL,
-		NULL, sink_on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+		sink_on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 		MHD_OPTION_THREAD_POOL_SIZE, opt.threads, MHD_OPTION_CONNECTION_LIMIT,
 		(unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
@@ -1178,11 +1188,13 @@ static void client_record(struct client *cl, struct conn *c, int rc, const struc
 		if (r->status == 200) {
 			cl->ok++;
 			*a = ACK_OK;
-			if (memmem(c->rbuf + r->head_len, r->content_length, "\"duplicate\":true", 16))
+			if (memmem(c->rbuf + r->head_len, r->content_length, "\"duplicate\":true",
+				   16))
 				cl->dup++;
 		} else {
-			size_t n = r->content_length < sizeof(cl->last_err) - 1 ?
-					   r->content_length : sizeof(cl->last_err) - 1;
+			size_t n = r->content_length < sizeof(cl->last_err) - 1
+					   ? r->content_length
+					   : sizeof(cl->last_err) - 1;
 
 			cl->http_err++;
 			*a = ACK_NONE; /* a rejected upload stores nothing */
@@ -1526,7 +1538,8 @@ static void reference(struct cell *c, size_t step, const struct bn_layer *l, dou
 	for (w = 0; w < c->conns; w++)
 		for (s = 0; s < c->k; s++)
 			if (*ack_at(c, step, w, s) == ACK_OK) {
-				const struct variant *v = &variants[variant_of(w, (int64_t)step, s)];
+				const struct variant *v =
+					&variants[variant_of(w, (int64_t)step, s)];
 
 				for (ch = 0; ch < l->channels; ch++)
 					mean[ch] += sent_value(c->form, v->mean[l->offset + ch]);
@@ -1537,13 +1550,15 @@ static void reference(struct cell *c, size_t step, const struct bn_layer *l, dou
 	for (w = 0; w < c->conns; w++)
 		for (s = 0; s < c->k; s++)
 			if (*ack_at(c, step, w, s) == ACK_OK) {
-				const struct variant *v = &variants[variant_of(w, (int64_t)step, s)];
+				const struct variant *v =
+					&variants[variant_of(w, (int64_t)step, s)];
 
 				for (ch = 0; ch < l->channels; ch++) {
 					double m = sent_value(c->form, v->mean[l->offset + ch]);
 					double d = m - mean[ch];
 
-					var[ch] += sent_value(c->form, v->var[l->offset + ch]) * (n - 1) +
+					var[ch] += sent_value(c->form, v->var[l->offset + ch]) *
+							   (n - 1) +
 						   n * d * d;
 				}
 			}
@@ -1611,8 +1626,10 @@ static void verify_cell(struct cell *c, struct verify *v)
 		if (acked + unknown == 0) {
 			if (status != 404) {
 				v->ok = false;
-				sb_printf(&v->text, "step %zu: nothing acknowledged but GET stats "
-					  "answered %d; ", step, status);
+				sb_printf(&v->text,
+					  "step %zu: nothing acknowledged but GET stats "
+					  "answered %d; ",
+					  step, status);
 			}
 			continue;
 		}
@@ -1641,10 +1658,12 @@ static void verify_cell(struct cell *c, struct verify *v)
 			json_int_t ch = json_integer_value(json_object_get(lo, "channels"));
 
 			if (lo == NULL || ch != (json_int_t)l->channels ||
-			    batches < (json_int_t)acked || batches > (json_int_t)(acked + unknown) ||
+			    batches < (json_int_t)acked ||
+			    batches > (json_int_t)(acked + unknown) ||
 			    count != batches * (json_int_t)l->count) {
 				v->ok = false;
-				sb_printf(&v->text, "step %zu layer %s: batches %lld, count %lld, "
+				sb_printf(&v->text,
+					  "step %zu layer %s: batches %lld, count %lld, "
 					  "channels %lld; acknowledged %zu (+%zu unknown); ",
 					  step, l->name, (long long)batches, (long long)count,
 					  (long long)ch, acked, unknown);
@@ -1662,9 +1681,10 @@ static void verify_cell(struct cell *c, struct verify *v)
 				dv = max_rel_diff(json_object_get(lo, "var"), rv, l->channels);
 				if (dm < 0 || dv < 0 || dm > tol || dv > tol) {
 					v->ok = false;
-					sb_printf(&v->text, "step %zu layer %s: mean/var differ from "
-						  "the exact merge by %.3g/%.3g; ", step, l->name, dm,
-						  dv);
+					sb_printf(&v->text,
+						  "step %zu layer %s: mean/var differ from "
+						  "the exact merge by %.3g/%.3g; ",
+						  step, l->name, dm, dv);
 				}
 				worst = fmax(worst, fmax(dm, dv));
 			}
@@ -1672,10 +1692,12 @@ static void verify_cell(struct cell *c, struct verify *v)
 		json_decref(root);
 	}
 	if (v->ok)
-		sb_printf(&v->text, "steps %s: `batches` = acknowledged uploads and `count` = "
+		sb_printf(&v->text,
+			  "steps %s: `batches` = acknowledged uploads and `count` = "
 			  "their sum for all %zu layers; mean/var of %s and %s equal the exact "
-			  "merge (max rel. diff %.2g)", steps.p, N_LAYERS, layers[0].name,
-			  layers[RESNET50_LAYERS - 1].name, worst);
+			  "merge (max rel. diff %.2g)",
+			  steps.p, N_LAYERS, layers[0].name, layers[RESNET50_LAYERS - 1].name,
+			  worst);
 	else
 		sb_printf(&v->text, "(steps checked, acknowledged: %s)", steps.p);
 out:
@@ -1757,8 +1779,8 @@ static void bench_parse(struct inproc *r, enum form form)
 	body_render(&body, form, 0, 0, 0);
 	t0 = now_s();
 	do {
-		json_t *root = json_loadb(body.p, body.len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-					  &err);
+		json_t *root = json_loadb(body.p, body.len,
+					  JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
 
 		if (root == NULL)
 			die("json_loadb of our own %s body: %s", form_names[form], err.text);
@@ -1889,8 +1911,9 @@ static void print_command(int argc, char **argv)
 	printf("- command: `");
 	for (i = 0; i < argc; i++) {
 		const char *a = argv[i];
-		bool plain = *a != '\0' && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-						      "0123456789-_./=,:") == strlen(a);
+		bool plain = *a != '\0' &&
+			     strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				       "0123456789-_./=,:") == strlen(a);
 
 		printf(plain ? "%s%s" : "%s'%s'", i ? " " : "", a);
 	}
@@ -1946,7 +1969,8 @@ static void print_table(void)
 
 	printf("## Uploads over HTTP\n\n");
 	printf("| target | body | conns | uploads | errors | uploads/s | MB/s | p50 ms | p99 ms "
-	       "| server CPU ms/upload | server CPU %% of a core | client CPU ms/upload | vs sink |\n");
+	       "| server CPU ms/upload | server CPU %% of a core | client CPU ms/upload | vs sink "
+	       "|\n");
 	printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
 	for (i = 0; i < n_rows; i++) {
 		const struct row *r = &rows[i];
@@ -1964,7 +1988,8 @@ static void print_table(void)
 		n = c->ok > 0 ? (double)c->done : NAN;
 		rate = c->elapsed > 0 ? (double)c->ok / c->elapsed : NAN;
 		fmt_num(ups, sizeof(ups), rate, 1);
-		fmt_num(mbs, sizeof(mbs), c->elapsed > 0 ? (double)c->bytes / c->elapsed / 1e6 : NAN, 1);
+		fmt_num(mbs, sizeof(mbs),
+			c->elapsed > 0 ? (double)c->bytes / c->elapsed / 1e6 : NAN, 1);
 		fmt_num(p50, sizeof(p50), c->p50, 2);
 		fmt_num(p99, sizeof(p99), c->p99, 2);
 		fmt_num(scpu, sizeof(scpu), c->server_cpu_s * 1e3 / n, 3);
@@ -1974,8 +1999,8 @@ static void print_table(void)
 		if (r->target == T_SINK)
 			snprintf(ratio, sizeof(ratio), "1");
 		else if (s != NULL && s->cell.ok > 0)
-			fmt_num(ratio, sizeof(ratio),
-				rate / ((double)s->cell.ok / s->cell.elapsed), 2);
+			fmt_num(ratio, sizeof(ratio), rate / ((double)s->cell.ok / s->cell.elapsed),
+				2);
 		else
 			snprintf(ratio, sizeof(ratio), "—");
 		printf("| %s | %s | %u | %" PRIu64 " | %" PRIu64 " | %s | %s | %s | %s | %s | %s "
@@ -2017,7 +2042,8 @@ static void print_inproc(const struct inproc *ip, size_t n)
 		       ip[i].us_each);
 	printf("\n");
 	for (i = 0; i < n; i++) {
-		if (strstr(ip[i].what, "json body") == NULL && strstr(ip[i].what, "b64 body") == NULL)
+		if (strstr(ip[i].what, "json body") == NULL &&
+		    strstr(ip[i].what, "b64 body") == NULL)
 			continue;
 		for (j = 0; j < opt.n_conns; j++) {
 			enum form f = strstr(ip[i].what, "json body") ? F_JSON : F_B64;
@@ -2262,8 +2288,7 @@ static int run_rss(void)
 	printf("| %s | %u | %" PRIu64 " | %" PRIu64 " | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f "
 	       "| %zu |\n\n",
 	       form_names[f], c.conns, c.ok, c.http_err + c.io_err, c.elapsed,
-	       (double)c.ok / c.elapsed, kb_mib(rss0), kb_mib(rss1), kb_mib(hwm), db,
-	       c.steps_done);
+	       (double)c.ok / c.elapsed, kb_mib(rss0), kb_mib(rss1), kb_mib(hwm), db, c.steps_done);
 	printf("RSS (MiB) after N uploads: 0: %.1f", kb_mib(rss0));
 	for (i = 0; i < c.n_rss; i++)
 		printf(", %" PRIu64 ": %.1f", c.rss_at[i], kb_mib(c.rss_kb[i]));

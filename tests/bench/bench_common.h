@@ -226,9 +226,9 @@ static BENCH_UNUSED void sb_free(struct sbuf *b)
 struct bn_layer {
 	const char *name; /* as in model.named_modules() */
 	unsigned channels;
-	unsigned hw;      /* spatial size of its input (224x224 images) */
-	int64_t count;    /* elements per channel in one batch: NBS * hw * hw */
-	size_t offset;    /* first channel in the flat arrays */
+	unsigned hw;   /* spatial size of its input (224x224 images) */
+	int64_t count; /* elements per channel in one batch: NBS * hw * hw */
+	size_t offset; /* first channel in the flat arrays */
 };
 
 /*

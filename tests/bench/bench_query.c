@@ -156,7 +156,7 @@ static void population_init(void)
 		double u = (double)(rng_next(&r) >> 11) * 0x1p-53;
 
 		ch_mu[c] = 0.5 * tri_noise(rng_next(&r));
-		ch_var[c] = exp(2.0 * u - 1.0);  /* e^-1 .. e^1 */
+		ch_var[c] = exp(2.0 * u - 1.0); /* e^-1 .. e^1 */
 		ch_sd[c] = sqrt(ch_var[c]);
 		ch_amp[c] = 0.5 * ch_sd[c] * (double)(rng_next(&r) >> 11) * 0x1p-53;
 	}
@@ -175,7 +175,8 @@ static void gen_step(uint64_t stream, int64_t step, float *mean, float *var)
 	struct rng r;
 	size_t l, c;
 
-	rng_seed(&r, SEED ^ (stream * 0xD1B54A32D192ED03ULL) ^ ((uint64_t)step * 0x9E3779B97F4A7C15ULL));
+	rng_seed(&r, SEED ^ (stream * 0xD1B54A32D192ED03ULL) ^
+			     ((uint64_t)step * 0x9E3779B97F4A7C15ULL));
 	for (l = 0; l < N_LAYERS; l++) {
 		double d = sin(6.283185307179586 * (double)step / DRIFT_PERIOD + layer_phase[l]);
 		size_t end = layers[l].offset + layers[l].channels;
@@ -226,8 +227,7 @@ static void ema_to_f32(const double *ema, float *em, float *ev)
 
 enum form { FORM_AUTO, FORM_JSON, FORM_SAFETENSORS };
 
-static const char b64chars[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static void sb_base64(struct sbuf *b, const void *data, size_t n)
 {
@@ -283,7 +283,8 @@ static void body_json(struct sbuf *b, const struct batch *x)
 		const struct bn_layer *L = &layers[l];
 		size_t bytes = L->channels * sizeof(float);
 
-		sb_printf(b, "%s\"%s\":{\"count\":%" PRId64 ",\"mean\":{\"dtype\":\"f32\",\"b64\":\"",
+		sb_printf(b,
+			  "%s\"%s\":{\"count\":%" PRId64 ",\"mean\":{\"dtype\":\"f32\",\"b64\":\"",
 			  l ? "," : "", L->name, L->count);
 		sb_base64(b, x->mean + L->offset, bytes);
 		sb_puts(b, "\"},\"var\":{\"dtype\":\"f32\",\"b64\":\"");
@@ -315,18 +316,23 @@ static void body_safetensors(struct sbuf *b, struct sbuf *hdr, const struct batc
 	size_t l;
 
 	hdr->len = 0;
-	sb_printf(hdr, "{\"__metadata__\":{\"worker\":\"%s\",\"step\":\"%" PRId64
-		       "\",\"seq\":\"%" PRId64 "\"}", x->worker, x->step, x->seq);
+	sb_printf(hdr,
+		  "{\"__metadata__\":{\"worker\":\"%s\",\"step\":\"%" PRId64 "\",\"seq\":\"%" PRId64
+		  "\"}",
+		  x->worker, x->step, x->seq);
 	for (l = 0; l < N_LAYERS; l++) {
 		uint64_t bytes = (uint64_t)layers[l].channels * sizeof(float);
 
-		sb_printf(hdr, ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[%" PRIu64
-			       ",%" PRIu64 "]}", layers[l].name, off, off + 8);
+		sb_printf(hdr,
+			  ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[%" PRIu64
+			  ",%" PRIu64 "]}",
+			  layers[l].name, off, off + 8);
 		off += 8;
 		for (p = 0; p < n_parts; p++) {
-			sb_printf(hdr, ",\"%s.%s\":{\"dtype\":\"F32\",\"shape\":[%u],\"data_offsets\":[%" PRIu64
-				       ",%" PRIu64 "]}", layers[l].name, parts[p], layers[l].channels, off,
-				  off + bytes);
+			sb_printf(hdr,
+				  ",\"%s.%s\":{\"dtype\":\"F32\",\"shape\":[%u],\"data_offsets\":["
+				  "%" PRIu64 ",%" PRIu64 "]}",
+				  layers[l].name, parts[p], layers[l].channels, off, off + bytes);
 			off += bytes;
 		}
 	}
@@ -498,7 +504,8 @@ static int read_response(struct conn *c, struct resp *r, double deadline, bool *
 			clen = strtoull(line + 15, NULL, 10);
 			has_clen = true;
 		} else if (strncasecmp(line, "Transfer-Encoding:", 18) == 0) {
-			chunked = strstr(line, "chunked") != NULL && strstr(line, "chunked") < strstr(line, "\r\n");
+			chunked = strstr(line, "chunked") != NULL &&
+				  strstr(line, "chunked") < strstr(line, "\r\n");
 		} else if (strncasecmp(line, "Connection:", 11) == 0) {
 			char *v = line + 11;
 
@@ -582,10 +589,12 @@ static int http_do(struct conn *c, const char *method, const char *path, const c
 		if (body != NULL)
 			n = snprintf(head, sizeof(head),
 				     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Type: %s\r\n"
-				     "Content-Length: %zu\r\n\r\n", method, path, c->port, ctype, blen);
+				     "Content-Length: %zu\r\n\r\n",
+				     method, path, c->port, ctype, blen);
 		else
-			n = snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n",
-				     method, path, c->port);
+			n = snprintf(head, sizeof(head),
+				     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", method, path,
+				     c->port);
 		if (n < 0 || (size_t)n >= sizeof(head))
 			return -E2BIG;
 		iov[0].iov_base = head;
@@ -620,8 +629,8 @@ static struct {
 	unsigned conns;
 	unsigned reps;
 	unsigned replay_cache_mb; /* 0: the daemon's default */
-	double timeout;           /* per request, s */
-	double fill_timeout;      /* whole fill, s */
+	double timeout;		  /* per request, s */
+	double fill_timeout;	  /* whole fill, s */
 	enum form form;
 	bool keep, no_fill, no_late, no_restart;
 } opt;
@@ -637,12 +646,14 @@ static void usage(void)
 	       "                          (only 127.0.0.1/localhost; no restart measurement)\n"
 	       "  --run NAME              the run (default: bench-query)\n"
 	       "  --steps N               steps to fill, 0..N-1 (default: 10000)\n"
-	       "  --conns N               upload connections, one range of steps each (default: 4)\n"
+	       "  --conns N               upload connections, one range of steps each (default: "
+	       "4)\n"
 	       "  --reps N                repetitions of each warm query (default: 5)\n"
 	       "  --form auto|json|safetensors  upload body (default: auto = safetensors if the\n"
 	       "                          server takes it, else JSON with base64 f32 arrays)\n"
 	       "  --replay-cache-mb N     passed to the spawned bnstatd\n"
-	       "  --tmpdir DIR            where the temporary directory goes (default: $TMPDIR or /tmp)\n"
+	       "  --tmpdir DIR            where the temporary directory goes (default: $TMPDIR or "
+	       "/tmp)\n"
 	       "  --db FILE               spawn bnstatd on FILE instead of a temporary database\n"
 	       "                          (FILE is never deleted)\n"
 	       "  --no-fill               measure the run as it is (its last step is N-1)\n"
@@ -673,11 +684,11 @@ static void parse_args(int argc, char **argv)
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 
-#define NEED_VALUE()                                  \
-	do {                                          \
-		if (v == NULL)                        \
-			die("%s needs a value", a);   \
-		i++;                                  \
+#define NEED_VALUE()                                                                               \
+	do {                                                                                       \
+		if (v == NULL)                                                                     \
+			die("%s needs a value", a);                                                \
+		i++;                                                                               \
 	} while (0)
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
 			usage();
@@ -1070,9 +1081,12 @@ static void check_disk(double estimate)
 	note("disk: %.2f GB free in %s; this fill needs about %.2f GB", avail / 1e9, dir,
 	     estimate / 1e9);
 	if (avail < 2.0 * estimate)
-		die("not enough disk space: %llu steps of ResNet-50 statistics need about %.2f GB in "
-		    "%s, and %.2f GB are free; this benchmark wants twice the estimate (%.2f GB) free. "
-		    "Use --steps to run smaller (e.g. --steps %.0f) or --tmpdir to put it elsewhere.",
+		die("not enough disk space: %llu steps of ResNet-50 statistics need about %.2f GB "
+		    "in "
+		    "%s, and %.2f GB are free; this benchmark wants twice the estimate (%.2f GB) "
+		    "free. "
+		    "Use --steps to run smaller (e.g. --steps %.0f) or --tmpdir to put it "
+		    "elsewhere.",
 		    opt.steps, estimate / 1e9, dir, avail / 1e9, 2.0 * estimate / 1e9,
 		    floor(avail / 2.0 / (estimate / (double)opt.steps)));
 }
@@ -1135,7 +1149,7 @@ struct filler {
 	pthread_t tid;
 	unsigned idx;
 	int64_t from, to; /* [from, to) */
-	double *ema;      /* state after step from-1 */
+	double *ema;	  /* state after step from-1 */
 	char err[1024];
 };
 
@@ -1163,10 +1177,11 @@ static void *filler_main(void *arg)
 		fill_retries += retries;
 		if (rc != 0) {
 			if (rc < 0)
-				snprintf(t->err, sizeof(t->err), "step %" PRId64 ": %s", s, strerror(-rc));
+				snprintf(t->err, sizeof(t->err), "step %" PRId64 ": %s", s,
+					 strerror(-rc));
 			else
-				snprintf(t->err, sizeof(t->err), "step %" PRId64 ": HTTP %d %.800s", s, rc,
-					 r.body.p ? r.body.p : "");
+				snprintf(t->err, sizeof(t->err), "step %" PRId64 ": HTTP %d %.800s",
+					 s, rc, r.body.p ? r.body.p : "");
 			fill_stop = true;
 			break;
 		}
@@ -1212,7 +1227,7 @@ static void fill(void)
 	ema_apply(ema, v, v + n_channels);
 	ema_to_f32(ema, v + 2 * n_channels, v + 3 * n_channels);
 	if (opt.form != FORM_JSON) {
-		struct batch x = { "rank0", 0, 0, v, v + n_channels, v + 2 * n_channels,
+		struct batch x = { "rank0",	      0, 0, v, v + n_channels, v + 2 * n_channels,
 				   v + 3 * n_channels };
 		bool dup = false;
 		unsigned long long retries = 0;
@@ -1225,32 +1240,39 @@ static void fill(void)
 			first = 1;
 			snprintf(form_note, sizeof(form_note),
 				 "safetensors (F32 tensors, Content-Type application/octet-stream; "
-				 "%.1f KB a body)", (double)body.len / 1e3);
+				 "%.1f KB a body)",
+				 (double)body.len / 1e3);
 		} else if (opt.form == FORM_SAFETENSORS) {
-			die("the server refused the safetensors probe: %d %s", rc, r.body.p ? r.body.p : "");
+			die("the server refused the safetensors probe: %d %s", rc,
+			    r.body.p ? r.body.p : "");
 		} else {
 			used_form = FORM_JSON;
 			if (rc == 415)
 				snprintf(form_note, sizeof(form_note),
-					 "JSON with base64 f32 arrays (the binary form was probed: 415, not "
+					 "JSON with base64 f32 arrays (the binary form was probed: "
+					 "415, not "
 					 "implemented by this bnstatd)");
 			else
 				snprintf(form_note, sizeof(form_note),
-					 "JSON with base64 f32 arrays (the binary form was probed and refused: "
-					 "%d %.200s)", rc, rc > 0 && r.body.p ? r.body.p : strerror(-rc));
-			note("safetensors probe: %d %.300s", rc, rc > 0 && r.body.p ? r.body.p : "");
+					 "JSON with base64 f32 arrays (the binary form was probed "
+					 "and refused: "
+					 "%d %.200s)",
+					 rc, rc > 0 && r.body.p ? r.body.p : strerror(-rc));
+			note("safetensors probe: %d %.300s", rc,
+			     rc > 0 && r.body.p ? r.body.p : "");
 		}
 	} else {
 		used_form = FORM_JSON;
 		snprintf(form_note, sizeof(form_note), "JSON with base64 f32 arrays (--form json)");
 	}
 	if (used_form == FORM_JSON) {
-		struct batch x = { "rank0", 0, 0, v, v + n_channels, v + 2 * n_channels,
+		struct batch x = { "rank0",	      0, 0, v, v + n_channels, v + 2 * n_channels,
 				   v + 3 * n_channels };
 
 		body_json(&body, &x);
 		size_t l = strlen(form_note);
-		snprintf(form_note + l, sizeof(form_note) - l, "; %.1f KB a body", (double)body.len / 1e3);
+		snprintf(form_note + l, sizeof(form_note) - l, "; %.1f KB a body",
+			 (double)body.len / 1e3);
 	}
 	conn_close(&c);
 	note("upload form: %s", form_note);
@@ -1290,7 +1312,8 @@ static void fill(void)
 		sleep_s(0.2);
 		now = now_s();
 		if (now > deadline) {
-			note("the fill did not finish within --fill-timeout %.0f s; stopping", opt.fill_timeout);
+			note("the fill did not finish within --fill-timeout %.0f s; stopping",
+			     opt.fill_timeout);
 			fill_stop = true;
 			break;
 		}
@@ -1309,8 +1332,8 @@ static void fill(void)
 		if (t[i].err[0] != '\0')
 			die("upload failed on connection %u: %s", i, t[i].err);
 	if (fill_done != (unsigned long long)total)
-		die("the fill stopped after %llu of %" PRId64 " uploads", (unsigned long long)fill_done,
-		    total);
+		die("the fill stopped after %llu of %" PRId64 " uploads",
+		    (unsigned long long)fill_done, total);
 	fillres.done = true;
 	fillres.uploads = fill_done;
 	fillres.dups = fill_dups;
@@ -1334,13 +1357,13 @@ struct result {
 	char query[200];
 	char cache[48];
 	unsigned n;
-	double min, med, max;  /* ms */
-	double cpu_med;        /* server CPU ms, median; <0 unknown */
+	double min, med, max; /* ms */
+	double cpu_med;	      /* server CPU ms, median; <0 unknown */
 	size_t bytes;
 	int status;
-	unsigned mismatches;   /* answers that differ from the expected body */
+	unsigned mismatches; /* answers that differ from the expected body */
 	bool checked;
-	char *body;            /* the last answer */
+	char *body; /* the last answer */
 };
 
 static struct result results[MAX_RESULTS];
@@ -1400,13 +1423,14 @@ static struct result *measure(const char *query, const char *cache, unsigned rep
 	res->med = res->n % 2 ? ms[res->n / 2] : (ms[res->n / 2 - 1] + ms[res->n / 2]) / 2;
 	if (n_cpu > 0) {
 		qsort(cpu, n_cpu, sizeof(double), cmp_double);
-		res->cpu_med = n_cpu % 2 ? cpu[n_cpu / 2] : (cpu[n_cpu / 2 - 1] + cpu[n_cpu / 2]) / 2;
+		res->cpu_med =
+			n_cpu % 2 ? cpu[n_cpu / 2] : (cpu[n_cpu / 2 - 1] + cpu[n_cpu / 2]) / 2;
 	} else {
 		res->cpu_med = -1;
 	}
 	res->body = xstrdup(r.body.p ? r.body.p : "");
-	note("%-60s %-22s n=%u median %.1f ms (min %.1f, max %.1f) %zu bytes%s", query, cache, res->n,
-	     res->med, res->min, res->max, res->bytes,
+	note("%-60s %-22s n=%u median %.1f ms (min %.1f, max %.1f) %zu bytes%s", query, cache,
+	     res->n, res->med, res->min, res->max, res->bytes,
 	     res->checked ? (res->mismatches ? "  ANSWER DIFFERS" : "  same answer") : "");
 	free(r.body.p);
 	return res;
@@ -1437,7 +1461,8 @@ static struct result *measure_upload(const char *label, const char *cache, const
 	t1 = now_s();
 	c1 = daemon_cpu_ms();
 	if (rc != 0)
-		die("the late upload failed: %d %s", rc, rc > 0 && r.body.p ? r.body.p : strerror(-rc));
+		die("the late upload failed: %d %s", rc,
+		    rc > 0 && r.body.p ? r.body.p : strerror(-rc));
 	if (dup)
 		note("the late upload was a duplicate (already stored): nothing changes");
 	res->n = 1;
@@ -1514,7 +1539,8 @@ static void print_table(void)
 {
 	size_t i;
 
-	printf("\n| # | query (`/v1/runs/{run}/...`) | replay cache | n | min ms | median ms | max ms "
+	printf("\n| # | query (`/v1/runs/{run}/...`) | replay cache | n | min ms | median ms | max "
+	       "ms "
 	       "| server CPU ms (median) | response bytes |\n");
 	printf("|---|---|---|--:|--:|--:|--:|--:|--:|\n");
 	for (i = 0; i < n_results; i++) {
@@ -1525,9 +1551,9 @@ static void print_table(void)
 			snprintf(cpu, sizeof(cpu), "%.0f", r->cpu_med);
 		else
 			snprintf(cpu, sizeof(cpu), "n/a");
-		printf("| %zu | `%s`%s | %s | %u | %.1f | %.1f | %.1f | %s | %zu%s |\n", i + 1, r->query,
-		       r->status == 200 ? "" : " **(error)**", r->cache, r->n, r->min, r->med, r->max,
-		       cpu, r->bytes, r->status == 200 ? "" : "");
+		printf("| %zu | `%s`%s | %s | %u | %.1f | %.1f | %.1f | %s | %zu%s |\n", i + 1,
+		       r->query, r->status == 200 ? "" : " **(error)**", r->cache, r->n, r->min,
+		       r->med, r->max, cpu, r->bytes, r->status == 200 ? "" : "");
 	}
 }
 
@@ -1537,7 +1563,8 @@ int main(int argc, char **argv)
 {
 	char version[512], q[512];
 	struct result *r, *cold01, *cold001, *late01 = NULL;
-	double start_s, restart_s = -1, stop_s = -1, rss = -1, hwm = -1, rss_restart = -1, hwm_restart = -1;
+	double start_s, restart_s = -1, stop_s = -1, rss = -1, hwm = -1, rss_restart = -1,
+			hwm_restart = -1;
 	double final_db = -1;
 	int64_t latest, older, late_step;
 	bool spawned;
@@ -1559,18 +1586,20 @@ int main(int argc, char **argv)
 	fillres.estimate = (double)opt.steps * bytes_per_step(true);
 	if (spawned) {
 		if (access(opt.bnstatd, X_OK) != 0)
-			die("cannot run bnstatd at %s (use --bnstatd PATH or $BNSTATD)", opt.bnstatd);
+			die("cannot run bnstatd at %s (use --bnstatd PATH or $BNSTATD)",
+			    opt.bnstatd);
 		setup_paths();
 		if (!opt.no_fill)
 			check_disk(fillres.estimate);
 		daemon_version(version, sizeof(version));
 		start_s = now_s();
 		daemon_start();
-		note("bnstatd pid %d listening on 127.0.0.1:%u (db %s, started in %.2f s)", (int)daemon_pid,
-		     daemon_port, db_path, now_s() - start_s);
+		note("bnstatd pid %d listening on 127.0.0.1:%u (db %s, started in %.2f s)",
+		     (int)daemon_pid, daemon_port, db_path, now_s() - start_s);
 	} else {
 		snprintf(version, sizeof(version), "running at %s", opt.url);
-		note("using the bnstatd at %s (no disk check: the database is not ours to see)", opt.url);
+		note("using the bnstatd at %s (no disk check: the database is not ours to see)",
+		     opt.url);
 	}
 
 	if (!opt.no_fill) {
@@ -1582,7 +1611,8 @@ int main(int argc, char **argv)
 			fillres.db_main = file_bytes(db_path);
 			fillres.db_wal = file_bytes(wal);
 		}
-		note("fill: %llu uploads in %.1f s = %.1f uploads/s; database %.2f GB + WAL %.2f GB",
+		note("fill: %llu uploads in %.1f s = %.1f uploads/s; database %.2f GB + WAL %.2f "
+		     "GB",
 		     fillres.uploads, fillres.seconds, (double)fillres.uploads / fillres.seconds,
 		     fillres.db_main / 1e9, fillres.db_wal / 1e9);
 	}
@@ -1608,14 +1638,15 @@ int main(int argc, char **argv)
 	measure(q, "warm", opt.reps, NULL);
 
 	/* 3. a second momentum */
-	cold001 = measure("compare?ema=sim&momentum=0.01&window=100", "cold (new momentum)", 1, NULL);
+	cold001 =
+		measure("compare?ema=sim&momentum=0.01&window=100", "cold (new momentum)", 1, NULL);
 	measure("compare?ema=sim&momentum=0.01&window=100", "warm", opt.reps, cold001->body);
 	daemon_rss(&rss, &hwm);
 
 	/* 4. series over the whole run */
 	measure("series?layer=layer4.2.bn3&channel=7", "n/a (replays 1 channel)", opt.reps, NULL);
-	measure("series?layer=layer4.2.bn3&channel=7&points=500", "n/a (replays 1 channel)", opt.reps,
-		NULL);
+	measure("series?layer=layer4.2.bn3&channel=7&points=500", "n/a (replays 1 channel)",
+		opt.reps, NULL);
 	measure("series?layer=bn1&channel=7", "n/a (replays 1 channel)", opt.reps, NULL);
 
 	/* 6. a late upload into step N/2, then the simulated EMA again */
@@ -1623,7 +1654,8 @@ int main(int argc, char **argv)
 		float *v = xmalloc(2 * n_channels * sizeof(float));
 		struct sbuf body = { 0 }, hdr = { 0 };
 		/* a new identity on every run of the benchmark, so that it is never a duplicate */
-		struct batch x = { "late", late_step, (int64_t)time(NULL), v, v + n_channels, NULL, NULL };
+		struct batch x = { "late", late_step, (int64_t)time(NULL), v, v + n_channels,
+				   NULL,   NULL };
 		char label[128];
 
 		gen_step(1, late_step, v, v + n_channels);
@@ -1631,8 +1663,8 @@ int main(int argc, char **argv)
 		snprintf(label, sizeof(label), "POST batches (late: step %" PRId64 ", worker late)",
 			 late_step);
 		measure_upload(label, "invalidates >= step", &body);
-		late01 = measure("compare?ema=sim&momentum=0.1&window=100", "after the late upload", 1,
-				 NULL);
+		late01 = measure("compare?ema=sim&momentum=0.1&window=100", "after the late upload",
+				 1, NULL);
 		measure("compare?ema=sim&momentum=0.1&window=100", "warm", opt.reps, late01->body);
 		free(v);
 		free(body.p);
@@ -1649,8 +1681,8 @@ int main(int argc, char **argv)
 		t0 = now_s();
 		daemon_start();
 		restart_s = now_s() - t0;
-		note("restarted bnstatd: stop %.2f s, start %.2f s (pid %d, port %u)", stop_s, restart_s,
-		     (int)daemon_pid, daemon_port);
+		note("restarted bnstatd: stop %.2f s, start %.2f s (pid %d, port %u)", stop_s,
+		     restart_s, (int)daemon_pid, daemon_port);
 		r = measure("compare?ema=sim&momentum=0.1&window=100", "cold (after restart)", 1,
 			    late01 ? late01->body : cold01->body);
 		measure("compare?ema=sim&momentum=0.1&window=100", "warm", opt.reps, r->body);
@@ -1687,7 +1719,8 @@ int main(int argc, char **argv)
 	printf("\n");
 	command_line(argc, argv);
 	printf("- run `%s`: %llu steps (0..%" PRId64 ") x %zu BatchNorm layers (%zu channels), one "
-	       "upload a step (worker rank0, seq 0, count 32*H*W, with ema_mean/ema_var = PyTorch's "
+	       "upload a step (worker rank0, seq 0, count 32*H*W, with ema_mean/ema_var = "
+	       "PyTorch's "
 	       "momentum-0.1 EMA of the batches)%s\n",
 	       opt.run, opt.steps, latest, (size_t)N_LAYERS, n_channels,
 	       opt.no_fill ? " -- as an earlier bench_query filled it (--no-fill)" : "");
@@ -1695,43 +1728,53 @@ int main(int argc, char **argv)
 		printf("- fill: %llu uploads as %s, %u connections (contiguous ranges of steps, "
 		       "keep-alive): %.1f s, **%.1f uploads/s** (%.1f MB/s of bodies)",
 		       fillres.uploads, form_note, opt.conns, fillres.seconds,
-		       (double)fillres.uploads / fillres.seconds, fillres.body_mb / fillres.seconds);
+		       (double)fillres.uploads / fillres.seconds,
+		       fillres.body_mb / fillres.seconds);
 		if (fillres.dups)
 			printf("; %llu duplicates", fillres.dups);
 		if (fillres.retries)
 			printf("; %llu retries after 503", fillres.retries);
 		printf("\n");
 		if (spawned)
-			printf("- database after the fill: **%.2f GB** (main file %.2f GB + WAL %.2f GB) = "
-			       "%.0f KB a step (estimate %.0f KB: 7 arrays of doubles a channel, 5 for the "
-			       "statistics and 2 for the worker EMA); %.2f GB after the clean shutdown\n",
+			printf("- database after the fill: **%.2f GB** (main file %.2f GB + WAL "
+			       "%.2f GB) = "
+			       "%.0f KB a step (estimate %.0f KB: 7 arrays of doubles a channel, 5 "
+			       "for the "
+			       "statistics and 2 for the worker EMA); %.2f GB after the clean "
+			       "shutdown\n",
 			       (fillres.db_main + fillres.db_wal) / 1e9, fillres.db_main / 1e9,
-			       fillres.db_wal / 1e9, (fillres.db_main + fillres.db_wal) / (double)opt.steps / 1e3,
+			       fillres.db_wal / 1e9,
+			       (fillres.db_main + fillres.db_wal) / (double)opt.steps / 1e3,
 			       fillres.estimate / (double)opt.steps / 1e3, final_db / 1e9);
 	} else if (spawned) {
 		printf("- no fill (--no-fill); database %.2f GB\n", final_db / 1e9);
 	}
 	printf("- queries: wall clock from writing the request to reading the whole answer, one "
-	       "keep-alive connection, one request at a time; warm rows repeat %u times. The step is the "
-	       "latest (%" PRId64 ") unless given; the older step is %" PRId64 "", opt.reps, latest,
-	       older);
+	       "keep-alive connection, one request at a time; warm rows repeat %u times. The step "
+	       "is the "
+	       "latest (%" PRId64 ") unless given; the older step is %" PRId64 "",
+	       opt.reps, latest, older);
 	if (!opt.no_late)
 		printf("; the late upload goes to step %" PRId64 "", late_step);
 	printf(".\n");
 	if (rss >= 0)
-		printf("- bnstatd memory after both momenta were replayed: RSS %.0f MiB (peak %.0f MiB)",
+		printf("- bnstatd memory after both momenta were replayed: RSS %.0f MiB (peak %.0f "
+		       "MiB)",
 		       rss, hwm);
 	if (rss_restart >= 0)
 		printf("; after the restart and one momentum: RSS %.0f MiB", rss_restart);
 	if (rss >= 0)
 		printf("\n");
 	if (restart_s >= 0)
-		printf("- restart: SIGTERM to exit %.2f s, start to listening %.2f s\n", stop_s, restart_s);
-	printf("- exactness: %u rows compared byte for byte with the answer they must equal (warm = "
-	       "cold%s): %s\n", checked,
-	       restart_s >= 0 && !opt.no_late
-		       ? "; after the restart, the full replay = the replay resumed after the late upload"
-		       : "",
+		printf("- restart: SIGTERM to exit %.2f s, start to listening %.2f s\n", stop_s,
+		       restart_s);
+	printf("- exactness: %u rows compared byte for byte with the answer they must equal (warm "
+	       "= "
+	       "cold%s): %s\n",
+	       checked,
+	       restart_s >= 0 && !opt.no_late ? "; after the restart, the full replay = the replay "
+						"resumed after the late upload"
+					      : "",
 	       mism == 0 ? "all equal" : "**SOME DIFFER**");
 	print_table();
 	printf("\n");
