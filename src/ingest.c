@@ -7,9 +7,10 @@
  * Each form has its own front end, which checks what is particular to it
  * (JSON types, base64; safetensors' dtypes, shapes and data offsets) and
  * describes every layer as a struct layer_plan: name, count, and where
- * each value array is. (The JSON form has two front ends: a fast scanner
- * for ordinary uploads, and jansson for everything else; see "the JSON
- * form, fast path".) One back end, build_batch(), then applies the
+ * each value array is. (Each form reads its JSON with one of two front
+ * ends: a fast scanner for ordinary uploads, and jansson for everything
+ * else; see "the JSON form, fast path" and "the safetensors form, fast
+ * path".) One back end, build_batch(), then applies the
  * rules of the upload to the plans (check_layer()), makes a single
  * allocation for the whole batch (header, layer table, all value arrays,
  * names), converts the values straight into it (base64 decoded in place,
@@ -49,8 +50,8 @@
 
 static bool name_char(unsigned char c)
 {
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-	       (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '-';
 }
 
 /* s[0..len) is 1..max characters of [A-Za-z0-9._-]. */
@@ -78,14 +79,13 @@ static size_t bounded_len(const char *s, size_t max)
 
 bool ingest_name_valid(const char *s)
 {
-	return s != NULL &&
-	       name_valid_n(s, bounded_len(s, INGEST_NAME_MAX), INGEST_NAME_MAX);
+	return s != NULL && name_valid_n(s, bounded_len(s, INGEST_NAME_MAX), INGEST_NAME_MAX);
 }
 
 bool ingest_layer_name_valid(const char *s)
 {
-	return s != NULL && name_valid_n(s, bounded_len(s, INGEST_LAYER_NAME_MAX),
-					 INGEST_LAYER_NAME_MAX);
+	return s != NULL &&
+	       name_valid_n(s, bounded_len(s, INGEST_LAYER_NAME_MAX), INGEST_LAYER_NAME_MAX);
 }
 
 /*
@@ -95,8 +95,7 @@ bool ingest_layer_name_valid(const char *s)
  * character would make the reply unencodable as JSON, and control
  * characters would break log lines.
  */
-static const char *show(char *dst, size_t dstsize, const char *s, size_t len,
-			size_t max)
+static const char *show(char *dst, size_t dstsize, const char *s, size_t len, size_t max)
 {
 	size_t i, n = len;
 	bool cut = false;
@@ -131,22 +130,18 @@ static const char *show(char *dst, size_t dstsize, const char *s, size_t len,
  */
 #define XX 0xFF
 static const uint8_t b64_table[256] = {
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, 62, XX, XX, XX, 63,
-	52, 53, 54, 55, 56, 57, 58, 59, 60, 61, XX, XX, XX, XX, XX, XX,
-	XX,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-	15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, XX, XX, XX, XX, XX,
-	XX, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-	41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
-	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, 62,
+	XX, XX, XX, 63, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, XX, XX, XX, XX, XX, XX, XX, 0,
+	1,  2,	3,  4,	5,  6,	7,  8,	9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+	23, 24, 25, XX, XX, XX, XX, XX, XX, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38,
+	39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+	XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
 };
 #undef XX
 
@@ -441,8 +436,7 @@ static void batch_hash(struct ingest_batch *b)
 
 enum arr_id { ARR_MEAN, ARR_VAR, ARR_EMA_MEAN, ARR_EMA_VAR, ARR_N };
 
-static const char *const arr_key[ARR_N] = {"mean", "var", "ema_mean",
-					   "ema_var"};
+static const char *const arr_key[ARR_N] = { "mean", "var", "ema_mean", "ema_var" };
 
 /* Where the values of one array are, as found before the batch exists. */
 enum src_kind {
@@ -455,17 +449,17 @@ enum src_kind {
 
 struct src_array {
 	enum src_kind kind;
-	size_t esize;       /* SRC_B64, SRC_RAW: 4 (f32) or 8 (f64) */
+	size_t esize;	    /* SRC_B64, SRC_RAW: 4 (f32) or 8 (f64) */
 	const json_t *json; /* SRC_NUMBERS: the array */
 	const char *b64;    /* SRC_B64 */
 	size_t b64_len;
 	const uint8_t *raw; /* SRC_RAW: at any alignment */
 	const double *dbl;  /* SRC_DOUBLES */
-	size_t at;          /* SRC_DOUBLES: index of dbl[0] in the fast
+	size_t at;	    /* SRC_DOUBLES: index of dbl[0] in the fast
 			       scanner's value buffer (which may still move) */
 	const char *dtype;  /* SRC_B64 from the fast scanner: the dtype text */
 	size_t dtype_len;   /* (not NUL-terminated), until plan_b64() reads it */
-	size_t n;           /* number of values */
+	size_t n;	    /* number of values */
 };
 
 /*
@@ -477,16 +471,16 @@ struct layer_plan {
 	const char *prefix; /* of error paths: "layers." (JSON), "" (safetensors) */
 	const char *name;   /* name[0..name_len), not necessarily NUL-terminated */
 	size_t name_len;
-	const json_t *obj;  /* JSON: the layer's object */
+	const json_t *obj; /* JSON: the layer's object */
 	bool has_count;
-	int64_t count;      /* as sent, until check_layer() has checked it */
+	int64_t count; /* as sent, until check_layer() has checked it */
 	size_t channels;
 	struct src_array src[ARR_N];
 };
 
 /* What a decoder given NULL limits uses. */
-static const struct ingest_limits default_limits = {
-	INGEST_DEFAULT_MAX_LAYERS, INGEST_DEFAULT_MAX_CHANNELS};
+static const struct ingest_limits default_limits = { INGEST_DEFAULT_MAX_LAYERS,
+						     INGEST_DEFAULT_MAX_CHANNELS };
 
 static const char *type_name(const json_t *v)
 {
@@ -521,8 +515,8 @@ static bool key_known(const char *key, const char *const *known, size_t n)
 }
 
 /* bn_error_set() with a message already in a va_list. */
-static int error_v(struct bn_error *err, int status, const char *code,
-		   const char *path, const char *fmt, va_list ap)
+static int error_v(struct bn_error *err, int status, const char *code, const char *path,
+		   const char *fmt, va_list ap)
 {
 	char msg[BN_ERROR_MESSAGE_MAX];
 
@@ -534,8 +528,8 @@ static int error_v(struct bn_error *err, int status, const char *code,
  * Path "<prefix><name>[.<field>][.<sub>][[index]]" of something in layer
  * p. Fields and sub-keys given here may be client-supplied (unknown keys).
  */
-static void layer_path(char *path, size_t size, const struct layer_plan *p,
-		       const char *field, const char *sub, long index)
+static void layer_path(char *path, size_t size, const struct layer_plan *p, const char *field,
+		       const char *sub, long index)
 {
 	char name[INGEST_LAYER_NAME_MAX + 4], key[SHOW_MAX + 4];
 	int n;
@@ -554,9 +548,8 @@ static void layer_path(char *path, size_t size, const struct layer_plan *p,
 
 /* bn_error_set() for something in layer p; see layer_path(). */
 __attribute__((format(printf, 8, 9))) static int
-layer_error(struct bn_error *err, int status, const char *code,
-	    const struct layer_plan *p, const char *field, const char *sub,
-	    long index, const char *fmt, ...)
+layer_error(struct bn_error *err, int status, const char *code, const struct layer_plan *p,
+	    const char *field, const char *sub, long index, const char *fmt, ...)
 {
 	char path[BN_ERROR_PATH_MAX];
 	va_list ap;
@@ -574,9 +567,8 @@ layer_error(struct bn_error *err, int status, const char *code,
  * when p is not NULL: the integer helpers below serve both.
  */
 __attribute__((format(printf, 7, 8))) static int
-value_error(struct bn_error *err, int status, const char *code,
-	    const char *path, const struct layer_plan *p, const char *field,
-	    const char *fmt, ...)
+value_error(struct bn_error *err, int status, const char *code, const char *path,
+	    const struct layer_plan *p, const char *field, const char *fmt, ...)
 {
 	char lpath[BN_ERROR_PATH_MAX];
 	va_list ap;
@@ -598,9 +590,8 @@ value_error(struct bn_error *err, int status, const char *code,
  * not acceptable, hence 422; anything else is the wrong type, 400. `what`
  * names the value in messages; for the path see value_error().
  */
-static int json_int(const json_t *v, const char *what, int64_t *out,
-		    const char *path, const struct layer_plan *p,
-		    const char *field, struct bn_error *err)
+static int json_int(const json_t *v, const char *what, int64_t *out, const char *path,
+		    const struct layer_plan *p, const char *field, struct bn_error *err)
 {
 	if (json_is_real(v))
 		return value_error(err, 422, BN_E_INVALID, path, p, field,
@@ -609,25 +600,22 @@ static int json_int(const json_t *v, const char *what, int64_t *out,
 				   what, json_real_value(v));
 	if (!json_is_integer(v))
 		return value_error(err, 400, BN_E_TYPE, path, p, field,
-				   "%s must be an integer, not %s", what,
-				   type_name(v));
+				   "%s must be an integer, not %s", what, type_name(v));
 	*out = (int64_t)json_integer_value(v);
 	return 0;
 }
 
 /* 0 when v is in [0, max], else a 422; arguments as for json_int(). */
-static int uint_range(int64_t v, int64_t max, const char *what,
-		      const char *path, const struct layer_plan *p,
-		      const char *field, struct bn_error *err)
+static int uint_range(int64_t v, int64_t max, const char *what, const char *path,
+		      const struct layer_plan *p, const char *field, struct bn_error *err)
 {
 	if (v < 0)
 		return value_error(err, 422, BN_E_INVALID, path, p, field,
-				   "%s must be >= 0, not %lld", what,
-				   (long long)v);
+				   "%s must be >= 0, not %lld", what, (long long)v);
 	if (v > max)
 		return value_error(err, 422, BN_E_INVALID, path, p, field,
-				   "%s must be <= %lld, not %lld", what,
-				   (long long)max, (long long)v);
+				   "%s must be <= %lld, not %lld", what, (long long)max,
+				   (long long)v);
 	return 0;
 }
 
@@ -657,15 +645,12 @@ static int check_layer(struct layer_plan *p, enum stats_var_kind kind,
 
 	for (i = 0; i < ARR_N; i++)
 		any = any || p->src[i].kind != SRC_NONE;
-	if ((p->src[ARR_EMA_MEAN].kind == SRC_NONE) !=
-	    (p->src[ARR_EMA_VAR].kind == SRC_NONE)) {
+	if ((p->src[ARR_EMA_MEAN].kind == SRC_NONE) != (p->src[ARR_EMA_VAR].kind == SRC_NONE)) {
 		bool has_m = p->src[ARR_EMA_MEAN].kind != SRC_NONE;
 
-		return layer_error(err, 422, BN_E_INVALID, p,
-				   has_m ? "ema_mean" : "ema_var", NULL, -1,
-				   "%s needs %s: send both or neither",
-				   has_m ? "ema_mean" : "ema_var",
-				   has_m ? "ema_var" : "ema_mean");
+		return layer_error(err, 422, BN_E_INVALID, p, has_m ? "ema_mean" : "ema_var", NULL,
+				   -1, "%s needs %s: send both or neither",
+				   has_m ? "ema_mean" : "ema_var", has_m ? "ema_var" : "ema_mean");
 	}
 	/* count 0 (layer unused) may come without arrays; else both needed */
 	if (p->count == 0 && !any) {
@@ -674,8 +659,7 @@ static int check_layer(struct layer_plan *p, enum stats_var_kind kind,
 	}
 	for (i = ARR_MEAN; i <= ARR_VAR; i++)
 		if (p->src[i].kind == SRC_NONE)
-			return layer_error(err, 400, BN_E_MISSING, p,
-					   arr_key[i], NULL, -1,
+			return layer_error(err, 400, BN_E_MISSING, p, arr_key[i], NULL, -1,
 					   "%s is required when count > 0 or "
 					   "other arrays are given",
 					   arr_key[i]);
@@ -686,22 +670,19 @@ static int check_layer(struct layer_plan *p, enum stats_var_kind kind,
 				   "must hold at least one channel");
 	if (n > lim->max_channels)
 		return layer_error(err, 422, BN_E_LIMIT, p, "mean", NULL, -1,
-				   "%zu channels, more than the limit of %zu",
-				   n, lim->max_channels);
+				   "%zu channels, more than the limit of %zu", n,
+				   lim->max_channels);
 	for (i = ARR_VAR; i < ARR_N; i++)
 		if (p->src[i].kind != SRC_NONE && p->src[i].n != n)
-			return layer_error(err, 422, BN_E_INVALID, p,
-					   arr_key[i], NULL, -1,
-					   "%zu values, but mean has %zu",
-					   p->src[i].n, n);
+			return layer_error(err, 422, BN_E_INVALID, p, arr_key[i], NULL, -1,
+					   "%zu values, but mean has %zu", p->src[i].n, n);
 	p->channels = n;
 	return 0;
 }
 
 static inline uint32_t load_le32(const uint8_t *p)
 {
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static inline uint64_t load_le64(const uint8_t *p)
@@ -717,8 +698,7 @@ static inline uint64_t load_le64(const uint8_t *p)
  * back, which never overwrites a float not yet read (double i ends where
  * float 2i-n+1 ends, and 2i-n+1 <= i).
  */
-static void load_values(const uint8_t *src, size_t esize, size_t n,
-			double *dst)
+static void load_values(const uint8_t *src, size_t esize, size_t n, double *dst)
 {
 	size_t i;
 
@@ -744,8 +724,7 @@ static void load_values(const uint8_t *src, size_t esize, size_t n,
  * p->channels doubles to dst and check them. Base64 is decoded straight
  * into dst (see load_values()).
  */
-static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
-		      struct bn_error *err)
+static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst, struct bn_error *err)
 {
 	const struct src_array *a = &p->src[id];
 	const char *key = arr_key[id];
@@ -763,17 +742,14 @@ static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
 			else if (json_is_integer(x))
 				dst[i] = (double)json_integer_value(x);
 			else
-				return layer_error(err, 400, BN_E_TYPE, p, key,
-						   NULL, (long)i,
-						   "must be a number, not %s",
-						   type_name(x));
+				return layer_error(err, 400, BN_E_TYPE, p, key, NULL, (long)i,
+						   "must be a number, not %s", type_name(x));
 		}
 		break;
 	case SRC_B64:
 		bytes = (uint8_t *)dst + (8 - a->esize) * n;
 		if (ingest_base64_decode(a->b64, a->b64_len, bytes) < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, "b64",
-					   -1,
+			return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
 					   "bad base64 (standard alphabet, '=' "
 					   "padding, no whitespace)");
 		load_values(bytes, a->esize, n, dst);
@@ -792,13 +768,11 @@ static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst,
 		double x = dst[i];
 
 		if (!isfinite(x))
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
-					   (long)i, "must be finite, not %g", x);
+			return layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
+					   "must be finite, not %g", x);
 		if (is_var && x < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL,
-					   (long)i,
-					   "a variance must be >= 0, not %.17g",
-					   x);
+			return layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
+					   "a variance must be >= 0, not %.17g", x);
 		/* -0.0 == 0.0: store +0.0 so that the hash agrees too */
 		if (x == 0)
 			dst[i] = 0.0;
@@ -829,16 +803,14 @@ static size_t align_up(size_t n, size_t a)
 }
 
 /* The number of layers against the limits; `path` names the layer set. */
-static int check_layer_count(size_t n, const struct ingest_limits *lim,
-			     const char *path, struct bn_error *err)
+static int check_layer_count(size_t n, const struct ingest_limits *lim, const char *path,
+			     struct bn_error *err)
 {
 	if (n == 0)
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "at least one layer is required");
+		return bn_error_set(err, 422, BN_E_INVALID, path, "at least one layer is required");
 	if (n > lim->max_layers)
 		return bn_error_set(err, 422, BN_E_LIMIT, path,
-				    "%zu layers, more than the limit of %zu",
-				    n, lim->max_layers);
+				    "%zu layers, more than the limit of %zu", n, lim->max_layers);
 	return 0;
 }
 
@@ -856,11 +828,10 @@ static int check_layer_count(size_t n, const struct ingest_limits *lim,
  * anywhere frees that one block, so nothing leaks and *out stays NULL.
  * plans stay the caller's.
  */
-static int build_batch(const struct ingest_batch *hdr,
-		       struct layer_plan *plans, size_t n_layers,
+static int build_batch(const struct ingest_batch *hdr, struct layer_plan *plans, size_t n_layers,
 		       int (*plan)(struct layer_plan *, struct bn_error *),
-		       const struct ingest_limits *lim,
-		       struct ingest_batch **out, struct bn_error *err)
+		       const struct ingest_limits *lim, struct ingest_batch **out,
+		       struct bn_error *err)
 {
 	struct ingest_batch *b = NULL;
 	size_t i, j, n_doubles = 0, name_bytes = 0;
@@ -875,8 +846,7 @@ static int build_batch(const struct ingest_batch *hdr,
 		size_t arrays;
 
 		if (!name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
-			return layer_error(err, 422, BN_E_INVALID, p, NULL,
-					   NULL, -1,
+			return layer_error(err, 422, BN_E_INVALID, p, NULL, NULL, -1,
 					   "layer name must match "
 					   "[A-Za-z0-9._-]{1,%d}",
 					   INGEST_LAYER_NAME_MAX);
@@ -895,10 +865,9 @@ static int build_batch(const struct ingest_batch *hdr,
 	}
 
 	/* one block: header, layer table, doubles, names */
-	off_layers = align_up(sizeof(struct ingest_batch),
-			      alignof(struct ingest_layer));
-	off_doubles = align_up(off_layers + n_layers * sizeof(struct ingest_layer),
-			       alignof(double));
+	off_layers = align_up(sizeof(struct ingest_batch), alignof(struct ingest_layer));
+	off_doubles =
+		align_up(off_layers + n_layers * sizeof(struct ingest_layer), alignof(double));
 	off_names = off_doubles + n_doubles * sizeof(double);
 	total = off_names + name_bytes;
 	b = malloc(total);
@@ -913,7 +882,7 @@ static int build_batch(const struct ingest_batch *hdr,
 	for (i = 0; i < n_layers; i++) {
 		const struct layer_plan *p = &plans[i];
 		struct ingest_layer *l = &b->layers[i];
-		double *arr[ARR_N] = {NULL, NULL, NULL, NULL};
+		double *arr[ARR_N] = { NULL, NULL, NULL, NULL };
 
 		memcpy(np, p->name, p->name_len);
 		np[p->name_len] = '\0';
@@ -952,38 +921,34 @@ fail:
 
 /* How a form spells the identity and options of an upload. */
 struct ident_form {
-	const char *prefix;      /* of error paths */
+	const char *prefix;	 /* of error paths */
 	const char *const *keys; /* the keys allowed beside them */
 	size_t n_keys;
-	const char *expected;    /* the keys, for the unknown-key message */
-	bool strings;            /* step and seq are decimal strings */
+	const char *expected; /* the keys, for the unknown-key message */
+	bool strings;	      /* step and seq are decimal strings */
 };
 
-static const char *const json_keys[] = {"worker", "step",     "seq",
-					"domain", "var_kind", "layers"};
-static const struct ident_form json_form = {
-	"", json_keys, sizeof(json_keys) / sizeof(*json_keys),
-	"worker, step, seq, domain, var_kind, layers", false};
+static const char *const json_keys[] = { "worker", "step", "seq", "domain", "var_kind", "layers" };
+static const struct ident_form json_form = { "", json_keys, sizeof(json_keys) / sizeof(*json_keys),
+					     "worker, step, seq, domain, var_kind, layers", false };
 
 /*
  * safetensors: the "__metadata__" object, a string-to-string map. "format"
  * is what safetensors' own writers add ("pt"); it is allowed and ignored.
  */
 #define ST_META "__metadata__"
-static const char *const meta_keys[] = {"worker", "step", "seq", "domain",
-					"var_kind", "format"};
-static const struct ident_form meta_form = {
-	ST_META ".", meta_keys, sizeof(meta_keys) / sizeof(*meta_keys),
-	"worker, step, seq, domain, var_kind, format", true};
+static const char *const meta_keys[] = { "worker", "step", "seq", "domain", "var_kind", "format" };
+static const struct ident_form meta_form = { ST_META ".", meta_keys,
+					     sizeof(meta_keys) / sizeof(*meta_keys),
+					     "worker, step, seq, domain, var_kind, format", true };
 
 /* "<prefix><key>" into dst (of size > SHOW_MAX + strlen(prefix) + 4). */
-static const char *key_path(char *dst, size_t size, const struct ident_form *f,
-			    const char *key, size_t len)
+static const char *key_path(char *dst, size_t size, const struct ident_form *f, const char *key,
+			    size_t len)
 {
 	char shown[SHOW_MAX + 4];
 
-	snprintf(dst, size, "%s%s", f->prefix,
-		 show(shown, sizeof(shown), key, len, SHOW_MAX));
+	snprintf(dst, size, "%s%s", f->prefix, show(shown, sizeof(shown), key, len, SHOW_MAX));
 	return dst;
 }
 
@@ -991,16 +956,15 @@ static const char *key_path(char *dst, size_t size, const struct ident_form *f,
  * The value s[0..len) of name field `key` (worker, domain) into dst, once
  * it is known to be a string: both JSON parsers end here.
  */
-static int set_name(const char *key, const char *path, const char *s,
-		    size_t len, char *dst, struct bn_error *err)
+static int set_name(const char *key, const char *path, const char *s, size_t len, char *dst,
+		    struct bn_error *err)
 {
 	if (!name_valid_n(s, len, INGEST_NAME_MAX)) {
 		char shown[SHOW_MAX + 4];
 
 		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-				    key, show(shown, sizeof(shown), s, len, SHOW_MAX),
-				    INGEST_NAME_MAX);
+				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}", key,
+				    show(shown, sizeof(shown), s, len, SHOW_MAX), INGEST_NAME_MAX);
 	}
 	memcpy(dst, s, len);
 	dst[len] = '\0';
@@ -1011,8 +975,8 @@ static int set_name(const char *key, const char *path, const char *s,
  * The value s[0..len) of var_kind into *kind, once it is known to be a
  * string; `path` is where it was.
  */
-static int set_var_kind(const char *path, const char *s, size_t len,
-			enum stats_var_kind *kind, struct bn_error *err)
+static int set_var_kind(const char *path, const char *s, size_t len, enum stats_var_kind *kind,
+			struct bn_error *err)
 {
 	char shown[SHOW_MAX + 4];
 
@@ -1029,25 +993,21 @@ static int set_var_kind(const char *path, const char *s, size_t len,
 }
 
 /* A name field (worker, domain) of obj into dst. */
-static int get_name(const json_t *obj, const char *key, const char *path,
-		    bool required, const char *dflt, char *dst,
-		    struct bn_error *err)
+static int get_name(const json_t *obj, const char *key, const char *path, bool required,
+		    const char *dflt, char *dst, struct bn_error *err)
 {
 	const json_t *v = json_object_get(obj, key);
 
 	if (v == NULL) {
 		if (required)
-			return bn_error_set(err, 400, BN_E_MISSING, path,
-					    "%s is required", key);
+			return bn_error_set(err, 400, BN_E_MISSING, path, "%s is required", key);
 		snprintf(dst, INGEST_NAME_MAX + 1, "%s", dflt);
 		return 0;
 	}
 	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path,
-				    "%s must be a string, not %s", key,
+		return bn_error_set(err, 400, BN_E_TYPE, path, "%s must be a string, not %s", key,
 				    type_name(v));
-	return set_name(key, path, json_string_value(v), json_string_length(v),
-			dst, err);
+	return set_name(key, path, json_string_value(v), json_string_length(v), dst, err);
 }
 
 /*
@@ -1056,21 +1016,13 @@ static int get_name(const json_t *obj, const char *key, const char *path,
  * sign, space, decimal point or exponent), without leading zeros so that
  * each number has one spelling, as in JSON.
  */
-static int get_decimal(const json_t *v, const char *key, const char *path,
-		       int64_t *out, struct bn_error *err)
+static int set_decimal(const char *key, const char *path, const char *s, size_t len, int64_t *out,
+		       struct bn_error *err)
 {
 	char shown[SHOW_MAX + 4];
-	const char *s;
-	size_t len, i;
+	size_t i;
 	uint64_t x = 0;
 
-	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path,
-				    "%s must be a string (safetensors metadata "
-				    "maps strings to strings), not %s",
-				    key, type_name(v));
-	s = json_string_value(v);
-	len = json_string_length(v);
 	show(shown, sizeof(shown), s, len, SHOW_MAX);
 	for (i = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++)
 		;
@@ -1084,11 +1036,22 @@ static int get_decimal(const json_t *v, const char *key, const char *path,
 	for (i = 0; i < len && i < 19; i++)
 		x = x * 10 + (uint64_t)(s[i] - '0');
 	if (len > 19 || x > (uint64_t)INT64_MAX)
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "%s \"%s\" must be <= %lld", key, shown,
-				    (long long)INT64_MAX);
+		return bn_error_set(err, 422, BN_E_INVALID, path, "%s \"%s\" must be <= %lld", key,
+				    shown, (long long)INT64_MAX);
 	*out = (int64_t)x;
 	return 0;
+}
+
+/* set_decimal() for v, once it is known to be a string. */
+static int get_decimal(const json_t *v, const char *key, const char *path, int64_t *out,
+		       struct bn_error *err)
+{
+	if (!json_is_string(v))
+		return bn_error_set(err, 400, BN_E_TYPE, path,
+				    "%s must be a string (safetensors metadata "
+				    "maps strings to strings), not %s",
+				    key, type_name(v));
+	return set_decimal(key, path, json_string_value(v), json_string_length(v), out, err);
 }
 
 /*
@@ -1096,48 +1059,45 @@ static int get_decimal(const json_t *v, const char *key, const char *path,
  * safetensors' metadata) into *hdr. Unknown keys are looked for first, so
  * that a misspelt key is reported as unknown rather than as missing.
  */
-static int decode_identity(const json_t *obj, const struct ident_form *f,
-			   struct ingest_batch *hdr, struct bn_error *err)
+static int decode_identity(const json_t *obj, const struct ident_form *f, struct ingest_batch *hdr,
+			   struct bn_error *err)
 {
-	static const char *const int_keys[2] = {"step", "seq"};
-	int64_t *ints[2] = {&hdr->step, &hdr->seq};
+	static const char *const int_keys[2] = { "step", "seq" };
+	int64_t *ints[2] = { &hdr->step, &hdr->seq };
 	char path[SHOW_MAX + 32], shown[SHOW_MAX + 4];
 	const json_t *v;
 	const char *k;
 	int r, i;
 
-	json_object_foreach ((json_t *)obj, k, v) {
+	json_object_foreach((json_t *)obj, k, v)
+	{
 		if (!key_known(k, f->keys, f->n_keys))
 			return bn_error_set(err, 422, BN_E_INVALID,
-					    key_path(path, sizeof(path), f, k,
-						     strlen(k)),
+					    key_path(path, sizeof(path), f, k, strlen(k)),
 					    "unknown key \"%s\" (expected %s)",
-					    show(shown, sizeof(shown), k,
-						 strlen(k), SHOW_MAX),
+					    show(shown, sizeof(shown), k, strlen(k), SHOW_MAX),
 					    f->expected);
 	}
 
-	r = get_name(obj, "worker", key_path(path, sizeof(path), f, "worker", 6),
-		     true, NULL, hdr->worker, err);
+	r = get_name(obj, "worker", key_path(path, sizeof(path), f, "worker", 6), true, NULL,
+		     hdr->worker, err);
 	if (r < 0)
 		return r;
 	for (i = 0; i < 2; i++) {
 		key_path(path, sizeof(path), f, int_keys[i], strlen(int_keys[i]));
 		v = json_object_get(obj, int_keys[i]);
 		if (v == NULL)
-			return bn_error_set(err, 400, BN_E_MISSING, path,
-					    "%s is required", int_keys[i]);
+			return bn_error_set(err, 400, BN_E_MISSING, path, "%s is required",
+					    int_keys[i]);
 		if (f->strings)
 			r = get_decimal(v, int_keys[i], path, ints[i], err);
-		else if ((r = json_int(v, int_keys[i], ints[i], path, NULL,
-				       NULL, err)) == 0)
-			r = uint_range(*ints[i], INT64_MAX, int_keys[i], path,
-				       NULL, NULL, err);
+		else if ((r = json_int(v, int_keys[i], ints[i], path, NULL, NULL, err)) == 0)
+			r = uint_range(*ints[i], INT64_MAX, int_keys[i], path, NULL, NULL, err);
 		if (r < 0)
 			return r;
 	}
-	r = get_name(obj, "domain", key_path(path, sizeof(path), f, "domain", 6),
-		     false, "default", hdr->domain, err);
+	r = get_name(obj, "domain", key_path(path, sizeof(path), f, "domain", 6), false, "default",
+		     hdr->domain, err);
 	if (r < 0)
 		return r;
 
@@ -1147,11 +1107,9 @@ static int decode_identity(const json_t *obj, const struct ident_form *f,
 		return 0;
 	key_path(path, sizeof(path), f, "var_kind", 8);
 	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path,
-				    "var_kind must be a string, not %s",
+		return bn_error_set(err, 400, BN_E_TYPE, path, "var_kind must be a string, not %s",
 				    type_name(v));
-	return set_var_kind(path, json_string_value(v), json_string_length(v),
-			    &hdr->var_kind, err);
+	return set_var_kind(path, json_string_value(v), json_string_length(v), &hdr->var_kind, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1172,27 +1130,24 @@ static int decode_start(const char *run, const struct ingest_limits **limits,
 		*limits = &default_limits;
 	if (name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX))
 		return 0;
-	return bn_error_set(err, 422, BN_E_INVALID, "run",
-			    "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-			    show(shown, sizeof(shown), run ? run : "", run_len,
-				 SHOW_MAX),
-			    INGEST_NAME_MAX);
+	return bn_error_set(
+		err, 422, BN_E_INVALID, "run", "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
+		show(shown, sizeof(shown), run ? run : "", run_len, SHOW_MAX), INGEST_NAME_MAX);
 }
 
 /*
  * Parse text[0..len) into *root, rejecting duplicate keys; a syntax error
  * is a 400 at `path`, its message naming `what` and the position.
  */
-static int parse_json(const char *text, size_t len, const char *path,
-		      const char *what, json_t **root, struct bn_error *err)
+static int parse_json(const char *text, size_t len, const char *path, const char *what,
+		      json_t **root, struct bn_error *err)
 {
 	char shown[JSON_ERROR_TEXT_LENGTH + 4];
 	json_error_t jerr;
 
 	/* JSON_DECODE_ANY so that a scalar is a wrong type rather than a
 	 * syntax error; the callers say what the top level must be */
-	*root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-			   &jerr);
+	*root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (*root != NULL)
 		return 0;
 	if (json_error_code(&jerr) == json_error_out_of_memory) {
@@ -1200,11 +1155,10 @@ static int parse_json(const char *text, size_t len, const char *path,
 		return -ENOMEM;
 	}
 	/* jansson quotes the offending input, which may be binary */
-	show(shown, sizeof(shown), jerr.text, strlen(jerr.text),
-	     JSON_ERROR_TEXT_LENGTH);
+	show(shown, sizeof(shown), jerr.text, strlen(jerr.text), JSON_ERROR_TEXT_LENGTH);
 	return bn_error_set(err, 400, BN_E_MALFORMED, path,
-			    "malformed %s at line %d, column %d: %s", what,
-			    jerr.line, jerr.column, shown);
+			    "malformed %s at line %d, column %d: %s", what, jerr.line, jerr.column,
+			    shown);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1214,8 +1168,8 @@ static int parse_json(const char *text, size_t len, const char *path,
  * The dtype s[0..len) of base64 array `id` of layer p, once it is known
  * to be a string, into p->src[id].esize: both JSON parsers end here.
  */
-static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s,
-		      size_t len, struct bn_error *err)
+static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s, size_t len,
+		      struct bn_error *err)
 {
 	struct src_array *a = &p->src[id];
 	char shown[SHOW_MAX + 4];
@@ -1225,8 +1179,7 @@ static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s,
 	else if (len == 3 && memcmp(s, "f64", 3) == 0)
 		a->esize = 8;
 	else
-		return layer_error(err, 422, BN_E_INVALID, p, arr_key[id],
-				   "dtype", -1,
+		return layer_error(err, 422, BN_E_INVALID, p, arr_key[id], "dtype", -1,
 				   "unknown dtype \"%s\" (expected \"f32\" or "
 				   "\"f64\")",
 				   show(shown, sizeof(shown), s, len, SHOW_MAX));
@@ -1238,8 +1191,8 @@ static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s,
  * plan_dtype() has set: its length against the dtype. The text is
  * decoded later, by fill_array(), straight into the batch.
  */
-static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s,
-		    size_t len, struct bn_error *err)
+static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s, size_t len,
+		    struct bn_error *err)
 {
 	struct src_array *a = &p->src[id];
 	const char *key = arr_key[id];
@@ -1266,8 +1219,7 @@ static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s,
  * Where one value array of a JSON layer is: its encoding and its length;
  * everything but the values themselves is checked.
  */
-static int plan_array(struct layer_plan *p, enum arr_id id,
-		      struct bn_error *err)
+static int plan_array(struct layer_plan *p, enum arr_id id, struct bn_error *err)
 {
 	const char *key = arr_key[id];
 	struct src_array *a = &p->src[id];
@@ -1291,10 +1243,10 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 				   "must be an array of numbers or "
 				   "{\"dtype\", \"b64\"}, not %s",
 				   type_name(v));
-	json_object_foreach ((json_t *)v, k, x) {
+	json_object_foreach((json_t *)v, k, x)
+	{
 		if (strcmp(k, "dtype") != 0 && strcmp(k, "b64") != 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, k,
-					   -1,
+			return layer_error(err, 422, BN_E_INVALID, p, key, k, -1,
 					   "unknown key (expected \"dtype\" "
 					   "and \"b64\")");
 	}
@@ -1304,29 +1256,23 @@ static int plan_array(struct layer_plan *p, enum arr_id id,
 				   "dtype is required (\"f32\" or \"f64\")");
 	if (!json_is_string(dt))
 		return layer_error(err, 400, BN_E_TYPE, p, key, "dtype", -1,
-				   "dtype must be a string, not %s",
-				   type_name(dt));
-	r = plan_dtype(p, id, json_string_value(dt), json_string_length(dt),
-		       err);
+				   "dtype must be a string, not %s", type_name(dt));
+	r = plan_dtype(p, id, json_string_value(dt), json_string_length(dt), err);
 	if (r < 0)
 		return r;
 	b64 = json_object_get(v, "b64");
 	if (b64 == NULL)
-		return layer_error(err, 400, BN_E_MISSING, p, key, "b64", -1,
-				   "b64 is required");
+		return layer_error(err, 400, BN_E_MISSING, p, key, "b64", -1, "b64 is required");
 	if (!json_is_string(b64))
 		return layer_error(err, 400, BN_E_TYPE, p, key, "b64", -1,
-				   "b64 must be a string, not %s",
-				   type_name(b64));
-	return plan_b64(p, id, json_string_value(b64), json_string_length(b64),
-			err);
+				   "b64 must be a string, not %s", type_name(b64));
+	return plan_b64(p, id, json_string_value(b64), json_string_length(b64), err);
 }
 
 /* What build_batch() needs of a JSON layer beyond its name. */
 static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
 {
-	static const char *const layer_keys[] = {"count", "mean", "var",
-						 "ema_mean", "ema_var"};
+	static const char *const layer_keys[] = { "count", "mean", "var", "ema_mean", "ema_var" };
 	const json_t *v;
 	const char *k;
 	size_t i;
@@ -1334,12 +1280,11 @@ static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
 
 	if (!json_is_object(p->obj))
 		return layer_error(err, 400, BN_E_TYPE, p, NULL, NULL, -1,
-				   "a layer must be an object, not %s",
-				   type_name(p->obj));
-	json_object_foreach ((json_t *)p->obj, k, v) {
+				   "a layer must be an object, not %s", type_name(p->obj));
+	json_object_foreach((json_t *)p->obj, k, v)
+	{
 		if (!key_known(k, layer_keys, 5))
-			return layer_error(err, 422, BN_E_INVALID, p, k, NULL,
-					   -1,
+			return layer_error(err, 422, BN_E_INVALID, p, k, NULL, -1,
 					   "unknown key (expected count, mean, "
 					   "var, ema_mean, ema_var)");
 	}
@@ -1362,8 +1307,7 @@ static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
  * Everything after the JSON document is parsed. On success *out holds the
  * batch; on failure nothing is allocated.
  */
-static int json_decode_doc(const char *run, const json_t *root,
-			   const struct ingest_limits *lim,
+static int json_decode_doc(const char *run, const json_t *root, const struct ingest_limits *lim,
 			   struct ingest_batch **out, struct bn_error *err)
 {
 	struct ingest_batch hdr;
@@ -1375,8 +1319,7 @@ static int json_decode_doc(const char *run, const json_t *root,
 
 	if (!json_is_object(root))
 		return bn_error_set(err, 400, BN_E_TYPE, NULL,
-				    "the body must be a JSON object, not %s",
-				    type_name(root));
+				    "the body must be a JSON object, not %s", type_name(root));
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
 	r = decode_identity(root, &json_form, &hdr, err);
@@ -1385,12 +1328,10 @@ static int json_decode_doc(const char *run, const json_t *root,
 
 	layers = json_object_get(root, "layers");
 	if (layers == NULL)
-		return bn_error_set(err, 400, BN_E_MISSING, "layers",
-				    "layers is required");
+		return bn_error_set(err, 400, BN_E_MISSING, "layers", "layers is required");
 	if (!json_is_object(layers))
 		return bn_error_set(err, 400, BN_E_TYPE, "layers",
-				    "layers must be an object, not %s",
-				    type_name(layers));
+				    "layers must be an object, not %s", type_name(layers));
 	n_layers = json_object_size(layers);
 	r = check_layer_count(n_layers, lim, "layers", err);
 	if (r < 0)
@@ -1402,7 +1343,8 @@ static int json_decode_doc(const char *run, const json_t *root,
 		return -ENOMEM;
 	}
 	j = 0;
-	json_object_foreach ((json_t *)layers, k, v) {
+	json_object_foreach((json_t *)layers, k, v)
+	{
 		plans[j].prefix = "layers.";
 		plans[j].name = k;
 		plans[j].name_len = strlen(k);
@@ -1419,8 +1361,8 @@ static int json_decode_doc(const char *run, const json_t *root,
  * decode the document. *out and the limits are decode_start()'s.
  */
 static int json_decode_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err)
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err)
 {
 	json_t *root;
 	int r;
@@ -1469,12 +1411,12 @@ static int json_decode_slow(const char *run, const char *body, size_t len,
 #define FAST_NUMBER_MAX 64
 
 struct fast_scan {
-	const char *p, *end;    /* the cursor, the end of the body */
+	const char *p, *end; /* the cursor, the end of the body */
 	struct layer_plan *plans;
 	size_t n_plans, cap_plans;
-	size_t max_plans;       /* more layers than the limit: give up (the
-				   jansson path reports it) rather than grow */
-	double *vals;           /* the values of number arrays, back to back */
+	size_t max_plans; /* more layers than the limit: give up (the
+			     jansson path reports it) rather than grow */
+	double *vals;	  /* the values of number arrays, back to back */
 	size_t n_vals, cap_vals;
 };
 
@@ -1483,8 +1425,7 @@ enum fast_key { FK_WORKER, FK_STEP, FK_SEQ, FK_DOMAIN, FK_VAR_KIND, FK_LAYERS };
 
 static void fast_ws(struct fast_scan *s)
 {
-	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' ||
-				 *s->p == '\r' || *s->p == '\t'))
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
 		s->p++;
 }
 
@@ -1528,12 +1469,10 @@ static bool fast_plain(const unsigned char *s, size_t n)
 	for (i = 0; i + 8 <= n; i += 8) {
 		memcpy(&w, s + i, 8);
 		x = w ^ ones * '\\';
-		bad |= ((w - ones * 0x20) & ~w) | (w + ones) | w |
-		       ((x - ones) & ~x);
+		bad |= ((w - ones * 0x20) & ~w) | (w + ones) | w | ((x - ones) & ~x);
 	}
 	for (; i < n; i++)
-		bad |= (uint64_t)(s[i] < 0x20 || s[i] > 0x7e || s[i] == '\\')
-		       << 7;
+		bad |= (uint64_t)(s[i] < 0x20 || s[i] > 0x7e || s[i] == '\\') << 7;
 	return (bad & high) == 0;
 }
 
@@ -1548,8 +1487,7 @@ static bool fast_string(struct fast_scan *s, const char **str, size_t *len)
 	if (!fast_char(s, '"'))
 		return false;
 	q = memchr(s->p, '"', (size_t)(s->end - s->p));
-	if (q == NULL || !fast_plain((const unsigned char *)s->p,
-				     (size_t)(q - s->p)))
+	if (q == NULL || !fast_plain((const unsigned char *)s->p, (size_t)(q - s->p)))
 		return false;
 	*str = s->p;
 	*len = (size_t)(q - s->p);
@@ -1581,8 +1519,7 @@ static bool is_digit(char c)
  * *is_int and *i; another token sets *d from strtod(). An integer out of
  * range, or a real that overflows, is a syntax error to jansson: give up.
  */
-static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i,
-			double *d)
+static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i, double *d)
 {
 	const char *t, *p;
 	char text[FAST_NUMBER_MAX + 1];
@@ -1814,16 +1751,16 @@ static bool fast_layers(struct fast_scan *s)
  * The whole body: the top-level object into the identity strings and
  * integers and s->plans, then nothing but whitespace.
  */
-static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS],
-		      size_t str_len[FK_LAYERS], int64_t ints[2],
-		      unsigned *seen)
+static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS], size_t str_len[FK_LAYERS],
+		      int64_t ints[2], unsigned *seen)
 {
 	bool more = true;
 	const char *key;
 	size_t len;
 	unsigned k;
-	static const char *const keys[] = {"worker", "step", "seq",
-					   "domain", "var_kind", "layers"};
+	static const char *const keys[] = {
+		"worker", "step", "seq", "domain", "var_kind", "layers"
+	};
 
 	*seen = 0;
 	if (!fast_char(s, '{'))
@@ -1882,42 +1819,38 @@ static int fast_plan_layer(struct layer_plan *p, struct bn_error *err)
  * the same checks of values, in the same order, through the same
  * functions (the type checks have passed already).
  */
-static int fast_decode_doc(const char *run, struct fast_scan *s,
-			   const char *const str[FK_LAYERS],
-			   const size_t str_len[FK_LAYERS],
-			   const int64_t ints[2], unsigned seen,
-			   const struct ingest_limits *lim,
-			   struct ingest_batch **out, struct bn_error *err)
+static int fast_decode_doc(const char *run, struct fast_scan *s, const char *const str[FK_LAYERS],
+			   const size_t str_len[FK_LAYERS], const int64_t ints[2], unsigned seen,
+			   const struct ingest_limits *lim, struct ingest_batch **out,
+			   struct bn_error *err)
 {
-	static const char *const int_keys[2] = {"step", "seq"};
+	static const char *const int_keys[2] = { "step", "seq" };
 	struct ingest_batch hdr;
 	int r, i;
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = set_name("worker", "worker", str[FK_WORKER], str_len[FK_WORKER],
-		     hdr.worker, err);
+	r = set_name("worker", "worker", str[FK_WORKER], str_len[FK_WORKER], hdr.worker, err);
 	if (r < 0)
 		return r;
 	for (i = 0; i < 2; i++) {
-		r = uint_range(ints[i], INT64_MAX, int_keys[i], int_keys[i],
-			       NULL, NULL, err);
+		r = uint_range(ints[i], INT64_MAX, int_keys[i], int_keys[i], NULL, NULL, err);
 		if (r < 0)
 			return r;
 	}
 	hdr.step = ints[0];
 	hdr.seq = ints[1];
 	if (seen & 1u << FK_DOMAIN)
-		r = set_name("domain", "domain", str[FK_DOMAIN],
-			     str_len[FK_DOMAIN], hdr.domain, err);
+		r = set_name("domain", "domain", str[FK_DOMAIN], str_len[FK_DOMAIN], hdr.domain,
+			     err);
 	else
 		snprintf(hdr.domain, sizeof(hdr.domain), "%s", "default");
 	if (r < 0)
 		return r;
 	hdr.var_kind = STATS_VAR_UNBIASED;
 	if (seen & 1u << FK_VAR_KIND) {
-		r = set_var_kind("var_kind", str[FK_VAR_KIND],
-				 str_len[FK_VAR_KIND], &hdr.var_kind, err);
+		r = set_var_kind("var_kind", str[FK_VAR_KIND], str_len[FK_VAR_KIND], &hdr.var_kind,
+				 err);
 		if (r < 0)
 			return r;
 	}
@@ -1925,8 +1858,7 @@ static int fast_decode_doc(const char *run, struct fast_scan *s,
 	r = check_layer_count(s->n_plans, lim, "layers", err);
 	if (r < 0)
 		return r;
-	return build_batch(&hdr, s->plans, s->n_plans, fast_plan_layer, lim,
-			   out, err);
+	return build_batch(&hdr, s->plans, s->n_plans, fast_plan_layer, lim, out, err);
 }
 
 /*
@@ -1935,16 +1867,15 @@ static int fast_decode_doc(const char *run, struct fast_scan *s,
  * leaves to jansson.
  */
 static int json_decode_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err)
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err)
 {
 	struct fast_scan s;
-	const char *str[FK_LAYERS] = {NULL};
-	size_t str_len[FK_LAYERS] = {0}, i, j;
-	int64_t ints[2] = {0, 0};
+	const char *str[FK_LAYERS] = { NULL };
+	size_t str_len[FK_LAYERS] = { 0 }, i, j;
+	int64_t ints[2] = { 0, 0 };
 	unsigned seen;
-	const unsigned need = 1u << FK_WORKER | 1u << FK_STEP | 1u << FK_SEQ |
-			      1u << FK_LAYERS;
+	const unsigned need = 1u << FK_WORKER | 1u << FK_STEP | 1u << FK_SEQ | 1u << FK_LAYERS;
 	int r = INGEST_NOT_HANDLED;
 
 	if (body == NULL)
@@ -1953,8 +1884,7 @@ static int json_decode_fast(const char *run, const char *body, size_t len,
 	s.p = body;
 	s.end = body + len;
 	s.max_plans = limits->max_layers;
-	if (!fast_body(&s, str, str_len, ints, &seen) ||
-	    (seen & need) != need)
+	if (!fast_body(&s, str, str_len, ints, &seen) || (seen & need) != need)
 		goto done;
 	/* duplicate layer names: jansson's JSON_REJECT_DUPLICATES */
 	if (s.n_plans > 1)
@@ -1967,8 +1897,7 @@ static int json_decode_fast(const char *run, const char *body, size_t len,
 		for (j = 0; j < ARR_N; j++)
 			if (s.plans[i].src[j].kind == SRC_DOUBLES)
 				s.plans[i].src[j].dbl = s.vals + s.plans[i].src[j].at;
-	r = fast_decode_doc(run, &s, str, str_len, ints, seen, limits, out,
-			    err);
+	r = fast_decode_doc(run, &s, str, str_len, ints, seen, limits, out, err);
 done:
 	free(s.plans);
 	free(s.vals);
@@ -1976,8 +1905,8 @@ done:
 }
 
 int ingest_decode_json_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err)
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err)
 {
 	int r = decode_start(run, &limits, out, err);
 
@@ -1987,8 +1916,8 @@ int ingest_decode_json_fast(const char *run, const char *body, size_t len,
 }
 
 int ingest_decode_json_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err)
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err)
 {
 	int r = decode_start(run, &limits, out, err);
 
@@ -1998,8 +1927,8 @@ int ingest_decode_json_slow(const char *run, const char *body, size_t len,
 }
 
 int ingest_decode_json(const char *run, const char *body, size_t len,
-		       const struct ingest_limits *limits,
-		       struct ingest_batch **out, struct bn_error *err)
+		       const struct ingest_limits *limits, struct ingest_batch **out,
+		       struct bn_error *err)
 {
 	int r = decode_start(run, &limits, out, err);
 
@@ -2037,14 +1966,27 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
 #define ST_COUNT ARR_N /* st_tensor.field of "<layer>.count" */
 #define ST_FIELDS "count, mean, var, ema_mean, ema_var"
 
+/*
+ * One tensor of the header. Either front end fills in the key; the
+ * jansson one sets info, and st_check_tensor() type-checks it and reads
+ * dtype, rank, dim and off from it as it goes. The fast scanner
+ * (st_decode_fast()) leaves info NULL and fills those in itself, having
+ * accepted only well-typed tensors. The checks of values are then the
+ * same for both.
+ */
 struct st_tensor {
-	const char *key;  /* the tensor name (jansson's key, NUL-terminated) */
+	const char *key; /* the tensor name (NUL-terminated, no NUL inside) */
 	size_t key_len;
-	size_t layer_len; /* key[0..layer_len) names the layer */
-	unsigned field;   /* enum arr_id, or ST_COUNT */
-	const json_t *info;
-	size_t esize;     /* bytes of one element */
-	size_t n;         /* elements */
+	size_t layer_len;   /* key[0..layer_len) names the layer */
+	unsigned field;	    /* enum arr_id, or ST_COUNT */
+	const json_t *info; /* jansson: the tensor's value; fast path: NULL */
+	const char *dtype;  /* the dtype string, dtype[0..dtype_len) */
+	size_t dtype_len;
+	size_t rank;	   /* of the shape */
+	int64_t dim;	   /* its last dimension (1 for rank 0), >= 0 */
+	int64_t off[2];	   /* data_offsets as sent, >= 0 */
+	size_t esize;	   /* bytes of one element */
+	size_t n;	   /* elements */
 	size_t begin, end; /* data_offsets, within the data buffer */
 };
 
@@ -2056,14 +1998,14 @@ static const char *st_field_name(unsigned field)
 /* The error path of tensor t: its name, bounded and printable. */
 static const char *st_path(char *dst, size_t size, const struct st_tensor *t)
 {
-	return show(dst, size, t->key, t->key_len,
-		    INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
+	return show(dst, size, t->key, t->key_len, INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
 }
 
 /* bn_error_set() for tensor t. */
-__attribute__((format(printf, 5, 6))) static int
-st_error(struct bn_error *err, int status, const char *code,
-	 const struct st_tensor *t, const char *fmt, ...)
+__attribute__((format(printf, 5, 6))) static int st_error(struct bn_error *err, int status,
+							  const char *code,
+							  const struct st_tensor *t,
+							  const char *fmt, ...)
 {
 	char path[BN_ERROR_PATH_MAX];
 	va_list ap;
@@ -2080,9 +2022,8 @@ st_error(struct bn_error *err, int status, const char *code,
  * path and the name are only written out for an error: this runs for
  * every shape and offset of every tensor.
  */
-static int st_uint(const struct st_tensor *t, const json_t *arr,
-		   const char *key, size_t i, int64_t *out,
-		   struct bn_error *err)
+static int st_uint(const struct st_tensor *t, const json_t *arr, const char *key, size_t i,
+		   int64_t *out, struct bn_error *err)
 {
 	const json_t *v = json_array_get(arr, i);
 	char path[BN_ERROR_PATH_MAX], what[48];
@@ -2100,12 +2041,11 @@ static int st_uint(const struct st_tensor *t, const json_t *arr,
 	return r;
 }
 
-/* t's name into layer and field, its dtype into t->esize. */
-static int st_check_name_dtype(struct st_tensor *t, struct bn_error *err)
+/* t's name into layer and field. */
+static int st_check_name(struct st_tensor *t, struct bn_error *err)
 {
 	char shown[SHOW_MAX + 4];
-	const json_t *dt;
-	const char *field, *ds;
+	const char *field;
 	size_t dot;
 
 	for (dot = t->key_len; dot > 0 && t->key[dot - 1] != '.'; dot--)
@@ -2122,12 +2062,19 @@ static int st_check_name_dtype(struct st_tensor *t, struct bn_error *err)
 	if (t->field > ST_COUNT)
 		return st_error(err, 422, BN_E_INVALID, t,
 				"unknown field \"%s\" (expected " ST_FIELDS ")",
-				show(shown, sizeof(shown), field,
-				     t->key_len - dot, SHOW_MAX));
+				show(shown, sizeof(shown), field, t->key_len - dot, SHOW_MAX));
 	if (!name_valid_n(t->key, t->layer_len, INGEST_LAYER_NAME_MAX))
 		return st_error(err, 422, BN_E_INVALID, t,
 				"layer name must match [A-Za-z0-9._-]{1,%d}",
 				INGEST_LAYER_NAME_MAX);
+	return 0;
+}
+
+/* jansson: t->info is an object with a string dtype, into t->dtype. */
+static int st_json_dtype(struct st_tensor *t, struct bn_error *err)
+{
+	const json_t *dt;
+
 	if (!json_is_object(t->info))
 		return st_error(err, 400, BN_E_TYPE, t,
 				"a tensor must be an object {\"dtype\", "
@@ -2138,57 +2085,58 @@ static int st_check_name_dtype(struct st_tensor *t, struct bn_error *err)
 	if (dt == NULL)
 		return st_error(err, 400, BN_E_MISSING, t, "dtype is required");
 	if (!json_is_string(dt))
-		return st_error(err, 400, BN_E_TYPE, t,
-				"dtype must be a string, not %s", type_name(dt));
-	ds = json_string_value(dt);
-	if (json_string_length(dt) != 3)
+		return st_error(err, 400, BN_E_TYPE, t, "dtype must be a string, not %s",
+				type_name(dt));
+	t->dtype = json_string_value(dt);
+	t->dtype_len = json_string_length(dt);
+	return 0;
+}
+
+/* t->dtype into t->esize. */
+static int st_check_dtype(struct st_tensor *t, struct bn_error *err)
+{
+	char shown[SHOW_MAX + 4];
+	const char *ds = t->dtype;
+
+	/* a length of 3 and memcmp(): jansson's strings may hold a NUL */
+	if (t->dtype_len != 3)
 		t->esize = 0;
 	else if (t->field == ST_COUNT)
-		t->esize = strcmp(ds, "I64") == 0 ? 8 : 0;
-	else if (strcmp(ds, "F32") == 0)
+		t->esize = memcmp(ds, "I64", 3) == 0 ? 8 : 0;
+	else if (memcmp(ds, "F32", 3) == 0)
 		t->esize = 4;
-	else if (strcmp(ds, "F64") == 0)
+	else if (memcmp(ds, "F64", 3) == 0)
 		t->esize = 8;
 	else
 		t->esize = 0;
 	if (t->esize == 0)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"%s must have dtype %s, not \"%s\"",
+		return st_error(err, 422, BN_E_INVALID, t, "%s must have dtype %s, not \"%s\"",
 				st_field_name(t->field),
-				t->field == ST_COUNT ? "\"I64\""
-						     : "\"F32\" or \"F64\"",
-				show(shown, sizeof(shown), ds,
-				     json_string_length(dt), SHOW_MAX));
+				t->field == ST_COUNT ? "\"I64\"" : "\"F32\" or \"F64\"",
+				show(shown, sizeof(shown), ds, t->dtype_len, SHOW_MAX));
 	return 0;
 }
 
 /*
- * Everything about one tensor that needs no other: name, keys, dtype,
- * shape, data_offsets within the data buffer (of data_len bytes), and
- * the size of that range against dtype and shape.
+ * jansson: t->info's keys are known, and its shape an array of integers
+ * >= 0, into t->rank and t->dim.
  */
-static int st_check_tensor(struct st_tensor *t, size_t data_len,
-			   struct bn_error *err)
+static int st_json_shape(struct st_tensor *t, struct bn_error *err)
 {
-	static const char *const info_keys[] = {"dtype", "shape",
-						"data_offsets"};
+	static const char *const info_keys[] = { "dtype", "shape", "data_offsets" };
 	char shown[SHOW_MAX + 4];
-	const json_t *shape, *offs, *x;
+	const json_t *shape, *x;
 	const char *k;
-	int64_t dim = 1, off[2];
-	size_t i, rank;
+	size_t i;
 	int r;
 
-	r = st_check_name_dtype(t, err);
-	if (r < 0)
-		return r;
-	json_object_foreach ((json_t *)t->info, k, x) {
+	json_object_foreach((json_t *)t->info, k, x)
+	{
 		if (!key_known(k, info_keys, 3))
 			return st_error(err, 422, BN_E_INVALID, t,
 					"unknown key \"%s\" (expected dtype, "
 					"shape, data_offsets)",
-					show(shown, sizeof(shown), k, strlen(k),
-					     SHOW_MAX));
+					show(shown, sizeof(shown), k, strlen(k), SHOW_MAX));
 	}
 
 	shape = json_object_get(t->info, "shape");
@@ -2196,27 +2144,27 @@ static int st_check_tensor(struct st_tensor *t, size_t data_len,
 		return st_error(err, 400, BN_E_MISSING, t, "shape is required");
 	if (!json_is_array(shape))
 		return st_error(err, 400, BN_E_TYPE, t,
-				"shape must be an array of integers, not %s",
-				type_name(shape));
-	rank = json_array_size(shape);
-	for (i = 0; i < rank; i++) {
-		r = st_uint(t, shape, "shape", i, &dim, err);
+				"shape must be an array of integers, not %s", type_name(shape));
+	t->rank = json_array_size(shape);
+	t->dim = 1;
+	for (i = 0; i < t->rank; i++) {
+		r = st_uint(t, shape, "shape", i, &t->dim, err);
 		if (r < 0)
 			return r;
 	}
-	if (t->field == ST_COUNT && !(rank == 0 || (rank == 1 && dim == 1)))
-		return st_error(err, 422, BN_E_INVALID, t,
-				"count must be one number: shape [] or [1]");
-	if (t->field != ST_COUNT && rank != 1)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"%s must have shape [channels], not %zu "
-				"dimensions",
-				arr_key[t->field], rank);
+	return 0;
+}
+
+/* jansson: t->info's data_offsets are 2 integers >= 0, into t->off. */
+static int st_json_offsets(struct st_tensor *t, struct bn_error *err)
+{
+	const json_t *offs;
+	size_t i;
+	int r;
 
 	offs = json_object_get(t->info, "data_offsets");
 	if (offs == NULL)
-		return st_error(err, 400, BN_E_MISSING, t,
-				"data_offsets is required");
+		return st_error(err, 400, BN_E_MISSING, t, "data_offsets is required");
 	if (!json_is_array(offs))
 		return st_error(err, 400, BN_E_TYPE, t,
 				"data_offsets must be an array [begin, end], "
@@ -2228,37 +2176,75 @@ static int st_check_tensor(struct st_tensor *t, size_t data_len,
 				"not %zu values",
 				json_array_size(offs));
 	for (i = 0; i < 2; i++) {
-		r = st_uint(t, offs, "data_offsets", i, &off[i], err);
+		r = st_uint(t, offs, "data_offsets", i, &t->off[i], err);
 		if (r < 0)
 			return r;
 	}
-	if (off[0] > off[1])
+	return 0;
+}
+
+/*
+ * Everything about one tensor that needs no other: name, keys, dtype,
+ * shape, data_offsets within the data buffer (of data_len bytes), and
+ * the size of that range against dtype and shape. The type checks
+ * (st_json_*()) run only for a tensor from jansson, in the order they
+ * always ran among the checks of values; a tensor from the fast scanner
+ * has passed them already.
+ */
+static int st_check_tensor(struct st_tensor *t, size_t data_len, struct bn_error *err)
+{
+	int64_t dim;
+	int r;
+
+	r = st_check_name(t, err);
+	if (r == 0 && t->info != NULL)
+		r = st_json_dtype(t, err);
+	if (r == 0)
+		r = st_check_dtype(t, err);
+	if (r == 0 && t->info != NULL)
+		r = st_json_shape(t, err);
+	if (r < 0)
+		return r;
+	dim = t->dim;
+	if (t->field == ST_COUNT && !(t->rank == 0 || (t->rank == 1 && dim == 1)))
+		return st_error(err, 422, BN_E_INVALID, t,
+				"count must be one number: shape [] or [1]");
+	if (t->field != ST_COUNT && t->rank != 1)
+		return st_error(err, 422, BN_E_INVALID, t,
+				"%s must have shape [channels], not %zu "
+				"dimensions",
+				arr_key[t->field], t->rank);
+
+	if (t->info != NULL) {
+		r = st_json_offsets(t, err);
+		if (r < 0)
+			return r;
+	}
+	if (t->off[0] > t->off[1])
 		return st_error(err, 422, BN_E_INVALID, t,
 				"data_offsets [%lld, %lld]: begin is after end",
-				(long long)off[0], (long long)off[1]);
-	if ((uint64_t)off[1] > data_len)
+				(long long)t->off[0], (long long)t->off[1]);
+	if ((uint64_t)t->off[1] > data_len)
 		return st_error(err, 422, BN_E_INVALID, t,
 				"data_offsets [%lld, %lld] go past the end of "
 				"the data buffer (%zu bytes)",
-				(long long)off[0], (long long)off[1], data_len);
-	t->begin = (size_t)off[0];
-	t->end = (size_t)off[1];
+				(long long)t->off[0], (long long)t->off[1], data_len);
+	t->begin = (size_t)t->off[0];
+	t->end = (size_t)t->off[1];
 	/* dim (1 for rank 0) against the range, without overflowing */
 	if ((uint64_t)dim > (t->end - t->begin) / t->esize ||
 	    (size_t)dim * t->esize != t->end - t->begin)
 		return st_error(err, 422, BN_E_INVALID, t,
 				"data_offsets [%zu, %zu] hold %zu bytes, not "
 				"the %lld x %zu bytes of its shape and dtype",
-				t->begin, t->end, t->end - t->begin,
-				(long long)dim, t->esize);
+				t->begin, t->end, t->end - t->begin, (long long)dim, t->esize);
 	t->n = (size_t)dim;
 	return 0;
 }
 
 static int st_key_cmp(const void *a, const void *b)
 {
-	return strcmp(((const struct st_tensor *)a)->key,
-		      ((const struct st_tensor *)b)->key);
+	return strcmp(((const struct st_tensor *)a)->key, ((const struct st_tensor *)b)->key);
 }
 
 static int st_offset_cmp(const void *a, const void *b)
@@ -2287,8 +2273,8 @@ static int st_layer_cmp(const void *a, const void *b)
  * The tensors ts[0..n), sorted by offsets, tile the data buffer of
  * data_len bytes: each starts where the one before ends.
  */
-static int st_check_layout(const struct st_tensor *ts, size_t n,
-			   size_t data_len, struct bn_error *err)
+static int st_check_layout(const struct st_tensor *ts, size_t n, size_t data_len,
+			   struct bn_error *err)
 {
 	char other[BN_ERROR_PATH_MAX];
 	size_t at = 0, i;
@@ -2301,8 +2287,7 @@ static int st_check_layout(const struct st_tensor *ts, size_t n,
 					"data_offsets [%zu, %zu] overlap those "
 					"of %s [%zu, %zu]: tensors must lie "
 					"back to back in the data buffer",
-					t->begin, t->end,
-					st_path(other, sizeof(other), &ts[i - 1]),
+					t->begin, t->end, st_path(other, sizeof(other), &ts[i - 1]),
 					ts[i - 1].begin, ts[i - 1].end);
 		if (t->begin > at)
 			break;
@@ -2321,18 +2306,17 @@ static int st_check_layout(const struct st_tensor *ts, size_t n,
  * The layers of the tensors ts[0..n), sorted by st_layer_cmp(), into
  * plans (one per layer, *n_layers of them, released with free()).
  */
-static int st_plan_layers(const struct st_tensor *ts, size_t n,
-			  const uint8_t *data, const struct ingest_limits *lim,
-			  struct layer_plan **plans, size_t *n_layers,
-			  struct bn_error *err)
+static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *data,
+			  const struct ingest_limits *lim, struct layer_plan **plans,
+			  size_t *n_layers, struct bn_error *err)
 {
 	struct layer_plan *p = NULL;
 	size_t i, count = 0;
 	int r;
 
 	for (i = 0; i < n; i++)
-		if (i == 0 || name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key,
-				       ts[i - 1].layer_len) != 0)
+		if (i == 0 ||
+		    name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key, ts[i - 1].layer_len) != 0)
 			count++;
 	r = check_layer_count(count, lim, ST_HEADER, err);
 	if (r < 0)
@@ -2346,8 +2330,7 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n,
 		const struct st_tensor *t = &ts[i];
 		const uint8_t *raw = data + t->begin;
 
-		if (p == NULL || name_cmp(t->key, t->layer_len, p->name,
-					  p->name_len) != 0) {
+		if (p == NULL || name_cmp(t->key, t->layer_len, p->name, p->name_len) != 0) {
 			p = p == NULL ? *plans : p + 1;
 			p->prefix = "";
 			p->name = t->key;
@@ -2372,22 +2355,24 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n,
 	return 0;
 }
 
+static int st_decode_tensors(const struct ingest_batch *hdr, struct st_tensor *ts, size_t n,
+			     const uint8_t *data, size_t data_len, const struct ingest_limits *lim,
+			     struct ingest_batch **out, struct bn_error *err);
+
 /*
  * Everything after the header is parsed (into root, an object), with the
  * data buffer data[0..data_len). On success *out holds the batch; on
  * failure nothing is allocated.
  */
-static int st_decode_doc(const char *run, const json_t *root,
-			 const uint8_t *data, size_t data_len,
-			 const struct ingest_limits *lim,
-			 struct ingest_batch **out, struct bn_error *err)
+static int st_decode_doc(const char *run, const json_t *root, const uint8_t *data, size_t data_len,
+			 const struct ingest_limits *lim, struct ingest_batch **out,
+			 struct bn_error *err)
 {
 	struct ingest_batch hdr;
-	struct st_tensor *ts = NULL;
-	struct layer_plan *plans = NULL;
+	struct st_tensor *ts;
 	const json_t *meta, *v;
 	const char *k;
-	size_t n, n_layers = 0, i;
+	size_t n, i;
 	int r;
 
 	memset(&hdr, 0, sizeof(hdr));
@@ -2396,11 +2381,10 @@ static int st_decode_doc(const char *run, const json_t *root,
 	if (meta == NULL)
 		return bn_error_set(err, 400, BN_E_MISSING, ST_META,
 				    ST_META " is required: it holds worker, "
-				    "step and seq");
+					    "step and seq");
 	if (!json_is_object(meta))
 		return bn_error_set(err, 400, BN_E_TYPE, ST_META,
-				    ST_META " must be an object, not %s",
-				    type_name(meta));
+				    ST_META " must be an object, not %s", type_name(meta));
 	r = decode_identity(meta, &meta_form, &hdr, err);
 	if (r < 0)
 		return r;
@@ -2415,10 +2399,13 @@ static int st_decode_doc(const char *run, const json_t *root,
 				    "limit) of at most 5 tensors each",
 				    n, lim->max_layers);
 	ts = calloc(n, sizeof(*ts));
-	if (ts == NULL)
-		goto nomem;
+	if (ts == NULL) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return -ENOMEM;
+	}
 	i = 0;
-	json_object_foreach ((json_t *)root, k, v) {
+	json_object_foreach((json_t *)root, k, v)
+	{
 		if (strcmp(k, ST_META) == 0)
 			continue;
 		ts[i].key = k;
@@ -2426,6 +2413,24 @@ static int st_decode_doc(const char *run, const json_t *root,
 		ts[i].info = v;
 		i++;
 	}
+	r = st_decode_tensors(&hdr, ts, n, data, data_len, lim, out, err);
+	free(ts);
+	return r;
+}
+
+/*
+ * What both front ends share once the header is read: the identity in
+ * *hdr, the tensors ts[0..n) (n > 0, within the limit), the data buffer
+ * data[0..data_len). Checks the tensors (in name order) and the layout,
+ * then builds the batch.
+ */
+static int st_decode_tensors(const struct ingest_batch *hdr, struct st_tensor *ts, size_t n,
+			     const uint8_t *data, size_t data_len, const struct ingest_limits *lim,
+			     struct ingest_batch **out, struct bn_error *err)
+{
+	struct layer_plan *plans = NULL;
+	size_t n_layers = 0, i;
+	int r;
 
 	qsort(ts, n, sizeof(*ts), st_key_cmp);
 	for (i = 0; i < n; i++) {
@@ -2441,47 +2446,50 @@ static int st_decode_doc(const char *run, const json_t *root,
 	r = st_plan_layers(ts, n, data, lim, &plans, &n_layers, err);
 	if (r < 0)
 		goto done;
-	r = build_batch(&hdr, plans, n_layers, NULL, lim, out, err);
-	goto done;
-
-nomem:
-	bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
-	r = -ENOMEM;
+	r = build_batch(hdr, plans, n_layers, NULL, lim, out, err);
 done:
 	free(plans);
-	free(ts);
 	return r;
 }
 
-int ingest_decode_safetensors(const char *run, const uint8_t *body,
-			      size_t len, const struct ingest_limits *limits,
-			      struct ingest_batch **out, struct bn_error *err)
+/*
+ * The checks of the body before its header is read, the same for both
+ * front ends: the header length, into *hlen.
+ */
+static int st_header_length(const uint8_t *body, size_t len, size_t *hlen, struct bn_error *err)
 {
-	uint64_t hlen;
-	json_t *root;
-	int r;
+	uint64_t h;
 
-	r = decode_start(run, &limits, out, err);
-	if (r < 0)
-		return r;
 	if (len < 8)
 		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
 				    "a safetensors body starts with an 8-byte "
 				    "header length; this one has %zu bytes",
 				    len);
-	hlen = load_le64(body);
-	if (hlen > ST_HEADER_MAX)
+	h = load_le64(body);
+	if (h > ST_HEADER_MAX)
 		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
 				    "header length %llu is more than the limit "
 				    "of %d bytes",
-				    (unsigned long long)hlen, ST_HEADER_MAX);
-	if (hlen > len - 8)
+				    (unsigned long long)h, ST_HEADER_MAX);
+	if (h > len - 8)
 		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
 				    "header length %llu goes past the end of "
 				    "the body (%zu bytes after the length)",
-				    (unsigned long long)hlen, len - 8);
-	r = parse_json((const char *)body + 8, (size_t)hlen, ST_HEADER,
-		       "JSON in the safetensors header", &root, err);
+				    (unsigned long long)h, len - 8);
+	*hlen = (size_t)h;
+	return 0;
+}
+
+/* The header by jansson, from scratch; its length checked already. */
+static int st_decode_slow(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			  const struct ingest_limits *limits, struct ingest_batch **out,
+			  struct bn_error *err)
+{
+	json_t *root;
+	int r;
+
+	r = parse_json((const char *)body + 8, hlen, ST_HEADER, "JSON in the safetensors header",
+		       &root, err);
 	if (r < 0)
 		return r;
 	if (!json_is_object(root))
@@ -2490,9 +2498,313 @@ int ingest_decode_safetensors(const char *run, const uint8_t *body,
 				 "object, not %s",
 				 type_name(root));
 	else
-		r = st_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen,
-				  limits, out, err);
+		r = st_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen, limits, out, err);
 	json_decref(root);
+	return r;
+}
+
+/* the safetensors form, fast path */
+
+/*
+ * As for the JSON form, jansson is most of the cost of a safetensors
+ * upload: its header is a few hundred small objects. The fast path scans
+ * a copy of the header with the JSON fast path's primitives (fast_ws(),
+ * fast_string(), fast_int(), ...), for exactly the usual shape:
+ *
+ *   {"__metadata__": {"worker": "...", "step": "...", ...},
+ *    "<tensor>": {"dtype": "...", "shape": [], "data_offsets": [b, e]},
+ *    ...}
+ *
+ * in any order of keys, with metadata keys among meta_keys and all
+ * string-valued, worker, step and seq present, and per tensor exactly
+ * dtype (a string), shape (0 or 1 integers >= 0) and data_offsets (2
+ * integers >= 0). It gives up (INGEST_NOT_HANDLED) on anything else:
+ * syntax errors, escapes, control or non-ASCII bytes in strings, a
+ * duplicate key or tensor name, unknown keys, other types, other ranks,
+ * negative numbers or numbers outside int64, no __metadata__ or no
+ * tensors, more tensors than the limit allows, trailing bytes. Then
+ * ingest_decode_safetensors() runs the jansson path from scratch.
+ *
+ * What it builds is what the jansson path builds: the identity through
+ * the same set_name(), set_decimal() and set_var_kind() in the order of
+ * decode_identity(), and st_tensors (without info, see struct st_tensor)
+ * for st_decode_tensors(), which does the rest for both. Strings are
+ * NUL-terminated in the copy (where their closing quotes were), so that
+ * the tensor names are C strings, as jansson's keys are.
+ */
+
+/* The keys of the metadata, in the order of meta_keys. */
+enum st_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
+
+/* fast_string(), the string then NUL-terminated in place (buf is s's). */
+static bool st_fast_string(struct fast_scan *s, char *buf, const char **str, size_t *len)
+{
+	if (!fast_string(s, str, len))
+		return false;
+	buf[*str + *len - buf] = '\0';
+	return true;
+}
+
+/* The metadata object into str[], len[] (the keys seen in *seen). */
+static bool st_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
+			 unsigned *seen)
+{
+	bool more = true;
+	const char *key;
+	size_t key_len;
+	unsigned k;
+
+	*seen = 0;
+	if (!fast_char(s, '{'))
+		return false;
+	while (more) {
+		if (!fast_key(s, &key, &key_len))
+			return false;
+		for (k = 0; k < SM_N; k++)
+			if (key_is(key, key_len, meta_keys[k]))
+				break;
+		if (k == SM_N || (*seen & 1u << k))
+			return false;
+		*seen |= 1u << k;
+		if (!st_fast_string(s, buf, &str[k], &len[k]) || !fast_next(s, '}', &more))
+			return false;
+	}
+	return true;
+}
+
+/* After whitespace, an integer >= 0. */
+static bool st_fast_uint(struct fast_scan *s, int64_t *out)
+{
+	return fast_int(s, out) && *out >= 0;
+}
+
+/* One tensor's object (its '{' not yet read) into *t. */
+static bool st_fast_tensor(struct fast_scan *s, char *buf, struct st_tensor *t)
+{
+	unsigned seen = 0, bit;
+	bool more = true;
+	const char *key;
+	size_t len;
+
+	if (!fast_char(s, '{'))
+		return false;
+	while (more) {
+		if (!fast_key(s, &key, &len))
+			return false;
+		if (key_is(key, len, "dtype")) {
+			bit = 1;
+			if (!st_fast_string(s, buf, &t->dtype, &t->dtype_len))
+				return false;
+		} else if (key_is(key, len, "shape")) {
+			bit = 2;
+			if (!fast_char(s, '['))
+				return false;
+			fast_ws(s);
+			t->dim = 1;
+			if (s->p < s->end && *s->p == ']') {
+				s->p++;
+				t->rank = 0;
+			} else if (st_fast_uint(s, &t->dim) && fast_char(s, ']')) {
+				t->rank = 1;
+			} else {
+				return false;
+			}
+		} else if (key_is(key, len, "data_offsets")) {
+			bit = 4;
+			if (!fast_char(s, '[') || !st_fast_uint(s, &t->off[0]) ||
+			    !fast_char(s, ',') || !st_fast_uint(s, &t->off[1]) ||
+			    !fast_char(s, ']'))
+				return false;
+		} else {
+			return false;
+		}
+		if (seen & bit)
+			return false;
+		seen |= bit;
+		if (!fast_next(s, '}', &more))
+			return false;
+	}
+	return seen == 7;
+}
+
+/*
+ * The header buf[0..hlen) (a copy, written to) into the metadata strings
+ * and *ts, *n (tensors, realloc()ed; *ts NULL to start with), then nothing
+ * but whitespace. More than max_tensors tensors: give up.
+ */
+static bool st_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
+			   unsigned *seen, struct st_tensor **ts, size_t *n, size_t max_tensors)
+{
+	bool more = true, meta = false;
+	size_t cap = 0;
+
+	if (!fast_char(s, '{'))
+		return false;
+	while (more) {
+		const char *key;
+		size_t key_len;
+
+		if (!st_fast_string(s, buf, &key, &key_len) || !fast_char(s, ':'))
+			return false;
+		if (key_is(key, key_len, ST_META)) {
+			if (meta || !st_fast_meta(s, buf, str, len, seen))
+				return false;
+			meta = true;
+		} else {
+			struct st_tensor *t;
+
+			if (*n == max_tensors)
+				return false;
+			if (*n == cap) {
+				size_t c = cap ? 2 * cap : 64;
+
+				if (c > SIZE_MAX / sizeof(*t) ||
+				    (t = realloc(*ts, c * sizeof(*t))) == NULL)
+					return false;
+				*ts = t;
+				cap = c;
+			}
+			t = &(*ts)[(*n)++];
+			memset(t, 0, sizeof(*t));
+			t->key = key;
+			t->key_len = key_len;
+			if (!st_fast_tensor(s, buf, t))
+				return false;
+		}
+		if (!fast_next(s, '}', &more))
+			return false;
+	}
+	fast_ws(s);
+	return meta && s->p == s->end;
+}
+
+/*
+ * decode_identity() for metadata the scanner read (known keys, string
+ * values, worker, step and seq present): the same checks of values, in
+ * the same order, with the same paths.
+ */
+static int st_fast_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
+			    struct ingest_batch *hdr, struct bn_error *err)
+{
+	char path[SHOW_MAX + 32];
+	int r;
+
+	r = set_name("worker", key_path(path, sizeof(path), &meta_form, "worker", 6),
+		     str[SM_WORKER], len[SM_WORKER], hdr->worker, err);
+	if (r == 0)
+		r = set_decimal("step", key_path(path, sizeof(path), &meta_form, "step", 4),
+				str[SM_STEP], len[SM_STEP], &hdr->step, err);
+	if (r == 0)
+		r = set_decimal("seq", key_path(path, sizeof(path), &meta_form, "seq", 3),
+				str[SM_SEQ], len[SM_SEQ], &hdr->seq, err);
+	if (r < 0)
+		return r;
+	if (seen & 1u << SM_DOMAIN)
+		r = set_name("domain", key_path(path, sizeof(path), &meta_form, "domain", 6),
+			     str[SM_DOMAIN], len[SM_DOMAIN], hdr->domain, err);
+	else
+		snprintf(hdr->domain, sizeof(hdr->domain), "%s", "default");
+	if (r < 0)
+		return r;
+	hdr->var_kind = STATS_VAR_UNBIASED;
+	if (seen & 1u << SM_VAR_KIND)
+		r = set_var_kind(key_path(path, sizeof(path), &meta_form, "var_kind", 8),
+				 str[SM_VAR_KIND], len[SM_VAR_KIND], &hdr->var_kind, err);
+	return r;
+}
+
+/*
+ * The fast path, the header length checked already: as st_decode_slow(),
+ * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
+ * header it leaves to jansson.
+ */
+static int st_decode_fast(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			  const struct ingest_limits *lim, struct ingest_batch **out,
+			  struct bn_error *err)
+{
+	const unsigned need = 1u << SM_WORKER | 1u << SM_STEP | 1u << SM_SEQ;
+	struct fast_scan s;
+	struct ingest_batch hdr;
+	struct st_tensor *ts = NULL;
+	const char *str[SM_N] = { NULL };
+	size_t str_len[SM_N] = { 0 }, n = 0, i, max_tensors;
+	unsigned seen = 0;
+	char *buf;
+	int r = INGEST_NOT_HANDLED;
+
+	/* st_decode_doc()'s limit: (n + ARR_N) / (ARR_N + 1) <= max_layers */
+	max_tensors = lim->max_layers > (SIZE_MAX - ARR_N) / (ARR_N + 1)
+			      ? SIZE_MAX - ARR_N
+			      : lim->max_layers * (ARR_N + 1);
+	buf = malloc(hlen + 1);
+	if (buf == NULL)
+		return INGEST_NOT_HANDLED;
+	memcpy(buf, body + 8, hlen);
+	memset(&s, 0, sizeof(s));
+	s.p = buf;
+	s.end = buf + hlen;
+	if (!st_fast_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
+	    (seen & need) != need || n == 0)
+		goto done;
+	/* duplicate tensor names: jansson's JSON_REJECT_DUPLICATES */
+	qsort(ts, n, sizeof(*ts), st_key_cmp);
+	for (i = 1; i < n; i++)
+		if (st_key_cmp(&ts[i - 1], &ts[i]) == 0)
+			goto done;
+
+	memset(&hdr, 0, sizeof(hdr));
+	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
+	r = st_fast_identity(str, str_len, seen, &hdr, err);
+	if (r == 0)
+		r = st_decode_tensors(&hdr, ts, n, body + 8 + hlen, len - 8 - hlen, lim, out, err);
+done:
+	free(ts);
+	free(buf);
+	return r;
+}
+
+int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
+				   const struct ingest_limits *limits, struct ingest_batch **out,
+				   struct bn_error *err)
+{
+	size_t hlen;
+	int r = decode_start(run, &limits, out, err);
+
+	if (r == 0)
+		r = st_header_length(body, len, &hlen, err);
+	if (r < 0)
+		return r;
+	return st_decode_fast(run, body, len, hlen, limits, out, err);
+}
+
+int ingest_decode_safetensors_slow(const char *run, const uint8_t *body, size_t len,
+				   const struct ingest_limits *limits, struct ingest_batch **out,
+				   struct bn_error *err)
+{
+	size_t hlen;
+	int r = decode_start(run, &limits, out, err);
+
+	if (r == 0)
+		r = st_header_length(body, len, &hlen, err);
+	if (r < 0)
+		return r;
+	return st_decode_slow(run, body, len, hlen, limits, out, err);
+}
+
+int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
+			      const struct ingest_limits *limits, struct ingest_batch **out,
+			      struct bn_error *err)
+{
+	size_t hlen;
+	int r = decode_start(run, &limits, out, err);
+
+	if (r == 0)
+		r = st_header_length(body, len, &hlen, err);
+	if (r < 0)
+		return r;
+	r = st_decode_fast(run, body, len, hlen, limits, out, err);
+	if (r == INGEST_NOT_HANDLED)
+		r = st_decode_slow(run, body, len, hlen, limits, out, err);
 	return r;
 }
 

@@ -1,6 +1,7 @@
 /*
  * ingest, for its tests only: the two ways ingest_decode_json() has of
- * reading a JSON body, one at a time.
+ * reading a JSON body, and ingest_decode_safetensors() of reading a
+ * safetensors header, one at a time.
  *
  * ingest_decode_json() first tries a fast, strict scanner specialised to
  * the upload's schema, and runs jansson (json_loadb) from scratch on any
@@ -24,15 +25,29 @@
  * the jansson path. A run name that is not valid is still an error.
  */
 int ingest_decode_json_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err);
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err);
 
 /*
  * ingest_decode_json() by the jansson path alone: how every body was
  * decoded before the fast path, and still how those it gives up on are.
  */
 int ingest_decode_json_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits,
-			    struct ingest_batch **out, struct bn_error *err);
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err);
+
+/*
+ * The same two ways for ingest_decode_safetensors()'s header: the fast
+ * scanner alone (INGEST_NOT_HANDLED, with *out NULL and *err untouched,
+ * for a header it leaves to jansson), and jansson alone. The checks
+ * before the header (run name, header length) are errors for both.
+ */
+int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
+				   const struct ingest_limits *limits, struct ingest_batch **out,
+				   struct bn_error *err);
+
+int ingest_decode_safetensors_slow(const char *run, const uint8_t *body, size_t len,
+				   const struct ingest_limits *limits, struct ingest_batch **out,
+				   struct bn_error *err);
 
 #endif

@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct ingest_limits limits = {INGEST_DEFAULT_MAX_LAYERS,
-					    INGEST_DEFAULT_MAX_CHANNELS};
+static const struct ingest_limits limits = { INGEST_DEFAULT_MAX_LAYERS,
+					     INGEST_DEFAULT_MAX_CHANNELS };
 
 /* ------------------------------------------------------------------ */
 /* helpers */
@@ -34,9 +34,7 @@ struct sbuf {
 	size_t len, cap;
 };
 
-__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b,
-							    const char *fmt,
-							    ...)
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -68,12 +66,14 @@ static void sb_free(struct sbuf *b)
 /* Standard base64 of data[0..len) appended to b. */
 static void sb_base64(struct sbuf *b, const void *data, size_t len)
 {
-	static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	static const char alpha[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	const unsigned char *p = data;
 	size_t i;
 
 	for (i = 0; i + 2 < len; i += 3) {
-		unsigned long v = (unsigned long)p[i] << 16 | (unsigned long)p[i + 1] << 8 | p[i + 2];
+		unsigned long v =
+			(unsigned long)p[i] << 16 | (unsigned long)p[i + 1] << 8 | p[i + 2];
 
 		sb_printf(b, "%c%c%c%c", alpha[v >> 18], alpha[(v >> 12) & 63],
 			  alpha[(v >> 6) & 63], alpha[v & 63]);
@@ -109,8 +109,7 @@ enum enc { NUMBERS, F32, F64 };
  * x[0..n) as little-endian f32 (e == F32) or f64 (else) in a new buffer
  * (for the caller to free()) of *size bytes.
  */
-static unsigned char *pack_values(const double *x, size_t n, enum enc e,
-				  size_t *size)
+static unsigned char *pack_values(const double *x, size_t n, enum enc e, size_t *size)
 {
 	unsigned char *raw = malloc(n * 8 + 1);
 
@@ -153,8 +152,7 @@ static void sb_values(struct sbuf *b, const double *x, size_t n, enum enc e)
 	free(raw);
 }
 
-static struct ingest_batch *decode_ok_lim(const char *body,
-					  const struct ingest_limits *lim)
+static struct ingest_batch *decode_ok_lim(const char *body, const struct ingest_limits *lim)
 {
 	struct ingest_batch *b = NULL;
 	struct bn_error err;
@@ -162,8 +160,8 @@ static struct ingest_batch *decode_ok_lim(const char *body,
 
 	bn_error_clear(&err);
 	r = ingest_decode_json("r1", body, strlen(body), lim, &b, &err);
-	ck_assert_msg(r == 0, "decode failed: %d %s %s (%s) for %s", err.status,
-		      err.code, err.path, err.message, body);
+	ck_assert_msg(r == 0, "decode failed: %d %s %s (%s) for %s", err.status, err.code, err.path,
+		      err.message, body);
 	ck_assert_ptr_nonnull(b);
 	return b;
 }
@@ -173,8 +171,8 @@ static struct ingest_batch *decode_ok(const char *body)
 	return decode_ok_lim(body, &limits);
 }
 
-static void expect_error_lim(const char *body, const struct ingest_limits *lim,
-			     int status, const char *code, const char *path)
+static void expect_error_lim(const char *body, const struct ingest_limits *lim, int status,
+			     const char *code, const char *path)
 {
 	struct ingest_batch *b = (struct ingest_batch *)&b; /* not NULL */
 	struct bn_error err;
@@ -186,13 +184,12 @@ static void expect_error_lim(const char *body, const struct ingest_limits *lim,
 	ck_assert_ptr_null(b);
 	ck_assert_msg(err.status == status && strcmp(err.code, code) == 0 &&
 			      strcmp(err.path, path) == 0,
-		      "expected %d %s '%s', got %d %s '%s' (%s)", status, code,
-		      path, err.status, err.code, err.path, err.message);
+		      "expected %d %s '%s', got %d %s '%s' (%s)", status, code, path, err.status,
+		      err.code, err.path, err.message);
 	ck_assert_str_ne(err.message, "");
 }
 
-static void expect_error(const char *body, int status, const char *code,
-			 const char *path)
+static void expect_error(const char *body, int status, const char *code, const char *path)
 {
 	expect_error_lim(body, &limits, status, code, path);
 }
@@ -213,8 +210,7 @@ static char *read_file(const char *path, size_t *len)
 
 	if (f == NULL)
 		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-	    fseek(f, 0, SEEK_SET) == 0) {
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
 		buf = malloc((size_t)n + 1);
 		if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
 			buf[n] = '\0';
@@ -321,9 +317,13 @@ START_TEST(test_base64_rfc4648)
 	static const struct {
 		const char *enc, *dec;
 	} v[] = {
-		{"", ""},         {"Zg==", "f"},         {"Zm8=", "fo"},
-		{"Zm9v", "foo"},  {"Zm9vYg==", "foob"},  {"Zm9vYmE=", "fooba"},
-		{"Zm9vYmFy", "foobar"},
+		{ "", "" },
+		{ "Zg==", "f" },
+		{ "Zm8=", "fo" },
+		{ "Zm9v", "foo" },
+		{ "Zm9vYg==", "foob" },
+		{ "Zm9vYmE=", "fooba" },
+		{ "Zm9vYmFy", "foobar" },
 	};
 	uint8_t out[16];
 
@@ -343,7 +343,7 @@ END_TEST
 START_TEST(test_base64_all_bytes)
 {
 	uint8_t data[256], out[256];
-	struct sbuf b = {0};
+	struct sbuf b = { 0 };
 	long n;
 
 	for (int i = 0; i < 256; i++)
@@ -354,7 +354,7 @@ START_TEST(test_base64_all_bytes)
 	ck_assert_mem_eq(out, data, 256);
 	/* every length 0..40 of pseudo-random bytes round-trips */
 	for (size_t len = 0; len <= 40; len++) {
-		uint8_t rnd[40] = {0}, dec[40];
+		uint8_t rnd[40] = { 0 }, dec[40];
 		uint32_t x = 2463534242u + (uint32_t)len;
 
 		for (size_t i = 0; i < len; i++) {
@@ -374,28 +374,27 @@ END_TEST
 START_TEST(test_base64_invalid)
 {
 	static const char *const bad[] = {
-		"Zg",        /* no padding */
-		"Zg=",       /* length not a multiple of 4 */
-		"Zm9vY",     /* length */
-		"Z===",      /* too much padding */
-		"====",      /* only padding */
-		"=Zm9",      /* padding first */
-		"Zm=v",      /* padding inside the last quantum */
-		"Zg==Zm9v",  /* padding before the end */
-		"Zh==",      /* non-zero unused bits (canonical is Zg==) */
-		"Zm9=",      /* non-zero unused bits (canonical is Zm8=) */
-		"Zm9v\n",    /* whitespace */
-		"Zm9 vYmFy", /* whitespace */
-		"Zm9-",      /* URL-safe alphabet */
-		"Zm9_",      /* URL-safe alphabet */
-		"Zm9*",      /* not base64 at all */
+		"Zg",	       /* no padding */
+		"Zg=",	       /* length not a multiple of 4 */
+		"Zm9vY",       /* length */
+		"Z===",	       /* too much padding */
+		"====",	       /* only padding */
+		"=Zm9",	       /* padding first */
+		"Zm=v",	       /* padding inside the last quantum */
+		"Zg==Zm9v",    /* padding before the end */
+		"Zh==",	       /* non-zero unused bits (canonical is Zg==) */
+		"Zm9=",	       /* non-zero unused bits (canonical is Zm8=) */
+		"Zm9v\n",      /* whitespace */
+		"Zm9 vYmFy",   /* whitespace */
+		"Zm9-",	       /* URL-safe alphabet */
+		"Zm9_",	       /* URL-safe alphabet */
+		"Zm9*",	       /* not base64 at all */
 		"Zm9\xc3\xa9", /* non-ASCII */
 	};
 	uint8_t out[16];
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		ck_assert_msg(ingest_base64_decode(bad[i], strlen(bad[i]), out) ==
-				      -EINVAL,
+		ck_assert_msg(ingest_base64_decode(bad[i], strlen(bad[i]), out) == -EINVAL,
 			      "accepted \"%s\"", bad[i]);
 	/* an embedded NUL is a bad character, not the end */
 	ck_assert_int_eq(ingest_base64_decode("Zm\0v", 4, out), -EINVAL);
@@ -409,11 +408,11 @@ END_TEST
 
 START_TEST(test_decode_numbers)
 {
-	struct ingest_batch *b = decode_ok(
-		"{\"worker\": \"rank0\", \"step\": 1200, \"seq\": 3, \"layers\": {"
-		" \"layer2.bn\": {\"count\": 200704, \"mean\": [0.12, -1, 3], "
-		"\"var\": [1.01, 0, 2e-3]},"
-		" \"layer1.0.bn1\": {\"count\": 16, \"mean\": [5], \"var\": [7]}}}");
+	struct ingest_batch *b =
+		decode_ok("{\"worker\": \"rank0\", \"step\": 1200, \"seq\": 3, \"layers\": {"
+			  " \"layer2.bn\": {\"count\": 200704, \"mean\": [0.12, -1, 3], "
+			  "\"var\": [1.01, 0, 2e-3]},"
+			  " \"layer1.0.bn1\": {\"count\": 16, \"mean\": [5], \"var\": [7]}}}");
 
 	ck_assert_str_eq(b->run, "r1");
 	ck_assert_str_eq(b->worker, "rank0");
@@ -444,10 +443,10 @@ END_TEST
 
 START_TEST(test_decode_options)
 {
-	struct ingest_batch *b = decode_ok(
-		"{\"worker\": \"w\", \"step\": 0, \"seq\": 0, \"domain\": "
-		"\"fpn.p3\", \"var_kind\": \"biased\", \"layers\": {"
-		"\"bn\": {\"count\": 1, \"mean\": [2], \"var\": [0]}}}");
+	struct ingest_batch *b =
+		decode_ok("{\"worker\": \"w\", \"step\": 0, \"seq\": 0, \"domain\": "
+			  "\"fpn.p3\", \"var_kind\": \"biased\", \"layers\": {"
+			  "\"bn\": {\"count\": 1, \"mean\": [2], \"var\": [0]}}}");
 
 	ck_assert_str_eq(b->domain, "fpn.p3");
 	ck_assert_int_eq(b->var_kind, STATS_VAR_BIASED);
@@ -469,9 +468,9 @@ END_TEST
 
 START_TEST(test_decode_f32)
 {
-	static const float f[5] = {0.1f, -3.75f, 1e-30f, 65504.0f, 0.0f};
+	static const float f[5] = { 0.1f, -3.75f, 1e-30f, 65504.0f, 0.0f };
 	double x[5];
-	struct sbuf s = {0};
+	struct sbuf s = { 0 };
 	struct ingest_batch *b;
 
 	for (int i = 0; i < 5; i++)
@@ -500,11 +499,11 @@ END_TEST
 
 START_TEST(test_decode_f64_ema)
 {
-	static const double m[3] = {0.1, -2.5e300, 4.9e-324};
-	static const double v[3] = {1.0 / 3, 0, 1e10};
-	static const double em[3] = {0, 0.25, -0.5};
-	static const double ev[3] = {1, 1, 0.5};
-	struct sbuf s = {0};
+	static const double m[3] = { 0.1, -2.5e300, 4.9e-324 };
+	static const double v[3] = { 1.0 / 3, 0, 1e10 };
+	static const double em[3] = { 0, 0.25, -0.5 };
+	static const double ev[3] = { 1, 1, 0.5 };
+	struct sbuf s = { 0 };
 	struct ingest_batch *b;
 	const struct ingest_layer *l;
 
@@ -536,11 +535,11 @@ END_TEST
 
 START_TEST(test_decode_count_zero)
 {
-	struct ingest_batch *b = decode_ok(
-		"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {"
-		"\"a\": {\"count\": 0}, "
-		"\"b\": {\"count\": 0, \"mean\": [1, 2], \"var\": [3, 4]}, "
-		"\"c\": {\"count\": 5, \"mean\": [1], \"var\": [1]}}}");
+	struct ingest_batch *b =
+		decode_ok("{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {"
+			  "\"a\": {\"count\": 0}, "
+			  "\"b\": {\"count\": 0, \"mean\": [1, 2], \"var\": [3, 4]}, "
+			  "\"c\": {\"count\": 5, \"mean\": [1], \"var\": [1]}}}");
 
 	ck_assert_uint_eq(b->n_layers, 3);
 	ck_assert_str_eq(b->layers[0].name, "a");
@@ -569,8 +568,8 @@ END_TEST
 
 START_TEST(test_negative_zero)
 {
-	static const double z[2] = {-0.0, 1};
-	struct sbuf s = {0};
+	static const double z[2] = { -0.0, 1 };
+	struct sbuf s = { 0 };
 	struct ingest_batch *a, *b;
 
 	sb_printf(&s, "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": "
@@ -591,7 +590,7 @@ END_TEST
 
 START_TEST(test_error_paths)
 {
-	struct sbuf s = {0};
+	struct sbuf s = { 0 };
 	double v[20];
 
 	/* the example of the SPEC: element 17 of a base64 array */
@@ -615,12 +614,15 @@ START_TEST(test_error_paths)
 		const char *ok = "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, "
 				 "\"layers\": {\"a\": {\"count\": 0}}}";
 
-		ck_assert_int_eq(ingest_decode_json("r 1", ok, strlen(ok), &limits, &b, &err), -EINVAL);
+		ck_assert_int_eq(ingest_decode_json("r 1", ok, strlen(ok), &limits, &b, &err),
+				 -EINVAL);
 		ck_assert_ptr_null(b);
 		ck_assert_int_eq(err.status, 422);
 		ck_assert_str_eq(err.path, "run");
-		ck_assert_int_eq(ingest_decode_json("", ok, strlen(ok), &limits, &b, &err), -EINVAL);
-		ck_assert_int_eq(ingest_decode_json(NULL, ok, strlen(ok), &limits, &b, &err), -EINVAL);
+		ck_assert_int_eq(ingest_decode_json("", ok, strlen(ok), &limits, &b, &err),
+				 -EINVAL);
+		ck_assert_int_eq(ingest_decode_json(NULL, ok, strlen(ok), &limits, &b, &err),
+				 -EINVAL);
 		/* NULL limits: defaults */
 		ck_assert_int_eq(ingest_decode_json("r1", ok, strlen(ok), NULL, &b, &err), 0);
 		ingest_batch_free(b);
@@ -648,7 +650,8 @@ START_TEST(test_malformed_messages)
 	ck_assert_int_eq(ingest_decode_json("r1", "", 0, &limits, &b, &err), -EINVAL);
 	ck_assert_str_eq(err.code, BN_E_MALFORMED);
 	/* invalid UTF-8: the message stays printable ASCII */
-	ck_assert_int_eq(ingest_decode_json("r1", bin, sizeof(bin) - 1, &limits, &b, &err), -EINVAL);
+	ck_assert_int_eq(ingest_decode_json("r1", bin, sizeof(bin) - 1, &limits, &b, &err),
+			 -EINVAL);
 	ck_assert_str_eq(err.code, BN_E_MALFORMED);
 	for (i = 0; err.message[i]; i++)
 		ck_assert(err.message[i] >= 0x20 && err.message[i] < 0x7f);
@@ -669,7 +672,7 @@ END_TEST
 
 START_TEST(test_limits)
 {
-	struct ingest_limits lim = {2, 3};
+	struct ingest_limits lim = { 2, 3 };
 	const char *three = "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {"
 			    "\"a\": {\"count\": 0}, \"b\": {\"count\": 0}, "
 			    "\"c\": {\"count\": 0}}}";
@@ -731,13 +734,14 @@ static void hbatch_init(struct hbatch *h)
 		}
 }
 
-static char *hbatch_json(const struct hbatch *h, const enum enc enc[6],
-			 bool reverse)
+static char *hbatch_json(const struct hbatch *h, const enum enc enc[6], bool reverse)
 {
-	struct sbuf s = {0};
+	struct sbuf s = { 0 };
 
-	sb_printf(&s, "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, "
-		      "\"var_kind\": \"%s\", \"layers\": {", h->var_kind);
+	sb_printf(&s,
+		  "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, "
+		  "\"var_kind\": \"%s\", \"layers\": {",
+		  h->var_kind);
 	for (int pass = 0; pass < 3; pass++) {
 		int which = reverse ? 2 - pass : pass;
 
@@ -745,7 +749,7 @@ static char *hbatch_json(const struct hbatch *h, const enum enc enc[6],
 			sb_printf(&s, ", ");
 		if (which == 0) {
 			sb_printf(&s, "\"bn.a\": {\"count\": %lld", (long long)h->count_a);
-			static const char *const keys[4] = {"mean", "var", "ema_mean", "ema_var"};
+			static const char *const keys[4] = { "mean", "var", "ema_mean", "ema_var" };
 			for (int k = 0; k < 4; k++) {
 				sb_printf(&s, ", \"%s\": ", keys[k]);
 				sb_values(&s, h->a[k], 5, enc[k]);
@@ -754,7 +758,8 @@ static char *hbatch_json(const struct hbatch *h, const enum enc enc[6],
 		} else if (which == 1) {
 			sb_printf(&s, "\"bn.b\": {\"count\": 0}");
 		} else {
-			sb_printf(&s, "\"bn.c\": {\"count\": %lld, \"mean\": ", (long long)h->count_c);
+			sb_printf(&s,
+				  "\"bn.c\": {\"count\": %lld, \"mean\": ", (long long)h->count_c);
 			sb_values(&s, h->c[0], 7, enc[4]);
 			sb_printf(&s, ", \"var\": ");
 			sb_values(&s, h->c[1], 7, enc[5]);
@@ -765,8 +770,8 @@ static char *hbatch_json(const struct hbatch *h, const enum enc enc[6],
 	return s.s;
 }
 
-static void hbatch_hash(const struct hbatch *h, const enum enc enc[6],
-			bool reverse, uint8_t out[INGEST_HASH_SIZE])
+static void hbatch_hash(const struct hbatch *h, const enum enc enc[6], bool reverse,
+			uint8_t out[INGEST_HASH_SIZE])
 {
 	char *json = hbatch_json(h, enc, reverse);
 	struct ingest_batch *b = decode_ok(json);
@@ -779,14 +784,14 @@ static void hbatch_hash(const struct hbatch *h, const enum enc enc[6],
 START_TEST(test_hash_encodings)
 {
 	static const enum enc all[][6] = {
-		{NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS},
-		{F32, F32, F32, F32, F32, F32},
-		{F64, F64, F64, F64, F64, F64},
-		{NUMBERS, F32, F64, NUMBERS, F64, F32},
-		{F64, NUMBERS, F32, F32, NUMBERS, F64},
+		{ NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS },
+		{ F32, F32, F32, F32, F32, F32 },
+		{ F64, F64, F64, F64, F64, F64 },
+		{ NUMBERS, F32, F64, NUMBERS, F64, F32 },
+		{ F64, NUMBERS, F32, F32, NUMBERS, F64 },
 	};
 	struct hbatch h;
-	uint8_t ref[INGEST_HASH_SIZE], got[INGEST_HASH_SIZE], zero[INGEST_HASH_SIZE] = {0};
+	uint8_t ref[INGEST_HASH_SIZE], got[INGEST_HASH_SIZE], zero[INGEST_HASH_SIZE] = { 0 };
 
 	hbatch_init(&h);
 	hbatch_hash(&h, all[0], false, ref);
@@ -802,7 +807,7 @@ END_TEST
 
 START_TEST(test_hash_differs)
 {
-	static const enum enc nums[6] = {NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS};
+	static const enum enc nums[6] = { NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS };
 	struct hbatch base, h;
 	uint8_t ref[INGEST_HASH_SIZE], got[INGEST_HASH_SIZE];
 	int cases = 0;
@@ -857,12 +862,15 @@ START_TEST(test_hash_structure)
 {
 	static const char *const bodies[] = {
 		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4]}",
-		"\"a\": {\"count\": 2, \"mean\": [1], \"var\": [3]}, \"b\": {\"count\": 2, \"mean\": [2], \"var\": [4]}",
+		"\"a\": {\"count\": 2, \"mean\": [1], \"var\": [3]}, \"b\": {\"count\": 2, "
+		"\"mean\": [2], \"var\": [4]}",
 		"\"b\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4]}",
 		"\"ab\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4]}",
 		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4]}, \"z\": {\"count\": 0}",
-		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4], \"ema_mean\": [0, 0], \"ema_var\": [1, 1]}",
-		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4], \"ema_mean\": [0, 0], \"ema_var\": [1, 2]}",
+		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4], \"ema_mean\": [0, 0], "
+		"\"ema_var\": [1, 1]}",
+		"\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4], \"ema_mean\": [0, 0], "
+		"\"ema_var\": [1, 2]}",
 		"\"a\": {\"count\": 2, \"mean\": [3, 4], \"var\": [1, 2]}",
 		"\"a\": {\"count\": 0}",
 		"\"a\": {\"count\": 0, \"mean\": [0], \"var\": [0]}",
@@ -873,7 +881,7 @@ START_TEST(test_hash_structure)
 	uint8_t h[N][INGEST_HASH_SIZE];
 
 	for (size_t i = 0; i < N; i++) {
-		struct sbuf s = {0};
+		struct sbuf s = { 0 };
 		struct ingest_batch *b;
 
 		sb_printf(&s, "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {%s}}",
@@ -888,11 +896,11 @@ START_TEST(test_hash_structure)
 	}
 	/* identity is not content */
 	{
-		struct ingest_batch *a = decode_ok(
-			"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": 0}}}");
-		struct ingest_batch *b = decode_ok(
-			"{\"worker\": \"x\", \"step\": 2, \"seq\": 5, \"domain\": \"d\", "
-			"\"layers\": {\"a\": {\"count\": 0}}}");
+		struct ingest_batch *a = decode_ok("{\"worker\": \"w\", \"step\": 1, \"seq\": 0, "
+						   "\"layers\": {\"a\": {\"count\": 0}}}");
+		struct ingest_batch *b =
+			decode_ok("{\"worker\": \"x\", \"step\": 2, \"seq\": 5, \"domain\": \"d\", "
+				  "\"layers\": {\"a\": {\"count\": 0}}}");
 
 		ck_assert_mem_eq(a->hash, b->hash, INGEST_HASH_SIZE);
 		ingest_batch_free(a);
@@ -916,8 +924,8 @@ struct stw {
 	size_t len, cap;
 };
 
-static void stw_tensor(struct stw *w, const char *name, const char *dtype,
-		       const char *shape, const void *bytes, size_t n)
+static void stw_tensor(struct stw *w, const char *name, const char *dtype, const char *shape,
+		       const void *bytes, size_t n)
 {
 	if (w->len + n > w->cap) {
 		unsigned char *d;
@@ -929,15 +937,15 @@ static void stw_tensor(struct stw *w, const char *name, const char *dtype,
 	}
 	if (n > 0)
 		memcpy(w->data + w->len, bytes, n);
-	sb_printf(&w->hdr, "%s\"%s\": {\"dtype\": \"%s\", \"shape\": %s, "
+	sb_printf(&w->hdr,
+		  "%s\"%s\": {\"dtype\": \"%s\", \"shape\": %s, "
 		  "\"data_offsets\": [%zu, %zu]}",
 		  w->hdr.len ? ", " : "", name, dtype, shape, w->len, w->len + n);
 	w->len += n;
 }
 
 /* x[0..n) as an F32 or F64 tensor of shape [n]. */
-static void stw_values(struct stw *w, const char *name, const double *x,
-		       size_t n, enum enc e)
+static void stw_values(struct stw *w, const char *name, const double *x, size_t n, enum enc e)
 {
 	char shape[32];
 	size_t size;
@@ -949,8 +957,7 @@ static void stw_values(struct stw *w, const char *name, const double *x,
 }
 
 /* An I64 count, of shape [] or [1]. */
-static void stw_count(struct stw *w, const char *name, int64_t count,
-		      bool scalar)
+static void stw_count(struct stw *w, const char *name, int64_t count, bool scalar)
 {
 	unsigned char raw[8];
 
@@ -963,15 +970,13 @@ static void stw_count(struct stw *w, const char *name, int64_t count,
  * spaces after the JSON (as safetensors' own writer aligns the data),
  * data. Frees what w holds; the body is the caller's to free().
  */
-static unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad,
-				 size_t *len)
+static unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad, size_t *len)
 {
-	struct sbuf h = {0};
+	struct sbuf h = { 0 };
 	unsigned char *body;
 
-	sb_printf(&h, "{%s%s%s}%*s", meta ? meta : "",
-		  meta && w->hdr.len ? ", " : "", w->hdr.s ? w->hdr.s : "",
-		  (int)pad, "");
+	sb_printf(&h, "{%s%s%s}%*s", meta ? meta : "", meta && w->hdr.len ? ", " : "",
+		  w->hdr.s ? w->hdr.s : "", (int)pad, "");
 	*len = 8 + h.len + w->len;
 	body = malloc(*len);
 	ck_assert_ptr_nonnull(body);
@@ -987,8 +992,7 @@ static unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad,
 }
 
 /* A body of the given header text and dlen bytes of data. */
-static unsigned char *st_body(const char *header, const void *data,
-			      size_t dlen, size_t *len)
+static unsigned char *st_body(const char *header, const void *data, size_t dlen, size_t *len)
 {
 	size_t hl = strlen(header);
 	unsigned char *body;
@@ -1006,23 +1010,63 @@ static unsigned char *st_body(const char *header, const void *data,
 #define ST_WSS "\"worker\": \"w\", \"step\": \"1\", \"seq\": \"0\""
 #define ST_META "\"__metadata__\": {" ST_WSS "}"
 
+static void results_assert_equal(const char *what, const char *body, size_t len, int r1,
+				 const struct ingest_batch *b1, const struct bn_error *e1, int r2,
+				 const struct ingest_batch *b2, const struct bn_error *e2);
+
+/* What the fast path did with a body (of either form). */
+enum fast_outcome { FAST_GAVE_UP, FAST_OK, FAST_ERROR };
+
+/* How often st_decode() saw each outcome of the safetensors fast path. */
+static size_t st_outcomes[3];
+static enum fast_outcome st_last_outcome;
+
 /*
  * Decode a copy of body[0..len) that ends exactly where its allocation
  * ends and starts at an odd address: AddressSanitizer and valgrind see
  * any read past the end, and no value of the body is aligned.
+ *
+ * Every safetensors body of the tests goes through here, and so through
+ * both header parsers alone (ingest_private.h) as well as through
+ * ingest_decode_safetensors(): the fast path must give up, touching
+ * nothing, or give exactly the jansson path's result (return value,
+ * error status, code, path and message, or the batch byte for byte,
+ * hash included), and ingest_decode_safetensors() always the jansson
+ * path's. Its result is returned; the fast path's outcome is counted in
+ * st_outcomes[] and left in st_last_outcome.
  */
-static int st_decode(const unsigned char *body, size_t len,
-		     const struct ingest_limits *lim, struct ingest_batch **b,
-		     struct bn_error *err)
+static int st_decode(const unsigned char *body, size_t len, const struct ingest_limits *lim,
+		     struct ingest_batch **b, struct bn_error *err)
 {
 	unsigned char *copy = malloc(len + 1);
-	int r;
+	struct ingest_batch *bs = NULL, *bf = NULL;
+	struct bn_error es, ef;
+	int r, rs, rf;
 
 	ck_assert_ptr_nonnull(copy);
 	if (len > 0)
 		memcpy(copy + 1, body, len);
 	bn_error_clear(err);
+	bn_error_clear(&es);
+	bn_error_clear(&ef);
+	rs = ingest_decode_safetensors_slow("r1", copy + 1, len, lim, &bs, &es);
+	rf = ingest_decode_safetensors_fast("r1", copy + 1, len, lim, &bf, &ef);
 	r = ingest_decode_safetensors("r1", copy + 1, len, lim, b, err);
+	if (rf == INGEST_NOT_HANDLED) {
+		ck_assert_ptr_null(bf);
+		ck_assert_int_eq(ef.status, 0);
+		ck_assert_str_eq(ef.message, "");
+		st_last_outcome = FAST_GAVE_UP;
+	} else {
+		results_assert_equal("safetensors fast vs jansson", (const char *)copy + 1, len, rf,
+				     bf, &ef, rs, bs, &es);
+		st_last_outcome = rf == 0 ? FAST_OK : FAST_ERROR;
+	}
+	st_outcomes[st_last_outcome]++;
+	results_assert_equal("ingest_decode_safetensors vs jansson", (const char *)copy + 1, len, r,
+			     *b, err, rs, bs, &es);
+	ingest_batch_free(bs);
+	ingest_batch_free(bf);
 	free(copy);
 	return r;
 }
@@ -1034,16 +1078,15 @@ static struct ingest_batch *st_ok(const unsigned char *body, size_t len,
 	struct bn_error err;
 	int r = st_decode(body, len, lim, &b, &err);
 
-	ck_assert_msg(r == 0, "decode failed: %d %s '%s' (%s)", err.status,
-		      err.code, err.path, err.message);
+	ck_assert_msg(r == 0, "decode failed: %d %s '%s' (%s)", err.status, err.code, err.path,
+		      err.message);
 	ck_assert_ptr_nonnull(b);
 	return b;
 }
 
 /* Refused with status, code and path, and a printable message. */
-static void st_expect(const unsigned char *body, size_t len,
-		      const struct ingest_limits *lim, int status,
-		      const char *code, const char *path, const char *what)
+static void st_expect(const unsigned char *body, size_t len, const struct ingest_limits *lim,
+		      int status, const char *code, const char *path, const char *what)
 {
 	struct ingest_batch *b = (struct ingest_batch *)&b; /* not NULL */
 	struct bn_error err;
@@ -1053,17 +1096,15 @@ static void st_expect(const unsigned char *body, size_t len,
 	ck_assert_ptr_null(b);
 	ck_assert_msg(err.status == status && strcmp(err.code, code) == 0 &&
 			      strcmp(err.path, path) == 0,
-		      "%s: expected %d %s '%s', got %d %s '%s' (%s)", what,
-		      status, code, path, err.status, err.code, err.path,
-		      err.message);
+		      "%s: expected %d %s '%s', got %d %s '%s' (%s)", what, status, code, path,
+		      err.status, err.code, err.path, err.message);
 	ck_assert_str_ne(err.message, "");
 	for (size_t i = 0; err.message[i]; i++)
 		ck_assert(err.message[i] >= 0x20 && err.message[i] < 0x7f);
 }
 
 /* Two batches with the same identity, content and hash. */
-static void batch_assert_equal(const struct ingest_batch *a,
-			       const struct ingest_batch *b)
+static void batch_assert_equal(const struct ingest_batch *a, const struct ingest_batch *b)
 {
 	ck_assert_str_eq(a->run, b->run);
 	ck_assert_str_eq(a->worker, b->worker);
@@ -1096,9 +1137,9 @@ static void batch_assert_equal(const struct ingest_batch *a,
 
 START_TEST(test_st_decode)
 {
-	static const double m[3] = {0.12, -1, 3}, v[3] = {1.01, 0, 2e-3};
-	struct stw w = {0};
-	struct sbuf j = {0};
+	static const double m[3] = { 0.12, -1, 3 }, v[3] = { 1.01, 0, 2e-3 };
+	struct stw w = { 0 };
+	struct sbuf j = { 0 };
 	struct ingest_batch *a, *b;
 	unsigned char *body;
 	size_t len;
@@ -1110,8 +1151,10 @@ START_TEST(test_st_decode)
 	stw_values(&w, "layer1.0.bn1.var", v + 2, 1, F64);
 	stw_values(&w, "layer1.0.bn1.mean", m + 2, 1, F64);
 	stw_count(&w, "layer1.0.bn1.count", 16, false);
-	body = stw_finish(&w, "\"__metadata__\": {\"seq\": \"3\", \"step\": "
-			  "\"1200\", \"worker\": \"rank0\"}", 0, &len);
+	body = stw_finish(&w,
+			  "\"__metadata__\": {\"seq\": \"3\", \"step\": "
+			  "\"1200\", \"worker\": \"rank0\"}",
+			  0, &len);
 	b = st_ok(body, len, &limits);
 
 	/* the same batch as the JSON form of the same values */
@@ -1147,8 +1190,8 @@ END_TEST
 
 START_TEST(test_st_options)
 {
-	static const double one[1] = {2}, zero[1] = {0};
-	struct stw w = {0};
+	static const double one[1] = { 2 }, zero[1] = { 0 };
+	struct stw w = { 0 };
 	struct ingest_batch *b;
 	unsigned char *body;
 	size_t len;
@@ -1157,9 +1200,11 @@ START_TEST(test_st_options)
 	stw_count(&w, "bn.count", 1, true);
 	stw_values(&w, "bn.mean", one, 1, F64);
 	stw_values(&w, "bn.var", zero, 1, F64);
-	body = stw_finish(&w, "\"__metadata__\": {\"worker\": \"w\", \"step\": "
+	body = stw_finish(&w,
+			  "\"__metadata__\": {\"worker\": \"w\", \"step\": "
 			  "\"9223372036854775807\", \"seq\": \"0\", \"domain\": "
-			  "\"fpn.p3\", \"var_kind\": \"biased\"}", 0, &len);
+			  "\"fpn.p3\", \"var_kind\": \"biased\"}",
+			  0, &len);
 	b = st_ok(body, len, &limits);
 	ck_assert_str_eq(b->domain, "fpn.p3");
 	ck_assert_int_eq(b->var_kind, STATS_VAR_BIASED);
@@ -1173,8 +1218,10 @@ START_TEST(test_st_options)
 	stw_count(&w, "bn.count", (int64_t)1 << 53, false);
 	stw_values(&w, "bn.mean", one, 1, F32);
 	stw_values(&w, "bn.var", zero, 1, F32);
-	body = stw_finish(&w, "\"__metadata__\": {" ST_WSS ", \"var_kind\": "
-			  "\"unbiased\"}", 0, &len);
+	body = stw_finish(&w,
+			  "\"__metadata__\": {" ST_WSS ", \"var_kind\": "
+			  "\"unbiased\"}",
+			  0, &len);
 	b = st_ok(body, len, &limits);
 	ck_assert_int_eq(b->var_kind, STATS_VAR_UNBIASED);
 	ck_assert_int_eq(b->layers[0].count, (int64_t)1 << 53);
@@ -1191,7 +1238,7 @@ END_TEST
 START_TEST(test_st_unaligned)
 {
 	double m[5], v[5];
-	struct stw w = {0};
+	struct stw w = { 0 };
 	struct ingest_batch *b;
 	unsigned char *body;
 	size_t len;
@@ -1201,15 +1248,15 @@ START_TEST(test_st_unaligned)
 		v[i] = (float)(0.7 * i + 0.01);
 	}
 	for (size_t pad = 0; pad < 8; pad++) {
-		stw_count(&w, "a.count", 3, true);           /* [0, 8) */
-		stw_values(&w, "c.mean", m, 1, F32);         /* [8, 12) */
-		stw_values(&w, "b.mean", m, 5, F64);         /* [12, 52) */
-		stw_values(&w, "b.var", v, 5, F64);          /* [52, 92) */
-		stw_count(&w, "c.count", 9, true);           /* [92, 100) */
-		stw_values(&w, "a.mean", m, 3, F32);         /* [100, 112) */
-		stw_values(&w, "a.var", v, 3, F32);          /* [112, 124) */
-		stw_count(&w, "b.count", 9, false);          /* [124, 132) */
-		stw_values(&w, "c.var", v, 1, F32);          /* [132, 136) */
+		stw_count(&w, "a.count", 3, true);	     /* [0, 8) */
+		stw_values(&w, "c.mean", m, 1, F32);	     /* [8, 12) */
+		stw_values(&w, "b.mean", m, 5, F64);	     /* [12, 52) */
+		stw_values(&w, "b.var", v, 5, F64);	     /* [52, 92) */
+		stw_count(&w, "c.count", 9, true);	     /* [92, 100) */
+		stw_values(&w, "a.mean", m, 3, F32);	     /* [100, 112) */
+		stw_values(&w, "a.var", v, 3, F32);	     /* [112, 124) */
+		stw_count(&w, "b.count", 9, false);	     /* [124, 132) */
+		stw_values(&w, "c.var", v, 1, F32);	     /* [132, 136) */
 		stw_values(&w, "c.ema_mean", m + 1, 1, F64); /* [136, 144) */
 		stw_values(&w, "c.ema_var", v + 1, 1, F32);  /* [144, 148) */
 		body = stw_finish(&w, ST_META, pad, &len);
@@ -1234,8 +1281,8 @@ END_TEST
 
 START_TEST(test_st_count_zero_ema)
 {
-	static const double x[2] = {1, 2}, y[2] = {3, 4};
-	struct stw w = {0};
+	static const double x[2] = { 1, 2 }, y[2] = { 3, 4 };
+	struct stw w = { 0 };
 	struct ingest_batch *a, *b;
 	unsigned char *body;
 	size_t len;
@@ -1276,13 +1323,13 @@ START_TEST(test_st_count_zero_ema)
 END_TEST
 
 /* The hbatch of the hash tests as safetensors. */
-static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6],
-				bool reverse, bool scalar, size_t *len)
+static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6], bool reverse,
+				bool scalar, size_t *len)
 {
-	static const char *const a_names[4] = {"bn.a.mean", "bn.a.var",
-					       "bn.a.ema_mean", "bn.a.ema_var"};
-	struct stw w = {0};
-	struct sbuf meta = {0};
+	static const char *const a_names[4] = { "bn.a.mean", "bn.a.var", "bn.a.ema_mean",
+						"bn.a.ema_var" };
+	struct stw w = { 0 };
+	struct sbuf meta = { 0 };
 	unsigned char *body;
 
 	for (int pass = 0; pass < 3; pass++) {
@@ -1293,8 +1340,7 @@ static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6],
 				stw_count(&w, "bn.a.count", h->count_a, scalar);
 			for (int k = 0; k < 4; k++)
 				stw_values(&w, a_names[reverse ? 3 - k : k],
-					   h->a[reverse ? 3 - k : k], 5,
-					   enc[reverse ? 3 - k : k]);
+					   h->a[reverse ? 3 - k : k], 5, enc[reverse ? 3 - k : k]);
 			if (reverse)
 				stw_count(&w, "bn.a.count", h->count_a, scalar);
 		} else if (which == 1) {
@@ -1305,8 +1351,7 @@ static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6],
 			stw_values(&w, "bn.c.var", h->c[1], 7, enc[5]);
 		}
 	}
-	sb_printf(&meta, "\"__metadata__\": {" ST_WSS ", \"var_kind\": \"%s\"}",
-		  h->var_kind);
+	sb_printf(&meta, "\"__metadata__\": {" ST_WSS ", \"var_kind\": \"%s\"}", h->var_kind);
 	body = stw_finish(&w, meta.s, reverse ? 5 : 0, len);
 	sb_free(&meta);
 	return body;
@@ -1314,12 +1359,11 @@ static unsigned char *hbatch_st(const struct hbatch *h, const enum enc enc[6],
 
 START_TEST(test_st_same_as_json)
 {
-	static const enum enc nums[6] = {NUMBERS, NUMBERS, NUMBERS,
-					 NUMBERS, NUMBERS, NUMBERS};
+	static const enum enc nums[6] = { NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS };
 	static const enum enc all[][6] = {
-		{F32, F32, F32, F32, F32, F32},
-		{F64, F64, F64, F64, F64, F64},
-		{F32, F64, F64, F32, F64, F32},
+		{ F32, F32, F32, F32, F32, F32 },
+		{ F64, F64, F64, F64, F64, F64 },
+		{ F32, F64, F64, F32, F64, F32 },
 	};
 	struct hbatch h;
 	struct ingest_batch *ref, *b;
@@ -1363,8 +1407,8 @@ END_TEST
 /* -0.0 is stored (and hashed) as +0.0, as in JSON. */
 START_TEST(test_st_negative_zero)
 {
-	static const double z[2] = {-0.0, 1}, pz[2] = {0, 0}, nz[2] = {-0.0, -0.0};
-	struct stw w = {0};
+	static const double z[2] = { -0.0, 1 }, pz[2] = { 0, 0 }, nz[2] = { -0.0, -0.0 };
+	struct stw w = { 0 };
 	struct ingest_batch *a, *b;
 	unsigned char *body;
 	size_t len;
@@ -1402,7 +1446,7 @@ struct st_rule_tensor {
 	enum enc e;
 };
 
-static const struct ingest_limits small_limits = {2, 3};
+static const struct ingest_limits small_limits = { 2, 3 };
 
 static const struct st_rule {
 	const char *what;
@@ -1411,56 +1455,164 @@ static const struct st_rule {
 	const char *code, *path;
 	struct st_rule_tensor t[12];
 } st_rules[] = {
-	{"NaN, the example of the SPEC", NULL, 422, BN_E_INVALID, "layer1.0.bn1.var[17]",
-	 {{"layer1.0.bn1.count", 'c', 2, F32}, {"layer1.0.bn1.mean", 'g', 20, F64},
-	  {"layer1.0.bn1.var", 'n', 20, F32}}},
-	{"-inf", NULL, 422, BN_E_INVALID, "a.mean[17]",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'i', 20, F64}, {"a.var", 'g', 20, F64}}},
-	{"var < 0", NULL, 422, BN_E_INVALID, "a.var[1]",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'b', 3, F32}, {"a.var", 'b', 3, F32}}},
-	{"ema_var < 0", NULL, 422, BN_E_INVALID, "a.ema_var[1]",
-	 {{"a.count", 'C', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
-	  {"a.ema_mean", 'b', 3, F32}, {"a.ema_var", 'b', 3, F64}}},
-	{"count -1", NULL, 422, BN_E_INVALID, "a.count",
-	 {{"a.count", 'c', -1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
-	{"count INT64_MIN", NULL, 422, BN_E_INVALID, "a.count",
-	 {{"a.count", 'C', INT64_MIN, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
-	{"count 2^53 + 1", NULL, 422, BN_E_INVALID, "a.count",
-	 {{"a.count", 'c', ((int64_t)1 << 53) + 1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
-	{"count INT64_MAX", NULL, 422, BN_E_INVALID, "a.count",
-	 {{"a.count", 'C', INT64_MAX, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
-	{"count 1, unbiased", NULL, 422, BN_E_INVALID, "a.count",
-	 {{"a.count", 'c', 1, F32}, {"a.mean", 'g', 1, F32}, {"a.var", 'g', 1, F32}}},
-	{"ema_var alone", NULL, 422, BN_E_INVALID, "a.ema_var",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
-	  {"a.ema_var", 'g', 3, F32}}},
-	{"var longer than mean", NULL, 422, BN_E_INVALID, "a.var",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 4, F64}}},
-	{"ema shorter", NULL, 422, BN_E_INVALID, "a.ema_mean",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32},
-	  {"a.ema_mean", 'g', 2, F32}, {"a.ema_var", 'g', 2, F32}}},
-	{"no count", NULL, 400, BN_E_MISSING, "a.count",
-	 {{"a.mean", 'g', 3, F32}, {"a.var", 'g', 3, F32}}},
-	{"no var", NULL, 400, BN_E_MISSING, "a.var",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 3, F32}}},
-	{"count 0 with only an EMA", NULL, 400, BN_E_MISSING, "a.mean",
-	 {{"a.count", 'c', 0, F32}, {"a.ema_mean", 'g', 3, F32}, {"a.ema_var", 'g', 3, F32}}},
-	{"no channel", NULL, 422, BN_E_INVALID, "a.mean",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 0, F32}, {"a.var", 'g', 0, F64}}},
-	{"4 channels, default limits", NULL, 0, NULL, NULL,
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 4, F32}, {"a.var", 'g', 4, F32}}},
-	{"4 channels, limit 3", &small_limits, 422, BN_E_LIMIT, "a.mean",
-	 {{"a.count", 'c', 2, F32}, {"a.mean", 'g', 4, F32}, {"a.var", 'g', 4, F32}}},
-	{"3 layers, default limits", NULL, 0, NULL, NULL,
-	 {{"a.count", 'c', 0, F32}, {"b.count", 'c', 0, F32}, {"c.count", 'C', 0, F32}}},
-	{"3 layers, limit 2", &small_limits, 422, BN_E_LIMIT, "__header__",
-	 {{"a.count", 'c', 0, F32}, {"b.count", 'c', 0, F32}, {"c.count", 'C', 0, F32}}},
+	{ "NaN, the example of the SPEC",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "layer1.0.bn1.var[17]",
+	  { { "layer1.0.bn1.count", 'c', 2, F32 },
+	    { "layer1.0.bn1.mean", 'g', 20, F64 },
+	    { "layer1.0.bn1.var", 'n', 20, F32 } } },
+	{ "-inf",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.mean[17]",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'i', 20, F64 }, { "a.var", 'g', 20, F64 } } },
+	{ "var < 0",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.var[1]",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'b', 3, F32 }, { "a.var", 'b', 3, F32 } } },
+	{ "ema_var < 0",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.ema_var[1]",
+	  { { "a.count", 'C', 2, F32 },
+	    { "a.mean", 'g', 3, F32 },
+	    { "a.var", 'g', 3, F32 },
+	    { "a.ema_mean", 'b', 3, F32 },
+	    { "a.ema_var", 'b', 3, F64 } } },
+	{ "count -1",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.count",
+	  { { "a.count", 'c', -1, F32 }, { "a.mean", 'g', 1, F32 }, { "a.var", 'g', 1, F32 } } },
+	{ "count INT64_MIN",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.count",
+	  { { "a.count", 'C', INT64_MIN, F32 },
+	    { "a.mean", 'g', 1, F32 },
+	    { "a.var", 'g', 1, F32 } } },
+	{ "count 2^53 + 1",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.count",
+	  { { "a.count", 'c', ((int64_t)1 << 53) + 1, F32 },
+	    { "a.mean", 'g', 1, F32 },
+	    { "a.var", 'g', 1, F32 } } },
+	{ "count INT64_MAX",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.count",
+	  { { "a.count", 'C', INT64_MAX, F32 },
+	    { "a.mean", 'g', 1, F32 },
+	    { "a.var", 'g', 1, F32 } } },
+	{ "count 1, unbiased",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.count",
+	  { { "a.count", 'c', 1, F32 }, { "a.mean", 'g', 1, F32 }, { "a.var", 'g', 1, F32 } } },
+	{ "ema_var alone",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.ema_var",
+	  { { "a.count", 'c', 2, F32 },
+	    { "a.mean", 'g', 3, F32 },
+	    { "a.var", 'g', 3, F32 },
+	    { "a.ema_var", 'g', 3, F32 } } },
+	{ "var longer than mean",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.var",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'g', 3, F32 }, { "a.var", 'g', 4, F64 } } },
+	{ "ema shorter",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.ema_mean",
+	  { { "a.count", 'c', 2, F32 },
+	    { "a.mean", 'g', 3, F32 },
+	    { "a.var", 'g', 3, F32 },
+	    { "a.ema_mean", 'g', 2, F32 },
+	    { "a.ema_var", 'g', 2, F32 } } },
+	{ "no count",
+	  NULL,
+	  400,
+	  BN_E_MISSING,
+	  "a.count",
+	  { { "a.mean", 'g', 3, F32 }, { "a.var", 'g', 3, F32 } } },
+	{ "no var",
+	  NULL,
+	  400,
+	  BN_E_MISSING,
+	  "a.var",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'g', 3, F32 } } },
+	{ "count 0 with only an EMA",
+	  NULL,
+	  400,
+	  BN_E_MISSING,
+	  "a.mean",
+	  { { "a.count", 'c', 0, F32 },
+	    { "a.ema_mean", 'g', 3, F32 },
+	    { "a.ema_var", 'g', 3, F32 } } },
+	{ "no channel",
+	  NULL,
+	  422,
+	  BN_E_INVALID,
+	  "a.mean",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'g', 0, F32 }, { "a.var", 'g', 0, F64 } } },
+	{ "4 channels, default limits",
+	  NULL,
+	  0,
+	  NULL,
+	  NULL,
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'g', 4, F32 }, { "a.var", 'g', 4, F32 } } },
+	{ "4 channels, limit 3",
+	  &small_limits,
+	  422,
+	  BN_E_LIMIT,
+	  "a.mean",
+	  { { "a.count", 'c', 2, F32 }, { "a.mean", 'g', 4, F32 }, { "a.var", 'g', 4, F32 } } },
+	{ "3 layers, default limits",
+	  NULL,
+	  0,
+	  NULL,
+	  NULL,
+	  { { "a.count", 'c', 0, F32 }, { "b.count", 'c', 0, F32 }, { "c.count", 'C', 0, F32 } } },
+	{ "3 layers, limit 2",
+	  &small_limits,
+	  422,
+	  BN_E_LIMIT,
+	  "__header__",
+	  { { "a.count", 'c', 0, F32 }, { "b.count", 'c', 0, F32 }, { "c.count", 'C', 0, F32 } } },
 	/* 11 tensors cannot be 2 layers: refused before they are looked at */
-	{"11 tensors, limit 2 layers", &small_limits, 422, BN_E_LIMIT, "__header__",
-	 {{"l0.x", 'c', 0, F32}, {"l1.x", 'c', 0, F32}, {"l2.x", 'c', 0, F32},
-	  {"l3.x", 'c', 0, F32}, {"l4.x", 'c', 0, F32}, {"l5.x", 'c', 0, F32},
-	  {"l6.x", 'c', 0, F32}, {"l7.x", 'c', 0, F32}, {"l8.x", 'c', 0, F32},
-	  {"l9.x", 'c', 0, F32}, {"l10.x", 'c', 0, F32}}},
+	{ "11 tensors, limit 2 layers",
+	  &small_limits,
+	  422,
+	  BN_E_LIMIT,
+	  "__header__",
+	  { { "l0.x", 'c', 0, F32 },
+	    { "l1.x", 'c', 0, F32 },
+	    { "l2.x", 'c', 0, F32 },
+	    { "l3.x", 'c', 0, F32 },
+	    { "l4.x", 'c', 0, F32 },
+	    { "l5.x", 'c', 0, F32 },
+	    { "l6.x", 'c', 0, F32 },
+	    { "l7.x", 'c', 0, F32 },
+	    { "l8.x", 'c', 0, F32 },
+	    { "l9.x", 'c', 0, F32 },
+	    { "l10.x", 'c', 0, F32 } } },
 };
 
 START_TEST(test_st_layer_rules)
@@ -1468,7 +1620,7 @@ START_TEST(test_st_layer_rules)
 	for (size_t i = 0; i < sizeof(st_rules) / sizeof(st_rules[0]); i++) {
 		const struct st_rule *c = &st_rules[i];
 		const struct ingest_limits *lim = c->lim ? c->lim : &limits;
-		struct stw w = {0};
+		struct stw w = { 0 };
 		unsigned char *body;
 		size_t len;
 
@@ -1517,149 +1669,222 @@ static const struct st_case {
 	int status;
 	const char *code, *path;
 } st_cases[] = {
-	{ST_OK, 24, 0, NULL, NULL},
-	{ST_CMV ", " ST_META, 24, 0, NULL, NULL},
+	{ ST_OK, 24, 0, NULL, NULL },
+	{ ST_CMV ", " ST_META, 24, 0, NULL, NULL },
 	/* metadata */
-	{ST_CMV, 24, 400, BN_E_MISSING, "__metadata__"},
-	{"\"__metadata__\": [\"w\"], " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__"},
-	{"\"__metadata__\": null, " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__"},
-	{ST_MD("\"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.worker"},
-	{ST_MD("\"worker\": \"w\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.step"},
-	{ST_MD("\"worker\": \"w\", \"step\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.seq"},
-	{ST_MD("\"worker\": 7, \"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_TYPE, "__metadata__.worker"},
-	{ST_MD("\"worker\": \"a b\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID, "__metadata__.worker"},
-	{ST_MD("\"worker\": \"\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID, "__metadata__.worker"},
-	{ST_STEP("1"), 24, 400, BN_E_TYPE, "__metadata__.step"},
-	{ST_STEP("1.0"), 24, 400, BN_E_TYPE, "__metadata__.step"},
-	{ST_STEP("null"), 24, 400, BN_E_TYPE, "__metadata__.step"},
-	{ST_STEP("\"-1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"+1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\" 1\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"1 \""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"1.0\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"1.\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"1e3\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"0x10\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"01\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"\\u0661\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"9223372036854775808\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"18446744073709551617\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"99999999999999999999999999\""), 24, 422, BN_E_INVALID, "__metadata__.step"},
-	{ST_STEP("\"0\""), 24, 0, NULL, NULL},
-	{ST_STEP("\"9223372036854775807\""), 24, 0, NULL, NULL},
-	{ST_MD("\"worker\": \"w\", \"step\": \"1\", \"seq\": \"-0\""), 24, 422, BN_E_INVALID, "__metadata__.seq"},
-	{ST_MD(ST_WSS ", \"domain\": \"*\""), 24, 422, BN_E_INVALID, "__metadata__.domain"},
-	{ST_MD(ST_WSS ", \"domain\": [\"d\"]"), 24, 400, BN_E_TYPE, "__metadata__.domain"},
-	{ST_MD(ST_WSS ", \"var_kind\": \"Biased\""), 24, 422, BN_E_INVALID, "__metadata__.var_kind"},
-	{ST_MD(ST_WSS ", \"var_kind\": true"), 24, 400, BN_E_TYPE, "__metadata__.var_kind"},
-	{ST_MD(ST_WSS ", \"colour\": \"blue\""), 24, 422, BN_E_INVALID, "__metadata__.colour"},
-	{ST_MD(ST_WSS ", \"layers\": \"x\""), 24, 422, BN_E_INVALID, "__metadata__.layers"},
+	{ ST_CMV, 24, 400, BN_E_MISSING, "__metadata__" },
+	{ "\"__metadata__\": [\"w\"], " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__" },
+	{ "\"__metadata__\": null, " ST_CMV, 24, 400, BN_E_TYPE, "__metadata__" },
+	{ ST_MD("\"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.worker" },
+	{ ST_MD("\"worker\": \"w\", \"seq\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.step" },
+	{ ST_MD("\"worker\": \"w\", \"step\": \"0\""), 24, 400, BN_E_MISSING, "__metadata__.seq" },
+	{ ST_MD("\"worker\": 7, \"step\": \"1\", \"seq\": \"0\""), 24, 400, BN_E_TYPE,
+	  "__metadata__.worker" },
+	{ ST_MD("\"worker\": \"a b\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID,
+	  "__metadata__.worker" },
+	{ ST_MD("\"worker\": \"\", \"step\": \"1\", \"seq\": \"0\""), 24, 422, BN_E_INVALID,
+	  "__metadata__.worker" },
+	{ ST_STEP("1"), 24, 400, BN_E_TYPE, "__metadata__.step" },
+	{ ST_STEP("1.0"), 24, 400, BN_E_TYPE, "__metadata__.step" },
+	{ ST_STEP("null"), 24, 400, BN_E_TYPE, "__metadata__.step" },
+	{ ST_STEP("\"-1\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"+1\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\" 1\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"1 \""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"1.0\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"1.\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"1e3\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"0x10\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"01\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"\\u0661\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"9223372036854775808\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"18446744073709551617\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"99999999999999999999999999\""), 24, 422, BN_E_INVALID, "__metadata__.step" },
+	{ ST_STEP("\"0\""), 24, 0, NULL, NULL },
+	{ ST_STEP("\"9223372036854775807\""), 24, 0, NULL, NULL },
+	{ ST_MD("\"worker\": \"w\", \"step\": \"1\", \"seq\": \"-0\""), 24, 422, BN_E_INVALID,
+	  "__metadata__.seq" },
+	{ ST_MD(ST_WSS ", \"domain\": \"*\""), 24, 422, BN_E_INVALID, "__metadata__.domain" },
+	{ ST_MD(ST_WSS ", \"domain\": [\"d\"]"), 24, 400, BN_E_TYPE, "__metadata__.domain" },
+	{ ST_MD(ST_WSS ", \"var_kind\": \"Biased\""), 24, 422, BN_E_INVALID,
+	  "__metadata__.var_kind" },
+	{ ST_MD(ST_WSS ", \"var_kind\": true"), 24, 400, BN_E_TYPE, "__metadata__.var_kind" },
+	{ ST_MD(ST_WSS ", \"colour\": \"blue\""), 24, 422, BN_E_INVALID, "__metadata__.colour" },
+	{ ST_MD(ST_WSS ", \"layers\": \"x\""), 24, 422, BN_E_INVALID, "__metadata__.layers" },
 	/* tensor names */
-	{ST_META ", " ST_M ", " ST_V ", \"count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
-	 24, 422, BN_E_INVALID, "count"},
-	{ST_META ", " ST_C ", " ST_V ", \"a.bias\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
-	 24, 422, BN_E_INVALID, "a.bias"},
-	{ST_META ", " ST_C ", " ST_V ", \"a.Mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
-	 24, 422, BN_E_INVALID, "a.Mean"},
-	{ST_META ", " ST_C ", " ST_V ", \"a.mean.\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
-	 24, 422, BN_E_INVALID, "a.mean."},
-	{ST_META ", " ST_M ", " ST_V ", \".count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
-	 24, 422, BN_E_INVALID, ".count"},
-	{ST_META ", " ST_M ", " ST_V ", \"a b.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
-	 24, 422, BN_E_INVALID, "a b.count"},
-	{ST_META ", " ST_M ", " ST_V ", \"a\\u00e9.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
-	 24, 422, BN_E_INVALID, "a??.count"},
-	{ST_META ", " ST_M ", " ST_V ", \"a\\n.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
-	 24, 422, BN_E_INVALID, "a?.count"},
+	{ ST_META ", " ST_M ", " ST_V
+		  ", \"count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	  24, 422, BN_E_INVALID, "count" },
+	{ ST_META ", " ST_C ", " ST_V
+		  ", \"a.bias\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	  24, 422, BN_E_INVALID, "a.bias" },
+	{ ST_META ", " ST_C ", " ST_V
+		  ", \"a.Mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	  24, 422, BN_E_INVALID, "a.Mean" },
+	{ ST_META ", " ST_C ", " ST_V
+		  ", \"a.mean.\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	  24, 422, BN_E_INVALID, "a.mean." },
+	{ ST_META ", " ST_M ", " ST_V
+		  ", \".count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	  24, 422, BN_E_INVALID, ".count" },
+	{ ST_META ", " ST_M ", " ST_V
+		  ", \"a b.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	  24, 422, BN_E_INVALID, "a b.count" },
+	{ ST_META
+	  ", " ST_M ", " ST_V
+	  ", \"a\\u00e9.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	  24, 422, BN_E_INVALID, "a??.count" },
+	{ ST_META ", " ST_M ", " ST_V
+		  ", \"a\\n.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 8]}",
+	  24, 422, BN_E_INVALID, "a?.count" },
 	/* tensor entries */
-	{ST_MEAN("[8, 16]"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("\"F32\""), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16], \"x\": 1}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING, "a.mean"},
-	{ST_MEAN("{\"dtype\": 32, \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"BF16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"f32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\\u0000\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_COUNT("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_COUNT("{\"dtype\": \"U64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_COUNT("{\"dtype\": \"F64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": 2, \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": {}, \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [\"2\"], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [null], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2.0], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1, 2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2, 1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [9223372036854775807], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [4611686018427387906], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [0, 8]}"), 24, 0, NULL, NULL},
-	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [0], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1, 1], \"data_offsets\": [0, 8]}"), 24, 422, BN_E_INVALID, "a.count"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2]}"), 24, 400, BN_E_MISSING, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": \"8,16\"}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": {\"8\": 16}}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": []}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [\"8\", 16]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, true]}"), 24, 400, BN_E_TYPE, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8.0, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 1.6e1]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [-8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [16, 8]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 99999999999999999999]}"), 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 9223372036854775807]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [9223372036854775807, 9223372036854775807]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.mean"},
-	{ST_MEAN("{\"dtype\": \"F64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422, BN_E_INVALID, "a.var"},
-	{ST_COUNT("{\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 4]}"), 24, 422, BN_E_INVALID, "a.count"},
+	{ ST_MEAN("[8, 16]"), 24, 400, BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("\"F32\""), 24, 400, BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16], \"x\": 1}"), 24,
+	  422, BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING, "a.mean" },
+	{ ST_MEAN("{\"dtype\": 32, \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_TYPE,
+	  "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"BF16\", \"shape\": [4], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"f32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\\u0000\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24,
+	  400, BN_E_MALFORMED, "__header__" },
+	{ ST_COUNT("{\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_COUNT("{\"dtype\": \"U64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_COUNT("{\"dtype\": \"F64\", \"shape\": [], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MISSING,
+	  "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": 2, \"data_offsets\": [8, 16]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": {}, \"data_offsets\": [8, 16]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [\"2\"], \"data_offsets\": [8, 16]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [null], \"data_offsets\": [8, 16]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2.0], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [-2], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1, 2], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2, 1], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [9223372036854775807], \"data_offsets\": [8, "
+		  "16]}"),
+	  24, 422, BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [4611686018427387906], \"data_offsets\": [8, "
+		  "16]}"),
+	  24, 422, BN_E_INVALID, "a.mean" },
+	{ ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [0, 8]}"), 24, 0, NULL,
+	  NULL },
+	{ ST_COUNT("{\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_COUNT("{\"dtype\": \"I64\", \"shape\": [0], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_COUNT("{\"dtype\": \"I64\", \"shape\": [1, 1], \"data_offsets\": [0, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2]}"), 24, 400, BN_E_MISSING, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": \"8,16\"}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": {\"8\": 16}}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": []}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [\"8\", 16]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, true]}"), 24, 400,
+	  BN_E_TYPE, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8.0, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 1.6e1]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [-8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [16, 8]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, "
+		  "99999999999999999999]}"),
+	  24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, "
+		  "9223372036854775807]}"),
+	  24, 422, BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [9223372036854775807, "
+		  "9223372036854775807]}"),
+	  24, 422, BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.mean" },
+	{ ST_MEAN("{\"dtype\": \"F64\", \"shape\": [1], \"data_offsets\": [8, 16]}"), 24, 422,
+	  BN_E_INVALID, "a.var" },
+	{ ST_COUNT("{\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [0, 4]}"), 24, 422,
+	  BN_E_INVALID, "a.count" },
 	/* layout */
-	{ST_OK, 28, 422, BN_E_INVALID, "__header__"},
-	{ST_OK, 25, 422, BN_E_INVALID, "__header__"},
-	{ST_OK, 23, 422, BN_E_INVALID, "a.var"},
-	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
-	 16, 422, BN_E_INVALID, "a.var"},
-	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [12, 20]}",
-	 20, 422, BN_E_INVALID, "a.var"},
-	{ST_META ", " ST_C ", " ST_M ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [20, 28]}",
-	 28, 422, BN_E_INVALID, "__header__"},
-	{ST_META ", " ST_M ", " ST_V ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
-	 24, 422, BN_E_INVALID, "__header__"},
-	{ST_META ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
-	 12, 422, BN_E_INVALID, "__header__"},
-	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [4, 4]}",
-	 24, 422, BN_E_INVALID, "b.mean"},
+	{ ST_OK, 28, 422, BN_E_INVALID, "__header__" },
+	{ ST_OK, 25, 422, BN_E_INVALID, "__header__" },
+	{ ST_OK, 23, 422, BN_E_INVALID, "a.var" },
+	{ ST_META ", " ST_C ", " ST_M
+		  ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}",
+	  16, 422, BN_E_INVALID, "a.var" },
+	{ ST_META ", " ST_C ", " ST_M
+		  ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [12, 20]}",
+	  20, 422, BN_E_INVALID, "a.var" },
+	{ ST_META ", " ST_C ", " ST_M
+		  ", \"a.var\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [20, 28]}",
+	  28, 422, BN_E_INVALID, "__header__" },
+	{ ST_META ", " ST_M ", " ST_V
+		  ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
+	  24, 422, BN_E_INVALID, "__header__" },
+	{ ST_META ", \"a.count\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [4, 12]}",
+	  12, 422, BN_E_INVALID, "__header__" },
+	{ ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [4, 4]}", 24,
+	  422, BN_E_INVALID, "b.mean" },
 	/* empty tensors at a boundary tile fine; b then lacks its count */
-	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [8, 8]}",
-	 24, 400, BN_E_MISSING, "b.count"},
-	{ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [24, 24]}",
-	 24, 400, BN_E_MISSING, "b.count"},
+	{ ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [8, 8]}", 24,
+	  400, BN_E_MISSING, "b.count" },
+	{ ST_OK ", \"b.mean\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [24, 24]}",
+	  24, 400, BN_E_MISSING, "b.count" },
 	/* the whole header */
-	{"", 24, 400, BN_E_MISSING, "__metadata__"},
-	{ST_META, 0, 422, BN_E_INVALID, "__header__"},
-	{ST_META, 8, 422, BN_E_INVALID, "__header__"},
-	{ST_OK ", " ST_C, 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_OK ", " ST_META, 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_MD(ST_WSS ", \"seq\": \"0\""), 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_MEAN("{\"dtype\": \"F32\", \"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}"), 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_OK ",", 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_OK "} {", 24, 400, BN_E_MALFORMED, "__header__"},
-	{ST_OK ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}",
-	 32, 422, BN_E_INVALID, "a.ema_mean"},
-	{ST_OK ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"
-	       ", \"a.ema_var\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [32, 48]}",
-	 48, 0, NULL, NULL},
+	{ "", 24, 400, BN_E_MISSING, "__metadata__" },
+	{ ST_META, 0, 422, BN_E_INVALID, "__header__" },
+	{ ST_META, 8, 422, BN_E_INVALID, "__header__" },
+	{ ST_OK ", " ST_C, 24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_OK ", " ST_META, 24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_MD(ST_WSS ", \"seq\": \"0\""), 24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_MEAN("{\"dtype\": \"F32\", \"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, "
+		  "16]}"),
+	  24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_OK ",", 24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_OK "} {", 24, 400, BN_E_MALFORMED, "__header__" },
+	{ ST_OK
+	  ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}",
+	  32, 422, BN_E_INVALID, "a.ema_mean" },
+	{ ST_OK ", \"a.ema_mean\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [24, 32]}"
+		", \"a.ema_var\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [32, 48]}",
+	  48, 0, NULL, NULL },
 };
 
 /* The data of st_cases: an I64 2, then f32 1.0s. */
@@ -1682,7 +1907,7 @@ START_TEST(test_st_hostile)
 	for (size_t i = 0; i < sizeof(st_cases) / sizeof(st_cases[0]); i++) {
 		const struct st_case *c = &st_cases[i];
 		struct ingest_batch *b = (struct ingest_batch *)&b;
-		struct sbuf h = {0};
+		struct sbuf h = { 0 };
 		unsigned char *data = st_case_data(c->data), *body;
 		struct bn_error err;
 		size_t len;
@@ -1692,15 +1917,14 @@ START_TEST(test_st_hostile)
 		body = st_body(h.s, data, c->data, &len);
 		r = st_decode(body, len, &limits, &b, &err);
 		if (c->status == 0 ? r != 0
-				   : (r != -EINVAL || b != NULL ||
-				      err.status != c->status ||
+				   : (r != -EINVAL || b != NULL || err.status != c->status ||
 				      strcmp(err.code, c->code) != 0 ||
-				      strcmp(err.path, c->path) != 0 ||
-				      err.message[0] == '\0')) {
-			fprintf(stderr, "st_cases[%zu] %s\n  expected %d %s '%s', got r=%d %d %s '%s' (%s)\n",
-				i, h.s, c->status, c->code ? c->code : "-",
-				c->path ? c->path : "", r, err.status,
-				err.code, err.path, err.message);
+				      strcmp(err.path, c->path) != 0 || err.message[0] == '\0')) {
+			fprintf(stderr,
+				"st_cases[%zu] %s\n  expected %d %s '%s', got r=%d %d %s '%s' "
+				"(%s)\n",
+				i, h.s, c->status, c->code ? c->code : "-", c->path ? c->path : "",
+				r, err.status, err.code, err.path, err.message);
 			failures++;
 		}
 		if (r == 0)
@@ -1719,7 +1943,7 @@ START_TEST(test_st_header_bytes)
 	static const char ok[] = "{" ST_OK "}";
 	unsigned char *data = st_case_data(24), *body;
 	unsigned char raw[64];
-	struct sbuf h = {0};
+	struct sbuf h = { 0 };
 	size_t len;
 
 	/* shorter than the length itself */
@@ -1745,7 +1969,7 @@ START_TEST(test_st_header_bytes)
 	free(body);
 
 	/* not an object */
-	static const char *const not_obj[] = {"[]", "null", "1", "\"{}\"", "true"};
+	static const char *const not_obj[] = { "[]", "null", "1", "\"{}\"", "true" };
 	for (size_t i = 0; i < sizeof(not_obj) / sizeof(not_obj[0]); i++) {
 		body = st_body(not_obj[i], NULL, 0, &len);
 		st_expect(body, len, &limits, 400, BN_E_MALFORMED, "__header__", not_obj[i]);
@@ -1797,7 +2021,7 @@ START_TEST(test_st_header_bytes)
 	/* a layer name of 256 characters is fine, of 257 not */
 	for (int n = 256; n <= 257; n++) {
 		char name[300];
-		struct stw w = {0};
+		struct stw w = { 0 };
 
 		memset(name, 'l', (size_t)n);
 		snprintf(name + n, sizeof(name) - (size_t)n, ".count");
@@ -1821,7 +2045,7 @@ END_TEST
 
 START_TEST(test_st_arguments)
 {
-	struct stw w = {0};
+	struct stw w = { 0 };
 	struct ingest_batch *b = NULL;
 	struct bn_error err;
 	unsigned char *body;
@@ -1887,7 +2111,7 @@ static void fuzz_one(const unsigned char *body, size_t len, size_t *ok)
 
 START_TEST(test_st_fuzz)
 {
-	static const enum enc mixed[6] = {F32, F64, F32, F64, F64, F32};
+	static const enum enc mixed[6] = { F32, F64, F32, F64, F64, F32 };
 	struct hbatch h;
 	unsigned char *base, *body;
 	size_t len, hlen, digits[1024], n_digits = 0, ok = 0;
@@ -1923,7 +2147,8 @@ START_TEST(test_st_fuzz)
 
 		memcpy(body, base, len);
 		while (k-- > 0)
-			body[digits[fuzz_next(&x) % n_digits]] = (unsigned char)('0' + fuzz_next(&x) % 10);
+			body[digits[fuzz_next(&x) % n_digits]] =
+				(unsigned char)('0' + fuzz_next(&x) % 10);
 		if (fuzz_next(&x) % 4 == 0)
 			n = fuzz_next(&x) % (len + 1);
 		fuzz_one(body, n, &ok);
@@ -1950,28 +2175,20 @@ END_TEST
  * read past the end.
  */
 
-/* What the fast path did with a body. */
-enum fast_outcome { FAST_GAVE_UP, FAST_OK, FAST_ERROR };
-
 /* Two results of decoding one body: return value, batch, error. */
-static void results_assert_equal(const char *what, const char *body,
-				 size_t len, int r1, const struct ingest_batch *b1,
-				 const struct bn_error *e1, int r2,
-				 const struct ingest_batch *b2,
-				 const struct bn_error *e2)
+static void results_assert_equal(const char *what, const char *body, size_t len, int r1,
+				 const struct ingest_batch *b1, const struct bn_error *e1, int r2,
+				 const struct ingest_batch *b2, const struct bn_error *e2)
 {
-	ck_assert_msg(r1 == r2,
-		      "%s: r=%d (%d %s '%s': %s) vs r=%d (%d %s '%s': %s) for %.*s",
-		      what, r1, e1->status, e1->code, e1->path, e1->message, r2,
-		      e2->status, e2->code, e2->path, e2->message,
-		      (int)(len < 400 ? len : 400), body);
+	ck_assert_msg(r1 == r2, "%s: r=%d (%d %s '%s': %s) vs r=%d (%d %s '%s': %s) for %.*s", what,
+		      r1, e1->status, e1->code, e1->path, e1->message, r2, e2->status, e2->code,
+		      e2->path, e2->message, (int)(len < 400 ? len : 400), body);
 	if (r1 == 0) {
 		ck_assert_ptr_nonnull(b1);
 		ck_assert_ptr_nonnull(b2);
 		batch_assert_equal(b1, b2);
 		for (size_t i = 0; i < b1->n_layers; i++)
-			ck_assert((b1->layers[i].var == NULL) ==
-				  (b2->layers[i].var == NULL));
+			ck_assert((b1->layers[i].var == NULL) == (b2->layers[i].var == NULL));
 		return;
 	}
 	ck_assert_ptr_null(b1);
@@ -1979,9 +2196,8 @@ static void results_assert_equal(const char *what, const char *body,
 	ck_assert_msg(e1->status == e2->status && strcmp(e1->code, e2->code) == 0 &&
 			      strcmp(e1->path, e2->path) == 0 &&
 			      strcmp(e1->message, e2->message) == 0,
-		      "%s: %d %s '%s' (%s) vs %d %s '%s' (%s) for %.*s", what,
-		      e1->status, e1->code, e1->path, e1->message, e2->status,
-		      e2->code, e2->path, e2->message,
+		      "%s: %d %s '%s' (%s) vs %d %s '%s' (%s) for %.*s", what, e1->status, e1->code,
+		      e1->path, e1->message, e2->status, e2->code, e2->path, e2->message,
 		      (int)(len < 400 ? len : 400), body);
 }
 
@@ -2016,12 +2232,10 @@ static enum fast_outcome same_both_ways(const char *body, size_t len,
 		ck_assert_str_eq(ef.message, "");
 		o = FAST_GAVE_UP;
 	} else {
-		results_assert_equal("fast vs jansson", copy, len, rf, bf, &ef,
-				     rs, bs, &es);
+		results_assert_equal("fast vs jansson", copy, len, rf, bf, &ef, rs, bs, &es);
 		o = rf == 0 ? FAST_OK : FAST_ERROR;
 	}
-	results_assert_equal("ingest_decode_json vs jansson", copy, len, rc, bc,
-			     &ec, rs, bs, &es);
+	results_assert_equal("ingest_decode_json vs jansson", copy, len, rc, bc, &ec, rs, bs, &es);
 	ingest_batch_free(bs);
 	ingest_batch_free(bf);
 	ingest_batch_free(bc);
@@ -2038,12 +2252,12 @@ static enum fast_outcome same_both_ways_str(const char *body)
 START_TEST(test_fast_fixtures)
 {
 	static const char *const dirs[][2] = {
-		{"valid", ".json"},
-		{"invalid", ".json"},
-		{"safetensors/valid", ".safetensors"},
-		{"safetensors/invalid", ".safetensors"},
+		{ "valid", ".json" },
+		{ "invalid", ".json" },
+		{ "safetensors/valid", ".safetensors" },
+		{ "safetensors/invalid", ".safetensors" },
 	};
-	size_t count[3] = {0, 0, 0};
+	size_t count[3] = { 0, 0, 0 };
 
 	for (size_t d = 0; d < sizeof(dirs) / sizeof(dirs[0]); d++) {
 		char dir[4096], path[4200];
@@ -2086,113 +2300,184 @@ static const struct fast_case {
 } fast_cases[] = {
 #define L1 "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [3, 4]}}"
 #define ID "\"worker\": \"w\", \"step\": 1, \"seq\": 0, "
-	{"{" ID L1 "}", FAST_OK},
-	{" \t\r\n{" ID L1 "} \t\r\n", FAST_OK},
-	{"{" L1 ", \"seq\": 0, \"step\": 1, \"var_kind\": \"biased\", \"domain\": \"d\", \"worker\": \"w\"}", FAST_OK},
+	{ "{" ID L1 "}", FAST_OK },
+	{ " \t\r\n{" ID L1 "} \t\r\n", FAST_OK },
+	{ "{" L1 ", \"seq\": 0, \"step\": 1, \"var_kind\": \"biased\", \"domain\": \"d\", "
+		 "\"worker\": \"w\"}",
+	  FAST_OK },
 	/* integers */
-	{"{\"worker\": \"w\", \"step\": 9223372036854775807, \"seq\": 0, " L1 "}", FAST_OK},
-	{"{\"worker\": \"w\", \"step\": 9223372036854775808, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": -9223372036854775808, \"seq\": 0, " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"w\", \"step\": -9223372036854775809, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 99999999999999999999999, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": -0, \"seq\": -1, " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"w\", \"step\": 1.0, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 1e2, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 01, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": \"1\", \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": 2.5, \"mean\": [1], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": -1, \"mean\": [1], \"var\": [1]}}}", FAST_ERROR},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": 9007199254740993, \"mean\": [1], \"var\": [1]}}}", FAST_ERROR},
+	{ "{\"worker\": \"w\", \"step\": 9223372036854775807, \"seq\": 0, " L1 "}", FAST_OK },
+	{ "{\"worker\": \"w\", \"step\": 9223372036854775808, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": -9223372036854775808, \"seq\": 0, " L1 "}", FAST_ERROR },
+	{ "{\"worker\": \"w\", \"step\": -9223372036854775809, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 99999999999999999999999, \"seq\": 0, " L1 "}",
+	  FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": -0, \"seq\": -1, " L1 "}", FAST_ERROR },
+	{ "{\"worker\": \"w\", \"step\": 1.0, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 1e2, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 01, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": \"1\", \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": 2.5, "
+	  "\"mean\": [1], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": -1, "
+	  "\"mean\": [1], \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": {\"a\": {\"count\": "
+	  "9007199254740993, \"mean\": [1], \"var\": [1]}}}",
+	  FAST_ERROR },
 	/* numbers in arrays */
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-0, 0.0, -0.0, 1e5, 1.5E-3, 1E+2, 0e0, -0e-0, 10E-1], \"var\": [0, 0, 0, 0, 0, 0, 0, 0, 0]}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e-400, 4.9e-324, 2.2250738585072014e-308, 1.7976931348623157e308], \"var\": [1, 1, 1, 1]}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [9007199254740993, -9223372036854775808, 9223372036854775807], \"var\": [1, 1, 1]}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [0.1000000000000000055511151231257827021181583404541015625], \"var\": [1]}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [0.10000000000000000555111512312578270211815834045410156250000000000001], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e400], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-1e400], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [9223372036854775808], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [-1e-300]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [], \"var\": []}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [01], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1.], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [.5], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [+1], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e+], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [NaN], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-Infinity], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [0x10], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [true], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [null], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [[1]], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [\"1\"], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1,], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1 2], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": 1, \"var\": [1]}}}", FAST_GAVE_UP},
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-0, 0.0, -0.0, 1e5, 1.5E-3, 1E+2, "
+		 "0e0, -0e-0, 10E-1], \"var\": [0, 0, 0, 0, 0, 0, 0, 0, 0]}}}",
+	  FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e-400, 4.9e-324, "
+		 "2.2250738585072014e-308, 1.7976931348623157e308], \"var\": [1, 1, 1, 1]}}}",
+	  FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [9007199254740993, "
+		 "-9223372036854775808, 9223372036854775807], \"var\": [1, 1, 1]}}}",
+	  FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": "
+		 "[0.1000000000000000055511151231257827021181583404541015625], \"var\": [1]}}}",
+	  FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": "
+		 "[0.10000000000000000555111512312578270211815834045410156250000000000001], "
+		 "\"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e400], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-1e400], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID
+	  "\"layers\": {\"a\": {\"count\": 2, \"mean\": [9223372036854775808], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [-1e-300]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [], \"var\": []}}}", FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1, 2], \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [01], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1.], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [.5], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [+1], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1e+], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [NaN], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [-Infinity], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [0x10], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [true], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [null], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [[1]], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [\"1\"], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1,], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1 2], \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": 1, \"var\": [1]}}}", FAST_GAVE_UP },
 	/* base64 */
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"b64\": \"AACAPw==\", \"dtype\": \"f32\"}, \"var\": {\"dtype\": \"f64\", \"b64\": \"AAAAAAAA8D8=\"}}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f16\", \"b64\": \"AACAPw==\"}, \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AACAP\"}, \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f64\", \"b64\": \"AACAPw==\"}, \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AAC*Pw==\"}, \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AACAPw\\u003d=\"}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AACA\\/w==\"}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\"}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AACAPw==\", \"x\": 1}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": \"AACAPw==\", \"dtype\": \"f32\"}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": 32, \"b64\": \"AACAPw==\"}, \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {}, \"var\": [1]}}}", FAST_GAVE_UP},
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"b64\": \"AACAPw==\", \"dtype\": "
+		 "\"f32\"}, \"var\": {\"dtype\": \"f64\", \"b64\": \"AAAAAAAA8D8=\"}}}}",
+	  FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f16\", \"b64\": "
+		 "\"AACAPw==\"}, \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AACAP\"}, \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f64\", \"b64\": "
+		 "\"AACAPw==\"}, \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AAC*Pw==\"}, \"var\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AACAPw\\u003d=\"}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AACA\\/w==\"}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID
+	  "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\"}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AACAPw==\", \"x\": 1}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": \"f32\", \"b64\": "
+		 "\"AACAPw==\", \"dtype\": \"f32\"}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {\"dtype\": 32, \"b64\": "
+		 "\"AACAPw==\"}, \"var\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": {}, \"var\": [1]}}}", FAST_GAVE_UP },
 	/* strings and names */
-	{"{\"worker\": \"a b\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"w\\u0041\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\\\"\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\xc3\xa9\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\x7f\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\t\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"domain\": \"*\", " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"var_kind\": \"Biased\", " L1 "}", FAST_ERROR},
-	{"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"var_kind\": null, " L1 "}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a/b\": {\"count\": 0}, \"\": {\"count\": 0}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\\u002eb\": {\"count\": 0}}}", FAST_GAVE_UP},
+	{ "{\"worker\": \"a b\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_ERROR },
+	{ "{\"worker\": \"\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_ERROR },
+	{ "{\"worker\": \"w\\u0041\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\\\"\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\xc3\xa9\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\x7f\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\t\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"domain\": \"*\", " L1 "}", FAST_ERROR },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"var_kind\": \"Biased\", " L1 "}",
+	  FAST_ERROR },
+	{ "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"var_kind\": null, " L1 "}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a/b\": {\"count\": 0}, \"\": {\"count\": 0}}}", FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\\u002eb\": {\"count\": 0}}}", FAST_GAVE_UP },
 	/* keys */
-	{"{" ID "\"step\": 1, " L1 "}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 0}, \"a\": {\"count\": 0}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 0, \"count\": 0}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [1], \"mean\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"extra\": 1, " L1 "}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 0, \"bias\": [1]}}}", FAST_GAVE_UP},
-	{"{\"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {\"mean\": [1], \"var\": [1]}}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {}}", FAST_ERROR},
-	{"{" ID "\"layers\": []}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": []}}", FAST_GAVE_UP},
-	{"{" ID "\"layers\": {\"a\": {}}}", FAST_GAVE_UP},
+	{ "{" ID "\"step\": 1, " L1 "}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 0}, \"a\": {\"count\": 0}}}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 0, \"count\": 0}}}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [1], \"mean\": [1]}}}",
+	  FAST_GAVE_UP },
+	{ "{" ID "\"extra\": 1, " L1 "}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 0, \"bias\": [1]}}}", FAST_GAVE_UP },
+	{ "{\"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {\"mean\": [1], \"var\": [1]}}}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {}}", FAST_ERROR },
+	{ "{" ID "\"layers\": []}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": []}}", FAST_GAVE_UP },
+	{ "{" ID "\"layers\": {\"a\": {}}}", FAST_GAVE_UP },
 	/* layer rules, checked after the scan */
-	{"{" ID "\"layers\": {\"a\": {\"count\": 1, \"mean\": [1], \"var\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 0}}}", FAST_OK},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [1], \"ema_mean\": [1]}}}", FAST_ERROR},
-	{"{" ID "\"layers\": {\"z\": {\"count\": 2, \"mean\": [1], \"var\": [-1]}, \"b\": {\"count\": 2, \"mean\": [1], \"var\": [-2]}}}", FAST_ERROR},
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 1, \"mean\": [1], \"var\": [1]}}}", FAST_ERROR },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 0}}}", FAST_OK },
+	{ "{" ID "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1]}}}", FAST_ERROR },
+	{ "{" ID
+	  "\"layers\": {\"a\": {\"count\": 2, \"mean\": [1], \"var\": [1], \"ema_mean\": [1]}}}",
+	  FAST_ERROR },
+	{ "{" ID "\"layers\": {\"z\": {\"count\": 2, \"mean\": [1], \"var\": [-1]}, \"b\": "
+		 "{\"count\": 2, \"mean\": [1], \"var\": [-2]}}}",
+	  FAST_ERROR },
 	/* syntax */
-	{"", FAST_GAVE_UP},
-	{"{}", FAST_GAVE_UP},
-	{"[]", FAST_GAVE_UP},
-	{"\"x\"", FAST_GAVE_UP},
-	{"{" ID L1 "}x", FAST_GAVE_UP},
-	{"{" ID L1 "}{}", FAST_GAVE_UP},
-	{"{" ID L1, FAST_GAVE_UP},
-	{"{" ID L1 ",}", FAST_GAVE_UP},
-	{"{" ID L1 "]", FAST_GAVE_UP},
-	{"{\"worker\" \"w\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{\"worker\": \"w\" \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"{'worker': \"w\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP},
-	{"\xef\xbb\xbf{" ID L1 "}", FAST_GAVE_UP},
-	{"{" ID L1 "}\f", FAST_GAVE_UP},
-	{"{\v" ID L1 "}", FAST_GAVE_UP},
+	{ "", FAST_GAVE_UP },
+	{ "{}", FAST_GAVE_UP },
+	{ "[]", FAST_GAVE_UP },
+	{ "\"x\"", FAST_GAVE_UP },
+	{ "{" ID L1 "}x", FAST_GAVE_UP },
+	{ "{" ID L1 "}{}", FAST_GAVE_UP },
+	{ "{" ID L1, FAST_GAVE_UP },
+	{ "{" ID L1 ",}", FAST_GAVE_UP },
+	{ "{" ID L1 "]", FAST_GAVE_UP },
+	{ "{\"worker\" \"w\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{\"worker\": \"w\" \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "{'worker': \"w\", \"step\": 1, \"seq\": 0, " L1 "}", FAST_GAVE_UP },
+	{ "\xef\xbb\xbf{" ID L1 "}", FAST_GAVE_UP },
+	{ "{" ID L1 "}\f", FAST_GAVE_UP },
+	{ "{\v" ID L1 "}", FAST_GAVE_UP },
 #undef ID
 #undef L1
 };
@@ -2202,8 +2487,8 @@ START_TEST(test_fast_cases)
 	for (size_t i = 0; i < sizeof(fast_cases) / sizeof(fast_cases[0]); i++) {
 		enum fast_outcome o = same_both_ways_str(fast_cases[i].body);
 
-		ck_assert_msg(o == fast_cases[i].o, "case %zu: outcome %d, expected %d: %s",
-			      i, o, fast_cases[i].o, fast_cases[i].body);
+		ck_assert_msg(o == fast_cases[i].o, "case %zu: outcome %d, expected %d: %s", i, o,
+			      fast_cases[i].o, fast_cases[i].body);
 	}
 }
 END_TEST
@@ -2229,7 +2514,7 @@ END_TEST
 /* The limits: past max_layers the fast path gives up, jansson reports. */
 START_TEST(test_fast_limits)
 {
-	static const struct ingest_limits two = {2, 3};
+	static const struct ingest_limits two = { 2, 3 };
 	static const char *const three =
 		"{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": "
 		"{\"a\": {\"count\": 0}, \"b\": {\"count\": 0}, \"c\": {\"count\": 0}}}";
@@ -2251,8 +2536,8 @@ END_TEST
 struct gen {
 	uint32_t x;
 	struct sbuf s;
-	int dup;      /* < 0: no duplicate; else the member to write twice */
-	int members;  /* members written so far */
+	int dup;     /* < 0: no duplicate; else the member to write twice */
+	int members; /* members written so far */
 };
 
 static uint32_t gen_next(struct gen *g)
@@ -2283,11 +2568,28 @@ static double gen_double(struct gen *g, bool nonneg)
 static void gen_number(struct gen *g, bool nonneg)
 {
 	static const char *const special[] = {
-		"0", "-0", "0.0", "-0.0", "1e5", "1.5E-3", "1E+2", "0e0", "-0e-0",
-		"10E-1", "2e-308", "4.9e-324", "1e-400", "1.7976931348623157e308",
-		"123456789012345678", "9007199254740993", "9223372036854775807",
+		"0",
+		"-0",
+		"0.0",
+		"-0.0",
+		"1e5",
+		"1.5E-3",
+		"1E+2",
+		"0e0",
+		"-0e-0",
+		"10E-1",
+		"2e-308",
+		"4.9e-324",
+		"1e-400",
+		"1.7976931348623157e308",
+		"123456789012345678",
+		"9007199254740993",
+		"9223372036854775807",
 		"0.1000000000000000055511151231257827021181583404541015625",
-		"-9223372036854775808", "-1.5e300", "-7", "-2.5E-310",
+		"-9223372036854775808",
+		"-1.5e300",
+		"-7",
+		"-2.5E-310",
 	};
 	const size_t n_special = sizeof(special) / sizeof(special[0]);
 	double x = gen_double(g, nonneg);
@@ -2395,7 +2697,8 @@ static void gen_array(struct gen *g, size_t n, bool nonneg)
 /* A random name [A-Za-z0-9._-]{1,len} + suffix. */
 static void gen_name(struct gen *g, size_t len, const char *suffix)
 {
-	static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+	static const char alpha[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
 	size_t n = 1 + gen_next(g) % len;
 
 	sb_printf(&g->s, "\"");
@@ -2407,10 +2710,12 @@ static void gen_name(struct gen *g, size_t len, const char *suffix)
 /* One layer's object. */
 static void gen_layer(struct gen *g, bool biased)
 {
-	static const char *const keys[5] = {"count", "mean", "var", "ema_mean", "ema_var"};
+	static const char *const keys[5] = { "count", "mean", "var", "ema_mean", "ema_var" };
 	uint32_t kind = gen_next(g) % 8;
 	bool arrays = kind != 0, ema = gen_next(g) % 3 == 0;
-	int64_t count = kind <= 1 ? 0 : biased && kind == 2 ? 1 : 2 + (int64_t)(gen_next(g) % 1000000);
+	int64_t count = kind <= 1	      ? 0
+			: biased && kind == 2 ? 1
+					      : 2 + (int64_t)(gen_next(g) % 1000000);
 	size_t channels = 1 + gen_next(g) % 8, n = !arrays ? 1 : ema ? 5 : 3;
 	int o[5];
 
@@ -2473,7 +2778,9 @@ static void gen_layer_member(struct gen *g, size_t l, bool biased, bool comma)
 /* A whole body into g->s (reset first). */
 static void gen_body(struct gen *g, int dup)
 {
-	static const char *const keys[6] = {"worker", "step", "seq", "domain", "var_kind", "layers"};
+	static const char *const keys[6] = {
+		"worker", "step", "seq", "domain", "var_kind", "layers"
+	};
 	bool biased = gen_next(g) % 2 == 0, has_kind = biased || gen_next(g) % 2;
 	int o[6], n = 0, present[6];
 
@@ -2495,8 +2802,9 @@ static void gen_body(struct gen *g, int dup)
 			if (k == 0 || k == 3)
 				gen_name(g, 20, "");
 			else if (k == 1 || k == 2)
-				sb_printf(&g->s, "%lld", gen_next(g) % 10 == 0 ? (long long)INT64_MAX
-						       : (long long)gen_next(g));
+				sb_printf(&g->s, "%lld",
+					  gen_next(g) % 10 == 0 ? (long long)INT64_MAX
+								: (long long)gen_next(g));
 			else if (k == 4)
 				sb_printf(&g->s, "\"%s\"", biased ? "biased" : "unbiased");
 			else {
@@ -2521,7 +2829,7 @@ static void gen_body(struct gen *g, int dup)
 /* Random valid uploads: the fast path takes them all, with jansson's result. */
 START_TEST(test_fast_random)
 {
-	struct gen g = {0x2545f491u, {0}, -1, 0};
+	struct gen g = { 0x2545f491u, { 0 }, -1, 0 };
 
 	for (int it = 0; it < 3000; it++) {
 		gen_body(&g, -1);
@@ -2535,7 +2843,7 @@ END_TEST
 /* The same with one key of one object (any level) written twice. */
 START_TEST(test_fast_duplicates)
 {
-	struct gen g = {0x9e3779b9u, {0}, -1, 0};
+	struct gen g = { 0x9e3779b9u, { 0 }, -1, 0 };
 
 	for (int it = 0; it < 1500; it++) {
 		uint32_t seed = g.x;
@@ -2562,21 +2870,52 @@ END_TEST
 START_TEST(test_fast_mutations)
 {
 	static const char *const snippets[] = {
-		"\\", "\\/", "\\u0041", "\\n", "\"", ",", "}", "]", "{", "[", " ",
-		"\t", "\x01", "\xc3\xa9", "\xff", "1e400", "NaN", "-", "true",
-		"null", "0", "00", ".5", "e5", "\"step\":1,", "\"count\":1,",
-		"\"x\":1,", "*", "-1", "=", "A", "1", "\"mean\":[1],", ":",
+		"\\",
+		"\\/",
+		"\\u0041",
+		"\\n",
+		"\"",
+		",",
+		"}",
+		"]",
+		"{",
+		"[",
+		" ",
+		"\t",
+		"\x01",
+		"\xc3\xa9",
+		"\xff",
+		"1e400",
+		"NaN",
+		"-",
+		"true",
+		"null",
+		"0",
+		"00",
+		".5",
+		"e5",
+		"\"step\":1,",
+		"\"count\":1,",
+		"\"x\":1,",
+		"*",
+		"-1",
+		"=",
+		"A",
+		"1",
+		"\"mean\":[1],",
+		":",
 	};
 	static const char replace[] = "0123456789-+.eE\"*,";
-	struct gen g = {0x12345678u, {0}, -1, 0};
-	size_t count[3] = {0, 0, 0};
+	struct gen g = { 0x12345678u, { 0 }, -1, 0 };
+	size_t count[3] = { 0, 0, 0 };
 	char *m = NULL;
 
 	for (int it = 0; it < 1500; it++) {
 		gen_body(&g, -1);
 		for (int k = 0; k < 8; k++) {
 			size_t len = g.s.len, at = gen_next(&g) % len, n = len;
-			const char *snip = snippets[gen_next(&g) % (sizeof(snippets) / sizeof(snippets[0]))];
+			const char *snip =
+				snippets[gen_next(&g) % (sizeof(snippets) / sizeof(snippets[0]))];
 			size_t slen = strlen(snip);
 			char *q;
 
@@ -2627,9 +2966,9 @@ END_TEST
 START_TEST(test_fast_handles_typical)
 {
 	static const enum enc all[][6] = {
-		{NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS},
-		{F32, F32, F32, F32, F32, F32},
-		{F64, NUMBERS, F32, F32, NUMBERS, F64},
+		{ NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS },
+		{ F32, F32, F32, F32, F32, F32 },
+		{ F64, NUMBERS, F32, F32, NUMBERS, F64 },
 	};
 	struct hbatch h;
 
@@ -2641,7 +2980,7 @@ START_TEST(test_fast_handles_typical)
 		free(json);
 	}
 	for (int e = NUMBERS; e <= F64; e++) {
-		struct sbuf s = {0};
+		struct sbuf s = { 0 };
 		double x[256];
 
 		sb_printf(&s, "{\"worker\": \"rank0\", \"step\": 1200, \"seq\": 0, "
@@ -2661,6 +3000,491 @@ START_TEST(test_fast_handles_typical)
 		ck_assert_int_eq(same_both_ways(s.s, s.len, &limits), FAST_OK);
 		sb_free(&s);
 	}
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* the fast safetensors header path against the jansson path */
+
+/*
+ * st_decode() compares the two on every safetensors body of the tests
+ * (fixtures, hostile headers, fuzzing above). Here: random valid bodies,
+ * the same with one key written twice, mutants, and typical bodies.
+ */
+
+/* Whitespace into out, mostly none. */
+static void stg_ws(struct gen *g, struct sbuf *out)
+{
+	static const char ws[] = " \t\n\r";
+	int n = gen_next(g) % 3 == 0 ? (int)(gen_next(g) % 4) : 0;
+
+	while (n-- > 0)
+		sb_printf(out, "%c", ws[gen_next(g) % 4]);
+}
+
+/* A member "key": val into out; written twice when it is g->dup. */
+static void stg_member(struct gen *g, struct sbuf *out, bool *first, const char *key,
+		       const char *val)
+{
+	int times = g->members++ == g->dup ? 2 : 1;
+
+	while (times-- > 0) {
+		if (!*first)
+			sb_printf(out, ",");
+		*first = false;
+		stg_ws(g, out);
+		sb_printf(out, "\"%s\"", key);
+		stg_ws(g, out);
+		sb_printf(out, ":");
+		stg_ws(g, out);
+		sb_printf(out, "%s", val);
+		stg_ws(g, out);
+	}
+}
+
+/* A random permutation of perm[0..n). */
+static void stg_shuffle(struct gen *g, size_t *perm, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		perm[i] = i;
+	for (size_t i = n; i > 1; i--) {
+		size_t j = gen_next(g) % i, t = perm[i - 1];
+
+		perm[i - 1] = perm[j];
+		perm[j] = t;
+	}
+}
+
+#define STG_MAX 40 /* tensors: 8 layers of at most 5 */
+
+struct stg_tensor {
+	char name[48];
+	char shape[8];
+	const char *dtype;
+	unsigned char *raw;
+	size_t size, begin;
+};
+
+/*
+ * A random valid safetensors body into *len (the caller frees it): 1 to
+ * 8 layers, F32 or F64 arrays of 1 to 6 channels, scalar or [1] counts,
+ * with or without EMA; data in one random order, header entries in
+ * another with __metadata__ anywhere among them, random key order and
+ * whitespace everywhere, optional metadata in random order, padding.
+ * With g->dup >= 0, that member (any level) is written twice.
+ */
+static unsigned char *stg_body(struct gen *g, size_t *len)
+{
+	static const char *const fields[4] = { "mean", "var", "ema_mean", "ema_var" };
+	struct stg_tensor t[STG_MAX];
+	size_t perm[STG_MAX], n = 0, at = 0, i, k, m;
+	size_t layers = 1 + gen_next(g) % 8;
+	struct sbuf h = { 0 }, v = { 0 };
+	unsigned char *body;
+	bool first = true;
+	char val[64];
+
+	g->members = 0;
+	for (size_t l = 0; l < layers; l++) {
+		size_t c = 1 + gen_next(g) % 6;
+		bool ema = gen_next(g) % 2;
+		char layer[32];
+
+		snprintf(layer, sizeof(layer), "%s%zu.bn%u", gen_next(g) % 2 ? "layer" : "blk_", l,
+			 gen_next(g) % 4);
+		/* count */
+		snprintf(t[n].name, sizeof(t[n].name), "%s.count", layer);
+		snprintf(t[n].shape, sizeof(t[n].shape), "%s", gen_next(g) % 2 ? "[]" : "[1]");
+		t[n].dtype = "I64";
+		t[n].size = 8;
+		t[n].raw = malloc(8);
+		ck_assert_ptr_nonnull(t[n].raw);
+		put_le64(t[n].raw, 2 + gen_next(g) % 1000000);
+		n++;
+		for (k = 0; k < (ema ? 4u : 2u); k++) {
+			enum enc e = gen_next(g) % 2 ? F32 : F64;
+			double x[6];
+
+			for (i = 0; i < c; i++)
+				x[i] = gen_double(g, k % 2 == 1);
+			snprintf(t[n].name, sizeof(t[n].name), "%s.%s", layer, fields[k]);
+			snprintf(t[n].shape, sizeof(t[n].shape), "[%zu]", c);
+			t[n].dtype = e == F32 ? "F32" : "F64";
+			t[n].raw = pack_values(x, c, e, &t[n].size);
+			n++;
+		}
+	}
+	/* the data buffer's order */
+	stg_shuffle(g, perm, n);
+	for (i = 0; i < n; i++) {
+		t[perm[i]].begin = at;
+		at += t[perm[i]].size;
+	}
+	/* the header's order */
+	stg_shuffle(g, perm, n);
+	m = gen_next(g) % (n + 1);
+	sb_printf(&h, "{");
+	stg_ws(g, &h);
+	for (i = 0; i <= n; i++) {
+		if (i == m) {
+			static const char *const keys[6] = { "worker", "step",	   "seq",
+							     "domain", "var_kind", "format" };
+			static const char *const vals[6] = { "\"rank0\"", "\"1200\"",	"\"0\"",
+							     "\"dom.1\"", "\"biased\"", "\"pt\"" };
+			size_t mp[6];
+			bool mf = true;
+
+			stg_shuffle(g, mp, 6);
+			sb_printf(&v, "{");
+			for (k = 0; k < 6; k++)
+				if (mp[k] < 3 || gen_next(g) % 2)
+					stg_member(g, &v, &mf, keys[mp[k]], vals[mp[k]]);
+			sb_printf(&v, "}");
+			stg_member(g, &h, &first, "__metadata__", v.s);
+			sb_free(&v);
+		}
+		if (i < n) {
+			const struct stg_tensor *x = &t[perm[i]];
+			size_t kp[3];
+			bool tf = true;
+
+			stg_shuffle(g, kp, 3);
+			sb_printf(&v, "{");
+			for (k = 0; k < 3; k++) {
+				if (kp[k] == 0) {
+					snprintf(val, sizeof(val), "\"%s\"", x->dtype);
+					stg_member(g, &v, &tf, "dtype", val);
+				} else if (kp[k] == 1) {
+					stg_member(g, &v, &tf, "shape", x->shape);
+				} else {
+					snprintf(val, sizeof(val), "[%s%zu%s,%s%zu%s]",
+						 gen_next(g) % 4 ? "" : " ", x->begin,
+						 gen_next(g) % 4 ? "" : "\n",
+						 gen_next(g) % 2 ? "" : " ", x->begin + x->size,
+						 gen_next(g) % 4 ? "" : "\t");
+					stg_member(g, &v, &tf, "data_offsets", val);
+				}
+			}
+			sb_printf(&v, "}");
+			stg_member(g, &h, &first, x->name, v.s);
+			sb_free(&v);
+		}
+	}
+	sb_printf(&h, "}%*s", (int)(gen_next(g) % 8), "");
+	*len = 8 + h.len + at;
+	body = malloc(*len);
+	ck_assert_ptr_nonnull(body);
+	put_le64(body, h.len);
+	memcpy(body + 8, h.s, h.len);
+	for (i = 0; i < n; i++) {
+		memcpy(body + 8 + h.len + t[i].begin, t[i].raw, t[i].size);
+		free(t[i].raw);
+	}
+	sb_free(&h);
+	return body;
+}
+
+/* Random valid bodies: the fast path takes them all, with jansson's result. */
+START_TEST(test_st_fast_random)
+{
+	struct gen g = { 0x7f4a7c15u, { 0 }, -1, 0 };
+
+	for (int it = 0; it < 3000; it++) {
+		size_t len;
+		unsigned char *body = stg_body(&g, &len);
+		struct ingest_batch *b = NULL;
+		struct bn_error err;
+
+		ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), 0);
+		ck_assert_msg(st_last_outcome == FAST_OK, "not decoded by the fast path: %.*s",
+			      (int)(len < 600 ? len : 600), body + 8);
+		ingest_batch_free(b);
+		free(body);
+	}
+}
+END_TEST
+
+/*
+ * The same with one member of one object (the top level, __metadata__, a
+ * tensor) written twice: jansson refuses it, the fast path gives up.
+ */
+START_TEST(test_st_fast_duplicates)
+{
+	struct gen g = { 0x3c6ef372u, { 0 }, -1, 0 };
+
+	for (int it = 0; it < 1500; it++) {
+		uint32_t seed = g.x;
+		int members;
+		size_t len;
+		unsigned char *body;
+		struct ingest_batch *b = NULL;
+		struct bn_error err;
+
+		g.dup = -1;
+		body = stg_body(&g, &len);
+		free(body);
+		members = g.members;
+		g.x = seed;
+		g.dup = (int)(seed % (uint32_t)members);
+		/* the body is the same up to the duplicate */
+		body = stg_body(&g, &len);
+		ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), -EINVAL);
+		ck_assert_int_eq(st_last_outcome, FAST_GAVE_UP);
+		ck_assert_int_eq(err.status, 400);
+		ck_assert_str_eq(err.code, BN_E_MALFORMED);
+		free(body);
+	}
+}
+END_TEST
+
+/*
+ * Random valid bodies, mutated: header bytes flipped, replaced, deleted
+ * or snippets inserted (the length prefix kept right), bodies cut short,
+ * data bytes flipped. Whatever comes out, the paths agree (st_decode());
+ * enough mutants reach each outcome of the fast path for that to mean
+ * something.
+ */
+START_TEST(test_st_fast_mutations)
+{
+	static const char *const snippets[] = {
+		"\\",
+		"\\u0041",
+		"\"",
+		",",
+		"}",
+		"]",
+		"{",
+		"[",
+		" ",
+		"\t",
+		"\x01",
+		"\xc3\xa9",
+		"\xff",
+		"-",
+		"-0",
+		"0",
+		"00",
+		"1",
+		"9",
+		"99999999999999999999",
+		"9223372036854775807",
+		".5",
+		"e5",
+		"null",
+		"true",
+		"\"x\":1,",
+		"\"format\":\"pt\",",
+		"\"domain\":\"d\",",
+		"\"step\":\"1\",",
+		"\"dtype\":\"F32\",",
+		"\"shape\":[1],",
+		"\"shape\":[],",
+		"\"__metadata__\":{},",
+		":",
+		"1,",
+		",1",
+		"\"F64\"",
+		"\"I64\"",
+		"\"F16\"",
+		"[]",
+		"[1]",
+		"\"a.mean\":{},",
+		"A",
+		".",
+	};
+	static const char replace[] = "0123456789-+.eE\"*,[]{}: ";
+	struct gen g = { 0x0badcafeu, { 0 }, -1, 0 };
+	size_t before[3];
+	unsigned char *m = NULL;
+
+	memcpy(before, st_outcomes, sizeof(before));
+	for (int it = 0; it < 1500; it++) {
+		size_t len, hlen;
+		unsigned char *body = stg_body(&g, &len);
+
+		hlen = (size_t)body[0] | (size_t)body[1] << 8 | (size_t)body[2] << 16;
+		for (int k = 0; k < 8; k++) {
+			const char *snip =
+				snippets[gen_next(&g) % (sizeof(snippets) / sizeof(snippets[0]))];
+			size_t slen = strlen(snip), at = 8 + gen_next(&g) % hlen, n = len;
+			struct ingest_batch *b = NULL;
+			struct bn_error err;
+
+			free(m);
+			m = malloc(len + slen);
+			ck_assert_ptr_nonnull(m);
+			memcpy(m, body, len);
+			switch (gen_next(&g) % 7) {
+			case 0: /* flip a header byte */
+				m[at] = (unsigned char)(m[at] ^ (1 + gen_next(&g) % 255));
+				break;
+			case 1: /* replace a header byte */
+				m[at] = (unsigned char)
+					replace[gen_next(&g) % (sizeof(replace) - 1)];
+				break;
+			case 2: /* delete a header byte */
+				memmove(m + at, m + at + 1, len - at - 1);
+				put_le64(m, hlen - 1);
+				n = len - 1;
+				break;
+			case 3: /* cut short, anywhere */
+				n = gen_next(&g) % len;
+				break;
+			case 4: /* flip a data byte, if any */
+				if (len > 8 + hlen) {
+					at = 8 + hlen + gen_next(&g) % (len - 8 - hlen);
+					m[at] = (unsigned char)(m[at] ^ (1 + gen_next(&g) % 255));
+				}
+				break;
+			default: /* insert a snippet into the header */
+				memmove(m + at + slen, m + at, len - at);
+				memcpy(m + at, snip, slen);
+				put_le64(m, hlen + slen);
+				n = len + slen;
+				break;
+			}
+			if (st_decode(m, n, &limits, &b, &err) == 0)
+				ingest_batch_free(b);
+		}
+		free(body);
+	}
+	free(m);
+	ck_assert_uint_gt(st_outcomes[FAST_GAVE_UP] - before[FAST_GAVE_UP], 1000);
+	ck_assert_uint_gt(st_outcomes[FAST_OK] - before[FAST_OK], 1000);
+	ck_assert_uint_gt(st_outcomes[FAST_ERROR] - before[FAST_ERROR], 1000);
+}
+END_TEST
+
+/*
+ * The optimisation must not die quietly: typical bodies (a ResNet-50's
+ * 53 layers as bnstat's clients write them, the hash tests' batch in
+ * every encoding, the valid fixtures) go through the fast path.
+ */
+START_TEST(test_st_fast_typical)
+{
+	static const enum enc all[][6] = {
+		{ F32, F32, F32, F32, F32, F32 },
+		{ F64, F64, F64, F64, F64, F64 },
+		{ F64, F32, F32, F64, F64, F32 },
+	};
+	static const char *const names[] = { "mixed", "count_zero" };
+	struct hbatch h;
+	struct ingest_batch *b;
+	struct bn_error err;
+	unsigned char *body;
+	size_t len;
+
+	hbatch_init(&h);
+	for (size_t e = 0; e < sizeof(all) / sizeof(all[0]); e++)
+		for (int rev = 0; rev < 2; rev++)
+			for (int scalar = 0; scalar < 2; scalar++) {
+				body = hbatch_st(&h, all[e], rev, scalar, &len);
+				ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), 0);
+				ck_assert_int_eq(st_last_outcome, FAST_OK);
+				ingest_batch_free(b);
+				free(body);
+			}
+	for (int e = F32; e <= F64; e++) {
+		struct stw w = { 0 };
+		double x[256];
+		char name[64];
+
+		for (int l = 0; l < 53; l++) {
+			for (int i = 0; i < 256; i++)
+				x[i] = (float)(0.001 * (l * 256 + i) + 0.5);
+			snprintf(name, sizeof(name), "layer%d.bn.count", l);
+			stw_count(&w, name, 200704, true);
+			snprintf(name, sizeof(name), "layer%d.bn.mean", l);
+			stw_values(&w, name, x, 256, (enum enc)e);
+			snprintf(name, sizeof(name), "layer%d.bn.var", l);
+			stw_values(&w, name, x, 256, (enum enc)e);
+		}
+		body = stw_finish(&w,
+				  "\"__metadata__\": {\"worker\": \"rank0\", "
+				  "\"step\": \"0\", \"seq\": \"0\", \"domain\": "
+				  "\"default\", \"var_kind\": \"unbiased\", "
+				  "\"format\": \"pt\"}",
+				  6, &len);
+		ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), 0);
+		ck_assert_int_eq(st_last_outcome, FAST_OK);
+		ck_assert_uint_eq(b->n_layers, 53);
+		ingest_batch_free(b);
+		free(body);
+	}
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char path[4200], *st;
+
+		snprintf(path, sizeof(path), "%s/safetensors/valid/%s.safetensors", fixtures_dir(),
+			 names[i]);
+		st = read_file(path, &len);
+		ck_assert_msg(st != NULL, "cannot read %s", path);
+		ck_assert_int_eq(st_decode((const unsigned char *)st, len, &limits, &b, &err), 0);
+		ck_assert_int_eq(st_last_outcome, FAST_OK);
+		ingest_batch_free(b);
+		free(st);
+	}
+}
+END_TEST
+
+/*
+ * The limit on tensors: past what max_layers allows the fast path gives
+ * up and jansson reports it; at the limit, the fast path decodes.
+ */
+START_TEST(test_st_fast_limits)
+{
+	static const struct ingest_limits two = { 2, 16 }, zero = { 0, 16 };
+	struct stw w = { 0 };
+	struct ingest_batch *b = NULL;
+	struct bn_error err;
+	unsigned char *body;
+	size_t len;
+	char name[32];
+
+	/* 10 tensors (2 layers of 5) are within {2, ...}, 11 are not */
+	for (int l = 0; l < 2; l++) {
+		static const double x[2] = { 1, 2 };
+
+		snprintf(name, sizeof(name), "l%d.count", l);
+		stw_count(&w, name, 5, true);
+		snprintf(name, sizeof(name), "l%d.mean", l);
+		stw_values(&w, name, x, 2, F32);
+		snprintf(name, sizeof(name), "l%d.var", l);
+		stw_values(&w, name, x, 2, F32);
+		snprintf(name, sizeof(name), "l%d.ema_mean", l);
+		stw_values(&w, name, x, 2, F64);
+		snprintf(name, sizeof(name), "l%d.ema_var", l);
+		stw_values(&w, name, x, 2, F64);
+	}
+	body = stw_finish(&w, ST_META, 0, &len);
+	ck_assert_int_eq(st_decode(body, len, &two, &b, &err), 0);
+	ck_assert_int_eq(st_last_outcome, FAST_OK);
+	ingest_batch_free(b);
+	ck_assert_int_eq(st_decode(body, len, &zero, &b, &err), -EINVAL);
+	ck_assert_int_eq(st_last_outcome, FAST_GAVE_UP);
+	free(body);
+	{
+		static const double x[2] = { 1, 2 };
+
+		for (int l = 0; l < 3; l++) {
+			snprintf(name, sizeof(name), "l%d.count", l);
+			stw_count(&w, name, 5, true);
+			snprintf(name, sizeof(name), "l%d.mean", l);
+			stw_values(&w, name, x, 2, F32);
+			snprintf(name, sizeof(name), "l%d.var", l);
+			stw_values(&w, name, x, 2, F32);
+			if (l < 2) {
+				snprintf(name, sizeof(name), "l%d.ema_mean", l);
+				stw_values(&w, name, x, 2, F64);
+				snprintf(name, sizeof(name), "l%d.ema_var", l);
+				stw_values(&w, name, x, 2, F64);
+			}
+		}
+	}
+	body = stw_finish(&w, ST_META, 0, &len);
+	ck_assert_int_eq(st_decode(body, len, &two, &b, &err), -EINVAL);
+	ck_assert_int_eq(st_last_outcome, FAST_GAVE_UP);
+	ck_assert_str_eq(err.code, BN_E_LIMIT);
+	free(body);
 }
 END_TEST
 
@@ -2696,12 +3520,12 @@ START_TEST(test_fixtures_invalid)
 
 		bn_error_clear(&err);
 		r = ingest_decode_json("r1", body, blen, &limits, &b, &err);
-		if (r == 0 || b != NULL || err.status != status ||
-		    strcmp(err.code, code) != 0 || strcmp(err.path, epath) != 0) {
+		if (r == 0 || b != NULL || err.status != status || strcmp(err.code, code) != 0 ||
+		    strcmp(err.path, epath) != 0) {
 			fprintf(stderr,
 				"invalid/%s: expected %d %s '%s', got r=%d %d %s '%s' (%s)\n",
-				names[i], status, code, epath, r, err.status,
-				err.code, err.path, err.message);
+				names[i], status, code, epath, r, err.status, err.code, err.path,
+				err.message);
 			failures++;
 		}
 		if (r == 0)
@@ -2734,8 +3558,8 @@ START_TEST(test_fixtures_valid)
 		ck_assert_msg(body != NULL, "cannot read %s", path);
 		bn_error_clear(&err);
 		if (ingest_decode_json("r1", body, blen, &limits, &b, &err) != 0) {
-			fprintf(stderr, "valid/%s: %d %s '%s' (%s)\n", names[i],
-				err.status, err.code, err.path, err.message);
+			fprintf(stderr, "valid/%s: %d %s '%s' (%s)\n", names[i], err.status,
+				err.code, err.path, err.message);
 			failures++;
 		} else {
 			ck_assert_ptr_nonnull(b);
@@ -2806,14 +3630,17 @@ START_TEST(test_fixtures_safetensors)
 				snprintf(path, sizeof(path), "%s/%s.expect", dir, names[i]);
 				expect = read_file(path, &elen);
 				ck_assert_msg(expect != NULL, "cannot read %s", path);
-				ck_assert_msg(sscanf(expect, "%d %63s %1023s", &status, code, epath) == 3,
-					      "%s: want \"<status> <code> <path>\"", path);
+				ck_assert_msg(
+					sscanf(expect, "%d %63s %1023s", &status, code, epath) == 3,
+					"%s: want \"<status> <code> <path>\"", path);
 			}
 			r = st_decode((const unsigned char *)body, blen, &limits, &b, &err);
 			if (valid ? r != 0
 				  : (r == 0 || err.status != status ||
 				     strcmp(err.code, code) != 0 || strcmp(err.path, epath) != 0)) {
-				fprintf(stderr, "safetensors/%s/%s: expected %d %s '%s', got r=%d %d %s '%s' (%s)\n",
+				fprintf(stderr,
+					"safetensors/%s/%s: expected %d %s '%s', got r=%d %d %s "
+					"'%s' (%s)\n",
 					valid ? "valid" : "invalid", names[i], status, code, epath,
 					r, err.status, err.code, err.path, err.message);
 				failures++;
@@ -2833,7 +3660,7 @@ END_TEST
 /* The valid safetensors fixtures carry the values of JSON ones. */
 START_TEST(test_fixtures_safetensors_same_as_json)
 {
-	static const char *const names[] = {"mixed", "count_zero"};
+	static const char *const names[] = { "mixed", "count_zero" };
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		struct ingest_batch *a, *b;
@@ -2845,8 +3672,8 @@ START_TEST(test_fixtures_safetensors_same_as_json)
 		json = read_file(path, &len);
 		ck_assert_msg(json != NULL, "cannot read %s", path);
 		a = decode_ok(json);
-		snprintf(path, sizeof(path), "%s/safetensors/valid/%s.safetensors",
-			 fixtures_dir(), names[i]);
+		snprintf(path, sizeof(path), "%s/safetensors/valid/%s.safetensors", fixtures_dir(),
+			 names[i]);
 		st = read_file(path, &len);
 		ck_assert_msg(st != NULL, "cannot read %s", path);
 		b = st_ok((const unsigned char *)st, len, &limits);
@@ -2921,6 +3748,11 @@ static Suite *ingest_suite(void)
 	tcase_add_test(tc, test_fast_duplicates);
 	tcase_add_test(tc, test_fast_mutations);
 	tcase_add_test(tc, test_fast_handles_typical);
+	tcase_add_test(tc, test_st_fast_random);
+	tcase_add_test(tc, test_st_fast_duplicates);
+	tcase_add_test(tc, test_st_fast_mutations);
+	tcase_add_test(tc, test_st_fast_typical);
+	tcase_add_test(tc, test_st_fast_limits);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("fixtures");
