@@ -1904,40 +1904,44 @@ done:
 	return r;
 }
 
-int ingest_decode_json_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err)
+/* Which readers an entry point may use: the fast scanner, jansson, or both in turn. */
+enum decode_paths { PATH_FAST = 1, PATH_SLOW = 2, PATH_BOTH = PATH_FAST | PATH_SLOW };
+
+static int json_decode(const char *run, const char *body, size_t len,
+		       const struct ingest_limits *limits, struct ingest_batch **out,
+		       struct bn_error *err, unsigned paths)
 {
 	int r = decode_start(run, &limits, out, err);
 
 	if (r < 0)
 		return r;
-	return json_decode_fast(run, body, len, limits, out, err);
+	r = INGEST_NOT_HANDLED;
+	if (paths & PATH_FAST)
+		r = json_decode_fast(run, body, len, limits, out, err);
+	if (r == INGEST_NOT_HANDLED && (paths & PATH_SLOW))
+		r = json_decode_slow(run, body, len, limits, out, err);
+	return r;
+}
+
+int ingest_decode_json_fast(const char *run, const char *body, size_t len,
+			    const struct ingest_limits *limits, struct ingest_batch **out,
+			    struct bn_error *err)
+{
+	return json_decode(run, body, len, limits, out, err, PATH_FAST);
 }
 
 int ingest_decode_json_slow(const char *run, const char *body, size_t len,
 			    const struct ingest_limits *limits, struct ingest_batch **out,
 			    struct bn_error *err)
 {
-	int r = decode_start(run, &limits, out, err);
-
-	if (r < 0)
-		return r;
-	return json_decode_slow(run, body, len, limits, out, err);
+	return json_decode(run, body, len, limits, out, err, PATH_SLOW);
 }
 
 int ingest_decode_json(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
 		       struct bn_error *err)
 {
-	int r = decode_start(run, &limits, out, err);
-
-	if (r < 0)
-		return r;
-	r = json_decode_fast(run, body, len, limits, out, err);
-	if (r == INGEST_NOT_HANDLED)
-		r = json_decode_slow(run, body, len, limits, out, err);
-	return r;
+	return json_decode(run, body, len, limits, out, err, PATH_BOTH);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2763,49 +2767,44 @@ done:
 	return r;
 }
 
-int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
-				   const struct ingest_limits *limits, struct ingest_batch **out,
-				   struct bn_error *err)
+static int st_decode(const char *run, const uint8_t *body, size_t len,
+		     const struct ingest_limits *limits, struct ingest_batch **out,
+		     struct bn_error *err, unsigned paths)
 {
-	size_t hlen;
+	size_t hlen = 0;
 	int r = decode_start(run, &limits, out, err);
 
 	if (r == 0)
 		r = st_header_length(body, len, &hlen, err);
 	if (r < 0)
 		return r;
-	return st_decode_fast(run, body, len, hlen, limits, out, err);
+	r = INGEST_NOT_HANDLED;
+	if (paths & PATH_FAST)
+		r = st_decode_fast(run, body, len, hlen, limits, out, err);
+	if (r == INGEST_NOT_HANDLED && (paths & PATH_SLOW))
+		r = st_decode_slow(run, body, len, hlen, limits, out, err);
+	return r;
+}
+
+int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
+				   const struct ingest_limits *limits, struct ingest_batch **out,
+				   struct bn_error *err)
+{
+	return st_decode(run, body, len, limits, out, err, PATH_FAST);
 }
 
 int ingest_decode_safetensors_slow(const char *run, const uint8_t *body, size_t len,
 				   const struct ingest_limits *limits, struct ingest_batch **out,
 				   struct bn_error *err)
 {
-	size_t hlen;
-	int r = decode_start(run, &limits, out, err);
-
-	if (r == 0)
-		r = st_header_length(body, len, &hlen, err);
-	if (r < 0)
-		return r;
-	return st_decode_slow(run, body, len, hlen, limits, out, err);
+	return st_decode(run, body, len, limits, out, err, PATH_SLOW);
 }
 
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      const struct ingest_limits *limits, struct ingest_batch **out,
 			      struct bn_error *err)
 {
-	size_t hlen;
-	int r = decode_start(run, &limits, out, err);
-
-	if (r == 0)
-		r = st_header_length(body, len, &hlen, err);
-	if (r < 0)
-		return r;
-	r = st_decode_fast(run, body, len, hlen, limits, out, err);
-	if (r == INGEST_NOT_HANDLED)
-		r = st_decode_slow(run, body, len, hlen, limits, out, err);
-	return r;
+	return st_decode(run, body, len, limits, out, err, PATH_BOTH);
 }
 
 void ingest_batch_free(struct ingest_batch *b)
