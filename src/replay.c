@@ -262,9 +262,12 @@ struct walk {
 	int64_t cur_step;
 	bool pending;
 	int64_t applied;
+	/* this reader's snapshot: newest late write, highest step (walk_run) */
+	bool snapshot_known;
+	int64_t gen, max_step;
 	/* checkpoints (whole-layer walks only) */
 	bool checkpoint;
-	int64_t since, max_step, gen;
+	int64_t since;
 	struct replay_cache *cache;
 	int64_t run_id, domain_id, layer_id;
 	/* per-step output (channel walks only) */
@@ -362,7 +365,6 @@ static int walk_init(struct walk *w, size_t width)
  */
 static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int64_t *resume_after)
 {
-	int64_t gen_now, latest_now;
 	double *state = NULL;
 	size_t i;
 
@@ -372,16 +374,8 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
 		w->rvar[i] = 1.0;
 	}
 	w->applied = 0;
-	if (c == NULL || c->max_bytes == 0)
+	if (c == NULL || c->max_bytes == 0 || !w->snapshot_known)
 		return 0;
-	/*
-	 * What this reader's snapshot holds: a checkpoint taken by a reader of
-	 * a newer snapshot (a newer late write, or past our highest step) is
-	 * not ours to use.
-	 */
-	if (store_late_gen(w->r, w->run_id, &gen_now) < 0 ||
-	    store_latest_step(w->r, w->run_id, w->domain_id, &latest_now) < 0)
-		return 0; /* no data, or no answer: replay from the start */
 	state = malloc(2 * w->channels * sizeof(double));
 	if (state == NULL)
 		return -ENOMEM;
@@ -390,7 +384,11 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
 						 w->channels, step, state);
 		int late;
 
-		if (!res.found || res.gen > gen_now || res.step > latest_now)
+		/*
+		 * A checkpoint taken by a reader of a newer snapshot (a newer late
+		 * write, or past our highest step) is not ours to use.
+		 */
+		if (!res.found || res.gen > w->gen || res.step > w->max_step)
 			break;
 		late = store_late_since(w->r, w->run_id, w->domain_id, res.gen, res.step);
 		if (late < 0) {
@@ -412,6 +410,32 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
 	return 0;
 }
 
+/*
+ * Read what this reader's snapshot holds (once, for both resuming and
+ * taking checkpoints), resume at the latest usable checkpoint at or before
+ * resume_at and replay every step up to `to`; whole-layer walks
+ * (take_checkpoints) leave checkpoints on the way.
+ */
+static int walk_run(struct walk *w, int64_t resume_at, int64_t to, bool take_checkpoints)
+{
+	struct replay_cache *c = w->cache;
+	int64_t after;
+	int rc;
+
+	if (c != NULL && c->max_bytes > 0)
+		w->snapshot_known =
+			store_late_gen(w->r, w->run_id, &w->gen) == 0 &&
+			store_latest_step(w->r, w->run_id, w->domain_id, &w->max_step) == 0;
+	w->checkpoint = take_checkpoints && w->snapshot_known;
+	rc = walk_resume(w, c, resume_at, &after);
+	if (rc == 0)
+		rc = store_layer_aggs(w->r, w->run_id, w->domain_id, w->layer_id,
+				      after == INT64_MIN ? -1 : after, to, walk_row, w);
+	if (rc == 0)
+		rc = walk_flush(w);
+	return rc;
+}
+
 int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id, int64_t domain_id,
 		 int64_t layer_id, size_t channels, double momentum, int64_t step, double *mean_out,
 		 double *var_out, int64_t *applied)
@@ -426,23 +450,12 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 		.domain_id = domain_id,
 		.layer_id = layer_id,
 	};
-	int64_t after;
 	int rc;
 
 	rc = walk_init(&w, channels);
 	if (rc < 0)
 		return rc;
-	rc = walk_resume(&w, c, step, &after);
-	if (rc == 0 && c != NULL && c->max_bytes > 0) {
-		rc = store_late_gen(r, run_id, &w.gen);
-		if (rc == 0 && store_latest_step(r, run_id, domain_id, &w.max_step) == 0)
-			w.checkpoint = true;
-	}
-	if (rc == 0)
-		rc = store_layer_aggs(r, run_id, domain_id, layer_id,
-				      after == INT64_MIN ? -1 : after, step, walk_row, &w);
-	if (rc == 0)
-		rc = walk_flush(&w);
+	rc = walk_run(&w, step, step, true);
 	if (rc == 0) {
 		memcpy(mean_out, w.rmean, channels * sizeof(double));
 		memcpy(var_out, w.rvar, channels * sizeof(double));
@@ -469,18 +482,12 @@ int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_i
 		.ctx = ctx,
 		.emit_after = from_excl,
 	};
-	int64_t after;
 	int rc;
 
 	rc = walk_init(&w, 1);
 	if (rc < 0)
 		return rc;
-	rc = walk_resume(&w, c, from_excl, &after);
-	if (rc == 0)
-		rc = store_layer_aggs(r, run_id, domain_id, layer_id,
-				      after == INT64_MIN ? -1 : after, to, walk_row, &w);
-	if (rc == 0)
-		rc = walk_flush(&w);
+	rc = walk_run(&w, from_excl, to, false);
 	free(w.rmean);
 	return rc;
 }
