@@ -222,6 +222,7 @@ struct layer_acc {
 struct window {
 	struct layer_acc *layers; /* sorted by id */
 	size_t n;
+	int64_t run_id, domain_id; /* as resolved by window_compute (domain -1: all) */
 };
 
 static int acc_cmp_id(const void *a, const void *b)
@@ -357,6 +358,8 @@ static int window_compute(struct store_reader *r, const struct window_req *q, st
 	rc = find_run(r, q->run, &run_id, err);
 	if (rc < 0)
 		return rc;
+	w->run_id = run_id;
+	w->domain_id = -1;
 	if (strcmp(q->domain, DOMAIN_ALL) != 0) {
 		rc = store_domain_find(r, run_id, q->domain, &domain_id);
 		if (rc == -ENOENT)
@@ -364,6 +367,7 @@ static int window_compute(struct store_reader *r, const struct window_req *q, st
 					    "run %s has no domain %s", q->run, q->domain);
 		if (rc < 0)
 			return read_failed(err);
+		w->domain_id = domain_id;
 	}
 	if (!q->has_step) {
 		rc = store_latest_step(r, run_id, domain_id, &step);
@@ -1052,13 +1056,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	rc = window_compute(r, &q, &w, &step, err);
 	if (rc < 0)
 		goto done;
-	/* window_compute found both; look them up again for the EMA side. */
-	if (store_run_find(r, run, &run_id) < 0 ||
-	    (strcmp(q.domain, DOMAIN_ALL) != 0 &&
-	     store_domain_find(r, run_id, q.domain, &domain_id) < 0)) {
-		rc = read_failed(err);
-		goto done;
-	}
+	run_id = w.run_id;
+	domain_id = w.domain_id;
 	if (!sim) {
 		if (p->worker != NULL) {
 			snprintf(worker, sizeof(worker), "%s", p->worker);
