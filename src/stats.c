@@ -1,5 +1,5 @@
 /*
- * stats: the estimator math (see include/bnstat/stats.h and SPEC section 2).
+ * stats: the estimator math (see include/bnstat/stats.h and docs/DESIGN.md, "The statistics").
  *
  * Every merge here, of a batch into an aggregate or of two aggregates, is the
  * same Chan-Golub-LeVeque pairwise update, applied twice: once to the pooled

@@ -102,7 +102,7 @@ int stats_estimate(const struct stats_agg *a, enum stats_estimator est, double *
 		   double *var_out);
 
 /*
- * The batch-noise diagnostic of SPEC section 2: per channel
+ * The batch-noise diagnostic (docs/API.md, "Precise statistics"): per channel
  * sqrt(s^2 / sigma_p^2), with s^2 the sample variance (divisor k-1) of the
  * k batch means and sigma_p^2 = M2/n the population variance; *out is the
  * mean over channels. Channels whose population variance is 0 are left out
@@ -126,7 +126,7 @@ void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb, d
  */
 void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean, double *r_var);
 
-/* The eps of the comparison metrics (SPEC section 2). */
+/* The eps of the comparison metrics (docs/API.md, "Comparison"). */
 #define STATS_CMP_EPS 1e-5
 
 /* How far an estimate (mean_e, var_e) is from a reference (mean_p, var_p). */

@@ -1,4 +1,4 @@
-"""End-to-end tests of bnstatd's HTTP API (SPEC sections 2-4) against exact references.
+"""End-to-end tests of bnstatd's HTTP API (docs/API.md) against exact references.
 
 Every expected number is computed here from the raw samples (or from the
 values as uploaded) with exact integer/Fraction arithmetic, never from a

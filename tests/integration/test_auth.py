@@ -1,5 +1,5 @@
-"""Bearer tokens and roles (SPEC section 6: "bearer tokens with roles
-(ingest, read, admin) when a token file is configured").
+"""Bearer tokens and roles (docs/OPERATIONS.md, "Authentication"; docs/API.md: roles
+ingest, read and admin when a token file is configured).
 
   * the matrix: every endpoint x (no header, a malformed header, unknown
     tokens, each role) -> 401 (with WWW-Authenticate: Bearer) / 403 / success;

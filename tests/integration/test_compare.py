@@ -1,4 +1,4 @@
-"""EMA versus precise statistics (SPEC sections 2-4): compare, series, domains, shift.
+"""EMA versus precise statistics (docs/API.md, "Comparison", "Series", "Domains"): compare, series, domains, shift.
 
 Every expected number is computed here from the values as uploaded:
 
@@ -7,8 +7,8 @@ Every expected number is computed here from the values as uploaded:
   * the simulated EMA by a plain loop r = a*x + (1-a)*r over those pooled
     values (x = mean and the unbiased M2/(n-1)), from 0 and 1, first step of
     the run in the domain, steps without data skipped;
-  * the comparison metrics with 50-digit Decimal arithmetic from the SPEC's
-    formulas (eps = 1e-5).
+  * the comparison metrics with 50-digit Decimal arithmetic from the formulas
+    of docs/API.md, "Comparison" (eps = 1e-5).
 
 The simulated EMA is served through a cache of replay checkpoints (every 64
 steps with data), which late uploads must invalidate; runs here are longer than
@@ -218,7 +218,7 @@ class Model:
 # metrics reference (Decimal, 50 digits)
 
 def cmp_ref(me, ve, mp, vp):
-    """SPEC section 2 metrics of an estimate (me, ve) against a reference (mp, vp)."""
+    """The comparison metrics (docs/API.md, "Comparison") of an estimate (me, ve) against a reference (mp, vp)."""
     merr, verr, kls = [], [], []
     for a, b, c, d in zip(me, ve, mp, vp):
         vpe = Decimal(d) + D_EPS

@@ -1,7 +1,7 @@
 """Durability: a 2xx upload survives SIGKILL, and nothing is counted twice.
 
-SPEC section 4: "A 2xx reply means the batch is durable: killing the daemon
-right after (even with SIGKILL) loses nothing and counts nothing twice."
+docs/API.md, "Upload": a 2xx reply means the batch is durable; killing the
+daemon right after (even with SIGKILL) loses nothing and counts nothing twice.
 
 Eight threads upload 400 distinct batches over keep-alive connections. Each
 batch answered 200 (duplicate:false) is "acknowledged". The daemon is then

@@ -1,4 +1,4 @@
-"""Operations (SPEC sections 5 and 6): the config file and flags, TLS,
+"""Operations (docs/OPERATIONS.md): the config file and flags, TLS,
 limits, graceful shutdown, /metrics, DELETE of a run, retention, sd_notify,
 the systemd unit and the log file. Authentication is in test_auth.py; the
 durability of uploads across SIGKILL/SIGTERM under load in test_durability.py.

@@ -1,4 +1,4 @@
-"""The simulated EMA against a real PyTorch BatchNorm2d (SPEC section 2).
+"""The simulated EMA against a real PyTorch BatchNorm2d (docs/API.md, "Comparison": the simulated EMA).
 
 A torch.nn.BatchNorm2d(8) in train mode (momentum 0.1) sees one batch per
 step, of varying N, H and W, for 120 steps. Each step the test uploads the

@@ -326,7 +326,7 @@ class Client:
         return self._json("GET", self._run(name))
 
     def delete_run(self, name):
-        """DELETE /v1/runs/{name} (SPEC; not every server version has it)."""
+        """DELETE /v1/runs/{name} (docs/API.md, "Deleting a run"; not every server version has it)."""
         return self._json("DELETE", self._run(name))
 
     def stats(self, run, step=None, window=None, domain=None, estimator=None, layers=None):

@@ -6,7 +6,7 @@ daemon, and compare the model's EMA statistics with the precise ones.
         --spawn /work/build/src/bnstatd          # starts (and stops) its own bnstatd
     ... --url http://127.0.0.1:8650              # or uses a running one
 
-The comparison follows the bnstat SPEC (section 2), per channel with
+The comparison follows docs/API.md of bnstat ("Comparison"), per channel with
 eps = 1e-5, averaged over channels (and the maximum over channels):
     mean_err = |mu_ema - mu_p| / sqrt(var_p + eps)
     var_err  = |ln((var_ema + eps) / (var_p + eps))|
@@ -108,7 +108,7 @@ def spawn_bnstatd(path):
 
 
 def compare(ema_mean, ema_var, p_mean, p_var):
-    """SPEC section 2 metrics per channel -> (mean, max) of each."""
+    """The comparison metrics (docs/API.md, "Comparison") per channel -> (mean, max) of each."""
     me, ve, kl = [], [], []
     for mu_e, v_e, mu_p, v_p in zip(ema_mean, ema_var, p_mean, p_var):
         se, sp = v_e + EPS, v_p + EPS
