@@ -60,6 +60,16 @@ static unsigned long parse_ulong(const char *s, const char *what, unsigned long 
 	return v;
 }
 
+/* parse_ulong(), and 0 refused ("<what>: 0"). */
+static unsigned long parse_positive(const char *s, const char *what, unsigned long max)
+{
+	unsigned long v = parse_ulong(s, what, max);
+
+	if (v == 0)
+		die("%s: 0", what);
+	return v;
+}
+
 static void parse_forms(const char *list)
 {
 	char *copy = strdup(list), *save = NULL, *tok;
@@ -160,29 +170,19 @@ void parse_options(int argc, char **argv)
 			parse_forms(v);
 		} else if (strcmp(a, "--threads") == 0) {
 			v = opt_value(argc, argv, &i);
-			opt.threads = (unsigned)parse_ulong(v, a, 256);
-			if (opt.threads == 0)
-				die("--threads: 0");
+			opt.threads = (unsigned)parse_positive(v, a, 256);
 		} else if (strcmp(a, "--batches-per-step") == 0) {
 			v = opt_value(argc, argv, &i);
-			opt.batches_per_step = (unsigned)parse_ulong(v, a, 100000);
-			if (opt.batches_per_step == 0)
-				die("--batches-per-step: 0");
+			opt.batches_per_step = (unsigned)parse_positive(v, a, 100000);
 		} else if (strcmp(a, "--client-threads") == 0) {
 			v = opt_value(argc, argv, &i);
-			opt.client_threads = (unsigned)parse_ulong(v, a, 256);
-			if (opt.client_threads == 0)
-				die("--client-threads: 0");
+			opt.client_threads = (unsigned)parse_positive(v, a, 256);
 		} else if (strcmp(a, "--variants") == 0) {
 			v = opt_value(argc, argv, &i);
-			opt.variants = (unsigned)parse_ulong(v, a, 1024);
-			if (opt.variants == 0)
-				die("--variants: 0");
+			opt.variants = (unsigned)parse_positive(v, a, 1024);
 		} else if (strcmp(a, "--timeout") == 0) {
 			v = opt_value(argc, argv, &i);
-			opt.timeout = (double)parse_ulong(v, a, 86400);
-			if (opt.timeout == 0)
-				die("--timeout: 0");
+			opt.timeout = (double)parse_positive(v, a, 86400);
 		} else if (strcmp(a, "--daemon-arg") == 0) {
 			v = opt_value(argc, argv, &i);
 			if (opt.n_daemon_args ==
