@@ -26,6 +26,7 @@
 
 #include "auth.h"
 #include "bnstat/ingest.h"
+#include "http_private.h"
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
@@ -47,50 +48,11 @@ struct http_server {
 	unsigned port;
 };
 
-enum route {
-	R_NONE,
-	R_HEALTH,
-	R_RUNS,
-	R_RUN,
-	R_BATCHES,
-	R_STATS,
-	R_SNAPSHOTS,
-	R_SNAPSHOT,
-	R_COMPARE,
-	R_SERIES,
-	R_DOMAINS,
-	R_SHIFT,
-	R_METRICS,
-};
-
-static const char *const route_names[] = {
-	[R_NONE] = "none",	     [R_HEALTH] = "healthz",
-	[R_RUNS] = "runs",	     [R_RUN] = "run",
-	[R_BATCHES] = "batches",     [R_STATS] = "stats",
-	[R_SNAPSHOTS] = "snapshots", [R_SNAPSHOT] = "snapshot",
-	[R_COMPARE] = "compare",     [R_SERIES] = "series",
-	[R_DOMAINS] = "domains",     [R_SHIFT] = "shift",
-	[R_METRICS] = "metrics",
-};
-
-/* Read-only routes below /v1/runs/{run}. */
-static const struct {
-	const char *path;
-	enum route route;
-} run_gets[] = {
-	{ "/stats", R_STATS },	   { "/compare", R_COMPARE }, { "/series", R_SERIES },
-	{ "/domains", R_DOMAINS }, { "/shift", R_SHIFT },
-};
-
 struct request {
 	struct http_server *srv;
 	struct MHD_Connection *conn;
-	enum route route;
-	const char *allowed; /* methods of the matched route, for 405's Allow */
-	bool unauthorized;   /* a 401: say how to authenticate */
-	bool is_upload;	     /* POST .../batches, counted in the upload metrics */
-	char run[INGEST_NAME_MAX + 2];
-	char label[STORE_LABEL_MAX + 2];
+	struct http_route route;
+	bool unauthorized; /* a 401: say how to authenticate */
 	struct timespec started;
 
 	/* the body */
@@ -135,8 +97,8 @@ static MHD_Result reply_text(struct request *rq, unsigned status, char *text, si
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	if (status == 503)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-	if (status == 405 && rq->allowed != NULL)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->allowed);
+	if (status == 405 && rq->route.allowed != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->route.allowed);
 	if (status == 401 && rq->unauthorized)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					"Bearer realm=\"bnstat\"");
@@ -163,7 +125,7 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 {
 	int status = err->status ? err->status : 500;
 	/* a refused name may hold anything: log it only when it is a valid one */
-	const char *run = ingest_name_valid(rq->run) ? rq->run : "-";
+	const char *run = ingest_name_valid(rq->route.run) ? rq->route.run : "-";
 	json_t *e = json_pack("{s:i, s:s, s:s}", "status", status, "code",
 			      err->code[0] ? err->code : BN_E_INTERNAL, "message", err->message);
 
@@ -171,14 +133,14 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 		return MHD_NO;
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));
-	if (rq->route == R_BATCHES && rq->is_upload)
+	if (rq->route.endpoint == HTTP_BATCHES)
 		metrics_upload(err->code[0] ? err->code : BN_E_INTERNAL);
 	if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
-			  route_names[rq->route], run, status, err->message);
+			  rq->route.name, run, status, err->message);
 	else
 		log_info("request_rejected", "route=%s run=%s status=%d code=%s path=\"%s\"",
-			 route_names[rq->route], run, status, err->code, err->path);
+			 rq->route.name, run, status, err->code, err->path);
 	return reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
 }
 
@@ -189,67 +151,6 @@ static MHD_Result fail(struct request *rq, int status, const char *code, const c
 
 	bn_error_set(&err, status, code, path, "%s", msg);
 	return reply_error(rq, &err);
-}
-
-/* --- routing --------------------------------------------------------------- */
-
-/*
- * Match url against the routes. Fills rq->route and rq->run; returns the
- * allowed methods for a known path (for 405) or NULL for an unknown one.
- */
-static const char *route_match(struct request *rq, const char *url)
-{
-	const char *p, *slash;
-	size_t n;
-
-	if (strcmp(url, "/healthz") == 0) {
-		rq->route = R_HEALTH;
-		return "GET";
-	}
-	if (strcmp(url, "/metrics") == 0) {
-		rq->route = R_METRICS;
-		return "GET";
-	}
-	if (strcmp(url, "/v1/runs") == 0 || strcmp(url, "/v1/runs/") == 0) {
-		rq->route = R_RUNS;
-		return "GET";
-	}
-	if (strncmp(url, "/v1/runs/", 9) != 0)
-		return NULL;
-	p = url + 9;
-	slash = strchr(p, '/');
-	n = slash ? (size_t)(slash - p) : strlen(p);
-	if (n == 0)
-		return NULL; /* "/v1/runs//stats": no such resource */
-	if (n >= sizeof(rq->run))
-		n = sizeof(rq->run) - 1; /* too long: caught by name validation */
-	memcpy(rq->run, p, n);
-	rq->run[n] = '\0';
-	if (slash == NULL || strcmp(slash, "/") == 0) {
-		rq->route = R_RUN;
-		return "GET, DELETE";
-	}
-	if (strcmp(slash, "/batches") == 0) {
-		rq->route = R_BATCHES;
-		return "POST";
-	}
-	for (size_t i = 0; i < sizeof(run_gets) / sizeof(run_gets[0]); i++) {
-		if (strcmp(slash, run_gets[i].path) == 0) {
-			rq->route = run_gets[i].route;
-			return "GET";
-		}
-	}
-	if (strcmp(slash, "/snapshots") == 0) {
-		rq->route = R_SNAPSHOTS;
-		return "GET, POST";
-	}
-	if (strncmp(slash, "/snapshots/", 11) == 0 && slash[11] != '\0' &&
-	    strchr(slash + 11, '/') == NULL) {
-		snprintf(rq->label, sizeof(rq->label), "%s", slash + 11);
-		rq->route = R_SNAPSHOT;
-		return "GET";
-	}
-	return NULL;
 }
 
 /* --- uploads ------------------------------------------------------------------ */
@@ -282,7 +183,7 @@ static bool take_result(struct request *rq, struct store_result *res)
 
 /*
  * Hand one job to the writer (a batch, a snapshot, or the deletion of
- * rq->run) and suspend the connection until upload_done() resumes it.
+ * rq->route.run) and suspend the connection until upload_done() resumes it.
  * The job is the store's from here on; on a refusal (a full queue, a
  * shutdown) it is freed and the client gets 503 with Retry-After.
  */
@@ -300,7 +201,7 @@ static MHD_Result to_writer(struct request *rq, struct ingest_batch *b, struct s
 	else if (snap != NULL)
 		rc = store_submit_snapshot(st, snap, upload_done, rq);
 	else
-		rc = delete_run ? store_submit_delete(st, rq->run, upload_done, rq) : -EINVAL;
+		rc = delete_run ? store_submit_delete(st, rq->route.run, upload_done, rq) : -EINVAL;
 	if (rc == 0) {
 		rq->submitted = true;
 		MHD_suspend_connection(rq->conn);
@@ -310,7 +211,7 @@ static MHD_Result to_writer(struct request *rq, struct ingest_batch *b, struct s
 		log_debug(b != NULL	 ? "upload_queued"
 			  : snap != NULL ? "snapshot_queued"
 					 : "delete_queued",
-			  "run=%s layers=%zu", rq->run, n_layers);
+			  "run=%s layers=%zu", rq->route.run, n_layers);
 		return MHD_YES;
 	}
 	ingest_batch_free(b);
@@ -345,10 +246,11 @@ static MHD_Result handle_upload(struct request *rq)
 					    MHD_HTTP_HEADER_CONTENT_TYPE);
 	/* Anything but the binary form is taken as JSON (curl -d sends a form type). */
 	if (ctype != NULL && strncasecmp(ctype, "application/octet-stream", 24) == 0)
-		rc = ingest_decode_safetensors(rq->run, (const uint8_t *)(rq->body ? rq->body : ""),
-					       rq->len, &srv->opt.limits, &b, &err);
+		rc = ingest_decode_safetensors(rq->route.run,
+					       (const uint8_t *)(rq->body ? rq->body : ""), rq->len,
+					       &srv->opt.limits, &b, &err);
 	else
-		rc = ingest_decode_json(rq->run, rq->body ? rq->body : "", rq->len,
+		rc = ingest_decode_json(rq->route.run, rq->body ? rq->body : "", rq->len,
 					&srv->opt.limits, &b, &err);
 	if (rc < 0)
 		return reply_error(rq, &err);
@@ -372,9 +274,10 @@ static MHD_Result handle_delete(struct request *rq)
 			return MHD_YES;
 		if (res.status >= 300)
 			return reply_error(rq, &res.err);
-		return reply_json(rq, 200, json_pack("{s:s, s:b}", "run", rq->run, "deleted", 1));
+		return reply_json(rq, 200,
+				  json_pack("{s:s, s:b}", "run", rq->route.run, "deleted", 1));
 	}
-	if (!ingest_name_valid(rq->run))
+	if (!ingest_name_valid(rq->route.run))
 		return fail(rq, 422, BN_E_INVALID, "run",
 			    "run names are 1 to 128 of [A-Za-z0-9._-]");
 	return to_writer(rq, NULL, NULL, true);
@@ -443,10 +346,10 @@ static MHD_Result handle_snapshot_create(struct request *rq)
 			return MHD_YES;
 		if (res.status >= 300)
 			return reply_error(rq, &res.err);
-		snprintf(label, sizeof(label), "%s", rq->label);
+		snprintf(label, sizeof(label), "%s", rq->route.label);
 		if (store_reader_get(srv->store, &r, &err) < 0)
 			return reply_error(rq, &err);
-		rc = query_snapshot_get(r, rq->run, label, &doc, &err);
+		rc = query_snapshot_get(r, rq->route.run, label, &doc, &err);
 		store_reader_put(srv->store, r);
 		if (rc < 0)
 			return reply_error(rq, &err);
@@ -455,15 +358,15 @@ static MHD_Result handle_snapshot_create(struct request *rq)
 
 	if (store_reader_get(srv->store, &r, &err) < 0)
 		return reply_error(rq, &err);
-	rc = query_snapshot_prepare(r, rq->run, rq->body ? rq->body : "", rq->len, &snap, &doc,
-				    &err);
+	rc = query_snapshot_prepare(r, rq->route.run, rq->body ? rq->body : "", rq->len, &snap,
+				    &doc, &err);
 	store_reader_put(srv->store, r);
 	if (rc < 0)
 		return reply_error(rq, &err);
 	if (doc != NULL)
 		return reply_json(rq, 200, doc);
 
-	snprintf(rq->label, sizeof(rq->label), "%s", snap->label);
+	snprintf(rq->route.label, sizeof(rq->route.label), "%s", snap->label);
 	return to_writer(rq, NULL, snap, false);
 }
 
@@ -506,26 +409,26 @@ static MHD_Result handle_get(struct request *rq)
 	int rc;
 
 	bn_error_clear(&err);
-	if (rq->route == R_HEALTH)
+	if (rq->route.endpoint == HTTP_HEALTHZ)
 		return reply_json(rq, 200,
 				  json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
 					    store_schema_version(rq->srv->store), "queue",
 					    (json_int_t)store_queue_depth(rq->srv->store)));
 	if (store_reader_get(rq->srv->store, &r, &err) < 0)
 		return reply_error(rq, &err);
-	if (rq->route == R_METRICS)
+	if (rq->route.endpoint == HTTP_METRICS)
 		return handle_metrics(rq, r);
-	switch (rq->route) {
-	case R_RUNS:
+	switch (rq->route.endpoint) {
+	case HTTP_RUNS:
 		rc = query_runs(r, &doc, &err);
 		break;
-	case R_RUN:
-		rc = query_run(r, rq->run, &doc, &err);
+	case HTTP_RUN:
+		rc = query_run(r, rq->route.run, &doc, &err);
 		break;
-	case R_STATS:
-	case R_COMPARE:
-	case R_SERIES:
-	case R_SHIFT: {
+	case HTTP_STATS:
+	case HTTP_COMPARE:
+	case HTTP_SERIES:
+	case HTTP_SHIFT: {
 		struct layer_params lp = { .n = 0 };
 		struct query_params p = { 0 };
 
@@ -552,23 +455,23 @@ static MHD_Result handle_get(struct request *rq)
 		p.target = arg(rq, "target");
 		p.layers = lp.v;
 		p.n_layers = lp.n;
-		if (rq->route == R_STATS)
-			rc = query_stats(r, rq->run, &p, &doc, &err);
-		else if (rq->route == R_COMPARE)
-			rc = query_compare(r, rq->srv->replay, rq->run, &p, &doc, &err);
-		else if (rq->route == R_SERIES)
-			rc = query_series(r, rq->srv->replay, rq->run, &p, &doc, &err);
+		if (rq->route.endpoint == HTTP_STATS)
+			rc = query_stats(r, rq->route.run, &p, &doc, &err);
+		else if (rq->route.endpoint == HTTP_COMPARE)
+			rc = query_compare(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
+		else if (rq->route.endpoint == HTTP_SERIES)
+			rc = query_series(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
 		else
-			rc = query_shift(r, rq->run, &p, &doc, &err);
+			rc = query_shift(r, rq->route.run, &p, &doc, &err);
 		break;
 	}
-	case R_DOMAINS:
-		rc = query_domains(r, rq->run, &doc, &err);
+	case HTTP_DOMAINS:
+		rc = query_domains(r, rq->route.run, &doc, &err);
 		break;
-	case R_SNAPSHOTS:
-		rc = query_snapshots(r, rq->run, &doc, &err);
+	case HTTP_SNAPSHOTS:
+		rc = query_snapshots(r, rq->route.run, &doc, &err);
 		break;
-	case R_SNAPSHOT:
+	case HTTP_SNAPSHOT:
 		if (wants_safetensors(rq)) {
 			const char *dtype = arg(rq, "dtype");
 			char *buf;
@@ -580,7 +483,7 @@ static MHD_Result handle_get(struct request *rq)
 						  "dtype must be f32 or f64");
 				break;
 			}
-			rc = query_snapshot_safetensors(r, rq->run, rq->label,
+			rc = query_snapshot_safetensors(r, rq->route.run, rq->route.label,
 							dtype != NULL && strcmp(dtype, "f64") == 0,
 							&buf, &len, &err);
 			store_reader_put(rq->srv->store, r);
@@ -588,7 +491,7 @@ static MHD_Result handle_get(struct request *rq)
 				return reply_error(rq, &err);
 			return reply_text(rq, 200, buf, len, "application/octet-stream");
 		}
-		rc = query_snapshot_get(r, rq->run, rq->label, &doc, &err);
+		rc = query_snapshot_get(r, rq->route.run, rq->route.label, &doc, &err);
 		break;
 	default:
 		rc = bn_error_set(&err, 404, BN_E_NOT_FOUND, NULL, "no such resource");
@@ -661,17 +564,18 @@ static bool is_loopback(const struct sockaddr *sa)
  * wrong role). Without one: loopback clients only. Returns true, or false
  * with the refusal queued in *ret.
  */
-static bool authorize(struct request *rq, const char *method, MHD_Result *ret)
+static bool authorize(struct request *rq, MHD_Result *ret)
 {
 	struct http_server *srv = rq->srv;
 	unsigned need = AUTH_READ, have;
 	const char *h, *what;
 
-	if (rq->route == R_HEALTH)
+	if (rq->route.endpoint == HTTP_HEALTHZ)
 		return true;
-	if (rq->route == R_BATCHES)
+	if (rq->route.endpoint == HTTP_BATCHES)
 		need = AUTH_INGEST;
-	else if (strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0)
+	else if (rq->route.endpoint == HTTP_SNAPSHOT_CREATE ||
+		 rq->route.endpoint == HTTP_RUN_DELETE)
 		need = AUTH_ADMIN;
 	if (srv->opt.auth == NULL) {
 		const union MHD_ConnectionInfo *ci =
@@ -707,20 +611,6 @@ static bool authorize(struct request *rq, const char *method, MHD_Result *ret)
 	return false;
 }
 
-/* Is method one of the comma-separated methods in allowed? */
-static bool method_allowed(const char *method, const char *allowed)
-{
-	size_t n = strlen(method);
-	const char *p = allowed;
-
-	while ((p = strstr(p, method)) != NULL) {
-		if ((p == allowed || p[-1] == ' ') && (p[n] == '\0' || p[n] == ','))
-			return true;
-		p += n;
-	}
-	return false;
-}
-
 static struct request *request_new(struct http_server *srv, struct MHD_Connection *conn)
 {
 	struct request *rq = calloc(1, sizeof(*rq));
@@ -742,7 +632,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 	struct http_server *srv = cls;
 	struct request *rq = *req_cls;
 	char msg[128];
-	const char *allowed;
+	int rc;
 
 	if (rq == NULL) {
 		const char *clen;
@@ -751,20 +641,18 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 		if (rq == NULL)
 			return MHD_NO;
 		*req_cls = rq;
-		allowed = route_match(rq, url);
-		if (allowed == NULL)
+		rc = http_route_parse(method, url, &rq->route);
+		if (rc == -ENOENT)
 			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
-		rq->allowed = allowed;
-		rq->is_upload = rq->route == R_BATCHES && strcmp(method, "POST") == 0;
-		if (!method_allowed(method, allowed)) {
+		if (rc < 0) {
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method,
-				 allowed);
+				 rq->route.allowed);
 			return fail(rq, 405, BN_E_METHOD, NULL, msg);
 		}
 		{
 			MHD_Result ret;
 
-			if (!authorize(rq, method, &ret))
+			if (!authorize(rq, &ret))
 				return ret;
 		}
 		clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -802,11 +690,11 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 			 srv->opt.max_body);
 		return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
 	}
-	if (rq->route == R_BATCHES)
+	if (rq->route.endpoint == HTTP_BATCHES)
 		return handle_upload(rq);
-	if (rq->route == R_SNAPSHOTS && strcmp(method, "POST") == 0)
+	if (rq->route.endpoint == HTTP_SNAPSHOT_CREATE)
 		return handle_snapshot_create(rq);
-	if (rq->route == R_RUN && strcmp(method, "DELETE") == 0)
+	if (rq->route.endpoint == HTTP_RUN_DELETE)
 		return handle_delete(rq);
 	return handle_get(rq);
 }
@@ -819,7 +707,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	if (rq == NULL)
 		return;
 	if (rq->submitted && !rq->done)
-		log_error("request_abandoned", "run=%s", rq->run); /* cannot happen: suspended */
+		log_error("request_abandoned", "run=%s",
+			  rq->route.run); /* cannot happen: suspended */
 	pthread_mutex_destroy(&rq->mu);
 	free(rq->body);
 	atomic_fetch_sub(&rq->srv->in_flight, 1);
