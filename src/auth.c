@@ -1,14 +1,19 @@
 /*
- * auth: the token table (see auth.h). Lookups take a read lock; a reload
- * builds the new table outside the lock and swaps it in.
+ * auth: the token table and the access policy (see auth.h). Lookups take
+ * a read lock; a reload builds the new table outside the lock and swaps
+ * it in.
  */
 #include "auth.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct token {
 	char value[AUTH_TOKEN_MAX + 1];
@@ -142,17 +147,14 @@ int auth_reload(struct auth *a, const char *path, struct bn_error *err)
 	return 0;
 }
 
-/*
- * Equal in time independent of where the strings differ: every byte of the
- * stored token is compared whatever the candidate holds.
- */
-static int token_equal(const struct token *t, const char *cand, size_t len)
+bool auth_token_equal(const char *stored, size_t stored_len, const char *cand, size_t len)
 {
-	unsigned char diff = (unsigned char)(len != t->len);
+	unsigned char diff = (unsigned char)(len != stored_len);
 	size_t i;
 
-	for (i = 0; i < t->len; i++)
-		diff |= (unsigned char)(t->value[i] ^ (i < len ? cand[i] : 0));
+	/* every byte of the stored token, whatever the candidate holds */
+	for (i = 0; i < stored_len; i++)
+		diff |= (unsigned char)(stored[i] ^ (i < len ? cand[i] : 0));
 	return diff == 0;
 }
 
@@ -163,7 +165,7 @@ unsigned auth_roles(struct auth *a, const char *token)
 
 	pthread_rwlock_rdlock(&a->lock);
 	for (i = 0; i < a->t.n; i++)
-		if (token_equal(&a->t.tokens[i], token, len))
+		if (auth_token_equal(a->t.tokens[i].value, a->t.tokens[i].len, token, len))
 			roles |= a->t.tokens[i].roles;
 	pthread_rwlock_unlock(&a->lock);
 	return roles;
@@ -186,4 +188,80 @@ void auth_free(struct auth *a)
 	pthread_rwlock_destroy(&a->lock);
 	free(a->t.tokens);
 	free(a);
+}
+
+/* --- the policy ----------------------------------------------------------------------- */
+
+unsigned auth_endpoint_role(enum http_endpoint ep)
+{
+	switch (ep) {
+	case HTTP_HEALTHZ:
+		return AUTH_NONE;
+	case HTTP_BATCHES:
+		return AUTH_INGEST;
+	case HTTP_METRICS:
+	case HTTP_RUNS:
+	case HTTP_RUN:
+	case HTTP_STATS:
+	case HTTP_COMPARE:
+	case HTTP_SERIES:
+	case HTTP_DOMAINS:
+	case HTTP_SHIFT:
+	case HTTP_SNAPSHOTS:
+	case HTTP_SNAPSHOT:
+		return AUTH_READ;
+	case HTTP_RUN_DELETE:
+	case HTTP_SNAPSHOT_CREATE:
+	case HTTP_NONE:
+	default:
+		return AUTH_ADMIN;
+	}
+}
+
+bool auth_loopback(const struct sockaddr *sa)
+{
+	if (sa == NULL)
+		return false;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+		const uint8_t *b = in6->sin6_addr.s6_addr;
+		static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return true;
+		return memcmp(b, v4mapped, 12) == 0 && b[12] == 127;
+	}
+	return false;
+}
+
+int auth_check(struct auth *a, enum http_endpoint ep, const char *authorization,
+	       const struct sockaddr *client, struct bn_error *err)
+{
+	unsigned need = auth_endpoint_role(ep), have;
+	const char *what;
+
+	if (need == AUTH_NONE)
+		return 0;
+	if (a == NULL) {
+		if (auth_loopback(client))
+			return 0;
+		return bn_error_set(
+			err, 403, BN_E_FORBIDDEN, NULL, "%s",
+			"this server has no token file and only serves loopback clients");
+	}
+	if (authorization == NULL || strncasecmp(authorization, "Bearer ", 7) != 0)
+		return bn_error_set(err, 401, BN_E_UNAUTHORIZED, NULL, "%s",
+				    "send Authorization: Bearer TOKEN");
+	have = auth_roles(a, authorization + 7);
+	if (have == AUTH_NONE)
+		return bn_error_set(err, 401, BN_E_UNAUTHORIZED, NULL, "%s", "unknown token");
+	if ((have & need) == need)
+		return 0;
+	what = need == AUTH_INGEST ? "ingest" : need == AUTH_ADMIN ? "admin" : "read";
+	return bn_error_set(err, 403, BN_E_FORBIDDEN, NULL, "this token lacks the %s role", what);
 }

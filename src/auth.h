@@ -10,7 +10,11 @@
 #ifndef BNSTAT_AUTH_H
 #define BNSTAT_AUTH_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "bnstat/error.h"
+#include "http.h"
 
 enum auth_role {
 	AUTH_NONE = 0,
@@ -43,5 +47,48 @@ unsigned auth_roles(struct auth *a, const char *token);
 unsigned auth_count(struct auth *a);
 
 void auth_free(struct auth *a);
+
+/*
+ * Are stored (stored_len bytes) and cand (len bytes) the same token? The
+ * time taken depends on stored_len only, not on where the two differ, so
+ * that a client cannot find a token byte by byte. Reads at most len bytes
+ * of cand (it need not be NUL-terminated). Pure; any thread.
+ */
+bool auth_token_equal(const char *stored, size_t stored_len, const char *cand, size_t len);
+
+/*
+ * The policy: the role endpoint ep needs (docs/OPERATIONS.md,
+ * "Authentication"): AUTH_NONE for /healthz, AUTH_INGEST for uploads,
+ * AUTH_ADMIN for creating snapshots and deleting runs, AUTH_READ for every
+ * other GET. HTTP_NONE (and any value not in the enum) needs AUTH_ADMIN,
+ * so that an endpoint added without a policy is closed, not open. Pure.
+ */
+unsigned auth_endpoint_role(enum http_endpoint ep);
+
+struct sockaddr;
+
+/*
+ * The rule without a token file: is sa a loopback address (127.0.0.0/8,
+ * ::1, or 127.0.0.0/8 mapped into IPv6)? NULL (an unknown client) is not.
+ * sa is borrowed for the call. Pure.
+ */
+bool auth_loopback(const struct sockaddr *sa);
+
+/*
+ * May a request for ep go on? ep's role comes from auth_endpoint_role();
+ * an endpoint needing none is always allowed. Without a token file (a is
+ * NULL) only loopback clients are served. With one, authorization (the
+ * Authorization header's value, NULL when absent) must be "Bearer TOKEN"
+ * (scheme in any case) with a token that has the role.
+ *
+ * Returns 0, or a negative errno with *err filled in: status 401
+ * (unauthorized: no, a malformed or an unknown token; the reply should
+ * carry WWW-Authenticate) or 403 (forbidden: the token lacks the role, or
+ * a non-loopback client without a token file). The token is never copied
+ * into *err. authorization and client are borrowed for the call; any
+ * thread may call it, concurrently with auth_reload().
+ */
+int auth_check(struct auth *a, enum http_endpoint ep, const char *authorization,
+	       const struct sockaddr *client, struct bn_error *err);
 
 #endif

@@ -537,77 +537,23 @@ static bool body_append(struct request *rq, const char *data, size_t size)
 	return true;
 }
 
-static bool is_loopback(const struct sockaddr *sa)
-{
-	if (sa == NULL)
-		return false;
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-		const uint8_t *b = in6->sin6_addr.s6_addr;
-		static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return memcmp(b, v4mapped, 12) == 0 && b[12] == 127;
-	}
-	return false;
-}
-
 /*
- * May this request go on? With a token file: a known bearer token with the
- * role the route needs (401 without or with an unknown token, 403 with the
- * wrong role). Without one: loopback clients only. Returns true, or false
- * with the refusal queued in *ret.
+ * May this request go on (auth_check() says who may what)? Returns true,
+ * or false with the refusal queued in *ret; a 401 says how to authenticate.
  */
 static bool authorize(struct request *rq, MHD_Result *ret)
 {
-	struct http_server *srv = rq->srv;
-	unsigned need = AUTH_READ, have;
-	const char *h, *what;
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const char *h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+						    MHD_HTTP_HEADER_AUTHORIZATION);
+	struct bn_error err;
 
-	if (rq->route.endpoint == HTTP_HEALTHZ)
+	if (auth_check(rq->srv->opt.auth, rq->route.endpoint, h, ci ? ci->client_addr : NULL,
+		       &err) == 0)
 		return true;
-	if (rq->route.endpoint == HTTP_BATCHES)
-		need = AUTH_INGEST;
-	else if (rq->route.endpoint == HTTP_SNAPSHOT_CREATE ||
-		 rq->route.endpoint == HTTP_RUN_DELETE)
-		need = AUTH_ADMIN;
-	if (srv->opt.auth == NULL) {
-		const union MHD_ConnectionInfo *ci =
-			MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-
-		if (ci != NULL && is_loopback(ci->client_addr))
-			return true;
-		*ret = fail(rq, 403, BN_E_FORBIDDEN, NULL,
-			    "this server has no token file and only serves loopback clients");
-		return false;
-	}
-	h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0) {
-		rq->unauthorized = true;
-		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL, "send Authorization: Bearer TOKEN");
-		return false;
-	}
-	have = auth_roles(srv->opt.auth, h + 7);
-	if (have == AUTH_NONE) {
-		rq->unauthorized = true;
-		*ret = fail(rq, 401, BN_E_UNAUTHORIZED, NULL, "unknown token");
-		return false;
-	}
-	if ((have & need) == need)
-		return true;
-	what = need == AUTH_INGEST ? "ingest" : need == AUTH_ADMIN ? "admin" : "read";
-	{
-		char msg[96];
-
-		snprintf(msg, sizeof(msg), "this token lacks the %s role", what);
-		*ret = fail(rq, 403, BN_E_FORBIDDEN, NULL, msg);
-	}
+	rq->unauthorized = err.status == 401;
+	*ret = reply_error(rq, &err);
 	return false;
 }
 
