@@ -1,5 +1,9 @@
 /*
- * http: routes and request state on libmicrohttpd.
+ * http: the libmicrohttpd daemon, its connections and the state of each
+ * request: the body read into the request's own buffer, the replies, and
+ * the suspension of a connection while the store's writer works on its job.
+ * Which endpoint a request names is http_route.c's business, who may call
+ * it auth.c's, and what it answers http_handlers.c's.
  *
  * Data flows one way: a request's body is gathered here, decoded by ingest,
  * queued to the store's writer; GETs go to query with a store reader. The
@@ -17,7 +21,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,43 +32,6 @@
 #include "http_private.h"
 #include "log.h"
 #include "metrics.h"
-#include "query.h"
-
-#if MHD_VERSION < 0x00097002
-typedef int MHD_Result;
-#else
-typedef enum MHD_Result MHD_Result;
-#endif
-
-#define MAX_LAYER_PARAMS 256
-
-struct http_server {
-	struct MHD_Daemon *mhd;
-	struct store *store;
-	struct replay_cache *replay;
-	struct http_options opt;
-	_Atomic unsigned in_flight; /* requests begun and not completed */
-	unsigned port;
-};
-
-struct request {
-	struct http_server *srv;
-	struct MHD_Connection *conn;
-	struct http_route route;
-	bool unauthorized; /* a 401: say how to authenticate */
-	struct timespec started;
-
-	/* the body */
-	char *body;
-	size_t len, cap;
-	bool too_large;
-
-	/* an upload waiting for the writer; mu orders suspend before resume */
-	pthread_mutex_t mu;
-	bool submitted;
-	bool done;
-	struct store_result res;
-};
 
 void http_options_default(struct http_options *o)
 {
@@ -83,8 +49,8 @@ void http_options_default(struct http_options *o)
 
 /* --- replies ---------------------------------------------------------------- */
 
-static MHD_Result reply_text(struct request *rq, unsigned status, char *text, size_t len,
-			     const char *content_type)
+MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
+			   const char *content_type)
 {
 	struct MHD_Response *resp;
 	MHD_Result ret;
@@ -107,8 +73,7 @@ static MHD_Result reply_text(struct request *rq, unsigned status, char *text, si
 	return ret;
 }
 
-/* Queue doc (stolen) as the reply. */
-static MHD_Result reply_json(struct request *rq, unsigned status, json_t *doc)
+MHD_Result http_reply_json(struct http_request *rq, unsigned status, json_t *doc)
 {
 	char *text = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(17));
 	size_t len;
@@ -118,10 +83,10 @@ static MHD_Result reply_json(struct request *rq, unsigned status, json_t *doc)
 		return MHD_NO;
 	len = strlen(text);
 	text[len] = '\0';
-	return reply_text(rq, status, text, len, "application/json");
+	return http_reply_text(rq, status, text, len, "application/json");
 }
 
-static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
+MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 {
 	int status = err->status ? err->status : 500;
 	/* a refused name may hold anything: log it only when it is a valid one */
@@ -141,24 +106,24 @@ static MHD_Result reply_error(struct request *rq, const struct bn_error *err)
 	else
 		log_info("request_rejected", "route=%s run=%s status=%d code=%s path=\"%s\"",
 			 rq->route.name, run, status, err->code, err->path);
-	return reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
+	return http_reply_json(rq, (unsigned)status, json_pack("{s:o}", "error", e));
 }
 
-static MHD_Result fail(struct request *rq, int status, const char *code, const char *path,
-		       const char *msg)
+MHD_Result http_fail(struct http_request *rq, int status, const char *code, const char *path,
+		     const char *msg)
 {
 	struct bn_error err;
 
 	bn_error_set(&err, status, code, path, "%s", msg);
-	return reply_error(rq, &err);
+	return http_reply_error(rq, &err);
 }
 
-/* --- uploads ------------------------------------------------------------------ */
+/* --- jobs for the store's writer ------------------------------------------------- */
 
 /* Writer thread: the batch committed (or failed); wake the connection. */
 static void upload_done(void *ctx, const struct store_result *r)
 {
-	struct request *rq = ctx;
+	struct http_request *rq = ctx;
 	struct MHD_Connection *conn = rq->conn;
 
 	pthread_mutex_lock(&rq->mu);
@@ -169,8 +134,7 @@ static void upload_done(void *ctx, const struct store_result *r)
 	MHD_resume_connection(conn);
 }
 
-/* The writer's outcome, once upload_done() has delivered it. */
-static bool take_result(struct request *rq, struct store_result *res)
+bool http_take_result(struct http_request *rq, struct store_result *res)
 {
 	bool done;
 
@@ -181,14 +145,8 @@ static bool take_result(struct request *rq, struct store_result *res)
 	return done;
 }
 
-/*
- * Hand one job to the writer (a batch, a snapshot, or the deletion of
- * rq->route.run) and suspend the connection until upload_done() resumes it.
- * The job is the store's from here on; on a refusal (a full queue, a
- * shutdown) it is freed and the client gets 503 with Retry-After.
- */
-static MHD_Result to_writer(struct request *rq, struct ingest_batch *b, struct store_snapshot *snap,
-			    bool delete_run)
+MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct store_snapshot *snap,
+		       bool delete_run)
 {
 	struct store *st = rq->srv->store;
 	size_t n_layers = b != NULL ? b->n_layers : 0; /* b is the writer's once queued */
@@ -216,296 +174,14 @@ static MHD_Result to_writer(struct request *rq, struct ingest_batch *b, struct s
 	}
 	ingest_batch_free(b);
 	store_snapshot_free(snap);
-	return fail(rq, 503, BN_E_UNAVAILABLE, NULL,
-		    rc == -EAGAIN ? "the write queue is full; retry after a second"
-				  : "the server is shutting down");
-}
-
-static MHD_Result handle_upload(struct request *rq)
-{
-	struct http_server *srv = rq->srv;
-	struct ingest_batch *b = NULL;
-	struct bn_error err;
-	const char *ctype;
-	int rc;
-
-	if (rq->submitted) {
-		struct store_result res;
-
-		if (!take_result(rq, &res))
-			return MHD_YES; /* not ours to answer yet */
-		if (res.status != 200)
-			return reply_error(rq, &res.err);
-		metrics_upload(res.duplicate ? "duplicate" : "accepted");
-		return reply_json(rq, 200,
-				  json_pack("{s:b, s:b, s:I}", "accepted", 1, "duplicate",
-					    res.duplicate, "layers", (json_int_t)res.layers));
-	}
-
-	ctype = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
-					    MHD_HTTP_HEADER_CONTENT_TYPE);
-	/* Anything but the binary form is taken as JSON (curl -d sends a form type). */
-	if (ctype != NULL && strncasecmp(ctype, "application/octet-stream", 24) == 0)
-		rc = ingest_decode_safetensors(rq->route.run,
-					       (const uint8_t *)(rq->body ? rq->body : ""), rq->len,
-					       &srv->opt.limits, &b, &err);
-	else
-		rc = ingest_decode_json(rq->route.run, rq->body ? rq->body : "", rq->len,
-					&srv->opt.limits, &b, &err);
-	if (rc < 0)
-		return reply_error(rq, &err);
-	free(rq->body); /* the batch holds everything decoded */
-	rq->body = NULL;
-	rq->len = rq->cap = 0;
-
-	return to_writer(rq, b, NULL, false);
-}
-
-/*
- * DELETE /v1/runs/{run}: the writer removes the run and everything of it
- * (statistics, EMAs, snapshots) in one transaction.
- */
-static MHD_Result handle_delete(struct request *rq)
-{
-	struct store_result res;
-
-	if (rq->submitted) {
-		if (!take_result(rq, &res))
-			return MHD_YES;
-		if (res.status >= 300)
-			return reply_error(rq, &res.err);
-		return reply_json(rq, 200,
-				  json_pack("{s:s, s:b}", "run", rq->route.run, "deleted", 1));
-	}
-	if (!ingest_name_valid(rq->route.run))
-		return fail(rq, 422, BN_E_INVALID, "run",
-			    "run names are 1 to 128 of [A-Za-z0-9._-]");
-	return to_writer(rq, NULL, NULL, true);
-}
-
-/* --- reads ---------------------------------------------------------------------- */
-
-struct layer_params {
-	const char *v[MAX_LAYER_PARAMS];
-	size_t n;
-	bool overflow;
-};
-
-static MHD_Result collect_layer_param(void *cls, enum MHD_ValueKind kind, const char *key,
-				      const char *value)
-{
-	struct layer_params *lp = cls;
-
-	if (strcmp(key, "layer") != 0)
-		return MHD_YES;
-	if (lp->n == MAX_LAYER_PARAMS) {
-		lp->overflow = true;
-		return MHD_NO;
-	}
-	lp->v[lp->n++] = value ? value : "";
-	return MHD_YES;
-}
-
-static const char *arg(struct request *rq, const char *key)
-{
-	return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
-}
-
-/* ?format=safetensors, or an Accept header that asks for octet-stream. */
-static bool wants_safetensors(struct request *rq)
-{
-	const char *format = arg(rq, "format");
-	const char *accept;
-
-	if (format != NULL)
-		return strcmp(format, "safetensors") == 0;
-	accept = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
-	return accept != NULL && strstr(accept, "application/octet-stream") != NULL;
-}
-
-/*
- * POST /v1/runs/{run}/snapshots: compute on this thread, create through
- * the writer (which settles a race for the same label), answer 201 with
- * the snapshot; a retry answers 200 with the stored one.
- */
-static MHD_Result handle_snapshot_create(struct request *rq)
-{
-	struct http_server *srv = rq->srv;
-	struct store_snapshot *snap = NULL;
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (rq->submitted) {
-		struct store_result res;
-		char label[STORE_LABEL_MAX + 2];
-
-		if (!take_result(rq, &res))
-			return MHD_YES;
-		if (res.status >= 300)
-			return reply_error(rq, &res.err);
-		snprintf(label, sizeof(label), "%s", rq->route.label);
-		if (store_reader_get(srv->store, &r, &err) < 0)
-			return reply_error(rq, &err);
-		rc = query_snapshot_get(r, rq->route.run, label, &doc, &err);
-		store_reader_put(srv->store, r);
-		if (rc < 0)
-			return reply_error(rq, &err);
-		return reply_json(rq, (unsigned)res.status, doc);
-	}
-
-	if (store_reader_get(srv->store, &r, &err) < 0)
-		return reply_error(rq, &err);
-	rc = query_snapshot_prepare(r, rq->route.run, rq->body ? rq->body : "", rq->len, &snap,
-				    &doc, &err);
-	store_reader_put(srv->store, r);
-	if (rc < 0)
-		return reply_error(rq, &err);
-	if (doc != NULL)
-		return reply_json(rq, 200, doc);
-
-	snprintf(rq->route.label, sizeof(rq->route.label), "%s", snap->label);
-	return to_writer(rq, NULL, snap, false);
-}
-
-/* GET /metrics: counters, then the gauges only the store and database know. */
-static MHD_Result handle_metrics(struct request *rq, struct store_reader *r)
-{
-	struct store *st = rq->srv->store;
-	struct bn_error err;
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
-	int rc;
-
-	if (f == NULL) {
-		store_reader_put(st, r);
-		return MHD_NO;
-	}
-	metrics_render(f);
-	fprintf(f,
-		"# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
-		"# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
-		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
-		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
-		store_queue_depth(st), store_disk_bytes(st));
-	rc = query_metrics(r, f, &err);
-	store_reader_put(st, r);
-	fclose(f);
-	if (rc < 0) {
-		free(text);
-		return reply_error(rq, &err);
-	}
-	return reply_text(rq, 200, text, len, "text/plain; version=0.0.4; charset=utf-8");
-}
-
-static MHD_Result handle_get(struct request *rq)
-{
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (rq->route.endpoint == HTTP_HEALTHZ)
-		return reply_json(rq, 200,
-				  json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
-					    store_schema_version(rq->srv->store), "queue",
-					    (json_int_t)store_queue_depth(rq->srv->store)));
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return reply_error(rq, &err);
-	if (rq->route.endpoint == HTTP_METRICS)
-		return handle_metrics(rq, r);
-	switch (rq->route.endpoint) {
-	case HTTP_RUNS:
-		rc = query_runs(r, &doc, &err);
-		break;
-	case HTTP_RUN:
-		rc = query_run(r, rq->route.run, &doc, &err);
-		break;
-	case HTTP_STATS:
-	case HTTP_COMPARE:
-	case HTTP_SERIES:
-	case HTTP_SHIFT: {
-		struct layer_params lp = { .n = 0 };
-		struct query_params p = { 0 };
-
-		MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, collect_layer_param,
-					  &lp);
-		if (lp.overflow) {
-			rc = bn_error_set(&err, 422, BN_E_LIMIT, "layer",
-					  "at most %d layer= parameters", MAX_LAYER_PARAMS);
-			break;
-		}
-		p.step = arg(rq, "step");
-		p.window = arg(rq, "window");
-		p.domain = arg(rq, "domain");
-		p.estimator = arg(rq, "estimator");
-		p.ema = arg(rq, "ema");
-		p.worker = arg(rq, "worker");
-		p.momentum = arg(rq, "momentum");
-		p.channel = arg(rq, "channel");
-		p.from = arg(rq, "from");
-		p.to = arg(rq, "to");
-		p.stride = arg(rq, "stride");
-		p.points = arg(rq, "points");
-		p.source = arg(rq, "source");
-		p.target = arg(rq, "target");
-		p.layers = lp.v;
-		p.n_layers = lp.n;
-		if (rq->route.endpoint == HTTP_STATS)
-			rc = query_stats(r, rq->route.run, &p, &doc, &err);
-		else if (rq->route.endpoint == HTTP_COMPARE)
-			rc = query_compare(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
-		else if (rq->route.endpoint == HTTP_SERIES)
-			rc = query_series(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
-		else
-			rc = query_shift(r, rq->route.run, &p, &doc, &err);
-		break;
-	}
-	case HTTP_DOMAINS:
-		rc = query_domains(r, rq->route.run, &doc, &err);
-		break;
-	case HTTP_SNAPSHOTS:
-		rc = query_snapshots(r, rq->route.run, &doc, &err);
-		break;
-	case HTTP_SNAPSHOT:
-		if (wants_safetensors(rq)) {
-			const char *dtype = arg(rq, "dtype");
-			char *buf;
-			size_t len;
-
-			if (dtype != NULL && strcmp(dtype, "f32") != 0 &&
-			    strcmp(dtype, "f64") != 0) {
-				rc = bn_error_set(&err, 422, BN_E_INVALID, "dtype",
-						  "dtype must be f32 or f64");
-				break;
-			}
-			rc = query_snapshot_safetensors(r, rq->route.run, rq->route.label,
-							dtype != NULL && strcmp(dtype, "f64") == 0,
-							&buf, &len, &err);
-			store_reader_put(rq->srv->store, r);
-			if (rc < 0)
-				return reply_error(rq, &err);
-			return reply_text(rq, 200, buf, len, "application/octet-stream");
-		}
-		rc = query_snapshot_get(r, rq->route.run, rq->route.label, &doc, &err);
-		break;
-	default:
-		rc = bn_error_set(&err, 404, BN_E_NOT_FOUND, NULL, "no such resource");
-		break;
-	}
-	store_reader_put(rq->srv->store, r);
-	if (rc < 0)
-		return reply_error(rq, &err);
-	return reply_json(rq, 200, doc);
+	return http_fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+			 rc == -EAGAIN ? "the write queue is full; retry after a second"
+				       : "the server is shutting down");
 }
 
 /* --- the access handler ------------------------------------------------------------- */
 
-static bool body_append(struct request *rq, const char *data, size_t size)
+static bool body_append(struct http_request *rq, const char *data, size_t size)
 {
 	size_t need = rq->len + size;
 
@@ -541,7 +217,7 @@ static bool body_append(struct request *rq, const char *data, size_t size)
  * May this request go on (auth_check() says who may what)? Returns true,
  * or false with the refusal queued in *ret; a 401 says how to authenticate.
  */
-static bool authorize(struct request *rq, MHD_Result *ret)
+static bool authorize(struct http_request *rq, MHD_Result *ret)
 {
 	const union MHD_ConnectionInfo *ci =
 		MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -553,13 +229,13 @@ static bool authorize(struct request *rq, MHD_Result *ret)
 		       &err) == 0)
 		return true;
 	rq->unauthorized = err.status == 401;
-	*ret = reply_error(rq, &err);
+	*ret = http_reply_error(rq, &err);
 	return false;
 }
 
-static struct request *request_new(struct http_server *srv, struct MHD_Connection *conn)
+static struct http_request *request_new(struct http_server *srv, struct MHD_Connection *conn)
 {
-	struct request *rq = calloc(1, sizeof(*rq));
+	struct http_request *rq = calloc(1, sizeof(*rq));
 
 	if (rq == NULL)
 		return NULL;
@@ -576,7 +252,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 			     size_t *upload_data_size, void **req_cls)
 {
 	struct http_server *srv = cls;
-	struct request *rq = *req_cls;
+	struct http_request *rq = *req_cls;
 	char msg[128];
 	int rc;
 
@@ -589,11 +265,11 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 		*req_cls = rq;
 		rc = http_route_parse(method, url, &rq->route);
 		if (rc == -ENOENT)
-			return fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
+			return http_fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
 		if (rc < 0) {
 			snprintf(msg, sizeof(msg), "%s is not allowed here; use %s", method,
 				 rq->route.allowed);
-			return fail(rq, 405, BN_E_METHOD, NULL, msg);
+			return http_fail(rq, 405, BN_E_METHOD, NULL, msg);
 		}
 		{
 			MHD_Result ret;
@@ -610,7 +286,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 				snprintf(msg, sizeof(msg),
 					 "the body is %llu bytes; the limit is %zu", n,
 					 srv->opt.max_body);
-				return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
+				return http_fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
 			}
 			if (n > 0) { /* one allocation for the whole body */
 				char *p = realloc(rq->body, (size_t)n + 1);
@@ -634,21 +310,15 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 	if (rq->too_large) {
 		snprintf(msg, sizeof(msg), "the body is larger than the limit of %zu bytes",
 			 srv->opt.max_body);
-		return fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
+		return http_fail(rq, 413, BN_E_TOO_LARGE, NULL, msg);
 	}
-	if (rq->route.endpoint == HTTP_BATCHES)
-		return handle_upload(rq);
-	if (rq->route.endpoint == HTTP_SNAPSHOT_CREATE)
-		return handle_snapshot_create(rq);
-	if (rq->route.endpoint == HTTP_RUN_DELETE)
-		return handle_delete(rq);
-	return handle_get(rq);
+	return http_handlers_dispatch(rq);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	struct request *rq = *req_cls;
+	struct http_request *rq = *req_cls;
 
 	if (rq == NULL)
 		return;

@@ -1,14 +1,31 @@
 /*
  * http_private: what the files of the http module share and nobody else
  * sees: the parsed route of a request (http_route.c, pure, no
- * libmicrohttpd in it, so that routing can be tested without a server).
+ * libmicrohttpd in it, so that routing can be tested without a server),
+ * the server and request state (http.c) and the handlers' entry point
+ * (http_handlers.c).
  */
 #ifndef BNSTAT_HTTP_PRIVATE_H
 #define BNSTAT_HTTP_PRIVATE_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
 #include "bnstat/ingest.h"
 #include "http.h"
 #include "store.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int MHD_Result;
+#else
+typedef enum MHD_Result MHD_Result;
+#endif
 
 /*
  * A request's method and path, parsed. run and label hold one byte more
@@ -36,5 +53,89 @@ struct http_route {
  * for the call only; out->name and out->allowed point to static strings.
  */
 int http_route_parse(const char *method, const char *url, struct http_route *out);
+
+/* --- the server and its requests (http.c) -------------------------------------------- */
+
+struct http_server {
+	struct MHD_Daemon *mhd;
+	struct store *store;	     /* borrowed, see http_start() */
+	struct replay_cache *replay; /* borrowed */
+	struct http_options opt;
+	_Atomic unsigned in_flight; /* requests begun and not completed */
+	unsigned port;
+};
+
+/*
+ * One request, from its first call of the access handler to the completion
+ * callback, which frees it (libmicrohttpd's req_cls). Only the connection's
+ * thread touches it, but for mu, done and res that the writer's callback
+ * sets.
+ */
+struct http_request {
+	struct http_server *srv;
+	struct MHD_Connection *conn;
+	struct http_route route;
+	bool unauthorized; /* a 401: say how to authenticate */
+	struct timespec started;
+
+	/* the body, NUL-terminated (owned; a handler may take it and set it NULL) */
+	char *body;
+	size_t len, cap;
+	bool too_large;
+
+	/* a job handed to the writer; mu orders suspend before resume */
+	pthread_mutex_t mu;
+	bool submitted;
+	bool done;
+	struct store_result res;
+};
+
+/*
+ * Queue text (len bytes, content_type) with status as the reply. text is
+ * stolen: freed by libmicrohttpd once sent, or here on failure. 405s carry
+ * Allow, 401s WWW-Authenticate, 503s Retry-After. Returns what the access
+ * handler returns.
+ */
+MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
+			   const char *content_type);
+
+/* Queue doc (stolen, NULL allowed: MHD_NO) as a JSON reply with status. */
+MHD_Result http_reply_json(struct http_request *rq, unsigned status, json_t *doc);
+
+/*
+ * Queue {"error": ...} from *err (borrowed), log the refusal (or the
+ * failure, from 500 on) and count a refused upload in the metrics.
+ */
+MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err);
+
+/* http_reply_error() with an error made of status, code, path (NULL: none), msg. */
+MHD_Result http_fail(struct http_request *rq, int status, const char *code, const char *path,
+		     const char *msg);
+
+/*
+ * Hand one job to the store's writer (a batch b, a snapshot snap, or with
+ * delete_run the deletion of rq->route.run) and suspend the connection
+ * until the writer's outcome resumes it; the handler is then called again
+ * with rq->submitted set and takes the outcome with http_take_result().
+ * b and snap are stolen: the store's once queued, freed here when the
+ * writer refuses them (a full queue, a shutdown: 503 with Retry-After).
+ */
+MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct store_snapshot *snap,
+		       bool delete_run);
+
+/*
+ * Copy the writer's outcome into *res. Returns false while it has not
+ * arrived (the handler answers nothing yet); then *res is not meaningful.
+ */
+bool http_take_result(struct http_request *rq, struct store_result *res);
+
+/* --- the handlers (http_handlers.c) ---------------------------------------------------- */
+
+/*
+ * Answer rq (its body complete, the client authorized) with the handler of
+ * rq->route.endpoint. Called on the connection's thread, once, or twice for
+ * a job handed to the writer (again when it resumes the connection).
+ */
+MHD_Result http_handlers_dispatch(struct http_request *rq);
 
 #endif
