@@ -6,6 +6,10 @@
  * (snapshots, deletion; admin implies the other two). Tokens are compared
  * in constant time and never logged. auth_reload() swaps in a new table
  * atomically, so SIGHUP can rotate tokens under load.
+ *
+ * The policy, which role each endpoint needs and who is served without a
+ * token file, is here too, so that it reads in one place
+ * (docs/OPERATIONS.md, "Authentication"; docs/API.md, the endpoint table).
  */
 #ifndef BNSTAT_AUTH_H
 #define BNSTAT_AUTH_H
@@ -16,6 +20,7 @@
 #include "bnstat/error.h"
 #include "http.h"
 
+/* Role bits, as auth_roles() and auth_endpoint_role() return them. */
 enum auth_role {
 	AUTH_NONE = 0,
 	AUTH_INGEST = 1 << 0,
@@ -23,29 +28,45 @@ enum auth_role {
 	AUTH_ADMIN = 1 << 2,
 };
 
-#define AUTH_TOKEN_MIN 16
-#define AUTH_TOKEN_MAX 256
+#define AUTH_TOKEN_MIN 16  /* characters of a token, at least */
+#define AUTH_TOKEN_MAX 256 /* and at most */
 
 struct auth;
 
 /*
- * Read the token file at path. On success *out is owned by the caller
- * (auth_free()). Errors name the file and line in *err.
+ * Read the token file at path (borrowed for the call). On success *out is
+ * a new table owned by the caller (free it with auth_free()). Returns 0,
+ * or a negative errno with *out NULL and *err filled in: status 400, path
+ * "token-file", a message naming the file and line (never the token). A
+ * file without a token is refused: nobody could use the server.
  */
 int auth_load(const char *path, struct auth **out, struct bn_error *err);
 
 /*
  * Read path again and, when it is valid, replace the tokens of a; when it
- * is not, keep the old ones and describe the problem in *err.
+ * is not (or is gone), keep the old ones and describe the problem in *err
+ * as auth_load() does. Returns 0 or a negative errno. Any thread, while
+ * others call auth_roles() or auth_check(): they see the old table or the
+ * new one, never a mix.
  */
 int auth_reload(struct auth *a, const char *path, struct bn_error *err);
 
-/* The roles of token (AUTH_NONE for an unknown token); admin implies all. */
+/*
+ * The roles of token (AUTH_NONE for an unknown token), the union over
+ * every line that lists it; admin implies ingest and read. token is
+ * borrowed, NUL-terminated; at most AUTH_TOKEN_MAX + 1 bytes are read, so
+ * a longer candidate never matches. Every stored token is compared in
+ * constant time. Any thread.
+ */
 unsigned auth_roles(struct auth *a, const char *token);
 
-/* Number of tokens loaded. */
+/* The number of tokens (lines) loaded; for the log. Any thread. */
 unsigned auth_count(struct auth *a);
 
+/*
+ * Free a, its tokens and its lock; NULL is fine. a must no longer be in use:
+ * stop the server it was given to (http_stop()) first.
+ */
 void auth_free(struct auth *a);
 
 /*
