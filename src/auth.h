@@ -18,7 +18,7 @@
 #include <stddef.h>
 
 #include "bnstat/error.h"
-#include "http.h"
+#include "endpoint.h"
 
 /* Role bits, as auth_roles() and auth_endpoint_role() return them. */
 enum auth_role {

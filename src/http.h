@@ -16,6 +16,7 @@
 #include <stddef.h>
 
 #include "bnstat/error.h"
+#include "endpoint.h"
 #include "bnstat/ingest.h"
 #include "store.h"
 
@@ -35,29 +36,6 @@ struct http_options {
 	struct auth *auth;	  /* bearer tokens; NULL: loopback clients only */
 	const char *tls_cert_pem; /* PEM text; both set: HTTPS */
 	const char *tls_key_pem;
-};
-
-/*
- * The endpoints of docs/API.md, one per method and path: what a request
- * asks for once its URL is parsed (see http_private.h), and what auth's
- * policy (auth_endpoint_role()) is keyed on.
- */
-enum http_endpoint {
-	HTTP_NONE,	      /* no such resource (404) */
-	HTTP_HEALTHZ,	      /* GET /healthz */
-	HTTP_METRICS,	      /* GET /metrics */
-	HTTP_RUNS,	      /* GET /v1/runs */
-	HTTP_RUN,	      /* GET /v1/runs/{run} */
-	HTTP_RUN_DELETE,      /* DELETE /v1/runs/{run} */
-	HTTP_BATCHES,	      /* POST /v1/runs/{run}/batches */
-	HTTP_STATS,	      /* GET /v1/runs/{run}/stats */
-	HTTP_COMPARE,	      /* GET /v1/runs/{run}/compare */
-	HTTP_SERIES,	      /* GET /v1/runs/{run}/series */
-	HTTP_DOMAINS,	      /* GET /v1/runs/{run}/domains */
-	HTTP_SHIFT,	      /* GET /v1/runs/{run}/shift */
-	HTTP_SNAPSHOTS,	      /* GET /v1/runs/{run}/snapshots */
-	HTTP_SNAPSHOT_CREATE, /* POST /v1/runs/{run}/snapshots */
-	HTTP_SNAPSHOT,	      /* GET /v1/runs/{run}/snapshots/{label} */
 };
 
 struct http_server;
