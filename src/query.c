@@ -4,6 +4,7 @@
  * the same question always gets the same bits, and builds the JSON reply.
  */
 #include "query.h"
+#include "query_private.h"
 
 #include <errno.h>
 #include <math.h>
@@ -15,8 +16,6 @@
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
 #include "replay.h"
-
-#define DOMAIN_ALL "*"
 
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err)
@@ -45,12 +44,12 @@ bad:
  * can overflow (a squared difference of means beyond 1e154): JSON has no
  * infinity, so those become null rather than breaking the reply.
  */
-static json_t *json_num(double v)
+json_t *query_json_num(double v)
 {
 	return isfinite(v) ? json_real(v) : json_null();
 }
 
-static json_t *json_doubles(const double *v, size_t n)
+json_t *query_json_doubles(const double *v, size_t n)
 {
 	json_t *a = json_array();
 	size_t i;
@@ -58,7 +57,7 @@ static json_t *json_doubles(const double *v, size_t n)
 	if (a == NULL)
 		return NULL;
 	for (i = 0; i < n; i++) {
-		if (json_array_append_new(a, json_num(v[i])) < 0) {
+		if (json_array_append_new(a, query_json_num(v[i])) < 0) {
 			json_decref(a);
 			return NULL;
 		}
@@ -66,17 +65,17 @@ static json_t *json_doubles(const double *v, size_t n)
 	return a;
 }
 
-static int oom(struct bn_error *err)
+int query_oom(struct bn_error *err)
 {
 	return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
 }
 
-static int read_failed(struct bn_error *err)
+int query_read_failed(struct bn_error *err)
 {
 	return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "the database could not be read");
 }
 
-static int find_run(struct store_reader *r, const char *run, int64_t *run_id, struct bn_error *err)
+int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, struct bn_error *err)
 {
 	int rc;
 
@@ -86,7 +85,7 @@ static int find_run(struct store_reader *r, const char *run, int64_t *run_id, st
 	rc = store_run_find(r, run, run_id);
 	if (rc == -ENOENT)
 		return bn_error_set(err, 404, BN_E_NOT_FOUND, "run", "no run named %s", run);
-	return rc < 0 ? read_failed(err) : 0;
+	return rc < 0 ? query_read_failed(err) : 0;
 }
 
 /* --- runs ---------------------------------------------------------------- */
@@ -124,14 +123,14 @@ int query_runs(struct store_reader *r, json_t **out, struct bn_error *err)
 	int rc;
 
 	if (runs == NULL)
-		return oom(err);
+		return query_oom(err);
 	rc = store_runs_foreach(r, append_run, runs);
 	if (rc < 0) {
 		json_decref(runs);
-		return rc == -ENOMEM ? oom(err) : read_failed(err);
+		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 	}
 	*out = json_pack("{s:o}", "runs", runs);
-	return *out ? 0 : oom(err);
+	return *out ? 0 : query_oom(err);
 }
 
 static int set_run(void *ctx, const struct store_run_info *info)
@@ -173,14 +172,14 @@ int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_e
 
 	*out = NULL;
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc < 0)
 		goto done;
 	layers = json_array();
 	domains = json_array();
 	workers = json_array();
 	if (layers == NULL || domains == NULL || workers == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	rc = store_run_describe(r, run, set_run, &o);
@@ -191,7 +190,7 @@ int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_e
 	if (rc == 0)
 		rc = store_workers_foreach(r, run_id, append_worker, workers);
 	if (rc < 0) {
-		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 		goto done;
 	}
 	json_object_set(o, "layers", layers);
@@ -210,32 +209,17 @@ done:
 
 /* --- stats ------------------------------------------------------------------ */
 
-/* One layer being merged over a window. */
-struct layer_acc {
-	int64_t id;
-	char *name;
-	size_t channels;
-	bool wanted; /* named by a layer= filter, or no filter */
-	struct stats_agg agg;
-};
-
-struct window {
-	struct layer_acc *layers; /* sorted by id */
-	size_t n;
-	int64_t run_id, domain_id; /* as resolved by window_compute (domain -1: all) */
-};
-
 static int acc_cmp_id(const void *a, const void *b)
 {
-	const struct layer_acc *x = a, *y = b;
+	const struct query_layer_acc *x = a, *y = b;
 
 	return (x->id > y->id) - (x->id < y->id);
 }
 
 static int collect_layer(void *ctx, const struct store_item *it)
 {
-	struct window *w = ctx;
-	struct layer_acc *p = realloc(w->layers, (w->n + 1) * sizeof(*p));
+	struct query_window *w = ctx;
+	struct query_layer_acc *p = realloc(w->layers, (w->n + 1) * sizeof(*p));
 
 	if (p == NULL)
 		return -ENOMEM;
@@ -251,7 +235,7 @@ static int collect_layer(void *ctx, const struct store_item *it)
 	return 0;
 }
 
-static void window_free(struct window *w)
+void query_window_free(struct query_window *w)
 {
 	size_t i;
 
@@ -266,9 +250,9 @@ static void window_free(struct window *w)
 
 static int merge_row(void *ctx, const struct store_agg_row *row)
 {
-	struct window *w = ctx;
-	struct layer_acc key = { .id = row->layer_id };
-	struct layer_acc *l = bsearch(&key, w->layers, w->n, sizeof(key), acc_cmp_id);
+	struct query_window *w = ctx;
+	struct query_layer_acc key = { .id = row->layer_id };
+	struct query_layer_acc *l = bsearch(&key, w->layers, w->n, sizeof(key), acc_cmp_id);
 
 	if (l == NULL || l->channels != row->agg->channels)
 		return -EIO;
@@ -278,7 +262,7 @@ static int merge_row(void *ctx, const struct store_agg_row *row)
 	return 0;
 }
 
-static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator est)
+static json_t *layer_stats_json(const struct query_layer_acc *l, enum stats_estimator est)
 {
 	json_t *o;
 	double *mean, *var;
@@ -289,34 +273,24 @@ static json_t *layer_stats_json(const struct layer_acc *l, enum stats_estimator 
 		return NULL;
 	var = mean + l->channels;
 	stats_estimate(&l->agg, est, mean, var);
-	o = json_pack(
-		"{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}", "channels", (json_int_t)l->channels,
-		"count", (json_int_t)l->agg.n, "batches", (json_int_t)l->agg.k, "mean",
-		json_doubles(mean, l->channels), "var", json_doubles(var, l->channels),
-		"batch_size", "min", (json_int_t)l->agg.nbs_min, "mean",
-		json_num((double)l->agg.n / (double)l->agg.k), "max", (json_int_t)l->agg.nbs_max);
+	o = json_pack("{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}", "channels",
+		      (json_int_t)l->channels, "count", (json_int_t)l->agg.n, "batches",
+		      (json_int_t)l->agg.k, "mean", query_json_doubles(mean, l->channels), "var",
+		      query_json_doubles(var, l->channels), "batch_size", "min",
+		      (json_int_t)l->agg.nbs_min, "mean",
+		      query_json_num((double)l->agg.n / (double)l->agg.k), "max",
+		      (json_int_t)l->agg.nbs_max);
 	free(mean);
 	if (o == NULL)
 		return NULL;
 	if (stats_batch_noise(&l->agg, &noise) == 0)
-		json_object_set_new(o, "batch_noise", json_num(noise));
+		json_object_set_new(o, "batch_noise", query_json_num(noise));
 	else
 		json_object_set_new(o, "batch_noise", json_null());
 	return o;
 }
 
-/* A precise-estimate request, with parameters already parsed. */
-struct window_req {
-	const char *run;
-	const char *domain; /* a name or "*" */
-	bool has_step;
-	int64_t step;
-	int64_t window;
-	const char *const *layers; /* filter, n_layers names; none: every layer */
-	size_t n_layers;
-};
-
-static int parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
+int query_parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {
 	if (s == NULL || strcmp(s, "population") == 0)
 		*est = STATS_EST_POPULATION;
@@ -328,14 +302,14 @@ static int parse_estimator(const char *s, enum stats_estimator *est, struct bn_e
 	return 0;
 }
 
-static const char *estimator_name(enum stats_estimator est)
+const char *query_estimator_name(enum stats_estimator est)
 {
 	return est == STATS_EST_POPULATION ? "population" : "mean_of_batch_var";
 }
 
-static int check_domain(const char *domain, struct bn_error *err)
+int query_check_domain(const char *domain, struct bn_error *err)
 {
-	if (strcmp(domain, DOMAIN_ALL) != 0 && !ingest_name_valid(domain))
+	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0 && !ingest_name_valid(domain))
 		return bn_error_set(err, 422, BN_E_INVALID, "domain",
 				    "domain names are 1 to 128 of [A-Za-z0-9._-], or * for all");
 	return 0;
@@ -347,26 +321,26 @@ static int check_domain(const char *domain, struct bn_error *err)
  * Inside the caller's read transaction. 404 when the window holds no data
  * or a requested layer has none.
  */
-static int window_compute(struct store_reader *r, const struct window_req *q, struct window *w,
-			  int64_t *step_out, struct bn_error *err)
+int query_window_compute(struct store_reader *r, const struct query_window_req *q,
+			 struct query_window *w, int64_t *step_out, struct bn_error *err)
 {
 	int64_t run_id, domain_id = -1, step = q->step;
 	int64_t *ids = NULL;
 	size_t i, j, n_ids = 0, with_data = 0;
 	int rc;
 
-	rc = find_run(r, q->run, &run_id, err);
+	rc = query_run_find(r, q->run, &run_id, err);
 	if (rc < 0)
 		return rc;
 	w->run_id = run_id;
 	w->domain_id = -1;
-	if (strcmp(q->domain, DOMAIN_ALL) != 0) {
+	if (strcmp(q->domain, QUERY_DOMAIN_ALL) != 0) {
 		rc = store_domain_find(r, run_id, q->domain, &domain_id);
 		if (rc == -ENOENT)
 			return bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
 					    "run %s has no domain %s", q->run, q->domain);
 		if (rc < 0)
-			return read_failed(err);
+			return query_read_failed(err);
 		w->domain_id = domain_id;
 	}
 	if (!q->has_step) {
@@ -376,18 +350,18 @@ static int window_compute(struct store_reader *r, const struct window_req *q, st
 					    "run %s has no statistics in domain %s", q->run,
 					    q->domain);
 		if (rc < 0)
-			return read_failed(err);
+			return query_read_failed(err);
 	}
 	*step_out = step;
 
 	rc = store_layers_foreach(r, run_id, collect_layer, w);
 	if (rc < 0)
-		return rc == -ENOMEM ? oom(err) : read_failed(err);
+		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 	qsort(w->layers, w->n, sizeof(*w->layers), acc_cmp_id);
 	if (q->n_layers > 0) {
 		ids = calloc(q->n_layers, sizeof(*ids));
 		if (ids == NULL)
-			return oom(err);
+			return query_oom(err);
 		for (i = 0; i < q->n_layers; i++) {
 			for (j = 0; j < w->n && strcmp(w->layers[j].name, q->layers[i]) != 0; j++)
 				;
@@ -410,7 +384,7 @@ static int window_compute(struct store_reader *r, const struct window_req *q, st
 				w);
 	free(ids);
 	if (rc < 0)
-		return rc == -ENOMEM ? oom(err) : read_failed(err);
+		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 
 	for (j = 0; j < w->n; j++) {
 		if (!w->layers[j].wanted)
@@ -433,8 +407,8 @@ static int window_compute(struct store_reader *r, const struct window_req *q, st
 }
 
 /* Parse step, window and domain (with its default) into *q. */
-static int parse_window_req(const struct query_params *p, struct window_req *q,
-			    struct bn_error *err)
+int query_window_parse(const struct query_params *p, struct query_window_req *q,
+		       struct bn_error *err)
 {
 	long long v;
 
@@ -454,14 +428,14 @@ static int parse_window_req(const struct query_params *p, struct window_req *q,
 		q->has_step = true;
 		q->step = v;
 	}
-	return check_domain(q->domain, err);
+	return query_check_domain(q->domain, err);
 }
 
 int query_stats(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
-	struct window w = { 0 };
-	struct window_req q = { .run = run };
+	struct query_window w = { 0 };
+	struct query_window_req q = { .run = run };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	json_t *layers = NULL;
 	int64_t step = 0;
@@ -469,16 +443,17 @@ int query_stats(struct store_reader *r, const char *run, const struct query_para
 	int rc;
 
 	*out = NULL;
-	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &q, err) < 0)
+	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
+	    query_window_parse(p, &q, err) < 0)
 		return -EINVAL;
 
 	store_read_begin(r);
-	rc = window_compute(r, &q, &w, &step, err);
+	rc = query_window_compute(r, &q, &w, &step, err);
 	if (rc < 0)
 		goto done;
 	layers = json_object();
 	if (layers == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	for (j = 0; j < w.n; j++) {
@@ -488,18 +463,18 @@ int query_stats(struct store_reader *r, const char *run, const struct query_para
 			continue;
 		o = layer_stats_json(&w.layers[j], est);
 		if (o == NULL || json_object_set_new(layers, w.layers[j].name, o) < 0) {
-			rc = oom(err);
+			rc = query_oom(err);
 			goto done;
 		}
 	}
 	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain, "step",
 			 (json_int_t)step, "window", (json_int_t)q.window, "estimator",
-			 estimator_name(est), "layers", layers);
-	rc = *out ? 0 : oom(err);
+			 query_estimator_name(est), "layers", layers);
+	rc = *out ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	json_decref(layers);
-	window_free(&w);
+	query_window_free(&w);
 	return rc;
 }
 
@@ -538,8 +513,8 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 		json_t *lo =
 			json_pack("{s:I, s:I, s:I, s:o, s:o}", "channels", (json_int_t)l->channels,
 				  "count", (json_int_t)l->count, "batches", (json_int_t)l->batches,
-				  "mean", json_doubles(l->mean, l->channels), "var",
-				  json_doubles(l->var, l->channels));
+				  "mean", query_json_doubles(l->mean, l->channels), "var",
+				  query_json_doubles(l->var, l->channels));
 
 		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0) {
 			json_decref(o);
@@ -617,16 +592,16 @@ static int snapshot_request(const char *body, size_t len, struct store_snapshot 
 				goto done;
 			}
 			if (is_domain) {
-				if (check_domain(json_string_value(v), err) < 0)
+				if (query_check_domain(json_string_value(v), err) < 0)
 					goto done;
 				snprintf(snap->domain, sizeof(snap->domain), "%s",
 					 json_string_value(v));
 				snap->explicit_fields |= STORE_SNAP_DOMAIN;
 			} else {
-				if (parse_estimator(json_string_value(v), &est, err) < 0)
+				if (query_parse_estimator(json_string_value(v), &est, err) < 0)
 					goto done;
 				snprintf(snap->estimator, sizeof(snap->estimator), "%s",
-					 estimator_name(est));
+					 query_estimator_name(est));
 				snap->explicit_fields |= STORE_SNAP_ESTIMATOR;
 			}
 		} else {
@@ -648,7 +623,7 @@ done:
 }
 
 /* Turn the merged window into the layers of a snapshot. */
-static int snapshot_fill(struct store_snapshot *snap, const struct window *w,
+static int snapshot_fill(struct store_snapshot *snap, const struct query_window *w,
 			 enum stats_estimator est)
 {
 	size_t j;
@@ -657,7 +632,7 @@ static int snapshot_fill(struct store_snapshot *snap, const struct window *w,
 	if (snap->layers == NULL)
 		return -ENOMEM;
 	for (j = 0; j < w->n; j++) {
-		const struct layer_acc *a = &w->layers[j];
+		const struct query_layer_acc *a = &w->layers[j];
 		struct store_snapshot_layer *l = &snap->layers[snap->n_layers];
 
 		if (!a->wanted || a->agg.k == 0)
@@ -685,8 +660,8 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 			   struct store_snapshot **create, json_t **existing, struct bn_error *err)
 {
 	struct store_snapshot *snap, *have = NULL;
-	struct window w = { 0 };
-	struct window_req q = { .run = run };
+	struct query_window w = { 0 };
+	struct query_window_req q = { .run = run };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	int64_t run_id;
 	int rc;
@@ -695,7 +670,7 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	*existing = NULL;
 	snap = calloc(1, sizeof(*snap));
 	if (snap == NULL)
-		return oom(err);
+		return query_oom(err);
 	snprintf(snap->run, sizeof(snap->run), "%s", run);
 	snap->window = 1;
 	snprintf(snap->domain, sizeof(snap->domain), "default");
@@ -705,7 +680,7 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 		goto fail;
 
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc < 0)
 		goto done;
 	rc = store_snapshot_get(r, run_id, snap->label, false, &have);
@@ -723,14 +698,14 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 		have = NULL;
 		rc = store_snapshot_get(r, run_id, snap->label, true, &have);
 		if (rc < 0) {
-			rc = read_failed(err);
+			rc = query_read_failed(err);
 			goto done;
 		}
 		*existing = snapshot_json(have, true);
-		rc = *existing ? 0 : oom(err);
+		rc = *existing ? 0 : query_oom(err);
 		goto done;
 	} else if (rc != -ENOENT) {
-		rc = read_failed(err);
+		rc = query_read_failed(err);
 		goto done;
 	}
 
@@ -738,14 +713,14 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	q.has_step = (snap->explicit_fields & STORE_SNAP_STEP) != 0;
 	q.step = snap->step;
 	q.window = snap->window;
-	parse_estimator(snap->estimator, &est, NULL);
-	rc = window_compute(r, &q, &w, &snap->step, err);
+	query_parse_estimator(snap->estimator, &est, NULL);
+	rc = query_window_compute(r, &q, &w, &snap->step, err);
 	if (rc == 0 && snapshot_fill(snap, &w, est) < 0)
-		rc = oom(err);
+		rc = query_oom(err);
 done:
 	store_read_end(r);
 	store_snapshot_free(have);
-	window_free(&w);
+	query_window_free(&w);
 	if (rc == 0 && *existing == NULL) {
 		*create = snap;
 		return 0;
@@ -763,14 +738,14 @@ static int snapshot_load(struct store_reader *r, const char *run, const char *la
 	int rc;
 
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc == 0) {
 		rc = store_snapshot_get(r, run_id, label, true, out);
 		if (rc == -ENOENT)
 			rc = bn_error_set(err, 404, BN_E_NOT_FOUND, "label",
 					  "run %s has no snapshot %s", run, label);
 		else if (rc < 0)
-			rc = read_failed(err);
+			rc = query_read_failed(err);
 	}
 	store_read_end(r);
 	return rc;
@@ -788,7 +763,7 @@ int query_snapshot_get(struct store_reader *r, const char *run, const char *labe
 		return rc;
 	*out = snapshot_json(snap, true);
 	store_snapshot_free(snap);
-	return *out ? 0 : oom(err);
+	return *out ? 0 : query_oom(err);
 }
 
 /* Append little-endian values of v[0..n) as f32 or f64 to f. */
@@ -828,7 +803,7 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 	if (meta == NULL || header == NULL ||
 	    json_object_set_new(header, "__metadata__", meta) < 0) {
 		json_decref(meta);
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	{
@@ -853,7 +828,7 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 							  (json_int_t)l->channels, "data_offsets",
 							  (json_int_t)off,
 							  (json_int_t)(off + bytes))) < 0) {
-				rc = oom(err);
+				rc = query_oom(err);
 				goto done;
 			}
 			off += bytes;
@@ -861,7 +836,7 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 	}
 	htext = json_dumps(header, JSON_COMPACT | JSON_SORT_KEYS);
 	if (htext == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	/* Pad the header with spaces so that the data starts 8-byte aligned. */
@@ -869,7 +844,7 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 	hlen_le = (uint64_t)((hlen + 7) / 8 * 8);
 	f = open_memstream(&data, &dlen);
 	if (f == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	fwrite(&hlen_le, sizeof(hlen_le), 1, f);
@@ -882,7 +857,7 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 	}
 	if (fclose(f) != 0) {
 		f = NULL;
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	f = NULL;
@@ -909,9 +884,9 @@ static int append_snapshot(void *ctx, const struct store_snapshot *snap)
  * {"run": run, key: [...]} with the list filled by walk for the run's id:
  * the shape of every per-run listing.
  */
-static int run_list(struct store_reader *r, const char *run, const char *key,
-		    int (*walk)(struct store_reader *, int64_t, json_t *), json_t **out,
-		    struct bn_error *err)
+int query_run_list(struct store_reader *r, const char *run, const char *key,
+		   int (*walk)(struct store_reader *, int64_t, json_t *), json_t **out,
+		   struct bn_error *err)
 {
 	json_t *list = json_array();
 	int64_t run_id;
@@ -919,20 +894,20 @@ static int run_list(struct store_reader *r, const char *run, const char *key,
 
 	*out = NULL;
 	if (list == NULL)
-		return oom(err);
+		return query_oom(err);
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc == 0) {
 		rc = walk(r, run_id, list);
 		if (rc < 0)
-			rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 	}
 	store_read_end(r);
 	if (rc == 0)
 		*out = json_pack("{s:s, s:O}", "run", run, key, list);
 	json_decref(list);
 	if (rc == 0 && *out == NULL)
-		rc = oom(err);
+		rc = query_oom(err);
 	return rc;
 }
 
@@ -943,12 +918,12 @@ static int walk_snapshots(struct store_reader *r, int64_t run_id, json_t *list)
 
 int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
-	return run_list(r, run, "snapshots", walk_snapshots, out, err);
+	return query_run_list(r, run, "snapshots", walk_snapshots, out, err);
 }
 
 /* --- compare and shift ------------------------------------------------------------- */
 
-static int parse_momentum(const char *s, double *out, struct bn_error *err)
+int query_parse_momentum(const char *s, double *out, struct bn_error *err)
 {
 	char *end;
 	double v;
@@ -973,10 +948,10 @@ static int parse_momentum(const char *s, double *out, struct bn_error *err)
 
 static json_t *cmp_json(const struct stats_cmp *c)
 {
-	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", json_num(c->mean_err),
-			 "mean_err_max", json_num(c->mean_err_max), "var_err", json_num(c->var_err),
-			 "var_err_max", json_num(c->var_err_max), "kl", json_num(c->kl), "kl_max",
-			 json_num(c->kl_max));
+	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", query_json_num(c->mean_err),
+			 "mean_err_max", query_json_num(c->mean_err_max), "var_err",
+			 query_json_num(c->var_err), "var_err_max", query_json_num(c->var_err_max),
+			 "kl", query_json_num(c->kl), "kl_max", query_json_num(c->kl_max));
 }
 
 /* Fold a layer's metrics into the run's: means of means, maxima of maxima. */
@@ -1024,8 +999,8 @@ static int pick_ema(void *ctx, const struct store_row *row)
 int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
 		  const struct query_params *p, json_t **out, struct bn_error *err)
 {
-	struct window w = { 0 };
-	struct window_req q = { .run = run };
+	struct query_window w = { 0 };
+	struct query_window_req q = { .run = run };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct stats_cmp all = { 0 };
 	json_t *layers = NULL;
@@ -1037,15 +1012,16 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	int rc;
 
 	*out = NULL;
-	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &q, err) < 0)
+	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
+	    query_window_parse(p, &q, err) < 0)
 		return -EINVAL;
 	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "ema",
 				    "ema must be \"worker\" or \"sim\"");
 	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
-	if (sim && parse_momentum(p->momentum, &momentum, err) < 0)
+	if (sim && query_parse_momentum(p->momentum, &momentum, err) < 0)
 		return -EINVAL;
-	if (!sim && strcmp(q.domain, DOMAIN_ALL) == 0)
+	if (!sim && strcmp(q.domain, QUERY_DOMAIN_ALL) == 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "domain",
 				    "a worker EMA belongs to one domain: domain * needs ema=sim");
 	if (!sim && p->worker != NULL && !ingest_name_valid(p->worker))
@@ -1053,7 +1029,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
 
 	store_read_begin(r);
-	rc = window_compute(r, &q, &w, &step, err);
+	rc = query_window_compute(r, &q, &w, &step, err);
 	if (rc < 0)
 		goto done;
 	run_id = w.run_id;
@@ -1071,7 +1047,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 					(long long)step, q.domain);
 				goto done;
 			} else if (rc < 0) {
-				rc = read_failed(err);
+				rc = query_read_failed(err);
 				goto done;
 			}
 		}
@@ -1079,11 +1055,11 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 
 	layers = json_object();
 	if (layers == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	for (j = 0; j < w.n; j++) {
-		const struct layer_acc *a = &w.layers[j];
+		const struct query_layer_acc *a = &w.layers[j];
 		size_t c = a->channels;
 		struct stats_cmp cmp;
 		double *mp, *vp, *me, *ve;
@@ -1094,7 +1070,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			double *nb = realloc(buf, 4 * c * sizeof(double));
 
 			if (nb == NULL) {
-				rc = oom(err);
+				rc = query_oom(err);
 				goto done;
 			}
 			buf = nb;
@@ -1111,7 +1087,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me,
 					  ve, &applied);
 			if (rc < 0) {
-				rc = read_failed(err);
+				rc = query_read_failed(err);
 				goto done;
 			}
 		} else {
@@ -1122,7 +1098,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			if (rc == 0 && pick.found)
 				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c, me);
 			if (rc < 0) {
-				rc = read_failed(err);
+				rc = query_read_failed(err);
 				goto done;
 			}
 			if (!pick.found)
@@ -1131,7 +1107,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		stats_compare(c, me, ve, mp, vp, &cmp);
 		cmp_accumulate(&all, &cmp, &n_cmp);
 		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
-			rc = oom(err);
+			rc = query_oom(err);
 			goto done;
 		}
 	}
@@ -1144,7 +1120,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	}
 	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "run", run, "domain", q.domain,
 			 "step", (json_int_t)step, "window", (json_int_t)q.window, "estimator",
-			 estimator_name(est), "ema", sim ? "sim" : "worker", "layers", layers,
+			 query_estimator_name(est), "ema", sim ? "sim" : "worker", "layers", layers,
 			 "overall", cmp_overall(all, n_cmp));
 	if (*out != NULL) {
 		if (sim)
@@ -1152,20 +1128,20 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		else
 			json_object_set_new(*out, "worker", json_string(worker));
 	}
-	rc = *out ? 0 : oom(err);
+	rc = *out ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	json_decref(layers);
 	free(buf);
-	window_free(&w);
+	query_window_free(&w);
 	return rc;
 }
 
 int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
-	struct window ws = { 0 }, wt = { 0 };
-	struct window_req qs = { .run = run }, qt;
+	struct query_window ws = { 0 }, wt = { 0 };
+	struct query_window_req qs = { .run = run }, qt;
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct stats_cmp all = { 0 };
 	json_t *layers = NULL;
@@ -1178,16 +1154,17 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 	if (p->source == NULL || p->target == NULL)
 		return bn_error_set(err, 400, BN_E_PARAMETER, p->source ? "target" : "source",
 				    "shift needs source= and target= domains");
-	if (parse_estimator(p->estimator, &est, err) < 0 || parse_window_req(p, &qs, err) < 0)
+	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
+	    query_window_parse(p, &qs, err) < 0)
 		return -EINVAL;
-	if (check_domain(p->source, err) < 0 || check_domain(p->target, err) < 0)
+	if (query_check_domain(p->source, err) < 0 || query_check_domain(p->target, err) < 0)
 		return -EINVAL;
 	qs.domain = p->source;
 	qt = qs;
 	qt.domain = p->target;
 
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc < 0)
 		goto done;
 	if (!qs.has_step) {
@@ -1196,7 +1173,7 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 			const char *d = k ? p->target : p->source;
 
 			dom = -1;
-			if (strcmp(d, DOMAIN_ALL) != 0 &&
+			if (strcmp(d, QUERY_DOMAIN_ALL) != 0 &&
 			    store_domain_find(r, run_id, d, &dom) < 0) {
 				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
 						  "run %s has no domain %s", run, d);
@@ -1213,19 +1190,19 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		qs.has_step = qt.has_step = true;
 		qs.step = qt.step = step;
 	}
-	rc = window_compute(r, &qs, &ws, &step, err);
+	rc = query_window_compute(r, &qs, &ws, &step, err);
 	if (rc == 0)
-		rc = window_compute(r, &qt, &wt, &step, err);
+		rc = query_window_compute(r, &qt, &wt, &step, err);
 	if (rc < 0)
 		goto done;
 	layers = json_object();
 	if (layers == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	/* Both windows list the run's layers in the same (id) order. */
 	for (i = 0, j = 0; i < ws.n && j < wt.n; i++, j++) {
-		const struct layer_acc *a = &ws.layers[i], *b = &wt.layers[j];
+		const struct query_layer_acc *a = &ws.layers[i], *b = &wt.layers[j];
 		struct stats_cmp cmp;
 		size_t c = a->channels;
 
@@ -1234,7 +1211,7 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		free(buf);
 		buf = malloc(4 * c * sizeof(double));
 		if (buf == NULL) {
-			rc = oom(err);
+			rc = query_oom(err);
 			goto done;
 		}
 		stats_estimate(&a->agg, est, buf, buf + c);
@@ -1242,7 +1219,7 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		stats_compare(c, buf, buf + c, buf + 2 * c, buf + 3 * c, &cmp);
 		cmp_accumulate(&all, &cmp, &n_cmp);
 		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
-			rc = oom(err);
+			rc = query_oom(err);
 			goto done;
 		}
 	}
@@ -1255,15 +1232,15 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 	}
 	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source",
 			 p->source, "target", p->target, "step", (json_int_t)step, "window",
-			 (json_int_t)qs.window, "estimator", estimator_name(est), "layers", layers,
-			 "overall", cmp_overall(all, n_cmp));
-	rc = *out ? 0 : oom(err);
+			 (json_int_t)qs.window, "estimator", query_estimator_name(est), "layers",
+			 layers, "overall", cmp_overall(all, n_cmp));
+	rc = *out ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	json_decref(layers);
 	free(buf);
-	window_free(&ws);
-	window_free(&wt);
+	query_window_free(&ws);
+	query_window_free(&wt);
 	return rc;
 }
 
@@ -1285,7 +1262,7 @@ static int walk_domains(struct store_reader *r, int64_t run_id, json_t *list)
 
 int query_domains(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
-	return run_list(r, run, "domains", walk_domains, out, err);
+	return query_run_list(r, run, "domains", walk_domains, out, err);
 }
 
 /* --- series -------------------------------------------------------------------------- */
@@ -1501,7 +1478,8 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	    parse_optional_int("window", p->window, 1, 1, &window, err) < 0 ||
 	    parse_optional_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
 	    parse_optional_int("points", p->points, 1, 0, &points, err) < 0 ||
-	    parse_momentum(p->momentum, &momentum, err) < 0 || check_domain(domain, err) < 0)
+	    query_parse_momentum(p->momentum, &momentum, err) < 0 ||
+	    query_check_domain(domain, err) < 0)
 		return -EINVAL;
 	if (p->to != NULL && from > to)
 		return bn_error_set(err, 422, BN_E_INVALID, "from",
@@ -1511,15 +1489,15 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
 
 	store_read_begin(r);
-	rc = find_run(r, run, &run_id, err);
+	rc = query_run_find(r, run, &run_id, err);
 	if (rc < 0)
 		goto done;
-	if (strcmp(domain, DOMAIN_ALL) != 0) {
+	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
 		rc = store_domain_find(r, run_id, domain, &domain_id);
 		if (rc < 0) {
 			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
 							  "run %s has no domain %s", run, domain)
-					   : read_failed(err);
+					   : query_read_failed(err);
 			goto done;
 		}
 	}
@@ -1527,7 +1505,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	if (rc < 0) {
 		rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
 						  "run %s has no layer %s", run, p->layers[0])
-				   : read_failed(err);
+				   : query_read_failed(err);
 		goto done;
 	}
 	if ((size_t)channel >= channels) {
@@ -1577,14 +1555,14 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 				    (size_t)channel, momentum, from - 1, to, sim_point, &sim);
 	}
 	if (rc < 0) {
-		rc = rc == -ENOMEM ? oom(err) : read_failed(err);
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 		goto done;
 	}
 
 	for (a = 0; a < 9; a++) {
 		arr[a] = json_array();
 		if (arr[a] == NULL) {
-			rc = oom(err);
+			rc = query_oom(err);
 			goto done;
 		}
 	}
@@ -1605,19 +1583,19 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		{
 			json_t *v[9] = {
 				json_integer(b->step),
-				json_num(b->mean),
-				json_num(b->m2 / (double)b->n),
-				json_num(w->mean),
-				json_num(w->m2 / (double)w->n),
-				has_ema ? json_num(em) : json_null(),
-				has_ema ? json_num(ev) : json_null(),
-				has_sim ? json_num(sm) : json_null(),
-				has_sim ? json_num(sv) : json_null(),
+				query_json_num(b->mean),
+				query_json_num(b->m2 / (double)b->n),
+				query_json_num(w->mean),
+				query_json_num(w->m2 / (double)w->n),
+				has_ema ? query_json_num(em) : json_null(),
+				has_ema ? query_json_num(ev) : json_null(),
+				has_sim ? query_json_num(sm) : json_null(),
+				has_sim ? query_json_num(sv) : json_null(),
 			};
 
 			for (a = 0; a < 9; a++) {
 				if (json_array_append_new(arr[a], v[a]) < 0) {
-					rc = oom(err);
+					rc = query_oom(err);
 					goto done;
 				}
 			}
@@ -1627,7 +1605,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 			"channel", (json_int_t)channel, "domain", domain, "window",
 			(json_int_t)window, "momentum", momentum, "stride", (json_int_t)stride);
 	if (doc == NULL) {
-		rc = oom(err);
+		rc = query_oom(err);
 		goto done;
 	}
 	json_object_set_new(doc, "worker", p->worker ? json_string(p->worker) : json_null());
@@ -1646,6 +1624,15 @@ done:
 	step_values_free(&ema);
 	step_values_free(&sim);
 	return rc;
+}
+
+/*
+ * The metrics block below is written as it will read in metrics.c, where the
+ * Prometheus text is to live: it names this helper read_failed.
+ */
+static int read_failed(struct bn_error *err)
+{
+	return query_read_failed(err);
 }
 
 /* --- metrics ---------------------------------------------------------------------------- */
