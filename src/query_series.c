@@ -1,0 +1,383 @@
+/*
+ * query_series: GET /v1/runs/{run}/series, one channel of one layer over a
+ * step range as parallel arrays: the batch statistics of every step, the
+ * precise statistics of the window ending there, the worker's EMA and the
+ * EMA simulated with a momentum (docs/API.md, "Series").
+ *
+ * Every step is read once: the sliding window is a two-stack queue, and
+ * when the range starts early enough the simulated EMA is replayed from the
+ * points already read rather than by reading the rows again.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnstat/ingest.h"
+#include "bnstat/stats.h"
+#include "query.h"
+#include "query_private.h"
+#include "replay.h"
+
+/* One channel's pooled statistics at one step. */
+struct series_point {
+	int64_t step;
+	int64_t n;
+	double mean, m2;
+};
+
+static struct series_point series_point_merge(struct series_point a, struct series_point b)
+{
+	stats_merge1(&a.n, &a.mean, &a.m2, b.n, b.mean, b.m2);
+	return a;
+}
+
+struct series_walk {
+	struct store_reader *r;
+	size_t channels, channel;
+	struct series_point *pts;
+	size_t n, cap;
+	int rc;
+};
+
+static int series_row(void *ctx, const struct store_row *row)
+{
+	struct series_walk *s = ctx;
+	struct series_point v = { .step = row->step, .n = row->n };
+
+	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channel, 1, &v.mean) < 0 ||
+	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) <
+		    0)
+		return -EIO;
+	if (s->n > 0 && s->pts[s->n - 1].step == row->step) {
+		/* another domain at the same step (domain "*") */
+		int64_t step = row->step;
+
+		s->pts[s->n - 1] = series_point_merge(s->pts[s->n - 1], v);
+		s->pts[s->n - 1].step = step;
+		return 0;
+	}
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 256;
+		struct series_point *p = realloc(s->pts, cap * sizeof(*p));
+
+		if (p == NULL)
+			return -ENOMEM;
+		s->pts = p;
+		s->cap = cap;
+	}
+	s->pts[s->n++] = v;
+	return 0;
+}
+
+/*
+ * Merge over the sliding window (step - window, step] for every point, with
+ * a two-stack queue: each point is merged O(1) times on average however
+ * wide the window is. out[i] receives the window ending at pts[i].
+ */
+static int sliding_window(const struct series_point *pts, size_t n, int64_t window,
+			  struct series_point *out)
+{
+	struct series_point *front =
+		malloc((n + 1) * sizeof(*front)); /* suffix merges, oldest last */
+	struct series_point back = { 0 };
+	size_t nf = 0, head = 0, back_first = 0, i, k;
+
+	if (front == NULL)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		back = series_point_merge(back, pts[i]);
+		/* pop points that left the window */
+		while (head <= i && pts[head].step <= pts[i].step - window) {
+			if (nf == 0) {
+				/* move the back stack [back_first, i] to the front, as suffix
+				 * merges */
+				struct series_point acc = { 0 };
+
+				for (k = i + 1; k > back_first; k--) {
+					acc = series_point_merge(pts[k - 1], acc);
+					front[nf++] = acc;
+				}
+				back_first = i + 1;
+				back = (struct series_point){ 0 };
+			}
+			nf--;
+			head++;
+		}
+		out[i] = nf > 0 ? series_point_merge(front[nf - 1], back) : back;
+		out[i].step = pts[i].step;
+	}
+	free(front);
+	return 0;
+}
+
+/* Values per step handed back by replay_channel / the EMA walk. */
+struct step_values {
+	int64_t *step;
+	double *mean, *var;
+	size_t n, cap;
+	int64_t last_step;
+	bool first_only; /* keep the first value seen per step */
+};
+
+static int step_values_add(struct step_values *v, int64_t step, double mean, double var)
+{
+	if (v->first_only && v->n > 0 && v->step[v->n - 1] == step)
+		return 0;
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? 2 * v->cap : 256;
+		int64_t *s = realloc(v->step, cap * sizeof(*s));
+		double *pa, *pb;
+
+		if (s == NULL)
+			return -ENOMEM;
+		v->step = s;
+		pa = realloc(v->mean, cap * sizeof(*pa));
+		if (pa == NULL)
+			return -ENOMEM;
+		v->mean = pa;
+		pb = realloc(v->var, cap * sizeof(*pb));
+		if (pb == NULL)
+			return -ENOMEM;
+		v->var = pb;
+		v->cap = cap;
+	}
+	v->step[v->n] = step;
+	v->mean[v->n] = mean;
+	v->var[v->n] = var;
+	v->n++;
+	return 0;
+}
+
+static void step_values_free(struct step_values *v)
+{
+	free(v->step);
+	free(v->mean);
+	free(v->var);
+}
+
+static int sim_point(void *ctx, int64_t step, double mean, double var)
+{
+	return step_values_add(ctx, step, mean, var);
+}
+
+struct ema_walk {
+	struct store_reader *r;
+	size_t channels, channel;
+	struct step_values *v;
+};
+
+static int ema_row(void *ctx, const struct store_row *row)
+{
+	struct ema_walk *e = ctx;
+	double m, var;
+
+	if (e->v->n > 0 && e->v->step[e->v->n - 1] == row->step)
+		return 0; /* the first worker by name already gave this step */
+	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channel, 1, &m) < 0 ||
+	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels + e->channel, 1, &var) < 0)
+		return -EIO;
+	return step_values_add(e->v, row->step, m, var);
+}
+
+/* The value of v at `step`, advancing the cursor *k (steps ascend). */
+static bool step_lookup(const struct step_values *v, size_t *k, int64_t step, double *mean,
+			double *var)
+{
+	while (*k < v->n && v->step[*k] < step)
+		(*k)++;
+	if (*k < v->n && v->step[*k] == step) {
+		*mean = v->mean[*k];
+		*var = v->var[*k];
+		return true;
+	}
+	return false;
+}
+
+static int parse_optional_int(const char *name, const char *s, long long min, long long dflt,
+			      long long *out, struct bn_error *err)
+{
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	return query_parse_int(name, s, min, out, err);
+}
+
+int query_series(struct store_reader *r, struct replay_cache *cache, const char *run,
+		 const struct query_params *p, json_t **out, struct bn_error *err)
+{
+	const char *domain = p->domain ? p->domain : "default";
+	struct series_walk walk = { .r = r };
+	struct step_values ema = { .first_only = true }, sim = { 0 };
+	struct series_point *precise = NULL;
+	json_t *doc = NULL, *columns[9] = { NULL };
+	static const char *const column_names[9] = { "step",	     "batch_mean",  "batch_var",
+						     "precise_mean", "precise_var", "ema_mean",
+						     "ema_var",	     "sim_mean",    "sim_var" };
+	long long channel, from, to, window, stride, points;
+	double momentum;
+	int64_t run_id, domain_id = -1, layer_id, latest;
+	size_t channels, i, ema_at = 0, sim_at = 0, first_out;
+	int rc, col;
+
+	*out = NULL;
+	if (p->n_layers != 1)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "layer",
+				    "series needs exactly one layer= parameter");
+	if (p->channel == NULL)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "channel", "series needs channel=");
+	if (query_parse_int("channel", p->channel, 0, &channel, err) < 0 ||
+	    parse_optional_int("from", p->from, 0, 0, &from, err) < 0 ||
+	    parse_optional_int("to", p->to, 0, -1, &to, err) < 0 ||
+	    parse_optional_int("window", p->window, 1, 1, &window, err) < 0 ||
+	    parse_optional_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
+	    parse_optional_int("points", p->points, 1, 0, &points, err) < 0 ||
+	    query_parse_momentum(p->momentum, &momentum, err) < 0 ||
+	    query_check_domain(domain, err) < 0)
+		return -EINVAL;
+	if (p->to != NULL && from > to)
+		return bn_error_set(err, 422, BN_E_INVALID, "from",
+				    "from (%lld) is after to (%lld)", from, to);
+	if (p->worker != NULL && !ingest_name_valid(p->worker))
+		return bn_error_set(err, 422, BN_E_INVALID, "worker",
+				    "worker column_names are 1 to 128 of [A-Za-z0-9._-]");
+
+	store_read_begin(r);
+	rc = query_run_find(r, run, &run_id, err);
+	if (rc < 0)
+		goto done;
+	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
+		rc = store_domain_find(r, run_id, domain, &domain_id);
+		if (rc < 0) {
+			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
+							  "run %s has no domain %s", run, domain)
+					   : query_read_failed(err);
+			goto done;
+		}
+	}
+	rc = store_layer_find(r, run_id, p->layers[0], &layer_id, &channels);
+	if (rc < 0) {
+		rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
+						  "run %s has no layer %s", run, p->layers[0])
+				   : query_read_failed(err);
+		goto done;
+	}
+	if ((size_t)channel >= channels) {
+		rc = bn_error_set(err, 422, BN_E_INVALID, "channel",
+				  "layer %s has %zu channels; channel %lld is out of range",
+				  p->layers[0], channels, channel);
+		goto done;
+	}
+	if (p->to == NULL) {
+		rc = store_latest_step(r, run_id, domain_id, &latest);
+		to = rc == 0 ? latest : -1;
+		rc = 0;
+	}
+
+	/* batch and precise: the window reaches window-1 steps before `from` */
+	walk.channels = channels;
+	walk.channel = (size_t)channel;
+	rc = store_layer_aggs(r, run_id, domain_id, layer_id,
+			      from - window < -1 ? -1 : from - window, to, series_row, &walk);
+	if (rc == 0 && walk.n > 0) {
+		precise = malloc(walk.n * sizeof(*precise));
+		rc = precise ? sliding_window(walk.pts, walk.n, window, precise) : -ENOMEM;
+	}
+	/* worker EMA (one domain only) and simulated EMA */
+	if (rc == 0 && domain_id >= 0) {
+		struct ema_walk ew = { r, channels, (size_t)channel, &ema };
+
+		rc = store_layer_emas(r, run_id, domain_id, layer_id, p->worker, from - 1, to,
+				      ema_row, &ew);
+	}
+	if (rc == 0 && from - window < 0) {
+		/*
+		 * The walk above read every step up to `to`: replay from its points
+		 * instead of reading the rows again (the same pooling and updates as
+		 * replay_channel, so the same bits).
+		 */
+		double rm = 0.0, rv = 1.0;
+
+		for (i = 0; i < walk.n && rc == 0; i++) {
+			stats_ema_step(momentum, walk.pts[i].n, walk.pts[i].mean, walk.pts[i].m2,
+				       &rm, &rv);
+			if (walk.pts[i].step >= from)
+				rc = step_values_add(&sim, walk.pts[i].step, rm, rv);
+		}
+	} else if (rc == 0) {
+		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels,
+				    (size_t)channel, momentum, from - 1, to, sim_point, &sim);
+	}
+	if (rc < 0) {
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+		goto done;
+	}
+
+	for (col = 0; col < 9; col++) {
+		columns[col] = json_array();
+		if (columns[col] == NULL) {
+			rc = query_oom(err);
+			goto done;
+		}
+	}
+	for (first_out = 0; first_out < walk.n && walk.pts[first_out].step < from; first_out++)
+		;
+	if (points > 0 && (size_t)points < walk.n - first_out)
+		stride = (long long)((walk.n - first_out + (size_t)points - 1) / (size_t)points);
+	for (i = first_out; i < walk.n; i++) {
+		const struct series_point *batch = &walk.pts[i], *win = &precise[i];
+		double em, ev, sm, sv;
+		bool has_ema, has_sim;
+
+		has_ema = step_lookup(&ema, &ema_at, batch->step, &em, &ev);
+		has_sim = step_lookup(&sim, &sim_at, batch->step, &sm, &sv);
+		/* keep every stride-th point and always the last */
+		if ((i - first_out) % (size_t)stride != 0 && i + 1 != walk.n)
+			continue;
+		{
+			json_t *cells[9] = {
+				json_integer(batch->step),
+				query_json_num(batch->mean),
+				query_json_num(batch->m2 / (double)batch->n),
+				query_json_num(win->mean),
+				query_json_num(win->m2 / (double)win->n),
+				has_ema ? query_json_num(em) : json_null(),
+				has_ema ? query_json_num(ev) : json_null(),
+				has_sim ? query_json_num(sm) : json_null(),
+				has_sim ? query_json_num(sv) : json_null(),
+			};
+
+			for (col = 0; col < 9; col++) {
+				if (json_array_append_new(columns[col], cells[col]) < 0) {
+					rc = query_oom(err);
+					goto done;
+				}
+			}
+		}
+	}
+	doc = json_pack("{s:s, s:s, s:I, s:s, s:I, s:f, s:I}", "run", run, "layer", p->layers[0],
+			"channel", (json_int_t)channel, "domain", domain, "window",
+			(json_int_t)window, "momentum", momentum, "stride", (json_int_t)stride);
+	if (doc == NULL) {
+		rc = query_oom(err);
+		goto done;
+	}
+	json_object_set_new(doc, "worker", p->worker ? json_string(p->worker) : json_null());
+	for (col = 0; col < 9; col++) {
+		json_object_set_new(doc, column_names[col], columns[col]);
+		columns[col] = NULL;
+	}
+	*out = doc;
+	rc = 0;
+done:
+	store_read_end(r);
+	for (col = 0; col < 9; col++)
+		json_decref(columns[col]);
+	free(walk.pts);
+	free(precise);
+	step_values_free(&ema);
+	step_values_free(&sim);
+	return rc;
+}
