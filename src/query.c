@@ -315,6 +315,29 @@ int query_check_domain(const char *domain, struct bn_error *err)
 	return 0;
 }
 
+int query_parse_momentum(const char *s, double *out, struct bn_error *err)
+{
+	char *end;
+	double v;
+
+	if (s == NULL) {
+		*out = 0.1;
+		return 0;
+	}
+	errno = 0;
+	v = strtod(s, &end);
+	if (*s == '\0' || *end != '\0' || errno != 0)
+		return bn_error_set(err, 400, BN_E_PARAMETER, "momentum",
+				    "momentum must be a number, got \"%s\"", s);
+	if (!(v > 0.0 && v <= 1.0))
+		return bn_error_set(err, 422, BN_E_INVALID, "momentum",
+				    "momentum is PyTorch's: 0 < momentum <= 1 (Keras decay 0.99 is "
+				    "momentum 0.01), got %s",
+				    s);
+	*out = v;
+	return 0;
+}
+
 /*
  * Merge every per-step aggregate of the window into w (one accumulator per
  * layer of the run; those without data keep k == 0) and resolve the step.
@@ -919,329 +942,6 @@ static int walk_snapshots(struct store_reader *r, int64_t run_id, json_t *list)
 int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
 {
 	return query_run_list(r, run, "snapshots", walk_snapshots, out, err);
-}
-
-/* --- compare and shift ------------------------------------------------------------- */
-
-int query_parse_momentum(const char *s, double *out, struct bn_error *err)
-{
-	char *end;
-	double v;
-
-	if (s == NULL) {
-		*out = 0.1;
-		return 0;
-	}
-	errno = 0;
-	v = strtod(s, &end);
-	if (*s == '\0' || *end != '\0' || errno != 0)
-		return bn_error_set(err, 400, BN_E_PARAMETER, "momentum",
-				    "momentum must be a number, got \"%s\"", s);
-	if (!(v > 0.0 && v <= 1.0))
-		return bn_error_set(err, 422, BN_E_INVALID, "momentum",
-				    "momentum is PyTorch's: 0 < momentum <= 1 (Keras decay 0.99 is "
-				    "momentum 0.01), got %s",
-				    s);
-	*out = v;
-	return 0;
-}
-
-static json_t *cmp_json(const struct stats_cmp *c)
-{
-	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", query_json_num(c->mean_err),
-			 "mean_err_max", query_json_num(c->mean_err_max), "var_err",
-			 query_json_num(c->var_err), "var_err_max", query_json_num(c->var_err_max),
-			 "kl", query_json_num(c->kl), "kl_max", query_json_num(c->kl_max));
-}
-
-/* Fold a layer's metrics into the run's: means of means, maxima of maxima. */
-static void cmp_accumulate(struct stats_cmp *all, const struct stats_cmp *c, size_t *n)
-{
-	all->mean_err += c->mean_err;
-	all->var_err += c->var_err;
-	all->kl += c->kl;
-	if (c->mean_err_max > all->mean_err_max)
-		all->mean_err_max = c->mean_err_max;
-	if (c->var_err_max > all->var_err_max)
-		all->var_err_max = c->var_err_max;
-	if (c->kl_max > all->kl_max)
-		all->kl_max = c->kl_max;
-	(*n)++;
-}
-
-static json_t *cmp_overall(struct stats_cmp all, size_t n)
-{
-	if (n > 0) {
-		all.mean_err /= (double)n;
-		all.var_err /= (double)n;
-		all.kl /= (double)n;
-	}
-	return cmp_json(&all);
-}
-
-/* Worker EMA of one layer at one step: the row, when the worker sent one. */
-struct ema_pick {
-	int64_t rowid;
-	bool found;
-};
-
-static int pick_ema(void *ctx, const struct store_row *row)
-{
-	struct ema_pick *p = ctx;
-
-	if (!p->found) {
-		p->rowid = row->rowid;
-		p->found = true;
-	}
-	return 0;
-}
-
-int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
-		  const struct query_params *p, json_t **out, struct bn_error *err)
-{
-	struct query_window w = { 0 };
-	struct query_window_req q = { .run = run };
-	enum stats_estimator est = STATS_EST_POPULATION;
-	struct stats_cmp all = { 0 };
-	json_t *layers = NULL;
-	char worker[INGEST_NAME_MAX + 1] = "";
-	double momentum = 0.1, *buf = NULL;
-	bool sim;
-	int64_t step = 0, run_id, domain_id = -1;
-	size_t j, n_cmp = 0, cap = 0;
-	int rc;
-
-	*out = NULL;
-	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
-	    query_window_parse(p, &q, err) < 0)
-		return -EINVAL;
-	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "ema",
-				    "ema must be \"worker\" or \"sim\"");
-	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
-	if (sim && query_parse_momentum(p->momentum, &momentum, err) < 0)
-		return -EINVAL;
-	if (!sim && strcmp(q.domain, QUERY_DOMAIN_ALL) == 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "domain",
-				    "a worker EMA belongs to one domain: domain * needs ema=sim");
-	if (!sim && p->worker != NULL && !ingest_name_valid(p->worker))
-		return bn_error_set(err, 422, BN_E_INVALID, "worker",
-				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
-
-	store_read_begin(r);
-	rc = query_window_compute(r, &q, &w, &step, err);
-	if (rc < 0)
-		goto done;
-	run_id = w.run_id;
-	domain_id = w.domain_id;
-	if (!sim) {
-		if (p->worker != NULL) {
-			snprintf(worker, sizeof(worker), "%s", p->worker);
-		} else {
-			rc = store_ema_first_worker(r, run_id, domain_id, step, worker,
-						    sizeof(worker));
-			if (rc == -ENOENT) {
-				rc = bn_error_set(
-					err, 404, BN_E_NOT_FOUND, "step",
-					"no worker reported an EMA at step %lld in domain %s",
-					(long long)step, q.domain);
-				goto done;
-			} else if (rc < 0) {
-				rc = query_read_failed(err);
-				goto done;
-			}
-		}
-	}
-
-	layers = json_object();
-	if (layers == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	for (j = 0; j < w.n; j++) {
-		const struct query_layer_acc *a = &w.layers[j];
-		size_t c = a->channels;
-		struct stats_cmp cmp;
-		double *mp, *vp, *me, *ve;
-
-		if (!a->wanted || a->agg.k == 0)
-			continue;
-		if (4 * c > cap) {
-			double *nb = realloc(buf, 4 * c * sizeof(double));
-
-			if (nb == NULL) {
-				rc = query_oom(err);
-				goto done;
-			}
-			buf = nb;
-			cap = 4 * c;
-		}
-		mp = buf;
-		vp = buf + c;
-		me = buf + 2 * c;
-		ve = buf + 3 * c;
-		stats_estimate(&a->agg, est, mp, vp);
-		if (sim) {
-			int64_t applied;
-
-			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me,
-					  ve, &applied);
-			if (rc < 0) {
-				rc = query_read_failed(err);
-				goto done;
-			}
-		} else {
-			struct ema_pick pick = { 0 };
-
-			rc = store_layer_emas(r, run_id, domain_id, a->id, worker, step - 1, step,
-					      pick_ema, &pick);
-			if (rc == 0 && pick.found)
-				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c, me);
-			if (rc < 0) {
-				rc = query_read_failed(err);
-				goto done;
-			}
-			if (!pick.found)
-				continue; /* this worker sent no EMA for this layer */
-		}
-		stats_compare(c, me, ve, mp, vp, &cmp);
-		cmp_accumulate(&all, &cmp, &n_cmp);
-		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
-			rc = query_oom(err);
-			goto done;
-		}
-	}
-	if (n_cmp == 0) {
-		rc = bn_error_set(
-			err, 404, BN_E_NOT_FOUND, "worker",
-			"worker %s reported no EMA at step %lld in domain %s for these layers",
-			worker, (long long)step, q.domain);
-		goto done;
-	}
-	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "run", run, "domain", q.domain,
-			 "step", (json_int_t)step, "window", (json_int_t)q.window, "estimator",
-			 query_estimator_name(est), "ema", sim ? "sim" : "worker", "layers", layers,
-			 "overall", cmp_overall(all, n_cmp));
-	if (*out != NULL) {
-		if (sim)
-			json_object_set_new(*out, "momentum", json_real(momentum));
-		else
-			json_object_set_new(*out, "worker", json_string(worker));
-	}
-	rc = *out ? 0 : query_oom(err);
-done:
-	store_read_end(r);
-	json_decref(layers);
-	free(buf);
-	query_window_free(&w);
-	return rc;
-}
-
-int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
-		struct bn_error *err)
-{
-	struct query_window ws = { 0 }, wt = { 0 };
-	struct query_window_req qs = { .run = run }, qt;
-	enum stats_estimator est = STATS_EST_POPULATION;
-	struct stats_cmp all = { 0 };
-	json_t *layers = NULL;
-	double *buf = NULL;
-	int64_t step = 0, run_id, dom, latest;
-	size_t i, j, n_cmp = 0;
-	int rc, k;
-
-	*out = NULL;
-	if (p->source == NULL || p->target == NULL)
-		return bn_error_set(err, 400, BN_E_PARAMETER, p->source ? "target" : "source",
-				    "shift needs source= and target= domains");
-	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
-	    query_window_parse(p, &qs, err) < 0)
-		return -EINVAL;
-	if (query_check_domain(p->source, err) < 0 || query_check_domain(p->target, err) < 0)
-		return -EINVAL;
-	qs.domain = p->source;
-	qt = qs;
-	qt.domain = p->target;
-
-	store_read_begin(r);
-	rc = query_run_find(r, run, &run_id, err);
-	if (rc < 0)
-		goto done;
-	if (!qs.has_step) {
-		/* Both domains at one model version: the latest step they both reached. */
-		for (k = 0; k < 2; k++) {
-			const char *d = k ? p->target : p->source;
-
-			dom = -1;
-			if (strcmp(d, QUERY_DOMAIN_ALL) != 0 &&
-			    store_domain_find(r, run_id, d, &dom) < 0) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
-						  "run %s has no domain %s", run, d);
-				goto done;
-			}
-			if (store_latest_step(r, run_id, dom, &latest) < 0) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
-						  "domain %s has no statistics", d);
-				goto done;
-			}
-			if (k == 0 || latest < step)
-				step = latest;
-		}
-		qs.has_step = qt.has_step = true;
-		qs.step = qt.step = step;
-	}
-	rc = query_window_compute(r, &qs, &ws, &step, err);
-	if (rc == 0)
-		rc = query_window_compute(r, &qt, &wt, &step, err);
-	if (rc < 0)
-		goto done;
-	layers = json_object();
-	if (layers == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	/* Both windows list the run's layers in the same (id) order. */
-	for (i = 0, j = 0; i < ws.n && j < wt.n; i++, j++) {
-		const struct query_layer_acc *a = &ws.layers[i], *b = &wt.layers[j];
-		struct stats_cmp cmp;
-		size_t c = a->channels;
-
-		if (!a->wanted || a->agg.k == 0 || b->agg.k == 0)
-			continue;
-		free(buf);
-		buf = malloc(4 * c * sizeof(double));
-		if (buf == NULL) {
-			rc = query_oom(err);
-			goto done;
-		}
-		stats_estimate(&a->agg, est, buf, buf + c);
-		stats_estimate(&b->agg, est, buf + 2 * c, buf + 3 * c);
-		stats_compare(c, buf, buf + c, buf + 2 * c, buf + 3 * c, &cmp);
-		cmp_accumulate(&all, &cmp, &n_cmp);
-		if (json_object_set_new(layers, a->name, cmp_json(&cmp)) < 0) {
-			rc = query_oom(err);
-			goto done;
-		}
-	}
-	if (n_cmp == 0) {
-		rc = bn_error_set(
-			err, 404, BN_E_NOT_FOUND, "step",
-			"domains %s and %s share no layer with data in steps (%lld, %lld]",
-			p->source, p->target, (long long)(step - qs.window), (long long)step);
-		goto done;
-	}
-	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source",
-			 p->source, "target", p->target, "step", (json_int_t)step, "window",
-			 (json_int_t)qs.window, "estimator", query_estimator_name(est), "layers",
-			 layers, "overall", cmp_overall(all, n_cmp));
-	rc = *out ? 0 : query_oom(err);
-done:
-	store_read_end(r);
-	json_decref(layers);
-	free(buf);
-	query_window_free(&ws);
-	query_window_free(&wt);
-	return rc;
 }
 
 /* --- domains ---------------------------------------------------------------------- */
