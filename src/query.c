@@ -16,6 +16,7 @@
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
 #include "replay.h"
+#include "safetensors_write.h"
 
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err)
@@ -789,109 +790,64 @@ int query_snapshot_get(struct store_reader *r, const char *run, const char *labe
 	return *out ? 0 : query_oom(err);
 }
 
-/* Append little-endian values of v[0..n) as f32 or f64 to f. */
-static void write_values(FILE *f, const double *v, size_t n, bool f64)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		if (f64) {
-			fwrite(&v[i], sizeof(double), 1, f);
-		} else {
-			float x = (float)v[i];
-
-			fwrite(&x, sizeof(float), 1, f);
-		}
-	}
-}
-
 int query_snapshot_safetensors(struct store_reader *r, const char *run, const char *label, bool f64,
 			       char **buf, size_t *len, struct bn_error *err)
 {
 	struct store_snapshot *snap = NULL;
-	json_t *header = NULL, *meta;
-	char *htext = NULL, *data = NULL, name[INGEST_LAYER_NAME_MAX + 32];
-	size_t hlen, dlen, off = 0, elem = f64 ? 8 : 4, i, k;
-	uint64_t hlen_le;
-	FILE *f = NULL;
+	struct safetensors_tensor *tensors = NULL;
+	char(*names)[INGEST_LAYER_NAME_MAX + 32] = NULL, step[32], window[32];
+	uint64_t *shapes = NULL;
+	size_t i, k;
 	int rc;
 
 	*buf = NULL;
 	rc = snapshot_load(r, run, label, &snap, err);
 	if (rc < 0)
 		return rc;
-	meta = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "run", run, "label", snap->label, "step",
-			 "", "window", "", "domain", snap->domain, "estimator", snap->estimator);
-	header = json_object();
-	if (meta == NULL || header == NULL ||
-	    json_object_set_new(header, "__metadata__", meta) < 0) {
-		json_decref(meta);
-		rc = query_oom(err);
-		goto done;
-	}
+	snprintf(step, sizeof(step), "%lld", (long long)snap->step);
+	snprintf(window, sizeof(window), "%lld", (long long)snap->window);
 	{
-		char num[32];
+		const struct safetensors_meta meta[] = {
+			{ "run", run },
+			{ "label", snap->label },
+			{ "step", step },
+			{ "window", window },
+			{ "domain", snap->domain },
+			{ "estimator", snap->estimator },
+		};
+		size_t n = 2 * snap->n_layers;
 
-		snprintf(num, sizeof(num), "%lld", (long long)snap->step);
-		json_object_set_new(meta, "step", json_string(num));
-		snprintf(num, sizeof(num), "%lld", (long long)snap->window);
-		json_object_set_new(meta, "window", json_string(num));
-	}
-	for (i = 0; i < snap->n_layers; i++) {
-		const struct store_snapshot_layer *l = &snap->layers[i];
-
-		for (k = 0; k < 2; k++) {
-			size_t bytes = l->channels * elem;
-
-			snprintf(name, sizeof(name), "%s.%s", l->name,
-				 k ? "running_var" : "running_mean");
-			if (json_object_set_new(header, name,
-						json_pack("{s:s, s:[I], s:[I, I]}", "dtype",
-							  f64 ? "F64" : "F32", "shape",
-							  (json_int_t)l->channels, "data_offsets",
-							  (json_int_t)off,
-							  (json_int_t)(off + bytes))) < 0) {
-				rc = query_oom(err);
-				goto done;
-			}
-			off += bytes;
+		tensors = calloc(n ? n : 1, sizeof(*tensors));
+		names = calloc(n ? n : 1, sizeof(*names));
+		shapes = calloc(snap->n_layers ? snap->n_layers : 1, sizeof(*shapes));
+		if (tensors == NULL || names == NULL || shapes == NULL) {
+			rc = query_oom(err);
+			goto done;
 		}
+		for (i = 0; i < snap->n_layers; i++) {
+			const struct store_snapshot_layer *l = &snap->layers[i];
+
+			shapes[i] = l->channels;
+			for (k = 0; k < 2; k++) {
+				struct safetensors_tensor *t = &tensors[2 * i + k];
+
+				snprintf(names[2 * i + k], sizeof(names[0]), "%s.%s", l->name,
+					 k ? "running_var" : "running_mean");
+				t->name = names[2 * i + k];
+				t->dtype = f64 ? SAFETENSORS_F64 : SAFETENSORS_F32;
+				t->shape = &shapes[i];
+				t->rank = 1;
+				t->f = k ? l->var : l->mean;
+			}
+		}
+		if (safetensors_write(tensors, n, meta, sizeof(meta) / sizeof(meta[0]), buf, len) <
+		    0)
+			rc = query_oom(err);
 	}
-	htext = json_dumps(header, JSON_COMPACT | JSON_SORT_KEYS);
-	if (htext == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	/* Pad the header with spaces so that the data starts 8-byte aligned. */
-	hlen = strlen(htext);
-	hlen_le = (uint64_t)((hlen + 7) / 8 * 8);
-	f = open_memstream(&data, &dlen);
-	if (f == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	fwrite(&hlen_le, sizeof(hlen_le), 1, f);
-	fwrite(htext, 1, hlen, f);
-	for (k = hlen; k < hlen_le; k++)
-		fputc(' ', f);
-	for (i = 0; i < snap->n_layers; i++) {
-		write_values(f, snap->layers[i].mean, snap->layers[i].channels, f64);
-		write_values(f, snap->layers[i].var, snap->layers[i].channels, f64);
-	}
-	if (fclose(f) != 0) {
-		f = NULL;
-		rc = query_oom(err);
-		goto done;
-	}
-	f = NULL;
-	*buf = data;
-	*len = dlen;
-	data = NULL;
-	rc = 0;
 done:
-	free(data);
-	free(htext);
-	json_decref(header);
+	free(tensors);
+	free(names);
+	free(shapes);
 	store_snapshot_free(snap);
 	return rc;
 }
