@@ -292,34 +292,6 @@ static int merge_row(void *ctx, const struct store_agg_row *row)
 	return 0;
 }
 
-static json_t *layer_stats_json(const struct query_layer_acc *l, enum stats_estimator est)
-{
-	json_t *o;
-	double *mean, *var;
-	double noise;
-
-	mean = malloc(2 * l->channels * sizeof(double));
-	if (mean == NULL)
-		return NULL;
-	var = mean + l->channels;
-	stats_estimate(&l->agg, est, mean, var);
-	o = json_pack("{s:I, s:I, s:I, s:o, s:o, s:{s:I, s:o, s:I}}", "channels",
-		      (json_int_t)l->channels, "count", (json_int_t)l->agg.n, "batches",
-		      (json_int_t)l->agg.k, "mean", query_json_doubles(mean, l->channels), "var",
-		      query_json_doubles(var, l->channels), "batch_size", "min",
-		      (json_int_t)l->agg.nbs_min, "mean",
-		      query_json_num((double)l->agg.n / (double)l->agg.k), "max",
-		      (json_int_t)l->agg.nbs_max);
-	free(mean);
-	if (o == NULL)
-		return NULL;
-	if (stats_batch_noise(&l->agg, &noise) == 0)
-		json_object_set_new(o, "batch_noise", query_json_num(noise));
-	else
-		json_object_set_new(o, "batch_noise", json_null());
-	return o;
-}
-
 int query_parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {
 	if (s == NULL || strcmp(s, "population") == 0)
@@ -482,53 +454,6 @@ int query_window_parse(const struct query_params *p, struct query_window_req *q,
 		q->step = v;
 	}
 	return query_check_domain(q->domain, err);
-}
-
-int query_stats(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
-		struct bn_error *err)
-{
-	struct query_window w = { 0 };
-	struct query_window_req q = { .run = run };
-	enum stats_estimator est = STATS_EST_POPULATION;
-	json_t *layers = NULL;
-	int64_t step = 0;
-	size_t j;
-	int rc;
-
-	*out = NULL;
-	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
-	    query_window_parse(p, &q, err) < 0)
-		return -EINVAL;
-
-	store_read_begin(r);
-	rc = query_window_compute(r, &q, &w, &step, err);
-	if (rc < 0)
-		goto done;
-	layers = json_object();
-	if (layers == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	for (j = 0; j < w.n; j++) {
-		json_t *o;
-
-		if (!w.layers[j].wanted || w.layers[j].agg.k == 0)
-			continue;
-		o = layer_stats_json(&w.layers[j], est);
-		if (o == NULL || json_object_set_new(layers, w.layers[j].name, o) < 0) {
-			rc = query_oom(err);
-			goto done;
-		}
-	}
-	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain, "step",
-			 (json_int_t)step, "window", (json_int_t)q.window, "estimator",
-			 query_estimator_name(est), "layers", layers);
-	rc = *out ? 0 : query_oom(err);
-done:
-	store_read_end(r);
-	json_decref(layers);
-	query_window_free(&w);
-	return rc;
 }
 
 /* --- domains ---------------------------------------------------------------------- */
