@@ -1,20 +1,21 @@
 /*
- * query: GET answers. Reads per-step aggregates through the store, merges
- * them with the stats module in a fixed order (step, layer, domain) so that
- * the same question always gets the same bits, and builds the JSON reply.
+ * query: what every answer of the module shares (query_private.h): the
+ * checks of the parameters several endpoints take, the error replies, JSON
+ * numbers, finding the run and the shape of a per-run listing. The answers
+ * themselves are in query_runs.c, query_stats.c, query_compare.c,
+ * query_series.c, query_snapshot.c and query_metrics.c; the precise window
+ * they merge is query_window.c's.
  */
 #include "query.h"
 #include "query_private.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
-#include "replay.h"
 
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err)
@@ -118,126 +119,7 @@ int query_run_list(struct store_reader *r, const char *run, const char *key,
 	return rc;
 }
 
-/* --- runs ---------------------------------------------------------------- */
-
-static json_t *run_json(const struct store_run_info *info)
-{
-	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", info->name, "created_ms",
-			      (json_int_t)info->created_ms, "batches", (json_int_t)info->batches,
-			      "layers", (json_int_t)info->layers, "domains",
-			      (json_int_t)info->domains, "workers", (json_int_t)info->workers);
-
-	if (o == NULL)
-		return NULL;
-	if (info->batches > 0)
-		json_object_set_new(o, "steps",
-				    json_pack("{s:I, s:I}", "min", (json_int_t)info->step_min,
-					      "max", (json_int_t)info->step_max));
-	else
-		json_object_set_new(o, "steps", json_null());
-	return o;
-}
-
-static int append_run(void *ctx, const struct store_run_info *info)
-{
-	json_t *o = run_json(info);
-
-	if (o == NULL || json_array_append_new(ctx, o) < 0)
-		return -ENOMEM;
-	return 0;
-}
-
-int query_runs(struct store_reader *r, json_t **out, struct bn_error *err)
-{
-	json_t *runs = json_array();
-	int rc;
-
-	if (runs == NULL)
-		return query_oom(err);
-	rc = store_runs_foreach(r, append_run, runs);
-	if (rc < 0) {
-		json_decref(runs);
-		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
-	}
-	*out = json_pack("{s:o}", "runs", runs);
-	return *out ? 0 : query_oom(err);
-}
-
-static int set_run(void *ctx, const struct store_run_info *info)
-{
-	json_t **o = ctx;
-
-	*o = run_json(info);
-	return *o ? 0 : -ENOMEM;
-}
-
-static int append_layer(void *ctx, const struct store_item *it)
-{
-	json_t *o = json_pack("{s:s, s:I}", "name", it->name, "channels", (json_int_t)it->a);
-
-	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
-}
-
-static int append_domain(void *ctx, const struct store_item *it)
-{
-	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches", (json_int_t)it->a,
-			      "steps", (json_int_t)it->b);
-
-	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
-}
-
-static int append_worker(void *ctx, const struct store_item *it)
-{
-	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches", (json_int_t)it->a,
-			      "last_step", (json_int_t)it->b);
-
-	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
-}
-
-int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
-{
-	json_t *o = NULL, *layers = NULL, *domains = NULL, *workers = NULL;
-	int64_t run_id;
-	int rc;
-
-	*out = NULL;
-	store_read_begin(r);
-	rc = query_run_find(r, run, &run_id, err);
-	if (rc < 0)
-		goto done;
-	layers = json_array();
-	domains = json_array();
-	workers = json_array();
-	if (layers == NULL || domains == NULL || workers == NULL) {
-		rc = query_oom(err);
-		goto done;
-	}
-	rc = store_run_describe(r, run, set_run, &o);
-	if (rc == 0)
-		rc = store_layers_foreach(r, run_id, append_layer, layers);
-	if (rc == 0)
-		rc = store_domains_foreach(r, run_id, append_domain, domains);
-	if (rc == 0)
-		rc = store_workers_foreach(r, run_id, append_worker, workers);
-	if (rc < 0) {
-		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
-		goto done;
-	}
-	json_object_set(o, "layers", layers);
-	json_object_set(o, "domains", domains);
-	json_object_set(o, "workers", workers);
-	*out = o;
-	o = NULL;
-done:
-	store_read_end(r);
-	json_decref(o);
-	json_decref(layers);
-	json_decref(domains);
-	json_decref(workers);
-	return rc;
-}
-
-/* --- stats ------------------------------------------------------------------ */
+/* --- parameters ---------------------------------------------------------- */
 
 int query_parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {
@@ -285,25 +167,4 @@ int query_parse_momentum(const char *s, double *out, struct bn_error *err)
 				    s);
 	*out = v;
 	return 0;
-}
-
-/* --- domains ---------------------------------------------------------------------- */
-
-static int append_domain_info(void *ctx, const struct store_item *it)
-{
-	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", it->name, "layers",
-			      (json_int_t)it->c, "steps", (json_int_t)it->b, "batches",
-			      (json_int_t)it->a, "elements", (json_int_t)it->d);
-
-	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
-}
-
-static int walk_domains(struct store_reader *r, int64_t run_id, json_t *list)
-{
-	return store_domains_foreach(r, run_id, append_domain_info, list);
-}
-
-int query_domains(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
-{
-	return query_run_list(r, run, "domains", walk_domains, out, err);
 }
