@@ -1,10 +1,23 @@
 /*
- * query: the answers to GET requests, built from what store reads.
+ * query: the answers to GET requests (and the snapshot POST), built from
+ * what store reads; docs/API.md describes every reply.
  *
  * Each function takes the request's parameters as the raw strings the
  * client sent (NULL when absent), validates them, reads through one store
  * reader in one read transaction, merges with the stats module and returns
  * a new JSON document. Parameter errors name the parameter in err->path.
+ *
+ * Conventions of every function below, as in jansson's reference:
+ *  - r is borrowed, used only during the call, by the one thread that holds
+ *    it (an HTTP thread with a reader from store_reader_get()); the read
+ *    transaction is opened and closed inside the call.
+ *  - Strings and struct query_params are borrowed for the call; nothing
+ *    keeps a pointer to them after returning.
+ *  - On success, *out is a NEW reference the caller owns and must
+ *    json_decref(); on failure *out is NULL, *err is filled in (HTTP status,
+ *    code, path, message) and a negative errno is returned.
+ *  - cache (compare, series) is borrowed and may be shared by threads: the
+ *    replay module locks it.
  */
 #ifndef BNSTAT_QUERY_H
 #define BNSTAT_QUERY_H
@@ -20,7 +33,7 @@
 
 struct replay_cache;
 
-/* Query parameters of a GET, as sent (NULL: not given). */
+/* Query parameters of a GET, as sent (NULL: not given); all borrowed. */
 struct query_params {
 	const char *step;
 	const char *window;
@@ -41,82 +54,122 @@ struct query_params {
 };
 
 /*
- * GET /v1/runs: {"runs": [{name, created, batches, steps:{min,max}, ...}]}.
- * On success *out is a new reference owned by the caller. Returns 0 or a
- * negative errno with *err filled in.
+ * GET /v1/runs: {"runs": [{name, created_ms, batches, layers, domains,
+ * workers, steps:{min,max} or null}]} (docs/API.md, "Runs").
+ * *out: new reference. Returns 0 or a negative errno (500 in *err).
  */
 int query_runs(struct store_reader *r, json_t **out, struct bn_error *err);
 
-/* GET /v1/runs/{run}: the run with its layers, domains and workers. */
+/*
+ * GET /v1/runs/{run}: the run's summary as in query_runs() plus its
+ * layers, domains and workers (docs/API.md, "Runs"). *out: new reference.
+ * Returns 0 or a negative errno (422 bad name, 404 unknown run, 500).
+ */
 int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
-/* GET /v1/runs/{run}/stats: precise statistics (SPEC section 4). */
+/*
+ * GET /v1/runs/{run}/stats: the precise statistics of each layer over the
+ * window (step - window, step] of a domain, with the estimator asked for
+ * (docs/API.md, "Precise statistics"). *out: new reference. Returns 0 or a
+ * negative errno (400/422 for a bad parameter, 404 for an unknown run,
+ * domain or layer or a window without data, 500).
+ */
 int query_stats(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err);
 
 /*
- * GET /v1/runs/{run}/compare: EMA (the workers' own, or simulated with a
- * momentum through cache) against the precise statistics, per layer and
- * overall (SPEC section 4).
+ * GET /v1/runs/{run}/compare: the EMA (the workers' own, or simulated with
+ * a momentum through cache) against the precise statistics, per layer and
+ * overall (docs/API.md, "Comparison"). *out: new reference. Returns 0 or a
+ * negative errno (400/422 bad parameter, 404 no such run, domain, layer,
+ * data or worker EMA, 500).
  */
 int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
 		  const struct query_params *p, json_t **out, struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}/series: one channel of one layer over a step range:
- * batch, precise (window), worker EMA and simulated EMA, as parallel arrays.
+ * batch, precise (window), worker EMA and simulated EMA (through cache), as
+ * parallel arrays (docs/API.md, "Series"). *out: new reference. Returns 0
+ * or a negative errno (400/422 bad parameter, 404 unknown run, domain or
+ * layer, 500).
  */
 int query_series(struct store_reader *r, struct replay_cache *cache, const char *run,
 		 const struct query_params *p, json_t **out, struct bn_error *err);
 
-/* GET /v1/runs/{run}/domains: per domain layers, steps, batches, elements. */
+/*
+ * GET /v1/runs/{run}/domains: {"run", "domains": [{name, layers, steps,
+ * batches, elements}]} (docs/API.md, "Domains"). *out: new reference.
+ * Returns 0 or a negative errno (422, 404 unknown run, 500).
+ */
 int query_domains(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}/shift: the comparison metrics between the precise
  * statistics of domain `source` (as the estimate) and `target` (as the
- * reference) at one step and window.
+ * reference) at one step and window; without step=, the latest step both
+ * reached (docs/API.md, "Domains"). *out: new reference. Returns 0 or a
+ * negative errno (400 missing source/target, 422, 404, 500).
  */
 int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err);
 
 /*
- * POST /v1/runs/{run}/snapshots with body[0..len). Validates the request
- * and, in one read transaction, either
+ * POST /v1/runs/{run}/snapshots with body[0..len) (borrowed). Validates the
+ * request and, in one read transaction, either
  *  - finds the label already taken: with equal explicit fields *existing is
- *    the stored snapshot's JSON (answer 200), otherwise a 409 in *err;
+ *    the stored snapshot's JSON (a new reference; answer 200), otherwise a
+ *    409 in *err;
  *  - or computes the precise estimate and returns it in *create (owned by
- *    the caller, normally handed to store_submit_snapshot()).
+ *    the caller, normally handed to store_submit_snapshot(), else released
+ *    with store_snapshot_free()).
  * Returns 0 with exactly one of *create and *existing set, or a negative
- * errno with *err filled in (400, 404, 409, 422).
+ * errno with both NULL and *err filled in (400, 404, 409, 422, 500).
  */
 int query_snapshot_prepare(struct store_reader *r, const char *run, const char *body, size_t len,
 			   struct store_snapshot **create, json_t **existing, struct bn_error *err);
 
-/* GET /v1/runs/{run}/snapshots/{label}: the snapshot as JSON (404 if none). */
+/*
+ * GET /v1/runs/{run}/snapshots/{label}: the snapshot with its layers as
+ * JSON (docs/API.md, "Snapshots"). *out: new reference. Returns 0 or a
+ * negative errno (422 bad run name, 404 unknown run or label, 500).
+ */
 int query_snapshot_get(struct store_reader *r, const char *run, const char *label, json_t **out,
 		       struct bn_error *err);
 
 /*
  * The same snapshot as a safetensors file of {layer}.running_mean and
- * {layer}.running_var, F32 (or F64 when f64), for load_state_dict().
- * On success *buf (malloc'd, owned by the caller) holds *len bytes.
+ * {layer}.running_var, F32 (or F64 when f64), for load_state_dict(), with
+ * run, label, step, window, domain and estimator in __metadata__.
+ * On success *buf (malloc'd, owned by the caller, released with free())
+ * holds *len bytes; on failure *buf is NULL. Errors as query_snapshot_get().
  */
 int query_snapshot_safetensors(struct store_reader *r, const char *run, const char *label, bool f64,
 			       char **buf, size_t *len, struct bn_error *err);
 
-/* GET /v1/runs/{run}/snapshots: {"snapshots": [...]} without statistics. */
+/*
+ * GET /v1/runs/{run}/snapshots: {"run", "snapshots": [...]}, each without
+ * its statistics. *out: new reference. Returns 0 or a negative errno (422,
+ * 404 unknown run, 500).
+ */
 int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /*
  * GET /metrics: the database-side gauges (runs, each run's last step) in
- * Prometheus text format, appended to f.
+ * Prometheus text format, appended to f (borrowed; the caller's stream,
+ * flushed and closed by the caller). Returns 0 or a negative errno with a
+ * 500 in *err; on failure part of the text may have been written.
  */
 int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err);
 
 /*
- * Parse a non-negative decimal integer parameter `name`: 0 and *out, or a
- * 422 in *err. Shared by every parameter that holds a step or a count.
+ * Parse the decimal integer parameter `name` (s borrowed; may be NULL).
+ * Returns 0 with the value in *out. Otherwise *out is untouched and a
+ * negative errno returned with *err filled in: 400 (BN_E_PARAMETER) when s
+ * is absent, empty, starts with "+" or a space, has anything after the
+ * digits or does not fit a long long; 422 (BN_E_INVALID) when it is an
+ * integer below min. Shared by every parameter that holds a step or a
+ * count.
  */
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err);
