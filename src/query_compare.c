@@ -20,7 +20,7 @@
 #include "query_private.h"
 #include "replay.h"
 
-static json_t *cmp_json(const struct stats_cmp *c)
+static json_t *compare_json(const struct stats_cmp *c)
 {
 	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "mean_err", query_json_num(c->mean_err),
 			 "mean_err_max", query_json_num(c->mean_err_max), "var_err",
@@ -62,7 +62,7 @@ static int compare_acc_add(struct compare_acc *acc, const char *layer, const str
 	if (c->kl_max > all->kl_max)
 		all->kl_max = c->kl_max;
 	acc->n++;
-	return json_object_set_new(acc->layers, layer, cmp_json(c)) < 0 ? -ENOMEM : 0;
+	return json_object_set_new(acc->layers, layer, compare_json(c)) < 0 ? -ENOMEM : 0;
 }
 
 /* A new reference to the overall metrics (NULL when out of memory). */
@@ -75,7 +75,7 @@ static json_t *compare_acc_overall(const struct compare_acc *acc)
 		all.var_err /= (double)acc->n;
 		all.kl /= (double)acc->n;
 	}
-	return cmp_json(&all);
+	return compare_json(&all);
 }
 
 static void compare_acc_free(struct compare_acc *acc)
@@ -180,27 +180,27 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		goto done;
 	}
 	for (j = 0; j < w.n; j++) {
-		const struct query_layer_acc *a = &w.layers[j];
-		size_t c = a->channels;
+		const struct query_layer_acc *l = &w.layers[j];
+		size_t c = l->channels;
 		struct stats_cmp cmp;
-		double *mp, *vp, *me, *ve;
+		double *prec_mean, *prec_var, *ema_mean, *ema_var;
 
-		if (!a->wanted || a->agg.k == 0)
+		if (!l->wanted || l->agg.k == 0)
 			continue;
 		if (compare_buf(&buf, &cap, c) == NULL) {
 			rc = query_oom(err);
 			goto done;
 		}
-		mp = buf;
-		vp = buf + c;
-		me = buf + 2 * c;
-		ve = buf + 3 * c;
-		stats_estimate(&a->agg, est, mp, vp);
+		prec_mean = buf;
+		prec_var = buf + c;
+		ema_mean = buf + 2 * c;
+		ema_var = buf + 3 * c;
+		stats_estimate(&l->agg, est, prec_mean, prec_var);
 		if (sim) {
 			int64_t applied;
 
-			rc = replay_layer(cache, r, run_id, domain_id, a->id, c, momentum, step, me,
-					  ve, &applied);
+			rc = replay_layer(cache, r, run_id, domain_id, l->id, c, momentum, step,
+					  ema_mean, ema_var, &applied);
 			if (rc < 0) {
 				rc = query_read_failed(err);
 				goto done;
@@ -208,10 +208,11 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		} else {
 			struct ema_pick pick = { 0 };
 
-			rc = store_layer_emas(r, run_id, domain_id, a->id, worker, step - 1, step,
+			rc = store_layer_emas(r, run_id, domain_id, l->id, worker, step - 1, step,
 					      pick_ema, &pick);
 			if (rc == 0 && pick.found)
-				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c, me);
+				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c,
+						    ema_mean);
 			if (rc < 0) {
 				rc = query_read_failed(err);
 				goto done;
@@ -219,8 +220,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			if (!pick.found)
 				continue; /* this worker sent no EMA for this layer */
 		}
-		stats_compare(c, me, ve, mp, vp, &cmp);
-		if (compare_acc_add(&acc, a->name, &cmp) < 0) {
+		stats_compare(c, ema_mean, ema_var, prec_mean, prec_var, &cmp);
+		if (compare_acc_add(&acc, l->name, &cmp) < 0) {
 			rc = query_oom(err);
 			goto done;
 		}
@@ -254,58 +255,60 @@ done:
 int query_shift(struct store_reader *r, const char *run, const struct query_params *p, json_t **out,
 		struct bn_error *err)
 {
-	struct query_window ws = { 0 }, wt = { 0 };
-	struct query_window_req qs = { .run = run }, qt;
+	struct query_window source_win = { 0 }, target_win = { 0 };
+	struct query_window_req source_req = { .run = run }, target_req;
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct compare_acc acc = { 0 };
 	double *buf = NULL;
-	int64_t step = 0, run_id, dom, latest;
+	int64_t step = 0, run_id, domain_id, latest;
 	size_t i, j, cap = 0;
-	int rc, k;
+	int rc, side;
 
 	*out = NULL;
 	if (p->source == NULL || p->target == NULL)
 		return bn_error_set(err, 400, BN_E_PARAMETER, p->source ? "target" : "source",
 				    "shift needs source= and target= domains");
 	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
-	    query_window_parse(p, &qs, err) < 0)
+	    query_window_parse(p, &source_req, err) < 0)
 		return -EINVAL;
 	if (query_check_domain(p->source, err) < 0 || query_check_domain(p->target, err) < 0)
 		return -EINVAL;
-	qs.domain = p->source;
-	qt = qs;
-	qt.domain = p->target;
+	source_req.domain = p->source;
+	target_req = source_req;
+	target_req.domain = p->target;
 
 	store_read_begin(r);
 	rc = query_run_find(r, run, &run_id, err);
 	if (rc < 0)
 		goto done;
-	if (!qs.has_step) {
+	if (!source_req.has_step) {
 		/* Both domains at one model version: the latest step they both reached. */
-		for (k = 0; k < 2; k++) {
-			const char *d = k ? p->target : p->source;
+		for (side = 0; side < 2; side++) {
+			const char *domain = side ? p->target : p->source;
 
-			dom = -1;
-			if (strcmp(d, QUERY_DOMAIN_ALL) != 0 &&
-			    store_domain_find(r, run_id, d, &dom) < 0) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
-						  "run %s has no domain %s", run, d);
+			domain_id = -1;
+			if (strcmp(domain, QUERY_DOMAIN_ALL) != 0 &&
+			    store_domain_find(r, run_id, domain, &domain_id) < 0) {
+				rc = bn_error_set(err, 404, BN_E_NOT_FOUND,
+						  side ? "target" : "source",
+						  "run %s has no domain %s", run, domain);
 				goto done;
 			}
-			if (store_latest_step(r, run_id, dom, &latest) < 0) {
-				rc = bn_error_set(err, 404, BN_E_NOT_FOUND, k ? "target" : "source",
-						  "domain %s has no statistics", d);
+			if (store_latest_step(r, run_id, domain_id, &latest) < 0) {
+				rc = bn_error_set(err, 404, BN_E_NOT_FOUND,
+						  side ? "target" : "source",
+						  "domain %s has no statistics", domain);
 				goto done;
 			}
-			if (k == 0 || latest < step)
+			if (side == 0 || latest < step)
 				step = latest;
 		}
-		qs.has_step = qt.has_step = true;
-		qs.step = qt.step = step;
+		source_req.has_step = target_req.has_step = true;
+		source_req.step = target_req.step = step;
 	}
-	rc = query_window_compute(r, &qs, &ws, &step, err);
+	rc = query_window_compute(r, &source_req, &source_win, &step, err);
 	if (rc == 0)
-		rc = query_window_compute(r, &qt, &wt, &step, err);
+		rc = query_window_compute(r, &target_req, &target_win, &step, err);
 	if (rc < 0)
 		goto done;
 	if (compare_acc_init(&acc) < 0) {
@@ -313,21 +316,23 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		goto done;
 	}
 	/* Both windows list the run's layers in the same (id) order. */
-	for (i = 0, j = 0; i < ws.n && j < wt.n; i++, j++) {
-		const struct query_layer_acc *a = &ws.layers[i], *b = &wt.layers[j];
+	for (i = 0, j = 0; i < source_win.n && j < target_win.n; i++, j++) {
+		const struct query_layer_acc *source = &source_win.layers[i],
+					     *target = &target_win.layers[j];
 		struct stats_cmp cmp;
-		size_t c = a->channels;
+		size_t channels = source->channels;
 
-		if (!a->wanted || a->agg.k == 0 || b->agg.k == 0)
+		if (!source->wanted || source->agg.k == 0 || target->agg.k == 0)
 			continue;
-		if (compare_buf(&buf, &cap, c) == NULL) {
+		if (compare_buf(&buf, &cap, channels) == NULL) {
 			rc = query_oom(err);
 			goto done;
 		}
-		stats_estimate(&a->agg, est, buf, buf + c);
-		stats_estimate(&b->agg, est, buf + 2 * c, buf + 3 * c);
-		stats_compare(c, buf, buf + c, buf + 2 * c, buf + 3 * c, &cmp);
-		if (compare_acc_add(&acc, a->name, &cmp) < 0) {
+		stats_estimate(&source->agg, est, buf, buf + channels);
+		stats_estimate(&target->agg, est, buf + 2 * channels, buf + 3 * channels);
+		stats_compare(channels, buf, buf + channels, buf + 2 * channels, buf + 3 * channels,
+			      &cmp);
+		if (compare_acc_add(&acc, source->name, &cmp) < 0) {
 			rc = query_oom(err);
 			goto done;
 		}
@@ -336,19 +341,20 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		rc = bn_error_set(
 			err, 404, BN_E_NOT_FOUND, "step",
 			"domains %s and %s share no layer with data in steps (%lld, %lld]",
-			p->source, p->target, (long long)(step - qs.window), (long long)step);
+			p->source, p->target, (long long)(step - source_req.window),
+			(long long)step);
 		goto done;
 	}
 	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:O, s:o}", "run", run, "source",
 			 p->source, "target", p->target, "step", (json_int_t)step, "window",
-			 (json_int_t)qs.window, "estimator", query_estimator_name(est), "layers",
-			 acc.layers, "overall", compare_acc_overall(&acc));
+			 (json_int_t)source_req.window, "estimator", query_estimator_name(est),
+			 "layers", acc.layers, "overall", compare_acc_overall(&acc));
 	rc = *out ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	compare_acc_free(&acc);
 	free(buf);
-	query_window_free(&ws);
-	query_window_free(&wt);
+	query_window_free(&source_win);
+	query_window_free(&target_win);
 	return rc;
 }
