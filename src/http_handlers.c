@@ -228,6 +228,7 @@ static MHD_Result handle_metrics(struct http_request *rq)
 {
 	struct store *st = rq->srv->store;
 	struct store_reader *r = NULL;
+	struct metrics_sources src = { 0 };
 	struct bn_error err;
 	char *text = NULL;
 	size_t len = 0;
@@ -242,14 +243,11 @@ static MHD_Result handle_metrics(struct http_request *rq)
 		store_reader_put(st, r);
 		return MHD_NO;
 	}
-	metrics_render(f);
-	fprintf(f,
-		"# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
-		"# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
-		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
-		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
-		store_queue_depth(st), store_disk_bytes(st));
-	rc = query_metrics(r, f, &err);
+	src.queue_depth = store_queue_depth(st);
+	src.database_bytes = store_disk_bytes(st);
+	src.runs = query_metrics_runs;
+	src.runs_ctx = r;
+	rc = metrics_render(f, &src, &err);
 	store_reader_put(st, r);
 	fclose(f);
 	if (rc < 0) {

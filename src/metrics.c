@@ -6,6 +6,7 @@
 #include "metrics.h"
 
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bnstat/error.h"
@@ -80,7 +81,7 @@ static void histogram(FILE *f, const char *name, const char *help, const double 
 	fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, cum);
 }
 
-void metrics_render(FILE *f)
+static void render_counters(FILE *f)
 {
 	size_t i;
 
@@ -109,4 +110,71 @@ void metrics_render(FILE *f)
 	histogram(f, "bnstat_commit_batches", "Jobs (uploads, snapshots) per group commit.",
 		  size_le, N_SIZE, size_bucket,
 		  (double)atomic_load_explicit(&size_sum, memory_order_relaxed));
+}
+
+/* A label value: backslash, double quote and newline escaped. */
+static void label_value(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', f);
+		if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+/* The run gauges: counted in one walk, their samples held until the count is out. */
+struct run_gauges {
+	FILE *samples;
+	long long runs;
+};
+
+static int emit_run(void *ctx, const struct metrics_run *run)
+{
+	struct run_gauges *g = ctx;
+
+	g->runs++;
+	if (run->has_data) {
+		fputs("bnstat_run_last_step{run=\"", g->samples);
+		label_value(g->samples, run->name);
+		fprintf(g->samples, "\"} %lld\n", run->last_step);
+	}
+	return 0;
+}
+
+int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *err)
+{
+	struct run_gauges g = { 0 };
+	char *samples = NULL;
+	size_t len = 0;
+	int rc = 0;
+
+	render_counters(f);
+	fprintf(f,
+		"# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
+		"# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"
+		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
+		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
+		src->queue_depth, src->database_bytes);
+	if (src->runs == NULL)
+		return 0;
+	g.samples = open_memstream(&samples, &len);
+	if (g.samples == NULL)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	rc = src->runs(src->runs_ctx, emit_run, &g, err);
+	fclose(g.samples);
+	if (rc == 0) {
+		fprintf(f,
+			"# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
+			"bnstat_runs %lld\n",
+			g.runs);
+		fputs("# HELP bnstat_run_last_step The highest step with statistics, per run.\n"
+		      "# TYPE bnstat_run_last_step gauge\n",
+		      f);
+		fwrite(samples, 1, len, f);
+	}
+	free(samples);
+	return rc;
 }

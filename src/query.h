@@ -29,6 +29,7 @@
 #include <jansson.h>
 
 #include "bnstat/error.h"
+#include "metrics.h"
 #include "store.h"
 
 struct replay_cache;
@@ -155,12 +156,13 @@ int query_snapshot_safetensors(struct store_reader *r, const char *run, const ch
 int query_snapshots(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
 
 /*
- * GET /metrics: the database-side gauges (runs, each run's last step) in
- * Prometheus text format, appended to f (borrowed; the caller's stream,
- * flushed and closed by the caller). Returns 0 or a negative errno with a
- * 500 in *err; on failure part of the text may have been written.
+ * GET /metrics: walk the stored runs for metrics_render() (the runs member
+ * of struct metrics_sources): reader is the borrowed struct store_reader *,
+ * read in one snapshot; emit(ctx, run) is called once per run, by name,
+ * with a run that is valid during that call only. Returns 0, emit's
+ * negative errno, or a negative errno with a 500 in *err.
  */
-int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err);
+int query_metrics_runs(void *reader, metrics_emit_run_fn emit, void *ctx, struct bn_error *err);
 
 /*
  * Parse the decimal integer parameter `name` (s borrowed; may be NULL).

@@ -1,62 +1,36 @@
 /*
- * query_metrics: the database-side gauges of GET /metrics (runs stored,
- * each run's last step) in Prometheus text format. The process-side
- * metrics are metrics.c's.
+ * query_metrics: the stored runs as the /metrics gauges need them, read in
+ * one snapshot and handed to metrics.c, which writes all Prometheus text.
  */
-#include <stdio.h>
-
+#include "metrics.h"
 #include "query.h"
 #include "query_private.h"
 
-/*
- * The metrics block below is written as it will read in metrics.c, where the
- * Prometheus text is to live: it names this helper read_failed.
- */
-static int read_failed(struct bn_error *err)
-{
-	return query_read_failed(err);
-}
-
-/* --- metrics ---------------------------------------------------------------------------- */
-
-struct metrics_runs {
-	FILE *f;
-	long long runs;
+struct runs_walk {
+	metrics_emit_run_fn emit;
+	void *ctx;
 };
 
-static int count_run(void *ctx, const struct store_run_info *info)
+static int emit_stored_run(void *ctx, const struct store_run_info *info)
 {
-	((struct metrics_runs *)ctx)->runs++;
-	return 0;
+	struct runs_walk *w = ctx;
+	struct metrics_run run = {
+		.name = info->name,
+		.has_data = info->batches > 0,
+		.last_step = (long long)info->step_max,
+	};
+
+	return w->emit(w->ctx, &run);
 }
 
-static int print_last_step(void *ctx, const struct store_run_info *info)
+int query_metrics_runs(void *reader, metrics_emit_run_fn emit, void *ctx, struct bn_error *err)
 {
-	struct metrics_runs *m = ctx;
-
-	if (info->batches > 0)
-		fprintf(m->f, "bnstat_run_last_step{run=\"%s\"} %lld\n", info->name,
-			(long long)info->step_max);
-	return 0;
-}
-
-int query_metrics(struct store_reader *r, FILE *f, struct bn_error *err)
-{
-	struct metrics_runs m = { .f = f };
+	struct store_reader *r = reader;
+	struct runs_walk w = { emit, ctx };
 	int rc;
 
 	store_read_begin(r);
-	rc = store_runs_last_step(r, count_run, &m);
-	if (rc == 0) {
-		fprintf(f,
-			"# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
-			"bnstat_runs %lld\n",
-			m.runs);
-		fputs("# HELP bnstat_run_last_step The highest step with statistics, per run.\n"
-		      "# TYPE bnstat_run_last_step gauge\n",
-		      f);
-		rc = store_runs_last_step(r, print_last_step, &m);
-	}
+	rc = store_runs_last_step(r, emit_stored_run, &w);
 	store_read_end(r);
-	return rc < 0 ? read_failed(err) : 0;
+	return rc < 0 ? query_read_failed(err) : 0;
 }

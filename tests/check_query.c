@@ -624,8 +624,10 @@ START_TEST(test_metrics_text)
 	size_t len = 0;
 	FILE *f = open_memstream(&text, &len);
 
+	struct metrics_sources src = { .runs = query_metrics_runs, .runs_ctx = rd };
+
 	ck_assert_ptr_nonnull(f);
-	ck_assert_int_eq(query_metrics(rd, f, &err), 0);
+	ck_assert_int_eq(metrics_render(f, &src, &err), 0);
 	fclose(f);
 	ck_assert_ptr_nonnull(strstr(text, "\nbnstat_runs 1\n"));
 	ck_assert_ptr_nonnull(strstr(text, "\nbnstat_run_last_step{run=\"r1\"} 2\n"));

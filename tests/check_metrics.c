@@ -1,0 +1,179 @@
+/*
+ * check_metrics: the Prometheus text metrics.c writes, the only writer of
+ * it: counters and histograms, the gauges fed through struct
+ * metrics_sources, label escaping, and a failing run walk
+ * (docs/OPERATIONS.md, "Monitoring").
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnstat/error.h"
+#include "metrics.h"
+
+/* A walk over a fixed list of runs; fail_at >= 0 stops it there with -EIO. */
+struct fake_runs {
+	const struct metrics_run *runs;
+	size_t n;
+	long fail_at;
+};
+
+static int walk_fake(void *ctx, metrics_emit_run_fn emit, void *emit_ctx, struct bn_error *err)
+{
+	const struct fake_runs *fr = ctx;
+	size_t i;
+	int rc;
+
+	for (i = 0; i < fr->n; i++) {
+		if ((long)i == fr->fail_at)
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "walk failed");
+		rc = emit(emit_ctx, &fr->runs[i]);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* The text metrics_render() writes for src; rc gets its return value. */
+static char *render(const struct metrics_sources *src, int *rc)
+{
+	struct bn_error err;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	ck_assert_ptr_nonnull(f);
+	bn_error_clear(&err);
+	*rc = metrics_render(f, src, &err);
+	fclose(f);
+	return text;
+}
+
+/* The value of the sample line that starts with `series ` in text. */
+static double sample(const char *text, const char *series)
+{
+	size_t n = strlen(series);
+	const char *p = text;
+
+	while ((p = strstr(p, series)) != NULL) {
+		if ((p == text || p[-1] == '\n') && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+		p += n;
+	}
+	ck_abort_msg("no sample %s in:\n%s", series, text);
+	return 0;
+}
+
+START_TEST(test_counters_and_histograms)
+{
+	struct metrics_sources src = { 0 };
+	double ok0, acc0, dup0, other0, inf0, le001, bytes0;
+	char *text;
+	int rc;
+
+	/* counters are process-wide: measure differences */
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ok0 = sample(text, "bnstat_commits_total{result=\"ok\"}");
+	acc0 = sample(text, "bnstat_uploads_total{outcome=\"accepted\"}");
+	dup0 = sample(text, "bnstat_uploads_total{outcome=\"duplicate\"}");
+	other0 = sample(text, "bnstat_uploads_total{outcome=\"other\"}");
+	inf0 = sample(text, "bnstat_commit_seconds_bucket{le=\"+Inf\"}");
+	le001 = sample(text, "bnstat_commit_seconds_bucket{le=\"0.001\"}");
+	bytes0 = sample(text, "bnstat_received_bytes_total");
+	free(text);
+
+	metrics_upload("accepted");
+	metrics_upload("accepted");
+	metrics_upload("duplicate");
+	metrics_upload("no-such-outcome");
+	metrics_bytes(1000);
+	metrics_commit(0.0005, 3, 1);
+	metrics_commit(2.0, 1, 0);
+
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert(sample(text, "bnstat_uploads_total{outcome=\"accepted\"}") == acc0 + 2);
+	ck_assert(sample(text, "bnstat_uploads_total{outcome=\"duplicate\"}") == dup0 + 1);
+	ck_assert(sample(text, "bnstat_uploads_total{outcome=\"other\"}") == other0 + 1);
+	ck_assert(sample(text, "bnstat_received_bytes_total") == bytes0 + 1000);
+	ck_assert(sample(text, "bnstat_commits_total{result=\"ok\"}") == ok0 + 1);
+	/* cumulative buckets: 0.5 ms lands in le=0.001 and every bucket above */
+	ck_assert(sample(text, "bnstat_commit_seconds_bucket{le=\"0.001\"}") == le001 + 1);
+	ck_assert(sample(text, "bnstat_commit_seconds_bucket{le=\"+Inf\"}") == inf0 + 2);
+	ck_assert(sample(text, "bnstat_commit_seconds_count") == inf0 + 2);
+	/* no run walk: no run gauges */
+	ck_assert_ptr_null(strstr(text, "bnstat_runs"));
+	free(text);
+}
+END_TEST
+
+START_TEST(test_gauges_and_runs)
+{
+	const struct metrics_run runs[] = {
+		{ "a", true, 7 },
+		{ "empty", false, 0 },
+		{ "b\"q\\z\nx", true, 12 },
+	};
+	struct fake_runs fr = { runs, 3, -1 };
+	struct metrics_sources src = { 5, 4096, walk_fake, &fr };
+	char *text;
+	int rc;
+
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert(sample(text, "bnstat_queue_depth") == 5);
+	ck_assert(sample(text, "bnstat_database_bytes") == 4096);
+	/* every run counts; only runs with data have a last step */
+	ck_assert(sample(text, "bnstat_runs") == 3);
+	ck_assert(sample(text, "bnstat_run_last_step{run=\"a\"}") == 7);
+	ck_assert_ptr_null(strstr(text, "run=\"empty\""));
+	/* a label value has its backslash, quote and newline escaped */
+	ck_assert(sample(text, "bnstat_run_last_step{run=\"b\\\"q\\\\z\\nx\"}") == 12);
+	/* the family's TYPE line comes before its samples */
+	ck_assert(strstr(text, "# TYPE bnstat_run_last_step gauge") <
+		  strstr(text, "bnstat_run_last_step{"));
+	free(text);
+}
+END_TEST
+
+START_TEST(test_failed_walk)
+{
+	const struct metrics_run runs[] = { { "a", true, 1 }, { "b", true, 2 } };
+	struct fake_runs fr = { runs, 2, 1 };
+	struct metrics_sources src = { 0, 0, walk_fake, &fr };
+	char *text;
+	int rc;
+
+	text = render(&src, &rc);
+	ck_assert_int_lt(rc, 0);
+	/* nothing of the half-done walk is written */
+	ck_assert_ptr_null(strstr(text, "bnstat_run_last_step{"));
+	free(text);
+}
+END_TEST
+
+static Suite *metrics_suite(void)
+{
+	Suite *s = suite_create("metrics");
+	TCase *tc = tcase_create("render");
+
+	tcase_add_test(tc, test_counters_and_histograms);
+	tcase_add_test(tc, test_gauges_and_runs);
+	tcase_add_test(tc, test_failed_walk);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(metrics_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
