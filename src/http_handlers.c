@@ -257,140 +257,91 @@ static MHD_Result handle_metrics(struct http_request *rq)
 	return http_reply_text(rq, 200, text, len, "text/plain; version=0.0.4; charset=utf-8");
 }
 
-/* GET /v1/runs */
-static MHD_Result handle_runs(struct http_request *rq)
+/*
+ * A JSON read: fill *doc (a new reference) from the borrowed reader r, or
+ * return a negative errno with *err filled in. p holds the request's query
+ * parameters (all NULL for endpoints that take none).
+ */
+typedef int (*read_answer_fn)(struct http_request *rq, struct store_reader *r,
+			      const struct query_params *p, json_t **doc, struct bn_error *err);
+
+/*
+ * Every JSON GET but /metrics and /healthz: borrow a reader, read the query
+ * parameters when the endpoint takes them, answer, give the reader back.
+ */
+static MHD_Result handle_read(struct http_request *rq, read_answer_fn answer, bool with_params)
 {
+	struct layer_params lp = { .n = 0 };
+	struct query_params p = { 0 };
 	struct store_reader *r = NULL;
 	struct bn_error err;
 	json_t *doc = NULL;
-	int rc;
+	int rc = 0;
 
 	bn_error_clear(&err);
 	if (store_reader_get(rq->srv->store, &r, &err) < 0)
 		return http_reply_error(rq, &err);
-	rc = query_runs(r, &doc, &err);
+	if (with_params)
+		rc = read_query_params(rq, &lp, &p, &err);
+	if (rc == 0)
+		rc = answer(rq, r, &p, &doc, &err);
 	return reply_read(rq, r, rc, doc, &err);
+}
+
+/* GET /v1/runs */
+static int answer_runs(struct http_request *rq, struct store_reader *r,
+		       const struct query_params *p, json_t **doc, struct bn_error *err)
+{
+	return query_runs(r, doc, err);
 }
 
 /* GET /v1/runs/{run} */
-static MHD_Result handle_run(struct http_request *rq)
+static int answer_run(struct http_request *rq, struct store_reader *r,
+		      const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = query_run(r, rq->route.run, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_run(r, rq->route.run, doc, err);
 }
 
 /* GET /v1/runs/{run}/stats */
-static MHD_Result handle_stats(struct http_request *rq)
+static int answer_stats(struct http_request *rq, struct store_reader *r,
+			const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct layer_params lp = { .n = 0 };
-	struct query_params p = { 0 };
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = read_query_params(rq, &lp, &p, &err);
-	if (rc == 0)
-		rc = query_stats(r, rq->route.run, &p, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_stats(r, rq->route.run, p, doc, err);
 }
 
 /* GET /v1/runs/{run}/compare */
-static MHD_Result handle_compare(struct http_request *rq)
+static int answer_compare(struct http_request *rq, struct store_reader *r,
+			  const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct layer_params lp = { .n = 0 };
-	struct query_params p = { 0 };
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = read_query_params(rq, &lp, &p, &err);
-	if (rc == 0)
-		rc = query_compare(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_compare(r, rq->srv->replay, rq->route.run, p, doc, err);
 }
 
 /* GET /v1/runs/{run}/series */
-static MHD_Result handle_series(struct http_request *rq)
+static int answer_series(struct http_request *rq, struct store_reader *r,
+			 const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct layer_params lp = { .n = 0 };
-	struct query_params p = { 0 };
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = read_query_params(rq, &lp, &p, &err);
-	if (rc == 0)
-		rc = query_series(r, rq->srv->replay, rq->route.run, &p, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_series(r, rq->srv->replay, rq->route.run, p, doc, err);
 }
 
 /* GET /v1/runs/{run}/domains */
-static MHD_Result handle_domains(struct http_request *rq)
+static int answer_domains(struct http_request *rq, struct store_reader *r,
+			  const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = query_domains(r, rq->route.run, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_domains(r, rq->route.run, doc, err);
 }
 
 /* GET /v1/runs/{run}/shift */
-static MHD_Result handle_shift(struct http_request *rq)
+static int answer_shift(struct http_request *rq, struct store_reader *r,
+			const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct layer_params lp = { .n = 0 };
-	struct query_params p = { 0 };
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = read_query_params(rq, &lp, &p, &err);
-	if (rc == 0)
-		rc = query_shift(r, rq->route.run, &p, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_shift(r, rq->route.run, p, doc, err);
 }
 
 /* GET /v1/runs/{run}/snapshots */
-static MHD_Result handle_snapshots(struct http_request *rq)
+static int answer_snapshots(struct http_request *rq, struct store_reader *r,
+			    const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	struct store_reader *r = NULL;
-	struct bn_error err;
-	json_t *doc = NULL;
-	int rc;
-
-	bn_error_clear(&err);
-	if (store_reader_get(rq->srv->store, &r, &err) < 0)
-		return http_reply_error(rq, &err);
-	rc = query_snapshots(r, rq->route.run, &doc, &err);
-	return reply_read(rq, r, rc, doc, &err);
+	return query_snapshots(r, rq->route.run, doc, err);
 }
 
 /* GET /v1/runs/{run}/snapshots/{label}: JSON, or a safetensors file. */
@@ -436,25 +387,25 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 	case HTTP_METRICS:
 		return handle_metrics(rq);
 	case HTTP_RUNS:
-		return handle_runs(rq);
+		return handle_read(rq, answer_runs, false);
 	case HTTP_RUN:
-		return handle_run(rq);
+		return handle_read(rq, answer_run, false);
 	case HTTP_RUN_DELETE:
 		return handle_run_delete(rq);
 	case HTTP_BATCHES:
 		return handle_batches(rq);
 	case HTTP_STATS:
-		return handle_stats(rq);
+		return handle_read(rq, answer_stats, true);
 	case HTTP_COMPARE:
-		return handle_compare(rq);
+		return handle_read(rq, answer_compare, true);
 	case HTTP_SERIES:
-		return handle_series(rq);
+		return handle_read(rq, answer_series, true);
 	case HTTP_DOMAINS:
-		return handle_domains(rq);
+		return handle_read(rq, answer_domains, false);
 	case HTTP_SHIFT:
-		return handle_shift(rq);
+		return handle_read(rq, answer_shift, true);
 	case HTTP_SNAPSHOTS:
-		return handle_snapshots(rq);
+		return handle_read(rq, answer_snapshots, false);
 	case HTTP_SNAPSHOT_CREATE:
 		return handle_snapshot_create(rq);
 	case HTTP_SNAPSHOT:
