@@ -1776,14 +1776,14 @@ static int item_rows(sqlite3 *db, const char *sql, int64_t run_id, store_item_fn
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		struct store_item item = {
-			.id = sqlite3_column_int64(st, 0),
-			.name = (const char *)sqlite3_column_text(st, 1),
-			.a = sqlite3_column_int64(st, 2),
-			.b = sqlite3_column_int64(st, 3),
-			.c = sqlite3_column_count(st) > 4 ? sqlite3_column_int64(st, 4) : 0,
-			.d = sqlite3_column_count(st) > 5 ? sqlite3_column_int64(st, 5) : 0,
-		};
+		struct store_item item = { 0 };
+
+		item.id = sqlite3_column_int64(st, 0);
+		item.name = (const char *)sqlite3_column_text(st, 1);
+		item.a = sqlite3_column_int64(st, 2);
+		item.b = sqlite3_column_int64(st, 3);
+		item.c = sqlite3_column_count(st) > 4 ? sqlite3_column_int64(st, 4) : 0;
+		item.d = sqlite3_column_count(st) > 5 ? sqlite3_column_int64(st, 5) : 0;
 		rc = fn(ctx, &item);
 		if (rc != 0)
 			break;
@@ -1961,7 +1961,8 @@ static int row_walk(sqlite3_stmt *st, bool ema, store_row_fn fn, void *ctx)
 			.step = sqlite3_column_int64(st, 1),
 			.domain_id = sqlite3_column_int64(st, 2),
 			.n = sqlite3_column_int64(st, 3),
-			.k = sqlite3_column_int64(st, 4),
+			.batches = ema ? 0 : sqlite3_column_int64(st, 4),
+			.seq = ema ? sqlite3_column_int64(st, 4) : 0,
 			.nbs_min = ema ? 0 : sqlite3_column_int64(st, 5),
 			.nbs_max = ema ? 0 : sqlite3_column_int64(st, 6),
 			.worker = ema ? (const char *)sqlite3_column_text(st, 5) : NULL,

@@ -51,9 +51,10 @@ struct store_result {
 };
 
 /*
- * Called once per submitted batch, from the writer thread, after the
+ * Called once per submitted job, from the writer thread, after the
  * transaction that holds it committed (or failed). *r is borrowed for the
- * duration of the call.
+ * duration of the call. It must not block for long (the next group waits
+ * for it) nor call back into the store's writer side.
  */
 typedef void (*store_done_fn)(void *ctx, const struct store_result *r);
 
@@ -72,21 +73,24 @@ int store_open(const char *path, const struct store_options *opt, struct store *
 /*
  * Stop accepting uploads (store_submit then fails with -ESHUTDOWN), let the
  * writer commit everything already queued and report it, and join the
- * writer. Readers keep working until store_close(). Idempotent.
+ * writer. Readers keep working until store_close(). Idempotent. Any thread
+ * but the writer's (a done callback must not call it).
  */
 void store_stop_writer(struct store *s);
 
 /*
  * Stop the writer as store_stop_writer() does, close every connection and
- * free the store. NULL is fine.
+ * free the store. NULL is fine. Every reader must have been given back
+ * with store_reader_put() before; s is invalid afterwards.
  */
 void store_close(struct store *s);
 
 /*
  * Queue batch b for the writer. On success the store owns b (it frees it)
- * and will call done(ctx, result) exactly once. Returns -EAGAIN when the
- * queue is full and -ESHUTDOWN when the store is closing; then the caller
- * still owns b and done is never called.
+ * and will call done(ctx, result) exactly once, from the writer thread;
+ * ctx is the caller's and must stay valid until then. Returns -EAGAIN when
+ * the queue is full, -ESHUTDOWN when the store is closing and -ENOMEM;
+ * then the caller still owns b and done is never called. Any thread.
  */
 int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx);
 
@@ -130,7 +134,7 @@ struct store_snapshot {
 	struct store_snapshot_layer *layers;
 };
 
-/* Free a snapshot and everything it owns; NULL is fine. */
+/* Free a snapshot and everything it owns (layers, their names and arrays); NULL is fine. */
 void store_snapshot_free(struct store_snapshot *snap);
 
 /*
@@ -151,19 +155,30 @@ bool store_snapshot_matches(const struct store_snapshot *want, const struct stor
 
 /*
  * Read snapshot `label` of run run_id: 0 and a new snapshot in *out (owned
- * by the caller; with layers when with_layers), or -ENOENT.
+ * by the caller, who frees it with store_snapshot_free(); with layers when
+ * with_layers), -ENOENT, -ENOMEM or -EIO (*out is then NULL).
  */
 int store_snapshot_get(struct store_reader *r, int64_t run_id, const char *label, bool with_layers,
 		       struct store_snapshot **out);
 
-/* Call fn for every snapshot of the run (without layers), by label. */
+/*
+ * Called with one snapshot, without layers. *snap is borrowed for the
+ * duration of the call (it lives on the walker's stack): copy what is to
+ * be kept. Return 0 to go on, nonzero to stop the walk.
+ */
 typedef int (*store_snapshot_fn)(void *ctx, const struct store_snapshot *snap);
+
+/*
+ * Call fn for every snapshot of the run, by label, on the caller's thread.
+ * Returns 0, fn's nonzero value when it stopped the walk, or -EIO.
+ */
 int store_snapshots_foreach(struct store_reader *r, int64_t run_id, store_snapshot_fn fn,
 			    void *ctx);
 
 /*
- * Queue the deletion of run `run` with everything it holds. done reports
- * 200 (deleted) or 404 (no such run). Returns as store_submit() does.
+ * Queue the deletion of run `run` with everything it holds. run is
+ * borrowed (the store copies it). done reports 200 (deleted) or 404 (no
+ * such run). Returns as store_submit() does.
  */
 int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx);
 
@@ -180,13 +195,32 @@ int store_schema_version(struct store *s);
 
 /*
  * Borrow a read connection (opened on first use). Returns 0 or a negative
- * errno with *err filled in. Give it back with store_reader_put().
+ * errno with *err filled in. *out belongs to the pool: the caller may use
+ * it from one thread at a time until it gives it back with
+ * store_reader_put(), and must give it back before store_close(). Any
+ * thread; readers never wait on the writer.
  */
 int store_reader_get(struct store *s, struct store_reader **out, struct bn_error *err);
+
+/*
+ * Give r back to the pool of s (the store it came from). A read snapshot
+ * still open is rolled back and open blob handles are closed; r must not
+ * be used afterwards. NULL is fine. Any thread.
+ */
 void store_reader_put(struct store *s, struct store_reader *r);
 
-/* Begin/end one consistent read snapshot over several calls. */
+/*
+ * Begin one consistent read snapshot over several calls on r: 0 or -EIO.
+ * store_read_end() ends it; the thread using r calls both.
+ */
 int store_read_begin(struct store_reader *r);
+
+/*
+ * End the read snapshot store_read_begin() began (no-op when none is
+ * open) and close the blob handles store_row_read() keeps open. Rowids
+ * seen inside the snapshot may name other rows, or none, after it: the
+ * writer goes on. The thread using r.
+ */
 void store_read_end(struct store_reader *r);
 
 /* Look up a run by name: 0 and *run_id, or -ENOENT. */
@@ -215,12 +249,13 @@ struct store_agg_row {
 typedef int (*store_agg_fn)(void *ctx, const struct store_agg_row *row);
 
 /*
- * Call fn for every aggregate of the run with step_lo < step <= step_hi in
- * the domain (domain_id < 0: every domain), ordered by step, then layer id,
- * then domain id: a fixed order, so that the same query always merges in
- * the same order and gives the same bits. When layer_ids is not NULL only
- * those n_layer_ids layers are visited. A nonzero return from fn stops the
- * walk and is returned. Returns 0 or a negative errno.
+ * Call fn, on the caller's thread, for every aggregate of the run with
+ * step_lo < step <= step_hi in the domain (domain_id < 0: every domain),
+ * ordered by step, then layer id, then domain id: a fixed order, so that
+ * the same query always merges in the same order and gives the same bits.
+ * When layer_ids is not NULL (borrowed) only those n_layer_ids layers are
+ * visited. A nonzero return from fn stops the walk and is returned.
+ * Returns 0 or a negative errno.
  */
 int store_aggs_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
 		       int64_t step_hi, const int64_t *layer_ids, size_t n_layer_ids,
@@ -238,6 +273,11 @@ struct store_run_info {
 	int64_t domains;
 	int64_t workers;
 };
+/*
+ * Called with one run. *info and info->name are borrowed for the duration
+ * of the call: copy what is to be kept. Return 0 to go on, nonzero to stop
+ * the walk (the value is returned).
+ */
 typedef int (*store_run_fn)(void *ctx, const struct store_run_info *info);
 
 /* Call fn for every run, by name, with only name and step_max (the highest
@@ -252,21 +292,50 @@ int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx);
 int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx);
 
 /*
- * A named item of a run with counts: a layer (channels in `a`), a domain
- * (batches in `a`, distinct steps in `b`, layers in `c`, elements per
- * channel summed over layers and steps in `d`) or a worker (batches in
- * `a`, last step in `b`).
+ * A named item of a run with its counts: a layer, a domain or a worker;
+ * which of layer, domain and worker holds them depends on the walk that
+ * hands the item out.
  */
 struct store_item {
-	int64_t id;
-	const char *name;
-	int64_t a;
-	int64_t b;
-	int64_t c;
-	int64_t d;
+	int64_t id;	  /* 0 for a worker */
+	const char *name; /* the layer's, domain's or worker's name */
+	union {
+		struct {
+			int64_t channels;
+		} layer;
+		struct {
+			int64_t batches;  /* accepted batch identities */
+			int64_t steps;	  /* distinct steps with statistics */
+			int64_t layers;	  /* distinct layers with statistics */
+			int64_t elements; /* elements per channel, summed over layers and steps */
+		} domain;
+		struct {
+			int64_t batches;
+			int64_t last_step;
+		} worker;
+		/*
+		 * The same counts by position (a, b, c, d in the order above),
+		 * for callers written before the named ones; new code reads
+		 * the named ones.
+		 */
+		struct {
+			int64_t a, b, c, d;
+		};
+	};
 };
+
+/*
+ * Called with one item. *item and item->name are borrowed for the duration
+ * of the call (name points into SQLite's row): copy what is to be kept.
+ * Return 0 to go on, nonzero to stop the walk.
+ */
 typedef int (*store_item_fn)(void *ctx, const struct store_item *item);
 
+/*
+ * Call fn, on the caller's thread, for every layer (item->layer), domain
+ * (item->domain) or worker (item->worker) of the run, by name. Returns 0,
+ * fn's nonzero value when it stopped the walk, or -EIO.
+ */
 int store_layers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx);
 int store_domains_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx);
 int store_workers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx);
@@ -274,19 +343,27 @@ int store_workers_foreach(struct store_reader *r, int64_t run_id, store_item_fn 
 /* --- one layer across steps (series, simulated EMA) --------------------------- */
 
 /*
- * A stored row seen without its arrays: a per-step aggregate (n, k, ...)
- * or a worker EMA (seq in k). Read its values with store_row_read().
+ * A stored row seen without its arrays: a per-step aggregate or a worker
+ * EMA. Read its values with store_row_read().
  */
 struct store_row {
 	int64_t rowid;
 	int64_t step;
 	int64_t domain_id;
-	int64_t n;
-	int64_t k;
-	int64_t nbs_min;
-	int64_t nbs_max;
+	int64_t n;	    /* aggregates: elements per channel merged; EMAs: 0 */
+	int64_t batches;    /* aggregates only: batches merged (stats_agg's k) */
+	int64_t nbs_min;    /* aggregates only */
+	int64_t nbs_max;    /* aggregates only */
+	int64_t seq;	    /* EMA rows only: the seq of the batch that sent it */
 	const char *worker; /* EMA rows only */
 };
+
+/*
+ * Called with one row. *row and row->worker are borrowed for the duration
+ * of the call; row->rowid stays readable with store_row_read() until the
+ * read snapshot ends. Return 0 to go on, nonzero to stop the walk (the
+ * value is returned).
+ */
 typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
 
 /*
