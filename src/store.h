@@ -1,6 +1,14 @@
 /*
  * store: SQLite persistence; the only module that speaks SQL.
  *
+ * Files: store.c (open, close), store_schema.c (migrations, the writer's
+ * statements), store_sql.c (connections, the row loop), store_writer.c
+ * (the writer thread, its queue, group commit), store_batch.c (applying an
+ * upload), store_intern.c (names to ids), store_aggcache.c (the writer's
+ * aggregate cache), store_snapshot.c, store_delete.c, store_retention.c,
+ * store_checkpoint.c, store_read.c (the reader pool, lookups, windows),
+ * store_runs.c (describing runs), store_layer.c (one layer across steps).
+ *
  * One writer thread owns the write connection. HTTP threads hand it decoded
  * batches with store_submit(); it takes every batch queued so far, applies
  * them in one transaction (each in its own savepoint, so that one bad batch

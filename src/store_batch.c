@@ -1,0 +1,197 @@
+/*
+ * store_batch: applying one upload inside the group's transaction — its
+ * identity checked against the batches seen before (a duplicate or a
+ * conflict, docs/DESIGN.md "Data flow", "Retries"), the late-write log
+ * and the retention horizon, its layers merged into the writer's aggregate
+ * cache and its worker EMAs written. Writer thread only.
+ */
+#include "store_private.h"
+
+#include <string.h>
+
+static int ema_put(struct store *s, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		   const struct ingest_batch *b, const struct ingest_layer *l, struct bn_error *err)
+{
+	sqlite3_stmt *st = s->wstmt[W_EMA_PUT];
+	size_t c = l->channels;
+
+	if (store_scratch_reserve(&s->wscratch, &s->wscratch_cap, c) < 0)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	memcpy(s->wscratch, l->ema_mean, c * sizeof(double));
+	memcpy(s->wscratch + c, l->ema_var, c * sizeof(double));
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_text(st, 4, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, b->step);
+	sqlite3_bind_int64(st, 6, b->seq);
+	sqlite3_bind_blob(st, 7, s->wscratch, (int)(2 * c * sizeof(double)), SQLITE_STATIC);
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "writing worker EMA");
+	return 0;
+}
+
+static bool batch_merges(const struct ingest_batch *b)
+{
+	size_t i;
+
+	for (i = 0; i < b->n_layers; i++)
+		if (b->layers[i].count > 0)
+			return true;
+	return false;
+}
+
+/* The run's highest step with statistics, when it has one. */
+struct max_step {
+	bool have;
+	int64_t step;
+};
+
+static int read_max_step(void *ctx, sqlite3_stmt *st)
+{
+	struct max_step *m = ctx;
+
+	if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		m->have = true;
+		m->step = sqlite3_column_int64(st, 0);
+	}
+	return 1;
+}
+
+/*
+ * A batch below the run's highest step rewrites history for replayed EMAs:
+ * log it (replay.c keeps its cached replays exact by it). Batches at or
+ * above the highest step, the normal case in training, log nothing.
+ */
+static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
+			   const struct ingest_batch *b, struct bn_error *err)
+{
+	sqlite3_stmt *st = s->wstmt[W_RUN_MAX_STEP];
+	struct max_step max = { 0 };
+	bool late;
+
+	sqlite3_bind_int64(st, 1, run_id);
+	if (store_sql_rows(st, read_max_step, &max) <= 0)
+		return store_sql_error(err, s->wdb, "reading the run's last step");
+	late = max.have && b->step < max.step;
+	if (max.have && s->opt.retain_steps > 0 && b->step <= max.step - s->opt.retain_steps)
+		return bn_error_set(
+			err, 422, BN_E_INVALID, "step",
+			"step %lld is older than the retention horizon: this server keeps "
+			"the last %lld steps of a run (now steps > %lld)",
+			(long long)b->step, (long long)s->opt.retain_steps,
+			(long long)(max.step - s->opt.retain_steps));
+	if (!late || !batch_merges(b))
+		return 0;
+	st = s->wstmt[W_LATE_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, b->step);
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "recording a late write");
+	return 0;
+}
+
+/* Is the stored hash of this identity the batch's own? */
+static int read_same_hash(void *ctx, sqlite3_stmt *st)
+{
+	const struct ingest_batch *b = ctx;
+
+	return sqlite3_column_bytes(st, 0) == INGEST_HASH_SIZE &&
+			       memcmp(sqlite3_column_blob(st, 0), b->hash, INGEST_HASH_SIZE) == 0
+		       ? 1
+		       : 2;
+}
+
+/*
+ * Has this identity been seen: 0 no, 1 with the same content, 2 with
+ * other content; or -EIO.
+ */
+static int batch_seen(struct store *s, int64_t run_id, int64_t domain_id,
+		      const struct ingest_batch *b)
+{
+	sqlite3_stmt *st = s->wstmt[W_BATCH_GET];
+
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_text(st, 3, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, b->step);
+	sqlite3_bind_int64(st, 5, b->seq);
+	return store_sql_rows(st, read_same_hash, (void *)b);
+}
+
+int store_batch_apply(struct store *s, struct store_job *j)
+{
+	const struct ingest_batch *b = j->batch;
+	struct bn_error *err = &j->res.err;
+	sqlite3_stmt *st;
+	int64_t run_id, domain_id, layer_id = 0;
+	size_t i;
+	int rc;
+
+	j->res.layers = b->n_layers;
+	if (store_intern_run(s, b->run, &run_id) < 0)
+		return store_sql_error(err, s->wdb, "creating run");
+	if (store_intern_domain(s, run_id, b->domain, &domain_id) < 0)
+		return store_sql_error(err, s->wdb, "creating domain");
+
+	rc = batch_seen(s, run_id, domain_id, b);
+	if (rc == 1) {
+		j->res.duplicate = true;
+		return 0;
+	}
+	if (rc == 2)
+		return bn_error_set(err, 409, BN_E_CONFLICT, NULL,
+				    "batch (domain %s, worker %s, step %lld, seq %lld) was already "
+				    "received with different content",
+				    b->domain, b->worker, (long long)b->step, (long long)b->seq);
+	if (rc < 0)
+		return store_sql_error(err, s->wdb, "looking up batch");
+
+	rc = note_late_write(s, run_id, domain_id, b, err);
+	if (rc < 0)
+		return rc;
+	/*
+	 * Every check that can refuse the batch comes first (the savepoint
+	 * undoes SQL, not the in-memory aggregates); only then merge.
+	 */
+	if (b->n_layers > s->wlayer_cap) {
+		int64_t *p = realloc(s->wlayer_ids, b->n_layers * sizeof(*p));
+
+		if (p == NULL)
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		s->wlayer_ids = p;
+		s->wlayer_cap = b->n_layers;
+	}
+	for (i = 0; i < b->n_layers; i++) {
+		if (b->layers[i].channels == 0)
+			continue; /* unused in this batch and nothing sent */
+		if (store_intern_layer(s, run_id, &b->layers[i], &s->wlayer_ids[i], err) < 0)
+			return -EINVAL;
+	}
+	for (i = 0; i < b->n_layers; i++) {
+		const struct ingest_layer *l = &b->layers[i];
+
+		if (l->channels == 0)
+			continue;
+		layer_id = s->wlayer_ids[i];
+		if (l->count > 0 && store_aggcache_merge(s, run_id, domain_id, b->step, layer_id,
+							 b->var_kind, l, err) < 0)
+			return -EIO;
+		if (l->ema_mean != NULL && ema_put(s, run_id, domain_id, layer_id, b, l, err) < 0)
+			return -EIO;
+	}
+
+	st = s->wstmt[W_BATCH_INS];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_text(st, 3, b->worker, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, b->step);
+	sqlite3_bind_int64(st, 5, b->seq);
+	sqlite3_bind_blob(st, 6, b->hash, INGEST_HASH_SIZE, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, (sqlite3_int64)b->n_layers);
+	sqlite3_bind_int64(st, 8, store_now_ms());
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "recording batch");
+	return 0;
+}

@@ -1,0 +1,199 @@
+/*
+ * store_layer: one layer across steps, for the series and the simulated
+ * EMA (replay.c): its per-step aggregates and worker EMAs seen without
+ * their arrays, the arrays read a slice at a time through an open blob
+ * handle, and the late-write log that tells replay checkpoints whether
+ * they still hold (docs/DESIGN.md, "Data flow", "The simulated EMA").
+ */
+#include "store_private.h"
+
+#include <stdio.h>
+
+struct row_walk {
+	store_row_fn fn;
+	void *ctx;
+};
+
+/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max). */
+static int read_agg_row(void *ctx, sqlite3_stmt *st)
+{
+	struct row_walk *w = ctx;
+	struct store_row row = {
+		.rowid = sqlite3_column_int64(st, 0),
+		.step = sqlite3_column_int64(st, 1),
+		.domain_id = sqlite3_column_int64(st, 2),
+		.n = sqlite3_column_int64(st, 3),
+		.batches = sqlite3_column_int64(st, 4),
+		.nbs_min = sqlite3_column_int64(st, 5),
+		.nbs_max = sqlite3_column_int64(st, 6),
+	};
+
+	return w->fn(w->ctx, &row);
+}
+
+/* Rows of (id, step, domain_id, 0, seq, worker). */
+static int read_ema_row(void *ctx, sqlite3_stmt *st)
+{
+	struct row_walk *w = ctx;
+	struct store_row row = {
+		.rowid = sqlite3_column_int64(st, 0),
+		.step = sqlite3_column_int64(st, 1),
+		.domain_id = sqlite3_column_int64(st, 2),
+		.n = sqlite3_column_int64(st, 3),
+		.seq = sqlite3_column_int64(st, 4),
+		.worker = (const char *)sqlite3_column_text(st, 5),
+	};
+
+	return w->fn(w->ctx, &row);
+}
+
+/*
+ * Run a per-layer row query with parameters ?1 run, ?2 domain, ?3 layer,
+ * ?4 and ?5 the step range and ?6 the worker when given; hand each row
+ * to fn through read.
+ */
+static int layer_rows(struct store_reader *r, const char *sql, store_sql_row_fn read,
+		      int64_t run_id, int64_t domain_id, int64_t layer_id, int64_t step_lo,
+		      int64_t step_hi, const char *worker, store_row_fn fn, void *ctx)
+{
+	struct row_walk w = { fn, ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db, sql, &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_int64(st, 4, step_lo);
+	sqlite3_bind_int64(st, 5, step_hi);
+	if (worker != NULL)
+		sqlite3_bind_text(st, 6, worker, -1, SQLITE_STATIC);
+	rc = store_sql_rows(st, read, &w);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx)
+{
+	const char *sql =
+		domain_id < 0 ? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+				" WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
+				" AND ?2 < 0 ORDER BY step, domain_id"
+			      : "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+				" WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+				" AND step > ?4 AND step <= ?5 ORDER BY step";
+
+	return layer_rows(r, sql, read_agg_row, run_id, domain_id, layer_id, step_lo, step_hi, NULL,
+			  fn, ctx);
+}
+
+int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
+		     const char *worker, int64_t step_lo, int64_t step_hi, store_row_fn fn,
+		     void *ctx)
+{
+	const char *sql =
+		worker != NULL
+			? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+			  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
+			  " AND step > ?4 AND step <= ?5 ORDER BY step"
+			: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+			  " AND domain_id = ?2 AND layer_id = ?3"
+			  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
+
+	return layer_rows(r, sql, read_ema_row, run_id, domain_id, layer_id, step_lo, step_hi,
+			  worker, fn, ctx);
+}
+
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t first,
+		   size_t n, double *out)
+{
+	sqlite3_blob **blob = which == STORE_BLOB_AGG ? &r->agg_blob : &r->ema_blob;
+	const char *table = which == STORE_BLOB_AGG ? "aggs" : "emas";
+	int rc;
+
+	/* One open blob handle per table, moved from row to row. */
+	if (*blob != NULL)
+		rc = sqlite3_blob_reopen(*blob, rowid);
+	else
+		rc = sqlite3_blob_open(r->db, "main", table, "data", rowid, 0, blob);
+	if (rc != SQLITE_OK) {
+		sqlite3_blob_close(*blob);
+		*blob = NULL;
+		return -EIO;
+	}
+	if (sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)),
+			      (int)(first * sizeof(double))) != SQLITE_OK)
+		return -EIO;
+	return 0;
+}
+
+struct name_out {
+	char *buf;
+	size_t size;
+};
+
+static int read_name(void *ctx, sqlite3_stmt *st)
+{
+	struct name_out *o = ctx;
+
+	if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+		return -ENOENT;
+	snprintf(o->buf, o->size, "%s", sqlite3_column_text(st, 0));
+	return 1;
+}
+
+int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
+			   char *worker, size_t size)
+{
+	struct name_out o = { worker, size };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db,
+			      "SELECT min(worker) FROM emas WHERE run_id = ?1"
+			      " AND domain_id = ?2 AND step = ?3",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step);
+	rc = store_sql_rows(st, read_name, &o);
+	sqlite3_finalize(st);
+	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
+}
+
+int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen)
+{
+	int rc = store_sql_int64(r->db,
+				 "SELECT max(id) FROM late_writes WHERE run_id = ?1 AND ?2 = 0",
+				 run_id, 0, NULL, gen);
+
+	if (rc == -ENOENT) {
+		*gen = 0;
+		rc = 0;
+	}
+	return rc;
+}
+
+int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t gen,
+		     int64_t step)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(
+		    r->db,
+		    "SELECT 1 FROM late_writes WHERE run_id = ?1 AND id > ?2"
+		    " AND step <= ?3 AND (?4 < 0 OR domain_id = ?4 OR domain_id < 0) LIMIT 1",
+		    &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, gen);
+	sqlite3_bind_int64(st, 3, step);
+	sqlite3_bind_int64(st, 4, domain_id);
+	rc = store_sql_rows(st, NULL, NULL);
+	sqlite3_finalize(st);
+	return rc;
+}

@@ -1,0 +1,305 @@
+/*
+ * store_private: what the files of the store share and nothing outside it
+ * may see: the store's state, the writer's statements, the jobs it is
+ * handed, and the helpers each sub-job offers the others.
+ *
+ * Threads: everything under "the writer" below belongs to the writer
+ * thread alone (store_writer.c and what it calls: store_batch.c,
+ * store_snapshot.c's apply, store_delete.c, store_intern.c,
+ * store_aggcache.c, store_retention.c); the queue, the checkpointer and the
+ * reader pool each have their own mutex.
+ */
+#ifndef BNSTAT_STORE_PRIVATE_H
+#define BNSTAT_STORE_PRIVATE_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the stored blobs are little-endian doubles; big-endian hosts need byte swapping"
+#endif
+
+/* One job for the writer: a batch to merge, a snapshot to create or a run to delete. */
+struct store_job {
+	struct store_job *next;
+	struct ingest_batch *batch;
+	struct store_snapshot *snap;
+	char *delete_run;
+	store_done_fn done;
+	void *ctx;
+	struct store_result res;
+};
+
+/* Statements the writer prepares once (their SQL: store_schema.c). */
+enum store_wstmt {
+	W_RUN_GET,
+	W_RUN_INS,
+	W_DOM_GET,
+	W_DOM_INS,
+	W_BATCH_GET,
+	W_BATCH_INS,
+	W_LAYER_GET,
+	W_LAYER_INS,
+	W_AGG_GET,
+	W_AGG_PUT,
+	W_EMA_PUT,
+	W_SNAP_GET,
+	W_SNAP_INS,
+	W_SNAP_LAYER_INS,
+	W_RUN_MAX_STEP,
+	W_LATE_INS,
+	W_RUN_ID_NEW,
+	W_RUN_ID_DROP,
+	W_RUN_DEL,
+	W_RET_RUNS,
+	W_RET_AGGS,
+	W_RET_BATCHES,
+	W_RET_EMAS,
+	W_RET_LATE,
+	W_RET_LATE_GC,
+	W_COUNT
+};
+
+/* A read connection of the pool, with what its calls reuse. */
+struct store_reader {
+	struct store_reader *next;
+	sqlite3 *db;
+	sqlite3_blob *agg_blob; /* open handles for store_row_read() */
+	sqlite3_blob *ema_blob;
+	double *scratch; /* STATS_AGG_ARRAYS * cap doubles */
+	size_t scratch_cap;
+};
+
+#define STORE_AGGCACHE_BUCKETS 1024
+
+/* The writer's aggregate cache (store_aggcache.c). */
+struct store_aggcache {
+	struct store_aggcache_entry *buckets[STORE_AGGCACHE_BUCKETS];
+	size_t bytes;	/* of the entries' arrays */
+	uint64_t group; /* groups ended so far: the age of an entry */
+};
+
+struct store {
+	char *path;
+	struct store_options opt;
+	int schema_version;
+
+	/* the writer */
+	sqlite3 *wdb;
+	sqlite3_stmt *wstmt[W_COUNT];
+	double *wscratch; /* STATS_AGG_ARRAYS * wscratch_cap doubles */
+	size_t wscratch_cap;
+	int64_t *wlayer_ids; /* per batch: the resolved layer ids */
+	size_t wlayer_cap;
+	struct store_aggcache aggcache;
+	struct {
+		struct timespec last;
+		bool more;
+		int64_t cursor; /* the last run id a pass looked at */
+	} retention;
+	pthread_t writer;
+	bool writer_started;
+
+	/* the writer's queue, guarded by mu */
+	struct {
+		pthread_mutex_t mu;
+		pthread_cond_t cv;
+		struct store_job *head, *tail;
+		size_t depth;
+		bool closing;
+	} queue;
+
+	/* the checkpointer: its own connection and thread, woken by the WAL hook */
+	struct {
+		sqlite3 *db;
+		pthread_t thread;
+		bool started;
+		pthread_mutex_t mu;
+		pthread_cond_t cv;
+		pthread_cond_t idle; /* signalled when a checkpoint ends */
+		bool wanted, stop;
+		bool running;  /* one checkpoint at a time: a second would get BUSY */
+		int wal_pages; /* WAL size after the writer's last commit */
+	} ckpt;
+
+	/* the reader pool, guarded by mu */
+	struct {
+		pthread_mutex_t mu;
+		struct store_reader *idle;
+	} readers;
+};
+
+static inline int64_t store_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Grow a scratch buffer to hold an aggregate of c channels: 0 or -ENOMEM. */
+static inline int store_scratch_reserve(double **buf, size_t *cap, size_t c)
+{
+	double *p;
+
+	if (c <= *cap)
+		return 0;
+	p = realloc(*buf, STATS_AGG_ARRAYS * c * sizeof(double));
+	if (p == NULL)
+		return -ENOMEM;
+	*buf = p;
+	*cap = c;
+	return 0;
+}
+
+/* --- store_sql.c: connections and running statements ----------------------- */
+
+/* Fill *err with a 500 naming `what` and db's last error; returns -EIO. */
+int store_sql_error(struct bn_error *err, sqlite3 *db, const char *what);
+
+/*
+ * Open a connection to path (created when writer). Returns 0 with the
+ * caller's connection in *out, or -EIO with *err filled in.
+ */
+int store_sql_open(const char *path, bool writer, sqlite3 **out, struct bn_error *err);
+
+/* Run SQL text (one or more statements): 0, or -EIO with *err filled in. */
+int store_sql_exec(sqlite3 *db, const char *sql, struct bn_error *err);
+
+/*
+ * Called with st positioned on a row; its column values are borrowed until
+ * the function returns. Returns 0 for the next row, or nonzero to stop.
+ */
+typedef int (*store_sql_row_fn)(void *ctx, sqlite3_stmt *st);
+
+/*
+ * Step the bound statement st through its rows, handing each to fn (NULL:
+ * none is expected; a row then stops the loop with 1). Returns fn's
+ * nonzero value when it stopped the loop, 0 after the last row, or -EIO
+ * when a step failed. st is reset either way, bindings kept; the caller
+ * still owns it (a persistent statement is reused, a one-shot one
+ * finalized by the caller).
+ */
+int store_sql_rows(sqlite3_stmt *st, store_sql_row_fn fn, void *ctx);
+
+/* Step st once, expecting no row (INSERT, UPDATE, DELETE): 0 or -EIO. st is reset. */
+int store_sql_run(sqlite3_stmt *st);
+
+/*
+ * Prepare sql on db as a one-shot statement: 0 and the caller's statement
+ * in *st (finalize it), or -EIO.
+ */
+int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
+
+/*
+ * A one-row query that yields an int64 in column 0, with ?1 bound to text
+ * when it is not NULL, else ?1 and ?2 to a and b. Returns 0 and *out, -ENOENT
+ * when there is no row or the value is NULL, or -EIO.
+ */
+int store_sql_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b, const char *text,
+		    int64_t *out);
+
+/* --- store_schema.c: migrations and the writer's statements ------------------- */
+
+/* Apply pending migrations on the writer's connection; sets s->schema_version. */
+int store_schema_migrate(struct store *s, struct bn_error *err);
+
+/* Prepare s->wstmt[] on the writer's connection: 0, or -EIO with *err filled in. */
+int store_schema_prepare(struct store *s, struct bn_error *err);
+
+/* Finalize s->wstmt[] (those prepared). */
+void store_schema_finalize(struct store *s);
+
+/* --- store_intern.c: runs, domains and layers by name (writer thread) ---------- */
+
+/* Find or create run `name` (a fresh id no deleted run had): 0, or -EIO. */
+int store_intern_run(struct store *s, const char *name, int64_t *run_id);
+
+/* Find or create domain `name` of the run: 0, or -EIO. */
+int store_intern_domain(struct store *s, int64_t run_id, const char *name, int64_t *domain_id);
+
+/*
+ * Find the layer, or create it with the batch's channel count. A layer
+ * whose stored channel count differs refuses the batch (422 in *err).
+ */
+int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_layer *l,
+		       int64_t *layer_id, struct bn_error *err);
+
+/* An existing run, looked up by the writer: 0, or 404 / 500 in *err. */
+int store_intern_find_run(struct store *s, const char *run, int64_t *run_id, struct bn_error *err);
+
+/* --- store_aggcache.c: the writer's aggregate cache (writer thread) ----------- */
+
+/* Merge layer l of a batch into its cached (run, domain, step, layer) aggregate. */
+int store_aggcache_merge(struct store *s, int64_t run_id, int64_t domain_id, int64_t step,
+			 int64_t layer_id, enum stats_var_kind kind, const struct ingest_layer *l,
+			 struct bn_error *err);
+
+/* Write every dirty cached aggregate inside the group's transaction; *rows written. */
+int store_aggcache_flush(struct store *s, size_t *rows);
+
+/*
+ * After a group: drop the entries idle for more than one group, or every
+ * entry when the commit failed (they may hold merges that never reached
+ * the disk), and age the rest.
+ */
+void store_aggcache_end_group(struct store_aggcache *c, bool failed);
+
+/* Forget the cached aggregates of a run (it is being deleted). */
+void store_aggcache_drop_run(struct store_aggcache *c, int64_t run_id);
+
+/* Free every entry. */
+void store_aggcache_clear(struct store_aggcache *c);
+
+/* --- applying one job inside the group's transaction (writer thread) --------- */
+
+/*
+ * Each returns 0 when the job is done or recognised as a retry (j->res
+ * says which), or a negative errno with j->res.err filled in; the caller
+ * then rolls the job's savepoint back.
+ */
+int store_batch_apply(struct store *s, struct store_job *j);	/* store_batch.c */
+int store_snapshot_apply(struct store *s, struct store_job *j); /* store_snapshot.c */
+int store_delete_apply(struct store *s, struct store_job *j);	/* store_delete.c */
+
+/* --- store_retention.c (writer thread) ----------------------------------------- */
+
+/* Is a retention pass due (retention on, and its interval passed)? */
+bool store_retention_due(struct store *s);
+
+/* Run one bounded retention pass in its own transaction. */
+void store_retention_run(struct store *s);
+
+/* --- store_checkpoint.c ------------------------------------------------------ */
+
+/*
+ * Turn the writer's automatic checkpoints off and start the checkpointer
+ * thread on a connection of its own: 0, or -EIO with *err filled in.
+ */
+int store_checkpoint_start(struct store *s, struct bn_error *err);
+
+/* Before a group: bound the WAL (see store_checkpoint.c). Writer thread only. */
+void store_checkpoint_bound_wal(struct store *s);
+
+/* Stop and join the checkpointer thread and close its connection. */
+void store_checkpoint_stop(struct store *s);
+
+/* --- store_writer.c ------------------------------------------------------------ */
+
+/* Start the writer thread: 0, or -EIO with *err filled in. */
+int store_writer_start(struct store *s, struct bn_error *err);
+
+/* --- store_read.c ---------------------------------------------------------------- */
+
+/* Close every idle read connection (store_close, after all readers came back). */
+void store_readers_close(struct store *s);
+
+#endif

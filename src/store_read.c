@@ -1,0 +1,232 @@
+/*
+ * store_read: the reader pool and what every query reads first: runs,
+ * domains and layers by name, the latest step, and the per-step aggregates
+ * of a window. Readers never wait on the writer: WAL mode lets each read
+ * the last committed state on its own connection (docs/DESIGN.md, "Data
+ * flow", "Readers").
+ */
+#include "store_private.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+int store_reader_get(struct store *s, struct store_reader **out, struct bn_error *err)
+{
+	struct store_reader *r;
+
+	pthread_mutex_lock(&s->readers.mu);
+	r = s->readers.idle;
+	if (r != NULL)
+		s->readers.idle = r->next;
+	pthread_mutex_unlock(&s->readers.mu);
+	if (r == NULL) {
+		r = calloc(1, sizeof(*r));
+		if (r == NULL)
+			return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		if (store_sql_open(s->path, false, &r->db, err) < 0 ||
+		    store_sql_exec(r->db, "PRAGMA query_only=ON", err) < 0) {
+			sqlite3_close(r->db);
+			free(r);
+			return -EIO;
+		}
+	}
+	r->next = NULL;
+	*out = r;
+	return 0;
+}
+
+static void reader_blobs_close(struct store_reader *r)
+{
+	sqlite3_blob_close(r->agg_blob);
+	sqlite3_blob_close(r->ema_blob);
+	r->agg_blob = r->ema_blob = NULL;
+}
+
+void store_reader_put(struct store *s, struct store_reader *r)
+{
+	if (r == NULL)
+		return;
+	reader_blobs_close(r);
+	if (!sqlite3_get_autocommit(r->db))
+		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_lock(&s->readers.mu);
+	r->next = s->readers.idle;
+	s->readers.idle = r;
+	pthread_mutex_unlock(&s->readers.mu);
+}
+
+void store_readers_close(struct store *s)
+{
+	struct store_reader *r, *next;
+
+	for (r = s->readers.idle; r != NULL; r = next) {
+		next = r->next;
+		sqlite3_close(r->db);
+		free(r->scratch);
+		free(r);
+	}
+	s->readers.idle = NULL;
+}
+
+int store_read_begin(struct store_reader *r)
+{
+	return sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+}
+
+void store_read_end(struct store_reader *r)
+{
+	reader_blobs_close(r);
+	if (!sqlite3_get_autocommit(r->db))
+		sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+}
+
+int store_run_find(struct store_reader *r, const char *run, int64_t *run_id)
+{
+	return store_sql_int64(r->db, "SELECT id FROM runs WHERE name = ?1", 0, 0, run, run_id);
+}
+
+static int read_id(void *ctx, sqlite3_stmt *st)
+{
+	*(int64_t *)ctx = sqlite3_column_int64(st, 0);
+	return 1;
+}
+
+int store_domain_find(struct store_reader *r, int64_t run_id, const char *domain,
+		      int64_t *domain_id)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db, "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, domain, -1, SQLITE_STATIC);
+	rc = store_sql_rows(st, read_id, domain_id);
+	sqlite3_finalize(st);
+	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
+}
+
+int store_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *step)
+{
+	if (domain_id < 0)
+		return store_sql_int64(r->db,
+				       "SELECT max(step) FROM aggs WHERE run_id = ?1 AND ?2 < 0",
+				       run_id, domain_id, NULL, step);
+	return store_sql_int64(r->db,
+			       "SELECT max(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2",
+			       run_id, domain_id, NULL, step);
+}
+
+struct layer_found {
+	int64_t *layer_id;
+	size_t *channels;
+};
+
+static int read_layer(void *ctx, sqlite3_stmt *st)
+{
+	struct layer_found *f = ctx;
+
+	*f->layer_id = sqlite3_column_int64(st, 0);
+	*f->channels = (size_t)sqlite3_column_int64(st, 1);
+	return 1;
+}
+
+int store_layer_find(struct store_reader *r, int64_t run_id, const char *layer, int64_t *layer_id,
+		     size_t *channels)
+{
+	struct layer_found f = { layer_id, channels };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db,
+			      "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, layer, -1, SQLITE_STATIC);
+	rc = store_sql_rows(st, read_layer, &f);
+	sqlite3_finalize(st);
+	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
+}
+
+struct agg_walk {
+	struct store_reader *r;
+	store_agg_fn fn;
+	void *ctx;
+};
+
+static int read_agg(void *ctx, sqlite3_stmt *st)
+{
+	struct agg_walk *w = ctx;
+	struct store_reader *r = w->r;
+	struct store_agg_row row;
+	struct stats_agg a;
+	size_t c = (size_t)sqlite3_column_int64(st, 8);
+	size_t bytes = STATS_AGG_ARRAYS * c * sizeof(double);
+
+	if ((size_t)sqlite3_column_bytes(st, 7) != bytes)
+		return -EIO;
+	/* Copy out: SQLite's blob pointer need not be 8-byte aligned. */
+	if (store_scratch_reserve(&r->scratch, &r->scratch_cap, c) < 0)
+		return -ENOMEM;
+	memcpy(r->scratch, sqlite3_column_blob(st, 7), bytes);
+	stats_agg_view(&a, r->scratch, c);
+	a.n = sqlite3_column_int64(st, 3);
+	a.k = sqlite3_column_int64(st, 4);
+	a.nbs_min = sqlite3_column_int64(st, 5);
+	a.nbs_max = sqlite3_column_int64(st, 6);
+	row.layer_id = sqlite3_column_int64(st, 0);
+	row.domain_id = sqlite3_column_int64(st, 1);
+	row.step = sqlite3_column_int64(st, 2);
+	row.agg = &a;
+	return w->fn(w->ctx, &row);
+}
+
+int store_aggs_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		       int64_t step_hi, const int64_t *layer_ids, size_t n_layer_ids,
+		       store_agg_fn fn, void *ctx)
+{
+	struct agg_walk w = { r, fn, ctx };
+	sqlite3_stmt *st = NULL;
+	char *sql = NULL;
+	size_t len, i;
+	FILE *f;
+	int rc;
+
+	f = open_memstream(&sql, &len);
+	if (f == NULL)
+		return -ENOMEM;
+	fputs("SELECT a.layer_id, a.domain_id, a.step, a.n, a.k, a.nbs_min, a.nbs_max,"
+	      " a.data, l.channels FROM aggs a JOIN layers l ON l.id = a.layer_id"
+	      " WHERE a.run_id = ?1 AND a.step > ?3 AND a.step <= ?4",
+	      f);
+	if (domain_id >= 0)
+		fputs(" AND a.domain_id = ?2", f);
+	if (layer_ids != NULL) {
+		fputs(" AND a.layer_id IN (", f);
+		for (i = 0; i < n_layer_ids; i++)
+			fprintf(f, "%s%lld", i ? "," : "", (long long)layer_ids[i]);
+		fputs(")", f);
+	}
+	fputs(" ORDER BY a.step, a.layer_id, a.domain_id", f);
+	if (fclose(f) != 0) {
+		free(sql);
+		return -ENOMEM;
+	}
+	if (store_sql_prepare(r->db, sql, &st) < 0) {
+		log_error("query_failed", "error=\"%s\"", sqlite3_errmsg(r->db));
+		free(sql);
+		return -EIO;
+	}
+	free(sql);
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step_lo);
+	sqlite3_bind_int64(st, 4, step_hi);
+	rc = store_sql_rows(st, read_agg, &w);
+	sqlite3_finalize(st);
+	return rc;
+}

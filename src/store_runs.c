@@ -1,0 +1,194 @@
+/*
+ * store_runs: describing runs and what they hold — the runs with their
+ * counts, and a run's layers, domains and workers (docs/API.md, "Runs",
+ * "Domains").
+ */
+#include "store_private.h"
+
+#include <stdio.h>
+
+static const char run_info_sql[] =
+	"SELECT r.name, r.created,"
+	" (SELECT count(*) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT min(step) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT max(step) FROM batches b WHERE b.run_id = r.id),"
+	" (SELECT count(*) FROM layers l WHERE l.run_id = r.id),"
+	" (SELECT count(*) FROM domains d WHERE d.run_id = r.id),"
+	" (SELECT count(DISTINCT worker) FROM batches b WHERE b.run_id = r.id)"
+	" FROM runs r";
+
+struct run_walk {
+	store_run_fn fn;
+	void *ctx;
+	bool found;
+};
+
+/* A row of run_info_sql. */
+static int read_run_info(void *ctx, sqlite3_stmt *st)
+{
+	struct run_walk *w = ctx;
+	struct store_run_info info = {
+		.name = (const char *)sqlite3_column_text(st, 0),
+		.created_ms = sqlite3_column_int64(st, 1),
+		.batches = sqlite3_column_int64(st, 2),
+		.step_min = sqlite3_column_int64(st, 3),
+		.step_max = sqlite3_column_int64(st, 4),
+		.layers = sqlite3_column_int64(st, 5),
+		.domains = sqlite3_column_int64(st, 6),
+		.workers = sqlite3_column_int64(st, 7),
+	};
+
+	w->found = true;
+	return w->fn(w->ctx, &info);
+}
+
+/* A row of (name, highest step with statistics or NULL). */
+static int read_last_step(void *ctx, sqlite3_stmt *st)
+{
+	struct run_walk *w = ctx;
+	struct store_run_info info = {
+		.name = (const char *)sqlite3_column_text(st, 0),
+		.batches = sqlite3_column_type(st, 1) != SQLITE_NULL,
+		.step_max = sqlite3_column_int64(st, 1),
+	};
+
+	return w->fn(w->ctx, &info);
+}
+
+/* Run the one-shot query sql (?1 bound to text when not NULL), each row to read. */
+static int run_rows(struct store_reader *r, const char *sql, const char *text,
+		    store_sql_row_fn read, struct run_walk *w)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db, sql, &st) < 0)
+		return -EIO;
+	if (text != NULL)
+		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+	rc = store_sql_rows(st, read, w);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx)
+{
+	struct run_walk w = { fn, ctx, false };
+
+	return run_rows(r,
+			"SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id)"
+			" FROM runs r ORDER BY name",
+			NULL, read_last_step, &w);
+}
+
+int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx)
+{
+	struct run_walk w = { fn, ctx, false };
+	char sql[sizeof(run_info_sql) + 32];
+
+	snprintf(sql, sizeof(sql), "%s ORDER BY r.name", run_info_sql);
+	return run_rows(r, sql, NULL, read_run_info, &w);
+}
+
+int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx)
+{
+	struct run_walk w = { fn, ctx, false };
+	char sql[sizeof(run_info_sql) + 32];
+	int rc;
+
+	snprintf(sql, sizeof(sql), "%s WHERE r.name = ?1", run_info_sql);
+	rc = run_rows(r, sql, run, read_run_info, &w);
+	return rc == 0 && !w.found ? -ENOENT : rc;
+}
+
+/* --- a run's layers, domains and workers ------------------------------------ */
+
+struct item_walk {
+	store_item_fn fn;
+	void *ctx;
+};
+
+/* Rows of (id, name, channels). */
+static int read_layer(void *ctx, sqlite3_stmt *st)
+{
+	struct item_walk *w = ctx;
+	struct store_item item = { 0 };
+
+	item.id = sqlite3_column_int64(st, 0);
+	item.name = (const char *)sqlite3_column_text(st, 1);
+	item.layer.channels = sqlite3_column_int64(st, 2);
+	return w->fn(w->ctx, &item);
+}
+
+/* Rows of (id, name, batches, steps, layers, elements). */
+static int read_domain(void *ctx, sqlite3_stmt *st)
+{
+	struct item_walk *w = ctx;
+	struct store_item item = { 0 };
+
+	item.id = sqlite3_column_int64(st, 0);
+	item.name = (const char *)sqlite3_column_text(st, 1);
+	item.domain.batches = sqlite3_column_int64(st, 2);
+	item.domain.steps = sqlite3_column_int64(st, 3);
+	item.domain.layers = sqlite3_column_int64(st, 4);
+	item.domain.elements = sqlite3_column_int64(st, 5);
+	return w->fn(w->ctx, &item);
+}
+
+/* Rows of (0, worker, batches, last step). */
+static int read_worker(void *ctx, sqlite3_stmt *st)
+{
+	struct item_walk *w = ctx;
+	struct store_item item = { 0 };
+
+	item.id = sqlite3_column_int64(st, 0);
+	item.name = (const char *)sqlite3_column_text(st, 1);
+	item.worker.batches = sqlite3_column_int64(st, 2);
+	item.worker.last_step = sqlite3_column_int64(st, 3);
+	return w->fn(w->ctx, &item);
+}
+
+static int item_rows(struct store_reader *r, const char *sql, int64_t run_id, store_sql_row_fn read,
+		     store_item_fn fn, void *ctx)
+{
+	struct item_walk w = { fn, ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db, sql, &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	rc = store_sql_rows(st, read, &w);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_layers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
+{
+	return item_rows(r, "SELECT id, name, channels FROM layers WHERE run_id = ?1 ORDER BY name",
+			 run_id, read_layer, fn, ctx);
+}
+
+int store_domains_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
+{
+	return item_rows(r,
+			 "SELECT d.id, d.name,"
+			 " (SELECT count(*) FROM batches b WHERE b.run_id = d.run_id AND "
+			 "b.domain_id = d.id),"
+			 " (SELECT count(DISTINCT step) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
+			 " (SELECT count(DISTINCT layer_id) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
+			 " (SELECT coalesce(sum(n), 0) FROM aggs a"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id)"
+			 " FROM domains d WHERE d.run_id = ?1 ORDER BY d.name",
+			 run_id, read_domain, fn, ctx);
+}
+
+int store_workers_foreach(struct store_reader *r, int64_t run_id, store_item_fn fn, void *ctx)
+{
+	return item_rows(r,
+			 "SELECT 0, worker, count(*), max(step) FROM batches WHERE run_id = ?1"
+			 " GROUP BY worker ORDER BY worker",
+			 run_id, read_worker, fn, ctx);
+}

@@ -1,0 +1,132 @@
+/*
+ * store_schema: the database's schema — the migrations compiled in from
+ * sql/ (applied in order, each in its own transaction) — and the SQL of
+ * every statement the writer prepares once at start.
+ */
+#include "store_private.h"
+
+#include "log.h"
+
+static const char *const wstmt_sql[W_COUNT] = {
+	[W_RUN_GET] = "SELECT id FROM runs WHERE name = ?1",
+	[W_RUN_INS] = "INSERT INTO runs (id, name, created) VALUES (?3, ?1, ?2)",
+	[W_DOM_GET] = "SELECT id FROM domains WHERE run_id = ?1 AND name = ?2",
+	[W_DOM_INS] = "INSERT INTO domains (run_id, name) VALUES (?1, ?2)",
+	[W_BATCH_GET] = "SELECT hash FROM batches WHERE run_id = ?1 AND domain_id = ?2"
+			" AND worker = ?3 AND step = ?4 AND seq = ?5",
+	[W_BATCH_INS] = "INSERT INTO batches (run_id, domain_id, worker, step, seq,"
+			" hash, layers, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+	[W_LAYER_GET] = "SELECT id, channels FROM layers WHERE run_id = ?1 AND name = ?2",
+	[W_LAYER_INS] = "INSERT INTO layers (run_id, name, channels) VALUES (?1, ?2, ?3)",
+	[W_AGG_GET] = "SELECT n, k, nbs_min, nbs_max, data FROM aggs WHERE run_id = ?1"
+		      " AND domain_id = ?2 AND step = ?3 AND layer_id = ?4",
+	[W_AGG_PUT] = "INSERT INTO aggs (run_id, domain_id, step, layer_id, n, k,"
+		      " nbs_min, nbs_max, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+		      " ON CONFLICT (run_id, domain_id, step, layer_id) DO UPDATE SET"
+		      " n = excluded.n, k = excluded.k, nbs_min = excluded.nbs_min,"
+		      " nbs_max = excluded.nbs_max, data = excluded.data",
+	[W_EMA_PUT] = "INSERT INTO emas (run_id, domain_id, layer_id, worker, step, seq, data)"
+		      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+		      " ON CONFLICT (run_id, domain_id, layer_id, worker, step) DO UPDATE SET"
+		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
+	[W_SNAP_GET] = "SELECT step, win, domain, estimator FROM snapshots"
+		       " WHERE run_id = ?1 AND label = ?2",
+	[W_SNAP_INS] =
+		"INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
+			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
+	[W_LATE_INS] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, ?2, ?3)",
+	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",
+	[W_RUN_ID_DROP] = "DELETE FROM run_ids",
+	[W_RUN_DEL] = "DELETE FROM runs WHERE id = ?1",
+	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r"
+		       " WHERE id > ?1 ORDER BY id LIMIT 64",
+	[W_RET_AGGS] = "DELETE FROM aggs WHERE id IN (SELECT id FROM aggs WHERE run_id = ?1"
+		       " AND step <= ?2 LIMIT ?3)",
+	[W_RET_BATCHES] = "DELETE FROM batches WHERE run_id = ?1 AND step <= ?2",
+	/* series shows only steps with statistics: their EMAs go with them */
+	[W_RET_EMAS] = "DELETE FROM emas WHERE id IN (SELECT id FROM emas WHERE run_id = ?1"
+		       " AND step <= ?2 LIMIT ?3)",
+	/* history changed everywhere: every replay checkpoint of the run is stale */
+	[W_RET_LATE] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, -1, -1)",
+	[W_RET_LATE_GC] = "DELETE FROM late_writes WHERE run_id = ?1 AND id < ?2",
+};
+
+static int read_int(void *ctx, sqlite3_stmt *st)
+{
+	*(int *)ctx = sqlite3_column_int(st, 0);
+	return 1;
+}
+
+/* A PRAGMA that yields one integer: 0 and *out, or -EIO. */
+static int pragma_int(sqlite3 *db, const char *sql, int *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(db, sql, &st) < 0)
+		return -EIO;
+	rc = store_sql_rows(st, read_int, out);
+	sqlite3_finalize(st);
+	return rc > 0 ? 0 : -EIO;
+}
+
+int store_schema_migrate(struct store *s, struct bn_error *err)
+{
+	int version = 0;
+	int latest = 0;
+	size_t i;
+
+	if (pragma_int(s->wdb, "PRAGMA user_version", &version) < 0)
+		return store_sql_error(err, s->wdb, "reading schema version");
+	for (i = 0; i < store_migrations_count; i++)
+		if (store_migrations[i].version > latest)
+			latest = store_migrations[i].version;
+	if (version > latest)
+		return bn_error_set(
+			err, 500, BN_E_INTERNAL, NULL,
+			"database schema version %d is newer than this bnstatd knows (%d)", version,
+			latest);
+	for (i = 0; i < store_migrations_count; i++) {
+		const struct store_migration *m = &store_migrations[i];
+
+		if (m->version <= version)
+			continue;
+		if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", err) < 0)
+			return -EIO;
+		if (store_sql_exec(s->wdb, m->sql, err) < 0) {
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+			return -EIO;
+		}
+		if (store_sql_exec(s->wdb, "COMMIT", err) < 0) {
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+			return -EIO;
+		}
+		log_info("migrated", "version=%d name=%s", m->version, m->name);
+		version = m->version;
+	}
+	s->schema_version = version;
+	return 0;
+}
+
+int store_schema_prepare(struct store *s, struct bn_error *err)
+{
+	int i;
+
+	for (i = 0; i < W_COUNT; i++) {
+		if (sqlite3_prepare_v3(s->wdb, wstmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+				       &s->wstmt[i], NULL) != SQLITE_OK)
+			return store_sql_error(err, s->wdb, "preparing statements");
+	}
+	return 0;
+}
+
+void store_schema_finalize(struct store *s)
+{
+	int i;
+
+	for (i = 0; i < W_COUNT; i++)
+		sqlite3_finalize(s->wstmt[i]);
+}

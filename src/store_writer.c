@@ -1,0 +1,254 @@
+/*
+ * store_writer: the writer thread, its queue, and group commit.
+ *
+ * The writer thread is the only code that writes. It drains the queue of
+ * jobs into one transaction per round (group commit): each job gets a
+ * savepoint, so that a batch refused for a reason only the database knows
+ * (a layer's channel count, a conflicting resend) rolls back alone while
+ * the others commit. Outcomes are reported after COMMIT returns, which is
+ * what lets the HTTP layer promise that a 2xx is durable (docs/DESIGN.md,
+ * "Data flow").
+ */
+#include "store_private.h"
+
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+
+static void fail_all(struct store_job *group, int status, const char *why)
+{
+	struct store_job *j;
+
+	/*
+	 * Every result, refusals included: a 409 or 422 may have been decided
+	 * against rows of this very group, which are gone now.
+	 */
+	for (j = group; j != NULL; j = j->next) {
+		j->res.status = status;
+		j->res.duplicate = false;
+		bn_error_set(&j->res.err, status, status == 503 ? BN_E_UNAVAILABLE : BN_E_INTERNAL,
+			     NULL, "%s", why);
+	}
+}
+
+/* One group commit: apply every job of the group, commit, report. */
+static void write_group(struct store *s, struct store_job *group, size_t count)
+{
+	struct store_job *j, *next;
+	struct timespec t0, t1;
+	struct bn_error err;
+	size_t accepted = 0, refused = 0, rows = 0;
+	bool ok = true;
+
+	store_checkpoint_bound_wal(s);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
+		log_error("commit_failed", "stage=begin error=\"%s\"", err.message);
+		fail_all(group, 503, "the database is unavailable; retry later");
+		goto report;
+	}
+	for (j = group; j != NULL; j = j->next) {
+		int rc;
+
+		if (store_sql_exec(s->wdb, "SAVEPOINT batch", &err) < 0) {
+			ok = false;
+			break;
+		}
+		rc = j->snap	     ? store_snapshot_apply(s, j)
+		     : j->delete_run ? store_delete_apply(s, j)
+				     : store_batch_apply(s, j);
+		if (rc < 0) {
+			j->res.status = j->res.err.status ? j->res.err.status : 500;
+			if (j->res.status >= 500) {
+				/* A database failure: in-memory merges may be half done. */
+				err = j->res.err;
+				ok = false;
+				break;
+			}
+			if (store_sql_exec(s->wdb, "ROLLBACK TO batch", &err) < 0 ||
+			    sqlite3_get_autocommit(s->wdb)) {
+				ok = false;
+				break;
+			}
+			refused++;
+		} else {
+			if (j->res.status == 0)
+				j->res.status = 200;
+			accepted++;
+		}
+		if (store_sql_exec(s->wdb, "RELEASE batch", &err) < 0) {
+			ok = false;
+			break;
+		}
+	}
+	if (ok && store_aggcache_flush(s, &rows) < 0) {
+		store_sql_error(&err, s->wdb, "writing aggregates");
+		ok = false;
+	}
+	if (ok && store_sql_exec(s->wdb, "COMMIT", &err) < 0)
+		ok = false;
+	if (!ok) {
+		log_error("commit_failed", "stage=write error=\"%s\"", err.message);
+		if (!sqlite3_get_autocommit(s->wdb))
+			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+		fail_all(group, 503, "the database could not commit; retry later");
+	}
+	/* Failed: the cache may hold merges that never reached the disk. */
+	store_aggcache_end_group(&s->aggcache, !ok);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	metrics_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
+		       count, ok);
+	log_debug("commit", "batches=%zu accepted=%zu refused=%zu rows=%zu ok=%d ms=%.3f", count,
+		  accepted, refused, rows, ok,
+		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+report:
+	for (j = group; j != NULL; j = next) {
+		next = j->next;
+		j->done(j->ctx, &j->res);
+		ingest_batch_free(j->batch);
+		store_snapshot_free(j->snap);
+		free(j->delete_run);
+		free(j);
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct store *s = arg;
+
+	for (;;) {
+		struct store_job *group, *last;
+		size_t n = 1;
+
+		pthread_mutex_lock(&s->queue.mu);
+		while (s->queue.head == NULL && !s->queue.closing) {
+			if (store_retention_due(s)) {
+				pthread_mutex_unlock(&s->queue.mu);
+				store_retention_run(s);
+				pthread_mutex_lock(&s->queue.mu);
+				continue;
+			}
+			if (s->opt.retain_steps > 0) {
+				struct timespec until;
+
+				clock_gettime(CLOCK_REALTIME, &until);
+				until.tv_sec += 1;
+				pthread_cond_timedwait(&s->queue.cv, &s->queue.mu, &until);
+			} else {
+				pthread_cond_wait(&s->queue.cv, &s->queue.mu);
+			}
+		}
+		if (s->queue.head == NULL) {
+			pthread_mutex_unlock(&s->queue.mu);
+			break;
+		}
+		group = last = s->queue.head;
+		while (last->next != NULL && n < s->opt.group_max) {
+			last = last->next;
+			n++;
+		}
+		s->queue.head = last->next;
+		if (s->queue.head == NULL)
+			s->queue.tail = NULL;
+		last->next = NULL;
+		s->queue.depth -= n;
+		pthread_mutex_unlock(&s->queue.mu);
+
+		write_group(s, group, n);
+		if (store_retention_due(s))
+			store_retention_run(s);
+	}
+	return NULL;
+}
+
+int store_writer_start(struct store *s, struct bn_error *err)
+{
+	if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
+		return bn_error_set(err, 500, BN_E_INTERNAL, NULL,
+				    "cannot start the writer thread");
+	s->writer_started = true;
+	return 0;
+}
+
+void store_stop_writer(struct store *s)
+{
+	pthread_mutex_lock(&s->queue.mu);
+	s->queue.closing = true;
+	pthread_cond_broadcast(&s->queue.cv);
+	pthread_mutex_unlock(&s->queue.mu);
+	if (s->writer_started) {
+		pthread_join(s->writer, NULL);
+		s->writer_started = false;
+	}
+}
+
+/* Queue a job for the writer; on failure the caller keeps what it carries. */
+static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapshot *snap,
+		   char *delete_run, store_done_fn done, void *ctx)
+{
+	struct store_job *j;
+	int rc = 0;
+
+	j = calloc(1, sizeof(*j));
+	if (j == NULL)
+		return -ENOMEM;
+	j->batch = b;
+	j->snap = snap;
+	j->delete_run = delete_run;
+	j->done = done;
+	j->ctx = ctx;
+
+	pthread_mutex_lock(&s->queue.mu);
+	if (s->queue.closing)
+		rc = -ESHUTDOWN;
+	else if (s->queue.depth >= s->opt.queue_max)
+		rc = -EAGAIN;
+	if (rc == 0) {
+		if (s->queue.tail != NULL)
+			s->queue.tail->next = j;
+		else
+			s->queue.head = j;
+		s->queue.tail = j;
+		s->queue.depth++;
+		pthread_cond_signal(&s->queue.cv);
+	}
+	pthread_mutex_unlock(&s->queue.mu);
+	if (rc < 0)
+		free(j);
+	return rc;
+}
+
+int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx)
+{
+	return enqueue(s, b, NULL, NULL, done, ctx);
+}
+
+int store_submit_snapshot(struct store *s, struct store_snapshot *snap, store_done_fn done,
+			  void *ctx)
+{
+	return enqueue(s, NULL, snap, NULL, done, ctx);
+}
+
+int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx)
+{
+	char *name = strdup(run);
+	int rc;
+
+	if (name == NULL)
+		return -ENOMEM;
+	rc = enqueue(s, NULL, NULL, name, done, ctx);
+	if (rc < 0)
+		free(name);
+	return rc;
+}
+
+size_t store_queue_depth(struct store *s)
+{
+	size_t d;
+
+	pthread_mutex_lock(&s->queue.mu);
+	d = s->queue.depth;
+	pthread_mutex_unlock(&s->queue.mu);
+	return d;
+}
