@@ -1,264 +1,27 @@
 /*
- * replay: the simulated EMA and its cache of replay checkpoints (see
- * replay.h for the contract and why the cached answers stay exact).
+ * replay: the walk of the simulated EMA — a layer's per-step aggregates
+ * pooled per step and fed to PyTorch's update in step order, resuming from
+ * the latest checkpoint of replay_cache.c that this reader's snapshot may
+ * use and leaving new ones on the way (see replay.h for the contract and
+ * why the cached answers stay exact).
  */
-#include "replay.h"
+#include "replay_private.h"
 
 #include "bnstat/stats.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct ckpt {
-	int64_t step;
-	int64_t gen;	 /* newest late write seen when it was taken */
-	int64_t applied; /* steps with data replayed up to here */
-	double *state;	 /* [2 * channels]: mean, then var */
-};
-
-struct entry {
-	struct entry *next;
-	int64_t run_id, domain_id, layer_id;
-	double momentum;
-	size_t channels;
-	struct ckpt *ck; /* sorted by step */
-	size_t n_ck, cap_ck;
-	uint64_t last_used;
-};
-
-struct replay_cache {
-	pthread_mutex_t mu;
-	struct entry *head;
-	size_t max_bytes;
-	size_t used;
-	size_t n_ckpts;
-	uint64_t clock;
-};
-
-struct replay_cache *replay_cache_new(size_t max_bytes)
-{
-	struct replay_cache *c = calloc(1, sizeof(*c));
-
-	if (c == NULL)
-		return NULL;
-	pthread_mutex_init(&c->mu, NULL);
-	c->max_bytes = max_bytes;
-	return c;
-}
-
-static size_t ckpt_bytes(size_t channels)
-{
-	return 2 * channels * sizeof(double) + sizeof(struct ckpt);
-}
-
-/* Drop the checkpoints of e from index i on. Caller holds c->mu. */
-static void entry_truncate(struct replay_cache *c, struct entry *e, size_t i)
-{
-	size_t j;
-
-	for (j = i; j < e->n_ck; j++) {
-		free(e->ck[j].state);
-		c->used -= ckpt_bytes(e->channels);
-		c->n_ckpts--;
-	}
-	if (i < e->n_ck)
-		e->n_ck = i;
-}
-
-static void entry_free(struct replay_cache *c, struct entry *e)
-{
-	entry_truncate(c, e, 0);
-	free(e->ck);
-	free(e);
-}
-
-void replay_cache_free(struct replay_cache *c)
-{
-	struct entry *e, *next;
-
-	if (c == NULL)
-		return;
-	for (e = c->head; e != NULL; e = next) {
-		next = e->next;
-		entry_free(c, e);
-	}
-	pthread_mutex_destroy(&c->mu);
-	free(c);
-}
-
-void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes)
-{
-	pthread_mutex_lock(&c->mu);
-	*checkpoints = c->n_ckpts;
-	*bytes = c->used;
-	pthread_mutex_unlock(&c->mu);
-}
-
-/* Caller holds c->mu. */
-static struct entry *entry_find(struct replay_cache *c, int64_t run_id, int64_t domain_id,
-				int64_t layer_id, double momentum, size_t channels)
-{
-	struct entry *e;
-
-	for (e = c->head; e != NULL; e = e->next)
-		if (e->run_id == run_id && e->domain_id == domain_id && e->layer_id == layer_id &&
-		    e->momentum == momentum && e->channels == channels)
-			return e;
-	return NULL;
-}
-
-/* A checkpoint found for resuming, copied out of the cache. */
-struct resume {
-	bool found;
-	int64_t step, gen, applied;
-};
-
-/*
- * Copy the latest checkpoint at or before `step` into state (2*channels).
- * Caller holds nothing.
- */
-static struct resume cache_lookup(struct replay_cache *c, int64_t run_id, int64_t domain_id,
-				  int64_t layer_id, double momentum, size_t channels, int64_t step,
-				  double *state)
-{
-	struct resume res = { 0 };
-	struct entry *e;
-	size_t i;
-
-	pthread_mutex_lock(&c->mu);
-	e = entry_find(c, run_id, domain_id, layer_id, momentum, channels);
-	if (e != NULL) {
-		e->last_used = ++c->clock;
-		for (i = e->n_ck; i > 0; i--) {
-			if (e->ck[i - 1].step <= step) {
-				const struct ckpt *k = &e->ck[i - 1];
-
-				memcpy(state, k->state, 2 * channels * sizeof(double));
-				res.found = true;
-				res.step = k->step;
-				res.gen = k->gen;
-				res.applied = k->applied;
-				break;
-			}
-		}
-	}
-	pthread_mutex_unlock(&c->mu);
-	return res;
-}
-
-/* Forget every checkpoint of the key at or after `step`. */
-static void cache_invalidate(struct replay_cache *c, int64_t run_id, int64_t domain_id,
-			     int64_t layer_id, double momentum, size_t channels, int64_t step)
-{
-	struct entry *e;
-	size_t i;
-
-	pthread_mutex_lock(&c->mu);
-	e = entry_find(c, run_id, domain_id, layer_id, momentum, channels);
-	if (e != NULL) {
-		for (i = 0; i < e->n_ck && e->ck[i].step < step; i++)
-			;
-		entry_truncate(c, e, i);
-	}
-	pthread_mutex_unlock(&c->mu);
-}
-
-/* Evict least recently used entries until the cache fits. Caller holds c->mu. */
-static void cache_evict(struct replay_cache *c, const struct entry *keep)
-{
-	while (c->used > c->max_bytes) {
-		struct entry **pp, **victim = NULL;
-
-		for (pp = &c->head; *pp != NULL; pp = &(*pp)->next)
-			if (*pp != keep &&
-			    (victim == NULL || (*pp)->last_used < (*victim)->last_used))
-				victim = pp;
-		if (victim == NULL) {
-			/* Only the entry being filled is left: shed its oldest checkpoints. */
-			struct entry *e = c->head;
-
-			if (e == NULL || e->n_ck == 0)
-				return;
-			free(e->ck[0].state);
-			memmove(e->ck, e->ck + 1, (e->n_ck - 1) * sizeof(*e->ck));
-			e->n_ck--;
-			c->used -= ckpt_bytes(e->channels);
-			c->n_ckpts--;
-			continue;
-		} else {
-			struct entry *v = *victim;
-
-			*victim = v->next;
-			entry_free(c, v);
-		}
-	}
-}
-
-/* Keep checkpoint k (its state is taken over by the cache, or freed). */
-static void cache_add(struct replay_cache *c, int64_t run_id, int64_t domain_id, int64_t layer_id,
-		      double momentum, size_t channels, struct ckpt k)
-{
-	struct entry *e;
-	size_t i;
-
-	if (c->max_bytes < ckpt_bytes(channels)) {
-		free(k.state);
-		return;
-	}
-	pthread_mutex_lock(&c->mu);
-	e = entry_find(c, run_id, domain_id, layer_id, momentum, channels);
-	if (e == NULL) {
-		e = calloc(1, sizeof(*e));
-		if (e == NULL)
-			goto drop;
-		e->run_id = run_id;
-		e->domain_id = domain_id;
-		e->layer_id = layer_id;
-		e->momentum = momentum;
-		e->channels = channels;
-		e->next = c->head;
-		c->head = e;
-	}
-	e->last_used = ++c->clock;
-	for (i = 0; i < e->n_ck && e->ck[i].step < k.step; i++)
-		;
-	if (i < e->n_ck && e->ck[i].step == k.step)
-		goto drop; /* already there */
-	if (e->n_ck == e->cap_ck) {
-		size_t cap = e->cap_ck ? 2 * e->cap_ck : 8;
-		struct ckpt *p = realloc(e->ck, cap * sizeof(*p));
-
-		if (p == NULL)
-			goto drop;
-		e->ck = p;
-		e->cap_ck = cap;
-	}
-	memmove(e->ck + i + 1, e->ck + i, (e->n_ck - i) * sizeof(*e->ck));
-	e->ck[i] = k;
-	e->n_ck++;
-	c->used += ckpt_bytes(channels);
-	c->n_ckpts++;
-	cache_evict(c, e);
-	pthread_mutex_unlock(&c->mu);
-	return;
-drop:
-	pthread_mutex_unlock(&c->mu);
-	free(k.state);
-}
-
-/* --- the replay ---------------------------------------------------------------------- */
-
+/* One replay in progress. */
 struct walk {
 	struct store_reader *r;
-	size_t channels;
-	size_t first, width; /* channels replayed: [first, first + width) */
-	double a;
-	double *rmean, *rvar; /* [width] the state */
-	double *xmean, *xm2;  /* [width] the step's pooled statistics */
-	double *row;	      /* [2 * width] scratch for one row */
-	int64_t xn;	      /* elements pooled at the current step */
+	struct replay_key key; /* key.channels: the layer's channels */
+	size_t first, width;   /* channels replayed: [first, first + width) */
+	double *rmean, *rvar;  /* [width] the state */
+	double *xmean, *xm2;   /* [width] the step's pooled statistics */
+	double *row;	       /* [2 * width] scratch for one row */
+	int64_t xn;	       /* elements pooled at the current step */
 	int64_t cur_step;
 	bool pending;
 	int64_t applied;
@@ -269,16 +32,16 @@ struct walk {
 	bool checkpoint;
 	int64_t since;
 	struct replay_cache *cache;
-	int64_t run_id, domain_id, layer_id;
 	/* per-step output (channel walks only) */
 	replay_point_fn fn;
 	void *ctx;
 	int64_t emit_after;
 };
 
+/* Apply the pooled statistics of the current step to the state. */
 static int walk_flush(struct walk *w)
 {
-	double a = w->a;
+	double a = w->key.momentum;
 	size_t i;
 
 	if (!w->pending)
@@ -294,14 +57,15 @@ static int walk_flush(struct walk *w)
 			return rc;
 	}
 	if (w->checkpoint && ++w->since >= REPLAY_CHECKPOINT_EVERY && w->cur_step < w->max_step) {
-		struct ckpt k = { .step = w->cur_step, .gen = w->gen, .applied = w->applied };
+		struct replay_ckpt k = { .step = w->cur_step,
+					 .gen = w->gen,
+					 .applied = w->applied };
 
 		k.state = malloc(2 * w->width * sizeof(double));
 		if (k.state != NULL) {
 			memcpy(k.state, w->rmean, w->width * sizeof(double));
 			memcpy(k.state + w->width, w->rvar, w->width * sizeof(double));
-			cache_add(w->cache, w->run_id, w->domain_id, w->layer_id, a, w->channels,
-				  k);
+			replay_cache_add(w->cache, &w->key, k);
 		}
 		w->since = 0;
 	}
@@ -312,6 +76,7 @@ static int walk_flush(struct walk *w)
 static int walk_row(void *ctx, const struct store_row *row)
 {
 	struct walk *w = ctx;
+	size_t channels = w->key.channels;
 	double *m = w->row, *m2 = w->row + w->width;
 	size_t i;
 	int rc;
@@ -323,8 +88,7 @@ static int walk_row(void *ctx, const struct store_row *row)
 	}
 	/* The blob holds mean[channels] then m2[channels] first. */
 	if (store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->first, w->width, m) < 0 ||
-	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->channels + w->first, w->width, m2) <
-		    0)
+	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels + w->first, w->width, m2) < 0)
 		return -EIO;
 	if (!w->pending) {
 		memcpy(w->xmean, m, w->width * sizeof(double));
@@ -363,8 +127,9 @@ static int walk_init(struct walk *w, size_t width)
  * Set w's state to the latest usable checkpoint at or before `step` (or the
  * initial 0/1) and return the step the replay resumes after.
  */
-static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int64_t *resume_after)
+static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
 {
+	size_t channels = w->key.channels;
 	double *state = NULL;
 	size_t i;
 
@@ -374,14 +139,13 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
 		w->rvar[i] = 1.0;
 	}
 	w->applied = 0;
-	if (c == NULL || c->max_bytes == 0 || !w->snapshot_known)
+	if (!replay_cache_enabled(w->cache) || !w->snapshot_known)
 		return 0;
-	state = malloc(2 * w->channels * sizeof(double));
+	state = malloc(2 * channels * sizeof(double));
 	if (state == NULL)
 		return -ENOMEM;
 	for (;;) {
-		struct resume res = cache_lookup(c, w->run_id, w->domain_id, w->layer_id, w->a,
-						 w->channels, step, state);
+		struct replay_resume res = replay_cache_lookup(w->cache, &w->key, step, state);
 		int late;
 
 		/*
@@ -390,21 +154,20 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
 		 */
 		if (!res.found || res.gen > w->gen || res.step > w->max_step)
 			break;
-		late = store_late_since(w->r, w->run_id, w->domain_id, res.gen, res.step);
+		late = store_late_since(w->r, w->key.run_id, w->key.domain_id, res.gen, res.step);
 		if (late < 0) {
 			free(state);
 			return late;
 		}
 		if (late == 0) {
 			memcpy(w->rmean, state + w->first, w->width * sizeof(double));
-			memcpy(w->rvar, state + w->channels + w->first, w->width * sizeof(double));
+			memcpy(w->rvar, state + channels + w->first, w->width * sizeof(double));
 			w->applied = res.applied;
 			*resume_after = res.step;
 			break;
 		}
 		/* History changed at or before it: this and later checkpoints are stale. */
-		cache_invalidate(c, w->run_id, w->domain_id, w->layer_id, w->a, w->channels,
-				 res.step);
+		replay_cache_invalidate(w->cache, &w->key, res.step);
 	}
 	free(state);
 	return 0;
@@ -418,18 +181,17 @@ static int walk_resume(struct walk *w, struct replay_cache *c, int64_t step, int
  */
 static int walk_run(struct walk *w, int64_t resume_at, int64_t to, bool take_checkpoints)
 {
-	struct replay_cache *c = w->cache;
 	int64_t after;
 	int rc;
 
-	if (c != NULL && c->max_bytes > 0)
+	if (replay_cache_enabled(w->cache))
 		w->snapshot_known =
-			store_late_gen(w->r, w->run_id, &w->gen) == 0 &&
-			store_latest_step(w->r, w->run_id, w->domain_id, &w->max_step) == 0;
+			store_late_gen(w->r, w->key.run_id, &w->gen) == 0 &&
+			store_latest_step(w->r, w->key.run_id, w->key.domain_id, &w->max_step) == 0;
 	w->checkpoint = take_checkpoints && w->snapshot_known;
-	rc = walk_resume(w, c, resume_at, &after);
+	rc = walk_resume(w, resume_at, &after);
 	if (rc == 0)
-		rc = store_layer_aggs(w->r, w->run_id, w->domain_id, w->layer_id,
+		rc = store_layer_aggs(w->r, w->key.run_id, w->key.domain_id, w->key.layer_id,
 				      after == INT64_MIN ? -1 : after, to, walk_row, w);
 	if (rc == 0)
 		rc = walk_flush(w);
@@ -442,13 +204,9 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 {
 	struct walk w = {
 		.r = r,
-		.channels = channels,
+		.key = { run_id, domain_id, layer_id, momentum, channels },
 		.first = 0,
-		.a = momentum,
 		.cache = c,
-		.run_id = run_id,
-		.domain_id = domain_id,
-		.layer_id = layer_id,
 	};
 	int rc;
 
@@ -471,13 +229,9 @@ int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_i
 {
 	struct walk w = {
 		.r = r,
-		.channels = channels,
+		.key = { run_id, domain_id, layer_id, momentum, channels },
 		.first = channel,
-		.a = momentum,
 		.cache = c,
-		.run_id = run_id,
-		.domain_id = domain_id,
-		.layer_id = layer_id,
 		.fn = fn,
 		.ctx = ctx,
 		.emit_after = from_excl,

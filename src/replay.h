@@ -1,6 +1,9 @@
 /*
  * replay: the simulated EMA, with its replay states cached.
  *
+ * Files: replay.c (the walk), replay_cache.c (the checkpoint cache),
+ * replay_private.h (what the one asks of the other).
+ *
  * The simulated EMA replays a layer's per-step pooled batch statistics in
  * step order with PyTorch's update r <- (1-a)*r + a*x (x the pooled mean
  * and the pooled unbiased variance M2/(n-1)), from mean 0 and variance 1
@@ -33,17 +36,26 @@
 struct replay_cache;
 
 /*
- * A cache of at most max_bytes of checkpoint states (0: no caching).
- * Owned by the caller; free with replay_cache_free(). Thread-safe.
+ * A cache of at most max_bytes of checkpoint states (0: no caching), or
+ * NULL when out of memory. A new cache the caller owns and releases with
+ * replay_cache_free(). Thread-safe: any number of threads may replay
+ * through it at once.
  */
 struct replay_cache *replay_cache_new(size_t max_bytes);
+
+/*
+ * Free the cache and every checkpoint it holds; NULL is fine. The caller
+ * must be its owner and the last user: no replay through c may be running
+ * or start afterwards.
+ */
 void replay_cache_free(struct replay_cache *c);
 
 /*
  * The simulated EMA of every channel of a layer after step `step` with
  * momentum a in (0, 1], in domain domain_id (< 0: all domains pooled per
  * step), into mean_out/var_out (channels doubles each, the caller's).
- * Runs inside the caller's read transaction on r. *applied receives the
+ * Runs inside the caller's read transaction on r, on the thread that
+ * holds r; c may be NULL (no caching) and is borrowed. *applied receives the
  * number of steps with data replayed from the start of the run (0: no data
  * at or before `step`; the outputs are then the initial 0 and 1).
  * Returns 0 or a negative errno.
@@ -54,15 +66,19 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 
 /*
  * The simulated EMA of one channel at every step with data in
- * (from_excl, to], handed to fn(ctx, step, mean, var) in step order.
- * Resumes from a cached checkpoint before from_excl when one is valid.
+ * (from_excl, to], handed to fn(ctx, step, mean, var) in step order, on
+ * the caller's thread; a nonzero return from fn stops the walk and is
+ * returned. Resumes from a cached checkpoint before from_excl when one is
+ * valid; takes none (only whole-layer replays do). Runs inside the
+ * caller's read transaction on r, as replay_layer() does. Returns 0, fn's
+ * nonzero value or a negative errno.
  */
 typedef int (*replay_point_fn)(void *ctx, int64_t step, double mean, double var);
 int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 		   int64_t domain_id, int64_t layer_id, size_t channels, size_t channel,
 		   double momentum, int64_t from_excl, int64_t to, replay_point_fn fn, void *ctx);
 
-/* Checkpoints held and bytes used, for metrics and tests. */
+/* Checkpoints held and bytes used, for metrics and tests. Any thread. */
 void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes);
 
 #endif
