@@ -1,7 +1,8 @@
 /*
  * store_testutil: what the Check programs that drive the store share: a
- * temporary database directory, decoding a JSON batch, and waiting for
- * the writer's outcome of a submitted job. Header-only, for tests.
+ * temporary database directory, opening a store on it, decoding a JSON
+ * batch, and waiting for the writer's outcome of a submitted job.
+ * Header-only, for tests.
  */
 #ifndef BNSTAT_STORE_TESTUTIL_H
 #define BNSTAT_STORE_TESTUTIL_H
@@ -16,7 +17,8 @@
 #include "bnstat/ingest.h"
 #include "store.h"
 
-/* A fresh directory from template "/tmp/NAME.XXXXXX" and the database path in it. */
+/* A fresh directory from template "/tmp/NAME.XXXXXX" and the database path in
+ * it. */
 static inline void tu_tmpdir_make(char *dir, size_t dir_size, char *db, size_t db_size,
 				  const char *name)
 {
@@ -78,6 +80,29 @@ static inline struct ingest_batch *decode(const char *json)
 	if (ingest_decode_json("r1", json, strlen(json), &lim, &b, &err) < 0)
 		ck_abort_msg("batch does not decode: %s at %s: %s", err.message, err.path, json);
 	return b;
+}
+
+/* Open a store with the default options on db; the test fails when it does not
+ * open. */
+static inline struct store *tu_open(const char *db)
+{
+	struct store *s = NULL;
+	struct bn_error err;
+
+	if (store_open(db, NULL, &s, &err) < 0)
+		ck_abort_msg("store_open: %s", err.message);
+	return s;
+}
+
+/* Submit one JSON batch of run "r1" and wait for its outcome. */
+static inline struct store_result tu_put(struct store *s, const char *json)
+{
+	struct outcome o;
+
+	outcome_init(&o);
+	ck_assert_int_eq(store_submit(s, decode(json), on_done, &o), 0);
+	outcome_wait(&o);
+	return o.res;
 }
 
 #endif

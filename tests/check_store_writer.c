@@ -1,7 +1,7 @@
 /*
- * check_store: the SQLite store on its own — migrations, the writer's group
- * commit with per-batch savepoints, duplicates and conflicts, and reading
- * aggregates back.
+ * check_store_writer: the store's write side on its own — migrations, the
+ * writer's group commit with per-batch savepoints, duplicates and
+ * conflicts, the queue — checked by reading aggregates back.
  */
 #include <check.h>
 #include <errno.h>
@@ -24,7 +24,7 @@ static char dbpath[300];
 
 static void setup(void)
 {
-	tu_tmpdir_make(dir, sizeof(dir), dbpath, sizeof(dbpath), "check_store");
+	tu_tmpdir_make(dir, sizeof(dir), dbpath, sizeof(dbpath), "check_store_writer");
 }
 
 static void teardown(void)
@@ -32,28 +32,13 @@ static void teardown(void)
 	tu_tmpdir_remove(dir);
 }
 
-/* Submit one JSON batch and wait for its outcome. */
-static struct store_result put(struct store *s, const char *json)
-{
-	struct outcome o;
-
-	outcome_init(&o);
-	ck_assert_int_eq(store_submit(s, decode(json), on_done, &o), 0);
-	outcome_wait(&o);
-	return o.res;
-}
-
 static struct store *open_store(void)
 {
-	struct store *s = NULL;
-	struct bn_error err;
-
-	if (store_open(dbpath, NULL, &s, &err) < 0)
-		ck_abort_msg("store_open: %s", err.message);
-	return s;
+	return tu_open(dbpath);
 }
 
-/* Merge every aggregate of layer `layer` of r1 in (lo, hi] of domain (NULL: all). */
+/* Merge every aggregate of layer `layer` of r1 in (lo, hi] of domain (NULL:
+ * all). */
 struct merged {
 	struct stats_agg agg;
 	int rows;
@@ -129,16 +114,16 @@ START_TEST(test_accept_duplicate_conflict)
 	const char *b0 = "{\"worker\":\"w0\",\"step\":3,\"seq\":0,\"layers\":{"
 			 "\"bn\":{\"count\":4,\"mean\":[1,2],\"var\":[2,4]}}}";
 
-	r = put(s, b0);
+	r = tu_put(s, b0);
 	ck_assert_int_eq(r.status, 200);
 	ck_assert(!r.duplicate);
 	ck_assert_uint_eq(r.layers, 1);
-	r = put(s, b0);
+	r = tu_put(s, b0);
 	ck_assert_int_eq(r.status, 200);
 	ck_assert(r.duplicate);
 	/* Same identity, other content. */
-	r = put(s, "{\"worker\":\"w0\",\"step\":3,\"seq\":0,\"layers\":{"
-		   "\"bn\":{\"count\":4,\"mean\":[1,2.5],\"var\":[2,4]}}}");
+	r = tu_put(s, "{\"worker\":\"w0\",\"step\":3,\"seq\":0,\"layers\":{"
+		      "\"bn\":{\"count\":4,\"mean\":[1,2.5],\"var\":[2,4]}}}");
 	ck_assert_int_eq(r.status, 409);
 	ck_assert_str_eq(r.err.code, "conflict");
 
@@ -160,7 +145,8 @@ START_TEST(test_channel_change_rolls_back_alone)
 	const char *json[3] = {
 		"{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"layers\":{"
 		"\"bn\":{\"count\":2,\"mean\":[1,1],\"var\":[0,0]}}}",
-		/* second layer fine, first changes its channel count: all of it must go */
+		/* second layer fine, first changes its channel count: all of it must go
+		 */
 		"{\"worker\":\"w1\",\"step\":1,\"seq\":0,\"layers\":{"
 		"\"a\":{\"count\":2,\"mean\":[5],\"var\":[1]},"
 		"\"bn\":{\"count\":2,\"mean\":[1,1,1],\"var\":[0,0,0]}}}",
@@ -231,8 +217,10 @@ START_TEST(test_group_commit_exact)
 		if (i % 10 < 5) /* steps 0..29, all in window (−1, 29] */
 			stats_agg_add_batch(&ref, count, mean, var, STATS_VAR_UNBIASED);
 		snprintf(json, sizeof(json),
-			 "{\"worker\":\"w%d\",\"step\":%d,\"seq\":%d,\"domain\":\"%s\",\"layers\":{"
-			 "\"bn\":{\"count\":%lld,\"mean\":[%.17g,%.17g,%.17g],\"var\":[%.17g,%.17g,"
+			 "{\"worker\":\"w%d\",\"step\":%d,\"seq\":%d,\"domain\":\"%s\","
+			 "\"layers\":{"
+			 "\"bn\":{\"count\":%lld,\"mean\":[%.17g,%.17g,%.17g],\"var\":[%."
+			 "17g,%.17g,"
 			 "%.17g]}}}",
 			 i % 5, i / 10, i % 10, i % 10 < 5 ? "a" : "b", (long long)count, mean[0],
 			 mean[1], mean[2], var[0], var[1], var[2]);
@@ -271,18 +259,20 @@ START_TEST(test_ema_and_count_zero)
 	sqlite3 *db;
 	sqlite3_stmt *st;
 
-	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"layers\":{"
-		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.1],\"ema_var\":[0."
-		   "9]},"
-		   "\"unused\":{\"count\":0}}}");
+	r = tu_put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"layers\":{"
+		      "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0."
+		      "1],\"ema_var\":[0."
+		      "9]},"
+		      "\"unused\":{\"count\":0}}}");
 	ck_assert_int_eq(r.status, 200);
-	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":1,\"layers\":{"
-		   "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0.2],\"ema_var\":[0."
-		   "8]}}}");
+	r = tu_put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":1,\"layers\":{"
+		      "\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2],\"ema_mean\":[0."
+		      "2],\"ema_var\":[0."
+		      "8]}}}");
 	ck_assert_int_eq(r.status, 200);
 	/* An older seq arriving late does not replace the newer EMA. */
-	r = put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":2,\"layers\":{"
-		   "\"bn\":{\"count\":0,\"mean\":[7],\"var\":[7]}}}");
+	r = tu_put(s, "{\"worker\":\"w0\",\"step\":1,\"seq\":2,\"layers\":{"
+		      "\"bn\":{\"count\":0,\"mean\":[7],\"var\":[7]}}}");
 	ck_assert_int_eq(r.status, 200);
 	m = read_window(s, "default", 0, 1);
 	ck_assert_int_eq(m.agg.k, 2); /* count 0 merged nothing */
@@ -383,9 +373,9 @@ START_TEST(test_queue_full)
 }
 END_TEST
 
-static Suite *store_suite(void)
+static Suite *store_writer_suite(void)
 {
-	Suite *s = suite_create("store");
+	Suite *s = suite_create("store_writer");
 	TCase *tc = tcase_create("core");
 
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -403,7 +393,7 @@ static Suite *store_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(store_suite());
+	SRunner *sr = srunner_create(store_writer_suite());
 	int failed;
 
 	srunner_run_all(sr, CK_NORMAL);
