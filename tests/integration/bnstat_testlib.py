@@ -1,11 +1,17 @@
-"""Shared helpers for bnstat's integration tests (Python 3 standard library only).
+"""Shared helpers for bnstat's Python tests (Python 3 standard library only).
+
+The integration tests (tests/integration) and the client tests
+(clients/python/tests, through bnstatd_fixture.py) both start their daemons
+with the Daemon class below, so that there is one way to run bnstatd in a test.
 
 What is here:
   * BNSTATD / fixtures_dir(): where the daemon binary and the data fixtures are,
     from the environment (BNSTATD, BNSTAT_FIXTURES);
   * Daemon: runs the real bnstatd on 127.0.0.1, port 0, with a database in a
     private temporary directory; start, stop (SIGTERM, exit 0 asserted), kill
-    (SIGKILL), restart on the same database, and cleanup that always happens;
+    (SIGKILL), restart on the same database (and, with keep_port=True, on the
+    same port), cleanup that always happens, and a failure when the daemon's
+    stderr holds a sanitizer report;
   * request()/post_batch()/get(): HTTP on http.client, returning
     (status, parsed JSON body, headers); HTTPS when given an ssl context
     (Daemon(..., tls_ca=CERT) does that for its own shortcuts);
@@ -50,18 +56,18 @@ def _require_env(name, what):
     value = os.environ.get(name)
     if not value:
         sys.stderr.write(
-            "bnstat integration tests: environment variable %s is not set.\n"
+            "bnstat tests: environment variable %s is not set.\n"
             "Set it to %s, e.g.\n"
-            "  BNSTATD=/work/build/src/bnstatd BNSTAT_FIXTURES=$PWD/tests/fixtures \\\n"
-            "  PYTHONPATH=tests/integration python3 tests/integration/test_api.py -v\n"
-            % (name, what))
+            "  BNSTATD=$PWD/src/bnstatd BNSTAT_FIXTURES=$PWD/tests/fixtures \\\n"
+            "  PYTHONPATH=tests/integration python3 %s -v\n"
+            % (name, what, sys.argv[0] or "tests/integration/test_api.py"))
         sys.exit(1)
     return value
 
 
 BNSTATD = _require_env("BNSTATD", "the bnstatd binary to test")
 if not (os.path.isfile(BNSTATD) and os.access(BNSTATD, os.X_OK)):
-    sys.stderr.write("bnstat integration tests: BNSTATD=%s is not an executable file\n"
+    sys.stderr.write("bnstat tests: BNSTATD=%s is not an executable file\n"
                      % BNSTATD)
     sys.exit(1)
 
@@ -70,7 +76,7 @@ def fixtures_dir():
     """The fixtures directory (env BNSTAT_FIXTURES); exits 1 when unset or missing."""
     d = _require_env("BNSTAT_FIXTURES", "the tests/fixtures directory")
     if not os.path.isdir(d):
-        sys.stderr.write("bnstat integration tests: BNSTAT_FIXTURES=%s is not a directory\n" % d)
+        sys.stderr.write("bnstat tests: BNSTAT_FIXTURES=%s is not a directory\n" % d)
         sys.exit(1)
     return d
 
@@ -80,6 +86,13 @@ def fixtures_dir():
 
 class DaemonError(Exception):
     pass
+
+
+# The first line of a report of AddressSanitizer, LeakSanitizer,
+# UndefinedBehaviorSanitizer or ThreadSanitizer (only in sanitized builds,
+# see docs/TESTING.md).
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|"
+                              r"ERROR: ThreadSanitizer|: runtime error: ")
 
 
 _live_daemons = set()
@@ -111,12 +124,17 @@ class Daemon:
                 verify the server with it (start the daemon with --tls-cert)
       ready_file  look for event=listening in this file instead of stderr
                 (for --log-file)
+      keep_port a restart listens on the port of the previous start (a
+                client keeps its URL across a restart), retrying while the
+                old socket is still held
+      scheme    of url (default https with tls_ca, else http)
     """
 
     START_TIMEOUT = 15.0
     STOP_TIMEOUT = 30.0
 
-    def __init__(self, *args, env=None, prefix=None, host=None, tls_ca=None, ready_file=None):
+    def __init__(self, *args, env=None, prefix=None, host=None, tls_ca=None, ready_file=None,
+                 keep_port=False, scheme=None):
         self.args = [str(a) for a in args]
         self.env = dict(env or {})
         self.prefix = [str(a) for a in (prefix or [])]
@@ -124,6 +142,9 @@ class Daemon:
         self.tls_ca = tls_ca
         self.ssl_context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
         self.ready_file = ready_file
+        self.keep_port = keep_port
+        self.scheme = scheme or ("https" if tls_ca else "http")
+        self._last_port = 0
         self.tmpdir = tempfile.mkdtemp(prefix="bnstat-it-")
         self.db = os.path.join(self.tmpdir, "test.db")
         self.proc = None
@@ -140,12 +161,31 @@ class Daemon:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def url(self):
+        """The base URL of the running daemon, e.g. http://127.0.0.1:41234."""
+        return "%s://%s:%d" % (self.scheme, HOST, self.port)
+
     def start(self, timeout=START_TIMEOUT):
         """Start (or restart, on the same database); wait for event=listening."""
         if self.running:
             raise DaemonError("bnstatd is already running (pid %d)" % self.proc.pid)
+        listen_port = self._last_port if self.keep_port else 0
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._start_once(listen_port, max(0.1, deadline - time.monotonic()))
+            except DaemonError:
+                # Only a restart on a fixed port is retried: the previous
+                # process's socket may be held for a moment after its death.
+                if listen_port == 0 or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _start_once(self, listen_port, timeout):
         self._reap()
-        cmd = self.prefix + [BNSTATD, "--db", self.db, "--listen", self.host + ":0"] + self.args
+        cmd = self.prefix + [BNSTATD, "--db", self.db, "--listen",
+                             "%s:%d" % (self.host, listen_port)] + self.args
         self.starts += 1
         with self._lock:
             self._log.append("---- start #%d: %s" % (self.starts, " ".join(cmd)))
@@ -193,6 +233,7 @@ class Daemon:
         if self.port <= 0:
             self._kill_quietly()
             raise DaemonError("bnstatd reported port %d" % self.port)
+        self._last_port = self.port
         return self
 
     def _wait_ready_file(self, proc, offset, timeout, found):
@@ -261,6 +302,7 @@ class Daemon:
             raise AssertionError("bnstatd did not exit within %.0fs of SIGTERM\n%s"
                                  % (timeout, self.log_tail()))
         self._reap()
+        self.assert_no_sanitizer_report()
         return rc
 
     def kill(self):
@@ -271,15 +313,31 @@ class Daemon:
             self.proc.send_signal(signal.SIGKILL)
         rc = self.proc.wait(10)
         self._reap()
+        self.assert_no_sanitizer_report()
         return rc
 
     def close(self):
-        """Kill a running process, stop the log reader, remove the temp dir."""
+        """Kill a running process, stop the log reader, remove the temp dir;
+        then raise AssertionError if the daemon's stderr holds a sanitizer
+        report (so that the test that owns the daemon fails)."""
         try:
             self._kill_quietly()
         finally:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             _live_daemons.discard(self)
+        self.assert_no_sanitizer_report()
+
+    def assert_no_sanitizer_report(self):
+        """Raise AssertionError if a sanitizer (ASan, LSan, UBSan, TSan) wrote
+        a report on the daemon's stderr. Reports are checked once: a second
+        call after a failure does not raise again."""
+        lines = self.log_lines()
+        start = getattr(self, "_sanitizer_checked", 0)
+        self._sanitizer_checked = len(lines)
+        for i in range(start, len(lines)):
+            if SANITIZER_REPORT.search(lines[i]):
+                raise AssertionError("bnstatd wrote a sanitizer report:\n%s"
+                                     % "\n".join(lines[i:i + 60]))
 
     def __enter__(self):
         return self
@@ -344,6 +402,16 @@ class Daemon:
     def stats(self, run, timeout=30, **params):
         return get(self.port, "/v1/runs/%s/stats" % run, params, timeout,
                    ssl_context=self.ssl_context)
+
+
+def daemon_has_option(option):
+    """Does this bnstatd know a command-line option (e.g. "--token-file")?"""
+    try:
+        p = run_bnstatd("--help", timeout=10)
+    except AssertionError:
+        return False
+    return re.search(r"(^|\s)%s(\s|=|$)" % re.escape(option), p.stdout + p.stderr,
+                     re.M) is not None
 
 
 def run_bnstatd(*args, timeout=15, env=None):
