@@ -145,6 +145,7 @@ class Daemon:
         self.keep_port = keep_port
         self.scheme = scheme or ("https" if tls_ca else "http")
         self._last_port = 0
+        self._sanitizer_checked = 0      # log lines already scanned for reports
         self.tmpdir = tempfile.mkdtemp(prefix="bnstat-it-")
         self.db = os.path.join(self.tmpdir, "test.db")
         self.proc = None
@@ -332,7 +333,7 @@ class Daemon:
         a report on the daemon's stderr. Reports are checked once: a second
         call after a failure does not raise again."""
         lines = self.log_lines()
-        start = getattr(self, "_sanitizer_checked", 0)
+        start = self._sanitizer_checked
         self._sanitizer_checked = len(lines)
         for i in range(start, len(lines)):
             if SANITIZER_REPORT.search(lines[i]):
