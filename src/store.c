@@ -14,9 +14,7 @@
 
 void store_options_default(struct store_options *o)
 {
-	o->queue_max = 1024;
-	o->group_max = 512;
-	o->sync_full = true;
+	*o = (struct store_options){ .queue_max = 1024, .group_max = 512, .sync_full = true };
 }
 
 int store_open(const char *path, const struct store_options *opt, struct store **out,
