@@ -64,23 +64,25 @@ static int set_run(void *ctx, const struct store_run_info *info)
 
 static int append_layer(void *ctx, const struct store_item *it)
 {
-	json_t *o = json_pack("{s:s, s:I}", "name", it->name, "channels", (json_int_t)it->a);
+	json_t *o = json_pack("{s:s, s:I}", "name", it->name, "channels",
+			      (json_int_t)it->layer.channels);
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
 
 static int append_domain(void *ctx, const struct store_item *it)
 {
-	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches", (json_int_t)it->a,
-			      "steps", (json_int_t)it->b);
+	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches",
+			      (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps);
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
 
 static int append_worker(void *ctx, const struct store_item *it)
 {
-	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches", (json_int_t)it->a,
-			      "last_step", (json_int_t)it->b);
+	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches",
+			      (json_int_t)it->worker.batches, "last_step",
+			      (json_int_t)it->worker.last_step);
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
@@ -131,8 +133,9 @@ done:
 static int append_domain_info(void *ctx, const struct store_item *it)
 {
 	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", it->name, "layers",
-			      (json_int_t)it->c, "steps", (json_int_t)it->b, "batches",
-			      (json_int_t)it->a, "elements", (json_int_t)it->d);
+			      (json_int_t)it->domain.layers, "steps", (json_int_t)it->domain.steps,
+			      "batches", (json_int_t)it->domain.batches, "elements",
+			      (json_int_t)it->domain.elements);
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }

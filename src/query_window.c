@@ -34,7 +34,7 @@ static int collect_layer(void *ctx, const struct store_item *it)
 	p = &w->layers[w->n];
 	memset(p, 0, sizeof(*p));
 	p->id = it->id;
-	p->channels = (size_t)it->a;
+	p->channels = (size_t)it->layer.channels;
 	p->name = strdup(it->name);
 	if (p->name == NULL)
 		return -ENOMEM;

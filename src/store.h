@@ -321,14 +321,6 @@ struct store_item {
 			int64_t batches;
 			int64_t last_step;
 		} worker;
-		/*
-		 * The same counts by position (a, b, c, d in the order above),
-		 * for callers written before the named ones; new code reads
-		 * the named ones.
-		 */
-		struct {
-			int64_t a, b, c, d;
-		};
 	};
 };
 
