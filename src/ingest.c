@@ -1360,9 +1360,9 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
  * The JSON body as jansson sees it, without the fast path: parse, then
  * decode the document. *out and the limits are decode_start()'s.
  */
-static int json_decode_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err)
+static int json_decode_jansson(const char *run, const char *body, size_t len,
+			       const struct ingest_limits *limits, struct ingest_batch **out,
+			       struct bn_error *err)
 {
 	json_t *root;
 	int r;
@@ -1862,7 +1862,7 @@ static int fast_decode_doc(const char *run, struct fast_scan *s, const char *con
 }
 
 /*
- * The fast path: as the jansson path (json_decode_slow()), or
+ * The fast path: as the jansson path (json_decode_jansson()), or
  * INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a body it
  * leaves to jansson.
  */
@@ -1905,7 +1905,7 @@ done:
 }
 
 /* Which readers an entry point may use: the fast scanner, jansson, or both in turn. */
-enum decode_paths { PATH_FAST = 1, PATH_SLOW = 2, PATH_BOTH = PATH_FAST | PATH_SLOW };
+enum decode_paths { PATH_FAST = 1, PATH_JANSSON = 2, PATH_BOTH = PATH_FAST | PATH_JANSSON };
 
 static int json_decode(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
@@ -1918,8 +1918,8 @@ static int json_decode(const char *run, const char *body, size_t len,
 	r = INGEST_NOT_HANDLED;
 	if (paths & PATH_FAST)
 		r = json_decode_fast(run, body, len, limits, out, err);
-	if (r == INGEST_NOT_HANDLED && (paths & PATH_SLOW))
-		r = json_decode_slow(run, body, len, limits, out, err);
+	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
+		r = json_decode_jansson(run, body, len, limits, out, err);
 	return r;
 }
 
@@ -1930,11 +1930,11 @@ int ingest_decode_json_fast(const char *run, const char *body, size_t len,
 	return json_decode(run, body, len, limits, out, err, PATH_FAST);
 }
 
-int ingest_decode_json_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err)
+int ingest_decode_json_jansson(const char *run, const char *body, size_t len,
+			       const struct ingest_limits *limits, struct ingest_batch **out,
+			       struct bn_error *err)
 {
-	return json_decode(run, body, len, limits, out, err, PATH_SLOW);
+	return json_decode(run, body, len, limits, out, err, PATH_JANSSON);
 }
 
 int ingest_decode_json(const char *run, const char *body, size_t len,
@@ -2485,9 +2485,9 @@ static int st_header_length(const uint8_t *body, size_t len, size_t *hlen, struc
 }
 
 /* The header by jansson, from scratch; its length checked already. */
-static int st_decode_slow(const char *run, const uint8_t *body, size_t len, size_t hlen,
-			  const struct ingest_limits *limits, struct ingest_batch **out,
-			  struct bn_error *err)
+static int st_decode_jansson(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			     const struct ingest_limits *limits, struct ingest_batch **out,
+			     struct bn_error *err)
 {
 	json_t *root;
 	int r;
@@ -2718,7 +2718,7 @@ static int st_fast_identity(const char *const str[SM_N], const size_t len[SM_N],
 }
 
 /*
- * The fast path, the header length checked already: as st_decode_slow(),
+ * The fast path, the header length checked already: as st_decode_jansson(),
  * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
  * header it leaves to jansson.
  */
@@ -2781,8 +2781,8 @@ static int st_decode(const char *run, const uint8_t *body, size_t len,
 	r = INGEST_NOT_HANDLED;
 	if (paths & PATH_FAST)
 		r = st_decode_fast(run, body, len, hlen, limits, out, err);
-	if (r == INGEST_NOT_HANDLED && (paths & PATH_SLOW))
-		r = st_decode_slow(run, body, len, hlen, limits, out, err);
+	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
+		r = st_decode_jansson(run, body, len, hlen, limits, out, err);
 	return r;
 }
 
@@ -2793,11 +2793,11 @@ int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t 
 	return st_decode(run, body, len, limits, out, err, PATH_FAST);
 }
 
-int ingest_decode_safetensors_slow(const char *run, const uint8_t *body, size_t len,
-				   const struct ingest_limits *limits, struct ingest_batch **out,
-				   struct bn_error *err)
+int ingest_decode_safetensors_jansson(const char *run, const uint8_t *body, size_t len,
+				      const struct ingest_limits *limits, struct ingest_batch **out,
+				      struct bn_error *err)
 {
-	return st_decode(run, body, len, limits, out, err, PATH_SLOW);
+	return st_decode(run, body, len, limits, out, err, PATH_JANSSON);
 }
 
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,

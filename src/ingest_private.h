@@ -32,9 +32,9 @@ int ingest_decode_json_fast(const char *run, const char *body, size_t len,
  * ingest_decode_json() by the jansson path alone: how every body was
  * decoded before the fast path, and still how those it gives up on are.
  */
-int ingest_decode_json_slow(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err);
+int ingest_decode_json_jansson(const char *run, const char *body, size_t len,
+			       const struct ingest_limits *limits, struct ingest_batch **out,
+			       struct bn_error *err);
 
 /*
  * The same two ways for ingest_decode_safetensors()'s header: the fast
@@ -46,8 +46,8 @@ int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t 
 				   const struct ingest_limits *limits, struct ingest_batch **out,
 				   struct bn_error *err);
 
-int ingest_decode_safetensors_slow(const char *run, const uint8_t *body, size_t len,
-				   const struct ingest_limits *limits, struct ingest_batch **out,
-				   struct bn_error *err);
+int ingest_decode_safetensors_jansson(const char *run, const uint8_t *body, size_t len,
+				      const struct ingest_limits *limits, struct ingest_batch **out,
+				      struct bn_error *err);
 
 #endif
