@@ -253,11 +253,11 @@ long ingest_base64_decode(const char *src, size_t len, uint8_t *dst)
  * Changing anything here changes stored hashes: a retry of a batch stored
  * before the change would then be answered 409 instead of "duplicate".
  */
-#define H_P1 0x9E3779B185EBCA87ULL
-#define H_P2 0xC2B2AE3D27D4EB4FULL
-#define H_P3 0x165667B19E3779F9ULL
-#define H_P4 0x85EBCA77C2B2AE63ULL
-#define H_P5 0x27D4EB2F165667C5ULL
+#define HASH_P1 0x9E3779B185EBCA87ULL
+#define HASH_P2 0xC2B2AE3D27D4EB4FULL
+#define HASH_P3 0x165667B19E3779F9ULL
+#define HASH_P4 0x85EBCA77C2B2AE63ULL
+#define HASH_P5 0x27D4EB2F165667C5ULL
 
 struct hasher {
 	uint64_t v[4];
@@ -271,99 +271,99 @@ static inline uint64_t rotl64(uint64_t x, unsigned r)
 	return (x << r) | (x >> (64 - r));
 }
 
-static inline uint64_t h_round(uint64_t acc, uint64_t w)
+static inline uint64_t hash_round(uint64_t acc, uint64_t w)
 {
-	acc += w * H_P2;
+	acc += w * HASH_P2;
 	acc = rotl64(acc, 31);
-	return acc * H_P1;
+	return acc * HASH_P1;
 }
 
-static uint64_t h_avalanche(uint64_t h)
+static uint64_t hash_avalanche(uint64_t h)
 {
 	h ^= h >> 33;
-	h *= H_P2;
+	h *= HASH_P2;
 	h ^= h >> 29;
-	h *= H_P3;
+	h *= HASH_P3;
 	h ^= h >> 32;
 	return h;
 }
 
-static uint64_t h_merge(uint64_t h, uint64_t lane)
+static uint64_t hash_merge(uint64_t h, uint64_t lane)
 {
-	h ^= h_round(0, lane);
-	return h * H_P1 + H_P4;
+	h ^= hash_round(0, lane);
+	return h * HASH_P1 + HASH_P4;
 }
 
-static void h_init(struct hasher *h)
+static void hash_init(struct hasher *h)
 {
 	/* xxh64's lane seeds for seed 0x626e73746174 ("bnstat") */
 	const uint64_t seed = 0x626e73746174ULL;
 
-	h->v[0] = seed + H_P1 + H_P2;
-	h->v[1] = seed + H_P2;
+	h->v[0] = seed + HASH_P1 + HASH_P2;
+	h->v[1] = seed + HASH_P2;
 	h->v[2] = seed;
-	h->v[3] = seed - H_P1;
+	h->v[3] = seed - HASH_P1;
 	h->nbuf = 0;
 	h->nwords = 0;
 }
 
-static inline void h_block(struct hasher *h, const uint64_t w[4])
+static inline void hash_block(struct hasher *h, const uint64_t w[4])
 {
-	h->v[0] = h_round(h->v[0], w[0]);
-	h->v[1] = h_round(h->v[1], w[1]);
-	h->v[2] = h_round(h->v[2], w[2]);
-	h->v[3] = h_round(h->v[3], w[3]);
+	h->v[0] = hash_round(h->v[0], w[0]);
+	h->v[1] = hash_round(h->v[1], w[1]);
+	h->v[2] = hash_round(h->v[2], w[2]);
+	h->v[3] = hash_round(h->v[3], w[3]);
 }
 
-static inline void h_word(struct hasher *h, uint64_t w)
+static inline void hash_word(struct hasher *h, uint64_t w)
 {
 	h->buf[h->nbuf++] = w;
 	h->nwords++;
 	if (h->nbuf == 4) {
-		h_block(h, h->buf);
+		hash_block(h, h->buf);
 		h->nbuf = 0;
 	}
 }
 
-static void h_doubles(struct hasher *h, const double *d, size_t n)
+static void hash_doubles(struct hasher *h, const double *d, size_t n)
 {
 	uint64_t w[4];
 
 	while (n > 0 && h->nbuf != 0) {
 		memcpy(&w[0], d, 8);
-		h_word(h, w[0]);
+		hash_word(h, w[0]);
 		d++;
 		n--;
 	}
 	h->nwords += n - n % 4;
 	for (; n >= 4; n -= 4, d += 4) {
 		memcpy(w, d, sizeof(w));
-		h_block(h, w);
+		hash_block(h, w);
 	}
 	for (; n > 0; n--, d++) {
 		memcpy(&w[0], d, 8);
-		h_word(h, w[0]);
+		hash_word(h, w[0]);
 	}
 }
 
-static void h_bytes(struct hasher *h, const char *s, size_t len)
+static void hash_bytes(struct hasher *h, const char *s, size_t len)
 {
 	size_t i;
 	uint64_t w = 0;
 
-	h_word(h, (uint64_t)len);
+	hash_word(h, (uint64_t)len);
 	for (i = 0; i < len; i++) {
 		w |= (uint64_t)(unsigned char)s[i] << (8 * (i % 8));
 		if (i % 8 == 7) {
-			h_word(h, w);
+			hash_word(h, w);
 			w = 0;
 		}
 	}
 	if (len % 8 != 0)
-		h_word(h, w);
+		hash_word(h, w);
 }
 
-static void h_final(struct hasher *h, uint8_t out[INGEST_HASH_SIZE])
+static void hash_final(struct hasher *h, uint8_t out[INGEST_HASH_SIZE])
 {
 	uint64_t len, lo, hi, v0, v1, v2, v3;
 	int i;
@@ -371,26 +371,26 @@ static void h_final(struct hasher *h, uint8_t out[INGEST_HASH_SIZE])
 	len = h->nwords;
 	/* zero padding is unambiguous: the word count is mixed in below */
 	while (h->nbuf != 0)
-		h_word(h, 0);
+		hash_word(h, 0);
 	v0 = h->v[0];
 	v1 = h->v[1];
 	v2 = h->v[2];
 	v3 = h->v[3];
 
 	lo = rotl64(v0, 1) + rotl64(v1, 7) + rotl64(v2, 12) + rotl64(v3, 18);
-	lo = h_merge(lo, v0);
-	lo = h_merge(lo, v1);
-	lo = h_merge(lo, v2);
-	lo = h_merge(lo, v3);
-	lo = h_avalanche(lo + len * 8);
+	lo = hash_merge(lo, v0);
+	lo = hash_merge(lo, v1);
+	lo = hash_merge(lo, v2);
+	lo = hash_merge(lo, v3);
+	lo = hash_avalanche(lo + len * 8);
 
 	hi = rotl64(v3, 5) + rotl64(v2, 23) + rotl64(v1, 37) + rotl64(v0, 47);
-	hi ^= H_P5;
-	hi = h_merge(hi, v3 ^ rotl64(v1, 29));
-	hi = h_merge(hi, v2 ^ rotl64(v0, 41));
-	hi = h_merge(hi, v1 + v2);
-	hi = h_merge(hi, v0 + v3);
-	hi = h_avalanche(hi ^ (len * H_P3));
+	hi ^= HASH_P5;
+	hi = hash_merge(hi, v3 ^ rotl64(v1, 29));
+	hi = hash_merge(hi, v2 ^ rotl64(v0, 41));
+	hi = hash_merge(hi, v1 + v2);
+	hi = hash_merge(hi, v0 + v3);
+	hi = hash_avalanche(hi ^ (len * HASH_P3));
 
 	for (i = 0; i < 8; i++) {
 		out[i] = (uint8_t)(lo >> (8 * i));
@@ -408,27 +408,27 @@ static void batch_hash(struct ingest_batch *b)
 	struct hasher h;
 	size_t i;
 
-	h_init(&h);
-	h_word(&h, (uint64_t)b->var_kind);
-	h_word(&h, (uint64_t)b->n_layers);
+	hash_init(&h);
+	hash_word(&h, (uint64_t)b->var_kind);
+	hash_word(&h, (uint64_t)b->n_layers);
 	for (i = 0; i < b->n_layers; i++) {
 		const struct ingest_layer *l = &b->layers[i];
 		bool has_ema = l->ema_mean != NULL;
 
-		h_bytes(&h, l->name, strlen(l->name));
-		h_word(&h, (uint64_t)l->count);
-		h_word(&h, (uint64_t)l->channels);
-		h_word(&h, has_ema ? 1 : 0);
+		hash_bytes(&h, l->name, strlen(l->name));
+		hash_word(&h, (uint64_t)l->count);
+		hash_word(&h, (uint64_t)l->channels);
+		hash_word(&h, has_ema ? 1 : 0);
 		if (l->channels == 0)
 			continue;
-		h_doubles(&h, l->mean, l->channels);
-		h_doubles(&h, l->var, l->channels);
+		hash_doubles(&h, l->mean, l->channels);
+		hash_doubles(&h, l->var, l->channels);
 		if (has_ema) {
-			h_doubles(&h, l->ema_mean, l->channels);
-			h_doubles(&h, l->ema_var, l->channels);
+			hash_doubles(&h, l->ema_mean, l->channels);
+			hash_doubles(&h, l->ema_var, l->channels);
 		}
 	}
-	h_final(&h, b->hash);
+	hash_final(&h, b->hash);
 }
 
 /* ------------------------------------------------------------------ */
