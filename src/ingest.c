@@ -936,9 +936,9 @@ static const struct ident_form json_form = { "", json_keys, sizeof(json_keys) / 
  * safetensors: the "__metadata__" object, a string-to-string map. "format"
  * is what safetensors' own writers add ("pt"); it is allowed and ignored.
  */
-#define ST_META "__metadata__"
+#define SAFET_META "__metadata__"
 static const char *const meta_keys[] = { "worker", "step", "seq", "domain", "var_kind", "format" };
-static const struct ident_form meta_form = { ST_META ".", meta_keys,
+static const struct ident_form meta_form = { SAFET_META ".", meta_keys,
 					     sizeof(meta_keys) / sizeof(*meta_keys),
 					     "worker, step, seq, domain, var_kind, format", true };
 
@@ -1965,24 +1965,24 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
  * "<layer>.<field>" as path.
  */
 
-#define ST_HEADER_MAX 100000000 /* bytes, the reference implementation's */
-#define ST_HEADER "__header__"
-#define ST_COUNT ARR_N /* st_tensor.field of "<layer>.count" */
-#define ST_FIELDS "count, mean, var, ema_mean, ema_var"
+#define SAFET_HEADER_MAX 100000000 /* bytes, the reference implementation's */
+#define SAFET_HEADER "__header__"
+#define SAFET_COUNT ARR_N /* safet_tensor.field of "<layer>.count" */
+#define SAFET_FIELDS "count, mean, var, ema_mean, ema_var"
 
 /*
  * One tensor of the header. Either front end fills in the key; the
- * jansson one sets info, and st_check_tensor() type-checks it and reads
+ * jansson one sets info, and safet_check_tensor() type-checks it and reads
  * dtype, rank, dim and off from it as it goes. The fast scanner
- * (st_decode_fast()) leaves info NULL and fills those in itself, having
+ * (safet_decode_fast()) leaves info NULL and fills those in itself, having
  * accepted only well-typed tensors. The checks of values are then the
  * same for both.
  */
-struct st_tensor {
+struct safet_tensor {
 	const char *key; /* the tensor name (NUL-terminated, no NUL inside) */
 	size_t key_len;
 	size_t layer_len;   /* key[0..layer_len) names the layer */
-	unsigned field;	    /* enum arr_id, or ST_COUNT */
+	unsigned field;	    /* enum arr_id, or SAFET_COUNT */
 	const json_t *info; /* jansson: the tensor's value; fast path: NULL */
 	const char *dtype;  /* the dtype string, dtype[0..dtype_len) */
 	size_t dtype_len;
@@ -1994,29 +1994,29 @@ struct st_tensor {
 	size_t begin, end; /* data_offsets, within the data buffer */
 };
 
-static const char *st_field_name(unsigned field)
+static const char *safet_field_name(unsigned field)
 {
-	return field == ST_COUNT ? "count" : arr_key[field];
+	return field == SAFET_COUNT ? "count" : arr_key[field];
 }
 
 /* The error path of tensor t: its name, bounded and printable. */
-static const char *st_path(char *dst, size_t size, const struct st_tensor *t)
+static const char *safet_path(char *dst, size_t size, const struct safet_tensor *t)
 {
 	return show(dst, size, t->key, t->key_len, INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
 }
 
 /* bn_error_set() for tensor t. */
-__attribute__((format(printf, 5, 6))) static int st_error(struct bn_error *err, int status,
-							  const char *code,
-							  const struct st_tensor *t,
-							  const char *fmt, ...)
+__attribute__((format(printf, 5, 6))) static int safet_error(struct bn_error *err, int status,
+							     const char *code,
+							     const struct safet_tensor *t,
+							     const char *fmt, ...)
 {
 	char path[BN_ERROR_PATH_MAX];
 	va_list ap;
 	int r;
 
 	va_start(ap, fmt);
-	r = error_v(err, status, code, st_path(path, sizeof(path), t), fmt, ap);
+	r = error_v(err, status, code, safet_path(path, sizeof(path), t), fmt, ap);
 	va_end(ap);
 	return r;
 }
@@ -2026,8 +2026,8 @@ __attribute__((format(printf, 5, 6))) static int st_error(struct bn_error *err, 
  * path and the name are only written out for an error: this runs for
  * every shape and offset of every tensor.
  */
-static int st_uint(const struct st_tensor *t, const json_t *arr, const char *key, size_t i,
-		   int64_t *out, struct bn_error *err)
+static int safet_uint(const struct safet_tensor *t, const json_t *arr, const char *key, size_t i,
+		      int64_t *out, struct bn_error *err)
 {
 	const json_t *v = json_array_get(arr, i);
 	char path[BN_ERROR_PATH_MAX], what[48];
@@ -2037,7 +2037,7 @@ static int st_uint(const struct st_tensor *t, const json_t *arr, const char *key
 		*out = (int64_t)json_integer_value(v);
 		return 0;
 	}
-	st_path(path, sizeof(path), t);
+	safet_path(path, sizeof(path), t);
 	snprintf(what, sizeof(what), "%s[%zu]", key, i);
 	r = json_int(v, what, out, path, NULL, NULL, err);
 	if (r == 0)
@@ -2046,7 +2046,7 @@ static int st_uint(const struct st_tensor *t, const json_t *arr, const char *key
 }
 
 /* t's name into layer and field. */
-static int st_check_name(struct st_tensor *t, struct bn_error *err)
+static int safet_check_name(struct safet_tensor *t, struct bn_error *err)
 {
 	char shown[SHOW_MAX + 4];
 	const char *field;
@@ -2055,49 +2055,49 @@ static int st_check_name(struct st_tensor *t, struct bn_error *err)
 	for (dot = t->key_len; dot > 0 && t->key[dot - 1] != '.'; dot--)
 		;
 	if (dot == 0)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"a tensor name must be \"<layer>.<field>\" "
-				"with field one of " ST_FIELDS);
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "a tensor name must be \"<layer>.<field>\" "
+				   "with field one of " SAFET_FIELDS);
 	t->layer_len = dot - 1;
 	field = t->key + dot;
-	for (t->field = 0; t->field <= ST_COUNT; t->field++)
-		if (strcmp(field, st_field_name(t->field)) == 0)
+	for (t->field = 0; t->field <= SAFET_COUNT; t->field++)
+		if (strcmp(field, safet_field_name(t->field)) == 0)
 			break;
-	if (t->field > ST_COUNT)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"unknown field \"%s\" (expected " ST_FIELDS ")",
-				show(shown, sizeof(shown), field, t->key_len - dot, SHOW_MAX));
+	if (t->field > SAFET_COUNT)
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "unknown field \"%s\" (expected " SAFET_FIELDS ")",
+				   show(shown, sizeof(shown), field, t->key_len - dot, SHOW_MAX));
 	if (!name_valid_n(t->key, t->layer_len, INGEST_LAYER_NAME_MAX))
-		return st_error(err, 422, BN_E_INVALID, t,
-				"layer name must match [A-Za-z0-9._-]{1,%d}",
-				INGEST_LAYER_NAME_MAX);
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "layer name must match [A-Za-z0-9._-]{1,%d}",
+				   INGEST_LAYER_NAME_MAX);
 	return 0;
 }
 
 /* jansson: t->info is an object with a string dtype, into t->dtype. */
-static int st_json_dtype(struct st_tensor *t, struct bn_error *err)
+static int safet_json_dtype(struct safet_tensor *t, struct bn_error *err)
 {
 	const json_t *dt;
 
 	if (!json_is_object(t->info))
-		return st_error(err, 400, BN_E_TYPE, t,
-				"a tensor must be an object {\"dtype\", "
-				"\"shape\", \"data_offsets\"}, not %s",
-				type_name(t->info));
+		return safet_error(err, 400, BN_E_TYPE, t,
+				   "a tensor must be an object {\"dtype\", "
+				   "\"shape\", \"data_offsets\"}, not %s",
+				   type_name(t->info));
 
 	dt = json_object_get(t->info, "dtype");
 	if (dt == NULL)
-		return st_error(err, 400, BN_E_MISSING, t, "dtype is required");
+		return safet_error(err, 400, BN_E_MISSING, t, "dtype is required");
 	if (!json_is_string(dt))
-		return st_error(err, 400, BN_E_TYPE, t, "dtype must be a string, not %s",
-				type_name(dt));
+		return safet_error(err, 400, BN_E_TYPE, t, "dtype must be a string, not %s",
+				   type_name(dt));
 	t->dtype = json_string_value(dt);
 	t->dtype_len = json_string_length(dt);
 	return 0;
 }
 
 /* t->dtype into t->esize. */
-static int st_check_dtype(struct st_tensor *t, struct bn_error *err)
+static int safet_check_dtype(struct safet_tensor *t, struct bn_error *err)
 {
 	char shown[SHOW_MAX + 4];
 	const char *ds = t->dtype;
@@ -2105,7 +2105,7 @@ static int st_check_dtype(struct st_tensor *t, struct bn_error *err)
 	/* a length of 3 and memcmp(): jansson's strings may hold a NUL */
 	if (t->dtype_len != 3)
 		t->esize = 0;
-	else if (t->field == ST_COUNT)
+	else if (t->field == SAFET_COUNT)
 		t->esize = memcmp(ds, "I64", 3) == 0 ? 8 : 0;
 	else if (memcmp(ds, "F32", 3) == 0)
 		t->esize = 4;
@@ -2114,10 +2114,10 @@ static int st_check_dtype(struct st_tensor *t, struct bn_error *err)
 	else
 		t->esize = 0;
 	if (t->esize == 0)
-		return st_error(err, 422, BN_E_INVALID, t, "%s must have dtype %s, not \"%s\"",
-				st_field_name(t->field),
-				t->field == ST_COUNT ? "\"I64\"" : "\"F32\" or \"F64\"",
-				show(shown, sizeof(shown), ds, t->dtype_len, SHOW_MAX));
+		return safet_error(err, 422, BN_E_INVALID, t, "%s must have dtype %s, not \"%s\"",
+				   safet_field_name(t->field),
+				   t->field == SAFET_COUNT ? "\"I64\"" : "\"F32\" or \"F64\"",
+				   show(shown, sizeof(shown), ds, t->dtype_len, SHOW_MAX));
 	return 0;
 }
 
@@ -2125,7 +2125,7 @@ static int st_check_dtype(struct st_tensor *t, struct bn_error *err)
  * jansson: t->info's keys are known, and its shape an array of integers
  * >= 0, into t->rank and t->dim.
  */
-static int st_json_shape(struct st_tensor *t, struct bn_error *err)
+static int safet_json_shape(struct safet_tensor *t, struct bn_error *err)
 {
 	static const char *const info_keys[] = { "dtype", "shape", "data_offsets" };
 	char shown[SHOW_MAX + 4];
@@ -2137,22 +2137,22 @@ static int st_json_shape(struct st_tensor *t, struct bn_error *err)
 	json_object_foreach((json_t *)t->info, k, x)
 	{
 		if (!key_known(k, info_keys, 3))
-			return st_error(err, 422, BN_E_INVALID, t,
-					"unknown key \"%s\" (expected dtype, "
-					"shape, data_offsets)",
-					show(shown, sizeof(shown), k, strlen(k), SHOW_MAX));
+			return safet_error(err, 422, BN_E_INVALID, t,
+					   "unknown key \"%s\" (expected dtype, "
+					   "shape, data_offsets)",
+					   show(shown, sizeof(shown), k, strlen(k), SHOW_MAX));
 	}
 
 	shape = json_object_get(t->info, "shape");
 	if (shape == NULL)
-		return st_error(err, 400, BN_E_MISSING, t, "shape is required");
+		return safet_error(err, 400, BN_E_MISSING, t, "shape is required");
 	if (!json_is_array(shape))
-		return st_error(err, 400, BN_E_TYPE, t,
-				"shape must be an array of integers, not %s", type_name(shape));
+		return safet_error(err, 400, BN_E_TYPE, t,
+				   "shape must be an array of integers, not %s", type_name(shape));
 	t->rank = json_array_size(shape);
 	t->dim = 1;
 	for (i = 0; i < t->rank; i++) {
-		r = st_uint(t, shape, "shape", i, &t->dim, err);
+		r = safet_uint(t, shape, "shape", i, &t->dim, err);
 		if (r < 0)
 			return r;
 	}
@@ -2160,7 +2160,7 @@ static int st_json_shape(struct st_tensor *t, struct bn_error *err)
 }
 
 /* jansson: t->info's data_offsets are 2 integers >= 0, into t->off. */
-static int st_json_offsets(struct st_tensor *t, struct bn_error *err)
+static int safet_json_offsets(struct safet_tensor *t, struct bn_error *err)
 {
 	const json_t *offs;
 	size_t i;
@@ -2168,19 +2168,19 @@ static int st_json_offsets(struct st_tensor *t, struct bn_error *err)
 
 	offs = json_object_get(t->info, "data_offsets");
 	if (offs == NULL)
-		return st_error(err, 400, BN_E_MISSING, t, "data_offsets is required");
+		return safet_error(err, 400, BN_E_MISSING, t, "data_offsets is required");
 	if (!json_is_array(offs))
-		return st_error(err, 400, BN_E_TYPE, t,
-				"data_offsets must be an array [begin, end], "
-				"not %s",
-				type_name(offs));
+		return safet_error(err, 400, BN_E_TYPE, t,
+				   "data_offsets must be an array [begin, end], "
+				   "not %s",
+				   type_name(offs));
 	if (json_array_size(offs) != 2)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"data_offsets must be 2 integers [begin, end], "
-				"not %zu values",
-				json_array_size(offs));
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "data_offsets must be 2 integers [begin, end], "
+				   "not %zu values",
+				   json_array_size(offs));
 	for (i = 0; i < 2; i++) {
-		r = st_uint(t, offs, "data_offsets", i, &t->off[i], err);
+		r = safet_uint(t, offs, "data_offsets", i, &t->off[i], err);
 		if (r < 0)
 			return r;
 	}
@@ -2191,69 +2191,69 @@ static int st_json_offsets(struct st_tensor *t, struct bn_error *err)
  * Everything about one tensor that needs no other: name, keys, dtype,
  * shape, data_offsets within the data buffer (of data_len bytes), and
  * the size of that range against dtype and shape. The type checks
- * (st_json_*()) run only for a tensor from jansson, in the order they
+ * (safet_json_*()) run only for a tensor from jansson, in the order they
  * always ran among the checks of values; a tensor from the fast scanner
  * has passed them already.
  */
-static int st_check_tensor(struct st_tensor *t, size_t data_len, struct bn_error *err)
+static int safet_check_tensor(struct safet_tensor *t, size_t data_len, struct bn_error *err)
 {
 	int64_t dim;
 	int r;
 
-	r = st_check_name(t, err);
+	r = safet_check_name(t, err);
 	if (r == 0 && t->info != NULL)
-		r = st_json_dtype(t, err);
+		r = safet_json_dtype(t, err);
 	if (r == 0)
-		r = st_check_dtype(t, err);
+		r = safet_check_dtype(t, err);
 	if (r == 0 && t->info != NULL)
-		r = st_json_shape(t, err);
+		r = safet_json_shape(t, err);
 	if (r < 0)
 		return r;
 	dim = t->dim;
-	if (t->field == ST_COUNT && !(t->rank == 0 || (t->rank == 1 && dim == 1)))
-		return st_error(err, 422, BN_E_INVALID, t,
-				"count must be one number: shape [] or [1]");
-	if (t->field != ST_COUNT && t->rank != 1)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"%s must have shape [channels], not %zu "
-				"dimensions",
-				arr_key[t->field], t->rank);
+	if (t->field == SAFET_COUNT && !(t->rank == 0 || (t->rank == 1 && dim == 1)))
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "count must be one number: shape [] or [1]");
+	if (t->field != SAFET_COUNT && t->rank != 1)
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "%s must have shape [channels], not %zu "
+				   "dimensions",
+				   arr_key[t->field], t->rank);
 
 	if (t->info != NULL) {
-		r = st_json_offsets(t, err);
+		r = safet_json_offsets(t, err);
 		if (r < 0)
 			return r;
 	}
 	if (t->off[0] > t->off[1])
-		return st_error(err, 422, BN_E_INVALID, t,
-				"data_offsets [%lld, %lld]: begin is after end",
-				(long long)t->off[0], (long long)t->off[1]);
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "data_offsets [%lld, %lld]: begin is after end",
+				   (long long)t->off[0], (long long)t->off[1]);
 	if ((uint64_t)t->off[1] > data_len)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"data_offsets [%lld, %lld] go past the end of "
-				"the data buffer (%zu bytes)",
-				(long long)t->off[0], (long long)t->off[1], data_len);
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "data_offsets [%lld, %lld] go past the end of "
+				   "the data buffer (%zu bytes)",
+				   (long long)t->off[0], (long long)t->off[1], data_len);
 	t->begin = (size_t)t->off[0];
 	t->end = (size_t)t->off[1];
 	/* dim (1 for rank 0) against the range, without overflowing */
 	if ((uint64_t)dim > (t->end - t->begin) / t->esize ||
 	    (size_t)dim * t->esize != t->end - t->begin)
-		return st_error(err, 422, BN_E_INVALID, t,
-				"data_offsets [%zu, %zu] hold %zu bytes, not "
-				"the %lld x %zu bytes of its shape and dtype",
-				t->begin, t->end, t->end - t->begin, (long long)dim, t->esize);
+		return safet_error(err, 422, BN_E_INVALID, t,
+				   "data_offsets [%zu, %zu] hold %zu bytes, not "
+				   "the %lld x %zu bytes of its shape and dtype",
+				   t->begin, t->end, t->end - t->begin, (long long)dim, t->esize);
 	t->n = (size_t)dim;
 	return 0;
 }
 
-static int st_key_cmp(const void *a, const void *b)
+static int safet_key_cmp(const void *a, const void *b)
 {
-	return strcmp(((const struct st_tensor *)a)->key, ((const struct st_tensor *)b)->key);
+	return strcmp(((const struct safet_tensor *)a)->key, ((const struct safet_tensor *)b)->key);
 }
 
-static int st_offset_cmp(const void *a, const void *b)
+static int safet_offset_cmp(const void *a, const void *b)
 {
-	const struct st_tensor *x = a, *y = b;
+	const struct safet_tensor *x = a, *y = b;
 
 	if (x->begin != y->begin)
 		return x->begin < y->begin ? -1 : 1;
@@ -2263,9 +2263,9 @@ static int st_offset_cmp(const void *a, const void *b)
 }
 
 /* Layer by layer, each layer's fields in a fixed order. */
-static int st_layer_cmp(const void *a, const void *b)
+static int safet_layer_cmp(const void *a, const void *b)
 {
-	const struct st_tensor *x = a, *y = b;
+	const struct safet_tensor *x = a, *y = b;
 	int c = name_cmp(x->key, x->layer_len, y->key, y->layer_len);
 
 	if (c != 0)
@@ -2277,28 +2277,29 @@ static int st_layer_cmp(const void *a, const void *b)
  * The tensors ts[0..n), sorted by offsets, tile the data buffer of
  * data_len bytes: each starts where the one before ends.
  */
-static int st_check_layout(const struct st_tensor *ts, size_t n, size_t data_len,
-			   struct bn_error *err)
+static int safet_check_layout(const struct safet_tensor *ts, size_t n, size_t data_len,
+			      struct bn_error *err)
 {
 	char other[BN_ERROR_PATH_MAX];
 	size_t at = 0, i;
 
 	for (i = 0; i < n; i++) {
-		const struct st_tensor *t = &ts[i];
+		const struct safet_tensor *t = &ts[i];
 
 		if (t->begin < at)
-			return st_error(err, 422, BN_E_INVALID, t,
-					"data_offsets [%zu, %zu] overlap those "
-					"of %s [%zu, %zu]: tensors must lie "
-					"back to back in the data buffer",
-					t->begin, t->end, st_path(other, sizeof(other), &ts[i - 1]),
-					ts[i - 1].begin, ts[i - 1].end);
+			return safet_error(err, 422, BN_E_INVALID, t,
+					   "data_offsets [%zu, %zu] overlap those "
+					   "of %s [%zu, %zu]: tensors must lie "
+					   "back to back in the data buffer",
+					   t->begin, t->end,
+					   safet_path(other, sizeof(other), &ts[i - 1]),
+					   ts[i - 1].begin, ts[i - 1].end);
 		if (t->begin > at)
 			break;
 		at = t->end;
 	}
 	if (at != data_len)
-		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+		return bn_error_set(err, 422, BN_E_INVALID, SAFET_HEADER,
 				    "bytes [%zu, %zu) of the data buffer belong "
 				    "to no tensor: the tensors must cover it "
 				    "exactly, back to back",
@@ -2307,12 +2308,12 @@ static int st_check_layout(const struct st_tensor *ts, size_t n, size_t data_len
 }
 
 /*
- * The layers of the tensors ts[0..n), sorted by st_layer_cmp(), into
+ * The layers of the tensors ts[0..n), sorted by safet_layer_cmp(), into
  * plans (one per layer, *n_layers of them, released with free()).
  */
-static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *data,
-			  const struct ingest_limits *lim, struct layer_plan **plans,
-			  size_t *n_layers, struct bn_error *err)
+static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint8_t *data,
+			     const struct ingest_limits *lim, struct layer_plan **plans,
+			     size_t *n_layers, struct bn_error *err)
 {
 	struct layer_plan *p = NULL;
 	size_t i, count = 0;
@@ -2322,7 +2323,7 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *d
 		if (i == 0 ||
 		    name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key, ts[i - 1].layer_len) != 0)
 			count++;
-	r = check_layer_count(count, lim, ST_HEADER, err);
+	r = check_layer_count(count, lim, SAFET_HEADER, err);
 	if (r < 0)
 		return r;
 	*plans = calloc(count, sizeof(**plans));
@@ -2331,7 +2332,7 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *d
 		return -ENOMEM;
 	}
 	for (i = 0; i < n; i++) {
-		const struct st_tensor *t = &ts[i];
+		const struct safet_tensor *t = &ts[i];
 		const uint8_t *raw = data + t->begin;
 
 		if (p == NULL || name_cmp(t->key, t->layer_len, p->name, p->name_len) != 0) {
@@ -2340,7 +2341,7 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *d
 			p->name = t->key;
 			p->name_len = t->layer_len;
 		}
-		if (t->field == ST_COUNT) {
+		if (t->field == SAFET_COUNT) {
 			uint64_t u = load_le64(raw);
 
 			/* two's complement, whatever C thinks of the cast */
@@ -2359,21 +2360,22 @@ static int st_plan_layers(const struct st_tensor *ts, size_t n, const uint8_t *d
 	return 0;
 }
 
-static int st_decode_tensors(const struct ingest_batch *hdr, struct st_tensor *ts, size_t n,
-			     const uint8_t *data, size_t data_len, const struct ingest_limits *lim,
-			     struct ingest_batch **out, struct bn_error *err);
+static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
+				const uint8_t *data, size_t data_len,
+				const struct ingest_limits *lim, struct ingest_batch **out,
+				struct bn_error *err);
 
 /*
  * Everything after the header is parsed (into root, an object), with the
  * data buffer data[0..data_len). On success *out holds the batch; on
  * failure nothing is allocated.
  */
-static int st_decode_doc(const char *run, const json_t *root, const uint8_t *data, size_t data_len,
-			 const struct ingest_limits *lim, struct ingest_batch **out,
-			 struct bn_error *err)
+static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *data,
+			    size_t data_len, const struct ingest_limits *lim,
+			    struct ingest_batch **out, struct bn_error *err)
 {
 	struct ingest_batch hdr;
-	struct st_tensor *ts;
+	struct safet_tensor *ts;
 	const json_t *meta, *v;
 	const char *k;
 	size_t n, i;
@@ -2381,14 +2383,14 @@ static int st_decode_doc(const char *run, const json_t *root, const uint8_t *dat
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	meta = json_object_get(root, ST_META);
+	meta = json_object_get(root, SAFET_META);
 	if (meta == NULL)
-		return bn_error_set(err, 400, BN_E_MISSING, ST_META,
-				    ST_META " is required: it holds worker, "
-					    "step and seq");
+		return bn_error_set(err, 400, BN_E_MISSING, SAFET_META,
+				    SAFET_META " is required: it holds worker, "
+					       "step and seq");
 	if (!json_is_object(meta))
-		return bn_error_set(err, 400, BN_E_TYPE, ST_META,
-				    ST_META " must be an object, not %s", type_name(meta));
+		return bn_error_set(err, 400, BN_E_TYPE, SAFET_META,
+				    SAFET_META " must be an object, not %s", type_name(meta));
 	r = decode_identity(meta, &meta_form, &hdr, err);
 	if (r < 0)
 		return r;
@@ -2396,9 +2398,9 @@ static int st_decode_doc(const char *run, const json_t *root, const uint8_t *dat
 	/* at most 5 tensors a layer: refuse a flood before allocating */
 	n = json_object_size(root) - 1;
 	if (n == 0)
-		return check_layer_count(0, lim, ST_HEADER, err);
+		return check_layer_count(0, lim, SAFET_HEADER, err);
 	if ((n + ARR_N) / (ARR_N + 1) > lim->max_layers)
-		return bn_error_set(err, 422, BN_E_LIMIT, ST_HEADER,
+		return bn_error_set(err, 422, BN_E_LIMIT, SAFET_HEADER,
 				    "%zu tensors: more than %zu layers (the "
 				    "limit) of at most 5 tensors each",
 				    n, lim->max_layers);
@@ -2410,14 +2412,14 @@ static int st_decode_doc(const char *run, const json_t *root, const uint8_t *dat
 	i = 0;
 	json_object_foreach((json_t *)root, k, v)
 	{
-		if (strcmp(k, ST_META) == 0)
+		if (strcmp(k, SAFET_META) == 0)
 			continue;
 		ts[i].key = k;
 		ts[i].key_len = strlen(k);
 		ts[i].info = v;
 		i++;
 	}
-	r = st_decode_tensors(&hdr, ts, n, data, data_len, lim, out, err);
+	r = safet_decode_tensors(&hdr, ts, n, data, data_len, lim, out, err);
 	free(ts);
 	return r;
 }
@@ -2428,26 +2430,27 @@ static int st_decode_doc(const char *run, const json_t *root, const uint8_t *dat
  * data[0..data_len). Checks the tensors (in name order) and the layout,
  * then builds the batch.
  */
-static int st_decode_tensors(const struct ingest_batch *hdr, struct st_tensor *ts, size_t n,
-			     const uint8_t *data, size_t data_len, const struct ingest_limits *lim,
-			     struct ingest_batch **out, struct bn_error *err)
+static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
+				const uint8_t *data, size_t data_len,
+				const struct ingest_limits *lim, struct ingest_batch **out,
+				struct bn_error *err)
 {
 	struct layer_plan *plans = NULL;
 	size_t n_layers = 0, i;
 	int r;
 
-	qsort(ts, n, sizeof(*ts), st_key_cmp);
+	qsort(ts, n, sizeof(*ts), safet_key_cmp);
 	for (i = 0; i < n; i++) {
-		r = st_check_tensor(&ts[i], data_len, err);
+		r = safet_check_tensor(&ts[i], data_len, err);
 		if (r < 0)
 			goto done;
 	}
-	qsort(ts, n, sizeof(*ts), st_offset_cmp);
-	r = st_check_layout(ts, n, data_len, err);
+	qsort(ts, n, sizeof(*ts), safet_offset_cmp);
+	r = safet_check_layout(ts, n, data_len, err);
 	if (r < 0)
 		goto done;
-	qsort(ts, n, sizeof(*ts), st_layer_cmp);
-	r = st_plan_layers(ts, n, data, lim, &plans, &n_layers, err);
+	qsort(ts, n, sizeof(*ts), safet_layer_cmp);
+	r = safet_plan_layers(ts, n, data, lim, &plans, &n_layers, err);
 	if (r < 0)
 		goto done;
 	r = build_batch(hdr, plans, n_layers, NULL, lim, out, err);
@@ -2460,23 +2463,23 @@ done:
  * The checks of the body before its header is read, the same for both
  * front ends: the header length, into *hlen.
  */
-static int st_header_length(const uint8_t *body, size_t len, size_t *hlen, struct bn_error *err)
+static int safet_header_length(const uint8_t *body, size_t len, size_t *hlen, struct bn_error *err)
 {
 	uint64_t h;
 
 	if (len < 8)
-		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+		return bn_error_set(err, 422, BN_E_INVALID, SAFET_HEADER,
 				    "a safetensors body starts with an 8-byte "
 				    "header length; this one has %zu bytes",
 				    len);
 	h = load_le64(body);
-	if (h > ST_HEADER_MAX)
-		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+	if (h > SAFET_HEADER_MAX)
+		return bn_error_set(err, 422, BN_E_INVALID, SAFET_HEADER,
 				    "header length %llu is more than the limit "
 				    "of %d bytes",
-				    (unsigned long long)h, ST_HEADER_MAX);
+				    (unsigned long long)h, SAFET_HEADER_MAX);
 	if (h > len - 8)
-		return bn_error_set(err, 422, BN_E_INVALID, ST_HEADER,
+		return bn_error_set(err, 422, BN_E_INVALID, SAFET_HEADER,
 				    "header length %llu goes past the end of "
 				    "the body (%zu bytes after the length)",
 				    (unsigned long long)h, len - 8);
@@ -2485,24 +2488,24 @@ static int st_header_length(const uint8_t *body, size_t len, size_t *hlen, struc
 }
 
 /* The header by jansson, from scratch; its length checked already. */
-static int st_decode_jansson(const char *run, const uint8_t *body, size_t len, size_t hlen,
-			     const struct ingest_limits *limits, struct ingest_batch **out,
-			     struct bn_error *err)
+static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len, size_t hlen,
+				const struct ingest_limits *limits, struct ingest_batch **out,
+				struct bn_error *err)
 {
 	json_t *root;
 	int r;
 
-	r = parse_json((const char *)body + 8, hlen, ST_HEADER, "JSON in the safetensors header",
+	r = parse_json((const char *)body + 8, hlen, SAFET_HEADER, "JSON in the safetensors header",
 		       &root, err);
 	if (r < 0)
 		return r;
 	if (!json_is_object(root))
-		r = bn_error_set(err, 400, BN_E_MALFORMED, ST_HEADER,
+		r = bn_error_set(err, 400, BN_E_MALFORMED, SAFET_HEADER,
 				 "the safetensors header must be a JSON "
 				 "object, not %s",
 				 type_name(root));
 	else
-		r = st_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen, limits, out, err);
+		r = safet_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen, limits, out, err);
 	json_decref(root);
 	return r;
 }
@@ -2531,17 +2534,17 @@ static int st_decode_jansson(const char *run, const uint8_t *body, size_t len, s
  *
  * What it builds is what the jansson path builds: the identity through
  * the same set_name(), set_decimal() and set_var_kind() in the order of
- * decode_identity(), and st_tensors (without info, see struct st_tensor)
- * for st_decode_tensors(), which does the rest for both. Strings are
+ * decode_identity(), and safet_tensors (without info, see struct safet_tensor)
+ * for safet_decode_tensors(), which does the rest for both. Strings are
  * NUL-terminated in the copy (where their closing quotes were), so that
  * the tensor names are C strings, as jansson's keys are.
  */
 
 /* The keys of the metadata, in the order of meta_keys. */
-enum st_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
+enum safet_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
 
 /* fast_string(), the string then NUL-terminated in place (buf is s's). */
-static bool st_fast_string(struct fast_scan *s, char *buf, const char **str, size_t *len)
+static bool safet_fast_string(struct fast_scan *s, char *buf, const char **str, size_t *len)
 {
 	if (!fast_string(s, str, len))
 		return false;
@@ -2550,8 +2553,8 @@ static bool st_fast_string(struct fast_scan *s, char *buf, const char **str, siz
 }
 
 /* The metadata object into str[], len[] (the keys seen in *seen). */
-static bool st_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
-			 unsigned *seen)
+static bool safet_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
+			    unsigned *seen)
 {
 	bool more = true;
 	const char *key;
@@ -2570,20 +2573,20 @@ static bool st_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N], 
 		if (k == SM_N || (*seen & 1u << k))
 			return false;
 		*seen |= 1u << k;
-		if (!st_fast_string(s, buf, &str[k], &len[k]) || !fast_next(s, '}', &more))
+		if (!safet_fast_string(s, buf, &str[k], &len[k]) || !fast_next(s, '}', &more))
 			return false;
 	}
 	return true;
 }
 
 /* After whitespace, an integer >= 0. */
-static bool st_fast_uint(struct fast_scan *s, int64_t *out)
+static bool safet_fast_uint(struct fast_scan *s, int64_t *out)
 {
 	return fast_int(s, out) && *out >= 0;
 }
 
 /* One tensor's object (its '{' not yet read) into *t. */
-static bool st_fast_tensor(struct fast_scan *s, char *buf, struct st_tensor *t)
+static bool safet_fast_tensor(struct fast_scan *s, char *buf, struct safet_tensor *t)
 {
 	unsigned seen = 0, bit;
 	bool more = true;
@@ -2597,7 +2600,7 @@ static bool st_fast_tensor(struct fast_scan *s, char *buf, struct st_tensor *t)
 			return false;
 		if (key_is(key, len, "dtype")) {
 			bit = 1;
-			if (!st_fast_string(s, buf, &t->dtype, &t->dtype_len))
+			if (!safet_fast_string(s, buf, &t->dtype, &t->dtype_len))
 				return false;
 		} else if (key_is(key, len, "shape")) {
 			bit = 2;
@@ -2608,15 +2611,15 @@ static bool st_fast_tensor(struct fast_scan *s, char *buf, struct st_tensor *t)
 			if (s->p < s->end && *s->p == ']') {
 				s->p++;
 				t->rank = 0;
-			} else if (st_fast_uint(s, &t->dim) && fast_char(s, ']')) {
+			} else if (safet_fast_uint(s, &t->dim) && fast_char(s, ']')) {
 				t->rank = 1;
 			} else {
 				return false;
 			}
 		} else if (key_is(key, len, "data_offsets")) {
 			bit = 4;
-			if (!fast_char(s, '[') || !st_fast_uint(s, &t->off[0]) ||
-			    !fast_char(s, ',') || !st_fast_uint(s, &t->off[1]) ||
+			if (!fast_char(s, '[') || !safet_fast_uint(s, &t->off[0]) ||
+			    !fast_char(s, ',') || !safet_fast_uint(s, &t->off[1]) ||
 			    !fast_char(s, ']'))
 				return false;
 		} else {
@@ -2636,8 +2639,9 @@ static bool st_fast_tensor(struct fast_scan *s, char *buf, struct st_tensor *t)
  * and *ts, *n (tensors, realloc()ed; *ts NULL to start with), then nothing
  * but whitespace. More than max_tensors tensors: give up.
  */
-static bool st_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
-			   unsigned *seen, struct st_tensor **ts, size_t *n, size_t max_tensors)
+static bool safet_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N],
+			      size_t len[SM_N], unsigned *seen, struct safet_tensor **ts, size_t *n,
+			      size_t max_tensors)
 {
 	bool more = true, meta = false;
 	size_t cap = 0;
@@ -2648,14 +2652,14 @@ static bool st_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N]
 		const char *key;
 		size_t key_len;
 
-		if (!st_fast_string(s, buf, &key, &key_len) || !fast_char(s, ':'))
+		if (!safet_fast_string(s, buf, &key, &key_len) || !fast_char(s, ':'))
 			return false;
-		if (key_is(key, key_len, ST_META)) {
-			if (meta || !st_fast_meta(s, buf, str, len, seen))
+		if (key_is(key, key_len, SAFET_META)) {
+			if (meta || !safet_fast_meta(s, buf, str, len, seen))
 				return false;
 			meta = true;
 		} else {
-			struct st_tensor *t;
+			struct safet_tensor *t;
 
 			if (*n == max_tensors)
 				return false;
@@ -2672,7 +2676,7 @@ static bool st_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N]
 			memset(t, 0, sizeof(*t));
 			t->key = key;
 			t->key_len = key_len;
-			if (!st_fast_tensor(s, buf, t))
+			if (!safet_fast_tensor(s, buf, t))
 				return false;
 		}
 		if (!fast_next(s, '}', &more))
@@ -2687,8 +2691,8 @@ static bool st_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N]
  * values, worker, step and seq present): the same checks of values, in
  * the same order, with the same paths.
  */
-static int st_fast_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
-			    struct ingest_batch *hdr, struct bn_error *err)
+static int safet_fast_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
+			       struct ingest_batch *hdr, struct bn_error *err)
 {
 	char path[SHOW_MAX + 32];
 	int r;
@@ -2718,25 +2722,25 @@ static int st_fast_identity(const char *const str[SM_N], const size_t len[SM_N],
 }
 
 /*
- * The fast path, the header length checked already: as st_decode_jansson(),
+ * The fast path, the header length checked already: as safet_decode_jansson(),
  * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
  * header it leaves to jansson.
  */
-static int st_decode_fast(const char *run, const uint8_t *body, size_t len, size_t hlen,
-			  const struct ingest_limits *lim, struct ingest_batch **out,
-			  struct bn_error *err)
+static int safet_decode_fast(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			     const struct ingest_limits *lim, struct ingest_batch **out,
+			     struct bn_error *err)
 {
 	const unsigned need = 1u << SM_WORKER | 1u << SM_STEP | 1u << SM_SEQ;
 	struct fast_scan s;
 	struct ingest_batch hdr;
-	struct st_tensor *ts = NULL;
+	struct safet_tensor *ts = NULL;
 	const char *str[SM_N] = { NULL };
 	size_t str_len[SM_N] = { 0 }, n = 0, i, max_tensors;
 	unsigned seen = 0;
 	char *buf;
 	int r = INGEST_NOT_HANDLED;
 
-	/* st_decode_doc()'s limit: (n + ARR_N) / (ARR_N + 1) <= max_layers */
+	/* safet_decode_doc()'s limit: (n + ARR_N) / (ARR_N + 1) <= max_layers */
 	max_tensors = lim->max_layers > (SIZE_MAX - ARR_N) / (ARR_N + 1)
 			      ? SIZE_MAX - ARR_N
 			      : lim->max_layers * (ARR_N + 1);
@@ -2747,42 +2751,43 @@ static int st_decode_fast(const char *run, const uint8_t *body, size_t len, size
 	memset(&s, 0, sizeof(s));
 	s.p = buf;
 	s.end = buf + hlen;
-	if (!st_fast_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
+	if (!safet_fast_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
 	    (seen & need) != need || n == 0)
 		goto done;
 	/* duplicate tensor names: jansson's JSON_REJECT_DUPLICATES */
-	qsort(ts, n, sizeof(*ts), st_key_cmp);
+	qsort(ts, n, sizeof(*ts), safet_key_cmp);
 	for (i = 1; i < n; i++)
-		if (st_key_cmp(&ts[i - 1], &ts[i]) == 0)
+		if (safet_key_cmp(&ts[i - 1], &ts[i]) == 0)
 			goto done;
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = st_fast_identity(str, str_len, seen, &hdr, err);
+	r = safet_fast_identity(str, str_len, seen, &hdr, err);
 	if (r == 0)
-		r = st_decode_tensors(&hdr, ts, n, body + 8 + hlen, len - 8 - hlen, lim, out, err);
+		r = safet_decode_tensors(&hdr, ts, n, body + 8 + hlen, len - 8 - hlen, lim, out,
+					 err);
 done:
 	free(ts);
 	free(buf);
 	return r;
 }
 
-static int st_decode(const char *run, const uint8_t *body, size_t len,
-		     const struct ingest_limits *limits, struct ingest_batch **out,
-		     struct bn_error *err, unsigned paths)
+static int safet_decode(const char *run, const uint8_t *body, size_t len,
+			const struct ingest_limits *limits, struct ingest_batch **out,
+			struct bn_error *err, unsigned paths)
 {
 	size_t hlen = 0;
 	int r = decode_start(run, &limits, out, err);
 
 	if (r == 0)
-		r = st_header_length(body, len, &hlen, err);
+		r = safet_header_length(body, len, &hlen, err);
 	if (r < 0)
 		return r;
 	r = INGEST_NOT_HANDLED;
 	if (paths & PATH_FAST)
-		r = st_decode_fast(run, body, len, hlen, limits, out, err);
+		r = safet_decode_fast(run, body, len, hlen, limits, out, err);
 	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
-		r = st_decode_jansson(run, body, len, hlen, limits, out, err);
+		r = safet_decode_jansson(run, body, len, hlen, limits, out, err);
 	return r;
 }
 
@@ -2790,21 +2795,21 @@ int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t 
 				   const struct ingest_limits *limits, struct ingest_batch **out,
 				   struct bn_error *err)
 {
-	return st_decode(run, body, len, limits, out, err, PATH_FAST);
+	return safet_decode(run, body, len, limits, out, err, PATH_FAST);
 }
 
 int ingest_decode_safetensors_jansson(const char *run, const uint8_t *body, size_t len,
 				      const struct ingest_limits *limits, struct ingest_batch **out,
 				      struct bn_error *err)
 {
-	return st_decode(run, body, len, limits, out, err, PATH_JANSSON);
+	return safet_decode(run, body, len, limits, out, err, PATH_JANSSON);
 }
 
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      const struct ingest_limits *limits, struct ingest_batch **out,
 			      struct bn_error *err)
 {
-	return st_decode(run, body, len, limits, out, err, PATH_BOTH);
+	return safet_decode(run, body, len, limits, out, err, PATH_BOTH);
 }
 
 void ingest_batch_free(struct ingest_batch *b)
