@@ -1391,7 +1391,7 @@ static int json_decode_jansson(const char *run, const char *body, size_t len,
  * field, a type the schema does not expect, an integer outside int64 or a
  * real that overflows (both syntax errors to jansson), trailing bytes,
  * more layers than the limit, a number token longer than
- * FAST_NUMBER_MAX. Then ingest_decode_json() runs the jansson path from
+ * JSCAN_NUMBER_MAX. Then ingest_decode_json() runs the jansson path from
  * scratch, so every such body is reported exactly as before. What is left
  * for a body the scanner accepted are the checks of values (names,
  * ranges, var_kind, dtypes, base64, lengths, finiteness, limits), and
@@ -1408,9 +1408,9 @@ static int json_decode_jansson(const char *run, const char *body, size_t len,
  */
 
 /* Longest real number token converted in place; longer ones give up. */
-#define FAST_NUMBER_MAX 64
+#define JSCAN_NUMBER_MAX 64
 
-struct fast_scan {
+struct jscan {
 	const char *p, *end; /* the cursor, the end of the body */
 	struct layer_plan *plans;
 	size_t n_plans, cap_plans;
@@ -1421,18 +1421,18 @@ struct fast_scan {
 };
 
 /* What the top level may hold, as bits of a mask of keys seen. */
-enum fast_key { FK_WORKER, FK_STEP, FK_SEQ, FK_DOMAIN, FK_VAR_KIND, FK_LAYERS };
+enum jscan_key { JK_WORKER, JK_STEP, JK_SEQ, JK_DOMAIN, JK_VAR_KIND, JK_LAYERS };
 
-static void fast_ws(struct fast_scan *s)
+static void jscan_ws(struct jscan *s)
 {
 	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
 		s->p++;
 }
 
 /* After whitespace, the character c; the cursor moves past it. */
-static bool fast_char(struct fast_scan *s, char c)
+static bool jscan_char(struct jscan *s, char c)
 {
-	fast_ws(s);
+	jscan_ws(s);
 	if (s->p == s->end || *s->p != c)
 		return false;
 	s->p++;
@@ -1443,9 +1443,9 @@ static bool fast_char(struct fast_scan *s, char c)
  * After whitespace, the character ',' (true, *more set) or `close`
  * (true, *more cleared).
  */
-static bool fast_next(struct fast_scan *s, char close, bool *more)
+static bool jscan_next(struct jscan *s, char close, bool *more)
 {
-	fast_ws(s);
+	jscan_ws(s);
 	if (s->p == s->end || (*s->p != ',' && *s->p != close))
 		return false;
 	*more = *s->p++ == ',';
@@ -1460,7 +1460,7 @@ static bool fast_next(struct fast_scan *s, char close, bool *more)
  * also flag bytes after a flagged one (through carries), but never when
  * no byte is bad, which is all that is asked.
  */
-static bool fast_plain(const unsigned char *s, size_t n)
+static bool jscan_plain(const unsigned char *s, size_t n)
 {
 	const uint64_t ones = 0x0101010101010101ULL, high = ones * 0x80;
 	uint64_t bad = 0, w, x;
@@ -1480,14 +1480,14 @@ static bool fast_plain(const unsigned char *s, size_t n)
  * After whitespace, a string without escapes into *str, *len (pointing
  * into the body).
  */
-static bool fast_string(struct fast_scan *s, const char **str, size_t *len)
+static bool jscan_string(struct jscan *s, const char **str, size_t *len)
 {
 	const char *q;
 
-	if (!fast_char(s, '"'))
+	if (!jscan_char(s, '"'))
 		return false;
 	q = memchr(s->p, '"', (size_t)(s->end - s->p));
-	if (q == NULL || !fast_plain((const unsigned char *)s->p, (size_t)(q - s->p)))
+	if (q == NULL || !jscan_plain((const unsigned char *)s->p, (size_t)(q - s->p)))
 		return false;
 	*str = s->p;
 	*len = (size_t)(q - s->p);
@@ -1496,13 +1496,13 @@ static bool fast_string(struct fast_scan *s, const char **str, size_t *len)
 }
 
 /* A key and its ':'. */
-static bool fast_key(struct fast_scan *s, const char **key, size_t *len)
+static bool jscan_key(struct jscan *s, const char **key, size_t *len)
 {
-	return fast_string(s, key, len) && fast_char(s, ':');
+	return jscan_string(s, key, len) && jscan_char(s, ':');
 }
 
 /* key[0..len) is the NUL-terminated word. */
-static bool key_is(const char *key, size_t len, const char *word)
+static bool jscan_key_is(const char *key, size_t len, const char *word)
 {
 	return strlen(word) == len && memcmp(key, word, len) == 0;
 }
@@ -1519,14 +1519,14 @@ static bool is_digit(char c)
  * *is_int and *i; another token sets *d from strtod(). An integer out of
  * range, or a real that overflows, is a syntax error to jansson: give up.
  */
-static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i, double *d)
+static bool jscan_number(struct jscan *s, bool *is_int, int64_t *i, double *d)
 {
 	const char *t, *p;
-	char text[FAST_NUMBER_MAX + 1];
+	char text[JSCAN_NUMBER_MAX + 1];
 	uint64_t u = 0, lim;
 	bool neg;
 
-	fast_ws(s);
+	jscan_ws(s);
 	t = p = s->p;
 	neg = p < s->end && *p == '-';
 	if (neg)
@@ -1575,7 +1575,7 @@ static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i, double *d
 		while (p < s->end && is_digit(*p))
 			p++;
 	}
-	if ((size_t)(p - t) > FAST_NUMBER_MAX)
+	if ((size_t)(p - t) > JSCAN_NUMBER_MAX)
 		return false;
 	memcpy(text, t, (size_t)(p - t));
 	text[p - t] = '\0';
@@ -1589,16 +1589,16 @@ static bool fast_number(struct fast_scan *s, bool *is_int, int64_t *i, double *d
 }
 
 /* After whitespace, an integer token (step, seq, count). */
-static bool fast_int(struct fast_scan *s, int64_t *out)
+static bool jscan_int(struct jscan *s, int64_t *out)
 {
 	bool is_int;
 	double d;
 
-	return fast_number(s, &is_int, out, &d) && is_int;
+	return jscan_number(s, &is_int, out, &d) && is_int;
 }
 
 /* A number array, its '[' read, into s->vals and *a. */
-static bool fast_numbers(struct fast_scan *s, struct src_array *a)
+static bool json_scan_numbers(struct jscan *s, struct src_array *a)
 {
 	bool more = true, is_int;
 	int64_t i;
@@ -1607,13 +1607,13 @@ static bool fast_numbers(struct fast_scan *s, struct src_array *a)
 	a->kind = SRC_DOUBLES;
 	a->at = s->n_vals;
 	a->n = 0;
-	fast_ws(s);
+	jscan_ws(s);
 	if (s->p < s->end && *s->p == ']') {
 		s->p++;
 		return true;
 	}
 	while (more) {
-		if (!fast_number(s, &is_int, &i, &d))
+		if (!jscan_number(s, &is_int, &i, &d))
 			return false;
 		if (s->n_vals == s->cap_vals) {
 			size_t cap = s->cap_vals ? 2 * s->cap_vals : 1024;
@@ -1627,14 +1627,14 @@ static bool fast_numbers(struct fast_scan *s, struct src_array *a)
 		}
 		s->vals[s->n_vals++] = is_int ? (double)i : d;
 		a->n++;
-		if (!fast_next(s, ']', &more))
+		if (!jscan_next(s, ']', &more))
 			return false;
 	}
 	return true;
 }
 
 /* {"dtype": "...", "b64": "..."}, its '{' read, into *a. */
-static bool fast_b64(struct fast_scan *s, struct src_array *a)
+static bool json_scan_b64(struct jscan *s, struct src_array *a)
 {
 	unsigned seen = 0;
 	bool more = true;
@@ -1645,15 +1645,15 @@ static bool fast_b64(struct fast_scan *s, struct src_array *a)
 	while (more) {
 		unsigned bit;
 
-		if (!fast_key(s, &key, &len))
+		if (!jscan_key(s, &key, &len))
 			return false;
-		if (key_is(key, len, "dtype")) {
+		if (jscan_key_is(key, len, "dtype")) {
 			bit = 1;
-			if (!fast_string(s, &a->dtype, &a->dtype_len))
+			if (!jscan_string(s, &a->dtype, &a->dtype_len))
 				return false;
-		} else if (key_is(key, len, "b64")) {
+		} else if (jscan_key_is(key, len, "b64")) {
 			bit = 2;
-			if (!fast_string(s, &a->b64, &a->b64_len))
+			if (!jscan_string(s, &a->b64, &a->b64_len))
 				return false;
 		} else {
 			return false;
@@ -1661,42 +1661,42 @@ static bool fast_b64(struct fast_scan *s, struct src_array *a)
 		if (seen & bit)
 			return false;
 		seen |= bit;
-		if (!fast_next(s, '}', &more))
+		if (!jscan_next(s, '}', &more))
 			return false;
 	}
 	return seen == 3;
 }
 
 /* One layer's object into *p. */
-static bool fast_layer(struct fast_scan *s, struct layer_plan *p)
+static bool json_scan_layer(struct jscan *s, struct layer_plan *p)
 {
 	unsigned seen = 0;
 	bool more = true;
 	const char *key;
 	size_t len, id;
 
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
 	while (more) {
-		if (!fast_key(s, &key, &len))
+		if (!jscan_key(s, &key, &len))
 			return false;
-		if (key_is(key, len, "count")) {
+		if (jscan_key_is(key, len, "count")) {
 			id = ARR_N;
-			if (!fast_int(s, &p->count))
+			if (!jscan_int(s, &p->count))
 				return false;
 			p->has_count = true;
 		} else {
 			for (id = 0; id < ARR_N; id++)
-				if (key_is(key, len, arr_key[id]))
+				if (jscan_key_is(key, len, arr_key[id]))
 					break;
 			if (id == ARR_N)
 				return false;
-			if (fast_char(s, '[')) {
-				if (!fast_numbers(s, &p->src[id]))
+			if (jscan_char(s, '[')) {
+				if (!json_scan_numbers(s, &p->src[id]))
 					return false;
 			} else if (s->p < s->end && *s->p == '{') {
 				s->p++;
-				if (!fast_b64(s, &p->src[id]))
+				if (!json_scan_b64(s, &p->src[id]))
 					return false;
 			} else {
 				return false;
@@ -1705,20 +1705,20 @@ static bool fast_layer(struct fast_scan *s, struct layer_plan *p)
 		if (seen & 1u << id)
 			return false;
 		seen |= 1u << id;
-		if (!fast_next(s, '}', &more))
+		if (!jscan_next(s, '}', &more))
 			return false;
 	}
 	return p->has_count;
 }
 
 /* The "layers" object into s->plans. */
-static bool fast_layers(struct fast_scan *s)
+static bool json_scan_layers(struct jscan *s)
 {
 	bool more = true;
 
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
-	fast_ws(s);
+	jscan_ws(s);
 	if (s->p < s->end && *s->p == '}') {
 		s->p++;
 		return true;
@@ -1740,8 +1740,8 @@ static bool fast_layers(struct fast_scan *s)
 		p = &s->plans[s->n_plans++];
 		memset(p, 0, sizeof(*p));
 		p->prefix = "layers.";
-		if (!fast_key(s, &p->name, &p->name_len) || !fast_layer(s, p) ||
-		    !fast_next(s, '}', &more))
+		if (!jscan_key(s, &p->name, &p->name_len) || !json_scan_layer(s, p) ||
+		    !jscan_next(s, '}', &more))
 			return false;
 	}
 	return true;
@@ -1751,8 +1751,8 @@ static bool fast_layers(struct fast_scan *s)
  * The whole body: the top-level object into the identity strings and
  * integers and s->plans, then nothing but whitespace.
  */
-static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS], size_t str_len[FK_LAYERS],
-		      int64_t ints[2], unsigned *seen)
+static bool json_scan_body(struct jscan *s, const char *str[JK_LAYERS], size_t str_len[JK_LAYERS],
+			   int64_t ints[2], unsigned *seen)
 {
 	bool more = true;
 	const char *key;
@@ -1763,30 +1763,30 @@ static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS], size_t st
 	};
 
 	*seen = 0;
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
 	while (more) {
-		if (!fast_key(s, &key, &len))
+		if (!jscan_key(s, &key, &len))
 			return false;
-		for (k = 0; k <= FK_LAYERS; k++)
-			if (key_is(key, len, keys[k]))
+		for (k = 0; k <= JK_LAYERS; k++)
+			if (jscan_key_is(key, len, keys[k]))
 				break;
-		if (k > FK_LAYERS || (*seen & 1u << k))
+		if (k > JK_LAYERS || (*seen & 1u << k))
 			return false;
 		*seen |= 1u << k;
-		if (k == FK_STEP || k == FK_SEQ) {
-			if (!fast_int(s, &ints[k - FK_STEP]))
+		if (k == JK_STEP || k == JK_SEQ) {
+			if (!jscan_int(s, &ints[k - JK_STEP]))
 				return false;
-		} else if (k == FK_LAYERS) {
-			if (!fast_layers(s))
+		} else if (k == JK_LAYERS) {
+			if (!json_scan_layers(s))
 				return false;
-		} else if (!fast_string(s, &str[k], &str_len[k])) {
+		} else if (!jscan_string(s, &str[k], &str_len[k])) {
 			return false;
 		}
-		if (!fast_next(s, '}', &more))
+		if (!jscan_next(s, '}', &more))
 			return false;
 	}
-	fast_ws(s);
+	jscan_ws(s);
 	return s->p == s->end;
 }
 
@@ -1795,7 +1795,7 @@ static bool fast_body(struct fast_scan *s, const char *str[FK_LAYERS], size_t st
  * integer and the arrays well-typed already, so what is left is the
  * dtype and base64 length of each base64 array, in the same order.
  */
-static int fast_plan_layer(struct layer_plan *p, struct bn_error *err)
+static int json_scan_plan_layer(struct layer_plan *p, struct bn_error *err)
 {
 	size_t i;
 	int r;
@@ -1819,10 +1819,10 @@ static int fast_plan_layer(struct layer_plan *p, struct bn_error *err)
  * the same checks of values, in the same order, through the same
  * functions (the type checks have passed already).
  */
-static int fast_decode_doc(const char *run, struct fast_scan *s, const char *const str[FK_LAYERS],
-			   const size_t str_len[FK_LAYERS], const int64_t ints[2], unsigned seen,
-			   const struct ingest_limits *lim, struct ingest_batch **out,
-			   struct bn_error *err)
+static int json_scan_doc(const char *run, struct jscan *s, const char *const str[JK_LAYERS],
+			 const size_t str_len[JK_LAYERS], const int64_t ints[2], unsigned seen,
+			 const struct ingest_limits *lim, struct ingest_batch **out,
+			 struct bn_error *err)
 {
 	static const char *const int_keys[2] = { "step", "seq" };
 	struct ingest_batch hdr;
@@ -1830,7 +1830,7 @@ static int fast_decode_doc(const char *run, struct fast_scan *s, const char *con
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = set_name("worker", "worker", str[FK_WORKER], str_len[FK_WORKER], hdr.worker, err);
+	r = set_name("worker", "worker", str[JK_WORKER], str_len[JK_WORKER], hdr.worker, err);
 	if (r < 0)
 		return r;
 	for (i = 0; i < 2; i++) {
@@ -1840,16 +1840,16 @@ static int fast_decode_doc(const char *run, struct fast_scan *s, const char *con
 	}
 	hdr.step = ints[0];
 	hdr.seq = ints[1];
-	if (seen & 1u << FK_DOMAIN)
-		r = set_name("domain", "domain", str[FK_DOMAIN], str_len[FK_DOMAIN], hdr.domain,
+	if (seen & 1u << JK_DOMAIN)
+		r = set_name("domain", "domain", str[JK_DOMAIN], str_len[JK_DOMAIN], hdr.domain,
 			     err);
 	else
 		snprintf(hdr.domain, sizeof(hdr.domain), "%s", "default");
 	if (r < 0)
 		return r;
 	hdr.var_kind = STATS_VAR_UNBIASED;
-	if (seen & 1u << FK_VAR_KIND) {
-		r = set_var_kind("var_kind", str[FK_VAR_KIND], str_len[FK_VAR_KIND], &hdr.var_kind,
+	if (seen & 1u << JK_VAR_KIND) {
+		r = set_var_kind("var_kind", str[JK_VAR_KIND], str_len[JK_VAR_KIND], &hdr.var_kind,
 				 err);
 		if (r < 0)
 			return r;
@@ -1858,7 +1858,7 @@ static int fast_decode_doc(const char *run, struct fast_scan *s, const char *con
 	r = check_layer_count(s->n_plans, lim, "layers", err);
 	if (r < 0)
 		return r;
-	return build_batch(&hdr, s->plans, s->n_plans, fast_plan_layer, lim, out, err);
+	return build_batch(&hdr, s->plans, s->n_plans, json_scan_plan_layer, lim, out, err);
 }
 
 /*
@@ -1866,16 +1866,16 @@ static int fast_decode_doc(const char *run, struct fast_scan *s, const char *con
  * INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a body it
  * leaves to jansson.
  */
-static int json_decode_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err)
+static int json_decode_jscan(const char *run, const char *body, size_t len,
+			     const struct ingest_limits *limits, struct ingest_batch **out,
+			     struct bn_error *err)
 {
-	struct fast_scan s;
-	const char *str[FK_LAYERS] = { NULL };
-	size_t str_len[FK_LAYERS] = { 0 }, i, j;
+	struct jscan s;
+	const char *str[JK_LAYERS] = { NULL };
+	size_t str_len[JK_LAYERS] = { 0 }, i, j;
 	int64_t ints[2] = { 0, 0 };
 	unsigned seen;
-	const unsigned need = 1u << FK_WORKER | 1u << FK_STEP | 1u << FK_SEQ | 1u << FK_LAYERS;
+	const unsigned need = 1u << JK_WORKER | 1u << JK_STEP | 1u << JK_SEQ | 1u << JK_LAYERS;
 	int r = INGEST_NOT_HANDLED;
 
 	if (body == NULL)
@@ -1884,7 +1884,7 @@ static int json_decode_fast(const char *run, const char *body, size_t len,
 	s.p = body;
 	s.end = body + len;
 	s.max_plans = limits->max_layers;
-	if (!fast_body(&s, str, str_len, ints, &seen) || (seen & need) != need)
+	if (!json_scan_body(&s, str, str_len, ints, &seen) || (seen & need) != need)
 		goto done;
 	/* duplicate layer names: jansson's JSON_REJECT_DUPLICATES */
 	if (s.n_plans > 1)
@@ -1897,7 +1897,7 @@ static int json_decode_fast(const char *run, const char *body, size_t len,
 		for (j = 0; j < ARR_N; j++)
 			if (s.plans[i].src[j].kind == SRC_DOUBLES)
 				s.plans[i].src[j].dbl = s.vals + s.plans[i].src[j].at;
-	r = fast_decode_doc(run, &s, str, str_len, ints, seen, limits, out, err);
+	r = json_scan_doc(run, &s, str, str_len, ints, seen, limits, out, err);
 done:
 	free(s.plans);
 	free(s.vals);
@@ -1905,7 +1905,7 @@ done:
 }
 
 /* Which readers an entry point may use: the fast scanner, jansson, or both in turn. */
-enum decode_paths { PATH_FAST = 1, PATH_JANSSON = 2, PATH_BOTH = PATH_FAST | PATH_JANSSON };
+enum decode_paths { PATH_JSCAN = 1, PATH_JANSSON = 2, PATH_BOTH = PATH_JSCAN | PATH_JANSSON };
 
 static int json_decode(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
@@ -1916,18 +1916,18 @@ static int json_decode(const char *run, const char *body, size_t len,
 	if (r < 0)
 		return r;
 	r = INGEST_NOT_HANDLED;
-	if (paths & PATH_FAST)
-		r = json_decode_fast(run, body, len, limits, out, err);
+	if (paths & PATH_JSCAN)
+		r = json_decode_jscan(run, body, len, limits, out, err);
 	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
 		r = json_decode_jansson(run, body, len, limits, out, err);
 	return r;
 }
 
-int ingest_decode_json_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err)
+int ingest_decode_json_jscan(const char *run, const char *body, size_t len,
+			     const struct ingest_limits *limits, struct ingest_batch **out,
+			     struct bn_error *err)
 {
-	return json_decode(run, body, len, limits, out, err, PATH_FAST);
+	return json_decode(run, body, len, limits, out, err, PATH_JSCAN);
 }
 
 int ingest_decode_json_jansson(const char *run, const char *body, size_t len,
@@ -1974,7 +1974,7 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
  * One tensor of the header. Either front end fills in the key; the
  * jansson one sets info, and safet_check_tensor() type-checks it and reads
  * dtype, rank, dim and off from it as it goes. The fast scanner
- * (safet_decode_fast()) leaves info NULL and fills those in itself, having
+ * (safet_decode_jscan()) leaves info NULL and fills those in itself, having
  * accepted only well-typed tensors. The checks of values are then the
  * same for both.
  */
@@ -2515,8 +2515,8 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
 /*
  * As for the JSON form, jansson is most of the cost of a safetensors
  * upload: its header is a few hundred small objects. The fast path scans
- * a copy of the header with the JSON fast path's primitives (fast_ws(),
- * fast_string(), fast_int(), ...), for exactly the usual shape:
+ * a copy of the header with the JSON fast path's primitives (jscan_ws(),
+ * jscan_string(), jscan_int(), ...), for exactly the usual shape:
  *
  *   {"__metadata__": {"worker": "...", "step": "...", ...},
  *    "<tensor>": {"dtype": "...", "shape": [], "data_offsets": [b, e]},
@@ -2543,17 +2543,17 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
 /* The keys of the metadata, in the order of meta_keys. */
 enum safet_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
 
-/* fast_string(), the string then NUL-terminated in place (buf is s's). */
-static bool safet_fast_string(struct fast_scan *s, char *buf, const char **str, size_t *len)
+/* jscan_string(), the string then NUL-terminated in place (buf is s's). */
+static bool safet_scan_string(struct jscan *s, char *buf, const char **str, size_t *len)
 {
-	if (!fast_string(s, str, len))
+	if (!jscan_string(s, str, len))
 		return false;
 	buf[*str + *len - buf] = '\0';
 	return true;
 }
 
 /* The metadata object into str[], len[] (the keys seen in *seen). */
-static bool safet_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
+static bool safet_scan_meta(struct jscan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
 			    unsigned *seen)
 {
 	bool more = true;
@@ -2562,65 +2562,65 @@ static bool safet_fast_meta(struct fast_scan *s, char *buf, const char *str[SM_N
 	unsigned k;
 
 	*seen = 0;
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
 	while (more) {
-		if (!fast_key(s, &key, &key_len))
+		if (!jscan_key(s, &key, &key_len))
 			return false;
 		for (k = 0; k < SM_N; k++)
-			if (key_is(key, key_len, meta_keys[k]))
+			if (jscan_key_is(key, key_len, meta_keys[k]))
 				break;
 		if (k == SM_N || (*seen & 1u << k))
 			return false;
 		*seen |= 1u << k;
-		if (!safet_fast_string(s, buf, &str[k], &len[k]) || !fast_next(s, '}', &more))
+		if (!safet_scan_string(s, buf, &str[k], &len[k]) || !jscan_next(s, '}', &more))
 			return false;
 	}
 	return true;
 }
 
 /* After whitespace, an integer >= 0. */
-static bool safet_fast_uint(struct fast_scan *s, int64_t *out)
+static bool safet_scan_uint(struct jscan *s, int64_t *out)
 {
-	return fast_int(s, out) && *out >= 0;
+	return jscan_int(s, out) && *out >= 0;
 }
 
 /* One tensor's object (its '{' not yet read) into *t. */
-static bool safet_fast_tensor(struct fast_scan *s, char *buf, struct safet_tensor *t)
+static bool safet_scan_tensor(struct jscan *s, char *buf, struct safet_tensor *t)
 {
 	unsigned seen = 0, bit;
 	bool more = true;
 	const char *key;
 	size_t len;
 
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
 	while (more) {
-		if (!fast_key(s, &key, &len))
+		if (!jscan_key(s, &key, &len))
 			return false;
-		if (key_is(key, len, "dtype")) {
+		if (jscan_key_is(key, len, "dtype")) {
 			bit = 1;
-			if (!safet_fast_string(s, buf, &t->dtype, &t->dtype_len))
+			if (!safet_scan_string(s, buf, &t->dtype, &t->dtype_len))
 				return false;
-		} else if (key_is(key, len, "shape")) {
+		} else if (jscan_key_is(key, len, "shape")) {
 			bit = 2;
-			if (!fast_char(s, '['))
+			if (!jscan_char(s, '['))
 				return false;
-			fast_ws(s);
+			jscan_ws(s);
 			t->dim = 1;
 			if (s->p < s->end && *s->p == ']') {
 				s->p++;
 				t->rank = 0;
-			} else if (safet_fast_uint(s, &t->dim) && fast_char(s, ']')) {
+			} else if (safet_scan_uint(s, &t->dim) && jscan_char(s, ']')) {
 				t->rank = 1;
 			} else {
 				return false;
 			}
-		} else if (key_is(key, len, "data_offsets")) {
+		} else if (jscan_key_is(key, len, "data_offsets")) {
 			bit = 4;
-			if (!fast_char(s, '[') || !safet_fast_uint(s, &t->off[0]) ||
-			    !fast_char(s, ',') || !safet_fast_uint(s, &t->off[1]) ||
-			    !fast_char(s, ']'))
+			if (!jscan_char(s, '[') || !safet_scan_uint(s, &t->off[0]) ||
+			    !jscan_char(s, ',') || !safet_scan_uint(s, &t->off[1]) ||
+			    !jscan_char(s, ']'))
 				return false;
 		} else {
 			return false;
@@ -2628,7 +2628,7 @@ static bool safet_fast_tensor(struct fast_scan *s, char *buf, struct safet_tenso
 		if (seen & bit)
 			return false;
 		seen |= bit;
-		if (!fast_next(s, '}', &more))
+		if (!jscan_next(s, '}', &more))
 			return false;
 	}
 	return seen == 7;
@@ -2639,23 +2639,23 @@ static bool safet_fast_tensor(struct fast_scan *s, char *buf, struct safet_tenso
  * and *ts, *n (tensors, realloc()ed; *ts NULL to start with), then nothing
  * but whitespace. More than max_tensors tensors: give up.
  */
-static bool safet_fast_header(struct fast_scan *s, char *buf, const char *str[SM_N],
-			      size_t len[SM_N], unsigned *seen, struct safet_tensor **ts, size_t *n,
+static bool safet_scan_header(struct jscan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
+			      unsigned *seen, struct safet_tensor **ts, size_t *n,
 			      size_t max_tensors)
 {
 	bool more = true, meta = false;
 	size_t cap = 0;
 
-	if (!fast_char(s, '{'))
+	if (!jscan_char(s, '{'))
 		return false;
 	while (more) {
 		const char *key;
 		size_t key_len;
 
-		if (!safet_fast_string(s, buf, &key, &key_len) || !fast_char(s, ':'))
+		if (!safet_scan_string(s, buf, &key, &key_len) || !jscan_char(s, ':'))
 			return false;
-		if (key_is(key, key_len, SAFET_META)) {
-			if (meta || !safet_fast_meta(s, buf, str, len, seen))
+		if (jscan_key_is(key, key_len, SAFET_META)) {
+			if (meta || !safet_scan_meta(s, buf, str, len, seen))
 				return false;
 			meta = true;
 		} else {
@@ -2676,13 +2676,13 @@ static bool safet_fast_header(struct fast_scan *s, char *buf, const char *str[SM
 			memset(t, 0, sizeof(*t));
 			t->key = key;
 			t->key_len = key_len;
-			if (!safet_fast_tensor(s, buf, t))
+			if (!safet_scan_tensor(s, buf, t))
 				return false;
 		}
-		if (!fast_next(s, '}', &more))
+		if (!jscan_next(s, '}', &more))
 			return false;
 	}
-	fast_ws(s);
+	jscan_ws(s);
 	return meta && s->p == s->end;
 }
 
@@ -2691,7 +2691,7 @@ static bool safet_fast_header(struct fast_scan *s, char *buf, const char *str[SM
  * values, worker, step and seq present): the same checks of values, in
  * the same order, with the same paths.
  */
-static int safet_fast_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
+static int safet_scan_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
 			       struct ingest_batch *hdr, struct bn_error *err)
 {
 	char path[SHOW_MAX + 32];
@@ -2726,12 +2726,12 @@ static int safet_fast_identity(const char *const str[SM_N], const size_t len[SM_
  * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
  * header it leaves to jansson.
  */
-static int safet_decode_fast(const char *run, const uint8_t *body, size_t len, size_t hlen,
-			     const struct ingest_limits *lim, struct ingest_batch **out,
-			     struct bn_error *err)
+static int safet_decode_jscan(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			      const struct ingest_limits *lim, struct ingest_batch **out,
+			      struct bn_error *err)
 {
 	const unsigned need = 1u << SM_WORKER | 1u << SM_STEP | 1u << SM_SEQ;
-	struct fast_scan s;
+	struct jscan s;
 	struct ingest_batch hdr;
 	struct safet_tensor *ts = NULL;
 	const char *str[SM_N] = { NULL };
@@ -2751,7 +2751,7 @@ static int safet_decode_fast(const char *run, const uint8_t *body, size_t len, s
 	memset(&s, 0, sizeof(s));
 	s.p = buf;
 	s.end = buf + hlen;
-	if (!safet_fast_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
+	if (!safet_scan_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
 	    (seen & need) != need || n == 0)
 		goto done;
 	/* duplicate tensor names: jansson's JSON_REJECT_DUPLICATES */
@@ -2762,7 +2762,7 @@ static int safet_decode_fast(const char *run, const uint8_t *body, size_t len, s
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = safet_fast_identity(str, str_len, seen, &hdr, err);
+	r = safet_scan_identity(str, str_len, seen, &hdr, err);
 	if (r == 0)
 		r = safet_decode_tensors(&hdr, ts, n, body + 8 + hlen, len - 8 - hlen, lim, out,
 					 err);
@@ -2784,18 +2784,18 @@ static int safet_decode(const char *run, const uint8_t *body, size_t len,
 	if (r < 0)
 		return r;
 	r = INGEST_NOT_HANDLED;
-	if (paths & PATH_FAST)
-		r = safet_decode_fast(run, body, len, hlen, limits, out, err);
+	if (paths & PATH_JSCAN)
+		r = safet_decode_jscan(run, body, len, hlen, limits, out, err);
 	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
 		r = safet_decode_jansson(run, body, len, hlen, limits, out, err);
 	return r;
 }
 
-int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
-				   const struct ingest_limits *limits, struct ingest_batch **out,
-				   struct bn_error *err)
+int ingest_decode_safetensors_jscan(const char *run, const uint8_t *body, size_t len,
+				    const struct ingest_limits *limits, struct ingest_batch **out,
+				    struct bn_error *err)
 {
-	return safet_decode(run, body, len, limits, out, err, PATH_FAST);
+	return safet_decode(run, body, len, limits, out, err, PATH_JSCAN);
 }
 
 int ingest_decode_safetensors_jansson(const char *run, const uint8_t *body, size_t len,

@@ -15,7 +15,7 @@
 
 #include "bnstat/ingest.h"
 
-/* What ingest_decode_json_fast() returns for a body it leaves to jansson. */
+/* What ingest_decode_json_jscan() returns for a body it leaves to jansson. */
 #define INGEST_NOT_HANDLED 1
 
 /*
@@ -24,9 +24,9 @@
  * body that it does not handle, for which ingest_decode_json() would run
  * the jansson path. A run name that is not valid is still an error.
  */
-int ingest_decode_json_fast(const char *run, const char *body, size_t len,
-			    const struct ingest_limits *limits, struct ingest_batch **out,
-			    struct bn_error *err);
+int ingest_decode_json_jscan(const char *run, const char *body, size_t len,
+			     const struct ingest_limits *limits, struct ingest_batch **out,
+			     struct bn_error *err);
 
 /*
  * ingest_decode_json() by the jansson path alone: how every body was
@@ -42,9 +42,9 @@ int ingest_decode_json_jansson(const char *run, const char *body, size_t len,
  * for a header it leaves to jansson), and jansson alone. The checks
  * before the header (run name, header length) are errors for both.
  */
-int ingest_decode_safetensors_fast(const char *run, const uint8_t *body, size_t len,
-				   const struct ingest_limits *limits, struct ingest_batch **out,
-				   struct bn_error *err);
+int ingest_decode_safetensors_jscan(const char *run, const uint8_t *body, size_t len,
+				    const struct ingest_limits *limits, struct ingest_batch **out,
+				    struct bn_error *err);
 
 int ingest_decode_safetensors_jansson(const char *run, const uint8_t *body, size_t len,
 				      const struct ingest_limits *limits, struct ingest_batch **out,

@@ -1050,7 +1050,7 @@ static int st_decode(const unsigned char *body, size_t len, const struct ingest_
 	bn_error_clear(&es);
 	bn_error_clear(&ef);
 	rs = ingest_decode_safetensors_jansson("r1", copy + 1, len, lim, &bs, &es);
-	rf = ingest_decode_safetensors_fast("r1", copy + 1, len, lim, &bf, &ef);
+	rf = ingest_decode_safetensors_jscan("r1", copy + 1, len, lim, &bf, &ef);
 	r = ingest_decode_safetensors("r1", copy + 1, len, lim, b, err);
 	if (rf == INGEST_NOT_HANDLED) {
 		ck_assert_ptr_null(bf);
@@ -2221,7 +2221,7 @@ static enum fast_outcome same_both_ways(const char *body, size_t len,
 	bn_error_clear(&ef);
 	bn_error_clear(&ec);
 	rs = ingest_decode_json_jansson("r1", copy, len, lim, &bs, &es);
-	rf = ingest_decode_json_fast("r1", copy, len, lim, &bf, &ef);
+	rf = ingest_decode_json_jscan("r1", copy, len, lim, &bf, &ef);
 	rc = ingest_decode_json("r1", copy, len, lim, &bc, &ec);
 	if (rs != 0)
 		ck_assert_int_eq(rs, -EINVAL);
