@@ -23,7 +23,7 @@
  * reported does not depend on the order of the upload.
  *
  * Error paths and messages can echo client-supplied names; they go through
- * show(), which keeps them printable ASCII and bounded, because the HTTP
+ * ingest_show(), which keeps them printable ASCII and bounded, because the HTTP
  * layer puts them into a JSON reply and the log puts them on a line.
  */
 #include "bnstat/ingest.h"
@@ -41,84 +41,6 @@
 
 /* Largest count accepted: counts must stay exact as doubles. */
 #define COUNT_MAX ((int64_t)1 << 53)
-
-/* How much of an unknown key or an invalid name is echoed in an error. */
-#define SHOW_MAX 64
-
-/* ------------------------------------------------------------------ */
-/* names */
-
-static bool name_char(unsigned char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       c == '.' || c == '_' || c == '-';
-}
-
-/* s[0..len) is 1..max characters of [A-Za-z0-9._-]. */
-static bool name_valid_n(const char *s, size_t len, size_t max)
-{
-	size_t i;
-
-	if (len == 0 || len > max)
-		return false;
-	for (i = 0; i < len; i++)
-		if (!name_char((unsigned char)s[i]))
-			return false;
-	return true;
-}
-
-/* Length of s, but stop counting past max (s may be very long). */
-static size_t bounded_len(const char *s, size_t max)
-{
-	size_t n = 0;
-
-	while (n <= max && s[n] != '\0')
-		n++;
-	return n;
-}
-
-bool ingest_name_valid(const char *s)
-{
-	return s != NULL && name_valid_n(s, bounded_len(s, INGEST_NAME_MAX), INGEST_NAME_MAX);
-}
-
-bool ingest_layer_name_valid(const char *s)
-{
-	return s != NULL &&
-	       name_valid_n(s, bounded_len(s, INGEST_LAYER_NAME_MAX), INGEST_LAYER_NAME_MAX);
-}
-
-/*
- * Copy s[0..len) into dst (of dstsize >= 8 bytes) for an error path or
- * message: at most max bytes, '...' when cut, and any byte outside
- * printable ASCII replaced by '?'. Cutting UTF-8 in the middle of a
- * character would make the reply unencodable as JSON, and control
- * characters would break log lines.
- */
-static const char *show(char *dst, size_t dstsize, const char *s, size_t len, size_t max)
-{
-	size_t i, n = len;
-	bool cut = false;
-
-	if (n > max) {
-		n = max;
-		cut = true;
-	}
-	if (n > dstsize - 4) {
-		n = dstsize - 4;
-		cut = true;
-	}
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		dst[i] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-	}
-	if (cut) {
-		memcpy(dst + n, "...", 3);
-		n += 3;
-	}
-	dst[n] = '\0';
-	return dst;
-}
 
 /* ------------------------------------------------------------------ */
 /* base64 */
@@ -531,17 +453,17 @@ static int error_v(struct bn_error *err, int status, const char *code, const cha
 static void layer_path(char *path, size_t size, const struct layer_plan *p, const char *field,
 		       const char *sub, long index)
 {
-	char name[INGEST_LAYER_NAME_MAX + 4], key[SHOW_MAX + 4];
+	char name[INGEST_LAYER_NAME_MAX + 4], key[INGEST_SHOW_MAX + 4];
 	int n;
 
-	show(name, sizeof(name), p->name, p->name_len, INGEST_LAYER_NAME_MAX);
+	ingest_show(name, sizeof(name), p->name, p->name_len, INGEST_LAYER_NAME_MAX);
 	n = snprintf(path, size, "%s%s", p->prefix, name);
 	if (field != NULL && n >= 0 && (size_t)n < size)
 		n += snprintf(path + n, size - (size_t)n, ".%s",
-			      show(key, sizeof(key), field, strlen(field), SHOW_MAX));
+			      ingest_show(key, sizeof(key), field, strlen(field), INGEST_SHOW_MAX));
 	if (sub != NULL && n >= 0 && (size_t)n < size)
 		n += snprintf(path + n, size - (size_t)n, ".%s",
-			      show(key, sizeof(key), sub, strlen(sub), SHOW_MAX));
+			      ingest_show(key, sizeof(key), sub, strlen(sub), INGEST_SHOW_MAX));
 	if (index >= 0 && n >= 0 && (size_t)n < size)
 		snprintf(path + n, size - (size_t)n, "[%ld]", index);
 }
@@ -780,21 +702,11 @@ static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst, s
 	return 0;
 }
 
-/* strcmp() order of a[0..alen) and b[0..blen), which hold no NUL. */
-static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-
-	if (c != 0)
-		return c;
-	return (alen > blen) - (alen < blen);
-}
-
 static int plan_cmp(const void *a, const void *b)
 {
 	const struct layer_plan *x = a, *y = b;
 
-	return name_cmp(x->name, x->name_len, y->name, y->name_len);
+	return ingest_name_cmp(x->name, x->name_len, y->name, y->name_len);
 }
 
 static size_t align_up(size_t n, size_t a)
@@ -845,7 +757,7 @@ static int build_batch(const struct ingest_batch *hdr, struct layer_plan *plans,
 		struct layer_plan *p = &plans[i];
 		size_t arrays;
 
-		if (!name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
+		if (!ingest_name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
 			return layer_error(err, 422, BN_E_INVALID, p, NULL, NULL, -1,
 					   "layer name must match "
 					   "[A-Za-z0-9._-]{1,%d}",
@@ -942,13 +854,14 @@ static const struct ident_form meta_form = { SAFET_META ".", meta_keys,
 					     sizeof(meta_keys) / sizeof(*meta_keys),
 					     "worker, step, seq, domain, var_kind, format", true };
 
-/* "<prefix><key>" into dst (of size > SHOW_MAX + strlen(prefix) + 4). */
+/* "<prefix><key>" into dst (of size > INGEST_SHOW_MAX + strlen(prefix) + 4). */
 static const char *key_path(char *dst, size_t size, const struct ident_form *f, const char *key,
 			    size_t len)
 {
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 
-	snprintf(dst, size, "%s%s", f->prefix, show(shown, sizeof(shown), key, len, SHOW_MAX));
+	snprintf(dst, size, "%s%s", f->prefix,
+		 ingest_show(shown, sizeof(shown), key, len, INGEST_SHOW_MAX));
 	return dst;
 }
 
@@ -959,12 +872,13 @@ static const char *key_path(char *dst, size_t size, const struct ident_form *f, 
 static int set_name(const char *key, const char *path, const char *s, size_t len, char *dst,
 		    struct bn_error *err)
 {
-	if (!name_valid_n(s, len, INGEST_NAME_MAX)) {
-		char shown[SHOW_MAX + 4];
+	if (!ingest_name_valid_n(s, len, INGEST_NAME_MAX)) {
+		char shown[INGEST_SHOW_MAX + 4];
 
 		return bn_error_set(err, 422, BN_E_INVALID, path,
 				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}", key,
-				    show(shown, sizeof(shown), s, len, SHOW_MAX), INGEST_NAME_MAX);
+				    ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX),
+				    INGEST_NAME_MAX);
 	}
 	memcpy(dst, s, len);
 	dst[len] = '\0';
@@ -978,7 +892,7 @@ static int set_name(const char *key, const char *path, const char *s, size_t len
 static int set_var_kind(const char *path, const char *s, size_t len, enum stats_var_kind *kind,
 			struct bn_error *err)
 {
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 
 	if (len == 6 && memcmp(s, "biased", 6) == 0)
 		*kind = STATS_VAR_BIASED;
@@ -988,7 +902,7 @@ static int set_var_kind(const char *path, const char *s, size_t len, enum stats_
 		return bn_error_set(err, 422, BN_E_INVALID, path,
 				    "var_kind \"%s\" is not \"unbiased\" or "
 				    "\"biased\"",
-				    show(shown, sizeof(shown), s, len, SHOW_MAX));
+				    ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX));
 	return 0;
 }
 
@@ -1019,11 +933,11 @@ static int get_name(const json_t *obj, const char *key, const char *path, bool r
 static int set_decimal(const char *key, const char *path, const char *s, size_t len, int64_t *out,
 		       struct bn_error *err)
 {
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 	size_t i;
 	uint64_t x = 0;
 
-	show(shown, sizeof(shown), s, len, SHOW_MAX);
+	ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX);
 	for (i = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++)
 		;
 	if (len == 0 || i < len || (len > 1 && s[0] == '0'))
@@ -1064,7 +978,7 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 {
 	static const char *const int_keys[2] = { "step", "seq" };
 	int64_t *ints[2] = { &hdr->step, &hdr->seq };
-	char path[SHOW_MAX + 32], shown[SHOW_MAX + 4];
+	char path[INGEST_SHOW_MAX + 32], shown[INGEST_SHOW_MAX + 4];
 	const json_t *v;
 	const char *k;
 	int r, i;
@@ -1072,11 +986,12 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 	json_object_foreach((json_t *)obj, k, v)
 	{
 		if (!key_known(k, f->keys, f->n_keys))
-			return bn_error_set(err, 422, BN_E_INVALID,
-					    key_path(path, sizeof(path), f, k, strlen(k)),
-					    "unknown key \"%s\" (expected %s)",
-					    show(shown, sizeof(shown), k, strlen(k), SHOW_MAX),
-					    f->expected);
+			return bn_error_set(
+				err, 422, BN_E_INVALID,
+				key_path(path, sizeof(path), f, k, strlen(k)),
+				"unknown key \"%s\" (expected %s)",
+				ingest_show(shown, sizeof(shown), k, strlen(k), INGEST_SHOW_MAX),
+				f->expected);
 	}
 
 	r = get_name(obj, "worker", key_path(path, sizeof(path), f, "worker", 6), true, NULL,
@@ -1122,17 +1037,18 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 static int decode_start(const char *run, const struct ingest_limits **limits,
 			struct ingest_batch **out, struct bn_error *err)
 {
-	size_t run_len = run ? bounded_len(run, INGEST_NAME_MAX) : 0;
-	char shown[SHOW_MAX + 4];
+	size_t run_len = run ? ingest_name_len(run, INGEST_NAME_MAX) : 0;
+	char shown[INGEST_SHOW_MAX + 4];
 
 	*out = NULL;
 	if (*limits == NULL)
 		*limits = &default_limits;
-	if (name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX))
+	if (ingest_name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX))
 		return 0;
 	return bn_error_set(
 		err, 422, BN_E_INVALID, "run", "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-		show(shown, sizeof(shown), run ? run : "", run_len, SHOW_MAX), INGEST_NAME_MAX);
+		ingest_show(shown, sizeof(shown), run ? run : "", run_len, INGEST_SHOW_MAX),
+		INGEST_NAME_MAX);
 }
 
 /*
@@ -1155,7 +1071,7 @@ static int parse_json(const char *text, size_t len, const char *path, const char
 		return -ENOMEM;
 	}
 	/* jansson quotes the offending input, which may be binary */
-	show(shown, sizeof(shown), jerr.text, strlen(jerr.text), JSON_ERROR_TEXT_LENGTH);
+	ingest_show(shown, sizeof(shown), jerr.text, strlen(jerr.text), JSON_ERROR_TEXT_LENGTH);
 	return bn_error_set(err, 400, BN_E_MALFORMED, path,
 			    "malformed %s at line %d, column %d: %s", what, jerr.line, jerr.column,
 			    shown);
@@ -1172,7 +1088,7 @@ static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s, size_
 		      struct bn_error *err)
 {
 	struct src_array *a = &p->src[id];
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 
 	if (len == 3 && memcmp(s, "f32", 3) == 0)
 		a->esize = 4;
@@ -1182,7 +1098,7 @@ static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s, size_
 		return layer_error(err, 422, BN_E_INVALID, p, arr_key[id], "dtype", -1,
 				   "unknown dtype \"%s\" (expected \"f32\" or "
 				   "\"f64\")",
-				   show(shown, sizeof(shown), s, len, SHOW_MAX));
+				   ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX));
 	return 0;
 }
 
@@ -2002,7 +1918,8 @@ static const char *safet_field_name(unsigned field)
 /* The error path of tensor t: its name, bounded and printable. */
 static const char *safet_path(char *dst, size_t size, const struct safet_tensor *t)
 {
-	return show(dst, size, t->key, t->key_len, INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
+	return ingest_show(dst, size, t->key, t->key_len,
+			   INGEST_LAYER_NAME_MAX + sizeof(".ema_mean"));
 }
 
 /* bn_error_set() for tensor t. */
@@ -2048,7 +1965,7 @@ static int safet_uint(const struct safet_tensor *t, const json_t *arr, const cha
 /* t's name into layer and field. */
 static int safet_check_name(struct safet_tensor *t, struct bn_error *err)
 {
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 	const char *field;
 	size_t dot;
 
@@ -2066,8 +1983,9 @@ static int safet_check_name(struct safet_tensor *t, struct bn_error *err)
 	if (t->field > SAFET_COUNT)
 		return safet_error(err, 422, BN_E_INVALID, t,
 				   "unknown field \"%s\" (expected " SAFET_FIELDS ")",
-				   show(shown, sizeof(shown), field, t->key_len - dot, SHOW_MAX));
-	if (!name_valid_n(t->key, t->layer_len, INGEST_LAYER_NAME_MAX))
+				   ingest_show(shown, sizeof(shown), field, t->key_len - dot,
+					       INGEST_SHOW_MAX));
+	if (!ingest_name_valid_n(t->key, t->layer_len, INGEST_LAYER_NAME_MAX))
 		return safet_error(err, 422, BN_E_INVALID, t,
 				   "layer name must match [A-Za-z0-9._-]{1,%d}",
 				   INGEST_LAYER_NAME_MAX);
@@ -2099,7 +2017,7 @@ static int safet_json_dtype(struct safet_tensor *t, struct bn_error *err)
 /* t->dtype into t->esize. */
 static int safet_check_dtype(struct safet_tensor *t, struct bn_error *err)
 {
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 	const char *ds = t->dtype;
 
 	/* a length of 3 and memcmp(): jansson's strings may hold a NUL */
@@ -2114,10 +2032,11 @@ static int safet_check_dtype(struct safet_tensor *t, struct bn_error *err)
 	else
 		t->esize = 0;
 	if (t->esize == 0)
-		return safet_error(err, 422, BN_E_INVALID, t, "%s must have dtype %s, not \"%s\"",
-				   safet_field_name(t->field),
-				   t->field == SAFET_COUNT ? "\"I64\"" : "\"F32\" or \"F64\"",
-				   show(shown, sizeof(shown), ds, t->dtype_len, SHOW_MAX));
+		return safet_error(
+			err, 422, BN_E_INVALID, t, "%s must have dtype %s, not \"%s\"",
+			safet_field_name(t->field),
+			t->field == SAFET_COUNT ? "\"I64\"" : "\"F32\" or \"F64\"",
+			ingest_show(shown, sizeof(shown), ds, t->dtype_len, INGEST_SHOW_MAX));
 	return 0;
 }
 
@@ -2128,7 +2047,7 @@ static int safet_check_dtype(struct safet_tensor *t, struct bn_error *err)
 static int safet_json_shape(struct safet_tensor *t, struct bn_error *err)
 {
 	static const char *const info_keys[] = { "dtype", "shape", "data_offsets" };
-	char shown[SHOW_MAX + 4];
+	char shown[INGEST_SHOW_MAX + 4];
 	const json_t *shape, *x;
 	const char *k;
 	size_t i;
@@ -2137,10 +2056,11 @@ static int safet_json_shape(struct safet_tensor *t, struct bn_error *err)
 	json_object_foreach((json_t *)t->info, k, x)
 	{
 		if (!key_known(k, info_keys, 3))
-			return safet_error(err, 422, BN_E_INVALID, t,
-					   "unknown key \"%s\" (expected dtype, "
-					   "shape, data_offsets)",
-					   show(shown, sizeof(shown), k, strlen(k), SHOW_MAX));
+			return safet_error(
+				err, 422, BN_E_INVALID, t,
+				"unknown key \"%s\" (expected dtype, "
+				"shape, data_offsets)",
+				ingest_show(shown, sizeof(shown), k, strlen(k), INGEST_SHOW_MAX));
 	}
 
 	shape = json_object_get(t->info, "shape");
@@ -2266,7 +2186,7 @@ static int safet_offset_cmp(const void *a, const void *b)
 static int safet_layer_cmp(const void *a, const void *b)
 {
 	const struct safet_tensor *x = a, *y = b;
-	int c = name_cmp(x->key, x->layer_len, y->key, y->layer_len);
+	int c = ingest_name_cmp(x->key, x->layer_len, y->key, y->layer_len);
 
 	if (c != 0)
 		return c;
@@ -2320,8 +2240,8 @@ static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint
 	int r;
 
 	for (i = 0; i < n; i++)
-		if (i == 0 ||
-		    name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key, ts[i - 1].layer_len) != 0)
+		if (i == 0 || ingest_name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key,
+					      ts[i - 1].layer_len) != 0)
 			count++;
 	r = check_layer_count(count, lim, SAFET_HEADER, err);
 	if (r < 0)
@@ -2335,7 +2255,7 @@ static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint
 		const struct safet_tensor *t = &ts[i];
 		const uint8_t *raw = data + t->begin;
 
-		if (p == NULL || name_cmp(t->key, t->layer_len, p->name, p->name_len) != 0) {
+		if (p == NULL || ingest_name_cmp(t->key, t->layer_len, p->name, p->name_len) != 0) {
 			p = p == NULL ? *plans : p + 1;
 			p->prefix = "";
 			p->name = t->key;
@@ -2694,7 +2614,7 @@ static bool safet_scan_header(struct jscan *s, char *buf, const char *str[SM_N],
 static int safet_scan_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
 			       struct ingest_batch *hdr, struct bn_error *err)
 {
-	char path[SHOW_MAX + 32];
+	char path[INGEST_SHOW_MAX + 32];
 	int r;
 
 	r = set_name("worker", key_path(path, sizeof(path), &meta_form, "worker", 6),
