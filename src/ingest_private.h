@@ -51,6 +51,28 @@ int ingest_name_cmp(const char *a, size_t alen, const char *b, size_t blen);
 const char *ingest_show(char *dst, size_t dstsize, const char *s, size_t len, size_t max);
 
 /* ------------------------------------------------------------------ */
+/* base64.c */
+
+/*
+ * The decoded size of base64 text s[0..len) with '=' padding, or
+ * (size_t)-1 when len is not a multiple of 4. Looks at the last two
+ * characters only; ingest_base64_decode() checks the others.
+ */
+size_t ingest_base64_decoded_size(const char *s, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* batch_hash.c */
+
+/*
+ * Compute b->hash over b's content (see struct ingest_batch): var_kind,
+ * n_layers, then per layer in the order of b->layers (name order) name,
+ * count, channels, whether an EMA was sent and the doubles. b stays the
+ * caller's; only b->hash is written. Changing what this computes changes
+ * stored hashes, which the store compares with those of retried uploads.
+ */
+void ingest_batch_hash(struct ingest_batch *b);
+
+/* ------------------------------------------------------------------ */
 /* the decoders one way at a time, for the tests */
 
 /* What ingest_decode_json_jscan() returns for a body it leaves to jansson. */
