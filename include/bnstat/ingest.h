@@ -16,48 +16,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bnstat/batch.h"
 #include "bnstat/error.h"
 #include "bnstat/stats.h"
-
-#define INGEST_NAME_MAX 128	  /* run, worker, domain names */
-#define INGEST_LAYER_NAME_MAX 256 /* layer (module) names */
-#define INGEST_HASH_SIZE 16
 
 struct ingest_limits {
 	size_t max_layers;   /* layers per upload */
 	size_t max_channels; /* channels per layer */
-};
-
-struct ingest_layer {
-	const char *name;   /* NUL-terminated, owned by the batch */
-	int64_t count;	    /* elements per channel, >= 0 */
-	size_t channels;    /* length of the arrays; 0 when count == 0 and no arrays were sent */
-	const double *mean; /* [channels], NULL when channels == 0 */
-	const double *var;  /* [channels], NULL when channels == 0 */
-	const double *ema_mean; /* [channels] or NULL: the worker's running_mean */
-	const double *ema_var;	/* [channels] or NULL: the worker's running_var */
-};
-
-struct ingest_batch {
-	char run[INGEST_NAME_MAX + 1];
-	char worker[INGEST_NAME_MAX + 1];
-	char domain[INGEST_NAME_MAX + 1];
-	int64_t step;
-	int64_t seq;
-	enum stats_var_kind var_kind;
-	size_t n_layers;
-	struct ingest_layer *layers; /* sorted by name (strcmp), names unique */
-	/*
-	 * Content hash over var_kind, the number of layers and, layer by
-	 * layer in name order, name, count, channels, whether an EMA was sent
-	 * and the decoded doubles (mean, var, ema; -0.0 stored as +0.0). A
-	 * count-0 layer is content too. Two uploads
-	 * of one identity are "the same content" exactly when the hashes agree,
-	 * whatever encoding (number arrays, f32/f64 base64, safetensors) they
-	 * used. Run, worker, domain, step and seq are the identity, not content,
-	 * and are not hashed.
-	 */
-	uint8_t hash[INGEST_HASH_SIZE];
 };
 
 /* Default limits (documented in docs/API.md). */
@@ -116,12 +81,6 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      const struct ingest_limits *limits, struct ingest_batch **out,
 			      struct bn_error *err);
-
-/*
- * Release a batch from ingest_decode_json() or
- * ingest_decode_safetensors(); NULL is fine.
- */
-void ingest_batch_free(struct ingest_batch *b);
 
 /*
  * Decode standard base64 (RFC 4648, with '=' padding, no whitespace) of
