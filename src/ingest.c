@@ -10,7 +10,7 @@
  * each value array is. (Each form reads its JSON with one of two front
  * ends: a fast scanner for ordinary uploads, and jansson for everything
  * else; see "the JSON form, fast path" and "the safetensors form, fast
- * path".) One back end, build_batch(), then applies the
+ * path".) One back end, ingest_build_batch(), then applies the
  * rules of the upload to the plans (check_layer()), makes a single
  * allocation for the whole batch (header, layer table, all value arrays,
  * names), converts the values straight into it (base64 decoded in place,
@@ -39,483 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Largest count accepted: counts must stay exact as doubles. */
-#define COUNT_MAX ((int64_t)1 << 53)
-
-/* ------------------------------------------------------------------ */
-/* decoded layers: what both forms produce, checked and built alike */
-
-enum arr_id { ARR_MEAN, ARR_VAR, ARR_EMA_MEAN, ARR_EMA_VAR, ARR_N };
-
-static const char *const arr_key[ARR_N] = { "mean", "var", "ema_mean", "ema_var" };
-
-/* Where the values of one array are, as found before the batch exists. */
-enum src_kind {
-	SRC_NONE,    /* not sent */
-	SRC_NUMBERS, /* a JSON array of numbers */
-	SRC_B64,     /* base64 text of little-endian f32/f64 */
-	SRC_RAW,     /* little-endian f32/f64 in a safetensors data buffer */
-	SRC_DOUBLES, /* numbers already converted by the fast JSON scanner */
-};
-
-struct src_array {
-	enum src_kind kind;
-	size_t esize;	    /* SRC_B64, SRC_RAW: 4 (f32) or 8 (f64) */
-	const json_t *json; /* SRC_NUMBERS: the array */
-	const char *b64;    /* SRC_B64 */
-	size_t b64_len;
-	const uint8_t *raw; /* SRC_RAW: at any alignment */
-	const double *dbl;  /* SRC_DOUBLES */
-	size_t at;	    /* SRC_DOUBLES: index of dbl[0] in the fast
-			       scanner's value buffer (which may still move) */
-	const char *dtype;  /* SRC_B64 from the fast scanner: the dtype text */
-	size_t dtype_len;   /* (not NUL-terminated), until plan_b64() reads it */
-	size_t n;	    /* number of values */
-};
-
-/*
- * One layer between the passes. Each form fills in the name, the count
- * and where the arrays are; check_layer() then applies the rules of the
- * upload, the same for both forms, and fill_array() reads the values.
- */
-struct layer_plan {
-	const char *prefix; /* of error paths: "layers." (JSON), "" (safetensors) */
-	const char *name;   /* name[0..name_len), not necessarily NUL-terminated */
-	size_t name_len;
-	const json_t *obj; /* JSON: the layer's object */
-	bool has_count;
-	int64_t count; /* as sent, until check_layer() has checked it */
-	size_t channels;
-	struct src_array src[ARR_N];
-};
-
 /* What a decoder given NULL limits uses. */
 static const struct ingest_limits default_limits = { INGEST_DEFAULT_MAX_LAYERS,
 						     INGEST_DEFAULT_MAX_CHANNELS };
-
-static const char *type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a real number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "a boolean";
-	case JSON_NULL:
-		return "null";
-	}
-	return "?";
-}
-
-static bool key_known(const char *key, const char *const *known, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		if (strcmp(key, known[i]) == 0)
-			return true;
-	return false;
-}
-
-/* bn_error_set() with a message already in a va_list. */
-static int error_v(struct bn_error *err, int status, const char *code, const char *path,
-		   const char *fmt, va_list ap)
-{
-	char msg[BN_ERROR_MESSAGE_MAX];
-
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	return bn_error_set(err, status, code, path, "%s", msg);
-}
-
-/*
- * Path "<prefix><name>[.<field>][.<sub>][[index]]" of something in layer
- * p. Fields and sub-keys given here may be client-supplied (unknown keys).
- */
-static void layer_path(char *path, size_t size, const struct layer_plan *p, const char *field,
-		       const char *sub, long index)
-{
-	char name[INGEST_LAYER_NAME_MAX + 4], key[INGEST_SHOW_MAX + 4];
-	int n;
-
-	ingest_show(name, sizeof(name), p->name, p->name_len, INGEST_LAYER_NAME_MAX);
-	n = snprintf(path, size, "%s%s", p->prefix, name);
-	if (field != NULL && n >= 0 && (size_t)n < size)
-		n += snprintf(path + n, size - (size_t)n, ".%s",
-			      ingest_show(key, sizeof(key), field, strlen(field), INGEST_SHOW_MAX));
-	if (sub != NULL && n >= 0 && (size_t)n < size)
-		n += snprintf(path + n, size - (size_t)n, ".%s",
-			      ingest_show(key, sizeof(key), sub, strlen(sub), INGEST_SHOW_MAX));
-	if (index >= 0 && n >= 0 && (size_t)n < size)
-		snprintf(path + n, size - (size_t)n, "[%ld]", index);
-}
-
-/* bn_error_set() for something in layer p; see layer_path(). */
-__attribute__((format(printf, 8, 9))) static int
-layer_error(struct bn_error *err, int status, const char *code, const struct layer_plan *p,
-	    const char *field, const char *sub, long index, const char *fmt, ...)
-{
-	char path[BN_ERROR_PATH_MAX];
-	va_list ap;
-	int r;
-
-	layer_path(path, sizeof(path), p, field, sub, index);
-	va_start(ap, fmt);
-	r = error_v(err, status, code, path, fmt, ap);
-	va_end(ap);
-	return r;
-}
-
-/*
- * bn_error_set() for a value at `path`, or at field `field` of layer p
- * when p is not NULL: the integer helpers below serve both.
- */
-__attribute__((format(printf, 7, 8))) static int
-value_error(struct bn_error *err, int status, const char *code, const char *path,
-	    const struct layer_plan *p, const char *field, const char *fmt, ...)
-{
-	char lpath[BN_ERROR_PATH_MAX];
-	va_list ap;
-	int r;
-
-	if (p != NULL) {
-		layer_path(lpath, sizeof(lpath), p, field, NULL, -1);
-		path = lpath;
-	}
-	va_start(ap, fmt);
-	r = error_v(err, status, code, path, fmt, ap);
-	va_end(ap);
-	return r;
-}
-
-/*
- * A JSON integer into *out. A JSON real (1.5, and 3.0 too: the wire
- * contract wants integers written as integers) is well-typed for JSON but
- * not acceptable, hence 422; anything else is the wrong type, 400. `what`
- * names the value in messages; for the path see value_error().
- */
-static int json_int(const json_t *v, const char *what, int64_t *out, const char *path,
-		    const struct layer_plan *p, const char *field, struct bn_error *err)
-{
-	if (json_is_real(v))
-		return value_error(err, 422, BN_E_INVALID, path, p, field,
-				   "%s must be an integer, not a real number "
-				   "(%.17g)",
-				   what, json_real_value(v));
-	if (!json_is_integer(v))
-		return value_error(err, 400, BN_E_TYPE, path, p, field,
-				   "%s must be an integer, not %s", what, type_name(v));
-	*out = (int64_t)json_integer_value(v);
-	return 0;
-}
-
-/* 0 when v is in [0, max], else a 422; arguments as for json_int(). */
-static int uint_range(int64_t v, int64_t max, const char *what, const char *path,
-		      const struct layer_plan *p, const char *field, struct bn_error *err)
-{
-	if (v < 0)
-		return value_error(err, 422, BN_E_INVALID, path, p, field,
-				   "%s must be >= 0, not %lld", what, (long long)v);
-	if (v > max)
-		return value_error(err, 422, BN_E_INVALID, path, p, field,
-				   "%s must be <= %lld, not %lld", what, (long long)max,
-				   (long long)v);
-	return 0;
-}
-
-/*
- * The rules of the upload for one layer, whatever its form: count
- * present and in range, count 1 only with a biased variance, EMA arrays
- * both or neither, mean and var unless count 0 comes without arrays,
- * lengths equal, channels within the limit. Sets p->channels.
- */
-static int check_layer(struct layer_plan *p, enum stats_var_kind kind,
-		       const struct ingest_limits *lim, struct bn_error *err)
-{
-	size_t n, i;
-	bool any = false;
-	int r;
-
-	if (!p->has_count)
-		return layer_error(err, 400, BN_E_MISSING, p, "count", NULL, -1,
-				   "count is required");
-	r = uint_range(p->count, COUNT_MAX, "count", NULL, p, "count", err);
-	if (r < 0)
-		return r;
-	if (p->count == 1 && kind == STATS_VAR_UNBIASED)
-		return layer_error(err, 422, BN_E_INVALID, p, "count", NULL, -1,
-				   "count 1 has no unbiased variance (send "
-				   "var_kind \"biased\")");
-
-	for (i = 0; i < ARR_N; i++)
-		any = any || p->src[i].kind != SRC_NONE;
-	if ((p->src[ARR_EMA_MEAN].kind == SRC_NONE) != (p->src[ARR_EMA_VAR].kind == SRC_NONE)) {
-		bool has_m = p->src[ARR_EMA_MEAN].kind != SRC_NONE;
-
-		return layer_error(err, 422, BN_E_INVALID, p, has_m ? "ema_mean" : "ema_var", NULL,
-				   -1, "%s needs %s: send both or neither",
-				   has_m ? "ema_mean" : "ema_var", has_m ? "ema_var" : "ema_mean");
-	}
-	/* count 0 (layer unused) may come without arrays; else both needed */
-	if (p->count == 0 && !any) {
-		p->channels = 0;
-		return 0;
-	}
-	for (i = ARR_MEAN; i <= ARR_VAR; i++)
-		if (p->src[i].kind == SRC_NONE)
-			return layer_error(err, 400, BN_E_MISSING, p, arr_key[i], NULL, -1,
-					   "%s is required when count > 0 or "
-					   "other arrays are given",
-					   arr_key[i]);
-
-	n = p->src[ARR_MEAN].n;
-	if (n == 0)
-		return layer_error(err, 422, BN_E_INVALID, p, "mean", NULL, -1,
-				   "must hold at least one channel");
-	if (n > lim->max_channels)
-		return layer_error(err, 422, BN_E_LIMIT, p, "mean", NULL, -1,
-				   "%zu channels, more than the limit of %zu", n,
-				   lim->max_channels);
-	for (i = ARR_VAR; i < ARR_N; i++)
-		if (p->src[i].kind != SRC_NONE && p->src[i].n != n)
-			return layer_error(err, 422, BN_E_INVALID, p, arr_key[i], NULL, -1,
-					   "%zu values, but mean has %zu", p->src[i].n, n);
-	p->channels = n;
-	return 0;
-}
-
-static inline uint32_t load_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t load_le64(const uint8_t *p)
-{
-	return (uint64_t)load_le32(p) | (uint64_t)load_le32(p + 4) << 32;
-}
-
-/*
- * n little-endian f32 (esize 4) or f64 (esize 8) values at src, at any
- * alignment (bytes are assembled, never loaded through a cast pointer),
- * into dst as doubles. src may overlap dst in the way base64 decoding
- * uses: f64 in place, f32 in the upper half of dst, widened front to
- * back, which never overwrites a float not yet read (double i ends where
- * float 2i-n+1 ends, and 2i-n+1 <= i).
- */
-static void load_values(const uint8_t *src, size_t esize, size_t n, double *dst)
-{
-	size_t i;
-
-	if (esize == 8) {
-		for (i = 0; i < n; i++) {
-			uint64_t u = load_le64(src + 8 * i);
-
-			memcpy(&dst[i], &u, 8);
-		}
-		return;
-	}
-	for (i = 0; i < n; i++) {
-		uint32_t u = load_le32(src + 4 * i);
-		float f;
-
-		memcpy(&f, &u, 4);
-		dst[i] = (double)f;
-	}
-}
-
-/*
- * One value array of a layer, once the batch exists: write its
- * p->channels doubles to dst and check them. Base64 is decoded straight
- * into dst (see load_values()).
- */
-static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst, struct bn_error *err)
-{
-	const struct src_array *a = &p->src[id];
-	const char *key = arr_key[id];
-	const bool is_var = id == ARR_VAR || id == ARR_EMA_VAR;
-	size_t n = p->channels, i;
-	uint8_t *bytes;
-
-	switch (a->kind) {
-	case SRC_NUMBERS:
-		for (i = 0; i < n; i++) {
-			const json_t *x = json_array_get(a->json, i);
-
-			if (json_is_real(x))
-				dst[i] = json_real_value(x);
-			else if (json_is_integer(x))
-				dst[i] = (double)json_integer_value(x);
-			else
-				return layer_error(err, 400, BN_E_TYPE, p, key, NULL, (long)i,
-						   "must be a number, not %s", type_name(x));
-		}
-		break;
-	case SRC_B64:
-		bytes = (uint8_t *)dst + (8 - a->esize) * n;
-		if (ingest_base64_decode(a->b64, a->b64_len, bytes) < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
-					   "bad base64 (standard alphabet, '=' "
-					   "padding, no whitespace)");
-		load_values(bytes, a->esize, n, dst);
-		break;
-	case SRC_RAW:
-		load_values(a->raw, a->esize, n, dst);
-		break;
-	case SRC_DOUBLES:
-		memcpy(dst, a->dbl, n * sizeof(*dst));
-		break;
-	case SRC_NONE:
-		return 0;
-	}
-
-	for (i = 0; i < n; i++) {
-		double x = dst[i];
-
-		if (!isfinite(x))
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
-					   "must be finite, not %g", x);
-		if (is_var && x < 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
-					   "a variance must be >= 0, not %.17g", x);
-		/* -0.0 == 0.0: store +0.0 so that the hash agrees too */
-		if (x == 0)
-			dst[i] = 0.0;
-	}
-	return 0;
-}
-
-static int plan_cmp(const void *a, const void *b)
-{
-	const struct layer_plan *x = a, *y = b;
-
-	return ingest_name_cmp(x->name, x->name_len, y->name, y->name_len);
-}
-
-static size_t align_up(size_t n, size_t a)
-{
-	return (n + a - 1) / a * a;
-}
-
-/* The number of layers against the limits; `path` names the layer set. */
-static int check_layer_count(size_t n, const struct ingest_limits *lim, const char *path,
-			     struct bn_error *err)
-{
-	if (n == 0)
-		return bn_error_set(err, 422, BN_E_INVALID, path, "at least one layer is required");
-	if (n > lim->max_layers)
-		return bn_error_set(err, 422, BN_E_LIMIT, path,
-				    "%zu layers, more than the limit of %zu", n, lim->max_layers);
-	return 0;
-}
-
-/*
- * Check plans[0..n_layers) (names distinct) and build the batch with the
- * identity in *hdr: the one builder of both forms, so that equal content
- * gives an equal batch and hash whatever the encoding.
- *
- * Layers are handled in name order, so that which of several bad layers
- * is reported does not depend on the order of the upload. For each, the
- * name is checked, then `plan` (when not NULL) finishes what the form
- * needs to look at, then check_layer(). Then a single allocation is made
- * for the whole batch (header, layer table, all value arrays, names),
- * and the values are converted straight into it and checked. A failure
- * anywhere frees that one block, so nothing leaks and *out stays NULL.
- * plans stay the caller's.
- */
-static int build_batch(const struct ingest_batch *hdr, struct layer_plan *plans, size_t n_layers,
-		       int (*plan)(struct layer_plan *, struct bn_error *),
-		       const struct ingest_limits *lim, struct ingest_batch **out,
-		       struct bn_error *err)
-{
-	struct ingest_batch *b = NULL;
-	size_t i, j, n_doubles = 0, name_bytes = 0;
-	size_t off_layers, off_doubles, off_names, total;
-	double *dp;
-	char *np;
-	int r;
-
-	qsort(plans, n_layers, sizeof(*plans), plan_cmp);
-	for (i = 0; i < n_layers; i++) {
-		struct layer_plan *p = &plans[i];
-		size_t arrays;
-
-		if (!ingest_name_valid_n(p->name, p->name_len, INGEST_LAYER_NAME_MAX))
-			return layer_error(err, 422, BN_E_INVALID, p, NULL, NULL, -1,
-					   "layer name must match "
-					   "[A-Za-z0-9._-]{1,%d}",
-					   INGEST_LAYER_NAME_MAX);
-		if (plan != NULL && (r = plan(p, err)) < 0)
-			return r;
-		r = check_layer(p, hdr->var_kind, lim, err);
-		if (r < 0)
-			return r;
-		arrays = p->src[ARR_EMA_MEAN].kind != SRC_NONE ? 4 : 2;
-		/* cannot overflow in practice (bounded by the body size), but
-		 * the limits are configurable */
-		if (p->channels > (SIZE_MAX / 64 - n_doubles) / arrays)
-			goto nomem;
-		n_doubles += p->channels * arrays;
-		name_bytes += p->name_len + 1;
-	}
-
-	/* one block: header, layer table, doubles, names */
-	off_layers = align_up(sizeof(struct ingest_batch), alignof(struct ingest_layer));
-	off_doubles =
-		align_up(off_layers + n_layers * sizeof(struct ingest_layer), alignof(double));
-	off_names = off_doubles + n_doubles * sizeof(double);
-	total = off_names + name_bytes;
-	b = malloc(total);
-	if (b == NULL)
-		goto nomem;
-	*b = *hdr;
-	b->n_layers = n_layers;
-	b->layers = (struct ingest_layer *)(void *)((char *)b + off_layers);
-	dp = (double *)(void *)((char *)b + off_doubles);
-	np = (char *)b + off_names;
-
-	for (i = 0; i < n_layers; i++) {
-		const struct layer_plan *p = &plans[i];
-		struct ingest_layer *l = &b->layers[i];
-		double *arr[ARR_N] = { NULL, NULL, NULL, NULL };
-
-		memcpy(np, p->name, p->name_len);
-		np[p->name_len] = '\0';
-		l->name = np;
-		np += p->name_len + 1;
-		l->count = p->count;
-		l->channels = p->channels;
-		for (j = 0; j < ARR_N && p->channels > 0; j++) {
-			if (p->src[j].kind == SRC_NONE)
-				continue;
-			arr[j] = dp;
-			dp += p->channels;
-			r = fill_array(p, (enum arr_id)j, arr[j], err);
-			if (r < 0)
-				goto fail;
-		}
-		l->mean = arr[ARR_MEAN];
-		l->var = arr[ARR_VAR];
-		l->ema_mean = arr[ARR_EMA_MEAN];
-		l->ema_var = arr[ARR_EMA_VAR];
-	}
-	ingest_batch_hash(b);
-	*out = b;
-	return 0;
-
-nomem:
-	bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
-	r = -ENOMEM;
-fail:
-	free(b);
-	return r;
-}
 
 /* ------------------------------------------------------------------ */
 /* identity: worker, step, seq, domain, var_kind */
@@ -609,7 +135,7 @@ static int get_name(const json_t *obj, const char *key, const char *path, bool r
 	}
 	if (!json_is_string(v))
 		return bn_error_set(err, 400, BN_E_TYPE, path, "%s must be a string, not %s", key,
-				    type_name(v));
+				    ingest_type_name(v));
 	return set_name(key, path, json_string_value(v), json_string_length(v), dst, err);
 }
 
@@ -653,7 +179,7 @@ static int get_decimal(const json_t *v, const char *key, const char *path, int64
 		return bn_error_set(err, 400, BN_E_TYPE, path,
 				    "%s must be a string (safetensors metadata "
 				    "maps strings to strings), not %s",
-				    key, type_name(v));
+				    key, ingest_type_name(v));
 	return set_decimal(key, path, json_string_value(v), json_string_length(v), out, err);
 }
 
@@ -674,7 +200,7 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 
 	json_object_foreach((json_t *)obj, k, v)
 	{
-		if (!key_known(k, f->keys, f->n_keys))
+		if (!ingest_key_known(k, f->keys, f->n_keys))
 			return bn_error_set(
 				err, 422, BN_E_INVALID,
 				key_path(path, sizeof(path), f, k, strlen(k)),
@@ -695,8 +221,9 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 					    int_keys[i]);
 		if (f->strings)
 			r = get_decimal(v, int_keys[i], path, ints[i], err);
-		else if ((r = json_int(v, int_keys[i], ints[i], path, NULL, NULL, err)) == 0)
-			r = uint_range(*ints[i], INT64_MAX, int_keys[i], path, NULL, NULL, err);
+		else if ((r = ingest_json_int(v, int_keys[i], ints[i], path, NULL, NULL, err)) == 0)
+			r = ingest_uint_range(*ints[i], INT64_MAX, int_keys[i], path, NULL, NULL,
+					      err);
 		if (r < 0)
 			return r;
 	}
@@ -712,7 +239,7 @@ static int decode_identity(const json_t *obj, const struct ident_form *f, struct
 	key_path(path, sizeof(path), f, "var_kind", 8);
 	if (!json_is_string(v))
 		return bn_error_set(err, 400, BN_E_TYPE, path, "var_kind must be a string, not %s",
-				    type_name(v));
+				    ingest_type_name(v));
 	return set_var_kind(path, json_string_value(v), json_string_length(v), &hdr->var_kind, err);
 }
 
@@ -784,10 +311,11 @@ static int plan_dtype(struct layer_plan *p, enum arr_id id, const char *s, size_
 	else if (len == 3 && memcmp(s, "f64", 3) == 0)
 		a->esize = 8;
 	else
-		return layer_error(err, 422, BN_E_INVALID, p, arr_key[id], "dtype", -1,
-				   "unknown dtype \"%s\" (expected \"f32\" or "
-				   "\"f64\")",
-				   ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX));
+		return ingest_layer_error(
+			err, 422, BN_E_INVALID, p, ingest_arr_key[id], "dtype", -1,
+			"unknown dtype \"%s\" (expected \"f32\" or "
+			"\"f64\")",
+			ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX));
 	return 0;
 }
 
@@ -800,19 +328,19 @@ static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s, size_t 
 		    struct bn_error *err)
 {
 	struct src_array *a = &p->src[id];
-	const char *key = arr_key[id];
+	const char *key = ingest_arr_key[id];
 	size_t bytes = ingest_base64_decoded_size(s, len);
 
 	if (bytes == (size_t)-1)
-		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
-				   "bad base64: length %zu is not a multiple "
-				   "of 4 (standard alphabet, '=' padding)",
-				   len);
+		return ingest_layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
+					  "bad base64: length %zu is not a multiple "
+					  "of 4 (standard alphabet, '=' padding)",
+					  len);
 	if (bytes % a->esize != 0)
-		return layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
-				   "decodes to %zu bytes, not a multiple of "
-				   "%zu (%s)",
-				   bytes, a->esize, a->esize == 4 ? "f32" : "f64");
+		return ingest_layer_error(err, 422, BN_E_INVALID, p, key, "b64", -1,
+					  "decodes to %zu bytes, not a multiple of "
+					  "%zu (%s)",
+					  bytes, a->esize, a->esize == 4 ? "f32" : "f64");
 	a->b64 = s;
 	a->b64_len = len;
 	a->kind = SRC_B64;
@@ -826,7 +354,7 @@ static int plan_b64(struct layer_plan *p, enum arr_id id, const char *s, size_t 
  */
 static int plan_array(struct layer_plan *p, enum arr_id id, struct bn_error *err)
 {
-	const char *key = arr_key[id];
+	const char *key = ingest_arr_key[id];
 	struct src_array *a = &p->src[id];
 	const json_t *v = json_object_get(p->obj, key);
 	const json_t *dt, *b64, *x;
@@ -844,37 +372,38 @@ static int plan_array(struct layer_plan *p, enum arr_id id, struct bn_error *err
 		return 0;
 	}
 	if (!json_is_object(v))
-		return layer_error(err, 400, BN_E_TYPE, p, key, NULL, -1,
-				   "must be an array of numbers or "
-				   "{\"dtype\", \"b64\"}, not %s",
-				   type_name(v));
+		return ingest_layer_error(err, 400, BN_E_TYPE, p, key, NULL, -1,
+					  "must be an array of numbers or "
+					  "{\"dtype\", \"b64\"}, not %s",
+					  ingest_type_name(v));
 	json_object_foreach((json_t *)v, k, x)
 	{
 		if (strcmp(k, "dtype") != 0 && strcmp(k, "b64") != 0)
-			return layer_error(err, 422, BN_E_INVALID, p, key, k, -1,
-					   "unknown key (expected \"dtype\" "
-					   "and \"b64\")");
+			return ingest_layer_error(err, 422, BN_E_INVALID, p, key, k, -1,
+						  "unknown key (expected \"dtype\" "
+						  "and \"b64\")");
 	}
 	dt = json_object_get(v, "dtype");
 	if (dt == NULL)
-		return layer_error(err, 400, BN_E_MISSING, p, key, "dtype", -1,
-				   "dtype is required (\"f32\" or \"f64\")");
+		return ingest_layer_error(err, 400, BN_E_MISSING, p, key, "dtype", -1,
+					  "dtype is required (\"f32\" or \"f64\")");
 	if (!json_is_string(dt))
-		return layer_error(err, 400, BN_E_TYPE, p, key, "dtype", -1,
-				   "dtype must be a string, not %s", type_name(dt));
+		return ingest_layer_error(err, 400, BN_E_TYPE, p, key, "dtype", -1,
+					  "dtype must be a string, not %s", ingest_type_name(dt));
 	r = plan_dtype(p, id, json_string_value(dt), json_string_length(dt), err);
 	if (r < 0)
 		return r;
 	b64 = json_object_get(v, "b64");
 	if (b64 == NULL)
-		return layer_error(err, 400, BN_E_MISSING, p, key, "b64", -1, "b64 is required");
+		return ingest_layer_error(err, 400, BN_E_MISSING, p, key, "b64", -1,
+					  "b64 is required");
 	if (!json_is_string(b64))
-		return layer_error(err, 400, BN_E_TYPE, p, key, "b64", -1,
-				   "b64 must be a string, not %s", type_name(b64));
+		return ingest_layer_error(err, 400, BN_E_TYPE, p, key, "b64", -1,
+					  "b64 must be a string, not %s", ingest_type_name(b64));
 	return plan_b64(p, id, json_string_value(b64), json_string_length(b64), err);
 }
 
-/* What build_batch() needs of a JSON layer beyond its name. */
+/* What ingest_build_batch() needs of a JSON layer beyond its name. */
 static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
 {
 	static const char *const layer_keys[] = { "count", "mean", "var", "ema_mean", "ema_var" };
@@ -884,18 +413,19 @@ static int json_plan_layer(struct layer_plan *p, struct bn_error *err)
 	int r;
 
 	if (!json_is_object(p->obj))
-		return layer_error(err, 400, BN_E_TYPE, p, NULL, NULL, -1,
-				   "a layer must be an object, not %s", type_name(p->obj));
+		return ingest_layer_error(err, 400, BN_E_TYPE, p, NULL, NULL, -1,
+					  "a layer must be an object, not %s",
+					  ingest_type_name(p->obj));
 	json_object_foreach((json_t *)p->obj, k, v)
 	{
-		if (!key_known(k, layer_keys, 5))
-			return layer_error(err, 422, BN_E_INVALID, p, k, NULL, -1,
-					   "unknown key (expected count, mean, "
-					   "var, ema_mean, ema_var)");
+		if (!ingest_key_known(k, layer_keys, 5))
+			return ingest_layer_error(err, 422, BN_E_INVALID, p, k, NULL, -1,
+						  "unknown key (expected count, mean, "
+						  "var, ema_mean, ema_var)");
 	}
 	v = json_object_get(p->obj, "count");
 	if (v != NULL) {
-		r = json_int(v, "count", &p->count, NULL, p, "count", err);
+		r = ingest_json_int(v, "count", &p->count, NULL, p, "count", err);
 		if (r < 0)
 			return r;
 		p->has_count = true;
@@ -924,7 +454,8 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 
 	if (!json_is_object(root))
 		return bn_error_set(err, 400, BN_E_TYPE, NULL,
-				    "the body must be a JSON object, not %s", type_name(root));
+				    "the body must be a JSON object, not %s",
+				    ingest_type_name(root));
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
 	r = decode_identity(root, &json_form, &hdr, err);
@@ -936,9 +467,9 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 		return bn_error_set(err, 400, BN_E_MISSING, "layers", "layers is required");
 	if (!json_is_object(layers))
 		return bn_error_set(err, 400, BN_E_TYPE, "layers",
-				    "layers must be an object, not %s", type_name(layers));
+				    "layers must be an object, not %s", ingest_type_name(layers));
 	n_layers = json_object_size(layers);
-	r = check_layer_count(n_layers, lim, "layers", err);
+	r = ingest_check_layer_count(n_layers, lim, "layers", err);
 	if (r < 0)
 		return r;
 
@@ -956,7 +487,7 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 		plans[j].obj = v;
 		j++;
 	}
-	r = build_batch(&hdr, plans, n_layers, json_plan_layer, lim, out, err);
+	r = ingest_build_batch(&hdr, plans, n_layers, json_plan_layer, lim, out, err);
 	free(plans);
 	return r;
 }
@@ -988,7 +519,7 @@ static int json_decode_jansson(const char *run, const char *body, size_t len,
  * at a time (a base64 body is mostly one long string) and makes an object
  * for every number. The fast path scans the body once, in place, for
  * exactly the shape of a well-formed upload, and hands the same
- * layer_plans to the same build_batch() as the jansson path.
+ * layer_plans to the same ingest_build_batch() as the jansson path.
  *
  * It is strict and gives up (INGEST_NOT_HANDLED) on anything else: a
  * syntax error, a string with an escape, a control character or a byte
@@ -1292,7 +823,7 @@ static bool json_scan_layer(struct jscan *s, struct layer_plan *p)
 			p->has_count = true;
 		} else {
 			for (id = 0; id < ARR_N; id++)
-				if (jscan_key_is(key, len, arr_key[id]))
+				if (jscan_key_is(key, len, ingest_arr_key[id]))
 					break;
 			if (id == ARR_N)
 				return false;
@@ -1439,7 +970,8 @@ static int json_scan_doc(const char *run, struct jscan *s, const char *const str
 	if (r < 0)
 		return r;
 	for (i = 0; i < 2; i++) {
-		r = uint_range(ints[i], INT64_MAX, int_keys[i], int_keys[i], NULL, NULL, err);
+		r = ingest_uint_range(ints[i], INT64_MAX, int_keys[i], int_keys[i], NULL, NULL,
+				      err);
 		if (r < 0)
 			return r;
 	}
@@ -1460,10 +992,10 @@ static int json_scan_doc(const char *run, struct jscan *s, const char *const str
 			return r;
 	}
 
-	r = check_layer_count(s->n_plans, lim, "layers", err);
+	r = ingest_check_layer_count(s->n_plans, lim, "layers", err);
 	if (r < 0)
 		return r;
-	return build_batch(&hdr, s->plans, s->n_plans, json_scan_plan_layer, lim, out, err);
+	return ingest_build_batch(&hdr, s->plans, s->n_plans, json_scan_plan_layer, lim, out, err);
 }
 
 /*
@@ -1493,9 +1025,9 @@ static int json_decode_jscan(const char *run, const char *body, size_t len,
 		goto done;
 	/* duplicate layer names: jansson's JSON_REJECT_DUPLICATES */
 	if (s.n_plans > 1)
-		qsort(s.plans, s.n_plans, sizeof(*s.plans), plan_cmp);
+		qsort(s.plans, s.n_plans, sizeof(*s.plans), ingest_plan_cmp);
 	for (i = 1; i < s.n_plans; i++)
-		if (plan_cmp(&s.plans[i - 1], &s.plans[i]) == 0)
+		if (ingest_plan_cmp(&s.plans[i - 1], &s.plans[i]) == 0)
 			goto done;
 	/* s.vals stays put from here on */
 	for (i = 0; i < s.n_plans; i++)
@@ -1601,7 +1133,7 @@ struct safet_tensor {
 
 static const char *safet_field_name(unsigned field)
 {
-	return field == SAFET_COUNT ? "count" : arr_key[field];
+	return field == SAFET_COUNT ? "count" : ingest_arr_key[field];
 }
 
 /* The error path of tensor t: its name, bounded and printable. */
@@ -1622,7 +1154,7 @@ __attribute__((format(printf, 5, 6))) static int safet_error(struct bn_error *er
 	int r;
 
 	va_start(ap, fmt);
-	r = error_v(err, status, code, safet_path(path, sizeof(path), t), fmt, ap);
+	r = ingest_error_v(err, status, code, safet_path(path, sizeof(path), t), fmt, ap);
 	va_end(ap);
 	return r;
 }
@@ -1645,9 +1177,9 @@ static int safet_uint(const struct safet_tensor *t, const json_t *arr, const cha
 	}
 	safet_path(path, sizeof(path), t);
 	snprintf(what, sizeof(what), "%s[%zu]", key, i);
-	r = json_int(v, what, out, path, NULL, NULL, err);
+	r = ingest_json_int(v, what, out, path, NULL, NULL, err);
 	if (r == 0)
-		r = uint_range(*out, INT64_MAX, what, path, NULL, NULL, err);
+		r = ingest_uint_range(*out, INT64_MAX, what, path, NULL, NULL, err);
 	return r;
 }
 
@@ -1690,14 +1222,14 @@ static int safet_json_dtype(struct safet_tensor *t, struct bn_error *err)
 		return safet_error(err, 400, BN_E_TYPE, t,
 				   "a tensor must be an object {\"dtype\", "
 				   "\"shape\", \"data_offsets\"}, not %s",
-				   type_name(t->info));
+				   ingest_type_name(t->info));
 
 	dt = json_object_get(t->info, "dtype");
 	if (dt == NULL)
 		return safet_error(err, 400, BN_E_MISSING, t, "dtype is required");
 	if (!json_is_string(dt))
 		return safet_error(err, 400, BN_E_TYPE, t, "dtype must be a string, not %s",
-				   type_name(dt));
+				   ingest_type_name(dt));
 	t->dtype = json_string_value(dt);
 	t->dtype_len = json_string_length(dt);
 	return 0;
@@ -1744,7 +1276,7 @@ static int safet_json_shape(struct safet_tensor *t, struct bn_error *err)
 
 	json_object_foreach((json_t *)t->info, k, x)
 	{
-		if (!key_known(k, info_keys, 3))
+		if (!ingest_key_known(k, info_keys, 3))
 			return safet_error(
 				err, 422, BN_E_INVALID, t,
 				"unknown key \"%s\" (expected dtype, "
@@ -1757,7 +1289,8 @@ static int safet_json_shape(struct safet_tensor *t, struct bn_error *err)
 		return safet_error(err, 400, BN_E_MISSING, t, "shape is required");
 	if (!json_is_array(shape))
 		return safet_error(err, 400, BN_E_TYPE, t,
-				   "shape must be an array of integers, not %s", type_name(shape));
+				   "shape must be an array of integers, not %s",
+				   ingest_type_name(shape));
 	t->rank = json_array_size(shape);
 	t->dim = 1;
 	for (i = 0; i < t->rank; i++) {
@@ -1782,7 +1315,7 @@ static int safet_json_offsets(struct safet_tensor *t, struct bn_error *err)
 		return safet_error(err, 400, BN_E_TYPE, t,
 				   "data_offsets must be an array [begin, end], "
 				   "not %s",
-				   type_name(offs));
+				   ingest_type_name(offs));
 	if (json_array_size(offs) != 2)
 		return safet_error(err, 422, BN_E_INVALID, t,
 				   "data_offsets must be 2 integers [begin, end], "
@@ -1826,7 +1359,7 @@ static int safet_check_tensor(struct safet_tensor *t, size_t data_len, struct bn
 		return safet_error(err, 422, BN_E_INVALID, t,
 				   "%s must have shape [channels], not %zu "
 				   "dimensions",
-				   arr_key[t->field], t->rank);
+				   ingest_arr_key[t->field], t->rank);
 
 	if (t->info != NULL) {
 		r = safet_json_offsets(t, err);
@@ -1932,7 +1465,7 @@ static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint
 		if (i == 0 || ingest_name_cmp(ts[i].key, ts[i].layer_len, ts[i - 1].key,
 					      ts[i - 1].layer_len) != 0)
 			count++;
-	r = check_layer_count(count, lim, SAFET_HEADER, err);
+	r = ingest_check_layer_count(count, lim, SAFET_HEADER, err);
 	if (r < 0)
 		return r;
 	*plans = calloc(count, sizeof(**plans));
@@ -1999,7 +1532,8 @@ static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *
 					       "step and seq");
 	if (!json_is_object(meta))
 		return bn_error_set(err, 400, BN_E_TYPE, SAFET_META,
-				    SAFET_META " must be an object, not %s", type_name(meta));
+				    SAFET_META " must be an object, not %s",
+				    ingest_type_name(meta));
 	r = decode_identity(meta, &meta_form, &hdr, err);
 	if (r < 0)
 		return r;
@@ -2007,7 +1541,7 @@ static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *
 	/* at most 5 tensors a layer: refuse a flood before allocating */
 	n = json_object_size(root) - 1;
 	if (n == 0)
-		return check_layer_count(0, lim, SAFET_HEADER, err);
+		return ingest_check_layer_count(0, lim, SAFET_HEADER, err);
 	if ((n + ARR_N) / (ARR_N + 1) > lim->max_layers)
 		return bn_error_set(err, 422, BN_E_LIMIT, SAFET_HEADER,
 				    "%zu tensors: more than %zu layers (the "
@@ -2062,7 +1596,7 @@ static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_ten
 	r = safet_plan_layers(ts, n, data, lim, &plans, &n_layers, err);
 	if (r < 0)
 		goto done;
-	r = build_batch(hdr, plans, n_layers, NULL, lim, out, err);
+	r = ingest_build_batch(hdr, plans, n_layers, NULL, lim, out, err);
 done:
 	free(plans);
 	return r;
@@ -2112,7 +1646,7 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
 		r = bn_error_set(err, 400, BN_E_MALFORMED, SAFET_HEADER,
 				 "the safetensors header must be a JSON "
 				 "object, not %s",
-				 type_name(root));
+				 ingest_type_name(root));
 	else
 		r = safet_decode_doc(run, root, body + 8 + hlen, len - 8 - hlen, limits, out, err);
 	json_decref(root);
@@ -2419,9 +1953,4 @@ int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      struct bn_error *err)
 {
 	return safet_decode(run, body, len, limits, out, err, PATH_BOTH);
-}
-
-void ingest_batch_free(struct ingest_batch *b)
-{
-	free(b);
 }

@@ -21,6 +21,12 @@
 
 #include "bnstat/ingest.h"
 
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 /* ------------------------------------------------------------------ */
 /* names.c */
 
@@ -71,6 +77,145 @@ size_t ingest_base64_decoded_size(const char *s, size_t len);
  * stored hashes, which the store compares with those of retried uploads.
  */
 void ingest_batch_hash(struct ingest_batch *b);
+
+/* ------------------------------------------------------------------ */
+/* ingest_build.c: layer plans and the one builder of a batch */
+
+/* The value arrays of a layer; ingest_arr_key[] are their keys. */
+enum arr_id { ARR_MEAN, ARR_VAR, ARR_EMA_MEAN, ARR_EMA_VAR, ARR_N };
+
+extern const char *const ingest_arr_key[ARR_N];
+
+/* Where the values of one array are, as found before the batch exists. */
+enum src_kind {
+	SRC_NONE,    /* not sent */
+	SRC_NUMBERS, /* a JSON array of numbers */
+	SRC_B64,     /* base64 text of little-endian f32/f64 */
+	SRC_RAW,     /* little-endian f32/f64 in a safetensors data buffer */
+	SRC_DOUBLES, /* numbers already converted by the fast JSON scanner */
+};
+
+struct src_array {
+	enum src_kind kind;
+	size_t esize;	    /* SRC_B64, SRC_RAW: 4 (f32) or 8 (f64) */
+	const json_t *json; /* SRC_NUMBERS: the array */
+	const char *b64;    /* SRC_B64 */
+	size_t b64_len;
+	const uint8_t *raw; /* SRC_RAW: at any alignment */
+	const double *dbl;  /* SRC_DOUBLES */
+	size_t at;	    /* SRC_DOUBLES: index of dbl[0] in the fast
+			       scanner's value buffer (which may still move) */
+	const char *dtype;  /* SRC_B64 from the fast scanner: the dtype text */
+	size_t dtype_len;   /* (not NUL-terminated), until plan_b64() reads it */
+	size_t n;	    /* number of values */
+};
+
+/*
+ * One layer between the passes. Each form fills in the name, the count
+ * and where the arrays are; check_layer() then applies the rules of the
+ * upload, the same for both forms, and fill_array() reads the values.
+ */
+struct layer_plan {
+	const char *prefix; /* of error paths: "layers." (JSON), "" (safetensors) */
+	const char *name;   /* name[0..name_len), not necessarily NUL-terminated */
+	size_t name_len;
+	const json_t *obj; /* JSON: the layer's object */
+	bool has_count;
+	int64_t count; /* as sent, until check_layer() has checked it */
+	size_t channels;
+	struct src_array src[ARR_N];
+};
+
+/*
+ * Little-endian integers at any alignment: bytes are assembled, never
+ * loaded through a cast pointer, because safetensors data need not be
+ * aligned (and neither need the body).
+ */
+static inline uint32_t load_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t load_le64(const uint8_t *p)
+{
+	return (uint64_t)load_le32(p) | (uint64_t)load_le32(p + 4) << 32;
+}
+
+/*
+ * Check plans[0..n_layers) (names distinct; the caller has checked their
+ * number with ingest_check_layer_count()) and build the batch with the
+ * identity in *hdr: the one builder of both forms, so that equal content
+ * gives an equal batch and hash whatever the encoding. plans are sorted
+ * into name order; `plan`, when not NULL, is called for each layer after
+ * its name is checked, to finish what the form needs to look at.
+ *
+ * Returns 0 and stores in *out a new batch, owned by the caller (release
+ * it with ingest_batch_free()), which points into neither plans nor the
+ * body. On failure returns a negative errno (-EINVAL, or -ENOMEM with a
+ * 500 in *err), describes the problem in *err and leaves *out as it was.
+ * plans, *hdr and what the plans point to stay the caller's.
+ */
+int ingest_build_batch(const struct ingest_batch *hdr, struct layer_plan *plans, size_t n_layers,
+		       int (*plan)(struct layer_plan *, struct bn_error *),
+		       const struct ingest_limits *lim, struct ingest_batch **out,
+		       struct bn_error *err);
+
+/*
+ * 0 when there are 1..lim->max_layers layers, else a 422 at `path`
+ * (which names the layer set) in *err and -EINVAL.
+ */
+int ingest_check_layer_count(size_t n, const struct ingest_limits *lim, const char *path,
+			     struct bn_error *err);
+
+/* qsort() comparison of two struct layer_plan by name (ingest_name_cmp()). */
+int ingest_plan_cmp(const void *a, const void *b);
+
+/*
+ * The error helpers every front end reports through. Each sets *err
+ * (when err is not NULL) and returns -EINVAL, as bn_error_set() does;
+ * every string argument is only read, and client-supplied ones (names,
+ * unknown keys) go through ingest_show().
+ */
+
+/* bn_error_set() with a message already in a va_list. */
+int ingest_error_v(struct bn_error *err, int status, const char *code, const char *path,
+		   const char *fmt, va_list ap);
+
+/*
+ * bn_error_set() for something in layer p, at the path
+ * "<prefix><name>[.<field>][.<sub>][[index]]" (field, sub NULL and
+ * index < 0 when absent).
+ */
+__attribute__((format(printf, 8, 9))) int
+ingest_layer_error(struct bn_error *err, int status, const char *code, const struct layer_plan *p,
+		   const char *field, const char *sub, long index, const char *fmt, ...);
+
+/*
+ * bn_error_set() for a value at `path`, or at field `field` of layer p
+ * when p is not NULL.
+ */
+__attribute__((format(printf, 7, 8))) int
+ingest_value_error(struct bn_error *err, int status, const char *code, const char *path,
+		   const struct layer_plan *p, const char *field, const char *fmt, ...);
+
+/*
+ * A JSON integer v into *out: 0, or a 422 for a real number (the wire
+ * contract wants integers written as integers), a 400 for another type.
+ * `what` names the value in messages; the path is ingest_value_error()'s.
+ * v is borrowed.
+ */
+int ingest_json_int(const json_t *v, const char *what, int64_t *out, const char *path,
+		    const struct layer_plan *p, const char *field, struct bn_error *err);
+
+/* 0 when v is in [0, max], else a 422; arguments as for ingest_json_int(). */
+int ingest_uint_range(int64_t v, int64_t max, const char *what, const char *path,
+		      const struct layer_plan *p, const char *field, struct bn_error *err);
+
+/* "an object", "a string", ...: v's JSON type for a message (a static string). */
+const char *ingest_type_name(const json_t *v);
+
+/* Whether key is one of known[0..n). */
+bool ingest_key_known(const char *key, const char *const *known, size_t n);
 
 /* ------------------------------------------------------------------ */
 /* the decoders one way at a time, for the tests */
