@@ -39,233 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* What a decoder given NULL limits uses. */
-static const struct ingest_limits default_limits = { INGEST_DEFAULT_MAX_LAYERS,
-						     INGEST_DEFAULT_MAX_CHANNELS };
-
-/* ------------------------------------------------------------------ */
-/* identity: worker, step, seq, domain, var_kind */
-
-/* How a form spells the identity and options of an upload. */
-struct ident_form {
-	const char *prefix;	 /* of error paths */
-	const char *const *keys; /* the keys allowed beside them */
-	size_t n_keys;
-	const char *expected; /* the keys, for the unknown-key message */
-	bool strings;	      /* step and seq are decimal strings */
-};
-
-static const char *const json_keys[] = { "worker", "step", "seq", "domain", "var_kind", "layers" };
-static const struct ident_form json_form = { "", json_keys, sizeof(json_keys) / sizeof(*json_keys),
-					     "worker, step, seq, domain, var_kind, layers", false };
-
-/*
- * safetensors: the "__metadata__" object, a string-to-string map. "format"
- * is what safetensors' own writers add ("pt"); it is allowed and ignored.
- */
-#define SAFET_META "__metadata__"
-static const char *const meta_keys[] = { "worker", "step", "seq", "domain", "var_kind", "format" };
-static const struct ident_form meta_form = { SAFET_META ".", meta_keys,
-					     sizeof(meta_keys) / sizeof(*meta_keys),
-					     "worker, step, seq, domain, var_kind, format", true };
-
-/* "<prefix><key>" into dst (of size > INGEST_SHOW_MAX + strlen(prefix) + 4). */
-static const char *key_path(char *dst, size_t size, const struct ident_form *f, const char *key,
-			    size_t len)
-{
-	char shown[INGEST_SHOW_MAX + 4];
-
-	snprintf(dst, size, "%s%s", f->prefix,
-		 ingest_show(shown, sizeof(shown), key, len, INGEST_SHOW_MAX));
-	return dst;
-}
-
-/*
- * The value s[0..len) of name field `key` (worker, domain) into dst, once
- * it is known to be a string: both JSON parsers end here.
- */
-static int set_name(const char *key, const char *path, const char *s, size_t len, char *dst,
-		    struct bn_error *err)
-{
-	if (!ingest_name_valid_n(s, len, INGEST_NAME_MAX)) {
-		char shown[INGEST_SHOW_MAX + 4];
-
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "%s \"%s\" must match [A-Za-z0-9._-]{1,%d}", key,
-				    ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX),
-				    INGEST_NAME_MAX);
-	}
-	memcpy(dst, s, len);
-	dst[len] = '\0';
-	return 0;
-}
-
-/*
- * The value s[0..len) of var_kind into *kind, once it is known to be a
- * string; `path` is where it was.
- */
-static int set_var_kind(const char *path, const char *s, size_t len, enum stats_var_kind *kind,
-			struct bn_error *err)
-{
-	char shown[INGEST_SHOW_MAX + 4];
-
-	if (len == 6 && memcmp(s, "biased", 6) == 0)
-		*kind = STATS_VAR_BIASED;
-	else if (len == 8 && memcmp(s, "unbiased", 8) == 0)
-		*kind = STATS_VAR_UNBIASED;
-	else
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "var_kind \"%s\" is not \"unbiased\" or "
-				    "\"biased\"",
-				    ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX));
-	return 0;
-}
-
-/* A name field (worker, domain) of obj into dst. */
-static int get_name(const json_t *obj, const char *key, const char *path, bool required,
-		    const char *dflt, char *dst, struct bn_error *err)
-{
-	const json_t *v = json_object_get(obj, key);
-
-	if (v == NULL) {
-		if (required)
-			return bn_error_set(err, 400, BN_E_MISSING, path, "%s is required", key);
-		snprintf(dst, INGEST_NAME_MAX + 1, "%s", dflt);
-		return 0;
-	}
-	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path, "%s must be a string, not %s", key,
-				    ingest_type_name(v));
-	return set_name(key, path, json_string_value(v), json_string_length(v), dst, err);
-}
-
-/*
- * A step or seq of safetensors metadata, where every value is a string:
- * the decimal digits of an integer in [0, INT64_MAX] and nothing else (no
- * sign, space, decimal point or exponent), without leading zeros so that
- * each number has one spelling, as in JSON.
- */
-static int set_decimal(const char *key, const char *path, const char *s, size_t len, int64_t *out,
-		       struct bn_error *err)
-{
-	char shown[INGEST_SHOW_MAX + 4];
-	size_t i;
-	uint64_t x = 0;
-
-	ingest_show(shown, sizeof(shown), s, len, INGEST_SHOW_MAX);
-	for (i = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++)
-		;
-	if (len == 0 || i < len || (len > 1 && s[0] == '0'))
-		return bn_error_set(err, 422, BN_E_INVALID, path,
-				    "%s \"%s\" must be an integer >= 0 in "
-				    "decimal digits (no sign, space, decimal "
-				    "point or leading zero)",
-				    key, shown);
-	/* 19 digits always fit in 64 bits */
-	for (i = 0; i < len && i < 19; i++)
-		x = x * 10 + (uint64_t)(s[i] - '0');
-	if (len > 19 || x > (uint64_t)INT64_MAX)
-		return bn_error_set(err, 422, BN_E_INVALID, path, "%s \"%s\" must be <= %lld", key,
-				    shown, (long long)INT64_MAX);
-	*out = (int64_t)x;
-	return 0;
-}
-
-/* set_decimal() for v, once it is known to be a string. */
-static int get_decimal(const json_t *v, const char *key, const char *path, int64_t *out,
-		       struct bn_error *err)
-{
-	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path,
-				    "%s must be a string (safetensors metadata "
-				    "maps strings to strings), not %s",
-				    key, ingest_type_name(v));
-	return set_decimal(key, path, json_string_value(v), json_string_length(v), out, err);
-}
-
-/*
- * The identity and options of the upload from obj (the JSON body, or
- * safetensors' metadata) into *hdr. Unknown keys are looked for first, so
- * that a misspelt key is reported as unknown rather than as missing.
- */
-static int decode_identity(const json_t *obj, const struct ident_form *f, struct ingest_batch *hdr,
-			   struct bn_error *err)
-{
-	static const char *const int_keys[2] = { "step", "seq" };
-	int64_t *ints[2] = { &hdr->step, &hdr->seq };
-	char path[INGEST_SHOW_MAX + 32], shown[INGEST_SHOW_MAX + 4];
-	const json_t *v;
-	const char *k;
-	int r, i;
-
-	json_object_foreach((json_t *)obj, k, v)
-	{
-		if (!ingest_key_known(k, f->keys, f->n_keys))
-			return bn_error_set(
-				err, 422, BN_E_INVALID,
-				key_path(path, sizeof(path), f, k, strlen(k)),
-				"unknown key \"%s\" (expected %s)",
-				ingest_show(shown, sizeof(shown), k, strlen(k), INGEST_SHOW_MAX),
-				f->expected);
-	}
-
-	r = get_name(obj, "worker", key_path(path, sizeof(path), f, "worker", 6), true, NULL,
-		     hdr->worker, err);
-	if (r < 0)
-		return r;
-	for (i = 0; i < 2; i++) {
-		key_path(path, sizeof(path), f, int_keys[i], strlen(int_keys[i]));
-		v = json_object_get(obj, int_keys[i]);
-		if (v == NULL)
-			return bn_error_set(err, 400, BN_E_MISSING, path, "%s is required",
-					    int_keys[i]);
-		if (f->strings)
-			r = get_decimal(v, int_keys[i], path, ints[i], err);
-		else if ((r = ingest_json_int(v, int_keys[i], ints[i], path, NULL, NULL, err)) == 0)
-			r = ingest_uint_range(*ints[i], INT64_MAX, int_keys[i], path, NULL, NULL,
-					      err);
-		if (r < 0)
-			return r;
-	}
-	r = get_name(obj, "domain", key_path(path, sizeof(path), f, "domain", 6), false, "default",
-		     hdr->domain, err);
-	if (r < 0)
-		return r;
-
-	hdr->var_kind = STATS_VAR_UNBIASED;
-	v = json_object_get(obj, "var_kind");
-	if (v == NULL)
-		return 0;
-	key_path(path, sizeof(path), f, "var_kind", 8);
-	if (!json_is_string(v))
-		return bn_error_set(err, 400, BN_E_TYPE, path, "var_kind must be a string, not %s",
-				    ingest_type_name(v));
-	return set_var_kind(path, json_string_value(v), json_string_length(v), &hdr->var_kind, err);
-}
-
 /* ------------------------------------------------------------------ */
 /* both forms: the run name, the JSON parser */
-
-/*
- * What both decoders do first: *out to NULL, the default limits when
- * *limits is NULL, and the run name from the URL checked.
- */
-static int decode_start(const char *run, const struct ingest_limits **limits,
-			struct ingest_batch **out, struct bn_error *err)
-{
-	size_t run_len = run ? ingest_name_len(run, INGEST_NAME_MAX) : 0;
-	char shown[INGEST_SHOW_MAX + 4];
-
-	*out = NULL;
-	if (*limits == NULL)
-		*limits = &default_limits;
-	if (ingest_name_valid_n(run ? run : "", run_len, INGEST_NAME_MAX))
-		return 0;
-	return bn_error_set(
-		err, 422, BN_E_INVALID, "run", "run \"%s\" must match [A-Za-z0-9._-]{1,%d}",
-		ingest_show(shown, sizeof(shown), run ? run : "", run_len, INGEST_SHOW_MAX),
-		INGEST_NAME_MAX);
-}
 
 /*
  * Parse text[0..len) into *root, rejecting duplicate keys; a syntax error
@@ -458,7 +233,7 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 				    ingest_type_name(root));
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = decode_identity(root, &json_form, &hdr, err);
+	r = ingest_ident_decode(root, &ingest_ident_json, &hdr, err);
 	if (r < 0)
 		return r;
 
@@ -494,7 +269,7 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 
 /*
  * The JSON body as jansson sees it, without the fast path: parse, then
- * decode the document. *out and the limits are decode_start()'s.
+ * decode the document. *out and the limits are ingest_decode_start()'s.
  */
 static int json_decode_jansson(const char *run, const char *body, size_t len,
 			       const struct ingest_limits *limits, struct ingest_batch **out,
@@ -951,7 +726,7 @@ static int json_scan_plan_layer(struct layer_plan *p, struct bn_error *err)
 }
 
 /*
- * decode_identity() and json_decode_doc() for a body the scanner read:
+ * ingest_ident_decode() and json_decode_doc() for a body the scanner read:
  * the same checks of values, in the same order, through the same
  * functions (the type checks have passed already).
  */
@@ -966,7 +741,8 @@ static int json_scan_doc(const char *run, struct jscan *s, const char *const str
 
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = set_name("worker", "worker", str[JK_WORKER], str_len[JK_WORKER], hdr.worker, err);
+	r = ingest_ident_name("worker", "worker", str[JK_WORKER], str_len[JK_WORKER], hdr.worker,
+			      err);
 	if (r < 0)
 		return r;
 	for (i = 0; i < 2; i++) {
@@ -978,16 +754,16 @@ static int json_scan_doc(const char *run, struct jscan *s, const char *const str
 	hdr.step = ints[0];
 	hdr.seq = ints[1];
 	if (seen & 1u << JK_DOMAIN)
-		r = set_name("domain", "domain", str[JK_DOMAIN], str_len[JK_DOMAIN], hdr.domain,
-			     err);
+		r = ingest_ident_name("domain", "domain", str[JK_DOMAIN], str_len[JK_DOMAIN],
+				      hdr.domain, err);
 	else
 		snprintf(hdr.domain, sizeof(hdr.domain), "%s", "default");
 	if (r < 0)
 		return r;
 	hdr.var_kind = STATS_VAR_UNBIASED;
 	if (seen & 1u << JK_VAR_KIND) {
-		r = set_var_kind("var_kind", str[JK_VAR_KIND], str_len[JK_VAR_KIND], &hdr.var_kind,
-				 err);
+		r = ingest_ident_var_kind("var_kind", str[JK_VAR_KIND], str_len[JK_VAR_KIND],
+					  &hdr.var_kind, err);
 		if (r < 0)
 			return r;
 	}
@@ -1048,7 +824,7 @@ static int json_decode(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
 		       struct bn_error *err, unsigned paths)
 {
-	int r = decode_start(run, &limits, out, err);
+	int r = ingest_decode_start(run, &limits, out, err);
 
 	if (r < 0)
 		return r;
@@ -1534,7 +1310,7 @@ static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *
 		return bn_error_set(err, 400, BN_E_TYPE, SAFET_META,
 				    SAFET_META " must be an object, not %s",
 				    ingest_type_name(meta));
-	r = decode_identity(meta, &meta_form, &hdr, err);
+	r = ingest_ident_decode(meta, &ingest_ident_meta, &hdr, err);
 	if (r < 0)
 		return r;
 
@@ -1665,7 +1441,7 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
  *    "<tensor>": {"dtype": "...", "shape": [], "data_offsets": [b, e]},
  *    ...}
  *
- * in any order of keys, with metadata keys among meta_keys and all
+ * in any order of keys, with metadata keys among ingest_ident_meta.keys and all
  * string-valued, worker, step and seq present, and per tensor exactly
  * dtype (a string), shape (0 or 1 integers >= 0) and data_offsets (2
  * integers >= 0). It gives up (INGEST_NOT_HANDLED) on anything else:
@@ -1676,14 +1452,14 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
  * ingest_decode_safetensors() runs the jansson path from scratch.
  *
  * What it builds is what the jansson path builds: the identity through
- * the same set_name(), set_decimal() and set_var_kind() in the order of
- * decode_identity(), and safet_tensors (without info, see struct safet_tensor)
+ * the same ingest_ident_name(), ingest_ident_decimal() and ingest_ident_var_kind() in the order of
+ * ingest_ident_decode(), and safet_tensors (without info, see struct safet_tensor)
  * for safet_decode_tensors(), which does the rest for both. Strings are
  * NUL-terminated in the copy (where their closing quotes were), so that
  * the tensor names are C strings, as jansson's keys are.
  */
 
-/* The keys of the metadata, in the order of meta_keys. */
+/* The keys of the metadata, in the order of ingest_ident_meta.keys. */
 enum safet_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
 
 /* jscan_string(), the string then NUL-terminated in place (buf is s's). */
@@ -1711,7 +1487,7 @@ static bool safet_scan_meta(struct jscan *s, char *buf, const char *str[SM_N], s
 		if (!jscan_key(s, &key, &key_len))
 			return false;
 		for (k = 0; k < SM_N; k++)
-			if (jscan_key_is(key, key_len, meta_keys[k]))
+			if (jscan_key_is(key, key_len, ingest_ident_meta.keys[k]))
 				break;
 		if (k == SM_N || (*seen & 1u << k))
 			return false;
@@ -1830,7 +1606,7 @@ static bool safet_scan_header(struct jscan *s, char *buf, const char *str[SM_N],
 }
 
 /*
- * decode_identity() for metadata the scanner read (known keys, string
+ * ingest_ident_decode() for metadata the scanner read (known keys, string
  * values, worker, step and seq present): the same checks of values, in
  * the same order, with the same paths.
  */
@@ -1840,27 +1616,34 @@ static int safet_scan_identity(const char *const str[SM_N], const size_t len[SM_
 	char path[INGEST_SHOW_MAX + 32];
 	int r;
 
-	r = set_name("worker", key_path(path, sizeof(path), &meta_form, "worker", 6),
-		     str[SM_WORKER], len[SM_WORKER], hdr->worker, err);
+	r = ingest_ident_name(
+		"worker", ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "worker", 6),
+		str[SM_WORKER], len[SM_WORKER], hdr->worker, err);
 	if (r == 0)
-		r = set_decimal("step", key_path(path, sizeof(path), &meta_form, "step", 4),
-				str[SM_STEP], len[SM_STEP], &hdr->step, err);
+		r = ingest_ident_decimal(
+			"step",
+			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "step", 4),
+			str[SM_STEP], len[SM_STEP], &hdr->step, err);
 	if (r == 0)
-		r = set_decimal("seq", key_path(path, sizeof(path), &meta_form, "seq", 3),
-				str[SM_SEQ], len[SM_SEQ], &hdr->seq, err);
+		r = ingest_ident_decimal(
+			"seq", ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "seq", 3),
+			str[SM_SEQ], len[SM_SEQ], &hdr->seq, err);
 	if (r < 0)
 		return r;
 	if (seen & 1u << SM_DOMAIN)
-		r = set_name("domain", key_path(path, sizeof(path), &meta_form, "domain", 6),
-			     str[SM_DOMAIN], len[SM_DOMAIN], hdr->domain, err);
+		r = ingest_ident_name(
+			"domain",
+			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "domain", 6),
+			str[SM_DOMAIN], len[SM_DOMAIN], hdr->domain, err);
 	else
 		snprintf(hdr->domain, sizeof(hdr->domain), "%s", "default");
 	if (r < 0)
 		return r;
 	hdr->var_kind = STATS_VAR_UNBIASED;
 	if (seen & 1u << SM_VAR_KIND)
-		r = set_var_kind(key_path(path, sizeof(path), &meta_form, "var_kind", 8),
-				 str[SM_VAR_KIND], len[SM_VAR_KIND], &hdr->var_kind, err);
+		r = ingest_ident_var_kind(
+			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "var_kind", 8),
+			str[SM_VAR_KIND], len[SM_VAR_KIND], &hdr->var_kind, err);
 	return r;
 }
 
@@ -1920,7 +1703,7 @@ static int safet_decode(const char *run, const uint8_t *body, size_t len,
 			struct bn_error *err, unsigned paths)
 {
 	size_t hlen = 0;
-	int r = decode_start(run, &limits, out, err);
+	int r = ingest_decode_start(run, &limits, out, err);
 
 	if (r == 0)
 		r = safet_header_length(body, len, &hlen, err);

@@ -218,6 +218,72 @@ const char *ingest_type_name(const json_t *v);
 bool ingest_key_known(const char *key, const char *const *known, size_t n);
 
 /* ------------------------------------------------------------------ */
+/* ingest_ident.c: the identity of an upload */
+
+/* safetensors' metadata object, which holds the identity in that form. */
+#define SAFET_META "__metadata__"
+
+/* How a form spells the identity and options of an upload. */
+struct ingest_ident_form {
+	const char *prefix;	 /* of error paths */
+	const char *const *keys; /* the keys allowed beside them */
+	size_t n_keys;
+	const char *expected; /* the keys, for the unknown-key message */
+	bool strings;	      /* step and seq are decimal strings */
+};
+
+/* The JSON body's top level, and safetensors' metadata (all strings). */
+extern const struct ingest_ident_form ingest_ident_json;
+extern const struct ingest_ident_form ingest_ident_meta;
+
+/*
+ * What both decoders do first: *out to NULL, *limits to the defaults when
+ * it is NULL, and the run name from the URL checked. 0, or a 422 at "run"
+ * in *err and -EINVAL. run is borrowed (NULL is an invalid name).
+ */
+int ingest_decode_start(const char *run, const struct ingest_limits **limits,
+			struct ingest_batch **out, struct bn_error *err);
+
+/*
+ * The identity and options of the upload from obj (the JSON body, or
+ * safetensors' metadata, as form f spells them) into *hdr's worker, step,
+ * seq, domain and var_kind. Unknown keys are looked for first, so that a
+ * misspelt key is reported as unknown rather than as missing. 0, or an
+ * error in *err and -EINVAL. obj is borrowed.
+ */
+int ingest_ident_decode(const json_t *obj, const struct ingest_ident_form *f,
+			struct ingest_batch *hdr, struct bn_error *err);
+
+/*
+ * The checks of single values that both ways of reading a form end in,
+ * once the value is known to be a string s[0..len) (borrowed, not
+ * necessarily NUL-terminated), `path` being where it was. Each returns 0,
+ * or an error in *err and -EINVAL.
+ */
+
+/* A name field `key` (worker, domain) into dst (INGEST_NAME_MAX + 1 bytes). */
+int ingest_ident_name(const char *key, const char *path, const char *s, size_t len, char *dst,
+		      struct bn_error *err);
+
+/* var_kind, "unbiased" or "biased", into *kind. */
+int ingest_ident_var_kind(const char *path, const char *s, size_t len, enum stats_var_kind *kind,
+			  struct bn_error *err);
+
+/*
+ * A step or seq of safetensors metadata into *out: the decimal digits of
+ * an integer in [0, INT64_MAX], without sign, space or leading zero.
+ */
+int ingest_ident_decimal(const char *key, const char *path, const char *s, size_t len, int64_t *out,
+			 struct bn_error *err);
+
+/*
+ * "<f->prefix><key[0..len)>", the key shown with ingest_show(), into dst
+ * (of size > INGEST_SHOW_MAX + strlen(f->prefix) + 4). Returns dst.
+ */
+const char *ingest_ident_path(char *dst, size_t size, const struct ingest_ident_form *f,
+			      const char *key, size_t len);
+
+/* ------------------------------------------------------------------ */
 /* the decoders one way at a time, for the tests */
 
 /* What ingest_decode_json_jscan() returns for a body it leaves to jansson. */
