@@ -28,6 +28,7 @@
  */
 #include "bnstat/ingest.h"
 #include "ingest_private.h"
+#include "jscan.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -310,19 +311,11 @@ static int json_decode_jansson(const char *run, const char *body, size_t len,
  * jansson path; so the fast path never makes an error of its own and, on
  * a body it accepts, gives the same batch or the same error as the
  * jansson path. tests/check_ingest.c holds the two paths to that.
- *
- * Numbers convert as jansson converts them: an integer token (no '.',
- * 'e' or 'E') through int64 then to double, any other through strtod() on
- * the token's exact text. jansson swaps '.' for the locale's decimal point
- * first; bnstatd never calls setlocale(), so it runs in the "C" locale and
- * plain strtod() reads the same text the same way.
  */
 
-/* Longest real number token converted in place; longer ones give up. */
-#define JSCAN_NUMBER_MAX 64
-
-struct jscan {
-	const char *p, *end; /* the cursor, the end of the body */
+/* The JSON form's scanner: the cursor, and what it has read so far. */
+struct json_scan {
+	struct jscan sc; /* the cursor, the end of the body */
 	struct layer_plan *plans;
 	size_t n_plans, cap_plans;
 	size_t max_plans; /* more layers than the limit: give up (the
@@ -332,184 +325,10 @@ struct jscan {
 };
 
 /* What the top level may hold, as bits of a mask of keys seen. */
-enum jscan_key { JK_WORKER, JK_STEP, JK_SEQ, JK_DOMAIN, JK_VAR_KIND, JK_LAYERS };
-
-static void jscan_ws(struct jscan *s)
-{
-	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
-		s->p++;
-}
-
-/* After whitespace, the character c; the cursor moves past it. */
-static bool jscan_char(struct jscan *s, char c)
-{
-	jscan_ws(s);
-	if (s->p == s->end || *s->p != c)
-		return false;
-	s->p++;
-	return true;
-}
-
-/*
- * After whitespace, the character ',' (true, *more set) or `close`
- * (true, *more cleared).
- */
-static bool jscan_next(struct jscan *s, char close, bool *more)
-{
-	jscan_ws(s);
-	if (s->p == s->end || (*s->p != ',' && *s->p != close))
-		return false;
-	*more = *s->p++ == ',';
-	return true;
-}
-
-/*
- * Whether s[0..n) is all printable ASCII (0x20..0x7e) but for the
- * backslash. Base64 strings make most of a body, so this looks at 8
- * bytes at a time: the classic bit tricks flag, in the high bit of a
- * byte, one below 0x20, one above 0x7e and one equal to '\\'. Each may
- * also flag bytes after a flagged one (through carries), but never when
- * no byte is bad, which is all that is asked.
- */
-static bool jscan_plain(const unsigned char *s, size_t n)
-{
-	const uint64_t ones = 0x0101010101010101ULL, high = ones * 0x80;
-	uint64_t bad = 0, w, x;
-	size_t i;
-
-	for (i = 0; i + 8 <= n; i += 8) {
-		memcpy(&w, s + i, 8);
-		x = w ^ ones * '\\';
-		bad |= ((w - ones * 0x20) & ~w) | (w + ones) | w | ((x - ones) & ~x);
-	}
-	for (; i < n; i++)
-		bad |= (uint64_t)(s[i] < 0x20 || s[i] > 0x7e || s[i] == '\\') << 7;
-	return (bad & high) == 0;
-}
-
-/*
- * After whitespace, a string without escapes into *str, *len (pointing
- * into the body).
- */
-static bool jscan_string(struct jscan *s, const char **str, size_t *len)
-{
-	const char *q;
-
-	if (!jscan_char(s, '"'))
-		return false;
-	q = memchr(s->p, '"', (size_t)(s->end - s->p));
-	if (q == NULL || !jscan_plain((const unsigned char *)s->p, (size_t)(q - s->p)))
-		return false;
-	*str = s->p;
-	*len = (size_t)(q - s->p);
-	s->p = q + 1;
-	return true;
-}
-
-/* A key and its ':'. */
-static bool jscan_key(struct jscan *s, const char **key, size_t *len)
-{
-	return jscan_string(s, key, len) && jscan_char(s, ':');
-}
-
-/* key[0..len) is the NUL-terminated word. */
-static bool jscan_key_is(const char *key, size_t len, const char *word)
-{
-	return strlen(word) == len && memcmp(key, word, len) == 0;
-}
-
-static bool is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-/*
- * After whitespace, a JSON number token
- * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, as jansson would read
- * it: an integer token (no fraction, no exponent) that fits int64 sets
- * *is_int and *i; another token sets *d from strtod(). An integer out of
- * range, or a real that overflows, is a syntax error to jansson: give up.
- */
-static bool jscan_number(struct jscan *s, bool *is_int, int64_t *i, double *d)
-{
-	const char *t, *p;
-	char text[JSCAN_NUMBER_MAX + 1];
-	uint64_t u = 0, lim;
-	bool neg;
-
-	jscan_ws(s);
-	t = p = s->p;
-	neg = p < s->end && *p == '-';
-	if (neg)
-		p++;
-	if (p == s->end || !is_digit(*p))
-		return false;
-	if (*p == '0') {
-		p++;
-	} else {
-		lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-		for (; p < s->end && is_digit(*p); p++) {
-			unsigned dig = (unsigned)(*p - '0');
-
-			if (u > (lim - dig) / 10)
-				u = lim + 1; /* out of range; keeps scanning */
-			else
-				u = u * 10 + dig;
-		}
-	}
-	*is_int = p == s->end || (*p != '.' && *p != 'e' && *p != 'E');
-	if (*is_int) {
-		if (u > (neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
-			return false;
-		if (!neg)
-			*i = (int64_t)u;
-		else if (u == 0)
-			*i = 0;
-		else /* -2^63 has no positive int64: -(u - 1) - 1 */
-			*i = -(int64_t)(u - 1) - 1;
-		s->p = p;
-		return true;
-	}
-	if (*p == '.') {
-		p++;
-		if (p == s->end || !is_digit(*p))
-			return false;
-		while (p < s->end && is_digit(*p))
-			p++;
-	}
-	if (p < s->end && (*p == 'e' || *p == 'E')) {
-		p++;
-		if (p < s->end && (*p == '+' || *p == '-'))
-			p++;
-		if (p == s->end || !is_digit(*p))
-			return false;
-		while (p < s->end && is_digit(*p))
-			p++;
-	}
-	if ((size_t)(p - t) > JSCAN_NUMBER_MAX)
-		return false;
-	memcpy(text, t, (size_t)(p - t));
-	text[p - t] = '\0';
-	/* "C" locale (see above); the syntax is checked, so strtod() reads
-	 * the whole token */
-	*d = strtod(text, NULL);
-	if (isinf(*d))
-		return false;
-	s->p = p;
-	return true;
-}
-
-/* After whitespace, an integer token (step, seq, count). */
-static bool jscan_int(struct jscan *s, int64_t *out)
-{
-	bool is_int;
-	double d;
-
-	return jscan_number(s, &is_int, out, &d) && is_int;
-}
+enum json_scan_key { JK_WORKER, JK_STEP, JK_SEQ, JK_DOMAIN, JK_VAR_KIND, JK_LAYERS };
 
 /* A number array, its '[' read, into s->vals and *a. */
-static bool json_scan_numbers(struct jscan *s, struct src_array *a)
+static bool json_scan_numbers(struct json_scan *s, struct src_array *a)
 {
 	bool more = true, is_int;
 	int64_t i;
@@ -518,13 +337,13 @@ static bool json_scan_numbers(struct jscan *s, struct src_array *a)
 	a->kind = SRC_DOUBLES;
 	a->at = s->n_vals;
 	a->n = 0;
-	jscan_ws(s);
-	if (s->p < s->end && *s->p == ']') {
-		s->p++;
+	jscan_ws(&s->sc);
+	if (s->sc.p < s->sc.end && *s->sc.p == ']') {
+		s->sc.p++;
 		return true;
 	}
 	while (more) {
-		if (!jscan_number(s, &is_int, &i, &d))
+		if (!jscan_number(&s->sc, &is_int, &i, &d))
 			return false;
 		if (s->n_vals == s->cap_vals) {
 			size_t cap = s->cap_vals ? 2 * s->cap_vals : 1024;
@@ -538,14 +357,14 @@ static bool json_scan_numbers(struct jscan *s, struct src_array *a)
 		}
 		s->vals[s->n_vals++] = is_int ? (double)i : d;
 		a->n++;
-		if (!jscan_next(s, ']', &more))
+		if (!jscan_next(&s->sc, ']', &more))
 			return false;
 	}
 	return true;
 }
 
 /* {"dtype": "...", "b64": "..."}, its '{' read, into *a. */
-static bool json_scan_b64(struct jscan *s, struct src_array *a)
+static bool json_scan_b64(struct json_scan *s, struct src_array *a)
 {
 	unsigned seen = 0;
 	bool more = true;
@@ -556,15 +375,15 @@ static bool json_scan_b64(struct jscan *s, struct src_array *a)
 	while (more) {
 		unsigned bit;
 
-		if (!jscan_key(s, &key, &len))
+		if (!jscan_key(&s->sc, &key, &len))
 			return false;
 		if (jscan_key_is(key, len, "dtype")) {
 			bit = 1;
-			if (!jscan_string(s, &a->dtype, &a->dtype_len))
+			if (!jscan_string(&s->sc, &a->dtype, &a->dtype_len))
 				return false;
 		} else if (jscan_key_is(key, len, "b64")) {
 			bit = 2;
-			if (!jscan_string(s, &a->b64, &a->b64_len))
+			if (!jscan_string(&s->sc, &a->b64, &a->b64_len))
 				return false;
 		} else {
 			return false;
@@ -572,28 +391,28 @@ static bool json_scan_b64(struct jscan *s, struct src_array *a)
 		if (seen & bit)
 			return false;
 		seen |= bit;
-		if (!jscan_next(s, '}', &more))
+		if (!jscan_next(&s->sc, '}', &more))
 			return false;
 	}
 	return seen == 3;
 }
 
 /* One layer's object into *p. */
-static bool json_scan_layer(struct jscan *s, struct layer_plan *p)
+static bool json_scan_layer(struct json_scan *s, struct layer_plan *p)
 {
 	unsigned seen = 0;
 	bool more = true;
 	const char *key;
 	size_t len, id;
 
-	if (!jscan_char(s, '{'))
+	if (!jscan_char(&s->sc, '{'))
 		return false;
 	while (more) {
-		if (!jscan_key(s, &key, &len))
+		if (!jscan_key(&s->sc, &key, &len))
 			return false;
 		if (jscan_key_is(key, len, "count")) {
 			id = ARR_N;
-			if (!jscan_int(s, &p->count))
+			if (!jscan_int(&s->sc, &p->count))
 				return false;
 			p->has_count = true;
 		} else {
@@ -602,11 +421,11 @@ static bool json_scan_layer(struct jscan *s, struct layer_plan *p)
 					break;
 			if (id == ARR_N)
 				return false;
-			if (jscan_char(s, '[')) {
+			if (jscan_char(&s->sc, '[')) {
 				if (!json_scan_numbers(s, &p->src[id]))
 					return false;
-			} else if (s->p < s->end && *s->p == '{') {
-				s->p++;
+			} else if (s->sc.p < s->sc.end && *s->sc.p == '{') {
+				s->sc.p++;
 				if (!json_scan_b64(s, &p->src[id]))
 					return false;
 			} else {
@@ -616,22 +435,22 @@ static bool json_scan_layer(struct jscan *s, struct layer_plan *p)
 		if (seen & 1u << id)
 			return false;
 		seen |= 1u << id;
-		if (!jscan_next(s, '}', &more))
+		if (!jscan_next(&s->sc, '}', &more))
 			return false;
 	}
 	return p->has_count;
 }
 
 /* The "layers" object into s->plans. */
-static bool json_scan_layers(struct jscan *s)
+static bool json_scan_layers(struct json_scan *s)
 {
 	bool more = true;
 
-	if (!jscan_char(s, '{'))
+	if (!jscan_char(&s->sc, '{'))
 		return false;
-	jscan_ws(s);
-	if (s->p < s->end && *s->p == '}') {
-		s->p++;
+	jscan_ws(&s->sc);
+	if (s->sc.p < s->sc.end && *s->sc.p == '}') {
+		s->sc.p++;
 		return true;
 	}
 	while (more) {
@@ -651,8 +470,8 @@ static bool json_scan_layers(struct jscan *s)
 		p = &s->plans[s->n_plans++];
 		memset(p, 0, sizeof(*p));
 		p->prefix = "layers.";
-		if (!jscan_key(s, &p->name, &p->name_len) || !json_scan_layer(s, p) ||
-		    !jscan_next(s, '}', &more))
+		if (!jscan_key(&s->sc, &p->name, &p->name_len) || !json_scan_layer(s, p) ||
+		    !jscan_next(&s->sc, '}', &more))
 			return false;
 	}
 	return true;
@@ -662,8 +481,8 @@ static bool json_scan_layers(struct jscan *s)
  * The whole body: the top-level object into the identity strings and
  * integers and s->plans, then nothing but whitespace.
  */
-static bool json_scan_body(struct jscan *s, const char *str[JK_LAYERS], size_t str_len[JK_LAYERS],
-			   int64_t ints[2], unsigned *seen)
+static bool json_scan_body(struct json_scan *s, const char *str[JK_LAYERS],
+			   size_t str_len[JK_LAYERS], int64_t ints[2], unsigned *seen)
 {
 	bool more = true;
 	const char *key;
@@ -674,10 +493,10 @@ static bool json_scan_body(struct jscan *s, const char *str[JK_LAYERS], size_t s
 	};
 
 	*seen = 0;
-	if (!jscan_char(s, '{'))
+	if (!jscan_char(&s->sc, '{'))
 		return false;
 	while (more) {
-		if (!jscan_key(s, &key, &len))
+		if (!jscan_key(&s->sc, &key, &len))
 			return false;
 		for (k = 0; k <= JK_LAYERS; k++)
 			if (jscan_key_is(key, len, keys[k]))
@@ -686,19 +505,19 @@ static bool json_scan_body(struct jscan *s, const char *str[JK_LAYERS], size_t s
 			return false;
 		*seen |= 1u << k;
 		if (k == JK_STEP || k == JK_SEQ) {
-			if (!jscan_int(s, &ints[k - JK_STEP]))
+			if (!jscan_int(&s->sc, &ints[k - JK_STEP]))
 				return false;
 		} else if (k == JK_LAYERS) {
 			if (!json_scan_layers(s))
 				return false;
-		} else if (!jscan_string(s, &str[k], &str_len[k])) {
+		} else if (!jscan_string(&s->sc, &str[k], &str_len[k])) {
 			return false;
 		}
-		if (!jscan_next(s, '}', &more))
+		if (!jscan_next(&s->sc, '}', &more))
 			return false;
 	}
-	jscan_ws(s);
-	return s->p == s->end;
+	jscan_ws(&s->sc);
+	return s->sc.p == s->sc.end;
 }
 
 /*
@@ -730,7 +549,7 @@ static int json_scan_plan_layer(struct layer_plan *p, struct bn_error *err)
  * the same checks of values, in the same order, through the same
  * functions (the type checks have passed already).
  */
-static int json_scan_doc(const char *run, struct jscan *s, const char *const str[JK_LAYERS],
+static int json_scan_doc(const char *run, struct json_scan *s, const char *const str[JK_LAYERS],
 			 const size_t str_len[JK_LAYERS], const int64_t ints[2], unsigned seen,
 			 const struct ingest_limits *lim, struct ingest_batch **out,
 			 struct bn_error *err)
@@ -783,7 +602,7 @@ static int json_decode_jscan(const char *run, const char *body, size_t len,
 			     const struct ingest_limits *limits, struct ingest_batch **out,
 			     struct bn_error *err)
 {
-	struct jscan s;
+	struct json_scan s;
 	const char *str[JK_LAYERS] = { NULL };
 	size_t str_len[JK_LAYERS] = { 0 }, i, j;
 	int64_t ints[2] = { 0, 0 };
@@ -794,8 +613,8 @@ static int json_decode_jscan(const char *run, const char *body, size_t len,
 	if (body == NULL)
 		return INGEST_NOT_HANDLED;
 	memset(&s, 0, sizeof(s));
-	s.p = body;
-	s.end = body + len;
+	s.sc.p = body;
+	s.sc.end = body + len;
 	s.max_plans = limits->max_layers;
 	if (!json_scan_body(&s, str, str_len, ints, &seen) || (seen & need) != need)
 		goto done;
