@@ -284,10 +284,30 @@ const char *ingest_ident_path(char *dst, size_t size, const struct ingest_ident_
 			      const char *key, size_t len);
 
 /* ------------------------------------------------------------------ */
-/* the decoders one way at a time, for the tests */
+/* ingest_json.c, and what both forms' drivers share */
 
-/* What ingest_decode_json_jscan() returns for a body it leaves to jansson. */
+/*
+ * What a fast path (ingest_decode_json_jscan(), ingest_decode_safetensors_jscan()
+ * and the functions behind them) returns for a document it leaves to
+ * jansson, with *out still NULL and *err untouched.
+ */
 #define INGEST_NOT_HANDLED 1
+
+/* Which readers a form's driver may use: the fast scanner, jansson, or both in turn. */
+enum decode_paths { PATH_JSCAN = 1, PATH_JANSSON = 2, PATH_BOTH = PATH_JSCAN | PATH_JANSSON };
+
+/*
+ * Parse text[0..len) with jansson into *root, rejecting duplicate keys
+ * and accepting any top-level type (the caller says what it must be).
+ * 0 and a new reference in *root, which the caller json_decref()s; or a
+ * 400 malformed_json at `path` in *err (its message naming `what` and the
+ * position) and -EINVAL, or -ENOMEM (500). text is borrowed.
+ */
+int ingest_json_parse(const char *text, size_t len, const char *path, const char *what,
+		      json_t **root, struct bn_error *err);
+
+/* ------------------------------------------------------------------ */
+/* the decoders one way at a time, for the tests */
 
 /*
  * ingest_decode_json() by the fast scanner alone: the same results,
