@@ -307,6 +307,64 @@ int ingest_json_parse(const char *text, size_t len, const char *path, const char
 		      json_t **root, struct bn_error *err);
 
 /* ------------------------------------------------------------------ */
+/* ingest_safetensors.c, ingest_safetensors_scan.c */
+
+#define SAFET_HEADER_MAX 100000000 /* bytes, the reference implementation's */
+#define SAFET_HEADER "__header__"
+#define SAFET_COUNT ARR_N /* safet_tensor.field of "<layer>.count" */
+#define SAFET_FIELDS "count, mean, var, ema_mean, ema_var"
+
+/*
+ * One tensor of the header. Either front end fills in the key; the
+ * jansson one sets info, and safet_check_tensor() type-checks it and reads
+ * dtype, rank, dim and off from it as it goes. The fast scanner
+ * (ingest_safet_decode_jscan()) leaves info NULL and fills those in itself, having
+ * accepted only well-typed tensors. The checks of values are then the
+ * same for both.
+ */
+struct safet_tensor {
+	const char *key; /* the tensor name (NUL-terminated, no NUL inside) */
+	size_t key_len;
+	size_t layer_len;   /* key[0..layer_len) names the layer */
+	unsigned field;	    /* enum arr_id, or SAFET_COUNT */
+	const json_t *info; /* jansson: the tensor's value; fast path: NULL */
+	const char *dtype;  /* the dtype string, dtype[0..dtype_len) */
+	size_t dtype_len;
+	size_t rank;	   /* of the shape */
+	int64_t dim;	   /* its last dimension (1 for rank 0), >= 0 */
+	int64_t off[2];	   /* data_offsets as sent, >= 0 */
+	size_t esize;	   /* bytes of one element */
+	size_t n;	   /* elements */
+	size_t begin, end; /* data_offsets, within the data buffer */
+};
+
+/* qsort() comparison of two struct safet_tensor by key (strcmp()). */
+int ingest_safet_key_cmp(const void *a, const void *b);
+
+/*
+ * What both ways of reading the header share once it is read: the
+ * identity in *hdr, the tensors ts[0..n) (n > 0, within the limit; sorted
+ * here), the data buffer data[0..data_len). Checks the tensors (in name
+ * order) and the layout, then builds the batch: 0 and a new batch in
+ * *out, owned by the caller; or an error in *err and a negative errno.
+ * ts, *hdr and data stay the caller's; the batch points into none of them.
+ */
+int ingest_safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
+				const uint8_t *data, size_t data_len,
+				const struct ingest_limits *lim, struct ingest_batch **out,
+				struct bn_error *err);
+
+/*
+ * The fast path for the body[0..len) whose header length hlen is checked
+ * already: as the jansson path, or INGEST_NOT_HANDLED (with *out still
+ * NULL and *err untouched) for a header it leaves to jansson. body is
+ * borrowed; the header is scanned in a private copy.
+ */
+int ingest_safet_decode_jscan(const char *run, const uint8_t *body, size_t len, size_t hlen,
+			      const struct ingest_limits *lim, struct ingest_batch **out,
+			      struct bn_error *err);
+
+/* ------------------------------------------------------------------ */
 /* the decoders one way at a time, for the tests */
 
 /*

@@ -1,49 +1,11 @@
 /*
- * ingest: validate and decode one upload (SPEC section 4, "Upload") into a
- * struct ingest_batch, and compute its content hash. The upload comes in
- * two forms: a JSON body, or a safetensors file (an 8-byte header length,
- * a JSON header, a raw data buffer).
+ * ingest: the safetensors form of an upload (docs/API.md, "The binary
+ * form (safetensors)"): an 8-byte header length, a JSON header naming
+ * "<layer>.<field>" tensors and holding the identity in "__metadata__",
+ * then the raw data buffer. This file holds the checks of the tensors and
+ * the layout, which both ways of reading the header end in, the jansson
+ * way, and the driver; ingest_safetensors_scan.c holds the fast way.
  *
- * Each form has its own front end, which checks what is particular to it
- * (JSON types, base64; safetensors' dtypes, shapes and data offsets) and
- * describes every layer as a struct layer_plan: name, count, and where
- * each value array is. (Each form reads its JSON with one of two front
- * ends: a fast scanner for ordinary uploads, and jansson for everything
- * else; see "the JSON form, fast path" and "the safetensors form, fast
- * path".) One back end, ingest_build_batch(), then applies the
- * rules of the upload to the plans (check_layer()), makes a single
- * allocation for the whole batch (header, layer table, all value arrays,
- * names), converts the values straight into it (base64 decoded in place,
- * f32 widened in place) and checks each value (finite, variance >= 0),
- * and hashes the result. The same content thus gives the same batch and
- * the same hash in any form. A failure anywhere frees that one block, so
- * nothing leaks and *out stays NULL.
- *
- * Layers are handled in name order, so which of several bad layers is
- * reported does not depend on the order of the upload.
- *
- * Error paths and messages can echo client-supplied names; they go through
- * ingest_show(), which keeps them printable ASCII and bounded, because the HTTP
- * layer puts them into a JSON reply and the log puts them on a line.
- */
-#include "bnstat/ingest.h"
-#include "ingest_private.h"
-#include "jscan.h"
-
-#include <errno.h>
-#include <jansson.h>
-#include <limits.h>
-#include <math.h>
-#include <stdalign.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* ------------------------------------------------------------------ */
-/* the safetensors form */
-
-/*
  * The header is untrusted: its length is checked against the body and
  * the reference implementation's own limit before anything is parsed, and
  * every tensor's dtype, shape and data_offsets are checked against each
@@ -61,34 +23,14 @@
  * "<layer>.<field>" as path.
  */
 
-#define SAFET_HEADER_MAX 100000000 /* bytes, the reference implementation's */
-#define SAFET_HEADER "__header__"
-#define SAFET_COUNT ARR_N /* safet_tensor.field of "<layer>.count" */
-#define SAFET_FIELDS "count, mean, var, ema_mean, ema_var"
+#include "bnstat/ingest.h"
+#include "ingest_private.h"
 
-/*
- * One tensor of the header. Either front end fills in the key; the
- * jansson one sets info, and safet_check_tensor() type-checks it and reads
- * dtype, rank, dim and off from it as it goes. The fast scanner
- * (safet_decode_jscan()) leaves info NULL and fills those in itself, having
- * accepted only well-typed tensors. The checks of values are then the
- * same for both.
- */
-struct safet_tensor {
-	const char *key; /* the tensor name (NUL-terminated, no NUL inside) */
-	size_t key_len;
-	size_t layer_len;   /* key[0..layer_len) names the layer */
-	unsigned field;	    /* enum arr_id, or SAFET_COUNT */
-	const json_t *info; /* jansson: the tensor's value; fast path: NULL */
-	const char *dtype;  /* the dtype string, dtype[0..dtype_len) */
-	size_t dtype_len;
-	size_t rank;	   /* of the shape */
-	int64_t dim;	   /* its last dimension (1 for rank 0), >= 0 */
-	int64_t off[2];	   /* data_offsets as sent, >= 0 */
-	size_t esize;	   /* bytes of one element */
-	size_t n;	   /* elements */
-	size_t begin, end; /* data_offsets, within the data buffer */
-};
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static const char *safet_field_name(unsigned field)
 {
@@ -347,7 +289,7 @@ static int safet_check_tensor(struct safet_tensor *t, size_t data_len, struct bn
 	return 0;
 }
 
-static int safet_key_cmp(const void *a, const void *b)
+int ingest_safet_key_cmp(const void *a, const void *b)
 {
 	return strcmp(((const struct safet_tensor *)a)->key, ((const struct safet_tensor *)b)->key);
 }
@@ -461,11 +403,6 @@ static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint
 	return 0;
 }
 
-static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
-				const uint8_t *data, size_t data_len,
-				const struct ingest_limits *lim, struct ingest_batch **out,
-				struct bn_error *err);
-
 /*
  * Everything after the header is parsed (into root, an object), with the
  * data buffer data[0..data_len). On success *out holds the batch; on
@@ -521,7 +458,7 @@ static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *
 		ts[i].info = v;
 		i++;
 	}
-	r = safet_decode_tensors(&hdr, ts, n, data, data_len, lim, out, err);
+	r = ingest_safet_decode_tensors(&hdr, ts, n, data, data_len, lim, out, err);
 	free(ts);
 	return r;
 }
@@ -532,7 +469,7 @@ static int safet_decode_doc(const char *run, const json_t *root, const uint8_t *
  * data[0..data_len). Checks the tensors (in name order) and the layout,
  * then builds the batch.
  */
-static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
+int ingest_safet_decode_tensors(const struct ingest_batch *hdr, struct safet_tensor *ts, size_t n,
 				const uint8_t *data, size_t data_len,
 				const struct ingest_limits *lim, struct ingest_batch **out,
 				struct bn_error *err)
@@ -541,7 +478,7 @@ static int safet_decode_tensors(const struct ingest_batch *hdr, struct safet_ten
 	size_t n_layers = 0, i;
 	int r;
 
-	qsort(ts, n, sizeof(*ts), safet_key_cmp);
+	qsort(ts, n, sizeof(*ts), ingest_safet_key_cmp);
 	for (i = 0; i < n; i++) {
 		r = safet_check_tensor(&ts[i], data_len, err);
 		if (r < 0)
@@ -612,275 +549,6 @@ static int safet_decode_jansson(const char *run, const uint8_t *body, size_t len
 	return r;
 }
 
-/* the safetensors form, fast path */
-
-/*
- * As for the JSON form, jansson is most of the cost of a safetensors
- * upload: its header is a few hundred small objects. The fast path scans
- * a copy of the header with the JSON fast path's primitives (jscan_ws(),
- * jscan_string(), jscan_int(), ...), for exactly the usual shape:
- *
- *   {"__metadata__": {"worker": "...", "step": "...", ...},
- *    "<tensor>": {"dtype": "...", "shape": [], "data_offsets": [b, e]},
- *    ...}
- *
- * in any order of keys, with metadata keys among ingest_ident_meta.keys and all
- * string-valued, worker, step and seq present, and per tensor exactly
- * dtype (a string), shape (0 or 1 integers >= 0) and data_offsets (2
- * integers >= 0). It gives up (INGEST_NOT_HANDLED) on anything else:
- * syntax errors, escapes, control or non-ASCII bytes in strings, a
- * duplicate key or tensor name, unknown keys, other types, other ranks,
- * negative numbers or numbers outside int64, no __metadata__ or no
- * tensors, more tensors than the limit allows, trailing bytes. Then
- * ingest_decode_safetensors() runs the jansson path from scratch.
- *
- * What it builds is what the jansson path builds: the identity through
- * the same ingest_ident_name(), ingest_ident_decimal() and ingest_ident_var_kind() in the order of
- * ingest_ident_decode(), and safet_tensors (without info, see struct safet_tensor)
- * for safet_decode_tensors(), which does the rest for both. Strings are
- * NUL-terminated in the copy (where their closing quotes were), so that
- * the tensor names are C strings, as jansson's keys are.
- */
-
-/* The keys of the metadata, in the order of ingest_ident_meta.keys. */
-enum safet_meta_key { SM_WORKER, SM_STEP, SM_SEQ, SM_DOMAIN, SM_VAR_KIND, SM_FORMAT, SM_N };
-
-/* jscan_string(), the string then NUL-terminated in place (buf is s's). */
-static bool safet_scan_string(struct jscan *s, char *buf, const char **str, size_t *len)
-{
-	if (!jscan_string(s, str, len))
-		return false;
-	buf[*str + *len - buf] = '\0';
-	return true;
-}
-
-/* The metadata object into str[], len[] (the keys seen in *seen). */
-static bool safet_scan_meta(struct jscan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
-			    unsigned *seen)
-{
-	bool more = true;
-	const char *key;
-	size_t key_len;
-	unsigned k;
-
-	*seen = 0;
-	if (!jscan_char(s, '{'))
-		return false;
-	while (more) {
-		if (!jscan_key(s, &key, &key_len))
-			return false;
-		for (k = 0; k < SM_N; k++)
-			if (jscan_key_is(key, key_len, ingest_ident_meta.keys[k]))
-				break;
-		if (k == SM_N || (*seen & 1u << k))
-			return false;
-		*seen |= 1u << k;
-		if (!safet_scan_string(s, buf, &str[k], &len[k]) || !jscan_next(s, '}', &more))
-			return false;
-	}
-	return true;
-}
-
-/* After whitespace, an integer >= 0. */
-static bool safet_scan_uint(struct jscan *s, int64_t *out)
-{
-	return jscan_int(s, out) && *out >= 0;
-}
-
-/* One tensor's object (its '{' not yet read) into *t. */
-static bool safet_scan_tensor(struct jscan *s, char *buf, struct safet_tensor *t)
-{
-	unsigned seen = 0, bit;
-	bool more = true;
-	const char *key;
-	size_t len;
-
-	if (!jscan_char(s, '{'))
-		return false;
-	while (more) {
-		if (!jscan_key(s, &key, &len))
-			return false;
-		if (jscan_key_is(key, len, "dtype")) {
-			bit = 1;
-			if (!safet_scan_string(s, buf, &t->dtype, &t->dtype_len))
-				return false;
-		} else if (jscan_key_is(key, len, "shape")) {
-			bit = 2;
-			if (!jscan_char(s, '['))
-				return false;
-			jscan_ws(s);
-			t->dim = 1;
-			if (s->p < s->end && *s->p == ']') {
-				s->p++;
-				t->rank = 0;
-			} else if (safet_scan_uint(s, &t->dim) && jscan_char(s, ']')) {
-				t->rank = 1;
-			} else {
-				return false;
-			}
-		} else if (jscan_key_is(key, len, "data_offsets")) {
-			bit = 4;
-			if (!jscan_char(s, '[') || !safet_scan_uint(s, &t->off[0]) ||
-			    !jscan_char(s, ',') || !safet_scan_uint(s, &t->off[1]) ||
-			    !jscan_char(s, ']'))
-				return false;
-		} else {
-			return false;
-		}
-		if (seen & bit)
-			return false;
-		seen |= bit;
-		if (!jscan_next(s, '}', &more))
-			return false;
-	}
-	return seen == 7;
-}
-
-/*
- * The header buf[0..hlen) (a copy, written to) into the metadata strings
- * and *ts, *n (tensors, realloc()ed; *ts NULL to start with), then nothing
- * but whitespace. More than max_tensors tensors: give up.
- */
-static bool safet_scan_header(struct jscan *s, char *buf, const char *str[SM_N], size_t len[SM_N],
-			      unsigned *seen, struct safet_tensor **ts, size_t *n,
-			      size_t max_tensors)
-{
-	bool more = true, meta = false;
-	size_t cap = 0;
-
-	if (!jscan_char(s, '{'))
-		return false;
-	while (more) {
-		const char *key;
-		size_t key_len;
-
-		if (!safet_scan_string(s, buf, &key, &key_len) || !jscan_char(s, ':'))
-			return false;
-		if (jscan_key_is(key, key_len, SAFET_META)) {
-			if (meta || !safet_scan_meta(s, buf, str, len, seen))
-				return false;
-			meta = true;
-		} else {
-			struct safet_tensor *t;
-
-			if (*n == max_tensors)
-				return false;
-			if (*n == cap) {
-				size_t c = cap ? 2 * cap : 64;
-
-				if (c > SIZE_MAX / sizeof(*t) ||
-				    (t = realloc(*ts, c * sizeof(*t))) == NULL)
-					return false;
-				*ts = t;
-				cap = c;
-			}
-			t = &(*ts)[(*n)++];
-			memset(t, 0, sizeof(*t));
-			t->key = key;
-			t->key_len = key_len;
-			if (!safet_scan_tensor(s, buf, t))
-				return false;
-		}
-		if (!jscan_next(s, '}', &more))
-			return false;
-	}
-	jscan_ws(s);
-	return meta && s->p == s->end;
-}
-
-/*
- * ingest_ident_decode() for metadata the scanner read (known keys, string
- * values, worker, step and seq present): the same checks of values, in
- * the same order, with the same paths.
- */
-static int safet_scan_identity(const char *const str[SM_N], const size_t len[SM_N], unsigned seen,
-			       struct ingest_batch *hdr, struct bn_error *err)
-{
-	char path[INGEST_SHOW_MAX + 32];
-	int r;
-
-	r = ingest_ident_name(
-		"worker", ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "worker", 6),
-		str[SM_WORKER], len[SM_WORKER], hdr->worker, err);
-	if (r == 0)
-		r = ingest_ident_decimal(
-			"step",
-			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "step", 4),
-			str[SM_STEP], len[SM_STEP], &hdr->step, err);
-	if (r == 0)
-		r = ingest_ident_decimal(
-			"seq", ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "seq", 3),
-			str[SM_SEQ], len[SM_SEQ], &hdr->seq, err);
-	if (r < 0)
-		return r;
-	if (seen & 1u << SM_DOMAIN)
-		r = ingest_ident_name(
-			"domain",
-			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "domain", 6),
-			str[SM_DOMAIN], len[SM_DOMAIN], hdr->domain, err);
-	else
-		snprintf(hdr->domain, sizeof(hdr->domain), "%s", "default");
-	if (r < 0)
-		return r;
-	hdr->var_kind = STATS_VAR_UNBIASED;
-	if (seen & 1u << SM_VAR_KIND)
-		r = ingest_ident_var_kind(
-			ingest_ident_path(path, sizeof(path), &ingest_ident_meta, "var_kind", 8),
-			str[SM_VAR_KIND], len[SM_VAR_KIND], &hdr->var_kind, err);
-	return r;
-}
-
-/*
- * The fast path, the header length checked already: as safet_decode_jansson(),
- * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
- * header it leaves to jansson.
- */
-static int safet_decode_jscan(const char *run, const uint8_t *body, size_t len, size_t hlen,
-			      const struct ingest_limits *lim, struct ingest_batch **out,
-			      struct bn_error *err)
-{
-	const unsigned need = 1u << SM_WORKER | 1u << SM_STEP | 1u << SM_SEQ;
-	struct jscan s;
-	struct ingest_batch hdr;
-	struct safet_tensor *ts = NULL;
-	const char *str[SM_N] = { NULL };
-	size_t str_len[SM_N] = { 0 }, n = 0, i, max_tensors;
-	unsigned seen = 0;
-	char *buf;
-	int r = INGEST_NOT_HANDLED;
-
-	/* safet_decode_doc()'s limit: (n + ARR_N) / (ARR_N + 1) <= max_layers */
-	max_tensors = lim->max_layers > (SIZE_MAX - ARR_N) / (ARR_N + 1)
-			      ? SIZE_MAX - ARR_N
-			      : lim->max_layers * (ARR_N + 1);
-	buf = malloc(hlen + 1);
-	if (buf == NULL)
-		return INGEST_NOT_HANDLED;
-	memcpy(buf, body + 8, hlen);
-	memset(&s, 0, sizeof(s));
-	s.p = buf;
-	s.end = buf + hlen;
-	if (!safet_scan_header(&s, buf, str, str_len, &seen, &ts, &n, max_tensors) ||
-	    (seen & need) != need || n == 0)
-		goto done;
-	/* duplicate tensor names: jansson's JSON_REJECT_DUPLICATES */
-	qsort(ts, n, sizeof(*ts), safet_key_cmp);
-	for (i = 1; i < n; i++)
-		if (safet_key_cmp(&ts[i - 1], &ts[i]) == 0)
-			goto done;
-
-	memset(&hdr, 0, sizeof(hdr));
-	snprintf(hdr.run, sizeof(hdr.run), "%s", run);
-	r = safet_scan_identity(str, str_len, seen, &hdr, err);
-	if (r == 0)
-		r = safet_decode_tensors(&hdr, ts, n, body + 8 + hlen, len - 8 - hlen, lim, out,
-					 err);
-done:
-	free(ts);
-	free(buf);
-	return r;
-}
-
 static int safet_decode(const char *run, const uint8_t *body, size_t len,
 			const struct ingest_limits *limits, struct ingest_batch **out,
 			struct bn_error *err, unsigned paths)
@@ -894,7 +562,7 @@ static int safet_decode(const char *run, const uint8_t *body, size_t len,
 		return r;
 	r = INGEST_NOT_HANDLED;
 	if (paths & PATH_JSCAN)
-		r = safet_decode_jscan(run, body, len, hlen, limits, out, err);
+		r = ingest_safet_decode_jscan(run, body, len, hlen, limits, out, err);
 	if (r == INGEST_NOT_HANDLED && (paths & PATH_JANSSON))
 		r = safet_decode_jansson(run, body, len, hlen, limits, out, err);
 	return r;
