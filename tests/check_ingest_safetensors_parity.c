@@ -88,7 +88,7 @@ static unsigned char *stg_body(struct gen *g, size_t *len)
 	size_t perm[STG_MAX], n = 0, at = 0, i, k, m;
 	size_t layers = 1 + gen_next(g) % 8;
 	struct sbuf h = { 0 }, v = { 0 };
-	unsigned char *body;
+	unsigned char *body, *data;
 	bool first = true;
 	char val[64];
 
@@ -179,15 +179,14 @@ static unsigned char *stg_body(struct gen *g, size_t *len)
 		}
 	}
 	sb_printf(&h, "}%*s", (int)(gen_next(g) % 8), "");
-	*len = 8 + h.len + at;
-	body = malloc(*len);
-	ck_assert_ptr_nonnull(body);
-	put_le64(body, h.len);
-	memcpy(body + 8, h.s, h.len);
+	data = malloc(at + 1);
+	ck_assert_ptr_nonnull(data);
 	for (i = 0; i < n; i++) {
-		memcpy(body + 8 + h.len + t[i].begin, t[i].raw, t[i].size);
+		memcpy(data + t[i].begin, t[i].raw, t[i].size);
 		free(t[i].raw);
 	}
+	body = st_body_n(h.s, h.len, data, at, len);
+	free(data);
 	sb_free(&h);
 	return body;
 }

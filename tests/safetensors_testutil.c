@@ -55,13 +55,7 @@ unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad, size_t *l
 
 	sb_printf(&h, "{%s%s%s}%*s", meta ? meta : "", meta && w->hdr.len ? ", " : "",
 		  w->hdr.s ? w->hdr.s : "", (int)pad, "");
-	*len = 8 + h.len + w->len;
-	body = malloc(*len);
-	ck_assert_ptr_nonnull(body);
-	put_le64(body, h.len);
-	memcpy(body + 8, h.s, h.len);
-	if (w->len > 0)
-		memcpy(body + 8 + h.len, w->data, w->len);
+	body = st_body_n(h.s, h.len, w->data, w->len, len);
 	sb_free(&h);
 	sb_free(&w->hdr);
 	free(w->data);
@@ -69,19 +63,24 @@ unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad, size_t *l
 	return body;
 }
 
-unsigned char *st_body(const char *header, const void *data, size_t dlen, size_t *len)
+unsigned char *st_body_n(const char *header, size_t hlen, const void *data, size_t dlen,
+			 size_t *len)
 {
-	size_t hl = strlen(header);
 	unsigned char *body;
 
-	*len = 8 + hl + dlen;
+	*len = 8 + hlen + dlen;
 	body = malloc(*len);
 	ck_assert_ptr_nonnull(body);
-	put_le64(body, hl);
-	memcpy(body + 8, header, hl);
+	put_le64(body, hlen);
+	memcpy(body + 8, header, hlen);
 	if (dlen > 0)
-		memcpy(body + 8 + hl, data, dlen);
+		memcpy(body + 8 + hlen, data, dlen);
 	return body;
+}
+
+unsigned char *st_body(const char *header, const void *data, size_t dlen, size_t *len)
+{
+	return st_body_n(header, strlen(header), data, dlen, len);
 }
 
 size_t st_outcomes[3];

@@ -43,7 +43,15 @@ void stw_count(struct stw *w, const char *name, int64_t count, bool scalar);
  */
 unsigned char *stw_finish(struct stw *w, const char *meta, size_t pad, size_t *len);
 
-/* A body of the given header text and dlen bytes of data. */
+/*
+ * The one assembler of safetensors bodies: the 8-byte little-endian
+ * length hlen, header[0..hlen), data[0..dlen) (data may be NULL when dlen
+ * is 0). The body, of *len bytes, is the caller's to free().
+ */
+unsigned char *st_body_n(const char *header, size_t hlen, const void *data, size_t dlen,
+			 size_t *len);
+
+/* st_body_n() of the NUL-terminated header text. */
 unsigned char *st_body(const char *header, const void *data, size_t dlen, size_t *len);
 
 /* The required metadata, and the metadata member of a header. */
