@@ -7,7 +7,13 @@
  * What needs stored state (a layer's channel count fixed by an earlier
  * upload, a batch identity seen before) is checked by the store's writer.
  * A batch that leaves ingest is internally consistent; one that does not
- * left nothing behind.
+ * left nothing behind. The rules are those of docs/API.md, "Upload" and
+ * "The binary form (safetensors)".
+ *
+ * Ownership, for every function here: arguments are borrowed for the
+ * call only (nothing keeps a pointer to them); what is returned through
+ * an out-parameter is new and the caller's. No function here has state
+ * of its own, so any thread may call any of them, concurrently.
  */
 #ifndef BNSTAT_INGEST_H
 #define BNSTAT_INGEST_H
@@ -30,11 +36,16 @@ struct ingest_limits {
 #define INGEST_DEFAULT_MAX_CHANNELS 65536
 
 /*
- * True when s is a valid run, worker or domain name: [A-Za-z0-9._-]{1,128}.
+ * True when the NUL-terminated s is a valid run, worker or domain name:
+ * [A-Za-z0-9._-]{1,128} (docs/API.md, "Names"). NULL is not valid. s is
+ * borrowed, and read at most one byte past the longest valid name.
  */
 bool ingest_name_valid(const char *s);
 
-/* True when s is a valid layer name: [A-Za-z0-9._-]{1,256}. */
+/*
+ * True when the NUL-terminated s is a valid layer name:
+ * [A-Za-z0-9._-]{1,256}. As ingest_name_valid() otherwise.
+ */
 bool ingest_layer_name_valid(const char *s);
 
 /*
@@ -46,8 +57,9 @@ bool ingest_layer_name_valid(const char *s);
  * limit), with the path of the offending field ("worker",
  * "layers.<name>.var[17]", "layers.<name>.mean.b64"; "" for the body as a
  * whole). -EINVAL for those; -ENOMEM (with 500 "internal") when memory
- * runs out. limits NULL means the defaults; err may be NULL. The body is
- * borrowed and need not be NUL-terminated.
+ * runs out. limits NULL means the defaults; err may be NULL. run, body
+ * and limits are borrowed for the call; body need not be NUL-terminated,
+ * and the batch does not point into it.
  */
 int ingest_decode_json(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
@@ -75,8 +87,8 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
  * ("layer1.0.bn1.var", "layer1.0.bn1.var[17]" for a value),
  * "__metadata__.<key>", or "__header__" for the file as a whole (length,
  * layout, syntax). -EINVAL for those; -ENOMEM (with 500 "internal") when
- * memory runs out. limits NULL means the defaults; err may be NULL. The
- * body is borrowed.
+ * memory runs out. limits NULL means the defaults; err may be NULL. run,
+ * body and limits are borrowed for the call.
  */
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      const struct ingest_limits *limits, struct ingest_batch **out,
@@ -89,7 +101,8 @@ int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
  * Returns the number of bytes written, or -EINVAL on a bad character,
  * bad length or bad padding (including non-zero unused bits before the
  * padding, so that each byte string has one accepted encoding). On
- * -EINVAL the contents of dst are unspecified.
+ * -EINVAL the contents of dst are unspecified. src and dst stay the
+ * caller's: nothing keeps a pointer to them.
  */
 long ingest_base64_decode(const char *src, size_t len, uint8_t *dst);
 
