@@ -286,7 +286,7 @@ static int json_decode_jansson(const char *run, const char *body, size_t len,
  * those run in the same order through the same functions as on the
  * jansson path; so the fast path never makes an error of its own and, on
  * a body it accepts, gives the same batch or the same error as the
- * jansson path. tests/check_ingest.c holds the two paths to that.
+ * jansson path. tests/check_ingest_parity.c holds the two paths to that.
  */
 
 /* The JSON form's scanner: the cursor, and what it has read so far. */

@@ -1,10 +1,16 @@
 /*
  * ingest's own header: what its files share and bnstatd's other modules do
  * not see. The module is one job (validate and decode an upload) in several
- * files, one sub-job each: names.c, base64.c, batch_hash.c, ingest_build.c
+ * files, one sub-job each: names.c (name rules, showing names in
+ * errors), base64.c, batch_hash.c (the content hash), ingest_build.c
  * (layer plans and the one builder of a batch), ingest_ident.c (the
- * identity of an upload), jscan.c (the fast JSON scanner's primitives),
- * ingest_json.c and ingest_safetensors*.c (the two forms of an upload).
+ * identity of an upload), jscan.c and jscan.h (the fast JSON scanner's
+ * primitives), ingest_json.c (the JSON form) and ingest_safetensors.c with
+ * ingest_safetensors_scan.c (the safetensors form). Data flows one way:
+ * a form's front end reads the body into struct layer_plans and the
+ * identity, and ingest_build_batch() checks, builds and hashes the batch.
+ * Layers are handled in name order, so which of several bad layers is
+ * reported does not depend on the order of the upload.
  *
  * It also holds, for the tests, the two ways each decoder has of reading
  * its JSON, one at a time. ingest_decode_json() first tries a fast, strict
@@ -287,9 +293,9 @@ const char *ingest_ident_path(char *dst, size_t size, const struct ingest_ident_
 /* ingest_json.c, and what both forms' drivers share */
 
 /*
- * What a fast path (ingest_decode_json_jscan(), ingest_decode_safetensors_jscan()
- * and the functions behind them) returns for a document it leaves to
- * jansson, with *out still NULL and *err untouched.
+ * What a fast path (ingest_decode_json_jscan(),
+ * ingest_decode_safetensors_jscan() and the functions behind them) returns for a document it leaves
+ * to jansson, with *out still NULL and *err untouched.
  */
 #define INGEST_NOT_HANDLED 1
 
@@ -318,8 +324,8 @@ int ingest_json_parse(const char *text, size_t len, const char *path, const char
  * One tensor of the header. Either front end fills in the key; the
  * jansson one sets info, and safet_check_tensor() type-checks it and reads
  * dtype, rank, dim and off from it as it goes. The fast scanner
- * (ingest_safet_decode_jscan()) leaves info NULL and fills those in itself, having
- * accepted only well-typed tensors. The checks of values are then the
+ * (ingest_safet_decode_jscan()) leaves info NULL and fills those in
+ * itself, having accepted only well-typed tensors. The checks of values are then the
  * same for both.
  */
 struct safet_tensor {

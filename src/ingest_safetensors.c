@@ -19,10 +19,9 @@
  *
  * Tensor-level errors have the tensor's name as path ("layer1.0.bn1.var",
  * "layer1.0.bn1.var[17]" for a value); errors of the file as a whole have
- * "__header__". The layer rules are check_layer()'s, with the tensor name
- * "<layer>.<field>" as path.
+ * "__header__". The layer rules are check_layer()'s (ingest_build.c),
+ * with the tensor name "<layer>.<field>" as path.
  */
-
 #include "bnstat/ingest.h"
 #include "ingest_private.h"
 

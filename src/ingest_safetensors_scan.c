@@ -3,15 +3,16 @@
  *
  * As for the JSON form, jansson is most of the cost of a safetensors
  * upload: its header is a few hundred small objects. The fast path scans
- * a copy of the header with the JSON fast path's primitives (jscan_ws(),
- * jscan_string(), jscan_int(), ...), for exactly the usual shape:
+ * a copy of the header with the scanner primitives the JSON form uses
+ * too (jscan.h: jscan_ws(), jscan_string(), jscan_int(), ...), for
+ * exactly the usual shape:
  *
  *   {"__metadata__": {"worker": "...", "step": "...", ...},
  *    "<tensor>": {"dtype": "...", "shape": [], "data_offsets": [b, e]},
  *    ...}
  *
- * in any order of keys, with metadata keys among ingest_ident_meta.keys and all
- * string-valued, worker, step and seq present, and per tensor exactly
+ * in any order of keys, with metadata keys among ingest_ident_meta.keys
+ * and all string-valued, worker, step and seq present, and per tensor exactly
  * dtype (a string), shape (0 or 1 integers >= 0) and data_offsets (2
  * integers >= 0). It gives up (INGEST_NOT_HANDLED) on anything else:
  * syntax errors, escapes, control or non-ASCII bytes in strings, a
@@ -21,9 +22,10 @@
  * ingest_decode_safetensors() runs the jansson path from scratch.
  *
  * What it builds is what the jansson path builds: the identity through
- * the same ingest_ident_name(), ingest_ident_decimal() and ingest_ident_var_kind() in the order of
- * ingest_ident_decode(), and safet_tensors (without info, see struct safet_tensor)
- * for ingest_safet_decode_tensors(), which does the rest for both. Strings are
+ * the same ingest_ident_name(), ingest_ident_decimal() and
+ * ingest_ident_var_kind() in the order of ingest_ident_decode(), and
+ * safet_tensors (without info, see struct safet_tensor) for
+ * ingest_safet_decode_tensors(), which does the rest for both. Strings are
  * NUL-terminated in the copy (where their closing quotes were), so that
  * the tensor names are C strings, as jansson's keys are.
  */
@@ -225,8 +227,8 @@ static int safet_scan_identity(const char *const str[SM_N], const size_t len[SM_
 }
 
 /*
- * The fast path, the header length checked already: as safet_decode_jansson(),
- * or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
+ * The fast path, the header length checked already: as
+ * safet_decode_jansson(), or INGEST_NOT_HANDLED, with *out still NULL and err untouched, for a
  * header it leaves to jansson.
  */
 int ingest_safet_decode_jscan(const char *run, const uint8_t *body, size_t len, size_t hlen,
