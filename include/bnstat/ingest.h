@@ -7,7 +7,13 @@
  * What needs stored state (a layer's channel count fixed by an earlier
  * upload, a batch identity seen before) is checked by the store's writer.
  * A batch that leaves ingest is internally consistent; one that does not
- * left nothing behind.
+ * left nothing behind. The rules are those of docs/API.md, "Upload" and
+ * "The binary form (safetensors)".
+ *
+ * Ownership, for every function here: arguments are borrowed for the
+ * call only (nothing keeps a pointer to them); what is returned through
+ * an out-parameter is new and the caller's. No function here has state
+ * of its own, so any thread may call any of them, concurrently.
  */
 #ifndef BNSTAT_INGEST_H
 #define BNSTAT_INGEST_H
@@ -16,48 +22,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bnstat/batch.h"
 #include "bnstat/error.h"
 #include "bnstat/stats.h"
-
-#define INGEST_NAME_MAX 128	  /* run, worker, domain names */
-#define INGEST_LAYER_NAME_MAX 256 /* layer (module) names */
-#define INGEST_HASH_SIZE 16
 
 struct ingest_limits {
 	size_t max_layers;   /* layers per upload */
 	size_t max_channels; /* channels per layer */
-};
-
-struct ingest_layer {
-	const char *name;   /* NUL-terminated, owned by the batch */
-	int64_t count;	    /* elements per channel, >= 0 */
-	size_t channels;    /* length of the arrays; 0 when count == 0 and no arrays were sent */
-	const double *mean; /* [channels], NULL when channels == 0 */
-	const double *var;  /* [channels], NULL when channels == 0 */
-	const double *ema_mean; /* [channels] or NULL: the worker's running_mean */
-	const double *ema_var;	/* [channels] or NULL: the worker's running_var */
-};
-
-struct ingest_batch {
-	char run[INGEST_NAME_MAX + 1];
-	char worker[INGEST_NAME_MAX + 1];
-	char domain[INGEST_NAME_MAX + 1];
-	int64_t step;
-	int64_t seq;
-	enum stats_var_kind var_kind;
-	size_t n_layers;
-	struct ingest_layer *layers; /* sorted by name (strcmp), names unique */
-	/*
-	 * Content hash over var_kind, the number of layers and, layer by
-	 * layer in name order, name, count, channels, whether an EMA was sent
-	 * and the decoded doubles (mean, var, ema; -0.0 stored as +0.0). A
-	 * count-0 layer is content too. Two uploads
-	 * of one identity are "the same content" exactly when the hashes agree,
-	 * whatever encoding (number arrays, f32/f64 base64, safetensors) they
-	 * used. Run, worker, domain, step and seq are the identity, not content,
-	 * and are not hashed.
-	 */
-	uint8_t hash[INGEST_HASH_SIZE];
 };
 
 /* Default limits (documented in docs/API.md). */
@@ -65,11 +36,16 @@ struct ingest_batch {
 #define INGEST_DEFAULT_MAX_CHANNELS 65536
 
 /*
- * True when s is a valid run, worker or domain name: [A-Za-z0-9._-]{1,128}.
+ * True when the NUL-terminated s is a valid run, worker or domain name:
+ * [A-Za-z0-9._-]{1,128} (docs/API.md, "Names"). NULL is not valid. s is
+ * borrowed, and read at most one byte past the longest valid name.
  */
 bool ingest_name_valid(const char *s);
 
-/* True when s is a valid layer name: [A-Za-z0-9._-]{1,256}. */
+/*
+ * True when the NUL-terminated s is a valid layer name:
+ * [A-Za-z0-9._-]{1,256}. As ingest_name_valid() otherwise.
+ */
 bool ingest_layer_name_valid(const char *s);
 
 /*
@@ -81,8 +57,9 @@ bool ingest_layer_name_valid(const char *s);
  * limit), with the path of the offending field ("worker",
  * "layers.<name>.var[17]", "layers.<name>.mean.b64"; "" for the body as a
  * whole). -EINVAL for those; -ENOMEM (with 500 "internal") when memory
- * runs out. limits NULL means the defaults; err may be NULL. The body is
- * borrowed and need not be NUL-terminated.
+ * runs out. limits NULL means the defaults; err may be NULL. run, body
+ * and limits are borrowed for the call; body need not be NUL-terminated,
+ * and the batch does not point into it.
  */
 int ingest_decode_json(const char *run, const char *body, size_t len,
 		       const struct ingest_limits *limits, struct ingest_batch **out,
@@ -110,18 +87,12 @@ int ingest_decode_json(const char *run, const char *body, size_t len,
  * ("layer1.0.bn1.var", "layer1.0.bn1.var[17]" for a value),
  * "__metadata__.<key>", or "__header__" for the file as a whole (length,
  * layout, syntax). -EINVAL for those; -ENOMEM (with 500 "internal") when
- * memory runs out. limits NULL means the defaults; err may be NULL. The
- * body is borrowed.
+ * memory runs out. limits NULL means the defaults; err may be NULL. run,
+ * body and limits are borrowed for the call.
  */
 int ingest_decode_safetensors(const char *run, const uint8_t *body, size_t len,
 			      const struct ingest_limits *limits, struct ingest_batch **out,
 			      struct bn_error *err);
-
-/*
- * Release a batch from ingest_decode_json() or
- * ingest_decode_safetensors(); NULL is fine.
- */
-void ingest_batch_free(struct ingest_batch *b);
 
 /*
  * Decode standard base64 (RFC 4648, with '=' padding, no whitespace) of
@@ -130,7 +101,8 @@ void ingest_batch_free(struct ingest_batch *b);
  * Returns the number of bytes written, or -EINVAL on a bad character,
  * bad length or bad padding (including non-zero unused bits before the
  * padding, so that each byte string has one accepted encoding). On
- * -EINVAL the contents of dst are unspecified.
+ * -EINVAL the contents of dst are unspecified. src and dst stay the
+ * caller's: nothing keeps a pointer to them.
  */
 long ingest_base64_decode(const char *src, size_t len, uint8_t *dst);
 
