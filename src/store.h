@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #include "bnstat/error.h"
-#include "bnstat/ingest.h"
+#include "bnstat/batch.h"
 #include "bnstat/stats.h"
 
 struct store;
