@@ -364,10 +364,7 @@ static bool json_scan_b64(struct json_scan *s, struct src_array *a)
 		} else {
 			return false;
 		}
-		if (seen & bit)
-			return false;
-		seen |= bit;
-		if (!jscan_next(&s->sc, '}', &more))
+		if (!jscan_member_end(&s->sc, &seen, bit, &more))
 			return false;
 	}
 	return seen == 3;

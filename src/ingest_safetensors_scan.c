@@ -123,10 +123,7 @@ static bool safet_scan_tensor(struct jscan *s, char *buf, struct safet_tensor *t
 		} else {
 			return false;
 		}
-		if (seen & bit)
-			return false;
-		seen |= bit;
-		if (!jscan_next(s, '}', &more))
+		if (!jscan_member_end(s, &seen, bit, &more))
 			return false;
 	}
 	return seen == 7;

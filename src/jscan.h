@@ -72,6 +72,19 @@ static inline bool jscan_next(struct jscan *s, char close, bool *more)
 	return true;
 }
 
+/*
+ * The end of one member of an object whose known keys each have a bit:
+ * false for a key seen before (the scanners leave duplicates to jansson),
+ * else the bit is recorded and the ',' or '}' after the value is read.
+ */
+static inline bool jscan_member_end(struct jscan *s, unsigned *seen, unsigned bit, bool *more)
+{
+	if (*seen & bit)
+		return false;
+	*seen |= bit;
+	return jscan_next(s, '}', more);
+}
+
 /* A key and its ':'. */
 static inline bool jscan_key(struct jscan *s, const char **key, size_t *len)
 {
