@@ -296,8 +296,8 @@ static int answer_runs(struct http_request *rq, struct store_reader *r,
 }
 
 /* GET /v1/runs/{run} */
-static int answer_run(struct http_request *rq, struct store_reader *r,
-		      const struct query_params *p, json_t **doc, struct bn_error *err)
+static int answer_run(struct http_request *rq, struct store_reader *r, const struct query_params *p,
+		      json_t **doc, struct bn_error *err)
 {
 	return query_run(r, rq->route.run, doc, err);
 }

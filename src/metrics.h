@@ -46,10 +46,9 @@ typedef int (*metrics_emit_run_fn)(void *ctx, const struct metrics_run *run);
  * it returns 0, or a negative errno with *err filled in.
  */
 struct metrics_sources {
-	size_t queue_depth;		/* uploads waiting for the writer */
+	size_t queue_depth;		   /* uploads waiting for the writer */
 	unsigned long long database_bytes; /* the database's files on disk */
-	int (*runs)(void *runs_ctx, metrics_emit_run_fn emit, void *emit_ctx,
-		    struct bn_error *err);
+	int (*runs)(void *runs_ctx, metrics_emit_run_fn emit, void *emit_ctx, struct bn_error *err);
 	void *runs_ctx;
 };
 

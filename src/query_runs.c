@@ -72,8 +72,9 @@ static int append_layer(void *ctx, const struct store_item *it)
 
 static int append_domain(void *ctx, const struct store_item *it)
 {
-	json_t *o = json_pack("{s:s, s:I, s:I}", "name", it->name, "batches",
-			      (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps);
+	json_t *o =
+		json_pack("{s:s, s:I, s:I}", "name", it->name, "batches",
+			  (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps);
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }
