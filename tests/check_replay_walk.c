@@ -1,0 +1,190 @@
+/*
+ * check_replay_walk: the simulated EMA's walk (src/replay.c) on a real
+ * store against an independent reference: with a cache and without one the
+ * answers are the same bits at every step in any order of queries, the
+ * channel walk equals the layer walk, and domain "*" pools the domains of a
+ * step (reference: per-step pooling in long double with two-pass formulas,
+ * then r = a*x + (1-a)*r from 0/1 over the steps with data).
+ */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnstat/stats.h"
+#include "replay_testutil.h"
+
+/* --- tests ------------------------------------------------------------------------------ */
+
+START_TEST(test_cache_equals_no_cache_bitwise)
+{
+	static const double momenta[] = { 0.1, 0.01, 1.0, 0.37 };
+	struct store *s = open_store();
+	struct replay_cache *c = replay_cache_new(BIG_CACHE), *zero = replay_cache_new(0);
+	struct store_reader *r;
+	struct bn_error err;
+	struct ids ids;
+	size_t mi, before;
+	int d, l;
+
+	fill_run(s, 1);
+	build_pool();
+	scramble_steps(7);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	store_read_begin(r);
+	ids = lookup_ids(r);
+
+	/* a long replay takes checkpoints (about one per 64 steps with data) */
+	ck_assert_uint_eq(n_checkpoints(c), 0);
+	check_steps(c, zero, r, &ids, 0, 0, 0.1, some_steps, 1);
+	ck_assert_uint_ge(n_checkpoints(c), 4);
+	ck_assert_uint_eq(n_checkpoints(zero), 0);
+	/* the same replay again adds none */
+	before = n_checkpoints(c);
+	check_steps(c, zero, r, &ids, 0, 0, 0.1, some_steps, 1);
+	ck_assert_uint_eq(n_checkpoints(c), before);
+
+	for (mi = 0; mi < sizeof(momenta) / sizeof(momenta[0]); mi++)
+		for (d = 0; d <= N_DOMS; d++)
+			for (l = 0; l < N_LAYERS; l++) {
+				if (d == 1 && l == 1)
+					continue; /* no data: checked below */
+				check_steps(c, zero, r, &ids, d, l, momenta[mi], some_steps,
+					    N_SOME);
+			}
+	/* every step, in a scrambled order, for one key per domain */
+	check_steps(c, zero, r, &ids, 0, 0, 0.1, all_steps, MAXSTEP + 6);
+	check_steps(c, zero, r, &ids, N_DOMS, 1, 0.01, all_steps, MAXSTEP + 6);
+	check_steps(c, zero, r, &ids, 1, 0, 0.5, all_steps, MAXSTEP + 6);
+	ck_assert_uint_ge(n_checkpoints(c), 20);
+
+	/* a layer without data in a domain: nothing applied, the initial 0 and 1 */
+	{
+		struct ema e = replay(c, r, &ids, 1, 1, 0.1, MAXSTEP);
+		int ch;
+
+		ck_assert_int_eq(e.applied, 0);
+		for (ch = 0; ch < C; ch++)
+			ck_assert(e.mean[ch] == 0.0 && e.var[ch] == 1.0);
+	}
+	store_read_end(r);
+	store_reader_put(s, r);
+	replay_cache_free(c);
+	replay_cache_free(zero);
+	store_close(s);
+}
+END_TEST
+
+START_TEST(test_channel_walk_equals_layer_walk)
+{
+	struct store *s = open_store();
+	struct replay_cache *c = replay_cache_new(BIG_CACHE);
+	struct store_reader *r;
+	struct bn_error err;
+	struct ids ids;
+	int d;
+
+	fill_run(s, 2);
+	build_pool();
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	store_read_begin(r);
+	ids = lookup_ids(r);
+	for (d = 0; d <= N_DOMS; d++) {
+		/* cold, then with the checkpoints a layer replay leaves */
+		check_channel(c, r, &ids, d, 0, 0.1, 3, -1, MAXSTEP);
+		replay(c, r, &ids, d, 0, 0.1, MAXSTEP);
+		check_channel(c, r, &ids, d, 0, 0.1, 3, -1, MAXSTEP);
+		check_channel(c, r, &ids, d, 0, 0.1, 0, 150, 300);
+		check_channel(c, r, &ids, d, 0, 0.1, 4, 64, 65);
+		check_channel(c, r, &ids, d, 0, 0.1, 1, 299, MAXSTEP + 3);
+		check_channel(NULL, r, &ids, d, 0, 0.1, 2, 100, 390);
+	}
+	ck_assert_uint_gt(n_checkpoints(c), 0);
+	store_read_end(r);
+	store_reader_put(s, r);
+	replay_cache_free(c);
+	store_close(s);
+}
+END_TEST
+
+/*
+ * The checkpoints are really used: rewrite an early aggregate behind the
+ * store's back (no late-write record), and a cached replay past the first
+ * checkpoint still gives the old answer while a fresh one sees the change.
+ * (This is fault injection to observe the cache; the store never does it.)
+ */
+START_TEST(test_all_domains_pool_per_step)
+{
+	struct store *s = open_store();
+	struct replay_cache *c = replay_cache_new(BIG_CACHE);
+	struct store_reader *r;
+	struct bn_error err;
+	struct ids ids;
+	struct ema all, a_only, b_only;
+	int64_t step;
+	int shared = 0;
+
+	fill_run(s, 8);
+	build_pool();
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	store_read_begin(r);
+	ids = lookup_ids(r);
+	for (step = 0; step < MAXSTEP; step++) {
+		if (!(has_a((int)step) && has_b((int)step)))
+			continue;
+		shared++;
+		all = replay(c, r, &ids, N_DOMS, 0, 1.0, step);
+		a_only = replay(c, r, &ids, 0, 0, 1.0, step);
+		b_only = replay(c, r, &ids, 1, 0, 1.0, step);
+		/* momentum 1: the EMA is the step's pooled statistics themselves */
+		assert_matches_ref(&all, N_DOMS, 0, 1.0, step);
+		assert_matches_ref(&a_only, 0, 0, 1.0, step);
+		ck_assert_msg(all.mean[0] != a_only.mean[0] && all.mean[0] != b_only.mean[0],
+			      "step %lld: domain -1 does not pool", (long long)step);
+		/* between the two domains' values */
+		ck_assert(all.mean[0] > fmin(a_only.mean[0], b_only.mean[0]) &&
+			  all.mean[0] < fmax(a_only.mean[0], b_only.mean[0]));
+	}
+	ck_assert_int_gt(shared, 100);
+	/* steps in only one domain (b at 7, 202..208; a elsewhere) count too */
+	for (step = 0; step < MAXSTEP + 3; step += 1)
+		if (step % 10 == 0 || (step >= 200 && step < 212) || step % 13 == 7) {
+			all = replay(c, r, &ids, N_DOMS, 0, 0.1, step);
+			assert_matches_ref(&all, N_DOMS, 0, 0.1, step);
+			all = replay(c, r, &ids, N_DOMS, 1, 0.01, step);
+			assert_matches_ref(&all, N_DOMS, 1, 0.01, step);
+		}
+	store_read_end(r);
+	store_reader_put(s, r);
+	replay_cache_free(c);
+	store_close(s);
+}
+END_TEST
+
+static Suite *replay_suite(void)
+{
+	Suite *s = suite_create("replay_walk");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_cache_equals_no_cache_bitwise);
+	tcase_add_test(tc, test_channel_walk_equals_layer_walk);
+	tcase_add_test(tc, test_all_domains_pool_per_step);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(replay_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}
