@@ -67,4 +67,22 @@ static inline double qtu_at(const json_t *o, const char *key, size_t i)
 			      "%s: got %.17g, expected %.17g", (what), g_, r_);                    \
 	} while (0)
 
+/*
+ * The fixture of the query Check programs (tests/query_fixture.c): a fresh
+ * store holding run r1 (qtu_uploads, described there), a reader rd on it
+ * and a replay cache, made by qtu_setup() and removed by qtu_teardown()
+ * around each test of a checked fixture.
+ */
+struct replay_cache;
+extern const char *const qtu_uploads[];
+extern const size_t qtu_n_uploads;
+extern struct store *st;
+extern struct store_reader *rd;
+extern struct replay_cache *cache;
+void qtu_setup(void);
+void qtu_teardown(void);
+
+/* doc's layer `name` (borrowed from doc); fails the test when it is absent. */
+json_t *qtu_layer_of(json_t *doc, const char *name);
+
 #endif
