@@ -1,5 +1,5 @@
 /*
- * query_testutil: what tests/check_query.c needs beyond store_testutil.h:
+ * query_testutil: what the query Check programs (tests/check_query_*.c) need beyond store_testutil.h:
  * submitting a list of JSON uploads of run "r1" and waiting for all of
  * them, and comparing doubles with a reference. Header-only, for tests.
  */
