@@ -12,6 +12,7 @@
 
 #include "bnstat/error.h"
 #include "metrics.h"
+#include "check_main.h"
 
 /* A walk over a fixed list of runs; fail_at >= 0 stops it there with -EIO. */
 struct fake_runs {
@@ -167,13 +168,4 @@ static Suite *metrics_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(metrics_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+CHECK_MAIN(metrics_suite)

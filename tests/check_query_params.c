@@ -19,6 +19,7 @@
 #include "store.h"
 #include "store_testutil.h"
 #include "query_testutil.h"
+#include "check_main.h"
 
 #define TOL 1e-12
 /* --- parameter validation -------------------------------------------------------- */
@@ -264,13 +265,4 @@ static Suite *query_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(query_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+CHECK_MAIN(query_suite)

@@ -18,6 +18,7 @@
 
 #include "bnstat/stats.h"
 #include "replay_testutil.h"
+#include "check_main.h"
 
 START_TEST(test_checkpoints_are_used)
 {
@@ -300,13 +301,4 @@ static Suite *replay_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(replay_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
-}
+CHECK_MAIN(replay_suite)

@@ -14,6 +14,7 @@
 #include "bnstat/ingest.h"
 #include "store.h"
 #include "store_testutil.h"
+#include "check_main.h"
 
 static char dir[256];
 static char dbpath[300];
@@ -465,13 +466,4 @@ static Suite *store_read_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(store_read_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
-}
+CHECK_MAIN(store_read_suite)

@@ -18,6 +18,7 @@
 #include "bnstat/stats.h"
 #include "store.h"
 #include "store_testutil.h"
+#include "check_main.h"
 
 static char dir[256];
 static char dbpath[300];
@@ -391,13 +392,4 @@ static Suite *store_writer_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(store_writer_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
-}
+CHECK_MAIN(store_writer_suite)
