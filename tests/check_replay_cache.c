@@ -20,6 +20,12 @@
 #include "replay_testutil.h"
 #include "check_main.h"
 
+/*
+ * The checkpoints are really used: rewrite an early aggregate behind the
+ * store's back (no late-write record), and a cached replay past the first
+ * checkpoint still gives the old answer while a fresh one sees the change.
+ * (This is fault injection to observe the cache; the store never does it.)
+ */
 START_TEST(test_checkpoints_are_used)
 {
 	struct store *s = open_store();
@@ -285,7 +291,6 @@ START_TEST(test_tiny_cache_budget)
 }
 END_TEST
 
-/* Domain -1 pools the domains of a step (Chan's merge, then the EMA). */
 static Suite *replay_suite(void)
 {
 	Suite *s = suite_create("replay_cache");

@@ -111,12 +111,7 @@ START_TEST(test_channel_walk_equals_layer_walk)
 }
 END_TEST
 
-/*
- * The checkpoints are really used: rewrite an early aggregate behind the
- * store's back (no late-write record), and a cached replay past the first
- * checkpoint still gives the old answer while a fresh one sees the change.
- * (This is fault injection to observe the cache; the store never does it.)
- */
+/* Domain -1 pools the domains of a step (Chan's merge, then the EMA). */
 START_TEST(test_all_domains_pool_per_step)
 {
 	struct store *s = open_store();
