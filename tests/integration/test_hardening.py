@@ -1,0 +1,77 @@
+"""Parsing that hostile input must not get around (docs/API.md, "Names";
+docs/OPERATIONS.md, "Options and the config file", "Authentication").
+
+  * a run, worker or domain name made only of dots is refused with the
+    name error, in the upload path and in the upload body;
+  * a token file whose long comment ends in a token line holds no such
+    token (the line is read whole).
+"""
+
+import os
+import shutil
+import tempfile
+import unittest
+
+from bnstat_testlib import Daemon, TestCaseMixin, b64_f64
+
+
+def upload(worker="w0", domain=None, step=1):
+    layer = {"count": 16, "mean": [0.1, 0.2], "var": b64_f64([1.0, 1.1])}
+    doc = {"worker": worker, "step": step, "seq": 0, "layers": {"bn": layer}}
+    if domain is not None:
+        doc["domain"] = domain
+    return doc
+
+
+class DotNames(TestCaseMixin, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon()
+        cls.d.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.close()
+
+    def test_dot_names_refused(self):
+        good_status = self.d.post_batch("r1", upload())[0]
+        self.assertIn(good_status, (200, 201, 202))
+        for name in (".", "..", "..."):
+            # %2E keeps the client's URL normalisation from removing the segment
+            status, body, _ = self.d.post_batch(name.replace(".", "%2E"), upload())
+            self.assertEqual(status, 422, (name, body))
+            self.assertEqual(body["error"]["code"], "invalid_value", name)
+            for field in ("worker", "domain"):
+                status, body, _ = self.d.post_batch("r1", upload(**{field: name}))
+                self.assertEqual(status, 422, (field, name, body))
+                self.assertEqual(body["error"]["code"], "invalid_value")
+        # dots among other characters stay fine
+        status = self.d.post_batch("r.1", upload(worker="w.0", domain="a..b"))[0]
+        self.assertIn(status, (200, 201, 202))
+
+
+class LongTokenLines(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="bnstat-hardening.")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_long_comment_holds_no_token(self):
+        path = os.path.join(self.tmp, "tokens")
+        good = "good-0123456789abcdef"
+        with open(path, "w") as f:
+            f.write("# " + "x" * 1021 + "EVILtokenEVILtoken99 admin\n")
+            f.write(good + " read\n")
+        os.chmod(path, 0o600)
+        with Daemon("--token-file", path) as d:
+            d.start()
+            status = d.get_raw("/v1/runs",
+                               headers={"Authorization": "Bearer EVILtokenEVILtoken99"})[0]
+            self.assertEqual(status, 401)
+            status = d.get_raw("/v1/runs", headers={"Authorization": "Bearer " + good})[0]
+            self.assertEqual(status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
