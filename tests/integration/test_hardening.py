@@ -4,7 +4,8 @@ docs/OPERATIONS.md, "Options and the config file", "Authentication").
   * a run, worker or domain name made only of dots is refused with the
     name error, in the upload path and in the upload body;
   * a token file whose long comment ends in a token line holds no such
-    token (the line is read whole).
+    token (the line is read whole);
+  * %00 in the path is 400 invalid_name, never a shorter path.
 """
 
 import os
@@ -71,6 +72,33 @@ class LongTokenLines(unittest.TestCase):
             self.assertEqual(status, 401)
             status = d.get_raw("/v1/runs", headers={"Authorization": "Bearer " + good})[0]
             self.assertEqual(status, 200)
+
+
+class NulBytes(TestCaseMixin, unittest.TestCase):
+    TOKEN = "nul-0123456789abcdef"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="bnstat-hardening.")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        path = os.path.join(cls.tmp, "tokens")
+        with open(path, "w") as f:
+            f.write(cls.TOKEN + " admin\n")
+        os.chmod(path, 0o600)
+        cls.d = Daemon("--token-file", path)
+        cls.addClassCleanup(cls.d.close)
+        cls.d.start()
+        auth = {"Authorization": "Bearer " + cls.TOKEN}
+        status = cls.d.post_batch("r", upload(), headers=auth)[0]
+        assert status in (200, 201, 202), status
+
+    def test_nul_in_path(self):
+        auth = {"Authorization": "Bearer " + self.TOKEN}
+        self.assertEqual(self.d.get_raw("/v1/runs/r/stats", headers=auth)[0], 200)
+        for path in ("/v1/runs/r%00x/stats", "/v1/runs/r/stats%00", "/v1/runs/r%00"):
+            status, body, _ = self.d.request("GET", path, headers=auth)
+            self.assertEqual(status, 400, (path, body))
+            self.assertEqual(body["error"]["code"], "invalid_name", path)
 
 
 if __name__ == "__main__":
