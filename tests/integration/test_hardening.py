@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import unittest
+import urllib.parse
 
 from bnstat_testlib import Daemon, TestCaseMixin, b64_f64
 
@@ -99,6 +100,49 @@ class NulBytes(TestCaseMixin, unittest.TestCase):
             status, body, _ = self.d.request("GET", path, headers=auth)
             self.assertEqual(status, 400, (path, body))
             self.assertEqual(body["error"]["code"], "invalid_name", path)
+
+
+class Numbers(TestCaseMixin, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon()
+        cls.addClassCleanup(cls.d.close)
+        cls.d.start()
+        status = cls.d.post_batch("r", upload())[0]
+        assert status in (200, 201, 202), status
+
+    def compare(self, momentum):
+        return self.d.request("GET", "/v1/runs/r/compare?ema=sim&momentum=" +
+                              urllib.parse.quote(momentum, safe=""))
+
+    def test_momentum_grammar(self):
+        for bad in ("0x1p-3", "inf", "nan", "+0.5", " 0.5", "0.5 ", ".5", "5.", "1e",
+                    "1e999", "", "0,5", "1e+"):
+            status, body, _ = self.compare(bad)
+            self.assertEqual(status, 400, (bad, body))
+            self.assertEqual(body["error"]["code"], "invalid_parameter", bad)
+            self.assertEqual(body["error"]["path"], "momentum", bad)
+            self.assertTrue(body["error"]["message"].startswith(
+                "parameter momentum must be a number, got"), body)
+        for out_of_range in ("1e-320", "0", "-0.5", "1.5", "2E0"):
+            status, body, _ = self.compare(out_of_range)
+            if out_of_range == "1e-320":
+                self.assertNotEqual(status, 400, (out_of_range, body))
+            else:
+                self.assertEqual(status, 422, (out_of_range, body))
+        for good in ("0.5", "5e-1", "1", "1E0", "0.01"):
+            status, body, _ = self.compare(good)
+            self.assertNotEqual(status, 400, (good, body))
+            self.assertNotEqual(status, 422, (good, body))
+
+    def test_integer_grammar(self):
+        for bad in ("+3", " 3", "\t3", "0x10", "3.0", "1e2"):
+            status, body, _ = self.d.request("GET", "/v1/runs/r/stats?window=" +
+                                             urllib.parse.quote(bad, safe=""))
+            self.assertEqual(status, 400, (bad, body))
+            self.assertEqual(body["error"]["code"], "invalid_parameter", bad)
+            self.assertTrue(body["error"]["message"].startswith(
+                "parameter window must be an integer, got"), body)
 
 
 if __name__ == "__main__":
