@@ -52,7 +52,8 @@ static int parse_roles(char *s, unsigned *roles)
 static int read_table(const char *path, struct table *t, struct bn_error *err)
 {
 	FILE *f = fopen(path, "r");
-	char line[1024];
+	char *line = NULL; /* getline: a line of any length is read whole */
+	size_t cap = 0;
 	unsigned lineno = 0;
 	int rc = 0;
 
@@ -61,7 +62,7 @@ static int read_table(const char *path, struct table *t, struct bn_error *err)
 	if (f == NULL)
 		return bn_error_set(err, 400, BN_E_INVALID, "token-file",
 				    "cannot open token file %s: %s", path, strerror(errno));
-	while (fgets(line, sizeof(line), f) != NULL) {
+	while (getline(&line, &cap, f) != -1) {
 		char *save = NULL, *tok, *roles, *extra;
 		struct token *p;
 		unsigned r;
@@ -102,6 +103,7 @@ static int read_table(const char *path, struct table *t, struct bn_error *err)
 		p[t->n].roles = r;
 		t->n++;
 	}
+	free(line);
 	fclose(f);
 	if (rc == 0 && t->n == 0)
 		rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",

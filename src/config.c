@@ -206,14 +206,15 @@ static char *trim(char *s)
 static int load_file(struct config *c, const char *path, struct bn_error *err)
 {
 	FILE *f = fopen(path, "r");
-	char line[8192], where[4200];
+	char *line = NULL, where[4200]; /* getline: a line of any length is read whole */
+	size_t cap = 0;
 	unsigned lineno = 0;
 	int rc = 0;
 
 	if (f == NULL)
 		return bn_error_set(err, 400, BN_E_INVALID, "config",
 				    "cannot open config file %s: %s", path, strerror(errno));
-	while (fgets(line, sizeof(line), f) != NULL) {
+	while (getline(&line, &cap, f) != -1) {
 		char *s = trim(line), *eq, *key, *val;
 		const struct option_def *o;
 
@@ -244,6 +245,7 @@ static int load_file(struct config *c, const char *path, struct bn_error *err)
 		if (rc < 0)
 			break;
 	}
+	free(line);
 	fclose(f);
 	return rc;
 }

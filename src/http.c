@@ -247,6 +247,23 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
 	return rq;
 }
 
+/*
+ * MHD's unescaping, but a %00 (which would end the string early, so that
+ * "/v1/runs/r%00x" named run "r") becomes DEL, a byte that no name or
+ * number allows: on_request refuses a path holding it.
+ */
+static size_t unescape_no_nul(void *cls, struct MHD_Connection *conn, char *s)
+{
+	size_t n = MHD_http_unescape(s), i;
+
+	(void)cls;
+	(void)conn;
+	for (i = 0; i < n; i++)
+		if (s[i] == '\0')
+			s[i] = '\x7f';
+	return n;
+}
+
 static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 			     const char *method, const char *version, const char *upload_data,
 			     size_t *upload_data_size, void **req_cls)
@@ -263,6 +280,9 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 		if (rq == NULL)
 			return MHD_NO;
 		*req_cls = rq;
+		if (strchr(url, '\x7f') != NULL)
+			return http_fail(rq, 400, BN_E_NAME, NULL,
+					 "the path holds a NUL (%00) or DEL (%7F) byte");
 		rc = http_route_parse(method, url, &rq->route);
 		if (rc == -ENOENT)
 			return http_fail(rq, 404, BN_E_NOT_FOUND, NULL, "no such resource");
@@ -393,7 +413,8 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 		MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
 		/* bodies are copied out at once, so a small per-connection pool does */
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK,
+		unescape_no_nul, NULL,
 		/* the TLS options last: MHD_OPTION_END ends the list when there is no TLS */
 		(flags & MHD_USE_TLS) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, o->tls_cert_pem,
 		MHD_OPTION_HTTPS_MEM_KEY, o->tls_key_pem, MHD_OPTION_END);

@@ -15,17 +15,25 @@ static bool name_char(unsigned char c)
 	       c == '.' || c == '_' || c == '-';
 }
 
-/* s[0..len) is 1..max characters of [A-Za-z0-9._-]. */
+/*
+ * s[0..len) is 1..max characters of [A-Za-z0-9._-], not all dots: ".",
+ * ".." and "..." are path segments that URL normalisation removes, so a
+ * run of that name could not be reached by every client.
+ */
 bool ingest_name_valid_n(const char *s, size_t len, size_t max)
 {
+	bool all_dots = true;
 	size_t i;
 
 	if (len == 0 || len > max)
 		return false;
-	for (i = 0; i < len; i++)
+	for (i = 0; i < len; i++) {
 		if (!name_char((unsigned char)s[i]))
 			return false;
-	return true;
+		if (s[i] != '.')
+			all_dots = false;
+	}
+	return !all_dots;
 }
 
 /* Length of s, but stop counting past max (s may be very long). */

@@ -12,10 +12,67 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
+
+/* s is optional '-', digits: the integer grammar of docs/API.md, "Query parameters". */
+static bool int_syntax(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (!isdigit((unsigned char)*s))
+		return false;
+	while (isdigit((unsigned char)*s))
+		s++;
+	return *s == '\0';
+}
+
+/* s is an integer, then an optional fraction and exponent (JSON's number). */
+static bool number_syntax(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (!isdigit((unsigned char)*s))
+		return false;
+	while (isdigit((unsigned char)*s))
+		s++;
+	if (*s == '.') {
+		s++;
+		if (!isdigit((unsigned char)*s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (!isdigit((unsigned char)*s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	return *s == '\0';
+}
+
+int query_parse_number(const char *name, const char *s, double *out, struct bn_error *err)
+{
+	double v;
+
+	if (s == NULL || !number_syntax(s))
+		goto bad;
+	v = strtod(s, NULL); /* ERANGE on underflow is fine: a subnormal or 0 is finite */
+	if (!isfinite(v))
+		goto bad;
+	*out = v;
+	return 0;
+bad:
+	return bn_error_set(err, 400, BN_E_PARAMETER, name,
+			    "parameter %s must be a number, got \"%s\"", name, s ? s : "");
+}
 
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err)
@@ -24,7 +81,7 @@ int query_parse_int(const char *name, const char *s, long long min, long long *o
 	long long v;
 
 	errno = 0;
-	if (s == NULL || *s == '\0' || *s == '+' || *s == ' ')
+	if (s == NULL || !int_syntax(s))
 		goto bad;
 	v = strtoll(s, &end, 10);
 	if (errno != 0 || *end != '\0')
@@ -148,18 +205,16 @@ int query_check_domain(const char *domain, struct bn_error *err)
 
 int query_parse_momentum(const char *s, double *out, struct bn_error *err)
 {
-	char *end;
 	double v;
+	int rc;
 
 	if (s == NULL) {
 		*out = 0.1;
 		return 0;
 	}
-	errno = 0;
-	v = strtod(s, &end);
-	if (*s == '\0' || *end != '\0' || errno != 0)
-		return bn_error_set(err, 400, BN_E_PARAMETER, "momentum",
-				    "momentum must be a number, got \"%s\"", s);
+	rc = query_parse_number("momentum", s, &v, err);
+	if (rc < 0)
+		return rc;
 	if (!(v > 0.0 && v <= 1.0))
 		return bn_error_set(err, 422, BN_E_INVALID, "momentum",
 				    "momentum is PyTorch's: 0 < momentum <= 1 (Keras decay 0.99 is "

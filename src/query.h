@@ -173,6 +173,15 @@ int query_metrics_runs(void *reader, metrics_emit_run_fn emit, void *ctx, struct
  * integer below min. Shared by every parameter that holds a step or a
  * count.
  */
+/*
+ * Parse query parameter name's value s as a number: optional '-', digits,
+ * optional '.' digits, optional e/E, sign and digits (docs/API.md, "Query
+ * parameters"), finite. Returns 0 with *out set, or -EINVAL with a 400
+ * invalid_parameter error of the same shape as query_parse_int()'s in *err.
+ * s is borrowed.
+ */
+int query_parse_number(const char *name, const char *s, double *out, struct bn_error *err);
+
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err);
 

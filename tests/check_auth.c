@@ -179,6 +179,36 @@ START_TEST(test_bad_lines)
 }
 END_TEST
 
+/* A line longer than any buffer is one line: its tail never becomes an entry. */
+START_TEST(test_long_lines)
+{
+	static char text[20000];
+	struct auth *a = NULL;
+	struct bn_error err;
+	size_t n;
+
+	/* a comment whose tail, past 1,023 bytes, looks like a token line */
+	n = (size_t)snprintf(text, sizeof(text), "# ");
+	memset(text + n, 'x', 1021);
+	n += 1021;
+	snprintf(text + n, sizeof(text) - n, "EVILtokenEVILtoken99 admin\n" T_READ " read\n");
+	ck_assert_int_eq(load(text, &a, &err), 0);
+	ck_assert_uint_eq(auth_count(a), 1);
+	ck_assert_uint_eq(auth_roles(a, "EVILtokenEVILtoken99"), AUTH_NONE);
+	ck_assert_uint_eq(auth_roles(a, T_READ), AUTH_READ);
+	auth_free(a);
+
+	/* a comment after the roles, of any length, is still a comment */
+	n = (size_t)snprintf(text, sizeof(text), T_READ " read #");
+	memset(text + n, 'y', 15000);
+	snprintf(text + n + 15000, sizeof(text) - n - 15000, " " T_ADMIN " admin\n");
+	ck_assert_int_eq(load(text, &a, &err), 0);
+	ck_assert_uint_eq(auth_count(a), 1);
+	ck_assert_uint_eq(auth_roles(a, T_ADMIN), AUTH_NONE);
+	auth_free(a);
+}
+END_TEST
+
 START_TEST(test_missing_file)
 {
 	struct auth *a = (struct auth *)&a;
@@ -494,6 +524,7 @@ static Suite *auth_suite(void)
 	tcase_add_test(file, test_good_files);
 	tcase_add_test(file, test_token_lengths);
 	tcase_add_test(file, test_bad_lines);
+	tcase_add_test(file, test_long_lines);
 	tcase_add_test(file, test_missing_file);
 	tcase_add_test(file, test_reload);
 	suite_add_tcase(s, file);

@@ -140,6 +140,35 @@ START_TEST(test_file_errors_name_the_line)
 }
 END_TEST
 
+/* A line longer than any buffer is one line: the tail of a comment sets nothing. */
+START_TEST(test_long_lines)
+{
+	static char text[40000];
+	struct config c;
+	struct bn_error err;
+	size_t n, len;
+
+	for (len = 8180; len < 8200; len++) {
+		n = (size_t)snprintf(text, sizeof(text), "# ");
+		memset(text + n, 'x', len);
+		snprintf(text + n + len, sizeof(text) - n - len, "db = /tmp/evil.db\n");
+		write_file(text);
+		ck_assert_int_eq(parse(&c, &err, 2, "--config", path), 0);
+		ck_assert_str_eq(c.db, "./bnstat.db");
+		unlink(path);
+	}
+
+	/* a long value is read whole, then refused by its own check */
+	n = (size_t)snprintf(text, sizeof(text), "db = ");
+	memset(text + n, 'd', 30000);
+	snprintf(text + n + 30000, sizeof(text) - n - 30000, "\n");
+	write_file(text);
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, ":1:"));
+	unlink(path);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -152,6 +181,7 @@ int main(void)
 	tcase_add_test(tc, test_bad_flags);
 	tcase_add_test(tc, test_file_and_precedence);
 	tcase_add_test(tc, test_file_errors_name_the_line);
+	tcase_add_test(tc, test_long_lines);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -33,7 +33,12 @@ START_TEST(test_names)
 
 	ck_assert(ingest_name_valid("r1"));
 	ck_assert(ingest_name_valid("rank-0_a.B9"));
-	ck_assert(ingest_name_valid("."));
+	ck_assert(ingest_name_valid(".a"));
+	ck_assert(ingest_name_valid("a..b"));
+	ck_assert(!ingest_name_valid("."));
+	ck_assert(!ingest_name_valid(".."));
+	ck_assert(!ingest_name_valid("..."));
+	ck_assert(!ingest_layer_name_valid(".."));
 	ck_assert(!ingest_name_valid(""));
 	ck_assert(!ingest_name_valid(NULL));
 	ck_assert(!ingest_name_valid("*"));

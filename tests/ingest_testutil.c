@@ -565,10 +565,17 @@ void gen_name(struct gen *g, size_t len, const char *suffix)
 	static const char alpha[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
 	size_t n = 1 + gen_next(g) % len;
+	bool all_dots = true;
 
 	sb_printf(&g->s, "\"");
-	for (size_t i = 0; i < n; i++)
-		sb_printf(&g->s, "%c", alpha[gen_next(g) % (sizeof(alpha) - 1)]);
+	for (size_t i = 0; i < n; i++) {
+		char c = alpha[gen_next(g) % (sizeof(alpha) - 1)];
+
+		if (i == n - 1 && all_dots && c == '.')
+			c = '_'; /* a name made only of dots is not a valid name */
+		all_dots = all_dots && c == '.';
+		sb_printf(&g->s, "%c", c);
+	}
 	sb_printf(&g->s, "%s\"", suffix);
 }
 

@@ -22,6 +22,7 @@
 #define BN_E_MISSING "missing_field"	    /* 400: a required field is absent */
 #define BN_E_INVALID "invalid_value"	    /* 422: well-typed but not acceptable */
 #define BN_E_PARAMETER "invalid_parameter"  /* 400: a query parameter that does not parse */
+#define BN_E_NAME "invalid_name"	    /* 400: a NUL (%00) byte in the path */
 #define BN_E_LIMIT "limit_exceeded"	    /* 422: too many layers/channels */
 #define BN_E_CONFLICT "conflict"	    /* 409 */
 #define BN_E_NOT_FOUND "not_found"	    /* 404 */
