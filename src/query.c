@@ -18,16 +18,25 @@
 #include "bnstat/ingest.h"
 #include "bnstat/stats.h"
 
+/* At least one digit at *p: true, and *p moved past the digits. */
+static bool digits(const char **p)
+{
+	const char *s = *p;
+
+	if (!isdigit((unsigned char)*s))
+		return false;
+	while (isdigit((unsigned char)*s))
+		s++;
+	*p = s;
+	return true;
+}
+
 /* s is optional '-', digits: the integer grammar of docs/API.md, "Query parameters". */
 static bool int_syntax(const char *s)
 {
 	if (*s == '-')
 		s++;
-	if (!isdigit((unsigned char)*s))
-		return false;
-	while (isdigit((unsigned char)*s))
-		s++;
-	return *s == '\0';
+	return digits(&s) && *s == '\0';
 }
 
 /* s is an integer, then an optional fraction and exponent (JSON's number). */
@@ -35,25 +44,19 @@ static bool number_syntax(const char *s)
 {
 	if (*s == '-')
 		s++;
-	if (!isdigit((unsigned char)*s))
+	if (!digits(&s))
 		return false;
-	while (isdigit((unsigned char)*s))
-		s++;
 	if (*s == '.') {
 		s++;
-		if (!isdigit((unsigned char)*s))
+		if (!digits(&s))
 			return false;
-		while (isdigit((unsigned char)*s))
-			s++;
 	}
 	if (*s == 'e' || *s == 'E') {
 		s++;
 		if (*s == '+' || *s == '-')
 			s++;
-		if (!isdigit((unsigned char)*s))
+		if (!digits(&s))
 			return false;
-		while (isdigit((unsigned char)*s))
-			s++;
 	}
 	return *s == '\0';
 }
