@@ -597,8 +597,9 @@ static int json_decode_jscan(const char *run, const char *body, size_t len,
 	for (i = 1; i < s.n_plans; i++)
 		if (ingest_plan_cmp(&s.plans[i - 1], &s.plans[i]) == 0)
 			goto done;
-	/* s.vals stays put from here on */
-	for (i = 0; i < s.n_plans; i++)
+	/* s.vals stays put from here on; NULL when every array is empty, and
+	 * then no dbl is read (NULL + 0 is undefined, so none is formed) */
+	for (i = 0; s.vals != NULL && i < s.n_plans; i++)
 		for (j = 0; j < ARR_N; j++)
 			if (s.plans[i].src[j].kind == SRC_DOUBLES)
 				s.plans[i].src[j].dbl = s.vals + s.plans[i].src[j].at;

@@ -278,6 +278,19 @@ START_TEST(test_malformed_messages)
 }
 END_TEST
 
+/*
+ * Empty arrays leave the fast path with no values at all: its value buffer
+ * is never allocated, and the layer is still refused as the jansson path
+ * refuses it (the clang build of this test runs under UBSan).
+ */
+START_TEST(test_empty_arrays)
+{
+	expect_error("{\"worker\":\"w\",\"step\":1,\"seq\":0,\"layers\":"
+		     "{\"a\":{\"count\":8,\"mean\":[],\"var\":[]}}}",
+		     422, BN_E_INVALID, "layers.a.mean");
+}
+END_TEST
+
 START_TEST(test_limits)
 {
 	struct ingest_limits lim = { 2, 3 };
@@ -319,6 +332,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_negative_zero);
 	tcase_add_test(tc, test_error_paths);
 	tcase_add_test(tc, test_malformed_messages);
+	tcase_add_test(tc, test_empty_arrays);
 	tcase_add_test(tc, test_limits);
 	suite_add_tcase(s, tc);
 	return s;
