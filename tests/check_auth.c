@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "file_testutil.h"
 
 /* Tokens of at least AUTH_TOKEN_MIN characters. */
 #define T_INGEST "ingest-0123456789abcdef"
@@ -26,16 +27,7 @@ static char path[64];
 
 static void write_file(const char *text)
 {
-	int fd;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/tmp/check_auth.XXXXXX");
-	fd = mkstemp(path);
-	ck_assert_int_ge(fd, 0);
-	f = fdopen(fd, "w");
-	ck_assert_ptr_nonnull(f);
-	fputs(text, f);
-	fclose(f);
+	tu_write_temp(path, sizeof(path), "check_auth", text);
 }
 
 /* Load text as a token file; the file is removed again. */

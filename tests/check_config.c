@@ -7,21 +7,13 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "file_testutil.h"
 
 static char path[64];
 
 static void write_file(const char *text)
 {
-	int fd;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/tmp/check_config.XXXXXX");
-	fd = mkstemp(path);
-	ck_assert_int_ge(fd, 0);
-	f = fdopen(fd, "w");
-	ck_assert_ptr_nonnull(f);
-	fputs(text, f);
-	fclose(f);
+	tu_write_temp(path, sizeof(path), "check_config", text);
 }
 
 static int parse(struct config *c, struct bn_error *err, int argc, ...)
