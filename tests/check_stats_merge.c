@@ -24,6 +24,21 @@
 
 /* --- lifecycle ---------------------------------------------------------- */
 
+/* a holds `channels` channels and no data: every count and array is 0. */
+static void assert_empty(const struct stats_agg *a, size_t channels)
+{
+	size_t c;
+
+	ck_assert_uint_eq(a->channels, channels);
+	ck_assert_int_eq(a->n, 0);
+	ck_assert_int_eq(a->k, 0);
+	ck_assert_int_eq(a->nbs_min, 0);
+	ck_assert_int_eq(a->nbs_max, 0);
+	for (c = 0; c < channels; c++)
+		ck_assert(a->mean[c] == 0.0 && a->m2[c] == 0.0 && a->bmean[c] == 0.0 &&
+			  a->bm2[c] == 0.0 && a->uvar[c] == 0.0);
+}
+
 START_TEST(test_init_free_reset)
 {
 	struct stats_agg a;
@@ -37,14 +52,7 @@ START_TEST(test_init_free_reset)
 	stats_agg_free(&a); /* must be safe after a failed init */
 
 	agg_new(&a, 3);
-	ck_assert_uint_eq(a.channels, 3);
-	ck_assert_int_eq(a.n, 0);
-	ck_assert_int_eq(a.k, 0);
-	ck_assert_int_eq(a.nbs_min, 0);
-	ck_assert_int_eq(a.nbs_max, 0);
-	for (c = 0; c < 3; c++)
-		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 && a.bmean[c] == 0.0 &&
-			  a.bm2[c] == 0.0 && a.uvar[c] == 0.0);
+	assert_empty(&a, 3);
 	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov), -ENODATA);
 	ck_assert_int_eq(stats_estimate(&a, STATS_EST_MEAN_OF_BATCH_VAR, om, ov), -ENODATA);
 	ck_assert_int_eq(stats_batch_noise(&a, &noise), -ENODATA);
@@ -59,14 +67,7 @@ START_TEST(test_init_free_reset)
 	block = a.mean;
 	stats_agg_reset(&a);
 	ck_assert_ptr_eq(a.mean, block);
-	ck_assert_uint_eq(a.channels, 3);
-	ck_assert_int_eq(a.n, 0);
-	ck_assert_int_eq(a.k, 0);
-	ck_assert_int_eq(a.nbs_min, 0);
-	ck_assert_int_eq(a.nbs_max, 0);
-	for (c = 0; c < 3; c++)
-		ck_assert(a.mean[c] == 0.0 && a.m2[c] == 0.0 && a.bmean[c] == 0.0 &&
-			  a.bm2[c] == 0.0 && a.uvar[c] == 0.0);
+	assert_empty(&a, 3);
 	ck_assert_int_eq(stats_estimate(&a, STATS_EST_POPULATION, om, ov), -ENODATA);
 	ck_assert(om[0] == 42.0 && ov[0] == 42.0);
 
