@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC };
+enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC, T_MOMENTA };
 
 struct option_def {
 	const char *name;
@@ -47,6 +47,11 @@ static const struct option_def options[] = {
 	  "full (durable on power loss) or normal (on process crash)" },
 	{ "retain-steps", T_I64, F(store.retain_steps), 0, 1ull << 62,
 	  "keep per-step statistics of the last N steps of each run (0: all)" },
+	{ "history-full-steps", T_I64, F(store.history_full_steps), 0, 1ull << 62,
+	  "newest steps of each run and domain kept per step; older ones are merged into buckets"
+	  " (0: never)" },
+	{ "sim-momenta", T_MOMENTA, F(store.sim_momenta), 0, 0,
+	  "momenta (comma list, or none) whose simulated EMA stays exact over buckets" },
 	{ "token-file", T_OPTSTRING, F(token_file), 0, 0,
 	  "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
 	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0,
@@ -136,6 +141,52 @@ bad:
 		where, v);
 }
 
+
+/* A comma list of momenta in (0, 1], or "none": the store's sim_momenta. */
+static int parse_momenta(struct store_options *o, const char *v, const char *where,
+			 struct bn_error *err)
+{
+	const char *p = v;
+	size_t n = 0;
+
+	if (strcmp(v, "none") == 0) {
+		o->n_sim_momenta = 0;
+		return 0;
+	}
+	for (;;) {
+		char *end;
+		double m;
+
+		errno = 0;
+		m = strtod(p, &end);
+		if (end == p || errno != 0 || !(m > 0.0 && m <= 1.0) || (*end != ',' && *end != '\0'))
+			return bn_error_set(err, 400, BN_E_INVALID, "sim-momenta",
+					    "%s: sim-momenta must be a comma list of numbers in (0, 1]"
+					    " or none, got \"%s\"",
+					    where, v);
+		if (n == STORE_SIM_MOMENTA_MAX)
+			return bn_error_set(err, 400, BN_E_INVALID, "sim-momenta",
+					    "%s: sim-momenta takes at most %d momenta", where,
+					    STORE_SIM_MOMENTA_MAX);
+		o->sim_momenta[n++] = m;
+		if (*end == '\0')
+			break;
+		p = end + 1;
+	}
+	o->n_sim_momenta = n;
+	return 0;
+}
+
+static void format_momenta(const struct store_options *o, char *buf, size_t size)
+{
+	size_t i, len = 0;
+
+	snprintf(buf, size, "none");
+	for (i = 0; i < o->n_sim_momenta && len < size; i++)
+		len += (size_t)snprintf(buf + len, size - len, "%s%g", i ? "," : "",
+					o->sim_momenta[i]);
+}
+
 static int set_option(struct config *c, const struct option_def *o, const char *v,
 		      const char *where, struct bn_error *err)
 {
@@ -169,6 +220,8 @@ static int set_option(struct config *c, const struct option_def *o, const char *
 		}
 		return bn_error_set(err, 400, BN_E_INVALID, o->name,
 				    "%s: synchronous must be full or normal, got \"%s\"", where, v);
+	case T_MOMENTA:
+		return parse_momenta(&c->store, v, where, err);
 	case T_UINT:
 	case T_SIZE:
 	case T_I64:
@@ -364,6 +417,9 @@ void config_usage(const char *prog)
 			break;
 		case T_SYNC:
 			snprintf(def, sizeof(def), "full");
+			break;
+		case T_MOMENTA:
+			format_momenta(&d.store, def, sizeof(def));
 			break;
 		}
 		printf("      --%-18s %s (default: %s)\n", o->name, o->help, def);

@@ -127,7 +127,8 @@ static void label_value(FILE *f, const char *s)
 
 /* The run gauges: counted in one walk, their samples held until the count is out. */
 struct run_gauges {
-	FILE *samples;
+	FILE *samples; /* bnstat_run_last_step */
+	FILE *bytes;   /* bnstat_run_bytes */
 	long long runs;
 };
 
@@ -140,6 +141,9 @@ static int emit_run(void *ctx, const struct metrics_run *run)
 		fputs("bnstat_run_last_step{run=\"", g->samples);
 		label_value(g->samples, run->name);
 		fprintf(g->samples, "\"} %lld\n", run->last_step);
+		fputs("bnstat_run_bytes{run=\"", g->bytes);
+		label_value(g->bytes, run->name);
+		fprintf(g->bytes, "\"} %lld\n", run->bytes);
 	}
 	return 0;
 }
@@ -147,8 +151,8 @@ static int emit_run(void *ctx, const struct metrics_run *run)
 int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *err)
 {
 	struct run_gauges g = { 0 };
-	char *samples = NULL;
-	size_t len = 0;
+	char *samples = NULL, *bytes = NULL;
+	size_t len = 0, bytes_len = 0;
 	int rc = 0;
 
 	render_counters(f);
@@ -161,10 +165,19 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 	if (src->runs == NULL)
 		return 0;
 	g.samples = open_memstream(&samples, &len);
-	if (g.samples == NULL)
+	g.bytes = open_memstream(&bytes, &bytes_len);
+	if (g.samples == NULL || g.bytes == NULL) {
+		if (g.samples != NULL)
+			fclose(g.samples);
+		if (g.bytes != NULL)
+			fclose(g.bytes);
+		free(samples);
+		free(bytes);
 		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+	}
 	rc = src->runs(src->runs_ctx, emit_run, &g, err);
 	fclose(g.samples);
+	fclose(g.bytes);
 	if (rc == 0) {
 		fprintf(f,
 			"# HELP bnstat_runs Runs stored.\n# TYPE bnstat_runs gauge\n"
@@ -174,7 +187,12 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 		      "# TYPE bnstat_run_last_step gauge\n",
 		      f);
 		fwrite(samples, 1, len, f);
+		fputs("# HELP bnstat_run_bytes Bytes of the statistics stored, per run (approximate).\n"
+		      "# TYPE bnstat_run_bytes gauge\n",
+		      f);
+		fwrite(bytes, 1, bytes_len, f);
 	}
 	free(samples);
+	free(bytes);
 	return rc;
 }

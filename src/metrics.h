@@ -30,6 +30,7 @@ struct metrics_run {
 	const char *name; /* borrowed: valid during the call of emit only */
 	bool has_data;	  /* a batch with statistics was stored */
 	long long last_step;
+	long long bytes; /* of its stored arrays */
 };
 
 /*

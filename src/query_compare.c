@@ -127,7 +127,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct compare_acc acc = { 0 };
 	char worker[INGEST_NAME_MAX + 1] = "";
-	double momentum = 0.1, *buf = NULL;
+	double momentum = 0.1, *buf = NULL, bound = 0.0;
 	bool sim;
 	int64_t step = 0, run_id, domain_id = -1;
 	size_t j, cap = 0;
@@ -198,9 +198,12 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		stats_estimate(&l->agg, est, prec_mean, prec_var);
 		if (sim) {
 			int64_t applied;
+			double layer_bound;
 
 			rc = replay_layer(cache, r, run_id, domain_id, l->id, c, momentum, step,
-					  ema_mean, ema_var, &applied);
+					  ema_mean, ema_var, &applied, &layer_bound);
+			if (layer_bound > bound)
+				bound = layer_bound;
 			if (rc < 0) {
 				rc = query_read_failed(err);
 				goto done;
@@ -238,12 +241,14 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			 query_estimator_name(est), "ema", sim ? "sim" : "worker", "layers",
 			 acc.layers, "overall", compare_acc_overall(&acc));
 	if (*out != NULL) {
-		if (sim)
+		if (sim) {
 			json_object_set_new(*out, "momentum", json_real(momentum));
-		else
+			json_object_set_new(*out, "sim_error_bound", json_real(bound));
+		} else {
 			json_object_set_new(*out, "worker", json_string(worker));
+		}
 	}
-	rc = *out ? 0 : query_oom(err);
+	rc = *out && query_window_json(*out, &w) == 0 ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	compare_acc_free(&acc);
@@ -341,7 +346,7 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 		rc = bn_error_set(
 			err, 404, BN_E_NOT_FOUND, "step",
 			"domains %s and %s share no layer with data in steps (%lld, %lld]",
-			p->source, p->target, (long long)(step - source_req.window),
+			p->source, p->target, (long long)(step - source_win.window),
 			(long long)step);
 		goto done;
 	}
@@ -349,7 +354,7 @@ int query_shift(struct store_reader *r, const char *run, const struct query_para
 			 p->source, "target", p->target, "step", (json_int_t)step, "window",
 			 (json_int_t)source_req.window, "estimator", query_estimator_name(est),
 			 "layers", acc.layers, "overall", compare_acc_overall(&acc));
-	rc = *out ? 0 : query_oom(err);
+	rc = *out && query_window_json(*out, &source_win) == 0 ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	compare_acc_free(&acc);

@@ -18,6 +18,7 @@ static int emit_stored_run(void *ctx, const struct store_run_info *info)
 		.name = info->name,
 		.has_data = info->batches > 0,
 		.last_step = (long long)info->step_max,
+		.bytes = (long long)info->bytes,
 	};
 
 	return w->emit(w->ctx, &run);

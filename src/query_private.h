@@ -96,6 +96,9 @@ struct query_window {
 	struct query_layer_acc *layers; /* sorted by id */
 	size_t n;
 	int64_t run_id, domain_id; /* as resolved by query_window_compute (domain -1: all) */
+	/* the window used (whole stored entries), the one asked for, and the width
+	 * in steps of the entry at its oldest end (docs/API.md, "History") */
+	int64_t window, requested_window, resolution;
 };
 
 /* A precise-estimate request, with parameters already parsed. */
@@ -118,10 +121,12 @@ int query_window_parse(const struct query_params *p, struct query_window_req *q,
 		       struct bn_error *err);
 
 /*
- * Merge every per-step aggregate of the window (step - window, step] into w
+ * Merge every stored aggregate of the window (step - window, step] into w
  * (zeroed by the caller; one accumulator per layer of the run, those
  * without data keep k == 0) and resolve the step into *step_out (the
- * latest of the domain when q has none). Inside the caller's read
+ * latest of the domain when q has none). Over bucketed history the window
+ * is first widened to the whole entries covering it: *step_out is then the
+ * last step of that cover and w->window its width. Inside the caller's read
  * transaction. Returns 0, or a negative errno with *err filled in: 404 when
  * the run, the domain or a requested layer is unknown, or the window holds
  * no data (for a requested layer, or at all). w must be released with
@@ -129,6 +134,12 @@ int query_window_parse(const struct query_params *p, struct query_window_req *q,
  */
 int query_window_compute(struct store_reader *r, const struct query_window_req *q,
 			 struct query_window *w, int64_t *step_out, struct bn_error *err);
+
+/*
+ * Set "window", "requested_window" and "resolution" of doc (a JSON object)
+ * from a computed window: 0 or -ENOMEM.
+ */
+int query_window_json(json_t *doc, const struct query_window *w);
 
 /* Free what w holds and leave it empty (w itself is the caller's). */
 void query_window_free(struct query_window *w);

@@ -59,6 +59,10 @@ static int set_run(void *ctx, const struct store_run_info *info)
 	json_t **o = ctx;
 
 	*o = run_json(info);
+	if (*o != NULL && json_object_set_new(*o, "bytes", json_integer(info->bytes)) < 0) {
+		json_decref(*o);
+		*o = NULL;
+	}
 	return *o ? 0 : -ENOMEM;
 }
 
@@ -73,8 +77,11 @@ static int append_layer(void *ctx, const struct store_item *it)
 static int append_domain(void *ctx, const struct store_item *it)
 {
 	json_t *o =
-		json_pack("{s:s, s:I, s:I}", "name", it->name, "batches",
-			  (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps);
+		json_pack("{s:s, s:I, s:I, s:o}", "name", it->name, "batches",
+			  (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps,
+			  "bucketed_through",
+			  it->domain.bucketed ? json_integer(it->domain.bucketed_through)
+					      : json_null());
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }

@@ -20,16 +20,21 @@
 #include "query_private.h"
 #include "replay.h"
 
+/* The reply's parallel arrays. */
+#define N_COLUMNS 11
+
 /* One channel's pooled statistics at one step. */
 struct series_point {
 	int64_t step;
 	int64_t n;
 	double mean, m2;
+	int64_t width; /* steps covered: 1, a bucket's width, or summed when merged */
 };
 
 static struct series_point series_point_merge(struct series_point a, struct series_point b)
 {
 	stats_merge1(&a.n, &a.mean, &a.m2, b.n, b.mean, b.m2);
+	a.width += b.width;
 	return a;
 }
 
@@ -38,13 +43,14 @@ struct series_walk {
 	size_t channels, channel;
 	struct series_point *pts;
 	size_t n, cap;
+	bool has_buckets;
 	int rc;
 };
 
 static int series_row(void *ctx, const struct store_row *row)
 {
 	struct series_walk *s = ctx;
-	struct series_point v = { .step = row->step, .n = row->n };
+	struct series_point v = { .step = row->step, .n = row->n, .width = row->width };
 
 	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channel, 1, &v.mean) < 0 ||
 	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) <
@@ -54,10 +60,17 @@ static int series_row(void *ctx, const struct store_row *row)
 		/* another domain at the same step (domain "*") */
 		int64_t step = row->step;
 
+		int64_t width = s->pts[s->n - 1].width > v.width ? s->pts[s->n - 1].width : v.width;
+
 		s->pts[s->n - 1] = series_point_merge(s->pts[s->n - 1], v);
 		s->pts[s->n - 1].step = step;
+		s->pts[s->n - 1].width = width; /* domains side by side, not one after the other */
+		if (width > 1)
+			s->has_buckets = true;
 		return 0;
 	}
+	if (v.width > 1)
+		s->has_buckets = true;
 	if (s->n == s->cap) {
 		size_t cap = s->cap ? 2 * s->cap : 256;
 		struct series_point *p = realloc(s->pts, cap * sizeof(*p));
@@ -115,20 +128,21 @@ static int sliding_window(const struct series_point *pts, size_t n, int64_t wind
 /* Values per step handed back by replay_channel / the EMA walk. */
 struct step_values {
 	int64_t *step;
-	double *mean, *var;
+	double *mean, *var, *bound;
 	size_t n, cap;
 	int64_t last_step;
 	bool first_only; /* keep the first value seen per step */
 };
 
-static int step_values_add(struct step_values *v, int64_t step, double mean, double var)
+static int step_values_add(struct step_values *v, int64_t step, double mean, double var,
+			   double bound)
 {
 	if (v->first_only && v->n > 0 && v->step[v->n - 1] == step)
 		return 0;
 	if (v->n == v->cap) {
 		size_t cap = v->cap ? 2 * v->cap : 256;
 		int64_t *s = realloc(v->step, cap * sizeof(*s));
-		double *pa, *pb;
+		double *pa, *pb, *pc;
 
 		if (s == NULL)
 			return -ENOMEM;
@@ -141,11 +155,16 @@ static int step_values_add(struct step_values *v, int64_t step, double mean, dou
 		if (pb == NULL)
 			return -ENOMEM;
 		v->var = pb;
+		pc = realloc(v->bound, cap * sizeof(*pc));
+		if (pc == NULL)
+			return -ENOMEM;
+		v->bound = pc;
 		v->cap = cap;
 	}
 	v->step[v->n] = step;
 	v->mean[v->n] = mean;
 	v->var[v->n] = var;
+	v->bound[v->n] = bound;
 	v->n++;
 	return 0;
 }
@@ -155,11 +174,12 @@ static void step_values_free(struct step_values *v)
 	free(v->step);
 	free(v->mean);
 	free(v->var);
+	free(v->bound);
 }
 
-static int sim_point(void *ctx, int64_t step, double mean, double var)
+static int sim_point(void *ctx, int64_t step, double mean, double var, double bound)
 {
-	return step_values_add(ctx, step, mean, var);
+	return step_values_add(ctx, step, mean, var, bound);
 }
 
 struct ema_walk {
@@ -178,18 +198,19 @@ static int ema_row(void *ctx, const struct store_row *row)
 	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channel, 1, &m) < 0 ||
 	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels + e->channel, 1, &var) < 0)
 		return -EIO;
-	return step_values_add(e->v, row->step, m, var);
+	return step_values_add(e->v, row->step, m, var, 0.0);
 }
 
 /* The value of v at `step`, advancing the cursor *k (steps ascend). */
 static bool step_lookup(const struct step_values *v, size_t *k, int64_t step, double *mean,
-			double *var)
+			double *var, double *bound)
 {
 	while (*k < v->n && v->step[*k] < step)
 		(*k)++;
 	if (*k < v->n && v->step[*k] == step) {
 		*mean = v->mean[*k];
 		*var = v->var[*k];
+		*bound = v->bound[*k];
 		return true;
 	}
 	return false;
@@ -212,10 +233,11 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	struct series_walk walk = { .r = r };
 	struct step_values ema = { .first_only = true }, sim = { 0 };
 	struct series_point *precise = NULL;
-	json_t *doc = NULL, *columns[9] = { NULL };
-	static const char *const column_names[9] = { "step",	     "batch_mean",  "batch_var",
-						     "precise_mean", "precise_var", "ema_mean",
-						     "ema_var",	     "sim_mean",    "sim_var" };
+	json_t *doc = NULL, *columns[N_COLUMNS] = { NULL };
+	static const char *const column_names[N_COLUMNS] = {
+		"step",	   "batch_mean", "batch_var", "precise_mean", "precise_var",	"ema_mean",
+		"ema_var", "sim_mean",	 "sim_var",   "resolution",   "sim_error_bound"
+	};
 	long long channel, from, to, window, stride, points;
 	double momentum;
 	int64_t run_id, domain_id = -1, layer_id, latest;
@@ -292,7 +314,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		rc = store_layer_emas(r, run_id, domain_id, layer_id, p->worker, from - 1, to,
 				      ema_row, &ew);
 	}
-	if (rc == 0 && from - window < 0) {
+	if (rc == 0 && from - window < 0 && !walk.has_buckets) {
 		/*
 		 * The walk above read every step up to `to`: replay from its points
 		 * instead of reading the rows again (the same pooling and updates as
@@ -304,7 +326,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 			stats_ema_step(momentum, walk.pts[i].n, walk.pts[i].mean, walk.pts[i].m2,
 				       &rm, &rv);
 			if (walk.pts[i].step >= from)
-				rc = step_values_add(&sim, walk.pts[i].step, rm, rv);
+				rc = step_values_add(&sim, walk.pts[i].step, rm, rv, 0.0);
 		}
 	} else if (rc == 0) {
 		rc = replay_channel(cache, r, run_id, domain_id, layer_id, channels,
@@ -315,7 +337,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		goto done;
 	}
 
-	for (col = 0; col < 9; col++) {
+	for (col = 0; col < N_COLUMNS; col++) {
 		columns[col] = json_array();
 		if (columns[col] == NULL) {
 			rc = query_oom(err);
@@ -326,30 +348,35 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		;
 	if (points > 0 && (size_t)points < walk.n - first_out)
 		stride = (long long)((walk.n - first_out + (size_t)points - 1) / (size_t)points);
-	for (i = first_out; i < walk.n; i++) {
-		const struct series_point *batch = &walk.pts[i], *win = &precise[i];
-		double em, ev, sm, sv;
+	/* Each point merges `stride` consecutive entries (the last one may hold fewer). */
+	for (i = first_out; i < walk.n; i += (size_t)stride) {
+		size_t last = i + (size_t)stride - 1 < walk.n ? i + (size_t)stride - 1 : walk.n - 1, k;
+		struct series_point batch = walk.pts[i];
+		const struct series_point *win = &precise[last];
+		double em, ev, eb, sm, sv, sb;
 		bool has_ema, has_sim;
 
-		has_ema = step_lookup(&ema, &ema_at, batch->step, &em, &ev);
-		has_sim = step_lookup(&sim, &sim_at, batch->step, &sm, &sv);
-		/* keep every stride-th point and always the last */
-		if ((i - first_out) % (size_t)stride != 0 && i + 1 != walk.n)
-			continue;
+		for (k = i + 1; k <= last; k++)
+			batch = series_point_merge(batch, walk.pts[k]);
+		batch.step = walk.pts[last].step;
+		has_ema = step_lookup(&ema, &ema_at, batch.step, &em, &ev, &eb);
+		has_sim = step_lookup(&sim, &sim_at, batch.step, &sm, &sv, &sb);
 		{
-			json_t *cells[9] = {
-				json_integer(batch->step),
-				query_json_num(batch->mean),
-				query_json_num(batch->m2 / (double)batch->n),
+			json_t *cells[N_COLUMNS] = {
+				json_integer(batch.step),
+				query_json_num(batch.mean),
+				query_json_num(batch.m2 / (double)batch.n),
 				query_json_num(win->mean),
 				query_json_num(win->m2 / (double)win->n),
 				has_ema ? query_json_num(em) : json_null(),
 				has_ema ? query_json_num(ev) : json_null(),
 				has_sim ? query_json_num(sm) : json_null(),
 				has_sim ? query_json_num(sv) : json_null(),
+				json_integer(batch.width),
+				has_sim ? json_real(sb) : json_null(),
 			};
 
-			for (col = 0; col < 9; col++) {
+			for (col = 0; col < N_COLUMNS; col++) {
 				if (json_array_append_new(columns[col], cells[col]) < 0) {
 					rc = query_oom(err);
 					goto done;
@@ -365,7 +392,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		goto done;
 	}
 	json_object_set_new(doc, "worker", p->worker ? json_string(p->worker) : json_null());
-	for (col = 0; col < 9; col++) {
+	for (col = 0; col < N_COLUMNS; col++) {
 		json_object_set_new(doc, column_names[col], columns[col]);
 		columns[col] = NULL;
 	}
@@ -373,7 +400,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	rc = 0;
 done:
 	store_read_end(r);
-	for (col = 0; col < 9; col++)
+	for (col = 0; col < N_COLUMNS; col++)
 		json_decref(columns[col]);
 	free(walk.pts);
 	free(precise);

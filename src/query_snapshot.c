@@ -255,6 +255,8 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	q.window = snap->window;
 	query_parse_estimator(snap->estimator, &est, NULL);
 	rc = query_window_compute(r, &q, &w, &snap->step, err);
+	if (rc == 0)
+		snap->window = w.window; /* widened over bucketed history */
 	if (rc == 0 && snapshot_fill(snap, &w, est) < 0)
 		rc = query_oom(err);
 done:

@@ -82,7 +82,7 @@ int query_stats(struct store_reader *r, const char *run, const struct query_para
 	*out = json_pack("{s:s, s:s, s:I, s:I, s:s, s:O}", "run", run, "domain", q.domain, "step",
 			 (json_int_t)step, "window", (json_int_t)q.window, "estimator",
 			 query_estimator_name(est), "layers", layers);
-	rc = *out ? 0 : query_oom(err);
+	rc = *out && query_window_json(*out, &w) == 0 ? 0 : query_oom(err);
 done:
 	store_read_end(r);
 	json_decref(layers);

@@ -55,6 +55,30 @@ void query_window_free(struct query_window *w)
 	w->n = 0;
 }
 
+/* x rounded down (floor_to) or up (ceil_to) to a multiple of w > 0. */
+static int64_t floor_to(int64_t x, int64_t w)
+{
+	int64_t q = x / w;
+
+	return (x % w != 0 && x < 0 ? q - 1 : q) * w;
+}
+
+static int64_t ceil_to(int64_t x, int64_t w)
+{
+	int64_t q = x / w;
+
+	return (x % w != 0 && x > 0 ? q + 1 : q) * w;
+}
+
+int query_window_json(json_t *doc, const struct query_window *w)
+{
+	if (json_object_set_new(doc, "window", json_integer(w->window)) < 0 ||
+	    json_object_set_new(doc, "requested_window", json_integer(w->requested_window)) < 0 ||
+	    json_object_set_new(doc, "resolution", json_integer(w->resolution)) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
 static int merge_row(void *ctx, const struct store_agg_row *row)
 {
 	struct query_window *w = ctx;
@@ -78,7 +102,7 @@ static int merge_row(void *ctx, const struct store_agg_row *row)
 int query_window_compute(struct store_reader *r, const struct query_window_req *q,
 			 struct query_window *w, int64_t *step_out, struct bn_error *err)
 {
-	int64_t run_id, domain_id = -1, step = q->step;
+	int64_t run_id, domain_id = -1, step = q->step, lo, width_hi;
 	int64_t *ids = NULL;
 	size_t i, j, n_ids = 0, with_data = 0;
 	int rc;
@@ -106,7 +130,6 @@ int query_window_compute(struct store_reader *r, const struct query_window_req *
 		if (rc < 0)
 			return query_read_failed(err);
 	}
-	*step_out = step;
 
 	rc = store_layers_foreach(r, run_id, collect_layer, w);
 	if (rc < 0)
@@ -133,9 +156,23 @@ int query_window_compute(struct store_reader *r, const struct query_window_req *
 			w->layers[j].wanted = true;
 	}
 
-	/* step - window cannot overflow: step >= 0 and window >= 1. */
-	rc = store_aggs_foreach(r, run_id, domain_id, step - q->window, step, ids, n_ids, merge_row,
-				w);
+	/*
+	 * Over bucketed history, widen the window to the whole entries that
+	 * cover it (docs/API.md, "History"). step - window cannot overflow:
+	 * step >= 0 and window >= 1.
+	 */
+	lo = step - q->window;
+	if (store_resolution(r, run_id, domain_id, lo + 1, &w->resolution) < 0 ||
+	    store_resolution(r, run_id, domain_id, step, &width_hi) < 0) {
+		free(ids);
+		return query_read_failed(err);
+	}
+	lo = floor_to(lo, w->resolution);
+	step = ceil_to(step, width_hi);
+	w->window = step - lo;
+	w->requested_window = q->window;
+	*step_out = step;
+	rc = store_aggs_foreach(r, run_id, domain_id, lo, step, ids, n_ids, merge_row, w);
 	free(ids);
 	if (rc < 0)
 		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
@@ -149,14 +186,14 @@ int query_window_compute(struct store_reader *r, const struct query_window_req *
 			return bn_error_set(
 				err, 404, BN_E_NOT_FOUND, "layer",
 				"layer %s has no data in steps (%lld, %lld] of domain %s",
-				w->layers[j].name, (long long)(step - q->window), (long long)step,
+				w->layers[j].name, (long long)lo, (long long)step,
 				q->domain);
 		}
 	}
 	if (with_data == 0)
 		return bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
 				    "run %s has no data in steps (%lld, %lld] of domain %s", q->run,
-				    (long long)(step - q->window), (long long)step, q->domain);
+				    (long long)lo, (long long)step, q->domain);
 	return 0;
 }
 

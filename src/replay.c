@@ -24,7 +24,10 @@ struct walk {
 	int64_t xn;	       /* elements pooled at the current step */
 	int64_t cur_step;
 	bool pending;
+	bool pending_bucket; /* the current step is a bucket's end */
 	int64_t applied;
+	/* share of the state's weight replayed from buckets as one step (replay.h) */
+	double bound;
 	/* this reader's snapshot: newest late write, highest step (walk_run) */
 	bool snapshot_known;
 	int64_t gen, max_step;
@@ -47,16 +50,46 @@ static int walk_flush(struct walk *w)
 	if (!w->pending)
 		return 0;
 	w->pending = false;
+	if (w->pending_bucket) {
+		/*
+		 * A bucket: the state kept at its end when the momentum is one the
+		 * store keeps, else the bucket replayed as one step of its pooled
+		 * statistics, which the bound then accounts for.
+		 */
+		int64_t at, applied;
+		int rc = store_sim_state_read(w->r, w->key.run_id, w->key.domain_id,
+					      w->key.layer_id, a, w->cur_step, false,
+					      w->key.channels, w->first, w->width, w->rmean,
+					      w->rvar, &at, &applied);
+
+		w->pending_bucket = false;
+		if (rc == 0) {
+			w->applied = applied;
+			w->bound = 0.0;
+			goto applied;
+		}
+		if (rc != -ENOENT)
+			return rc;
+		for (i = 0; i < w->width; i++)
+			stats_ema_step(a, w->xn, w->xmean[i], w->xm2[i], &w->rmean[i],
+				       &w->rvar[i]);
+		w->applied++;
+		w->bound = 1.0;
+		goto applied;
+	}
 	for (i = 0; i < w->width; i++)
 		stats_ema_step(a, w->xn, w->xmean[i], w->xm2[i], &w->rmean[i], &w->rvar[i]);
 	w->applied++;
+	w->bound *= 1.0 - a;
+applied:
 	if (w->fn != NULL && w->cur_step > w->emit_after) {
-		int rc = w->fn(w->ctx, w->cur_step, w->rmean[0], w->rvar[0]);
+		int rc = w->fn(w->ctx, w->cur_step, w->rmean[0], w->rvar[0], w->bound);
 
 		if (rc != 0)
 			return rc;
 	}
-	if (w->checkpoint && ++w->since >= REPLAY_CHECKPOINT_EVERY && w->cur_step < w->max_step) {
+	if (w->checkpoint && w->bound == 0.0 && ++w->since >= REPLAY_CHECKPOINT_EVERY &&
+	    w->cur_step < w->max_step) {
 		struct replay_ckpt k = { .step = w->cur_step,
 					 .gen = w->gen,
 					 .applied = w->applied };
@@ -90,6 +123,8 @@ static int walk_row(void *ctx, const struct store_row *row)
 	if (store_row_read(w->r, STORE_BLOB_AGG, row->rowid, w->first, w->width, m) < 0 ||
 	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels + w->first, w->width, m2) < 0)
 		return -EIO;
+	if (row->width > 1)
+		w->pending_bucket = true;
 	if (!w->pending) {
 		memcpy(w->xmean, m, w->width * sizeof(double));
 		memcpy(w->xm2, m2, w->width * sizeof(double));
@@ -124,21 +159,26 @@ static int walk_init(struct walk *w, size_t width)
 }
 
 /*
- * Set w's state to the latest usable checkpoint at or before `step` (or the
- * initial 0/1) and return the step the replay resumes after.
+ * Is a checkpoint taken at `step` still a place to resume from? Not once
+ * that step lies inside a bucket (it was taken before the steps were
+ * merged): the bucket's row comes after it and holds steps before it.
  */
-static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
+static int ckpt_on_boundary(struct walk *w, int64_t step)
+{
+	int64_t width;
+
+	if (store_resolution(w->r, w->key.run_id, w->key.domain_id, step, &width) < 0)
+		return -EIO;
+	return width == 1 || step % width == 0;
+}
+
+/* The latest usable cached checkpoint at or before `step`, into w: found or not. */
+static int resume_cached(struct walk *w, int64_t step, int64_t *resume_after)
 {
 	size_t channels = w->key.channels;
-	double *state = NULL;
-	size_t i;
+	double *state;
+	int rc = 0;
 
-	*resume_after = INT64_MIN;
-	for (i = 0; i < w->width; i++) {
-		w->rmean[i] = 0.0;
-		w->rvar[i] = 1.0;
-	}
-	w->applied = 0;
 	if (!replay_cache_enabled(w->cache) || !w->snapshot_known)
 		return 0;
 	state = malloc(2 * channels * sizeof(double));
@@ -146,7 +186,7 @@ static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
 		return -ENOMEM;
 	for (;;) {
 		struct replay_resume res = replay_cache_lookup(w->cache, &w->key, step, state);
-		int late;
+		int late, usable;
 
 		/*
 		 * A checkpoint taken by a reader of a newer snapshot (a newer late
@@ -154,10 +194,20 @@ static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
 		 */
 		if (!res.found || res.gen > w->gen || res.step > w->max_step)
 			break;
+		usable = ckpt_on_boundary(w, res.step);
+		if (usable < 0) {
+			rc = usable;
+			break;
+		}
+		if (!usable) {
+			/* history was bucketed under it: start over from the kept states */
+			replay_cache_invalidate(w->cache, &w->key, INT64_MIN);
+			break;
+		}
 		late = store_late_since(w->r, w->key.run_id, w->key.domain_id, res.gen, res.step);
 		if (late < 0) {
-			free(state);
-			return late;
+			rc = late;
+			break;
 		}
 		if (late == 0) {
 			memcpy(w->rmean, state + w->first, w->width * sizeof(double));
@@ -170,7 +220,46 @@ static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
 		replay_cache_invalidate(w->cache, &w->key, res.step);
 	}
 	free(state);
-	return 0;
+	return rc;
+}
+
+/*
+ * Set w's state to the latest usable checkpoint at or before `step` — a
+ * cached one, or a replay state the store kept at a bucket end, whichever
+ * is later — or the initial 0/1, and return the step the replay resumes
+ * after.
+ */
+static int walk_resume(struct walk *w, int64_t step, int64_t *resume_after)
+{
+	double *kept = NULL;
+	int64_t at, applied;
+	size_t i;
+	int rc;
+
+	*resume_after = INT64_MIN;
+	for (i = 0; i < w->width; i++) {
+		w->rmean[i] = 0.0;
+		w->rvar[i] = 1.0;
+	}
+	w->applied = 0;
+	w->bound = 0.0;
+	rc = resume_cached(w, step, resume_after);
+	if (rc < 0 || w->key.domain_id < 0)
+		return rc;
+	kept = malloc(2 * w->width * sizeof(double));
+	if (kept == NULL)
+		return -ENOMEM;
+	rc = store_sim_state_read(w->r, w->key.run_id, w->key.domain_id, w->key.layer_id,
+				  w->key.momentum, step, true, w->key.channels, w->first, w->width,
+				  kept, kept + w->width, &at, &applied);
+	if (rc == 0 && (*resume_after == INT64_MIN || at > *resume_after)) {
+		memcpy(w->rmean, kept, w->width * sizeof(double));
+		memcpy(w->rvar, kept + w->width, w->width * sizeof(double));
+		w->applied = applied;
+		*resume_after = at;
+	}
+	free(kept);
+	return rc == -ENOENT ? 0 : rc;
 }
 
 /*
@@ -200,7 +289,7 @@ static int walk_run(struct walk *w, int64_t resume_at, int64_t to, bool take_che
 
 int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id, int64_t domain_id,
 		 int64_t layer_id, size_t channels, double momentum, int64_t step, double *mean_out,
-		 double *var_out, int64_t *applied)
+		 double *var_out, int64_t *applied, double *bound)
 {
 	struct walk w = {
 		.r = r,
@@ -218,6 +307,7 @@ int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 		memcpy(mean_out, w.rmean, channels * sizeof(double));
 		memcpy(var_out, w.rvar, channels * sizeof(double));
 		*applied = w.applied;
+		*bound = w.bound;
 	}
 	free(w.rmean);
 	return rc;

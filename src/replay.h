@@ -21,6 +21,17 @@
  * highest step, so the ordinary in-order upload never invalidates one. A
  * resumed replay performs the very same floating-point operations as a
  * full one, so the answer is bit-identical.
+ *
+ * Buckets (docs/API.md, "History"): a bucket row stands for many steps.
+ * For the momenta the store keeps (sim_momenta) the replay state at each
+ * bucket end was computed from the per-step rows before they were merged;
+ * the walk takes it from the store, and resumes from the latest such state
+ * at or before its start, so the answer stays the full replay's. For any
+ * other momentum, or domain "*", a bucket is applied as one step of its
+ * pooled statistics and the walk reports a bound: 1 right after such a
+ * bucket, times (1 - momentum) per exact step after it — the weight the
+ * approximate history still has in the state. Checkpoints are taken only
+ * where that bound is 0, and one that a bucket later covered is dropped.
  */
 #ifndef BNSTAT_REPLAY_H
 #define BNSTAT_REPLAY_H
@@ -57,23 +68,24 @@ void replay_cache_free(struct replay_cache *c);
  * Runs inside the caller's read transaction on r, on the thread that
  * holds r; c may be NULL (no caching) and is borrowed. *applied receives the
  * number of steps with data replayed from the start of the run (0: no data
- * at or before `step`; the outputs are then the initial 0 and 1).
- * Returns 0 or a negative errno.
+ * at or before `step`; the outputs are then the initial 0 and 1), *bound
+ * the share of the answer's weight that comes from buckets replayed as one
+ * step each (0: exact; see "Buckets" above). Returns 0 or a negative errno.
  */
 int replay_layer(struct replay_cache *c, struct store_reader *r, int64_t run_id, int64_t domain_id,
 		 int64_t layer_id, size_t channels, double momentum, int64_t step, double *mean_out,
-		 double *var_out, int64_t *applied);
+		 double *var_out, int64_t *applied, double *bound);
 
 /*
  * The simulated EMA of one channel at every step with data in
- * (from_excl, to], handed to fn(ctx, step, mean, var) in step order, on
+ * (from_excl, to], handed to fn(ctx, step, mean, var, bound) in step order, on
  * the caller's thread; a nonzero return from fn stops the walk and is
  * returned. Resumes from a cached checkpoint before from_excl when one is
  * valid; takes none (only whole-layer replays do). Runs inside the
  * caller's read transaction on r, as replay_layer() does. Returns 0, fn's
  * nonzero value or a negative errno.
  */
-typedef int (*replay_point_fn)(void *ctx, int64_t step, double mean, double var);
+typedef int (*replay_point_fn)(void *ctx, int64_t step, double mean, double var, double bound);
 int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_id,
 		   int64_t domain_id, int64_t layer_id, size_t channels, size_t channel,
 		   double momentum, int64_t from_excl, int64_t to, replay_point_fn fn, void *ctx);

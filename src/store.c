@@ -14,7 +14,16 @@
 
 void store_options_default(struct store_options *o)
 {
-	*o = (struct store_options){ .queue_max = 1024, .group_max = 512, .sync_full = true };
+	static const double momenta[] = { 0.3, 0.1, 0.03, 0.01, 0.003, 0.001 };
+	size_t i;
+
+	*o = (struct store_options){ .queue_max = 1024,
+				     .group_max = 512,
+				     .sync_full = true,
+				     .history_full_steps = 5000 };
+	for (i = 0; i < sizeof(momenta) / sizeof(momenta[0]); i++)
+		o->sim_momenta[i] = momenta[i];
+	o->n_sim_momenta = i;
 }
 
 int store_open(const char *path, const struct store_options *opt, struct store **out,
@@ -71,8 +80,11 @@ int store_open(const char *path, const struct store_options *opt, struct store *
 	 */
 	if (store_sql_exec(s->wdb, "DELETE FROM late_writes", err) < 0)
 		goto fail;
-	if (store_checkpoint_start(s, err) < 0 || store_schema_prepare(s, err) < 0 ||
-	    store_writer_start(s, err) < 0)
+	if (store_checkpoint_start(s, err) < 0 || store_schema_prepare(s, err) < 0)
+		goto fail;
+	/* A bucketing pass may have been cut short: look at every domain once. */
+	store_history_touch_all(s);
+	if (store_writer_start(s, err) < 0)
 		goto fail;
 	*out = s;
 	return 0;
@@ -103,6 +115,7 @@ void store_close(struct store *s)
 	pthread_cond_destroy(&s->ckpt.idle);
 	store_aggcache_clear(&s->aggcache);
 	free(s->wlayer_ids);
+	free(s->history.pending);
 	free(s->wscratch);
 	free(s->path);
 	free(s);

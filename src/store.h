@@ -43,11 +43,18 @@ struct store_migration {
 extern const struct store_migration store_migrations[];
 extern const size_t store_migrations_count;
 
+#define STORE_SIM_MOMENTA_MAX 16
+
 struct store_options {
 	size_t queue_max;     /* uploads waiting for the writer before 503 (default 1024) */
 	size_t group_max;     /* batches per transaction at most (default 512) */
 	bool sync_full;	      /* PRAGMA synchronous=FULL (default) instead of NORMAL */
 	int64_t retain_steps; /* keep per-step statistics of the last N steps per run; 0: all */
+	/* steps per domain kept per step before older ones go to buckets (default 5000; 0: never) */
+	int64_t history_full_steps;
+	/* momenta whose replay state is kept at bucket ends (default 0.3 ... 0.001) */
+	double sim_momenta[STORE_SIM_MOMENTA_MAX];
+	size_t n_sim_momenta;
 };
 
 /* The outcome of one submitted batch, reported after the commit. */
@@ -280,6 +287,7 @@ struct store_run_info {
 	int64_t layers;
 	int64_t domains;
 	int64_t workers;
+	int64_t bytes; /* of the run's stored arrays (approximate storage) */
 };
 /*
  * Called with one run. *info and info->name are borrowed for the duration
@@ -313,9 +321,11 @@ struct store_item {
 		} layer;
 		struct {
 			int64_t batches;  /* accepted batch identities */
-			int64_t steps;	  /* distinct steps with statistics */
+			int64_t steps;	  /* distinct stored entries (a bucket counts once) */
 			int64_t layers;	  /* distinct layers with statistics */
 			int64_t elements; /* elements per channel, summed over layers and steps */
+			bool bucketed;	  /* some steps are merged into buckets */
+			int64_t bucketed_through; /* then: every step <= it is */
 		} domain;
 		struct {
 			int64_t batches;
@@ -354,6 +364,7 @@ struct store_row {
 	int64_t batches;    /* aggregates only: batches merged (stats_agg's k) */
 	int64_t nbs_min;    /* aggregates only */
 	int64_t nbs_max;    /* aggregates only */
+	int64_t width;	    /* steps covered, (step - width, step]: 1, or a bucket's width */
 	int64_t seq;	    /* EMA rows only: the seq of the batch that sent it */
 	const char *worker; /* EMA rows only */
 };
@@ -411,6 +422,27 @@ int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen);
  */
 int store_late_since(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t gen,
 		     int64_t step);
+
+/*
+ * The replay state of the simulated EMA with momentum `momentum` kept at a
+ * bucket end of one layer and domain (domain_id < 0: none is kept): the one
+ * at `step` exactly, or with at_or_before the latest at or before it.
+ * Channels [first, first + width) of its mean and var go to mean/var
+ * (width doubles each, the caller's); *found_step and *applied (steps with
+ * data replayed) say where it was taken. Returns 0, -ENOENT or -EIO.
+ */
+int store_sim_state_read(struct store_reader *r, int64_t run_id, int64_t domain_id,
+			 int64_t layer_id, double momentum, int64_t step, bool at_or_before,
+			 size_t channels, size_t first, size_t width, double *mean, double *var,
+			 int64_t *found_step, int64_t *applied);
+
+/*
+ * The width in steps of the stored entry holding `step` in the domain
+ * (domain_id < 0: the widest over the run's domains): 1 inside the per-step
+ * horizon, a bucket's width beyond it. Returns 0 or -EIO.
+ */
+int store_resolution(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
+		     int64_t *width);
 
 /* Look up one layer: 0 with its id and channel count, or -ENOENT. */
 int store_layer_find(struct store_reader *r, int64_t run_id, const char *layer, int64_t *layer_id,

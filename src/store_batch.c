@@ -81,6 +81,21 @@ static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
 			"the last %lld steps of a run (now steps > %lld)",
 			(long long)b->step, (long long)s->opt.retain_steps,
 			(long long)(max.step - s->opt.retain_steps));
+	if (late) {
+		bool bucketed;
+		int64_t through;
+
+		if (store_history_bucketed_through(s, run_id, domain_id, &bucketed, &through) < 0)
+			return store_sql_error(err, s->wdb, "reading the domain's history");
+		if (bucketed && b->step <= through)
+			return bn_error_set(
+				err, 409, BN_E_STEP_COMPACTED, "step",
+				"step %lld of domain %s is already merged into a bucket (steps <= "
+				"%lld are); this server keeps the last %lld steps per step "
+				"(history-full-steps)",
+				(long long)b->step, b->domain, (long long)through,
+				(long long)s->opt.history_full_steps);
+	}
 	if (!late || !batch_merges(b))
 		return 0;
 	st = s->wstmt[W_LATE_INS];
@@ -193,5 +208,6 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_int64(st, 8, store_now_ms());
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording batch");
+	store_history_touch(s, run_id, domain_id);
 	return 0;
 }

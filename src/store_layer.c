@@ -8,13 +8,14 @@
 #include "store_private.h"
 
 #include <stdio.h>
+#include <string.h>
 
 struct row_walk {
 	store_row_fn fn;
 	void *ctx;
 };
 
-/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max). */
+/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width). */
 static int read_agg_row(void *ctx, sqlite3_stmt *st)
 {
 	struct row_walk *w = ctx;
@@ -26,6 +27,7 @@ static int read_agg_row(void *ctx, sqlite3_stmt *st)
 		.batches = sqlite3_column_int64(st, 4),
 		.nbs_min = sqlite3_column_int64(st, 5),
 		.nbs_max = sqlite3_column_int64(st, 6),
+		.width = sqlite3_column_int64(st, 7),
 	};
 
 	return w->fn(w->ctx, &row);
@@ -40,6 +42,7 @@ static int read_ema_row(void *ctx, sqlite3_stmt *st)
 		.step = sqlite3_column_int64(st, 1),
 		.domain_id = sqlite3_column_int64(st, 2),
 		.n = sqlite3_column_int64(st, 3),
+		.width = 1,
 		.seq = sqlite3_column_int64(st, 4),
 		.worker = (const char *)sqlite3_column_text(st, 5),
 	};
@@ -78,10 +81,10 @@ int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx)
 {
 	const char *sql =
-		domain_id < 0 ? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+		domain_id < 0 ? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
 				" WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
 				" AND ?2 < 0 ORDER BY step, domain_id"
-			      : "SELECT id, step, domain_id, n, k, nbs_min, nbs_max FROM aggs"
+			      : "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
 				" WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
 				" AND step > ?4 AND step <= ?5 ORDER BY step";
 
@@ -126,6 +129,64 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 	if (sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)),
 			      (int)(first * sizeof(double))) != SQLITE_OK)
 		return -EIO;
+	return 0;
+}
+
+struct sim_out {
+	size_t channels, first, width;
+	double *mean, *var;
+	int64_t step, applied;
+};
+
+static int read_sim_state(void *ctx, sqlite3_stmt *st)
+{
+	struct sim_out *o = ctx;
+	const double *data = sqlite3_column_blob(st, 2);
+
+	if ((size_t)sqlite3_column_bytes(st, 2) != 2 * o->channels * sizeof(double) ||
+	    o->first + o->width > o->channels)
+		return -EIO;
+	o->step = sqlite3_column_int64(st, 0);
+	o->applied = sqlite3_column_int64(st, 1);
+	memcpy(o->mean, data + o->first, o->width * sizeof(double));
+	memcpy(o->var, data + o->channels + o->first, o->width * sizeof(double));
+	return 1;
+}
+
+int store_sim_state_read(struct store_reader *r, int64_t run_id, int64_t domain_id,
+			 int64_t layer_id, double momentum, int64_t step, bool at_or_before,
+			 size_t channels, size_t first, size_t width, double *mean, double *var,
+			 int64_t *found_step, int64_t *applied)
+{
+	struct sim_out o = { channels, first, width, mean, var, 0, 0 };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (domain_id < 0)
+		return -ENOENT; /* kept per domain only */
+	if (store_sql_prepare(r->db,
+			      at_or_before
+				      ? "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
+					" AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
+					" AND step <= ?5 ORDER BY step DESC LIMIT 1"
+				      : "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
+					" AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
+					" AND step = ?5",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, layer_id);
+	sqlite3_bind_double(st, 4, momentum);
+	sqlite3_bind_int64(st, 5, step);
+	rc = store_sql_rows(st, read_sim_state, &o);
+	sqlite3_finalize(st);
+	if (rc == 0)
+		return -ENOENT;
+	if (rc < 0)
+		return rc;
+	*found_step = o.step;
+	*applied = o.applied;
 	return 0;
 }
 

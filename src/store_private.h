@@ -65,6 +65,23 @@ enum store_wstmt {
 	W_RET_EMAS,
 	W_RET_LATE,
 	W_RET_LATE_GC,
+	W_RET_SIMS,
+	W_HIST_GET,
+	W_HIST_PUT,
+	W_HIST_DONE1,
+	W_HIST_DOMAINS,
+	W_HIST_MAX_STEP,
+	W_HIST_NEXT_STEP,
+	W_HIST_ROWS,
+	W_HIST_AGGS_DEL,
+	W_HIST_AGG_INS,
+	W_HIST_EMAS_DEL,
+	W_HIST_EMAS_MOVE,
+	W_HIST_PREV_STEP,
+	W_HIST_SIM_GET,
+	W_HIST_SIM_PUT,
+	W_HIST_SIM_DEL,
+	W_HIST_SIM_MOVE,
 	W_COUNT
 };
 
@@ -79,6 +96,14 @@ struct store_reader {
 };
 
 #define STORE_AGGCACHE_BUCKETS 1024
+
+/* Bucket tiers: widths 10, 100, ..., 10^STORE_HISTORY_TIERS steps. */
+#define STORE_HISTORY_TIERS 6
+
+/* A (run, domain) that may have buckets to form (store_history.c). */
+struct store_history_pair {
+	int64_t run_id, domain_id;
+};
 
 /* The writer's aggregate cache (store_aggcache.c). */
 struct store_aggcache {
@@ -105,6 +130,10 @@ struct store {
 		bool more;
 		int64_t cursor; /* the last run id a pass looked at */
 	} retention;
+	struct {
+		struct store_history_pair *pending;
+		size_t n, cap;
+	} history;
 	pthread_t writer;
 	bool writer_started;
 
@@ -277,6 +306,27 @@ bool store_retention_due(struct store *s);
 
 /* Run one bounded retention pass in its own transaction. */
 void store_retention_run(struct store *s);
+
+/* --- store_history.c: bucketing old steps (writer thread) ----------------------- */
+
+/* (run, domain) received an upload: look at its history after the group. */
+void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id);
+
+/* Look at every (run, domain) once (on start: a pass may have been cut short). */
+void store_history_touch_all(struct store *s);
+
+/* Are buckets possibly due? */
+bool store_history_due(const struct store *s);
+
+/* Form the buckets that are due, at most a bounded number, in one transaction. */
+void store_history_run(struct store *s);
+
+/*
+ * The last step of the domain merged into a bucket (every step <= it is):
+ * 0 with *have false when none, or -EIO.
+ */
+int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id,
+				   bool *have, int64_t *step);
 
 /* --- store_checkpoint.c ------------------------------------------------------ */
 

@@ -120,6 +120,37 @@ int store_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id,
 			       run_id, domain_id, NULL, step);
 }
 
+static int read_tier_max(void *ctx, sqlite3_stmt *st)
+{
+	*(int64_t *)ctx = sqlite3_column_int64(st, 0);
+	return 1;
+}
+
+int store_resolution(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
+		     int64_t *width)
+{
+	sqlite3_stmt *st;
+	int64_t tier = 0;
+	int rc;
+
+	/* tier t holds the steps <= its `done`; the coarsest such tier holds `step` */
+	if (store_sql_prepare(r->db,
+			      "SELECT coalesce(max(tier), 0) FROM history WHERE run_id = ?1"
+			      " AND (?2 < 0 OR domain_id = ?2) AND done >= ?3",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step);
+	rc = store_sql_rows(st, read_tier_max, &tier);
+	sqlite3_finalize(st);
+	if (rc < 0)
+		return -EIO;
+	for (*width = 1; tier > 0; tier--)
+		*width *= 10;
+	return 0;
+}
+
 struct layer_found {
 	int64_t *layer_id;
 	size_t *channels;

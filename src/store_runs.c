@@ -14,7 +14,8 @@ static const char run_info_sql[] =
 	" (SELECT max(step) FROM batches b WHERE b.run_id = r.id),"
 	" (SELECT count(*) FROM layers l WHERE l.run_id = r.id),"
 	" (SELECT count(*) FROM domains d WHERE d.run_id = r.id),"
-	" (SELECT count(DISTINCT worker) FROM batches b WHERE b.run_id = r.id)"
+	" (SELECT count(DISTINCT worker) FROM batches b WHERE b.run_id = r.id),"
+	" r.bytes"
 	" FROM runs r";
 
 struct run_walk {
@@ -36,6 +37,7 @@ static int read_run_info(void *ctx, sqlite3_stmt *st)
 		.layers = sqlite3_column_int64(st, 5),
 		.domains = sqlite3_column_int64(st, 6),
 		.workers = sqlite3_column_int64(st, 7),
+		.bytes = sqlite3_column_int64(st, 8),
 	};
 
 	w->found = true;
@@ -50,6 +52,7 @@ static int read_last_step(void *ctx, sqlite3_stmt *st)
 		.name = (const char *)sqlite3_column_text(st, 0),
 		.batches = sqlite3_column_type(st, 1) != SQLITE_NULL,
 		.step_max = sqlite3_column_int64(st, 1),
+		.bytes = sqlite3_column_int64(st, 2),
 	};
 
 	return w->fn(w->ctx, &info);
@@ -76,7 +79,7 @@ int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx)
 	struct run_walk w = { fn, ctx, false };
 
 	return run_rows(r,
-			"SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id)"
+			"SELECT name, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id), bytes"
 			" FROM runs r ORDER BY name",
 			NULL, read_last_step, &w);
 }
@@ -120,7 +123,7 @@ static int read_layer(void *ctx, sqlite3_stmt *st)
 	return w->fn(w->ctx, &item);
 }
 
-/* Rows of (id, name, batches, steps, layers, elements). */
+/* Rows of (id, name, batches, steps, layers, elements, bucketed through or NULL). */
 static int read_domain(void *ctx, sqlite3_stmt *st)
 {
 	struct item_walk *w = ctx;
@@ -132,6 +135,8 @@ static int read_domain(void *ctx, sqlite3_stmt *st)
 	item.domain.steps = sqlite3_column_int64(st, 3);
 	item.domain.layers = sqlite3_column_int64(st, 4);
 	item.domain.elements = sqlite3_column_int64(st, 5);
+	item.domain.bucketed = sqlite3_column_type(st, 6) != SQLITE_NULL;
+	item.domain.bucketed_through = sqlite3_column_int64(st, 6);
 	return w->fn(w->ctx, &item);
 }
 
@@ -180,7 +185,9 @@ int store_domains_foreach(struct store_reader *r, int64_t run_id, store_item_fn 
 			 " (SELECT count(DISTINCT layer_id) FROM aggs a"
 			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
 			 " (SELECT coalesce(sum(n), 0) FROM aggs a"
-			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id)"
+			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
+			 " (SELECT done FROM history h"
+			 "  WHERE h.run_id = d.run_id AND h.domain_id = d.id AND h.tier = 1)"
 			 " FROM domains d WHERE d.run_id = ?1 ORDER BY d.name",
 			 run_id, read_domain, fn, ctx);
 }

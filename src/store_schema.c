@@ -52,6 +52,46 @@ static const char *const wstmt_sql[W_COUNT] = {
 	/* history changed everywhere: every replay checkpoint of the run is stale */
 	[W_RET_LATE] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, -1, -1)",
 	[W_RET_LATE_GC] = "DELETE FROM late_writes WHERE run_id = ?1 AND id < ?2",
+	[W_RET_SIMS] = "DELETE FROM sim_states WHERE run_id = ?1 AND step <= ?2",
+	/* history (store_history.c): tier t's last bucket end per (run, domain) */
+	[W_HIST_GET] = "SELECT tier, done FROM history WHERE run_id = ?1 AND domain_id = ?2",
+	[W_HIST_PUT] = "INSERT INTO history (run_id, domain_id, tier, done) VALUES (?1, ?2, ?3, ?4)"
+		       " ON CONFLICT (run_id, domain_id, tier) DO UPDATE SET done = excluded.done",
+	[W_HIST_DONE1] = "SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2 AND tier = 1",
+	[W_HIST_DOMAINS] = "SELECT run_id, id FROM domains ORDER BY run_id, id",
+	[W_HIST_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2",
+	[W_HIST_NEXT_STEP] = "SELECT min(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
+			     " AND step > ?3",
+	[W_HIST_ROWS] = "SELECT layer_id, step, n, k, nbs_min, nbs_max, data FROM aggs"
+			" WHERE run_id = ?1 AND domain_id = ?2 AND step > ?3 AND step <= ?4"
+			" ORDER BY layer_id, step",
+	[W_HIST_AGGS_DEL] = "DELETE FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
+			    " AND step > ?3 AND step <= ?4",
+	[W_HIST_AGG_INS] = "INSERT INTO aggs (run_id, domain_id, step, layer_id, n, k, nbs_min,"
+			   " nbs_max, data, width) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+	/* per layer and worker, only the last EMA of the bucket stays, moved to its end */
+	[W_HIST_EMAS_DEL] = "DELETE FROM emas WHERE run_id = ?1 AND domain_id = ?2"
+			    " AND step > ?3 AND step <= ?4 AND step < (SELECT max(e.step)"
+			    " FROM emas e WHERE e.run_id = emas.run_id AND e.domain_id ="
+			    " emas.domain_id AND e.layer_id = emas.layer_id AND e.worker ="
+			    " emas.worker AND e.step > ?3 AND e.step <= ?4)",
+	[W_HIST_EMAS_MOVE] = "UPDATE emas SET step = ?4 WHERE run_id = ?1 AND domain_id = ?2"
+			     " AND step > ?3 AND step < ?4",
+	[W_HIST_PREV_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1 AND layer_id = ?3"
+			     " AND domain_id = ?2 AND step <= ?4",
+	[W_HIST_SIM_GET] = "SELECT applied, data FROM sim_states WHERE run_id = ?1"
+			   " AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4 AND step = ?5",
+	[W_HIST_SIM_PUT] = "INSERT OR REPLACE INTO sim_states (run_id, domain_id, layer_id,"
+			   " momentum, step, applied, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	/* like the EMAs: per layer and momentum, the last state of the bucket, at its end */
+	[W_HIST_SIM_DEL] = "DELETE FROM sim_states WHERE run_id = ?1 AND domain_id = ?2"
+			   " AND step > ?3 AND step <= ?4 AND step < (SELECT max(x.step)"
+			   " FROM sim_states x WHERE x.run_id = sim_states.run_id AND"
+			   " x.domain_id = sim_states.domain_id AND x.layer_id ="
+			   " sim_states.layer_id AND x.momentum = sim_states.momentum AND"
+			   " x.step > ?3 AND x.step <= ?4)",
+	[W_HIST_SIM_MOVE] = "UPDATE sim_states SET step = ?4 WHERE run_id = ?1 AND domain_id = ?2"
+			    " AND step > ?3 AND step < ?4",
 };
 
 static int read_int(void *ctx, sqlite3_stmt *st)

@@ -129,6 +129,12 @@ static void *writer_main(void *arg)
 				pthread_mutex_lock(&s->queue.mu);
 				continue;
 			}
+			if (store_history_due(s)) {
+				pthread_mutex_unlock(&s->queue.mu);
+				store_history_run(s);
+				pthread_mutex_lock(&s->queue.mu);
+				continue;
+			}
 			if (s->opt.retain_steps > 0) {
 				struct timespec until;
 
@@ -158,6 +164,8 @@ static void *writer_main(void *arg)
 		write_group(s, group, n);
 		if (store_retention_due(s))
 			store_retention_run(s);
+		if (store_history_due(s))
+			store_history_run(s);
 	}
 	return NULL;
 }

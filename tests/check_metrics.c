@@ -114,9 +114,9 @@ END_TEST
 START_TEST(test_gauges_and_runs)
 {
 	const struct metrics_run runs[] = {
-		{ "a", true, 7 },
-		{ "empty", false, 0 },
-		{ "b\"q\\z\nx", true, 12 },
+		{ "a", true, 7, 123456 },
+		{ "empty", false, 0, 0 },
+		{ "b\"q\\z\nx", true, 12, 8 },
 	};
 	struct fake_runs fr = { runs, 3, -1 };
 	struct metrics_sources src = { 5, 4096, walk_fake, &fr };
@@ -136,13 +136,18 @@ START_TEST(test_gauges_and_runs)
 	/* the family's TYPE line comes before its samples */
 	ck_assert(strstr(text, "# TYPE bnstat_run_last_step gauge") <
 		  strstr(text, "bnstat_run_last_step{"));
+	/* the bytes per run, a family of its own after the last steps */
+	ck_assert(sample(text, "bnstat_run_bytes{run=\"a\"}") == 123456);
+	ck_assert(sample(text, "bnstat_run_bytes{run=\"b\\\"q\\\\z\\nx\"}") == 8);
+	ck_assert(strstr(text, "# TYPE bnstat_run_bytes gauge") < strstr(text, "bnstat_run_bytes{"));
+	ck_assert(strstr(text, "bnstat_run_last_step{run=\"b") < strstr(text, "# TYPE bnstat_run_bytes"));
 	free(text);
 }
 END_TEST
 
 START_TEST(test_failed_walk)
 {
-	const struct metrics_run runs[] = { { "a", true, 1 }, { "b", true, 2 } };
+	const struct metrics_run runs[] = { { "a", true, 1, 0 }, { "b", true, 2, 0 } };
 	struct fake_runs fr = { runs, 2, 1 };
 	struct metrics_sources src = { 0, 0, walk_fake, &fr };
 	char *text;

@@ -94,7 +94,7 @@ struct points {
 	double mean[MAXSTEP + 8], var[MAXSTEP + 8];
 	size_t n;
 };
-int collect_point(void *ctx, int64_t step, double mean, double var);
+int collect_point(void *ctx, int64_t step, double mean, double var, double bound);
 void check_channel(struct replay_cache *c, struct store_reader *r, const struct ids *ids, int d,
 		   int l, double a, int ch, int64_t from_excl, int64_t to);
 

@@ -25,6 +25,7 @@
 #define BN_E_NAME "invalid_name"	    /* 400: a NUL (%00) byte in the path */
 #define BN_E_LIMIT "limit_exceeded"	    /* 422: too many layers/channels */
 #define BN_E_CONFLICT "conflict"	    /* 409 */
+#define BN_E_STEP_COMPACTED "step_compacted" /* 409: a new batch for a bucketed step */
 #define BN_E_NOT_FOUND "not_found"	    /* 404 */
 #define BN_E_TOO_LARGE "payload_too_large"  /* 413 */
 #define BN_E_METHOD "method_not_allowed"    /* 405 */

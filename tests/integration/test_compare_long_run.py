@@ -340,31 +340,34 @@ class TestLongRun(CompareMixin, unittest.TestCase):
             idx0 = 0 if frm is None else next(i for i, s in enumerate(full["step"]) if s >= frm)
             avail = n - idx0
             got = body["step"]
-            self.assertEqual(got[0], full["step"][idx0], what + ": first point")
-            self.assertEqual(got[-1], full["step"][-1], what + ": the last point is kept")
-            pos = [full["step"].index(s) - idx0 for s in got]
-            k = pos[1] - pos[0] if len(pos) > 1 else avail
+            # points merge consecutive entries (docs/API.md, "History"): groups of k
+            k = body["stride"]
             self.assertGreaterEqual(k, 1, what)
             if key == "stride":
                 self.assertEqual(k, val, what)
-            expected = list(range(0, avail, k))
-            if expected[-1] != avail - 1:
-                expected.append(avail - 1)
-            self.assertEqual(pos, expected, what + ": every k-th point and the last")
+            groups = [list(range(g, min(g + k, avail))) for g in range(0, avail, k)]
+            pos = [grp[-1] for grp in groups]
+            self.assertEqual(got, [full["step"][idx0 + p] for p in pos],
+                             what + ": a point sits at the last entry it merges")
+            self.assertEqual(got[-1], full["step"][-1], what + ": the last entry is a point")
+            self.assertEqual(body["resolution"], [len(g) for g in groups], what)
             if key == "points":
-                if val >= avail:
-                    self.assertEqual(len(got), avail, what)
-                else:
-                    self.assertLessEqual(len(got), val + 1, what)
-                    self.assertGreaterEqual(len(got), max(1, val // 2), what)
-            for arr in ("batch_mean", "batch_var", "precise_mean", "precise_var",
-                        "sim_mean", "sim_var"):
+                self.assertLessEqual(len(got), val, what)
+            for arr in ("precise_mean", "precise_var", "sim_mean", "sim_var"):
                 # (a window that starts elsewhere may merge in another order)
                 self.assertAllRelClose(body[arr], [full[arr][idx0 + p] for p in pos], REL,
-                                       "%s: %s at the kept points" % (what, arr))
+                                       "%s: %s at the points' last entries" % (what, arr))
             for arr in ("ema_mean", "ema_var"):
                 self.assertEqual(body[arr], [full[arr][idx0 + p] for p in pos],
-                                 "%s: %s at the kept points" % (what, arr))
+                                 "%s: %s at the points' last entries" % (what, arr))
+            # batch statistics: the exact pool of the merged entries
+            for i, grp in enumerate(groups):
+                lo = full["step"][idx0 + grp[0]] - 1
+                hi = full["step"][idx0 + grp[-1]]
+                n_tot, chans = m.pool(m.entries("default", "bn1", lo, hi), m.channels["bn1"])
+                mean, m2 = chans[0]
+                self.assertRelClose(body["batch_mean"][i], float(mean), REL, what)
+                self.assertRelClose(body["batch_var"][i], float(m2 / n_tot), REL, what)
 
     def test_series_errors(self):
         path = "/v1/runs/long/series"

@@ -48,7 +48,7 @@ class TestConfig(TestCaseMixin, unittest.TestCase):
             "queue-max": "33", "group-max": "11", "synchronous": "normal",
             "retain-steps": "1000", "token-file": tokens, "tls-cert": cert, "tls-key": key,
             "log-file": os.path.join(self.tmp, "cfg.log"), "replay-cache-mb": "8",
-            "log-level": "warn",
+            "log-level": "warn", "history-full-steps": "250", "sim-momenta": "0.1,0.01",
         }
         options = help_options()
         self.assertEqual(set(values), options,
@@ -136,6 +136,10 @@ class TestConfig(TestCaseMixin, unittest.TestCase):
             ("overflow", "timeout = 99999999999999999999999", "timeout"),
             ("bad synchronous", "synchronous = sometimes", "synchronous"),
             ("bad log level", "log-level = loud", "log-level"),
+            ("momentum above 1", "sim-momenta = 0.1,1.5", "sim-momenta"),
+            ("momentum zero", "sim-momenta = 0", "sim-momenta"),
+            ("momenta trailing comma", "sim-momenta = 0.1,", "sim-momenta"),
+            ("momenta not numbers", "sim-momenta = fast", "sim-momenta"),
             ("listen without port", "listen = localhost", "listen"),
             ("listen port too big", "listen = 127.0.0.1:70000", "listen"),
             ("no equals sign", "just some words", "key = value"),

@@ -1,0 +1,68 @@
+-- Bounded history (docs/DESIGN.md, "History"): old steps are merged, exactly,
+-- into aligned buckets. A row of `aggs` covers the steps (step - width, step]:
+-- width 1 is one step, as before; a bucket of width w (10, 100, ...) sits at
+-- its last step, a multiple of w.
+ALTER TABLE aggs ADD COLUMN width INTEGER NOT NULL DEFAULT 1;
+
+-- Per (run, domain) and tier t (width 10^t): the end of the last bucket of
+-- that tier formed so far. Every step <= the tier-1 end is in a bucket.
+CREATE TABLE history (
+	run_id    INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+	domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+	tier      INTEGER NOT NULL,
+	done      INTEGER NOT NULL,
+	PRIMARY KEY (run_id, domain_id, tier)
+) WITHOUT ROWID;
+CREATE INDEX history_by_domain_id ON history (domain_id);
+
+-- The simulated EMA's replay state at bucket ends, for the momenta the
+-- daemon keeps (sim-momenta), taken from the per-step history before it was
+-- merged: a replay resumes from it and stays exact.
+-- data = mean then var, `channels` doubles each.
+CREATE TABLE sim_states (
+	run_id    INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+	domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+	layer_id  INTEGER NOT NULL REFERENCES layers(id) ON DELETE CASCADE,
+	momentum  REAL NOT NULL,
+	step      INTEGER NOT NULL,
+	applied   INTEGER NOT NULL,         -- steps with data replayed up to here
+	data      BLOB NOT NULL,
+	PRIMARY KEY (run_id, domain_id, layer_id, momentum, step)
+);
+CREATE INDEX sim_states_by_layer_id ON sim_states (layer_id);
+CREATE INDEX sim_states_by_domain_id ON sim_states (domain_id);
+
+-- The bytes of each run's stored arrays, kept by triggers (GET /v1/runs/{run}).
+ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE runs SET bytes =
+	coalesce((SELECT sum(length(data)) FROM aggs WHERE aggs.run_id = runs.id), 0) +
+	coalesce((SELECT sum(length(data)) FROM emas WHERE emas.run_id = runs.id), 0);
+
+CREATE TRIGGER aggs_bytes_ins AFTER INSERT ON aggs BEGIN
+	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
+END;
+CREATE TRIGGER aggs_bytes_del AFTER DELETE ON aggs BEGIN
+	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
+END;
+CREATE TRIGGER aggs_bytes_upd AFTER UPDATE OF data ON aggs
+	WHEN length(NEW.data) != length(OLD.data) BEGIN
+	UPDATE runs SET bytes = bytes + length(NEW.data) - length(OLD.data) WHERE id = NEW.run_id;
+END;
+CREATE TRIGGER emas_bytes_ins AFTER INSERT ON emas BEGIN
+	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
+END;
+CREATE TRIGGER emas_bytes_del AFTER DELETE ON emas BEGIN
+	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
+END;
+CREATE TRIGGER emas_bytes_upd AFTER UPDATE OF data ON emas
+	WHEN length(NEW.data) != length(OLD.data) BEGIN
+	UPDATE runs SET bytes = bytes + length(NEW.data) - length(OLD.data) WHERE id = NEW.run_id;
+END;
+CREATE TRIGGER sim_states_bytes_ins AFTER INSERT ON sim_states BEGIN
+	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
+END;
+CREATE TRIGGER sim_states_bytes_del AFTER DELETE ON sim_states BEGIN
+	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
+END;
+
+PRAGMA user_version = 6;
