@@ -32,6 +32,14 @@ CREATE TABLE sim_states (
 CREATE INDEX sim_states_by_layer_id ON sim_states (layer_id);
 CREATE INDEX sim_states_by_domain_id ON sim_states (domain_id);
 
+-- A snapshot over bucketed history may use a wider window than was asked
+-- for: step and win are what was used, these what was asked (a retry is
+-- recognised by them) and the width of the entry at the window's oldest end.
+ALTER TABLE snapshots ADD COLUMN req_step INTEGER;
+ALTER TABLE snapshots ADD COLUMN req_win INTEGER;
+ALTER TABLE snapshots ADD COLUMN resolution INTEGER NOT NULL DEFAULT 1;
+UPDATE snapshots SET req_step = step, req_win = win;
+
 -- The bytes of each run's stored arrays, kept by triggers (GET /v1/runs/{run}).
 ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET bytes =

@@ -214,7 +214,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			rc = store_layer_emas(r, run_id, domain_id, l->id, worker, step - 1, step,
 					      pick_ema, &pick);
 			if (rc == 0 && pick.found)
-				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, 0, 2 * c,
+				rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, c, 0, 2 * c,
 						    ema_mean);
 			if (rc < 0) {
 				rc = query_read_failed(err);

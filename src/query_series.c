@@ -52,8 +52,8 @@ static int series_row(void *ctx, const struct store_row *row)
 	struct series_walk *s = ctx;
 	struct series_point v = { .step = row->step, .n = row->n, .width = row->width };
 
-	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channel, 1, &v.mean) < 0 ||
-	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels + s->channel, 1, &v.m2) <
+	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channel, 1, &v.mean) < 0 ||
+	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channels + s->channel, 1, &v.m2) <
 		    0)
 		return -EIO;
 	if (s->n > 0 && s->pts[s->n - 1].step == row->step) {
@@ -195,8 +195,8 @@ static int ema_row(void *ctx, const struct store_row *row)
 
 	if (e->v->n > 0 && e->v->step[e->v->n - 1] == row->step)
 		return 0; /* the first worker by name already gave this step */
-	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channel, 1, &m) < 0 ||
-	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels + e->channel, 1, &var) < 0)
+	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels, e->channel, 1, &m) < 0 ||
+	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels, e->channels + e->channel, 1, &var) < 0)
 		return -EIO;
 	return step_values_add(e->v, row->step, m, var, 0.0);
 }

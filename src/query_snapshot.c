@@ -38,9 +38,11 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 	size_t i;
 
 	iso8601_utc(snap->created_ms, created, sizeof(created));
-	o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s}", "label", snap->label, "step",
-		      (json_int_t)snap->step, "window", (json_int_t)snap->window, "domain",
-		      snap->domain, "estimator", snap->estimator, "created", created);
+	o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:s, s:s}", "label", snap->label, "step",
+		      (json_int_t)snap->step, "window", (json_int_t)snap->window,
+		      "requested_window", (json_int_t)snap->requested_window, "resolution",
+		      (json_int_t)snap->resolution, "domain", snap->domain, "estimator",
+		      snap->estimator, "created", created);
 	if (o == NULL || !with_layers)
 		return o;
 	layers = json_object();
@@ -218,6 +220,8 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	rc = snapshot_body_parse(body, len, snap, err);
 	if (rc < 0)
 		goto fail;
+	snap->requested_step = snap->step;
+	snap->requested_window = snap->window;
 
 	store_read_begin(r);
 	rc = query_run_find(r, run, &run_id, err);
@@ -255,8 +259,13 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	q.window = snap->window;
 	query_parse_estimator(snap->estimator, &est, NULL);
 	rc = query_window_compute(r, &q, &w, &snap->step, err);
-	if (rc == 0)
-		snap->window = w.window; /* widened over bucketed history */
+	if (rc == 0) {
+		/* over bucketed history the window used may be wider than asked */
+		if (!q.has_step)
+			snap->requested_step = snap->step; /* the latest: never widened */
+		snap->window = w.window;
+		snap->resolution = w.resolution;
+	}
 	if (rc == 0 && snapshot_fill(snap, &w, est) < 0)
 		rc = query_oom(err);
 done:

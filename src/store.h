@@ -139,8 +139,11 @@ struct store_snapshot_layer {
 struct store_snapshot {
 	char run[INGEST_NAME_MAX + 1];
 	char label[STORE_LABEL_MAX + 1];
-	int64_t step;
-	int64_t window;
+	int64_t step;	/* the window used: its last step */
+	int64_t window; /* and its width */
+	/* what was asked for (step resolved to the latest when not given), and the
+	 * width of the entry at the used window's oldest end (docs/API.md, "History") */
+	int64_t requested_step, requested_window, resolution;
 	char domain[INGEST_NAME_MAX + 1];
 	char estimator[STORE_ESTIMATOR_MAX];
 	unsigned explicit_fields; /* STORE_SNAP_* given by the client */
@@ -395,13 +398,14 @@ int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 enum store_blob { STORE_BLOB_AGG, STORE_BLOB_EMA };
 
 /*
- * Read n doubles starting at double index `first` of the data blob of row
- * rowid (an aggregate: array a of STATS_AGG_ARRAYS lies at a*channels; an
- * EMA: mean at 0, var at channels) into out, without reading the rest of
- * the blob. Returns 0 or -EIO.
+ * Read n values starting at index `first` of the data blob of row rowid,
+ * a row of a layer of `channels` channels, as doubles into out, without
+ * reading the rest of the blob (an aggregate: array a of STATS_AGG_ARRAYS
+ * lies at a*channels; an EMA: mean at 0, var at channels — stored as
+ * floats when every value was one, read back exactly). Returns 0 or -EIO.
  */
-int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t first,
-		   size_t n, double *out);
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t channels,
+		   size_t first, size_t n, double *out);
 
 /*
  * The first worker by name that reported an EMA at `step` in the domain:

@@ -9,23 +9,50 @@
 
 #include <string.h>
 
+/* Does every value of v[0..n) survive a round trip through float? */
+static bool all_floats(const double *v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if ((double)(float)v[i] != v[i])
+			return false;
+	return true;
+}
+
+/*
+ * Write the worker's EMA of layer l. Most EMAs are float32 tensors: when
+ * every value is a float the blob holds floats, half the bytes, read back
+ * exactly (store_row_read); otherwise doubles.
+ */
 static int ema_put(struct store *s, int64_t run_id, int64_t domain_id, int64_t layer_id,
 		   const struct ingest_batch *b, const struct ingest_layer *l, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->wstmt[W_EMA_PUT];
-	size_t c = l->channels;
+	size_t c = l->channels, i, bytes;
 
 	if (store_scratch_reserve(&s->wscratch, &s->wscratch_cap, c) < 0)
 		return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
-	memcpy(s->wscratch, l->ema_mean, c * sizeof(double));
-	memcpy(s->wscratch + c, l->ema_var, c * sizeof(double));
+	if (all_floats(l->ema_mean, c) && all_floats(l->ema_var, c)) {
+		float *f = (float *)(void *)s->wscratch;
+
+		for (i = 0; i < c; i++) {
+			f[i] = (float)l->ema_mean[i];
+			f[c + i] = (float)l->ema_var[i];
+		}
+		bytes = 2 * c * sizeof(float);
+	} else {
+		memcpy(s->wscratch, l->ema_mean, c * sizeof(double));
+		memcpy(s->wscratch + c, l->ema_var, c * sizeof(double));
+		bytes = 2 * c * sizeof(double);
+	}
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);
 	sqlite3_bind_int64(st, 3, layer_id);
 	sqlite3_bind_text(st, 4, b->worker, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, b->step);
 	sqlite3_bind_int64(st, 6, b->seq);
-	sqlite3_bind_blob(st, 7, s->wscratch, (int)(2 * c * sizeof(double)), SQLITE_STATIC);
+	sqlite3_bind_blob(st, 7, s->wscratch, (int)bytes, SQLITE_STATIC);
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "writing worker EMA");
 	return 0;

@@ -385,9 +385,10 @@ static int read_tier(void *ctx, sqlite3_stmt *st)
 /*
  * Form the buckets of one domain that are due, at most *budget of them.
  * Returns 1 when the budget ran out (more may be due), 0 when none is
- * left, or a negative errno.
+ * left, or a negative errno. With dry, form none: 1 when one is due.
  */
-static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, int *budget)
+static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, int *budget,
+			  bool dry)
 {
 	int64_t h = s->opt.history_full_steps, ids[2] = { run_id, domain_id };
 	struct tiers tiers;
@@ -427,6 +428,8 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 			/* a coarser tier merges only what the finer one finished */
 			if (t > 1 && (!tiers.have[t - 1] || end > tiers.done[t - 1]))
 				break;
+			if (dry)
+				return 1;
 			if (bucket_form(s, run_id, domain_id, t, end - w, end) < 0)
 				return -EIO;
 			tiers.have[t] = true;
@@ -451,11 +454,32 @@ void store_history_run(struct store *s)
 	int budget = HISTORY_BUDGET, formed;
 	size_t i = 0, kept = 0;
 
-	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0)
-		return;
+	/*
+	 * Most looks find nothing due (a bucket closes every 10 steps): find
+	 * out with plain reads, and take the write lock only for real work.
+	 */
 	while (i < s->history.n) {
 		struct store_history_pair p = s->history.pending[i++];
-		int rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, &budget) : 1;
+		int one = 1, rc = compact_domain(s, p.run_id, p.domain_id, &one, true);
+
+		if (rc < 0) {
+			s->history.n = 0;
+			return;
+		}
+		if (rc > 0)
+			s->history.pending[kept++] = p;
+	}
+	s->history.n = kept;
+	if (kept == 0)
+		return;
+	i = kept = 0;
+	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
+		s->history.n = 0; /* looked at again on the next upload, not in a loop now */
+		return;
+	}
+	while (i < s->history.n) {
+		struct store_history_pair p = s->history.pending[i++];
+		int rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, &budget, false) : 1;
 
 		if (rc < 0)
 			goto fail;

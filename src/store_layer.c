@@ -109,11 +109,12 @@ int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 			  worker, fn, ctx);
 }
 
-int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t first,
-		   size_t n, double *out)
+int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t channels,
+		   size_t first, size_t n, double *out)
 {
 	sqlite3_blob **blob = which == STORE_BLOB_AGG ? &r->agg_blob : &r->ema_blob;
 	const char *table = which == STORE_BLOB_AGG ? "aggs" : "emas";
+	size_t i;
 	int rc;
 
 	/* One open blob handle per table, moved from row to row. */
@@ -125,6 +126,22 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 		sqlite3_blob_close(*blob);
 		*blob = NULL;
 		return -EIO;
+	}
+	if (which == STORE_BLOB_EMA &&
+	    (size_t)sqlite3_blob_bytes(*blob) == 2 * channels * sizeof(float)) {
+		/* an EMA every value of which is a float is kept as floats (store_batch.c) */
+		float f[64];
+
+		for (i = 0; i < n; i += sizeof(f) / sizeof(f[0])) {
+			size_t k, m = n - i < sizeof(f) / sizeof(f[0]) ? n - i : sizeof(f) / sizeof(f[0]);
+
+			if (sqlite3_blob_read(*blob, f, (int)(m * sizeof(float)),
+					      (int)((first + i) * sizeof(float))) != SQLITE_OK)
+				return -EIO;
+			for (k = 0; k < m; k++)
+				out[i + k] = (double)f[k];
+		}
+		return 0;
 	}
 	if (sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)),
 			      (int)(first * sizeof(double))) != SQLITE_OK)

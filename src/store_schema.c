@@ -29,11 +29,11 @@ static const char *const wstmt_sql[W_COUNT] = {
 		      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
 		      " ON CONFLICT (run_id, domain_id, layer_id, worker, step) DO UPDATE SET"
 		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
-	[W_SNAP_GET] = "SELECT step, win, domain, estimator FROM snapshots"
+	[W_SNAP_GET] = "SELECT step, win, domain, estimator, req_step, req_win FROM snapshots"
 		       " WHERE run_id = ?1 AND label = ?2",
 	[W_SNAP_INS] =
-		"INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created)"
-		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+		"INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created,"
+		" req_step, req_win, resolution) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
 	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
 			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",

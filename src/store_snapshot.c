@@ -27,8 +27,9 @@ bool store_snapshot_matches(const struct store_snapshot *want, const struct stor
 {
 	unsigned f = want->explicit_fields;
 
-	return (!(f & STORE_SNAP_STEP) || want->step == have->step) &&
-	       (!(f & STORE_SNAP_WINDOW) || want->window == have->window) &&
+	/* against what was asked for: a widened window is still the same request */
+	return (!(f & STORE_SNAP_STEP) || want->requested_step == have->requested_step) &&
+	       (!(f & STORE_SNAP_WINDOW) || want->requested_window == have->requested_window) &&
 	       (!(f & STORE_SNAP_DOMAIN) || strcmp(want->domain, have->domain) == 0) &&
 	       (!(f & STORE_SNAP_ESTIMATOR) || strcmp(want->estimator, have->estimator) == 0);
 }
@@ -43,6 +44,8 @@ static int read_params(void *ctx, sqlite3_stmt *st)
 	have->window = sqlite3_column_int64(st, 1);
 	snprintf(have->domain, sizeof(have->domain), "%s", sqlite3_column_text(st, 2));
 	snprintf(have->estimator, sizeof(have->estimator), "%s", sqlite3_column_text(st, 3));
+	have->requested_step = sqlite3_column_int64(st, 4);
+	have->requested_window = sqlite3_column_int64(st, 5);
 	return 1;
 }
 
@@ -93,6 +96,9 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_text(st, 5, snap->domain, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 6, snap->estimator, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 7, store_now_ms());
+	sqlite3_bind_int64(st, 8, snap->requested_step);
+	sqlite3_bind_int64(st, 9, snap->requested_window);
+	sqlite3_bind_int64(st, 10, snap->resolution);
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "creating snapshot");
 	snap_id = sqlite3_last_insert_rowid(s->wdb);
@@ -118,7 +124,8 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 /* --- the readers' side ------------------------------------------------------------ */
 
 static const char snapshot_sql[] =
-	"SELECT id, label, step, win, domain, estimator, created FROM snapshots WHERE run_id = ?1";
+	"SELECT id, label, step, win, domain, estimator, created, req_step, req_win, resolution"
+	" FROM snapshots WHERE run_id = ?1";
 
 /* The columns of snapshot_sql after the id. */
 static void read_header(sqlite3_stmt *st, struct store_snapshot *snap)
@@ -129,6 +136,9 @@ static void read_header(sqlite3_stmt *st, struct store_snapshot *snap)
 	snprintf(snap->domain, sizeof(snap->domain), "%s", sqlite3_column_text(st, 4));
 	snprintf(snap->estimator, sizeof(snap->estimator), "%s", sqlite3_column_text(st, 5));
 	snap->created_ms = sqlite3_column_int64(st, 6);
+	snap->requested_step = sqlite3_column_int64(st, 7);
+	snap->requested_window = sqlite3_column_int64(st, 8);
+	snap->resolution = sqlite3_column_int64(st, 9);
 }
 
 /* One stored layer, appended to the snapshot (which owns what it gets). */

@@ -246,7 +246,7 @@ START_TEST(test_layer_rows)
 	ck_assert_int_eq(c.row[1].domain_id, dom_b);
 	ck_assert_int_eq(c.row[1].batches, 1);
 	/* The pooled mean of step 1, read alone from the row's blob. */
-	ck_assert_int_eq(store_row_read(r, STORE_BLOB_AGG, c.row[0].rowid, 0, 2, v), 0);
+	ck_assert_int_eq(store_row_read(r, STORE_BLOB_AGG, c.row[0].rowid, 2, 0, 2, v), 0);
 	ck_assert_double_eq_tol(v[0], 2.2, 1e-12);
 	ck_assert_double_eq_tol(v[1], 3.2, 1e-12);
 
@@ -264,9 +264,9 @@ START_TEST(test_layer_rows)
 	ck_assert_int_eq(c.row[0].seq, 3);
 	ck_assert_int_eq(c.row[0].batches, 0);
 	ck_assert_str_eq(c.worker[0], "w0");
-	ck_assert_int_eq(store_row_read(r, STORE_BLOB_EMA, c.row[0].rowid, 0, 2, v), 0);
+	ck_assert_int_eq(store_row_read(r, STORE_BLOB_EMA, c.row[0].rowid, 2, 0, 2, v), 0);
 	ck_assert(v[0] == 0.1 && v[1] == 0.2);
-	ck_assert_int_eq(store_row_read(r, STORE_BLOB_EMA, c.row[0].rowid, 2, 2, v), 0);
+	ck_assert_int_eq(store_row_read(r, STORE_BLOB_EMA, c.row[0].rowid, 2, 2, 2, v), 0);
 	ck_assert(v[0] == 0.9 && v[1] == 0.8);
 	memset(&c, 0, sizeof(c));
 	ck_assert_int_eq(
@@ -319,8 +319,9 @@ static struct store_snapshot *snapshot(const char *run, int64_t step)
 	ck_assert_ptr_nonnull(snap);
 	snprintf(snap->run, sizeof(snap->run), "%s", run);
 	snprintf(snap->label, sizeof(snap->label), "final");
-	snap->step = step;
-	snap->window = 10;
+	snap->step = snap->requested_step = step;
+	snap->window = snap->requested_window = 10;
+	snap->resolution = 1;
 	snprintf(snap->domain, sizeof(snap->domain), "default");
 	snprintf(snap->estimator, sizeof(snap->estimator), "population");
 	snap->explicit_fields = STORE_SNAP_STEP;
@@ -378,6 +379,9 @@ START_TEST(test_snapshots)
 	ck_assert_int_eq(store_snapshot_get(r, run_id, "final", true, &got), 0);
 	ck_assert_int_eq(got->step, 2);
 	ck_assert_int_eq(got->window, 10);
+	ck_assert_int_eq(got->requested_step, 2);
+	ck_assert_int_eq(got->requested_window, 10);
+	ck_assert_int_eq(got->resolution, 1);
 	ck_assert_str_eq(got->domain, "default");
 	ck_assert_str_eq(got->estimator, "population");
 	ck_assert_int_gt(got->created_ms, 0);

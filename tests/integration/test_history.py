@@ -20,6 +20,11 @@ bnstat_testlib.raw_reference); the simulated EMA by a plain loop over the
 per-step pooled values (PyTorch's update from mean 0 and variance 1); the
 comparison metrics with 50-digit Decimals from the formulas of "Comparison".
 
+The SIGKILL tests run daemons of their own: one killed right after uploads and
+shortly after restarts; one that stored the run per step (--history-full-steps
+0) and is restarted with a horizon, so that every bucket is formed after the
+start, and killed while it does that.
+
 Run:
   BNSTATD=/path/to/bnstatd BNSTAT_FIXTURES=tests/fixtures \
   PYTHONPATH=tests/integration python3 tests/integration/test_history.py -v
@@ -421,10 +426,11 @@ class HistoryMixin(TestCaseMixin):
         return self.get_ok("/v1/runs/%s/series" % run, d, layer=layer, channel=channel,
                            **params)
 
-    def check_window_fields(self, body, step, window, what):
+    def check_window_fields(self, body, step, window, what, bucketed=True):
         """step/window/requested_window/resolution of a reply for the request
-        (step, window); returns the window used (lo, hi)."""
-        lo, hi, res = cover(step - window, step)
+        (step, window); returns the window used (lo, hi). bucketed=False: a
+        daemon that never buckets (every window as asked, resolution 1)."""
+        lo, hi, res = cover(step - window, step) if bucketed else (step - window, step, 1)
         for key in ("step", "window", "requested_window", "resolution"):
             self.assertTrue(is_json_int(body.get(key)), "%s: %s=%r is not a JSON integer"
                             % (what, key, body.get(key)))
@@ -434,7 +440,7 @@ class HistoryMixin(TestCaseMixin):
                          "expected the covering entries (%d, %d]" % (what, lo, hi))
         return lo, hi
 
-    def check_layer_stats(self, got, m, layer, lo, hi, estimator, what, raw=False):
+    def check_layer_stats(self, got, m, layer, lo, hi, estimator, what, raw=False, sizes=True):
         ref = m.window_ref(layer, lo, hi)
         self.assertIsNotNone(ref, what + ": no reference data (bad test)")
         self.assertIsInstance(got, dict, what)
@@ -446,6 +452,8 @@ class HistoryMixin(TestCaseMixin):
         pre = "pop_" if estimator == "population" else "mbv_"
         self.assertAllRelClose(got["mean"], ref[pre + "mean"], REL, what + ".mean")
         self.assertAllRelClose(got["var"], ref[pre + "var"], REL, what + ".var")
+        if not sizes:          # a snapshot holds no batch sizes or batch noise
+            return
         bs = got.get("batch_size")
         self.assertIsInstance(bs, dict, what + ".batch_size")
         self.assertEqual((bs.get("min"), bs.get("max")), (ref["nbs_min"], ref["nbs_max"]),
@@ -466,13 +474,13 @@ class HistoryMixin(TestCaseMixin):
                                 what + ".batch_noise (raw)")
 
     def check_stats(self, step, window, estimator="population", d=None, run=RUN, raw=False,
-                    layers=tuple(LAYERS)):
+                    layers=tuple(LAYERS), bucketed=True):
         """/stats at (step, window): the fields and every layer against the
         reference over the covering window; returns the body."""
         m = model()
         what = "stats %s step=%d window=%d estimator=%s" % (run, step, window, estimator)
         body = self.stats_ok(d, run, step=step, window=window, estimator=estimator)
-        lo, hi = self.check_window_fields(body, step, window, what)
+        lo, hi = self.check_window_fields(body, step, window, what, bucketed)
         self.assertEqual(body.get("estimator"), estimator, what)
         want = sorted(l for l in layers if m.window_ref(l, lo, hi) is not None)
         self.assertEqual(sorted(body.get("layers", {})), want, what + ": layers")
@@ -599,17 +607,26 @@ class TestHistory(HistoryMixin, unittest.TestCase):
                 body = self.check_stats(step, window, est)
                 self.assertEqual((body["step"], body["window"], body["requested_window"],
                                   body["resolution"]), (r_step, r_window, window, res))
-        # a snapshot of a cut window is widened the same way
+
+    def test_02_snapshot_of_a_cut_window(self):
+        # snapshots are windows too: widened like /stats, and the reply says so
         st, body, _ = self.d.request("POST", "/v1/runs/%s/snapshots" % RUN,
                                      b'{"label": "cut", "step": 255, "window": 7}',
                                      {"Content-Type": "application/json"})
-        self.assertIn(st, (200, 201), body)
-        self.assertEqual((body.get("step"), body.get("window"), body.get("requested_window"),
-                          body.get("resolution")), (260, 20, 7, 10), "snapshot %r" % body)
-        for layer in LAYERS:
-            pm, pv = self.m.precise(layer, 240, 260)
-            self.assertAllRelClose(body["layers"][layer]["mean"], pm, REL, "snapshot mean")
-            self.assertAllRelClose(body["layers"][layer]["var"], pv, REL, "snapshot var")
+        self.assertEqual(st, 201, body)
+        st, stored, _ = self.d.get("/v1/runs/%s/snapshots/cut" % RUN)
+        self.assertEqual(st, 200, stored)
+        for what, b in (("POST reply", body), ("GET snapshots/cut", stored)):
+            self.assertEqual((b.get("step"), b.get("window")), (260, 20),
+                             "snapshot step=255 window=7, %s: %r" % (what, b))
+            for layer in LAYERS:
+                self.check_layer_stats(b["layers"][layer], self.m, layer, 240, 260,
+                                       "population", "snapshot %s %s" % (what, layer),
+                                       sizes=False)
+        self.assertEqual((body.get("requested_window"), body.get("resolution")), (7, 10),
+                         "POST snapshots step=255 window=7: requested_window and resolution "
+                         "(docs/API.md, History, Windows: every reply of these endpoints "
+                         "carries them): %r" % body)
 
     # 3 -------------------------------------------------------------------------
 
@@ -914,7 +931,7 @@ class TestHistory(HistoryMixin, unittest.TestCase):
                         "bytes of the bucketed run (%d) not below the same run with every step "
                         "kept (%d)" % (hb["bytes"], fb["bytes"]))
         # and with 0 nothing is ever bucketed: a cut window is not widened
-        body = self.check_stats(255, 7, d=full)
+        body = self.check_stats(255, 7, d=full, bucketed=False)
         self.assertEqual((body["step"], body["window"], body["requested_window"],
                           body["resolution"]), (255, 7, 7, 1), "--history-full-steps 0")
         sb = self.series_ok("bn1", 0, d=full)
@@ -959,30 +976,34 @@ class TestHistory(HistoryMixin, unittest.TestCase):
 class TestHistoryCrash(HistoryMixin, unittest.TestCase):
     """SIGKILL while the daemon is bucketing: nothing lost, nothing counted twice."""
 
-    def test_11_kill9_during_bucketing(self):
-        m = model()
-        run = "crash"
-        self.d = d = Daemon("--history-full-steps", str(H), "--sim-momenta", "0.1,0.05",
-                            "--synchronous", "normal")
-        self.addCleanup(d.close)
-        d.start()
-        half = len(m.docs) // 2
-        upload(d, run, m.docs[:half])
-        d.kill()                              # right after the last 200, bucketing under way
-        d.restart()
-        upload(d, run, m.docs[half:])
-        d.kill()
+    CRASH_ARGS = ("--history-full-steps", str(H), "--sim-momenta", "0.1,0.05",
+                  "--synchronous", "normal")
+
+    def bucketed_through(self, d, run):
+        st, body, _ = d.get("/v1/runs/%s" % run)
+        self.assertEqual(st, 200, body)
+        return domain_entry(body).get("bucketed_through")
+
+    def kill_while_bucketing(self, d, run, waits):
+        """Start d once per wait; SIGKILL it as soon as bucketed_through is
+        seen to move (a pass just committed, the next one under way), or after
+        `wait` seconds. Returns the values seen at the kills."""
         target = expected_bucketed_through()
-        for pause in (0.0, 0.005, 0.02, 0.1):
+        seen = []
+        for wait in waits:
             d.restart()
-            # kill as soon as bucketing is seen in progress, or after a short bounded wait
-            deadline = time.monotonic() + pause
-            while time.monotonic() < deadline:
-                st, body, _ = d.get("/v1/runs/%s" % run)
-                if st == 200 and domain_entry(body).get("bucketed_through") not in (None, target):
-                    break
+            first = self.bucketed_through(d, run)
+            deadline = time.monotonic() + wait
+            cur = first
+            while time.monotonic() < deadline and cur == first and cur != target:
+                cur = self.bucketed_through(d, run)
             d.kill()
-        d.restart()
+            seen.append(cur)
+        return seen
+
+    def check_recovered(self, d, run):
+        """After the kills: everything equal to the reference, once."""
+        m = model()
         info = wait_caught_up(d, run, m)
         self.assertEqual(domain_entry(info).get("batches"), len(m.docs))
         self.assertEqual(info.get("batches"), len(m.docs))
@@ -1001,8 +1022,11 @@ class TestHistoryCrash(HistoryMixin, unittest.TestCase):
                                               % (run, layer, ch, a))
         # 0.03 is not among this daemon's --sim-momenta: inexact, with a bound
         body = self.series_ok("bn1", 0, d=d, run=run, momentum="0.03")
-        self.assertTrue(all(0 < b <= 1 for b in body["sim_error_bound"]), body["sim_error_bound"])
+        self.assertTrue(all(0 < b <= 1 for b in body["sim_error_bound"]),
+                        "momentum 0.03 not in --sim-momenta 0.1,0.05: %r"
+                        % body["sim_error_bound"])
         # retries still answer duplicate; new batches at bucketed steps are refused
+        half = len(m.docs) // 2
         for doc in (m.docs[0], m.docs[half - 1], m.docs[half], m.doc_at(255), m.docs[-1]):
             st, body, _ = d.post_batch(run, doc)
             self.assertEqual((st, body.get("duplicate")), (200, True),
@@ -1011,6 +1035,38 @@ class TestHistoryCrash(HistoryMixin, unittest.TestCase):
         self.assertError(d.post_batch(run, dict(m.doc_at(255), worker="w9")), 409,
                          "step_compacted")
         self.check_stats(299, 299, d=d, run=run)
+
+    def test_11_kill9_during_bucketing(self):
+        m = model()
+        run = "crash"
+        d = Daemon(*self.CRASH_ARGS)
+        self.addCleanup(d.close)
+        d.start()
+        half = len(m.docs) // 2
+        upload(d, run, m.docs[:half])
+        d.kill()                              # right after the last 200
+        d.restart()
+        upload(d, run, m.docs[half:])
+        d.kill()
+        self.kill_while_bucketing(d, run, (0.0, 0.005, 0.02))
+        d.restart()
+        self.check_recovered(d, run)
+
+    def test_11_kill9_during_a_long_bucketing_pass(self):
+        # the whole run stored per step, then the daemon restarted with a
+        # horizon: every bucket is formed in the background after the start
+        m = model()
+        run = "crash"
+        d = Daemon("--history-full-steps", "0", "--synchronous", "normal")
+        self.addCleanup(d.close)
+        d.start()
+        upload(d, run, m.docs)
+        self.assertIsNone(self.bucketed_through(d, run))
+        d.stop()
+        d.args = list(self.CRASH_ARGS)
+        self.kill_while_bucketing(d, run, (0.0, 0.5, 0.5, 0.5, 0.002, 0.5))
+        d.restart()
+        self.check_recovered(d, run)
 
 
 if __name__ == "__main__":
