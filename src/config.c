@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC, T_MOMENTA };
+enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC, T_MOMENTA, T_MIB };
 
 struct option_def {
 	const char *name;
@@ -52,6 +52,9 @@ static const struct option_def options[] = {
 	  " (0: never)" },
 	{ "sim-momenta", T_MOMENTA, F(store.sim_momenta), 0, 0,
 	  "momenta (comma list, or none) whose simulated EMA stays exact over buckets" },
+	{ "open-steps-mb", T_MIB, F(store.open_steps_bytes), 1, 1u << 20,
+	  "MiB of open steps' statistics the writer keeps in memory; past it they are written"
+	  " early" },
 	{ "token-file", T_OPTSTRING, F(token_file), 0, 0,
 	  "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
 	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0,
@@ -225,6 +228,7 @@ static int set_option(struct config *c, const struct option_def *o, const char *
 	case T_UINT:
 	case T_SIZE:
 	case T_I64:
+	case T_MIB:
 		errno = 0;
 		n = strtoull(v, &end, 10);
 		if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 || n < o->min ||
@@ -237,6 +241,8 @@ static int set_option(struct config *c, const struct option_def *o, const char *
 			*(unsigned *)(void *)field = (unsigned)n;
 		else if (o->type == T_I64)
 			*(int64_t *)(void *)field = (int64_t)n;
+		else if (o->type == T_MIB)
+			*(size_t *)(void *)field = (size_t)n << 20;
 		else
 			*(size_t *)(void *)field = (size_t)n;
 		return 0;
@@ -420,6 +426,9 @@ void config_usage(const char *prog)
 			break;
 		case T_MOMENTA:
 			format_momenta(&d.store, def, sizeof(def));
+			break;
+		case T_MIB:
+			snprintf(def, sizeof(def), "%zu", *(const size_t *)(const void *)field >> 20);
 			break;
 		}
 		printf("      --%-18s %s (default: %s)\n", o->name, o->help, def);

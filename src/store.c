@@ -20,7 +20,8 @@ void store_options_default(struct store_options *o)
 	*o = (struct store_options){ .queue_max = 1024,
 				     .group_max = 512,
 				     .sync_full = true,
-				     .history_full_steps = 5000 };
+				     .history_full_steps = 5000,
+				     .open_steps_bytes = (size_t)256 << 20 };
 	for (i = 0; i < sizeof(momenta) / sizeof(momenta[0]); i++)
 		o->sim_momenta[i] = momenta[i];
 	o->n_sim_momenta = i;

@@ -7,7 +7,8 @@
  * merges into these in-memory copies and flushes each dirty one once, just
  * before COMMIT. Entries stay cached after the commit (clean), so the next
  * group of the same step does not read them back; entries not touched by
- * the last two groups are dropped. After a failed commit the whole cache is
+ * the last two groups are dropped, and past a budget (open-steps-mb) every
+ * entry is written early and dropped. After a failed commit the whole cache is
  * dropped, since it may hold merges that never reached the disk (see
  * docs/DESIGN.md, "Data flow"). Writer thread only.
  */
@@ -213,6 +214,18 @@ int store_aggcache_flush(struct store *s, size_t *rows)
 			(*rows)++;
 		}
 	}
+	return 0;
+}
+
+int store_aggcache_bound(struct store *s)
+{
+	size_t rows;
+
+	if (s->aggcache.bytes <= s->opt.open_steps_bytes)
+		return 0;
+	if (store_aggcache_flush(s, &rows) < 0)
+		return -EIO;
+	drop_if(&s->aggcache, idle_or_all, true);
 	return 0;
 }
 

@@ -276,6 +276,13 @@ int store_aggcache_merge(struct store *s, int64_t run_id, int64_t domain_id, int
 int store_aggcache_flush(struct store *s, size_t *rows);
 
 /*
+ * Keep the cache within s->opt.open_steps_bytes: past it, write every dirty
+ * entry now (inside the group's transaction, between jobs: never inside a
+ * job's savepoint) and drop them all. 0, or -EIO.
+ */
+int store_aggcache_bound(struct store *s);
+
+/*
  * After a group: drop the entries idle for more than one group, or every
  * entry when the commit failed (they may hold merges that never reached
  * the disk), and age the rest.

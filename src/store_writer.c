@@ -81,6 +81,12 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 			ok = false;
 			break;
 		}
+		/* between jobs, outside any savepoint: the open steps stay within budget */
+		if (store_aggcache_bound(s) < 0) {
+			store_sql_error(&err, s->wdb, "writing aggregates early");
+			ok = false;
+			break;
+		}
 	}
 	if (ok && store_aggcache_flush(s, &rows) < 0) {
 		store_sql_error(&err, s->wdb, "writing aggregates");
