@@ -125,6 +125,26 @@ static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
 	}
 	if (!late || !batch_merges(b))
 		return 0;
+	/* the replay checkpoints kept at or after this step no longer hold */
+	{
+		int64_t a[3] = { run_id, domain_id, b->step };
+		int64_t c[3] = { run_id, domain_id, 0 };
+		int i;
+
+		/* back to the last checkpoint boundary before the step */
+		c[2] = b->step > 0 ? (b->step - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY
+				   : -1;
+		st = s->wstmt[W_HIST_SIM_LATE];
+		for (i = 0; i < 3; i++)
+			sqlite3_bind_int64(st, i + 1, a[i]);
+		if (store_sql_run(st) < 0)
+			return store_sql_error(err, s->wdb, "dropping replay checkpoints");
+		st = s->wstmt[W_HIST_CKPT_LATE];
+		for (i = 0; i < 3; i++)
+			sqlite3_bind_int64(st, i + 1, c[i]);
+		if (store_sql_run(st) < 0)
+			return store_sql_error(err, s->wdb, "dropping replay checkpoints");
+	}
 	st = s->wstmt[W_LATE_INS];
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);

@@ -166,7 +166,7 @@ static void bucket_free(struct bucket *b)
 struct sim_read {
 	double *state;
 	size_t bytes;
-	int64_t applied;
+	int64_t applied, step;
 };
 
 static int read_sim(void *ctx, sqlite3_stmt *st)
@@ -176,15 +176,17 @@ static int read_sim(void *ctx, sqlite3_stmt *st)
 	if ((size_t)sqlite3_column_bytes(st, 1) != r->bytes)
 		return 2;
 	r->applied = sqlite3_column_int64(st, 0);
+	r->step = sqlite3_column_int64(st, 2);
 	memcpy(r->state, sqlite3_column_blob(st, 1), r->bytes);
 	return 1;
 }
 
 /*
- * The replay state each kept momentum starts the bucket from: the initial
- * 0/1 when the layer has no data before the bucket, the state kept at its
- * last entry before it otherwise; a momentum without one (added to
- * sim_momenta later) is left out for this layer.
+ * The replay state each kept momentum starts the range (lo, end] from: the
+ * initial 0/1 when the layer has no data at or before lo, else the latest
+ * kept state at or before lo, provided no data of the layer lies between
+ * it and lo; a momentum without one (added to sim_momenta later) is left
+ * out for this layer.
  */
 static int sim_start(struct bucket *b, struct bucket_layer *l)
 {
@@ -201,7 +203,7 @@ static int sim_start(struct bucket *b, struct bucket_layer *l)
 	for (m = 0; m < s->opt.n_sim_momenta; m++) {
 		double *st = l->sim + m * 2 * c;
 		sqlite3_stmt *q = s->wstmt[W_HIST_SIM_GET];
-		struct sim_read rd = { st, 2 * c * sizeof(double), 0 };
+		struct sim_read rd = { st, 2 * c * sizeof(double), 0, 0 };
 		int rc;
 
 		l->applied[m] = 0;
@@ -217,11 +219,11 @@ static int sim_start(struct bucket *b, struct bucket_layer *l)
 		sqlite3_bind_int64(q, 2, b->domain_id);
 		sqlite3_bind_int64(q, 3, l->layer_id);
 		sqlite3_bind_double(q, 4, s->opt.sim_momenta[m]);
-		sqlite3_bind_int64(q, 5, prev.v);
+		sqlite3_bind_int64(q, 5, b->lo);
 		rc = store_sql_rows(q, read_sim, &rd);
 		if (rc < 0)
 			return -EIO;
-		l->sim_ok[m] = rc == 1;
+		l->sim_ok[m] = rc == 1 && rd.step >= prev.v;
 		l->applied[m] = rd.applied;
 	}
 	return 0;
@@ -248,7 +250,7 @@ static struct bucket_layer *bucket_layer_get(struct bucket *b, int64_t layer_id,
 	if (stats_agg_init(&l->agg, channels) < 0)
 		return NULL;
 	b->n++;
-	if (b->tier == 1 && b->s->opt.n_sim_momenta > 0 && sim_start(b, l) < 0)
+	if (b->tier <= 1 && b->s->opt.n_sim_momenta > 0 && sim_start(b, l) < 0)
 		return NULL;
 	return l;
 }
@@ -276,9 +278,13 @@ static int bucket_row(void *ctx, sqlite3_stmt *st)
 	row.k = sqlite3_column_int64(st, 3);
 	row.nbs_min = sqlite3_column_int64(st, 4);
 	row.nbs_max = sqlite3_column_int64(st, 5);
-	stats_agg_merge(&l->agg, &row);
-	/* Tier 1 replaces per-step rows: replay them, as replay.c would, one step each. */
-	for (m = 0; b->tier == 1 && m < s->opt.n_sim_momenta; m++) {
+	if (b->tier >= 1)
+		stats_agg_merge(&l->agg, &row);
+	/*
+	 * Tier 1 replaces per-step rows, and a checkpoint (tier 0) sums them up:
+	 * replay them, as replay.c would, one step each.
+	 */
+	for (m = 0; b->tier <= 1 && m < s->opt.n_sim_momenta; m++) {
 		double *rm = l->sim + m * 2 * c, *rv = rm + c;
 
 		if (!l->sim_ok[m])
@@ -297,27 +303,32 @@ static int bucket_write(struct bucket *b)
 	int64_t range[4] = { b->run_id, b->domain_id, b->lo, b->end };
 	size_t i, m;
 
-	if (run_ints(s->wstmt[W_HIST_AGGS_DEL], range, 4) < 0)
+	/* the checkpoints inside a new tier-1 bucket would resume before its row */
+	if (b->tier >= 1 && (run_ints(s->wstmt[W_HIST_AGGS_DEL], range, 4) < 0 ||
+			     (b->tier == 1 && run_ints(s->wstmt[W_HIST_SIM_CLEAR], range, 4) < 0)))
 		return -EIO;
 	for (i = 0; i < b->n; i++) {
 		const struct bucket_layer *l = &b->layers[i];
 		sqlite3_stmt *st = s->wstmt[W_HIST_AGG_INS];
 		size_t c = l->agg.channels;
 
-		sqlite3_bind_int64(st, 1, b->run_id);
-		sqlite3_bind_int64(st, 2, b->domain_id);
-		sqlite3_bind_int64(st, 3, b->end);
-		sqlite3_bind_int64(st, 4, l->layer_id);
-		sqlite3_bind_int64(st, 5, l->agg.n);
-		sqlite3_bind_int64(st, 6, l->agg.k);
-		sqlite3_bind_int64(st, 7, l->agg.nbs_min);
-		sqlite3_bind_int64(st, 8, l->agg.nbs_max);
-		sqlite3_bind_blob(st, 9, l->agg.mean, (int)(STATS_AGG_ARRAYS * c * sizeof(double)),
-				  SQLITE_STATIC);
-		sqlite3_bind_int64(st, 10, b->end - b->lo);
-		if (store_sql_run(st) < 0)
-			return -EIO;
-		for (m = 0; b->tier == 1 && m < s->opt.n_sim_momenta; m++) {
+		/* a checkpoint (tier 0) writes replay states only */
+		if (b->tier >= 1) {
+			sqlite3_bind_int64(st, 1, b->run_id);
+			sqlite3_bind_int64(st, 2, b->domain_id);
+			sqlite3_bind_int64(st, 3, b->end);
+			sqlite3_bind_int64(st, 4, l->layer_id);
+			sqlite3_bind_int64(st, 5, l->agg.n);
+			sqlite3_bind_int64(st, 6, l->agg.k);
+			sqlite3_bind_int64(st, 7, l->agg.nbs_min);
+			sqlite3_bind_int64(st, 8, l->agg.nbs_max);
+			sqlite3_bind_blob(st, 9, l->agg.mean, (int)(STATS_AGG_ARRAYS * c * sizeof(double)),
+					  SQLITE_STATIC);
+			sqlite3_bind_int64(st, 10, b->end - b->lo);
+			if (store_sql_run(st) < 0)
+				return -EIO;
+		}
+		for (m = 0; b->tier <= 1 && m < s->opt.n_sim_momenta; m++) {
 			if (!l->sim_ok[m])
 				continue;
 			st = s->wstmt[W_HIST_SIM_PUT];
@@ -333,6 +344,8 @@ static int bucket_write(struct bucket *b)
 				return -EIO;
 		}
 	}
+	if (b->tier == 0)
+		return 0;
 	if (run_ints(s->wstmt[W_HIST_EMAS_DEL], range, 4) < 0 ||
 	    run_ints(s->wstmt[W_HIST_EMAS_MOVE], range, 4) < 0)
 		return -EIO;
@@ -342,7 +355,10 @@ static int bucket_write(struct bucket *b)
 	return 0;
 }
 
-/* Merge the rows of (lo, end] of the domain into one tier-`tier` bucket. */
+/*
+ * Merge the rows of (lo, end] of the domain into one tier-`tier` bucket;
+ * tier 0: take the replay checkpoint at `end` from them, merging nothing.
+ */
 static int bucket_form(struct store *s, int64_t run_id, int64_t domain_id, int tier, int64_t lo,
 		       int64_t end)
 {
@@ -375,11 +391,57 @@ static int read_tier(void *ctx, sqlite3_stmt *st)
 	struct tiers *t = ctx;
 	int64_t tier = sqlite3_column_int64(st, 0);
 
-	if (tier >= 1 && tier <= STORE_HISTORY_TIERS) {
+	if (tier >= 0 && tier <= STORE_HISTORY_TIERS) {
 		t->have[tier] = true;
 		t->done[tier] = sqlite3_column_int64(st, 1);
 	}
 	return 0;
+}
+
+/*
+ * Replay checkpoints in the per-step part (tier 0 of the history table: the
+ * last one taken): the state of every kept momentum at each multiple of
+ * STORE_HISTORY_CKPT_EVERY, once the domain is STORE_HISTORY_CKPT_EVERY steps past it,
+ * so that a simulated EMA after a restart replays at most that many steps.
+ * A late write deletes those at or after its step (store_batch.c).
+ */
+static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64_t latest,
+		       struct tiers *tiers, int *budget, bool dry)
+{
+	int64_t from = -1;
+
+	if (s->opt.n_sim_momenta == 0)
+		return 0;
+	if (tiers->have[0])
+		from = tiers->done[0];
+	if (tiers->have[1] && tiers->done[1] > from)
+		from = tiers->done[1]; /* bucketed: the bucket ends hold the states */
+	while (*budget > 0) {
+		int64_t q[3] = { run_id, domain_id, from }, put[4], at;
+		struct opt_i64 next;
+
+		if (query_opt(s->wstmt[W_HIST_NEXT_STEP], q, 3, &next) < 0)
+			return -EIO;
+		if (!next.have || next.v > INT64_MAX - STORE_HISTORY_CKPT_EVERY)
+			return 0;
+		at = (next.v + STORE_HISTORY_CKPT_EVERY - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY;
+		if (at > latest - STORE_HISTORY_CKPT_EVERY)
+			return 0;
+		if (dry)
+			return 1;
+		if (bucket_form(s, run_id, domain_id, 0, from, at) < 0)
+			return -EIO;
+		put[0] = run_id;
+		put[1] = domain_id;
+		put[2] = 0;
+		put[3] = at;
+		if (run_ints(s->wstmt[W_HIST_PUT], put, 4) < 0)
+			return -EIO;
+		tiers->have[0] = true;
+		tiers->done[0] = from = at;
+		(*budget)--;
+	}
+	return 1;
 }
 
 /*
@@ -445,7 +507,7 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 		if (*budget == 0)
 			return 1;
 	}
-	return 0;
+	return checkpoints(s, run_id, domain_id, latest.v, &tiers, budget, dry);
 }
 
 void store_history_run(struct store *s)

@@ -79,6 +79,9 @@ enum store_wstmt {
 	W_HIST_EMAS_MOVE,
 	W_HIST_PREV_STEP,
 	W_HIST_SIM_GET,
+	W_HIST_SIM_CLEAR,
+	W_HIST_SIM_LATE,
+	W_HIST_CKPT_LATE,
 	W_HIST_SIM_PUT,
 	W_HIST_SIM_DEL,
 	W_HIST_SIM_MOVE,
@@ -96,6 +99,9 @@ struct store_reader {
 };
 
 #define STORE_AGGCACHE_BUCKETS 1024
+
+/* Steps between the replay checkpoints kept in the per-step part (store_history.c). */
+#define STORE_HISTORY_CKPT_EVERY 64
 
 /* Bucket tiers: widths 10, 100, ..., 10^STORE_HISTORY_TIERS steps. */
 #define STORE_HISTORY_TIERS 6

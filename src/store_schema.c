@@ -79,8 +79,16 @@ static const char *const wstmt_sql[W_COUNT] = {
 			     " AND step > ?3 AND step < ?4",
 	[W_HIST_PREV_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1 AND layer_id = ?3"
 			     " AND domain_id = ?2 AND step <= ?4",
-	[W_HIST_SIM_GET] = "SELECT applied, data FROM sim_states WHERE run_id = ?1"
-			   " AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4 AND step = ?5",
+	[W_HIST_SIM_GET] = "SELECT applied, data, step FROM sim_states WHERE run_id = ?1"
+			   " AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4 AND step <= ?5"
+			   " ORDER BY step DESC LIMIT 1",
+	[W_HIST_SIM_CLEAR] = "DELETE FROM sim_states WHERE run_id = ?1 AND domain_id = ?2"
+			     " AND step > ?3 AND step <= ?4",
+	/* a late write: the replay checkpoints at or after its step are stale */
+	[W_HIST_SIM_LATE] = "DELETE FROM sim_states WHERE run_id = ?1 AND domain_id = ?2"
+			    " AND step >= ?3",
+	[W_HIST_CKPT_LATE] = "UPDATE history SET done = ?3 WHERE run_id = ?1 AND domain_id = ?2"
+			     " AND tier = 0 AND done > ?3",
 	[W_HIST_SIM_PUT] = "INSERT OR REPLACE INTO sim_states (run_id, domain_id, layer_id,"
 			   " momentum, step, applied, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 	/* like the EMAs: per layer and momentum, the last state of the bucket, at its end */

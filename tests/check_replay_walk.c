@@ -13,12 +13,107 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bnstat/stats.h"
 #include "replay_testutil.h"
 #include "check_main.h"
 
 /* --- tests ------------------------------------------------------------------------------ */
+
+/* Wait (bounded) until the writer kept the replay state of momentum a at `step`. */
+static void wait_kept_state(struct store *s, double a, int64_t step)
+{
+	struct timespec pause = { 0, 10 * 1000 * 1000 };
+	int i;
+
+	for (i = 0; i < 1000; i++) {
+		struct store_reader *r;
+		struct bn_error err;
+		struct ids ids;
+		double m[C], v[C];
+		int64_t at, applied;
+		int rc;
+
+		ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+		store_read_begin(r);
+		ids = lookup_ids(r);
+		rc = store_sim_state_read(r, ids.run, ids.dom[0], ids.layer[0], a, step, false, C, 0,
+					  C, m, v, &at, &applied);
+		store_read_end(r);
+		store_reader_put(s, r);
+		if (rc == 0)
+			return;
+		ck_assert_int_eq(rc, -ENOENT);
+		nanosleep(&pause, NULL);
+	}
+	ck_abort_msg("no replay state kept at step %lld after 10 s", (long long)step);
+}
+
+/* Every answer of every key, replayed without a cache, against the reference. */
+static void check_all_against_ref(struct store *s, const double *momenta, size_t n)
+{
+	struct replay_cache *zero = replay_cache_new(0);
+	struct store_reader *r;
+	struct bn_error err;
+	struct ids ids;
+	size_t mi, k;
+	int d, l;
+
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	store_read_begin(r);
+	ids = lookup_ids(r);
+	for (mi = 0; mi < n; mi++)
+		for (d = 0; d <= N_DOMS; d++)
+			for (l = 0; l < N_LAYERS; l++)
+				for (k = 0; k < MAXSTEP + 6; k++) {
+					struct ema e = replay(zero, r, &ids, d, l, momenta[mi],
+							      all_steps[k]);
+
+					assert_matches_ref(&e, d, l, momenta[mi], all_steps[k]);
+				}
+	store_read_end(r);
+	store_reader_put(s, r);
+	replay_cache_free(zero);
+}
+
+/*
+ * The store keeps replay states every 64 steps for the momenta of
+ * sim_momenta; a replay resumes from them (without any cache) and gives the
+ * reference's answer at every step, also after a late upload made the
+ * states at and after its step stale and the writer took them again.
+ */
+START_TEST(test_kept_checkpoints_are_exact)
+{
+	static const double momenta[] = { 0.1, 0.37, 0.01 };
+	static const bool both[N_LAYERS] = { true, true }, none[N_LAYERS] = { false, false };
+	struct store_options o;
+	struct store *s;
+	/* the last checkpoint: the largest multiple of 64 at least 64 steps before the last step */
+	const int64_t last = (MAXSTEP - 1 - 64) / 64 * 64;
+
+	store_options_default(&o);
+	o.sim_momenta[0] = 0.1;
+	o.sim_momenta[1] = 0.37;
+	o.n_sim_momenta = 2;
+	s = open_store_with(&o);
+	fill_run(s, 3);
+	build_pool();
+	scramble_steps(11);
+	wait_kept_state(s, 0.1, last);
+	wait_kept_state(s, 0.37, 64);
+	check_all_against_ref(s, momenta, 3);
+
+	/* a late batch at step 100: the states from 100 on are dropped and taken again */
+	make_batch(s, 0, "late", 100, 0, both, none);
+	wait_all();
+	build_pool();
+	check_all_against_ref(s, momenta, 3);
+	wait_kept_state(s, 0.1, last);
+	check_all_against_ref(s, momenta, 3);
+	store_close(s);
+}
+END_TEST
 
 START_TEST(test_cache_equals_no_cache_bitwise)
 {
@@ -170,6 +265,7 @@ static Suite *replay_suite(void)
 	tcase_add_test(tc, test_cache_equals_no_cache_bitwise);
 	tcase_add_test(tc, test_channel_walk_equals_layer_walk);
 	tcase_add_test(tc, test_all_domains_pool_per_step);
+	tcase_add_test(tc, test_kept_checkpoints_are_exact);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -276,14 +276,24 @@ int64_t ref_replay(int dom_idx, int layer, double a, int64_t step, double *mean,
 
 /* --- the store side -------------------------------------------------------------------- */
 
-struct store *open_store(void)
+struct store *open_store_with(const struct store_options *o)
 {
 	struct store *s = NULL;
 	struct bn_error err;
 
-	if (store_open(dbpath, NULL, &s, &err) < 0)
+	if (store_open(dbpath, o, &s, &err) < 0)
 		ck_abort_msg("store_open: %s", err.message);
 	return s;
+}
+
+struct store *open_store(void)
+{
+	struct store_options o;
+
+	/* no replay states kept by the store: the walk and its cache alone */
+	store_options_default(&o);
+	o.n_sim_momenta = 0;
+	return open_store_with(&o);
 }
 
 struct ids lookup_ids(struct store_reader *r)

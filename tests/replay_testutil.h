@@ -76,7 +76,8 @@ bool has_b(int s);
 void fill_run(struct store *s, uint64_t seed);
 void build_pool(void);
 int64_t ref_replay(int dom_idx, int layer, double a, int64_t step, double *mean, double *var);
-struct store *open_store(void);
+struct store *open_store(void); /* keeps no replay states: see open_store_with() */
+struct store *open_store_with(const struct store_options *o);
 struct ids lookup_ids(struct store_reader *r);
 struct ema replay(struct replay_cache *cache, struct store_reader *r, const struct ids *ids, int d,
 		  int l, double a, int64_t step);
