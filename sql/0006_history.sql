@@ -40,6 +40,12 @@ ALTER TABLE snapshots ADD COLUMN req_win INTEGER;
 ALTER TABLE snapshots ADD COLUMN resolution INTEGER NOT NULL DEFAULT 1;
 UPDATE snapshots SET req_step = step, req_win = win;
 
+-- When the run last accepted a batch (unix ms): retain-runs-days expires
+-- runs by it.
+ALTER TABLE runs ADD COLUMN updated INTEGER;
+UPDATE runs SET updated = coalesce((SELECT max(received) FROM batches b
+                                    WHERE b.run_id = runs.id), created);
+
 -- The bytes of each run's stored arrays, kept by triggers (GET /v1/runs/{run}).
 ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET bytes =

@@ -55,6 +55,8 @@ static const struct option_def options[] = {
 	{ "open-steps-mb", T_MIB, F(store.open_steps_bytes), 1, 1u << 20,
 	  "MiB of open steps' statistics the writer keeps in memory; past it they are written"
 	  " early" },
+	{ "retain-runs-days", T_I64, F(store.retain_runs_days), 0, 1000000,
+	  "delete a run this many days after its last upload (0: keep runs)" },
 	{ "token-file", T_OPTSTRING, F(token_file), 0, 0,
 	  "bearer tokens and roles, TOKEN ROLE per line (none: loopback clients only)" },
 	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0,

@@ -55,6 +55,8 @@ struct store_options {
 	/* momenta whose replay state is kept at bucket ends (default 0.3 ... 0.001) */
 	double sim_momenta[STORE_SIM_MOMENTA_MAX];
 	size_t n_sim_momenta;
+	/* delete a run N days after its last accepted batch; 0: never (default) */
+	int64_t retain_runs_days;
 	/* memory of the open steps' aggregates cached by the writer (default 256 MiB) */
 	size_t open_steps_bytes;
 };

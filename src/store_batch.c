@@ -255,6 +255,11 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_int64(st, 8, store_now_ms());
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording batch");
+	st = s->wstmt[W_RUN_TOUCH];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, store_now_ms());
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "recording the run's last upload");
 	store_history_touch(s, run_id, domain_id);
 	return 0;
 }

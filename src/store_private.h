@@ -59,6 +59,8 @@ enum store_wstmt {
 	W_RUN_ID_NEW,
 	W_RUN_ID_DROP,
 	W_RUN_DEL,
+	W_RUN_TOUCH,
+	W_RUN_EXPIRED,
 	W_RET_RUNS,
 	W_RET_AGGS,
 	W_RET_BATCHES,

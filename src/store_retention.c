@@ -1,11 +1,15 @@
 /*
  * store_retention: with retain_steps set, drop per-step statistics and
  * batch identities at or below each run's horizon (highest step -
- * retain_steps), with the worker EMAs of those steps; snapshots stay. The
- * writer runs a bounded pass between groups, so that a large backlog never
- * holds uploads up for long. Writer thread only.
+ * retain_steps), with the worker EMAs of those steps; snapshots stay. With
+ * retain_runs_days set, delete whole runs that many days after their last
+ * accepted batch, one run a pass. The writer runs bounded passes between
+ * groups, so that a large backlog never holds uploads up for long. Writer
+ * thread only.
  */
 #include "store_private.h"
+
+#include <stdio.h>
 
 #include "log.h"
 
@@ -13,6 +17,21 @@
 #define RETENTION_BUDGET 2000
 /* Runs a pass looks at at most (the LIMIT of W_RET_RUNS). */
 #define RETENTION_RUNS 64
+
+/* A run retain_runs_days expires. */
+struct expired_run {
+	int64_t id;
+	char name[INGEST_NAME_MAX + 1];
+};
+
+static int read_expired(void *ctx, sqlite3_stmt *st)
+{
+	struct expired_run *run = ctx;
+
+	run->id = sqlite3_column_int64(st, 0);
+	snprintf(run->name, sizeof(run->name), "%s", (const char *)sqlite3_column_text(st, 1));
+	return 1;
+}
 
 struct run_horizons {
 	struct store *s;
@@ -119,13 +138,48 @@ fail:
 	return false;
 }
 
+/*
+ * Delete the oldest-numbered run whose last upload is older than
+ * retain_runs_days, in its own transaction. Returns true when one was.
+ */
+static bool expiry_pass(struct store *s)
+{
+	sqlite3_stmt *st = s->wstmt[W_RUN_EXPIRED];
+	struct bn_error err;
+	struct expired_run run = { 0, "" };
+	int64_t cutoff = store_now_ms() - s->opt.retain_runs_days * 86400000LL;
+
+	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0)
+		return false;
+	sqlite3_bind_int64(st, 1, cutoff);
+	if (store_sql_rows(st, read_expired, &run) < 0)
+		goto fail;
+	if (run.id == 0) {
+		sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+		return false;
+	}
+	st = s->wstmt[W_RUN_DEL];
+	sqlite3_bind_int64(st, 1, run.id);
+	if (store_sql_run(st) < 0 || store_sql_exec(s->wdb, "COMMIT", &err) < 0)
+		goto fail;
+	store_aggcache_drop_run(&s->aggcache, run.id);
+	sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum(4096)", NULL, NULL, NULL);
+	log_info("run_expired", "run=%s retain_runs_days=%lld", run.name,
+		 (long long)s->opt.retain_runs_days);
+	return true;
+fail:
+	log_error("retention_failed", "error=\"%s\"", sqlite3_errmsg(s->wdb));
+	sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+	return false;
+}
+
 /* A retention pass every 10 s, or every 100 ms while a backlog remains. */
 bool store_retention_due(struct store *s)
 {
 	struct timespec now;
 	double since;
 
-	if (s->opt.retain_steps <= 0)
+	if (s->opt.retain_steps <= 0 && s->opt.retain_runs_days <= 0)
 		return false;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	since = (double)(now.tv_sec - s->retention.last.tv_sec) +
@@ -135,6 +189,12 @@ bool store_retention_due(struct store *s)
 
 void store_retention_run(struct store *s)
 {
-	s->retention.more = retention_pass(s, RETENTION_BUDGET);
+	bool more = false;
+
+	if (s->opt.retain_runs_days > 0)
+		more = expiry_pass(s);
+	if (s->opt.retain_steps > 0 && retention_pass(s, RETENTION_BUDGET))
+		more = true;
+	s->retention.more = more;
 	clock_gettime(CLOCK_MONOTONIC, &s->retention.last);
 }

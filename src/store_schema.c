@@ -41,6 +41,9 @@ static const char *const wstmt_sql[W_COUNT] = {
 	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",
 	[W_RUN_ID_DROP] = "DELETE FROM run_ids",
 	[W_RUN_DEL] = "DELETE FROM runs WHERE id = ?1",
+	[W_RUN_TOUCH] = "UPDATE runs SET updated = ?2 WHERE id = ?1",
+	[W_RUN_EXPIRED] = "SELECT id, name FROM runs WHERE coalesce(updated, created) < ?1"
+			  " ORDER BY id LIMIT 1",
 	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r"
 		       " WHERE id > ?1 ORDER BY id LIMIT 64",
 	[W_RET_AGGS] = "DELETE FROM aggs WHERE id IN (SELECT id FROM aggs WHERE run_id = ?1"

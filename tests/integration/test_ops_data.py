@@ -267,6 +267,38 @@ class TestRetentionManyRuns(TestCaseMixin, unittest.TestCase):
         d.stop()
 
 
+class TestRetainRunsDays(TestCaseMixin, unittest.TestCase):
+
+    def test_runs_expire_after_their_last_upload(self):
+        d = Daemon("--retain-runs-days", "30", "--synchronous", "normal")
+        self.addCleanup(d.close)
+        d.start()
+        for run in ("stale", "fresh", "created-long-ago"):
+            for step in (1, 2):
+                st, body, _ = d.post_batch(run, doc(step, channels=2))
+                self.assertEqual(st, 200, body)
+        d.stop()
+        # age the runs by hand: "stale" last uploaded 31 days ago; the other
+        # one was created long ago but uploaded to today: it stays
+        day_ms = 86400 * 1000
+        con = sqlite3.connect(d.db, isolation_level=None)
+        con.execute("UPDATE runs SET updated = updated - 31 * ? WHERE name = 'stale'", (day_ms,))
+        con.execute("UPDATE runs SET created = created - 400 * ? WHERE name = 'created-long-ago'",
+                    (day_ms,))
+        con.close()
+        d.start()    # a pass runs at once on start, then every 10 s
+        deadline = time.monotonic() + 15
+        while d.get("/v1/runs/stale")[0] != 404:
+            self.assertLess(time.monotonic(), deadline, "the stale run was never expired")
+            time.sleep(0.1)
+        self.assertTrue(d.wait_log(r"event=run_expired run=stale retain_runs_days=30\b", 5))
+        for run in ("fresh", "created-long-ago"):
+            st, body, _ = d.get("/v1/runs/" + run)
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["batches"], 2)
+        d.stop()
+
+
 # --------------------------------------------------------------------------
 # sd_notify
 
