@@ -21,6 +21,7 @@ enum http_endpoint {
 	HTTP_STATS,	      /* GET /v1/runs/{run}/stats */
 	HTTP_COMPARE,	      /* GET /v1/runs/{run}/compare */
 	HTTP_SERIES,	      /* GET /v1/runs/{run}/series */
+	HTTP_DRIFT,	      /* GET /v1/runs/{run}/drift */
 	HTTP_DOMAINS,	      /* GET /v1/runs/{run}/domains */
 	HTTP_SHIFT,	      /* GET /v1/runs/{run}/shift */
 	HTTP_SNAPSHOTS,	      /* GET /v1/runs/{run}/snapshots */

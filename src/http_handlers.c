@@ -323,6 +323,13 @@ static int answer_series(struct http_request *rq, struct store_reader *r,
 	return query_series(r, rq->srv->replay, rq->route.run, p, doc, err);
 }
 
+/* GET /v1/runs/{run}/drift */
+static int answer_drift(struct http_request *rq, struct store_reader *r,
+			const struct query_params *p, json_t **doc, struct bn_error *err)
+{
+	return query_drift(r, rq->srv->replay, rq->route.run, p, doc, err);
+}
+
 /* GET /v1/runs/{run}/domains */
 static int answer_domains(struct http_request *rq, struct store_reader *r,
 			  const struct query_params *p, json_t **doc, struct bn_error *err)
@@ -400,6 +407,8 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_read(rq, answer_compare, true);
 	case HTTP_SERIES:
 		return handle_read(rq, answer_series, true);
+	case HTTP_DRIFT:
+		return handle_read(rq, answer_drift, true);
 	case HTTP_DOMAINS:
 		return handle_read(rq, answer_domains, false);
 	case HTTP_SHIFT:

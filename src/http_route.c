@@ -35,6 +35,7 @@ static const struct {
 	{ "/stats", { "stats", "GET", { { "GET", HTTP_STATS } } } },
 	{ "/compare", { "compare", "GET", { { "GET", HTTP_COMPARE } } } },
 	{ "/series", { "series", "GET", { { "GET", HTTP_SERIES } } } },
+	{ "/drift", { "drift", "GET", { { "GET", HTTP_DRIFT } } } },
 	{ "/domains", { "domains", "GET", { { "GET", HTTP_DOMAINS } } } },
 	{ "/shift", { "shift", "GET", { { "GET", HTTP_SHIFT } } } },
 	{ "/snapshots",

@@ -89,6 +89,17 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 		  const struct query_params *p, json_t **out, struct bn_error *err);
 
 /*
+ * GET /v1/runs/{run}/drift: per layer, the comparison metrics of an EMA
+ * (worker or simulated through cache) against the precise window at every
+ * stored entry with data in [from, to], merged to at most `points` points
+ * by their maximum (docs/API.md, "Drift"). *out: new reference. Returns 0
+ * or a negative errno (400/422 bad parameter, 404 unknown run or domain,
+ * 500).
+ */
+int query_drift(struct store_reader *r, struct replay_cache *cache, const char *run,
+		const struct query_params *p, json_t **out, struct bn_error *err);
+
+/*
  * GET /v1/runs/{run}/series: one channel of one layer over a step range:
  * batch, precise (window), worker EMA and simulated EMA (through cache), as
  * parallel arrays (docs/API.md, "Series"). *out: new reference. Returns 0

@@ -35,8 +35,9 @@ struct walk {
 	bool checkpoint;
 	int64_t since;
 	struct replay_cache *cache;
-	/* per-step output (channel walks only) */
+	/* per-step output (channel walks: fn; layer walks: sfn) */
 	replay_point_fn fn;
+	replay_state_fn sfn;
 	void *ctx;
 	int64_t emit_after;
 };
@@ -84,6 +85,12 @@ static int walk_flush(struct walk *w)
 applied:
 	if (w->fn != NULL && w->cur_step > w->emit_after) {
 		int rc = w->fn(w->ctx, w->cur_step, w->rmean[0], w->rvar[0], w->bound);
+
+		if (rc != 0)
+			return rc;
+	}
+	if (w->sfn != NULL && w->cur_step > w->emit_after) {
+		int rc = w->sfn(w->ctx, w->cur_step, w->rmean, w->rvar, w->bound);
 
 		if (rc != 0)
 			return rc;
@@ -332,6 +339,30 @@ int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_i
 	if (rc < 0)
 		return rc;
 	rc = walk_run(&w, from_excl, to, false);
+	free(w.rmean);
+	return rc;
+}
+
+int replay_layer_steps(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+		       int64_t domain_id, int64_t layer_id, size_t channels, double momentum,
+		       int64_t from_excl, int64_t to, replay_state_fn fn, void *ctx)
+{
+	struct walk w = {
+		.r = r,
+		.key = { run_id, domain_id, layer_id, momentum, channels },
+		.first = 0,
+		.cache = c,
+		.sfn = fn,
+		.ctx = ctx,
+		.emit_after = from_excl,
+	};
+	int rc;
+
+	rc = walk_init(&w, channels);
+	if (rc < 0)
+		return rc;
+	/* a whole-layer walk: it leaves checkpoints, so the next range resumes near */
+	rc = walk_run(&w, from_excl, to, true);
 	free(w.rmean);
 	return rc;
 }

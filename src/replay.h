@@ -90,6 +90,18 @@ int replay_channel(struct replay_cache *c, struct store_reader *r, int64_t run_i
 		   int64_t domain_id, int64_t layer_id, size_t channels, size_t channel,
 		   double momentum, int64_t from_excl, int64_t to, replay_point_fn fn, void *ctx);
 
+/*
+ * The simulated EMA of every channel of a layer at every step with data in
+ * (from_excl, to], handed to fn(ctx, step, mean, var, bound) in step order
+ * (mean and var: channels doubles each, borrowed for the call), on the
+ * caller's thread; otherwise as replay_channel().
+ */
+typedef int (*replay_state_fn)(void *ctx, int64_t step, const double *mean, const double *var,
+			       double bound);
+int replay_layer_steps(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+		       int64_t domain_id, int64_t layer_id, size_t channels, double momentum,
+		       int64_t from_excl, int64_t to, replay_state_fn fn, void *ctx);
+
 /* Checkpoints held and bytes used, for metrics and tests. Any thread. */
 void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes);
 

@@ -420,6 +420,16 @@ int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domai
 			   char *worker, size_t size);
 
 /*
+ * For every step lo <= step <= hi of the domain with a worker EMA, the
+ * first worker by name that reported one: fn(ctx, step, worker) in step
+ * order (worker borrowed for the call); a nonzero return stops the walk
+ * and is returned. 0 or -EIO.
+ */
+int store_ema_first_workers(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			    int64_t hi, int (*fn)(void *ctx, int64_t step, const char *worker),
+			    void *ctx);
+
+/*
  * Late writes (batches that landed below the run's highest step): *gen is
  * the newest late-write id (0 when none).
  */
@@ -452,6 +462,15 @@ int store_sim_state_read(struct store_reader *r, int64_t run_id, int64_t domain_
  */
 int store_resolution(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
 		     int64_t *width);
+
+/*
+ * The distinct steps with data of the run with lo <= step <= hi in the
+ * domain (domain_id < 0: all), ascending, each with the widest entry
+ * stored there (1, or a bucket's width): fn(ctx, step, width) per step; a
+ * nonzero return stops the walk and is returned. 0 or -EIO.
+ */
+int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			  int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx);
 
 /* Look up one layer: 0 with its id and channel count, or -ENOENT. */
 int store_layer_find(struct store_reader *r, int64_t run_id, const char *layer, int64_t *layer_id,

@@ -242,6 +242,41 @@ int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domai
 	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
 }
 
+struct first_walk {
+	int (*fn)(void *ctx, int64_t step, const char *worker);
+	void *ctx;
+};
+
+static int read_first(void *ctx, sqlite3_stmt *st)
+{
+	struct first_walk *w = ctx;
+
+	return w->fn(w->ctx, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1));
+}
+
+int store_ema_first_workers(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			    int64_t hi, int (*fn)(void *ctx, int64_t step, const char *worker),
+			    void *ctx)
+{
+	struct first_walk w = { fn, ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db,
+			      "SELECT step, min(worker) FROM emas WHERE run_id = ?1"
+			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
+			      " GROUP BY step ORDER BY step",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, lo);
+	sqlite3_bind_int64(st, 4, hi);
+	rc = store_sql_rows(st, read_first, &w);
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int store_late_gen(struct store_reader *r, int64_t run_id, int64_t *gen)
 {
 	int rc = store_sql_int64(r->db,

@@ -120,6 +120,43 @@ int store_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id,
 			       run_id, domain_id, NULL, step);
 }
 
+struct entry_walk {
+	int (*fn)(void *ctx, int64_t step, int64_t width);
+	void *ctx;
+};
+
+static int read_entry(void *ctx, sqlite3_stmt *st)
+{
+	struct entry_walk *w = ctx;
+
+	return w->fn(w->ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
+}
+
+int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			  int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx)
+{
+	struct entry_walk w = { fn, ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db,
+			      domain_id < 0
+				      ? "SELECT step, max(width) FROM aggs WHERE run_id = ?1 AND ?2 < 0"
+					" AND step >= ?3 AND step <= ?4 GROUP BY step ORDER BY step"
+				      : "SELECT step, max(width) FROM aggs WHERE run_id = ?1"
+					" AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
+					" GROUP BY step ORDER BY step",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, lo);
+	sqlite3_bind_int64(st, 4, hi);
+	rc = store_sql_rows(st, read_entry, &w);
+	sqlite3_finalize(st);
+	return rc;
+}
+
 static int read_tier_max(void *ctx, sqlite3_stmt *st)
 {
 	*(int64_t *)ctx = sqlite3_column_int64(st, 0);

@@ -289,6 +289,7 @@ static const struct {
 	{ HTTP_STATS, AUTH_READ, "read" },
 	{ HTTP_COMPARE, AUTH_READ, "read" },
 	{ HTTP_SERIES, AUTH_READ, "read" },
+	{ HTTP_DRIFT, AUTH_READ, "read" },
 	{ HTTP_DOMAINS, AUTH_READ, "read" },
 	{ HTTP_SHIFT, AUTH_READ, "read" },
 	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },

@@ -79,7 +79,7 @@ class Client:
                     raise
 
 
-def upload(args, port, jobs, errors):
+def upload(args, port, jobs, errors, body_bytes):
     c = Client(port)
     rng = random.Random(len(jobs))
     while True:
@@ -97,10 +97,21 @@ def upload(args, port, jobs, errors):
                                         "var": b64_f32(var), "ema_mean": b64_f32(ema_m),
                                         "ema_var": b64_f32(ema_v)}
         doc = {"worker": "rank%d" % worker, "step": step, "seq": 0, "layers": layers}
-        st, body = c.request("POST", "/v1/runs/bench/batches", json.dumps(doc).encode())
+        data = json.dumps(doc).encode()
+        body_bytes.append(len(data))
+        st, body = c.request("POST", "/v1/runs/bench/batches", data)
         if st != 200:
             errors.append((st, body))
             return
+
+
+def proc_write_bytes(pid):
+    """Bytes the process caused to be written to storage (/proc/PID/io)."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
 
 
 def tier_rows(steps, h):
@@ -151,9 +162,9 @@ def main():
                 time.sleep(0.05)
         # steps in order, every worker of a step before the next (as training does)
         jobs = [(w, s) for s in range(args.steps, 0, -1) for w in range(args.workers)]
-        errors = []
+        errors, body_bytes = [], []
         t0 = time.monotonic()
-        threads = [threading.Thread(target=upload, args=(args, port, jobs, errors))
+        threads = [threading.Thread(target=upload, args=(args, port, jobs, errors, body_bytes))
                    for _ in range(args.conns)]
         for t in threads:
             t.start()
@@ -185,6 +196,7 @@ def main():
         entries = run["domains"][0]["steps"]
         run_bytes = run["bytes"]
         st, series = c.request("GET", "/v1/runs/bench/series?layer=layer0.bn&channel=0")
+        written = proc_write_bytes(proc.pid)   # before the final checkpoint on stop
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         files = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
@@ -212,6 +224,15 @@ def main():
     print("| run bytes per channel | %.0f |" % (run_bytes / ch))
     print("| database bytes per channel | %.0f |" % (files / ch))
     print("| run bytes per channel per entry | %.1f |" % (run_bytes / ch / entries))
+    uploads = args.steps * args.workers
+    mean_body = sum(body_bytes) / max(1, len(body_bytes))
+    # a body's statistics as safetensors f32 would take: 4 arrays of floats + a count
+    st_body = args.layers * (4 * 4 * args.channels + 8)
+    print("| bytes written by bnstatd (write_bytes) per upload | %.0f |" % (written / uploads))
+    print("| ... per byte of the JSON body (%.0f bytes) | %.2f |" % (mean_body,
+                                                                    written / uploads / mean_body))
+    print("| ... per byte of the same statistics as f32 safetensors (%d bytes) | %.2f |" % (
+        st_body, written / uploads / st_body))
     print()
     gb = 1e9
     print("Scaled to ResNet-50 (%d channels), same steps and workers:\n" % RESNET50_CHANNELS)

@@ -1,0 +1,614 @@
+/*
+ * query_drift: GET /v1/runs/{run}/drift, the comparison metrics of
+ * /compare at every stored entry of a step range, per layer, merged to at
+ * most `points` points by their maximum (docs/API.md, "Drift").
+ *
+ * Steps are taken in chunks: per layer and chunk the precise window of
+ * every step (a queue of the window's pooled rows), then the EMA at those
+ * steps (the worker's arrays, or the simulated EMA walked over the chunk,
+ * resuming from the replay's checkpoints), so that memory stays within a
+ * chunk's arrays however long the range.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnstat/ingest.h"
+#include "bnstat/stats.h"
+#include "query.h"
+#include "query_private.h"
+#include "replay.h"
+
+/* Steps per chunk: a chunk holds the precise mean and var of each of its steps. */
+#define DRIFT_CHUNK 256
+#define N_METRICS 3
+
+static const char *const metric_names[N_METRICS] = { "mean_err", "var_err", "kl" };
+
+struct drift_layer {
+	int64_t id;
+	char *name;
+	size_t channels;
+};
+
+struct drift {
+	struct store_reader *r;
+	struct replay_cache *cache;
+	int64_t run_id, domain_id, window;
+	bool sim;
+	double momentum;
+	const char *worker; /* NULL: the first by name at each step */
+	/* the entries of the range */
+	int64_t *step, *width;
+	size_t n, cap;
+	/* the run's layers, by id (the order they were first uploaded) */
+	struct drift_layer *layers;
+	size_t n_layers;
+	double *metric; /* [n_layers][n][N_METRICS], NAN: no value */
+	char **first;	/* [n] without `worker`: the first worker by name at each entry */
+	double *bound;	/* [n]: largest sim_error_bound over layers */
+};
+
+static int add_entry(void *ctx, int64_t step, int64_t width)
+{
+	struct drift *d = ctx;
+
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? 2 * d->cap : 256;
+		int64_t *s = realloc(d->step, cap * sizeof(*s)), *w;
+
+		if (s == NULL)
+			return -ENOMEM;
+		d->step = s;
+		w = realloc(d->width, cap * sizeof(*w));
+		if (w == NULL)
+			return -ENOMEM;
+		d->width = w;
+		d->cap = cap;
+	}
+	d->step[d->n] = step;
+	d->width[d->n] = width;
+	d->n++;
+	return 0;
+}
+
+static int add_layer(void *ctx, const struct store_item *it)
+{
+	struct drift *d = ctx;
+	struct drift_layer *p = realloc(d->layers, (d->n_layers + 1) * sizeof(*p));
+
+	if (p == NULL)
+		return -ENOMEM;
+	d->layers = p;
+	p += d->n_layers;
+	p->id = it->id;
+	p->channels = (size_t)it->layer.channels;
+	p->name = strdup(it->name);
+	if (p->name == NULL)
+		return -ENOMEM;
+	d->n_layers++;
+	return 0;
+}
+
+static int layer_cmp_id(const void *a, const void *b)
+{
+	const struct drift_layer *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* The index of `step` among d's entries [lo, hi), or -1. */
+static long find_step(const struct drift *d, size_t lo, size_t hi, int64_t step)
+{
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->step[mid] < step)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < d->n && d->step[lo] == step ? (long)lo : -1;
+}
+
+/* --- one layer, one chunk ------------------------------------------------------- */
+
+/* A row of the window: pooled over domains at one step. */
+struct wrow {
+	int64_t step, n;
+	double *mean, *m2; /* [channels] */
+};
+
+struct chunk {
+	struct drift *d;
+	const struct drift_layer *l;
+	size_t first, count;   /* entries [first, first + count) */
+	double *pmean, *pvar;  /* [count][channels]: the precise window at each entry */
+	bool *has_precise;     /* [count] */
+	struct wrow *q;	       /* the window's rows, oldest first: q[head..tail) */
+	size_t head, tail, qcap;
+	double *row;	       /* [2 * channels] scratch */
+	double *ema;	       /* [2 * channels] scratch */
+	size_t lm;	       /* index of (layer, entry) metrics: layer * n */
+	int64_t ema_rowid;     /* worker EMA walk: the row picked for the current step */
+	int64_t ema_step;
+	bool ema_have;
+};
+
+static void compare_at(struct chunk *k, size_t idx, const double *mean, const double *var,
+		       double bound)
+{
+	struct drift *d = k->d;
+	size_t c = k->l->channels, j = idx - k->first;
+	struct stats_cmp cmp;
+	double *m = &d->metric[(k->lm + idx) * N_METRICS];
+
+	if (!k->has_precise[j])
+		return;
+	stats_compare(c, mean, var, k->pmean + j * c, k->pvar + j * c, &cmp);
+	m[0] = cmp.mean_err;
+	m[1] = cmp.var_err;
+	m[2] = cmp.kl;
+	if (d->bound != NULL && bound > d->bound[idx])
+		d->bound[idx] = bound;
+}
+
+/* The precise window ending at the newest queued step, into entry slot j. */
+static void window_out(struct chunk *k, size_t j)
+{
+	size_t c = k->l->channels, i, ch;
+	double *pm = k->pmean + j * c, *pv = k->pvar + j * c;
+
+	for (ch = 0; ch < c; ch++) {
+		int64_t n = 0;
+		double mean = 0.0, m2 = 0.0;
+
+		for (i = k->head; i < k->tail; i++)
+			stats_merge1(&n, &mean, &m2, k->q[i].n, k->q[i].mean[ch], k->q[i].m2[ch]);
+		pm[ch] = mean;
+		pv[ch] = n > 0 ? m2 / (double)n : 0.0;
+	}
+	k->has_precise[j] = true;
+}
+
+/* Close the newest queued step: drop rows that left its window, emit it. */
+static void window_close(struct chunk *k)
+{
+	struct wrow *top = &k->q[k->tail - 1];
+	long idx;
+
+	while (k->q[k->head].step <= top->step - k->d->window)
+		k->head++;
+	idx = find_step(k->d, k->first, k->first + k->count, top->step);
+	if (idx >= 0)
+		window_out(k, (size_t)idx - k->first);
+}
+
+static int window_row(void *ctx, const struct store_row *row)
+{
+	struct chunk *k = ctx;
+	size_t c = k->l->channels, ch;
+	struct wrow *w;
+
+	if (store_row_read(k->d->r, STORE_BLOB_AGG, row->rowid, c, 0, c, k->row) < 0 ||
+	    store_row_read(k->d->r, STORE_BLOB_AGG, row->rowid, c, c, c, k->row + c) < 0)
+		return -EIO;
+	if (k->tail > k->head && k->q[k->tail - 1].step == row->step) {
+		/* another domain at the same step (domain "*") */
+		w = &k->q[k->tail - 1];
+		for (ch = 0; ch < c; ch++) {
+			int64_t n = w->n;
+
+			stats_merge1(&n, &w->mean[ch], &w->m2[ch], row->n, k->row[ch],
+				     k->row[c + ch]);
+		}
+		w->n += row->n;
+		return 0;
+	}
+	if (k->tail > k->head)
+		window_close(k);
+	if (k->tail == k->qcap) {
+		/* compact (the rows that left keep their arrays for reuse), then grow */
+		size_t live = k->tail - k->head, i;
+		struct wrow spare;
+
+		for (i = 0; i < live; i++) {
+			spare = k->q[i];
+			k->q[i] = k->q[k->head + i];
+			k->q[k->head + i] = spare;
+		}
+		k->head = 0;
+		k->tail = live;
+		if (k->tail == k->qcap) {
+			size_t cap = k->qcap ? 2 * k->qcap : 16;
+			struct wrow *p = realloc(k->q, cap * sizeof(*p));
+
+			if (p == NULL)
+				return -ENOMEM;
+			memset(p + k->qcap, 0, (cap - k->qcap) * sizeof(*p));
+			k->q = p;
+			k->qcap = cap;
+		}
+	}
+	w = &k->q[k->tail];
+	if (w->mean == NULL) {
+		w->mean = malloc(2 * c * sizeof(double));
+		if (w->mean == NULL)
+			return -ENOMEM;
+	}
+	w->m2 = w->mean + c;
+	w->step = row->step;
+	w->n = row->n;
+	memcpy(w->mean, k->row, 2 * c * sizeof(double));
+	k->tail++;
+	return 0;
+}
+
+static int sim_state(void *ctx, int64_t step, const double *mean, const double *var, double bound)
+{
+	struct chunk *k = ctx;
+	long idx = find_step(k->d, k->first, k->first + k->count, step);
+
+	if (idx >= 0)
+		compare_at(k, (size_t)idx, mean, var, bound);
+	return 0;
+}
+
+static int add_first(void *ctx, int64_t step, const char *worker)
+{
+	struct drift *d = ctx;
+	long idx = find_step(d, 0, d->n, step);
+
+	if (idx >= 0 && (d->first[idx] = strdup(worker)) == NULL)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Worker EMA rows by step (then worker): keep the wanted one per step. */
+static int ema_flush(struct chunk *k)
+{
+	size_t c = k->l->channels;
+	long idx;
+
+	if (!k->ema_have)
+		return 0;
+	k->ema_have = false;
+	idx = find_step(k->d, k->first, k->first + k->count, k->ema_step);
+	if (idx < 0)
+		return 0;
+	if (store_row_read(k->d->r, STORE_BLOB_EMA, k->ema_rowid, c, 0, 2 * c, k->ema) < 0)
+		return -EIO;
+	compare_at(k, (size_t)idx, k->ema, k->ema + c, 0.0);
+	return 0;
+}
+
+static int ema_row(void *ctx, const struct store_row *row)
+{
+	struct chunk *k = ctx;
+
+	if (k->ema_have && k->ema_step == row->step)
+		return 0; /* the first worker by name already gave this step */
+	if (k->d->first != NULL) {
+		/* without worker=, the step's first worker by name, as /compare takes */
+		long idx = find_step(k->d, k->first, k->first + k->count, row->step);
+
+		if (idx < 0 || k->d->first[idx] == NULL || strcmp(k->d->first[idx], row->worker) != 0)
+			return 0;
+	}
+	if (ema_flush(k) < 0)
+		return -EIO;
+	k->ema_have = true;
+	k->ema_step = row->step;
+	k->ema_rowid = row->rowid;
+	return 0;
+}
+
+static void chunk_free(struct chunk *k)
+{
+	size_t i;
+
+	for (i = 0; i < k->qcap; i++)
+		free(k->q[i].mean);
+	free(k->q);
+	free(k->pmean);
+	free(k->has_precise);
+	free(k->row);
+}
+
+static int layer_chunk(struct drift *d, size_t li, size_t first, size_t count)
+{
+	const struct drift_layer *l = &d->layers[li];
+	size_t c = l->channels;
+	struct chunk k = { .d = d, .l = l, .first = first, .count = count, .lm = li * d->n };
+	int64_t lo = d->step[first], hi = d->step[first + count - 1];
+	int rc;
+
+	k.pmean = malloc(2 * count * c * sizeof(double));
+	k.has_precise = calloc(count, sizeof(bool));
+	k.row = malloc(4 * c * sizeof(double));
+	if (k.pmean == NULL || k.has_precise == NULL || k.row == NULL) {
+		chunk_free(&k);
+		return -ENOMEM;
+	}
+	k.pvar = k.pmean + count * c;
+	k.ema = k.row + 2 * c;
+	/* lo - window cannot overflow: lo >= 0 and window >= 1 */
+	rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, lo - d->window, hi, window_row,
+			      &k);
+	if (rc == 0 && k.tail > k.head)
+		window_close(&k);
+	if (rc == 0 && d->sim)
+		rc = replay_layer_steps(d->cache, d->r, d->run_id, d->domain_id, l->id, c,
+					d->momentum, lo - 1, hi, sim_state, &k);
+	else if (rc == 0)
+		rc = store_layer_emas(d->r, d->run_id, d->domain_id, l->id, d->worker, lo - 1, hi,
+				      ema_row, &k);
+	if (rc == 0 && !d->sim)
+		rc = ema_flush(&k);
+	chunk_free(&k);
+	return rc;
+}
+
+/* --- the reply ----------------------------------------------------------------------- */
+
+/* The maximum of v[first * step], ..., v[last * step], ignoring NANs (NAN: none). */
+static double group_max(const double *v, size_t first, size_t last, size_t step)
+{
+	double best = NAN;
+	size_t i;
+
+	for (i = first; i <= last; i++) {
+		double x = v[i * step];
+
+		if (!isnan(x) && (isnan(best) || x > best))
+			best = x;
+	}
+	return best;
+}
+
+static json_t *num_or_null(double x)
+{
+	return isnan(x) ? json_null() : query_json_num(x);
+}
+
+static int drift_json(struct drift *d, size_t stride, json_t *doc)
+{
+	json_t *steps = json_array(), *res = json_array(), *order = json_array(),
+	       *layers = json_object(), *overall = json_object(), *bounds = NULL;
+	double *mean_over = NULL;
+	size_t i, li, m;
+	int rc = -ENOMEM;
+
+	if (steps == NULL || res == NULL || order == NULL || layers == NULL || overall == NULL)
+		goto done;
+	if (d->sim && (bounds = json_array()) == NULL)
+		goto done;
+	/* per entry: the mean over the layers with a value, per metric */
+	mean_over = malloc((d->n ? d->n : 1) * N_METRICS * sizeof(double));
+	if (mean_over == NULL)
+		goto done;
+	for (i = 0; i < d->n; i++)
+		for (m = 0; m < N_METRICS; m++) {
+			double sum = 0.0;
+			size_t cnt = 0;
+
+			for (li = 0; li < d->n_layers; li++) {
+				double x = d->metric[(li * d->n + i) * N_METRICS + m];
+
+				if (!isnan(x)) {
+					sum += x;
+					cnt++;
+				}
+			}
+			mean_over[i * N_METRICS + m] = cnt ? sum / (double)cnt : NAN;
+		}
+	for (i = 0; i < d->n; i += stride) {
+		size_t last = i + stride - 1 < d->n ? i + stride - 1 : d->n - 1, k;
+		int64_t w = 0;
+
+		for (k = i; k <= last; k++)
+			w += d->width[k];
+		if (json_array_append_new(steps, json_integer(d->step[last])) < 0 ||
+		    json_array_append_new(res, json_integer(w)) < 0 ||
+		    (bounds != NULL &&
+		     json_array_append_new(bounds, num_or_null(group_max(d->bound, i, last, 1))) < 0))
+			goto done;
+	}
+	for (m = 0; m < N_METRICS; m++) {
+		json_t *a = json_array();
+
+		if (a == NULL || json_object_set_new(overall, metric_names[m], a) < 0)
+			goto done;
+		for (i = 0; i < d->n; i += stride) {
+			size_t last = i + stride - 1 < d->n ? i + stride - 1 : d->n - 1;
+
+			if (json_array_append_new(
+				    a, num_or_null(group_max(mean_over + m, i, last, N_METRICS))) < 0)
+				goto done;
+		}
+	}
+	for (li = 0; li < d->n_layers; li++) {
+		json_t *o = json_object();
+		bool any = false;
+
+		if (o == NULL)
+			goto done;
+		for (m = 0; m < N_METRICS; m++) {
+			json_t *a = json_array();
+			const double *v = d->metric + li * d->n * N_METRICS + m;
+
+			if (a == NULL || json_object_set_new(o, metric_names[m], a) < 0) {
+				json_decref(o);
+				goto done;
+			}
+			for (i = 0; i < d->n; i += stride) {
+				size_t last = i + stride - 1 < d->n ? i + stride - 1 : d->n - 1;
+				double x = group_max(v, i, last, N_METRICS);
+
+				any = any || !isnan(x);
+				if (json_array_append_new(a, num_or_null(x)) < 0) {
+					json_decref(o);
+					goto done;
+				}
+			}
+		}
+		/* only layers with a value somewhere in the range */
+		if (!any) {
+			json_decref(o);
+			continue;
+		}
+		if (json_object_set_new(layers, d->layers[li].name, o) < 0 ||
+		    json_array_append_new(order, json_string(d->layers[li].name)) < 0)
+			goto done;
+	}
+	json_object_set_new(doc, "step", steps);
+	json_object_set_new(doc, "resolution", res);
+	json_object_set_new(doc, "layer_order", order);
+	json_object_set_new(doc, "layers", layers);
+	json_object_set_new(doc, "overall", overall);
+	if (bounds != NULL)
+		json_object_set_new(doc, "sim_error_bound", bounds);
+	steps = res = order = layers = overall = bounds = NULL;
+	rc = 0;
+done:
+	free(mean_over);
+	json_decref(steps);
+	json_decref(res);
+	json_decref(order);
+	json_decref(layers);
+	json_decref(overall);
+	json_decref(bounds);
+	return rc;
+}
+
+static int parse_opt(const char *name, const char *s, long long min, long long dflt,
+		     long long *out, struct bn_error *err)
+{
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	return query_parse_int(name, s, min, out, err);
+}
+
+int query_drift(struct store_reader *r, struct replay_cache *cache, const char *run,
+		const struct query_params *p, json_t **out, struct bn_error *err)
+{
+	const char *domain = p->domain ? p->domain : "default";
+	struct drift d = { .r = r, .cache = cache, .domain_id = -1, .momentum = 0.1 };
+	long long from, to, window, points;
+	size_t li, i, stride = 1;
+	json_t *doc = NULL;
+	int64_t latest;
+	int rc;
+
+	*out = NULL;
+	if (parse_opt("from", p->from, 0, 0, &from, err) < 0 ||
+	    parse_opt("to", p->to, 0, -1, &to, err) < 0 ||
+	    parse_opt("window", p->window, 1, 1, &window, err) < 0 ||
+	    parse_opt("points", p->points, 1, 500, &points, err) < 0 ||
+	    query_check_domain(domain, err) < 0)
+		return -EINVAL;
+	if (p->to != NULL && from > to)
+		return bn_error_set(err, 422, BN_E_INVALID, "from", "from (%lld) is after to (%lld)",
+				    from, to);
+	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "ema",
+				    "ema must be \"worker\" or \"sim\"");
+	d.sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
+	if (d.sim && query_parse_momentum(p->momentum, &d.momentum, err) < 0)
+		return -EINVAL;
+	if (!d.sim && strcmp(domain, QUERY_DOMAIN_ALL) == 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "domain",
+				    "a worker EMA belongs to one domain: domain * needs ema=sim");
+	if (!d.sim && p->worker != NULL && !ingest_name_valid(p->worker))
+		return bn_error_set(err, 422, BN_E_INVALID, "worker",
+				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
+	d.window = window;
+	d.worker = d.sim ? NULL : p->worker;
+
+	store_read_begin(r);
+	rc = query_run_find(r, run, &d.run_id, err);
+	if (rc < 0)
+		goto done;
+	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
+		rc = store_domain_find(r, d.run_id, domain, &d.domain_id);
+		if (rc < 0) {
+			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
+							  "run %s has no domain %s", run, domain)
+					   : query_read_failed(err);
+			goto done;
+		}
+	}
+	if (p->to == NULL) {
+		rc = store_latest_step(r, d.run_id, d.domain_id, &latest);
+		to = rc == 0 ? latest : -1;
+	}
+	rc = store_entries_foreach(r, d.run_id, d.domain_id, from, to, add_entry, &d);
+	if (rc == 0)
+		rc = store_layers_foreach(r, d.run_id, add_layer, &d);
+	if (rc < 0) {
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+		goto done;
+	}
+	qsort(d.layers, d.n_layers, sizeof(*d.layers), layer_cmp_id);
+	if (!d.sim && d.worker == NULL) {
+		d.first = calloc(d.n + 1, sizeof(*d.first));
+		rc = d.first ? store_ema_first_workers(r, d.run_id, d.domain_id, from, to, add_first,
+						       &d)
+			     : -ENOMEM;
+		if (rc < 0) {
+			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+			goto done;
+		}
+	}
+	d.metric = malloc((d.n * d.n_layers * N_METRICS + 1) * sizeof(double));
+	d.bound = d.sim ? calloc(d.n + 1, sizeof(double)) : NULL;
+	if (d.metric == NULL || (d.sim && d.bound == NULL)) {
+		rc = query_oom(err);
+		goto done;
+	}
+	for (i = 0; i < d.n * d.n_layers * N_METRICS; i++)
+		d.metric[i] = NAN;
+	for (li = 0; li < d.n_layers; li++)
+		for (i = 0; i < d.n; i += DRIFT_CHUNK) {
+			rc = layer_chunk(&d, li, i, d.n - i < DRIFT_CHUNK ? d.n - i : DRIFT_CHUNK);
+			if (rc < 0) {
+				rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+				goto done;
+			}
+		}
+	if ((size_t)points < d.n)
+		stride = (d.n + (size_t)points - 1) / (size_t)points;
+	doc = json_pack("{s:s, s:s, s:s, s:I, s:I}", "run", run, "domain", domain, "ema",
+			d.sim ? "sim" : "worker", "window", (json_int_t)window, "stride",
+			(json_int_t)stride);
+	if (doc == NULL || drift_json(&d, stride, doc) < 0) {
+		rc = query_oom(err);
+		goto done;
+	}
+	if (d.sim)
+		json_object_set_new(doc, "momentum", json_real(d.momentum));
+	else
+		json_object_set_new(doc, "worker", d.worker ? json_string(d.worker) : json_null());
+	*out = doc;
+	doc = NULL;
+	rc = 0;
+done:
+	store_read_end(r);
+	json_decref(doc);
+	for (li = 0; li < d.n_layers; li++)
+		free(d.layers[li].name);
+	free(d.layers);
+	free(d.step);
+	free(d.width);
+	free(d.metric);
+	free(d.bound);
+	for (i = 0; d.first != NULL && i < d.n; i++)
+		free(d.first[i]);
+	free(d.first);
+	return rc;
+}
