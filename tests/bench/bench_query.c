@@ -13,6 +13,7 @@
  *     checkpoint (every 64 steps) before the queried step (warm); a second
  *     momentum is a second set of checkpoints; a restart empties the cache,
  *   - /series over the whole run (one channel, every step),
+ *   - /drift over the whole run (every layer, worker EMA and simulated EMA),
  *   - /stats?window=100 as the reference point,
  *   - a late upload (a batch for step N/2 after step N-1 is in), which makes
  *     the checkpoints from N/2 on stale: the next sim compare replays from
@@ -170,6 +171,10 @@ int main(int argc, char **argv)
 	measure("series?layer=layer4.2.bn3&channel=7&points=500", "n/a (replays 1 channel)",
 		opt.reps, NULL);
 	measure("series?layer=bn1&channel=7", "n/a (replays 1 channel)", opt.reps, NULL);
+
+	/* 4'. drift: every layer's metrics over the whole run */
+	measure("drift?points=500", "n/a", opt.reps, NULL);
+	measure("drift?points=500&ema=sim&momentum=0.1", "warm", opt.reps, NULL);
 
 	/* 6. a late upload into step N/2, then the simulated EMA again */
 	if (!opt.no_late) {
