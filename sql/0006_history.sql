@@ -46,37 +46,11 @@ ALTER TABLE runs ADD COLUMN updated INTEGER;
 UPDATE runs SET updated = coalesce((SELECT max(received) FROM batches b
                                     WHERE b.run_id = runs.id), created);
 
--- The bytes of each run's stored arrays, kept by triggers (GET /v1/runs/{run}).
+-- The bytes of each run's stored arrays (GET /v1/runs/{run}), kept by the
+-- writer as it inserts and deletes rows (store_bytes.c).
 ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET bytes =
 	coalesce((SELECT sum(length(data)) FROM aggs WHERE aggs.run_id = runs.id), 0) +
 	coalesce((SELECT sum(length(data)) FROM emas WHERE emas.run_id = runs.id), 0);
-
-CREATE TRIGGER aggs_bytes_ins AFTER INSERT ON aggs BEGIN
-	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
-END;
-CREATE TRIGGER aggs_bytes_del AFTER DELETE ON aggs BEGIN
-	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
-END;
-CREATE TRIGGER aggs_bytes_upd AFTER UPDATE OF data ON aggs
-	WHEN length(NEW.data) != length(OLD.data) BEGIN
-	UPDATE runs SET bytes = bytes + length(NEW.data) - length(OLD.data) WHERE id = NEW.run_id;
-END;
-CREATE TRIGGER emas_bytes_ins AFTER INSERT ON emas BEGIN
-	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
-END;
-CREATE TRIGGER emas_bytes_del AFTER DELETE ON emas BEGIN
-	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
-END;
-CREATE TRIGGER emas_bytes_upd AFTER UPDATE OF data ON emas
-	WHEN length(NEW.data) != length(OLD.data) BEGIN
-	UPDATE runs SET bytes = bytes + length(NEW.data) - length(OLD.data) WHERE id = NEW.run_id;
-END;
-CREATE TRIGGER sim_states_bytes_ins AFTER INSERT ON sim_states BEGIN
-	UPDATE runs SET bytes = bytes + length(NEW.data) WHERE id = NEW.run_id;
-END;
-CREATE TRIGGER sim_states_bytes_del AFTER DELETE ON sim_states BEGIN
-	UPDATE runs SET bytes = bytes - length(OLD.data) WHERE id = OLD.run_id;
-END;
 
 PRAGMA user_version = 6;

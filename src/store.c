@@ -117,6 +117,7 @@ void store_close(struct store *s)
 	store_aggcache_clear(&s->aggcache);
 	free(s->wlayer_ids);
 	free(s->history.pending);
+	free(s->bytes.runs);
 	free(s->wscratch);
 	free(s->path);
 	free(s);

@@ -23,6 +23,7 @@ struct store_aggcache_entry {
 	int64_t n, batches, nbs_min, nbs_max;
 	double *data; /* STATS_AGG_ARRAYS * channels */
 	bool dirty;
+	bool stored;	/* its row exists (else the flush inserts it: store_bytes.c) */
 	uint64_t group; /* last group that touched it */
 };
 
@@ -147,6 +148,7 @@ static struct store_aggcache_entry *entry_get(struct store *s, int64_t run_id, i
 	rd.bytes = bytes;
 	rd.wrong_size = false;
 	rc = store_sql_rows(st, read_agg, &rd);
+	e->stored = rc > 0;
 	if (rc == 0) {
 		memset(e->data, 0, bytes);
 	} else if (rc < 0) {
@@ -210,6 +212,9 @@ int store_aggcache_flush(struct store *s, size_t *rows)
 			sqlite3_bind_blob(st, 9, e->data, (int)entry_bytes(e), SQLITE_STATIC);
 			if (store_sql_run(st) < 0)
 				return -EIO;
+			if (!e->stored)
+				store_bytes_add(s, e->run_id, (int64_t)entry_bytes(e));
+			e->stored = true;
 			e->dirty = false;
 			(*rows)++;
 		}

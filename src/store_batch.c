@@ -53,8 +53,12 @@ static int ema_put(struct store *s, int64_t run_id, int64_t domain_id, int64_t l
 	sqlite3_bind_int64(st, 5, b->step);
 	sqlite3_bind_int64(st, 6, b->seq);
 	sqlite3_bind_blob(st, 7, s->wscratch, (int)bytes, SQLITE_STATIC);
+	/* the upsert's update leaves the last rowid alone: a new one means a new row */
+	sqlite3_set_last_insert_rowid(s->wdb, 0);
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "writing worker EMA");
+	if (sqlite3_last_insert_rowid(s->wdb) != 0)
+		store_bytes_add(s, run_id, (int64_t)bytes);
 	return 0;
 }
 
@@ -89,6 +93,8 @@ static int read_max_step(void *ctx, sqlite3_stmt *st)
  * A batch below the run's highest step rewrites history for replayed EMAs:
  * log it (replay.c keeps its cached replays exact by it). Batches at or
  * above the highest step, the normal case in training, log nothing.
+ * Returns 1 for a late batch that merges data, 0 for any other accepted
+ * one, or a negative errno with *err filled in (refused).
  */
 static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
 			   const struct ingest_batch *b, struct bn_error *err)
@@ -125,32 +131,43 @@ static int note_late_write(struct store *s, int64_t run_id, int64_t domain_id,
 	}
 	if (!late || !batch_merges(b))
 		return 0;
-	/* the replay checkpoints kept at or after this step no longer hold */
-	{
-		int64_t a[3] = { run_id, domain_id, b->step };
-		int64_t c[3] = { run_id, domain_id, 0 };
-		int i;
-
-		/* back to the last checkpoint boundary before the step */
-		c[2] = b->step > 0 ? (b->step - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY
-				   : -1;
-		st = s->wstmt[W_HIST_SIM_LATE];
-		for (i = 0; i < 3; i++)
-			sqlite3_bind_int64(st, i + 1, a[i]);
-		if (store_sql_run(st) < 0)
-			return store_sql_error(err, s->wdb, "dropping replay checkpoints");
-		st = s->wstmt[W_HIST_CKPT_LATE];
-		for (i = 0; i < 3; i++)
-			sqlite3_bind_int64(st, i + 1, c[i]);
-		if (store_sql_run(st) < 0)
-			return store_sql_error(err, s->wdb, "dropping replay checkpoints");
-	}
 	st = s->wstmt[W_LATE_INS];
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);
 	sqlite3_bind_int64(st, 3, b->step);
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording a late write");
+	return 1;
+}
+
+/*
+ * A late batch: the replay states kept at or after its step no longer hold
+ * (docs/DESIGN.md, "History"); drop them and move the checkpoint mark back.
+ */
+static int drop_late_states(struct store *s, int64_t run_id, int64_t domain_id,
+			    const struct ingest_batch *b, struct bn_error *err)
+{
+	int64_t a[3] = { run_id, domain_id, b->step };
+	int64_t c[3] = { run_id, domain_id, 0 }, gone;
+	sqlite3_stmt *st;
+	int i;
+
+	/* back to the last checkpoint boundary before the step */
+	c[2] = b->step > 0 ? (b->step - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY
+			   : -1;
+	if (store_bytes_of(s->wstmt[W_SUM_SIMS_LATE], a, 3, &gone) < 0)
+		return store_sql_error(err, s->wdb, "dropping replay checkpoints");
+	st = s->wstmt[W_HIST_SIM_LATE];
+	for (i = 0; i < 3; i++)
+		sqlite3_bind_int64(st, i + 1, a[i]);
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "dropping replay checkpoints");
+	store_bytes_add(s, run_id, -gone);
+	st = s->wstmt[W_HIST_CKPT_LATE];
+	for (i = 0; i < 3; i++)
+		sqlite3_bind_int64(st, i + 1, c[i]);
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "dropping replay checkpoints");
 	return 0;
 }
 
@@ -189,6 +206,7 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	sqlite3_stmt *st;
 	int64_t run_id, domain_id, layer_id = 0;
 	size_t i;
+	bool late;
 	int rc;
 
 	j->res.layers = b->n_layers;
@@ -213,6 +231,7 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	rc = note_late_write(s, run_id, domain_id, b, err);
 	if (rc < 0)
 		return rc;
+	late = rc == 1;
 	/*
 	 * Every check that can refuse the batch comes first (the savepoint
 	 * undoes SQL, not the in-memory aggregates); only then merge.
@@ -231,6 +250,8 @@ int store_batch_apply(struct store *s, struct store_job *j)
 		if (store_intern_layer(s, run_id, &b->layers[i], &s->wlayer_ids[i], err) < 0)
 			return -EINVAL;
 	}
+	if (late && drop_late_states(s, run_id, domain_id, b, err) < 0)
+		return -EIO;
 	for (i = 0; i < b->n_layers; i++) {
 		const struct ingest_layer *l = &b->layers[i];
 
@@ -255,11 +276,7 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_int64(st, 8, store_now_ms());
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording batch");
-	st = s->wstmt[W_RUN_TOUCH];
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, store_now_ms());
-	if (store_sql_run(st) < 0)
-		return store_sql_error(err, s->wdb, "recording the run's last upload");
+	store_bytes_upload(s, run_id);
 	store_history_touch(s, run_id, domain_id);
 	return 0;
 }

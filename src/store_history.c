@@ -148,6 +148,7 @@ struct bucket {
 	size_t n, cap;
 	double *row; /* scratch: one row's arrays */
 	size_t row_cap;
+	int64_t row_bytes; /* of the rows read (the ones a bucket replaces) */
 	int rc;
 };
 
@@ -273,6 +274,7 @@ static int bucket_row(void *ctx, sqlite3_stmt *st)
 	if (l == NULL)
 		return -ENOMEM;
 	memcpy(b->row, sqlite3_column_blob(st, 6), bytes);
+	b->row_bytes += (int64_t)bytes;
 	stats_agg_view(&row, b->row, c);
 	row.n = sqlite3_column_int64(st, 2);
 	row.k = sqlite3_column_int64(st, 3);
@@ -300,13 +302,21 @@ static int bucket_row(void *ctx, sqlite3_stmt *st)
 static int bucket_write(struct bucket *b)
 {
 	struct store *s = b->s;
-	int64_t range[4] = { b->run_id, b->domain_id, b->lo, b->end };
+	int64_t range[4] = { b->run_id, b->domain_id, b->lo, b->end }, gone;
 	size_t i, m;
 
+	if (b->tier >= 1) {
+		if (run_ints(s->wstmt[W_HIST_AGGS_DEL], range, 4) < 0)
+			return -EIO;
+		store_bytes_add(s, b->run_id, -b->row_bytes);
+	}
 	/* the checkpoints inside a new tier-1 bucket would resume before its row */
-	if (b->tier >= 1 && (run_ints(s->wstmt[W_HIST_AGGS_DEL], range, 4) < 0 ||
-			     (b->tier == 1 && run_ints(s->wstmt[W_HIST_SIM_CLEAR], range, 4) < 0)))
-		return -EIO;
+	if (b->tier == 1) {
+		if (store_bytes_of(s->wstmt[W_SUM_SIMS_RANGE], range, 4, &gone) < 0 ||
+		    run_ints(s->wstmt[W_HIST_SIM_CLEAR], range, 4) < 0)
+			return -EIO;
+		store_bytes_add(s, b->run_id, -gone);
+	}
 	for (i = 0; i < b->n; i++) {
 		const struct bucket_layer *l = &b->layers[i];
 		sqlite3_stmt *st = s->wstmt[W_HIST_AGG_INS];
@@ -327,6 +337,8 @@ static int bucket_write(struct bucket *b)
 			sqlite3_bind_int64(st, 10, b->end - b->lo);
 			if (store_sql_run(st) < 0)
 				return -EIO;
+			store_bytes_add(s, b->run_id,
+					(int64_t)(STATS_AGG_ARRAYS * c * sizeof(double)));
 		}
 		for (m = 0; b->tier <= 1 && m < s->opt.n_sim_momenta; m++) {
 			if (!l->sim_ok[m])
@@ -342,16 +354,23 @@ static int bucket_write(struct bucket *b)
 					  SQLITE_STATIC);
 			if (store_sql_run(st) < 0)
 				return -EIO;
+			store_bytes_add(s, b->run_id, (int64_t)(2 * c * sizeof(double)));
 		}
 	}
 	if (b->tier == 0)
 		return 0;
-	if (run_ints(s->wstmt[W_HIST_EMAS_DEL], range, 4) < 0 ||
+	if (store_bytes_of(s->wstmt[W_SUM_EMAS_INNER], range, 4, &gone) < 0 ||
+	    run_ints(s->wstmt[W_HIST_EMAS_DEL], range, 4) < 0 ||
 	    run_ints(s->wstmt[W_HIST_EMAS_MOVE], range, 4) < 0)
 		return -EIO;
-	if (b->tier > 1 && (run_ints(s->wstmt[W_HIST_SIM_DEL], range, 4) < 0 ||
-			    run_ints(s->wstmt[W_HIST_SIM_MOVE], range, 4) < 0))
-		return -EIO;
+	store_bytes_add(s, b->run_id, -gone);
+	if (b->tier > 1) {
+		if (store_bytes_of(s->wstmt[W_SUM_SIMS_INNER], range, 4, &gone) < 0 ||
+		    run_ints(s->wstmt[W_HIST_SIM_DEL], range, 4) < 0 ||
+		    run_ints(s->wstmt[W_HIST_SIM_MOVE], range, 4) < 0)
+			return -EIO;
+		store_bytes_add(s, b->run_id, -gone);
+	}
 	return 0;
 }
 
@@ -550,7 +569,7 @@ void store_history_run(struct store *s)
 	}
 	s->history.n = kept;
 	formed = HISTORY_BUDGET - budget;
-	if (store_sql_exec(s->wdb, "COMMIT", &err) < 0)
+	if (store_bytes_flush(s) < 0 || store_sql_exec(s->wdb, "COMMIT", &err) < 0)
 		goto fail;
 	/* The freed pages are reused by the next steps: no vacuum here. */
 	if (formed > 0)
@@ -559,6 +578,7 @@ void store_history_run(struct store *s)
 fail:
 	log_error("history_failed", "error=\"%s\"", sqlite3_errmsg(s->wdb));
 	sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+	store_bytes_drop(s);
 	/* Try again on the next upload of each pair, not in a loop now. */
 	s->history.n = 0;
 }

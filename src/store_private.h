@@ -60,6 +60,13 @@ enum store_wstmt {
 	W_RUN_ID_DROP,
 	W_RUN_DEL,
 	W_RUN_TOUCH,
+	W_RUN_BYTES,
+	W_RUN_BYTES_RECOUNT,
+	W_SUM_EMAS_RANGE,
+	W_SUM_SIMS_RANGE,
+	W_SUM_SIMS_LATE,
+	W_SUM_SIMS_INNER,
+	W_SUM_EMAS_INNER,
 	W_RUN_EXPIRED,
 	W_RET_RUNS,
 	W_RET_AGGS,
@@ -108,6 +115,12 @@ struct store_reader {
 /* Bucket tiers: widths 10, 100, ..., 10^STORE_HISTORY_TIERS steps. */
 #define STORE_HISTORY_TIERS 6
 
+/* A change to a run's bytes not written yet (store_bytes.c). */
+struct store_bytes_delta {
+	int64_t run_id, delta;
+	bool upload; /* the run accepted a batch: its `updated` becomes now */
+};
+
 /* A (run, domain) that may have buckets to form (store_history.c). */
 struct store_history_pair {
 	int64_t run_id, domain_id;
@@ -142,6 +155,10 @@ struct store {
 		struct store_history_pair *pending;
 		size_t n, cap;
 	} history;
+	struct {
+		struct store_bytes_delta *runs;
+		size_t n, cap;
+	} bytes;
 	pthread_t writer;
 	bool writer_started;
 
@@ -321,6 +338,26 @@ bool store_retention_due(struct store *s);
 
 /* Run one bounded retention pass in its own transaction. */
 void store_retention_run(struct store *s);
+
+/* --- store_bytes.c: each run's bytes (writer thread) ----------------------------- */
+
+/* A row of run_id with delta bytes of blob was inserted (> 0) or deleted (< 0). */
+void store_bytes_add(struct store *s, int64_t run_id, int64_t delta);
+
+/* run_id accepted a batch in this transaction (runs.updated, for retain-runs-days). */
+void store_bytes_upload(struct store *s, int64_t run_id);
+
+/* Write the changes inside the transaction, before its COMMIT: 0 or -EIO. */
+int store_bytes_flush(struct store *s);
+
+/* Forget the changes (their transaction rolled back). */
+void store_bytes_drop(struct store *s);
+
+/* Run st (?1.. bound to args[0..n)), a sum of blob lengths: 0 and *bytes, or -EIO. */
+int store_bytes_of(sqlite3_stmt *st, const int64_t *args, int n, int64_t *bytes);
+
+/* Count a run's bytes again from its rows (after retention dropped some): 0 or -EIO. */
+int store_bytes_recount(struct store *s, int64_t run_id);
 
 /* --- store_history.c: bucketing old steps (writer thread) ----------------------- */
 

@@ -41,7 +41,33 @@ static const char *const wstmt_sql[W_COUNT] = {
 	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",
 	[W_RUN_ID_DROP] = "DELETE FROM run_ids",
 	[W_RUN_DEL] = "DELETE FROM runs WHERE id = ?1",
-	[W_RUN_TOUCH] = "UPDATE runs SET updated = ?2 WHERE id = ?1",
+	[W_RUN_TOUCH] = "UPDATE runs SET bytes = bytes + ?2, updated = ?3 WHERE id = ?1",
+	[W_RUN_BYTES] = "UPDATE runs SET bytes = bytes + ?2 WHERE id = ?1",
+	[W_RUN_BYTES_RECOUNT] =
+		"UPDATE runs SET bytes ="
+		" coalesce((SELECT sum(length(data)) FROM aggs WHERE run_id = ?1), 0) +"
+		" coalesce((SELECT sum(length(data)) FROM emas WHERE run_id = ?1), 0) +"
+		" coalesce((SELECT sum(length(data)) FROM sim_states WHERE run_id = ?1), 0)"
+		" WHERE id = ?1",
+	[W_SUM_EMAS_RANGE] = "SELECT coalesce(sum(length(data)), 0) FROM emas WHERE run_id = ?1"
+			     " AND domain_id = ?2 AND step > ?3 AND step <= ?4",
+	[W_SUM_SIMS_RANGE] = "SELECT coalesce(sum(length(data)), 0) FROM sim_states"
+			     " WHERE run_id = ?1 AND domain_id = ?2 AND step > ?3 AND step <= ?4",
+	[W_SUM_SIMS_LATE] = "SELECT coalesce(sum(length(data)), 0) FROM sim_states"
+			    " WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3",
+	/* what W_HIST_SIM_DEL and W_HIST_EMAS_DEL delete */
+	[W_SUM_SIMS_INNER] = "SELECT coalesce(sum(length(data)), 0) FROM sim_states"
+			     " WHERE run_id = ?1 AND domain_id = ?2"
+			     " AND step > ?3 AND step <= ?4 AND step < (SELECT max(x.step)"
+			     " FROM sim_states x WHERE x.run_id = sim_states.run_id AND"
+			     " x.domain_id = sim_states.domain_id AND x.layer_id ="
+			     " sim_states.layer_id AND x.momentum = sim_states.momentum AND"
+			     " x.step > ?3 AND x.step <= ?4)",
+	[W_SUM_EMAS_INNER] = "SELECT coalesce(sum(length(data)), 0) FROM emas WHERE run_id = ?1"
+			     " AND domain_id = ?2 AND step > ?3 AND step <= ?4 AND step <"
+			     " (SELECT max(e.step) FROM emas e WHERE e.run_id = emas.run_id AND"
+			     " e.domain_id = emas.domain_id AND e.layer_id = emas.layer_id AND"
+			     " e.worker = emas.worker AND e.step > ?3 AND e.step <= ?4)",
 	[W_RUN_EXPIRED] = "SELECT id, name FROM runs WHERE coalesce(updated, created) < ?1"
 			  " ORDER BY id LIMIT 1",
 	[W_RET_RUNS] = "SELECT id, (SELECT max(step) FROM aggs a WHERE a.run_id = r.id) FROM runs r"

@@ -92,6 +92,10 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 		store_sql_error(&err, s->wdb, "writing aggregates");
 		ok = false;
 	}
+	if (ok && store_bytes_flush(s) < 0) {
+		store_sql_error(&err, s->wdb, "counting the runs' bytes");
+		ok = false;
+	}
 	if (ok && store_sql_exec(s->wdb, "COMMIT", &err) < 0)
 		ok = false;
 	if (!ok) {
@@ -100,6 +104,8 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
 		fail_all(group, 503, "the database could not commit; retry later");
 	}
+	if (!ok)
+		store_bytes_drop(s);
 	/* Failed: the cache may hold merges that never reached the disk. */
 	store_aggcache_end_group(&s->aggcache, !ok);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
