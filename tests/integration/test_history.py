@@ -942,6 +942,24 @@ class TestHistory(HistoryMixin, unittest.TestCase):
         st, body, _ = full.post_batch(RUN, dict(m.doc_at(255), worker="w9"))
         self.assertEqual(st, 200, body)
 
+    def test_09_bytes_are_the_stored_arrays(self):
+        """bytes is the sum of the run's blobs, after bucketing, EMAs and kept states."""
+        import sqlite3
+        for d in (self.d,):
+            hb = self.get_ok("/v1/runs/%s" % RUN, d)
+            con = sqlite3.connect("file:%s?mode=ro" % d.db, uri=True)
+            try:
+                (rid,) = con.execute("SELECT id FROM runs WHERE name = ?", (RUN,)).fetchone()
+                total = sum(con.execute("SELECT coalesce(sum(length(data)), 0) FROM %s"
+                                        " WHERE run_id = ?" % t, (rid,)).fetchone()[0]
+                            for t in ("aggs", "emas", "sim_states"))
+                kept = con.execute("SELECT count(*) FROM sim_states WHERE run_id = ?",
+                                   (rid,)).fetchone()[0]
+            finally:
+                con.close()
+            self.assertGreater(kept, 0, "no replay state kept")
+            self.assertEqual(hb["bytes"], total, "bytes against the rows' blobs")
+
     # 10 ------------------------------------------------------------------------
 
     def replies(self):
