@@ -30,6 +30,8 @@ CREATE TABLE sim_states (
 	PRIMARY KEY (run_id, domain_id, layer_id, momentum, step)
 );
 CREATE INDEX sim_states_by_layer_id ON sim_states (layer_id);
+-- a late upload drops the states at and after its step
+CREATE INDEX sim_states_by_step ON sim_states (run_id, domain_id, step);
 CREATE INDEX sim_states_by_domain_id ON sim_states (domain_id);
 
 -- A snapshot over bucketed history may use a wider window than was asked

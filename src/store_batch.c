@@ -277,6 +277,6 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording batch");
 	store_bytes_upload(s, run_id);
-	store_history_touch(s, run_id, domain_id);
+	store_history_touch(s, run_id, domain_id, late ? b->step : INT64_MAX);
 	return 0;
 }

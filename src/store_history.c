@@ -73,17 +73,21 @@ static int run_ints(sqlite3_stmt *st, const int64_t *a, int n)
 
 /* --- the pending (run, domain) pairs ------------------------------------------ */
 
-void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id)
+void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id, int64_t late_step)
 {
 	struct store_history_pair *p;
 	size_t i;
 
-	if (s->opt.history_full_steps <= 0)
-		return;
-	for (i = s->history.n; i > 0; i--)
-		if (s->history.pending[i - 1].run_id == run_id &&
-		    s->history.pending[i - 1].domain_id == domain_id)
+	if (s->opt.history_full_steps <= 0 && s->opt.n_sim_momenta == 0)
+		return; /* nothing to bucket, no replay state to keep */
+	for (i = s->history.n; i > 0; i--) {
+		p = &s->history.pending[i - 1];
+		if (p->run_id == run_id && p->domain_id == domain_id) {
+			if (late_step < p->late_floor)
+				p->late_floor = late_step;
 			return;
+		}
+	}
 	if (s->history.n == s->history.cap) {
 		size_t cap = s->history.cap ? 2 * s->history.cap : 64;
 
@@ -95,24 +99,43 @@ void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id)
 	}
 	s->history.pending[s->history.n].run_id = run_id;
 	s->history.pending[s->history.n].domain_id = domain_id;
+	s->history.pending[s->history.n].late_floor = late_step;
+	s->history.pending[s->history.n].not_before = 0;
 	s->history.n++;
 }
 
 static int touch_row(void *ctx, sqlite3_stmt *st)
 {
-	store_history_touch(ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
+	store_history_touch(ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), INT64_MAX);
 	return 0;
 }
 
 void store_history_touch_all(struct store *s)
 {
-	if (s->opt.history_full_steps > 0)
+	if (s->opt.history_full_steps > 0 || s->opt.n_sim_momenta > 0)
 		(void)store_sql_rows(s->wstmt[W_HIST_DOMAINS], touch_row, s);
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 bool store_history_due(const struct store *s)
 {
-	return s->history.n > 0;
+	int64_t now;
+	size_t i;
+
+	if (s->history.n == 0)
+		return false;
+	now = mono_ms();
+	for (i = 0; i < s->history.n; i++)
+		if (s->history.pending[i].not_before <= now)
+			return true;
+	return false;
 }
 
 int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id,
@@ -422,10 +445,13 @@ static int read_tier(void *ctx, sqlite3_stmt *st)
  * last one taken): the state of every kept momentum at each multiple of
  * STORE_HISTORY_CKPT_EVERY, once the domain is STORE_HISTORY_CKPT_EVERY steps past it,
  * so that a simulated EMA after a restart replays at most that many steps.
- * A late write deletes those at or after its step (store_batch.c).
+ * A late write deletes those at or after its step (store_batch.c); while
+ * late uploads keep coming (a backfill, a lagging worker), no checkpoint is
+ * taken at or above the lowest step they reached since the last pass, which
+ * the next one would delete again.
  */
 static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64_t latest,
-		       struct tiers *tiers, int *budget, bool dry)
+		       int64_t late_floor, struct tiers *tiers, int *budget, bool dry)
 {
 	int64_t from = -1;
 
@@ -446,6 +472,8 @@ static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64
 		at = (next.v + STORE_HISTORY_CKPT_EVERY - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY;
 		if (at > latest - STORE_HISTORY_CKPT_EVERY)
 			return 0;
+		if (at >= late_floor)
+			return 2; /* held back: look again once the late uploads stop */
 		if (dry)
 			return 1;
 		if (bucket_form(s, run_id, domain_id, 0, from, at) < 0)
@@ -468,8 +496,8 @@ static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64
  * Returns 1 when the budget ran out (more may be due), 0 when none is
  * left, or a negative errno. With dry, form none: 1 when one is due.
  */
-static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, int *budget,
-			  bool dry)
+static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id,
+			  int64_t late_floor, int *budget, bool dry)
 {
 	int64_t h = s->opt.history_full_steps, ids[2] = { run_id, domain_id };
 	struct tiers tiers;
@@ -486,7 +514,7 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 	sqlite3_bind_int64(st, 2, domain_id);
 	if (store_sql_rows(st, read_tier, &tiers) < 0)
 		return -EIO;
-	for (t = 1; t <= STORE_HISTORY_TIERS; t++) {
+	for (t = 1; h > 0 && t <= STORE_HISTORY_TIERS; t++) {
 		int64_t w = pow10_i64(t), limit;
 
 		/* Tier t takes the buckets ending at least t * h steps before the latest. */
@@ -526,32 +554,50 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 		if (*budget == 0)
 			return 1;
 	}
-	return checkpoints(s, run_id, domain_id, latest.v, &tiers, budget, dry);
+	return checkpoints(s, run_id, domain_id, latest.v, late_floor, &tiers, budget, dry);
 }
 
 void store_history_run(struct store *s)
 {
 	struct bn_error err;
 	int budget = HISTORY_BUDGET, formed;
-	size_t i = 0, kept = 0;
+	size_t i = 0, kept = 0, due = 0;
+	int64_t now;
 
 	/*
 	 * Most looks find nothing due (a bucket closes every 10 steps): find
 	 * out with plain reads, and take the write lock only for real work.
 	 */
+	now = mono_ms();
 	while (i < s->history.n) {
 		struct store_history_pair p = s->history.pending[i++];
-		int one = 1, rc = compact_domain(s, p.run_id, p.domain_id, &one, true);
+		int one = 1, rc;
 
+		if (p.not_before > now) {
+			s->history.pending[kept++] = p; /* held: not yet */
+			continue;
+		}
+		rc = compact_domain(s, p.run_id, p.domain_id, p.late_floor, &one, true);
 		if (rc < 0) {
 			s->history.n = 0;
 			return;
 		}
-		if (rc > 0)
+		if (rc == 2) {
+			/* only checkpoints above the late uploads are due: in a second, without the
+			 * floor, unless more late uploads come meanwhile */
+			p.late_floor = INT64_MAX;
+			p.not_before = now + 1000;
 			s->history.pending[kept++] = p;
+			continue;
+		}
+		if (rc > 0) {
+			p.not_before = 0;
+			s->history.pending[kept++] = p;
+			due++;
+		}
 	}
 	s->history.n = kept;
-	if (kept == 0)
+	if (due == 0)
 		return;
 	i = kept = 0;
 	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
@@ -560,12 +606,25 @@ void store_history_run(struct store *s)
 	}
 	while (i < s->history.n) {
 		struct store_history_pair p = s->history.pending[i++];
-		int rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, &budget, false) : 1;
+		int rc;
+
+		if (p.not_before > now) {
+			s->history.pending[kept++] = p;
+			continue;
+		}
+		rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, p.late_floor, &budget, false)
+				: 1;
 
 		if (rc < 0)
 			goto fail;
-		if (rc > 0)
+		if (rc == 2) {
+			p.late_floor = INT64_MAX;
+			p.not_before = now + 1000;
+			s->history.pending[kept++] = p;
+		} else if (rc > 0) {
+			p.late_floor = INT64_MAX; /* the next uploads say again how low they reach */
 			s->history.pending[kept++] = p; /* more to do: its turn again */
+		}
 	}
 	s->history.n = kept;
 	formed = HISTORY_BUDGET - budget;

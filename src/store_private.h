@@ -124,6 +124,10 @@ struct store_bytes_delta {
 /* A (run, domain) that may have buckets to form (store_history.c). */
 struct store_history_pair {
 	int64_t run_id, domain_id;
+	/* the lowest step a late upload reached since the last pass (INT64_MAX: none) */
+	int64_t late_floor;
+	/* checkpoints held back by late uploads: look again then (monotonic ms; 0: now) */
+	int64_t not_before;
 };
 
 /* The writer's aggregate cache (store_aggcache.c). */
@@ -361,8 +365,12 @@ int store_bytes_recount(struct store *s, int64_t run_id);
 
 /* --- store_history.c: bucketing old steps (writer thread) ----------------------- */
 
-/* (run, domain) received an upload: look at its history after the group. */
-void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id);
+/*
+ * (run, domain) received an upload, at step late_step when it landed below
+ * the run's newest step (else INT64_MAX): look at its history after the
+ * group.
+ */
+void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id, int64_t late_step);
 
 /* Look at every (run, domain) once (on start: a pass may have been cut short). */
 void store_history_touch_all(struct store *s);

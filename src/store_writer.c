@@ -147,7 +147,8 @@ static void *writer_main(void *arg)
 				pthread_mutex_lock(&s->queue.mu);
 				continue;
 			}
-			if (s->opt.retain_steps > 0 || s->opt.retain_runs_days > 0) {
+			if (s->opt.retain_steps > 0 || s->opt.retain_runs_days > 0 ||
+			    s->history.n > 0) {
 				struct timespec until;
 
 				clock_gettime(CLOCK_REALTIME, &until);
