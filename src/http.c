@@ -375,7 +375,14 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 	struct http_server *srv;
 	struct addrinfo hints, *ai = NULL;
 	const union MHD_DaemonInfo *info;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+	/*
+	 * poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon() (our
+	 * SIGTERM path) removes the listen socket from an epoll set while the
+	 * polling thread may do the same, and the loser of that race aborts the
+	 * process ("Failed to remove listen FD from epoll set"). With poll the
+	 * quiesce goes through the inter-thread channel.
+	 */
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	int rc;
 
