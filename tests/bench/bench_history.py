@@ -24,7 +24,7 @@ rows are small next to their keys).
 Usage:
   tests/bench/bench_history.py --bnstatd src/bnstatd [--steps 100000]
       [--layers 1] [--channels 32] [--workers 8] [--history-full-steps 5000]
-      [--conns 8]
+      [--conns 8] [--keep]
 """
 
 import argparse
@@ -140,6 +140,8 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--history-full-steps", type=int, default=5000)
     ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (database and log) and print it")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bnstat-bench-history-")
@@ -243,7 +245,10 @@ def main():
     per_step = (5 * 8 + args.workers * 2 * 8) * RESNET50_CHANNELS
     print("| every step kept, doubles (before bounded history) | %.1f |" % (
         per_step * args.steps / gb))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print("\nkept: %s" % tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
