@@ -12,14 +12,16 @@ machine noise moves:
   * the run's `bytes` (GET /v1/runs/{run}: its stored arrays) and the
     database file, per channel;
   * those per-channel figures scaled to a ResNet-50 run (26,560 channels)
-    of the same steps and workers.
+    of the same steps and workers: the pages of the tables that hold
+    arrays scale with the channels, the rest of the file (batch
+    identities, indexes) does not and is added as measured.
 
 The stored arrays are linear in the channel count (per entry: 5 doubles
 per channel for the aggregate, 2 floats per channel per worker EMA, 2
 doubles per channel per kept momentum at a bucket end), so the per-channel
-figure of a small shape is the one of a large one; the database file adds
-SQLite's page and index overhead, which a small shape overstates (its
-rows are small next to their keys).
+figure of a small shape is the one of a large one; the rows of larger
+layers (up to 2,048 channels, 80 KB) spill into overflow pages, which
+waste a little more than the 512-channel rows measured here.
 
 Usage:
   tests/bench/bench_history.py --bnstatd src/bnstatd [--steps 100000]
@@ -114,6 +116,25 @@ def proc_write_bytes(pid):
     return 0
 
 
+def file_split(db):
+    """(bytes of the pages of the tables holding arrays, bytes of every other page).
+
+    The array tables grow with the channel count; the rest (batch identities,
+    indexes, the schema, free pages) with the number of uploads and rows only.
+    Reads SQLite's dbstat table (Debian's SQLite has it).
+    """
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        total = con.execute("PRAGMA page_count").fetchone()[0] * \
+            con.execute("PRAGMA page_size").fetchone()[0]
+        arrays = con.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN"
+                             " ('aggs', 'emas', 'sim_states')").fetchone()[0]
+    finally:
+        con.close()
+    return arrays, total - arrays
+
+
 def tier_rows(steps, h):
     """Entries per layer the tier rule leaves for steps 1..steps (docs/API.md, "History")."""
     if h <= 0:
@@ -203,6 +224,7 @@ def main():
         proc.wait(timeout=60)
         files = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
                     if f.startswith("bench.db"))
+        array_pages, other_pages = file_split(db)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -225,6 +247,8 @@ def main():
     print("| database files after stop | %d |" % files)
     print("| run bytes per channel | %.0f |" % (run_bytes / ch))
     print("| database bytes per channel | %.0f |" % (files / ch))
+    print("| pages of the array tables (aggs, emas, sim_states) | %d |" % array_pages)
+    print("| every other page (identities, indexes, schema, free) | %d |" % other_pages)
     print("| run bytes per channel per entry | %.1f |" % (run_bytes / ch / entries))
     uploads = args.steps * args.workers
     mean_body = sum(body_bytes) / max(1, len(body_bytes))
@@ -240,8 +264,8 @@ def main():
     print("Scaled to ResNet-50 (%d channels), same steps and workers:\n" % RESNET50_CHANNELS)
     print("| measure | GB |\n|---|--:|")
     print("| stored arrays | %.1f |" % (run_bytes / ch * RESNET50_CHANNELS / gb))
-    print("| database file (small-row overhead included: an upper bound) | %.1f |" % (
-        files / ch * RESNET50_CHANNELS / gb))
+    print("| database file: array pages scaled, the rest as measured | %.1f |" % (
+        (array_pages / ch * RESNET50_CHANNELS + other_pages) / gb))
     per_step = (5 * 8 + args.workers * 2 * 8) * RESNET50_CHANNELS
     print("| every step kept, doubles (before bounded history) | %.1f |" % (
         per_step * args.steps / gb))
