@@ -6,7 +6,8 @@
  * (the writer thread, its queue, group commit), store_batch.c (applying an
  * upload), store_intern.c (names to ids), store_aggcache.c (the writer's
  * aggregate cache), store_snapshot.c, store_delete.c, store_retention.c,
- * store_history.c (bounded history: buckets, kept replay states),
+ * store_history.c (bounded history: buckets, kept replay states), store_bytes.c
+ * (each run's bytes),
  * store_checkpoint.c, store_read.c (the reader pool, lookups, windows),
  * store_runs.c (describing runs), store_layer.c (one layer across steps).
  *
