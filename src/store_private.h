@@ -6,8 +6,9 @@
  * Threads: everything under "the writer" below belongs to the writer
  * thread alone (store_writer.c and what it calls: store_batch.c,
  * store_snapshot.c's apply, store_delete.c, store_intern.c,
- * store_aggcache.c, store_retention.c, store_history.c, store_bytes.c); the queue, the checkpointer and the
- * reader pool each have their own mutex.
+ * store_aggcache.c, store_retention.c, store_history.c, store_bytes.c);
+ * the queue, the checkpointer and the reader pool each have their own
+ * mutex.
  */
 #ifndef BNSTAT_STORE_PRIVATE_H
 #define BNSTAT_STORE_PRIVATE_H
