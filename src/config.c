@@ -12,7 +12,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_type { T_STRING, T_OPTSTRING, T_UINT, T_SIZE, T_I64, T_LISTEN, T_LEVEL, T_SYNC, T_MOMENTA, T_MIB };
+enum opt_type {
+	T_STRING,
+	T_OPTSTRING,
+	T_UINT,
+	T_SIZE,
+	T_I64,
+	T_LISTEN,
+	T_LEVEL,
+	T_SYNC,
+	T_MOMENTA,
+	T_MIB
+};
 
 struct option_def {
 	const char *name;
@@ -146,7 +157,6 @@ bad:
 		where, v);
 }
 
-
 /* A comma list of momenta in (0, 1], or "none": the store's sim_momenta. */
 static int parse_momenta(struct store_options *o, const char *v, const char *where,
 			 struct bn_error *err)
@@ -164,11 +174,13 @@ static int parse_momenta(struct store_options *o, const char *v, const char *whe
 
 		errno = 0;
 		m = strtod(p, &end);
-		if (end == p || errno != 0 || !(m > 0.0 && m <= 1.0) || (*end != ',' && *end != '\0'))
-			return bn_error_set(err, 400, BN_E_INVALID, "sim-momenta",
-					    "%s: sim-momenta must be a comma list of numbers in (0, 1]"
-					    " or none, got \"%s\"",
-					    where, v);
+		if (end == p || errno != 0 || !(m > 0.0 && m <= 1.0) ||
+		    (*end != ',' && *end != '\0'))
+			return bn_error_set(
+				err, 400, BN_E_INVALID, "sim-momenta",
+				"%s: sim-momenta must be a comma list of numbers in (0, 1]"
+				" or none, got \"%s\"",
+				where, v);
 		if (n == STORE_SIM_MOMENTA_MAX)
 			return bn_error_set(err, 400, BN_E_INVALID, "sim-momenta",
 					    "%s: sim-momenta takes at most %d momenta", where,
@@ -430,7 +442,8 @@ void config_usage(const char *prog)
 			format_momenta(&d.store, def, sizeof(def));
 			break;
 		case T_MIB:
-			snprintf(def, sizeof(def), "%zu", *(const size_t *)(const void *)field >> 20);
+			snprintf(def, sizeof(def), "%zu",
+				 *(const size_t *)(const void *)field >> 20);
 			break;
 		}
 		printf("      --%-18s %s (default: %s)\n", o->name, o->help, def);

@@ -382,8 +382,8 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 	 * process ("Failed to remove listen FD from epoll set"). With poll the
 	 * quiesce goes through the inter-thread channel.
 	 */
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
+			 MHD_USE_ERROR_LOG;
 	int rc;
 
 	*out = NULL;

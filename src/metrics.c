@@ -187,7 +187,8 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 		      "# TYPE bnstat_run_last_step gauge\n",
 		      f);
 		fwrite(samples, 1, len, f);
-		fputs("# HELP bnstat_run_bytes Bytes of the statistics stored, per run (approximate).\n"
+		fputs("# HELP bnstat_run_bytes Bytes of the statistics stored, per run "
+		      "(approximate).\n"
 		      "# TYPE bnstat_run_bytes gauge\n",
 		      f);
 		fwrite(bytes, 1, bytes_len, f);

@@ -125,15 +125,15 @@ struct wrow {
 struct chunk {
 	struct drift *d;
 	const struct drift_layer *l;
-	size_t first, count;   /* entries [first, first + count) */
-	double *pmean, *pvar;  /* [count][channels]: the precise window at each entry */
-	bool *has_precise;     /* [count] */
-	struct wrow *q;	       /* the window's rows, oldest first: q[head..tail) */
+	size_t first, count;  /* entries [first, first + count) */
+	double *pmean, *pvar; /* [count][channels]: the precise window at each entry */
+	bool *has_precise;    /* [count] */
+	struct wrow *q;	      /* the window's rows, oldest first: q[head..tail) */
 	size_t head, tail, qcap;
-	double *row;	       /* [2 * channels] scratch */
-	double *ema;	       /* [2 * channels] scratch */
-	size_t lm;	       /* index of (layer, entry) metrics: layer * n */
-	int64_t ema_rowid;     /* worker EMA walk: the row picked for the current step */
+	double *row;	   /* [2 * channels] scratch */
+	double *ema;	   /* [2 * channels] scratch */
+	size_t lm;	   /* index of (layer, entry) metrics: layer * n */
+	int64_t ema_rowid; /* worker EMA walk: the row picked for the current step */
 	int64_t ema_step;
 	bool ema_have;
 };
@@ -295,7 +295,8 @@ static int ema_row(void *ctx, const struct store_row *row)
 		/* without worker=, the step's first worker by name, as /compare takes */
 		long idx = find_step(k->d, k->first, k->first + k->count, row->step);
 
-		if (idx < 0 || k->d->first[idx] == NULL || strcmp(k->d->first[idx], row->worker) != 0)
+		if (idx < 0 || k->d->first[idx] == NULL ||
+		    strcmp(k->d->first[idx], row->worker) != 0)
 			return 0;
 	}
 	if (ema_flush(k) < 0)
@@ -414,7 +415,8 @@ static int drift_json(struct drift *d, size_t stride, json_t *doc)
 		if (json_array_append_new(steps, json_integer(d->step[last])) < 0 ||
 		    json_array_append_new(res, json_integer(w)) < 0 ||
 		    (bounds != NULL &&
-		     json_array_append_new(bounds, num_or_null(group_max(d->bound, i, last, 1))) < 0))
+		     json_array_append_new(bounds, num_or_null(group_max(d->bound, i, last, 1))) <
+			     0))
 			goto done;
 	}
 	for (m = 0; m < N_METRICS; m++) {
@@ -425,8 +427,8 @@ static int drift_json(struct drift *d, size_t stride, json_t *doc)
 		for (i = 0; i < d->n; i += stride) {
 			size_t last = i + stride - 1 < d->n ? i + stride - 1 : d->n - 1;
 
-			if (json_array_append_new(
-				    a, num_or_null(group_max(mean_over + m, i, last, N_METRICS))) < 0)
+			if (json_array_append_new(a, num_or_null(group_max(mean_over + m, i, last,
+									   N_METRICS))) < 0)
 				goto done;
 		}
 	}
@@ -484,8 +486,8 @@ done:
 	return rc;
 }
 
-static int parse_opt(const char *name, const char *s, long long min, long long dflt,
-		     long long *out, struct bn_error *err)
+static int parse_opt(const char *name, const char *s, long long min, long long dflt, long long *out,
+		     struct bn_error *err)
 {
 	if (s == NULL) {
 		*out = dflt;
@@ -513,8 +515,8 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	    query_check_domain(domain, err) < 0)
 		return -EINVAL;
 	if (p->to != NULL && from > to)
-		return bn_error_set(err, 422, BN_E_INVALID, "from", "from (%lld) is after to (%lld)",
-				    from, to);
+		return bn_error_set(err, 422, BN_E_INVALID, "from",
+				    "from (%lld) is after to (%lld)", from, to);
 	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "ema",
 				    "ema must be \"worker\" or \"sim\"");
@@ -557,8 +559,8 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	qsort(d.layers, d.n_layers, sizeof(*d.layers), layer_cmp_id);
 	if (!d.sim && d.worker == NULL) {
 		d.first = calloc(d.n + 1, sizeof(*d.first));
-		rc = d.first ? store_ema_first_workers(r, d.run_id, d.domain_id, from, to, add_first,
-						       &d)
+		rc = d.first ? store_ema_first_workers(r, d.run_id, d.domain_id, from, to,
+						       add_first, &d)
 			     : -ENOMEM;
 		if (rc < 0) {
 			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);

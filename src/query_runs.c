@@ -76,12 +76,10 @@ static int append_layer(void *ctx, const struct store_item *it)
 
 static int append_domain(void *ctx, const struct store_item *it)
 {
-	json_t *o =
-		json_pack("{s:s, s:I, s:I, s:o}", "name", it->name, "batches",
-			  (json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps,
-			  "bucketed_through",
-			  it->domain.bucketed ? json_integer(it->domain.bucketed_through)
-					      : json_null());
+	json_t *o = json_pack(
+		"{s:s, s:I, s:I, s:o}", "name", it->name, "batches", (json_int_t)it->domain.batches,
+		"steps", (json_int_t)it->domain.steps, "bucketed_through",
+		it->domain.bucketed ? json_integer(it->domain.bucketed_through) : json_null());
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }

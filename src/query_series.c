@@ -52,9 +52,10 @@ static int series_row(void *ctx, const struct store_row *row)
 	struct series_walk *s = ctx;
 	struct series_point v = { .step = row->step, .n = row->n, .width = row->width };
 
-	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channel, 1, &v.mean) < 0 ||
-	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channels + s->channel, 1, &v.m2) <
-		    0)
+	if (store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channel, 1, &v.mean) <
+		    0 ||
+	    store_row_read(s->r, STORE_BLOB_AGG, row->rowid, s->channels, s->channels + s->channel,
+			   1, &v.m2) < 0)
 		return -EIO;
 	if (s->n > 0 && s->pts[s->n - 1].step == row->step) {
 		/* another domain at the same step (domain "*") */
@@ -196,7 +197,8 @@ static int ema_row(void *ctx, const struct store_row *row)
 	if (e->v->n > 0 && e->v->step[e->v->n - 1] == row->step)
 		return 0; /* the first worker by name already gave this step */
 	if (store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels, e->channel, 1, &m) < 0 ||
-	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels, e->channels + e->channel, 1, &var) < 0)
+	    store_row_read(e->r, STORE_BLOB_EMA, row->rowid, e->channels, e->channels + e->channel,
+			   1, &var) < 0)
 		return -EIO;
 	return step_values_add(e->v, row->step, m, var, 0.0);
 }
@@ -350,7 +352,8 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		stride = (long long)((walk.n - first_out + (size_t)points - 1) / (size_t)points);
 	/* Each point merges `stride` consecutive entries (the last one may hold fewer). */
 	for (i = first_out; i < walk.n; i += (size_t)stride) {
-		size_t last = i + (size_t)stride - 1 < walk.n ? i + (size_t)stride - 1 : walk.n - 1, k;
+		size_t last = i + (size_t)stride - 1 < walk.n ? i + (size_t)stride - 1 : walk.n - 1,
+		       k;
 		struct series_point batch = walk.pts[i];
 		const struct series_point *win = &precise[last];
 		double em, ev, eb, sm, sv, sb;

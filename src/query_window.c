@@ -186,8 +186,7 @@ int query_window_compute(struct store_reader *r, const struct query_window_req *
 			return bn_error_set(
 				err, 404, BN_E_NOT_FOUND, "layer",
 				"layer %s has no data in steps (%lld, %lld] of domain %s",
-				w->layers[j].name, (long long)lo, (long long)step,
-				q->domain);
+				w->layers[j].name, (long long)lo, (long long)step, q->domain);
 		}
 	}
 	if (with_data == 0)

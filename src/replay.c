@@ -58,10 +58,10 @@ static int walk_flush(struct walk *w)
 		 * statistics, which the bound then accounts for.
 		 */
 		int64_t at, applied;
-		int rc = store_sim_state_read(w->r, w->key.run_id, w->key.domain_id,
-					      w->key.layer_id, a, w->cur_step, false,
-					      w->key.channels, w->first, w->width, w->rmean,
-					      w->rvar, &at, &applied);
+		int rc =
+			store_sim_state_read(w->r, w->key.run_id, w->key.domain_id, w->key.layer_id,
+					     a, w->cur_step, false, w->key.channels, w->first,
+					     w->width, w->rmean, w->rvar, &at, &applied);
 
 		w->pending_bucket = false;
 		if (rc == 0) {
@@ -72,8 +72,7 @@ static int walk_flush(struct walk *w)
 		if (rc != -ENOENT)
 			return rc;
 		for (i = 0; i < w->width; i++)
-			stats_ema_step(a, w->xn, w->xmean[i], w->xm2[i], &w->rmean[i],
-				       &w->rvar[i]);
+			stats_ema_step(a, w->xn, w->xmean[i], w->xm2[i], &w->rmean[i], &w->rvar[i]);
 		w->applied++;
 		w->bound = 1.0;
 		goto applied;
@@ -128,7 +127,8 @@ static int walk_row(void *ctx, const struct store_row *row)
 	}
 	/* The blob holds mean[channels] then m2[channels] first. */
 	if (store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels, w->first, w->width, m) < 0 ||
-	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels, channels + w->first, w->width, m2) < 0)
+	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels, channels + w->first,
+			   w->width, m2) < 0)
 		return -EIO;
 	if (row->width > 1)
 		w->pending_bucket = true;

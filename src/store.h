@@ -52,7 +52,8 @@ struct store_options {
 	size_t group_max;     /* batches per transaction at most (default 512) */
 	bool sync_full;	      /* PRAGMA synchronous=FULL (default) instead of NORMAL */
 	int64_t retain_steps; /* keep per-step statistics of the last N steps per run; 0: all */
-	/* steps per domain kept per step before older ones go to buckets (default 5000; 0: never) */
+	/* steps per domain kept per step before older ones go to buckets (default 5000; 0: never)
+	 */
 	int64_t history_full_steps;
 	/* momenta whose replay state is kept at bucket ends (default 0.3 ... 0.001) */
 	double sim_momenta[STORE_SIM_MOMENTA_MAX];

@@ -110,7 +110,8 @@ void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id, int
 
 static int touch_row(void *ctx, sqlite3_stmt *st)
 {
-	store_history_touch(ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), INT64_MAX);
+	store_history_touch(ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+			    INT64_MAX);
 	return 0;
 }
 
@@ -142,8 +143,8 @@ bool store_history_due(const struct store *s)
 	return false;
 }
 
-int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id,
-				   bool *have, int64_t *step)
+int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id, bool *have,
+				   int64_t *step)
 {
 	struct opt_i64 o;
 	int64_t a[2] = { run_id, domain_id };
@@ -359,7 +360,8 @@ static int bucket_write(struct bucket *b)
 			sqlite3_bind_int64(st, 6, l->agg.k);
 			sqlite3_bind_int64(st, 7, l->agg.nbs_min);
 			sqlite3_bind_int64(st, 8, l->agg.nbs_max);
-			sqlite3_bind_blob(st, 9, l->agg.mean, (int)(STATS_AGG_ARRAYS * c * sizeof(double)),
+			sqlite3_bind_blob(st, 9, l->agg.mean,
+					  (int)(STATS_AGG_ARRAYS * c * sizeof(double)),
 					  SQLITE_STATIC);
 			sqlite3_bind_int64(st, 10, b->end - b->lo);
 			if (store_sql_run(st) < 0)
@@ -473,7 +475,8 @@ static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64
 			return -EIO;
 		if (!next.have || next.v > INT64_MAX - STORE_HISTORY_CKPT_EVERY)
 			return 0;
-		at = (next.v + STORE_HISTORY_CKPT_EVERY - 1) / STORE_HISTORY_CKPT_EVERY * STORE_HISTORY_CKPT_EVERY;
+		at = (next.v + STORE_HISTORY_CKPT_EVERY - 1) / STORE_HISTORY_CKPT_EVERY *
+		     STORE_HISTORY_CKPT_EVERY;
 		if (at > latest - STORE_HISTORY_CKPT_EVERY)
 			return 0;
 		if (at >= late_floor)
@@ -500,8 +503,8 @@ static int checkpoints(struct store *s, int64_t run_id, int64_t domain_id, int64
  * Returns 1 when the budget ran out (more may be due), 0 when none is
  * left, or a negative errno. With dry, form none: 1 when one is due.
  */
-static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id,
-			  int64_t late_floor, int *budget, bool dry)
+static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, int64_t late_floor,
+			  int *budget, bool dry)
 {
 	int64_t h = s->opt.history_full_steps, ids[2] = { run_id, domain_id };
 	struct tiers tiers;
@@ -616,7 +619,8 @@ void store_history_run(struct store *s)
 			s->history.pending[kept++] = p;
 			continue;
 		}
-		rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, p.late_floor, &budget, false)
+		rc = budget > 0 ? compact_domain(s, p.run_id, p.domain_id, p.late_floor, &budget,
+						 false)
 				: 1;
 
 		if (rc < 0)
@@ -626,7 +630,8 @@ void store_history_run(struct store *s)
 			p.not_before = now + 1000;
 			s->history.pending[kept++] = p;
 		} else if (rc > 0) {
-			p.late_floor = INT64_MAX; /* the next uploads say again how low they reach */
+			p.late_floor =
+				INT64_MAX; /* the next uploads say again how low they reach */
 			s->history.pending[kept++] = p; /* more to do: its turn again */
 		}
 	}

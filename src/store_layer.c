@@ -81,12 +81,13 @@ int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx)
 {
 	const char *sql =
-		domain_id < 0 ? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-				" WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
-				" AND ?2 < 0 ORDER BY step, domain_id"
-			      : "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-				" WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
-				" AND step > ?4 AND step <= ?5 ORDER BY step";
+		domain_id < 0
+			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
+			  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
+			  " AND ?2 < 0 ORDER BY step, domain_id"
+			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
+			  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+			  " AND step > ?4 AND step <= ?5 ORDER BY step";
 
 	return layer_rows(r, sql, read_agg_row, run_id, domain_id, layer_id, step_lo, step_hi, NULL,
 			  fn, ctx);
@@ -133,7 +134,8 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 		float f[64];
 
 		for (i = 0; i < n; i += sizeof(f) / sizeof(f[0])) {
-			size_t k, m = n - i < sizeof(f) / sizeof(f[0]) ? n - i : sizeof(f) / sizeof(f[0]);
+			size_t k, m = n - i < sizeof(f) / sizeof(f[0]) ? n - i
+								       : sizeof(f) / sizeof(f[0]);
 
 			if (sqlite3_blob_read(*blob, f, (int)(m * sizeof(float)),
 					      (int)((first + i) * sizeof(float))) != SQLITE_OK)
@@ -181,15 +183,15 @@ int store_sim_state_read(struct store_reader *r, int64_t run_id, int64_t domain_
 
 	if (domain_id < 0)
 		return -ENOENT; /* kept per domain only */
-	if (store_sql_prepare(r->db,
-			      at_or_before
-				      ? "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
-					" AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
-					" AND step <= ?5 ORDER BY step DESC LIMIT 1"
-				      : "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
-					" AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
-					" AND step = ?5",
-			      &st) < 0)
+	if (store_sql_prepare(
+		    r->db,
+		    at_or_before ? "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
+				   " AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
+				   " AND step <= ?5 ORDER BY step DESC LIMIT 1"
+				 : "SELECT step, applied, data FROM sim_states WHERE run_id = ?1"
+				   " AND domain_id = ?2 AND layer_id = ?3 AND momentum = ?4"
+				   " AND step = ?5",
+		    &st) < 0)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);

@@ -386,8 +386,8 @@ void store_history_run(struct store *s);
  * The last step of the domain merged into a bucket (every step <= it is):
  * 0 with *have false when none, or -EIO.
  */
-int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id,
-				   bool *have, int64_t *step);
+int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id, bool *have,
+				   int64_t *step);
 
 /* --- store_checkpoint.c ------------------------------------------------------ */
 

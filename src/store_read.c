@@ -139,14 +139,14 @@ int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain
 	sqlite3_stmt *st;
 	int rc;
 
-	if (store_sql_prepare(r->db,
-			      domain_id < 0
-				      ? "SELECT step, max(width) FROM aggs WHERE run_id = ?1 AND ?2 < 0"
-					" AND step >= ?3 AND step <= ?4 GROUP BY step ORDER BY step"
-				      : "SELECT step, max(width) FROM aggs WHERE run_id = ?1"
-					" AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
-					" GROUP BY step ORDER BY step",
-			      &st) < 0)
+	if (store_sql_prepare(
+		    r->db,
+		    domain_id < 0 ? "SELECT step, max(width) FROM aggs WHERE run_id = ?1 AND ?2 < 0"
+				    " AND step >= ?3 AND step <= ?4 GROUP BY step ORDER BY step"
+				  : "SELECT step, max(width) FROM aggs WHERE run_id = ?1"
+				    " AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
+				    " GROUP BY step ORDER BY step",
+		    &st) < 0)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
 	sqlite3_bind_int64(st, 2, domain_id);

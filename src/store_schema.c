@@ -86,7 +86,8 @@ static const char *const wstmt_sql[W_COUNT] = {
 	[W_HIST_GET] = "SELECT tier, done FROM history WHERE run_id = ?1 AND domain_id = ?2",
 	[W_HIST_PUT] = "INSERT INTO history (run_id, domain_id, tier, done) VALUES (?1, ?2, ?3, ?4)"
 		       " ON CONFLICT (run_id, domain_id, tier) DO UPDATE SET done = excluded.done",
-	[W_HIST_DONE1] = "SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2 AND tier = 1",
+	[W_HIST_DONE1] =
+		"SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2 AND tier = 1",
 	[W_HIST_DOMAINS] = "SELECT run_id, id FROM domains ORDER BY run_id, id",
 	[W_HIST_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2",
 	[W_HIST_NEXT_STEP] = "SELECT min(step) FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
@@ -96,8 +97,9 @@ static const char *const wstmt_sql[W_COUNT] = {
 			" ORDER BY layer_id, step",
 	[W_HIST_AGGS_DEL] = "DELETE FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
 			    " AND step > ?3 AND step <= ?4",
-	[W_HIST_AGG_INS] = "INSERT INTO aggs (run_id, domain_id, step, layer_id, n, k, nbs_min,"
-			   " nbs_max, data, width) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+	[W_HIST_AGG_INS] =
+		"INSERT INTO aggs (run_id, domain_id, step, layer_id, n, k, nbs_min,"
+		" nbs_max, data, width) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
 	/* per layer and worker, only the last EMA of the bucket stays, moved to its end */
 	[W_HIST_EMAS_DEL] = "DELETE FROM emas WHERE run_id = ?1 AND domain_id = ?2"
 			    " AND step > ?3 AND step <= ?4 AND step < (SELECT max(e.step)"

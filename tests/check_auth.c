@@ -280,20 +280,13 @@ static const struct {
 	unsigned need;
 	const char *role; /* in the 403's message */
 } policy[] = {
-	{ HTTP_HEALTHZ, AUTH_NONE, NULL },
-	{ HTTP_METRICS, AUTH_READ, "read" },
-	{ HTTP_RUNS, AUTH_READ, "read" },
-	{ HTTP_RUN, AUTH_READ, "read" },
-	{ HTTP_RUN_DELETE, AUTH_ADMIN, "admin" },
-	{ HTTP_BATCHES, AUTH_INGEST, "ingest" },
-	{ HTTP_STATS, AUTH_READ, "read" },
-	{ HTTP_COMPARE, AUTH_READ, "read" },
-	{ HTTP_SERIES, AUTH_READ, "read" },
-	{ HTTP_DRIFT, AUTH_READ, "read" },
-	{ HTTP_DOMAINS, AUTH_READ, "read" },
-	{ HTTP_SHIFT, AUTH_READ, "read" },
-	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },
-	{ HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
+	{ HTTP_HEALTHZ, AUTH_NONE, NULL },	  { HTTP_METRICS, AUTH_READ, "read" },
+	{ HTTP_RUNS, AUTH_READ, "read" },	  { HTTP_RUN, AUTH_READ, "read" },
+	{ HTTP_RUN_DELETE, AUTH_ADMIN, "admin" }, { HTTP_BATCHES, AUTH_INGEST, "ingest" },
+	{ HTTP_STATS, AUTH_READ, "read" },	  { HTTP_COMPARE, AUTH_READ, "read" },
+	{ HTTP_SERIES, AUTH_READ, "read" },	  { HTTP_DRIFT, AUTH_READ, "read" },
+	{ HTTP_DOMAINS, AUTH_READ, "read" },	  { HTTP_SHIFT, AUTH_READ, "read" },
+	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
 	{ HTTP_SNAPSHOT, AUTH_READ, "read" },
 };
 

@@ -139,8 +139,10 @@ START_TEST(test_gauges_and_runs)
 	/* the bytes per run, a family of its own after the last steps */
 	ck_assert(sample(text, "bnstat_run_bytes{run=\"a\"}") == 123456);
 	ck_assert(sample(text, "bnstat_run_bytes{run=\"b\\\"q\\\\z\\nx\"}") == 8);
-	ck_assert(strstr(text, "# TYPE bnstat_run_bytes gauge") < strstr(text, "bnstat_run_bytes{"));
-	ck_assert(strstr(text, "bnstat_run_last_step{run=\"b") < strstr(text, "# TYPE bnstat_run_bytes"));
+	ck_assert(strstr(text, "# TYPE bnstat_run_bytes gauge") <
+		  strstr(text, "bnstat_run_bytes{"));
+	ck_assert(strstr(text, "bnstat_run_last_step{run=\"b") <
+		  strstr(text, "# TYPE bnstat_run_bytes"));
 	free(text);
 }
 END_TEST

@@ -38,8 +38,8 @@ static void wait_kept_state(struct store *s, double a, int64_t step)
 		ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
 		store_read_begin(r);
 		ids = lookup_ids(r);
-		rc = store_sim_state_read(r, ids.run, ids.dom[0], ids.layer[0], a, step, false, C, 0,
-					  C, m, v, &at, &applied);
+		rc = store_sim_state_read(r, ids.run, ids.dom[0], ids.layer[0], a, step, false, C,
+					  0, C, m, v, &at, &applied);
 		store_read_end(r);
 		store_reader_put(s, r);
 		if (rc == 0)

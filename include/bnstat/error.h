@@ -17,23 +17,23 @@
 #define BN_ERROR_PATH_MAX 384
 
 /* Machine-readable codes used in replies (the "code" field). */
-#define BN_E_MALFORMED "malformed_json"	    /* 400: not JSON, truncated, NaN literal */
-#define BN_E_TYPE "wrong_type"		    /* 400: a field of the wrong JSON type */
-#define BN_E_MISSING "missing_field"	    /* 400: a required field is absent */
-#define BN_E_INVALID "invalid_value"	    /* 422: well-typed but not acceptable */
-#define BN_E_PARAMETER "invalid_parameter"  /* 400: a query parameter that does not parse */
-#define BN_E_NAME "invalid_name"	    /* 400: a NUL (%00) byte in the path */
-#define BN_E_LIMIT "limit_exceeded"	    /* 422: too many layers/channels */
-#define BN_E_CONFLICT "conflict"	    /* 409 */
+#define BN_E_MALFORMED "malformed_json"	     /* 400: not JSON, truncated, NaN literal */
+#define BN_E_TYPE "wrong_type"		     /* 400: a field of the wrong JSON type */
+#define BN_E_MISSING "missing_field"	     /* 400: a required field is absent */
+#define BN_E_INVALID "invalid_value"	     /* 422: well-typed but not acceptable */
+#define BN_E_PARAMETER "invalid_parameter"   /* 400: a query parameter that does not parse */
+#define BN_E_NAME "invalid_name"	     /* 400: a NUL (%00) byte in the path */
+#define BN_E_LIMIT "limit_exceeded"	     /* 422: too many layers/channels */
+#define BN_E_CONFLICT "conflict"	     /* 409 */
 #define BN_E_STEP_COMPACTED "step_compacted" /* 409: a new batch for a bucketed step */
-#define BN_E_NOT_FOUND "not_found"	    /* 404 */
-#define BN_E_TOO_LARGE "payload_too_large"  /* 413 */
-#define BN_E_METHOD "method_not_allowed"    /* 405 */
-#define BN_E_MEDIA "unsupported_media_type" /* 415 */
-#define BN_E_UNAVAILABLE "unavailable"	    /* 503 */
-#define BN_E_UNAUTHORIZED "unauthorized"    /* 401: no or unknown bearer token */
-#define BN_E_FORBIDDEN "forbidden"	    /* 403: the token's role does not allow it */
-#define BN_E_INTERNAL "internal"	    /* 500 */
+#define BN_E_NOT_FOUND "not_found"	     /* 404 */
+#define BN_E_TOO_LARGE "payload_too_large"   /* 413 */
+#define BN_E_METHOD "method_not_allowed"     /* 405 */
+#define BN_E_MEDIA "unsupported_media_type"  /* 415 */
+#define BN_E_UNAVAILABLE "unavailable"	     /* 503 */
+#define BN_E_UNAUTHORIZED "unauthorized"     /* 401: no or unknown bearer token */
+#define BN_E_FORBIDDEN "forbidden"	     /* 403: the token's role does not allow it */
+#define BN_E_INTERNAL "internal"	     /* 500 */
 
 struct bn_error {
 	int status;			    /* HTTP status, 0 when unset */
