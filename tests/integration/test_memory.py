@@ -14,6 +14,7 @@ import base64
 import os
 import socket
 import struct
+import threading
 import time
 import unittest
 
@@ -71,17 +72,27 @@ class TestOpenStepsBudget(TestCaseMixin, unittest.TestCase):
         self.assertEqual(st, 200, body)
         base_kb = vm_kb(d.proc.pid, "VmRSS")
         socks, body_len = [], 0
-        lock = WriteLock(d.db)
-        locked_at = time.monotonic()
+        # the write lock lives on a thread of its own, held at most 5 s: the
+        # writer's busy timeout is 10 s, and sending 1,000 uploads may take
+        # longer than that on a slow (sanitizer) build
+        locked, done = threading.Event(), threading.Event()
+
+        def hold():
+            lock = WriteLock(d.db)
+            locked.set()
+            done.wait(5.0)
+            lock.release()
+        holder = threading.Thread(target=hold)
+        holder.start()
         try:
+            self.assertTrue(locked.wait(10), "could not take the write lock")
             for k in range(RUNS):
                 data, body_len = upload_bytes("run%04d" % k, k)
                 s = socket.create_connection((HOST, d.port), timeout=60)
                 s.sendall(data)
                 socks.append(s)
-            # until every upload is decoded and queued at the writer, or (on a
-            # slow machine) 8 s: the writer's busy timeout is 10 s
-            while time.monotonic() - locked_at < 8:
+            # until every upload is decoded and queued at the writer, or the lock is gone
+            while holder.is_alive():
                 st, text, _ = d.get_raw("/metrics")
                 depth = [l for l in text.decode().splitlines()
                          if l.startswith("bnstat_queue_depth ")]
@@ -89,7 +100,8 @@ class TestOpenStepsBudget(TestCaseMixin, unittest.TestCase):
                     break
                 time.sleep(0.05)
         finally:
-            lock.release()
+            done.set()
+            holder.join()
         replies = []
         for s in socks:
             chunks = []
