@@ -73,6 +73,10 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 				    MAX_LAYER_PARAMS);
 	p->step = arg(rq, "step");
 	p->window = arg(rq, "window");
+	p->min_batches = arg(rq, "min_batches");
+	p->target_se = arg(rq, "target_se");
+	p->prior = arg(rq, "prior");
+	p->prior_weight = arg(rq, "prior_weight");
 	p->domain = arg(rq, "domain");
 	p->estimator = arg(rq, "estimator");
 	p->ema = arg(rq, "ema");

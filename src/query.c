@@ -226,3 +226,42 @@ int query_parse_momentum(const char *s, double *out, struct bn_error *err)
 	*out = v;
 	return 0;
 }
+
+int query_parse_target_se(const char *s, double *out, struct bn_error *err)
+{
+	double v;
+	int rc;
+
+	if (s == NULL) {
+		*out = QUERY_TARGET_SE;
+		return 0;
+	}
+	rc = query_parse_number("target_se", s, &v, err);
+	if (rc < 0)
+		return rc;
+	if (!(v > 0.0))
+		return bn_error_set(err, 422, BN_E_INVALID, "target_se",
+				    "target_se is a standard error in units of sigma: > 0, got %s",
+				    s);
+	*out = v;
+	return 0;
+}
+
+/* A count that may exceed what a JSON integer holds exactly: a number then. */
+static json_t *json_count(double v)
+{
+	return v < 9007199254740992.0 ? json_integer((json_int_t)v) : query_json_num(v);
+}
+
+int query_precision_json(json_t *o, const struct stats_agg *a, double target_se)
+{
+	double noise, mean_se, batches_for;
+	bool have = stats_batch_noise(a, &noise) == 0 &&
+		    stats_precision(a, target_se, &mean_se, &batches_for) == 0;
+
+	if (json_object_set_new(o, "batch_noise", have ? query_json_num(noise) : json_null()) < 0 ||
+	    json_object_set_new(o, "mean_se", have ? query_json_num(mean_se) : json_null()) < 0 ||
+	    json_object_set_new(o, "batches_for", have ? json_count(batches_for) : json_null()) < 0)
+		return -ENOMEM;
+	return 0;
+}

@@ -38,6 +38,10 @@ struct replay_cache;
 struct query_params {
 	const char *step;
 	const char *window;
+	const char *min_batches; /* with window=auto */
+	const char *target_se;	 /* precision: batches_for's goal */
+	const char *prior;	 /* stats: BN-adapt's source domain */
+	const char *prior_weight;
 	const char *domain;
 	const char *estimator;
 	const char *ema; /* compare: worker | sim */

@@ -78,6 +78,17 @@ static json_t *compare_acc_overall(const struct compare_acc *acc)
 	return compare_json(&all);
 }
 
+/* The precise side's batches and precision, into layer l's metrics object. */
+static int compare_precision(struct compare_acc *acc, const struct query_layer_acc *l,
+			     double target_se)
+{
+	json_t *o = json_object_get(acc->layers, l->name);
+
+	if (o == NULL || json_object_set_new(o, "batches", json_integer(l->agg.k)) < 0)
+		return -ENOMEM;
+	return query_precision_json(o, &l->agg, target_se);
+}
+
 static void compare_acc_free(struct compare_acc *acc)
 {
 	json_decref(acc->layers);
@@ -127,7 +138,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct compare_acc acc = { 0 };
 	char worker[INGEST_NAME_MAX + 1] = "";
-	double momentum = 0.1, *buf = NULL, bound = 0.0;
+	double momentum = 0.1, *buf = NULL, bound = 0.0, target_se;
 	bool sim;
 	int64_t step = 0, run_id, domain_id = -1;
 	size_t j, cap = 0;
@@ -135,7 +146,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 
 	*out = NULL;
 	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
-	    query_window_parse(p, &q, err) < 0)
+	    query_window_parse(p, &q, err) < 0 ||
+	    query_parse_target_se(p->target_se, &target_se, err) < 0)
 		return -EINVAL;
 	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "ema",
@@ -224,7 +236,8 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 				continue; /* this worker sent no EMA for this layer */
 		}
 		stats_compare(c, ema_mean, ema_var, prec_mean, prec_var, &cmp);
-		if (compare_acc_add(&acc, l->name, &cmp) < 0) {
+		if (compare_acc_add(&acc, l->name, &cmp) < 0 ||
+		    compare_precision(&acc, l, target_se) < 0) {
 			rc = query_oom(err);
 			goto done;
 		}
@@ -241,6 +254,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			 query_estimator_name(est), "ema", sim ? "sim" : "worker", "layers",
 			 acc.layers, "overall", compare_acc_overall(&acc));
 	if (*out != NULL) {
+		json_object_set_new(*out, "target_se", json_real(target_se));
 		if (sim) {
 			json_object_set_new(*out, "momentum", json_real(momentum));
 			json_object_set_new(*out, "sim_error_bound", json_real(bound));

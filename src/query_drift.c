@@ -38,6 +38,9 @@ struct drift {
 	struct store_reader *r;
 	struct replay_cache *cache;
 	int64_t run_id, domain_id, window;
+	bool window_auto; /* window=auto: each entry's window from autow */
+	int64_t min_batches;
+	struct query_auto autow;
 	bool sim;
 	double momentum;
 	const char *worker; /* NULL: the first by name at each step */
@@ -114,6 +117,12 @@ static long find_step(const struct drift *d, size_t lo, size_t hi, int64_t step)
 	return lo < d->n && d->step[lo] == step ? (long)lo : -1;
 }
 
+/* The exclusive low end of the precise window ending at `step`. */
+static int64_t window_low(const struct drift *d, int64_t step)
+{
+	return d->window_auto ? query_auto_low(&d->autow, step) : step - d->window;
+}
+
 /* --- one layer, one chunk ------------------------------------------------------- */
 
 /* A row of the window: pooled over domains at one step. */
@@ -180,7 +189,9 @@ static void window_close(struct chunk *k)
 	struct wrow *top = &k->q[k->tail - 1];
 	long idx;
 
-	while (k->q[k->head].step <= top->step - k->d->window)
+	int64_t low = window_low(k->d, top->step);
+
+	while (k->q[k->head].step <= low)
 		k->head++;
 	idx = find_step(k->d, k->first, k->first + k->count, top->step);
 	if (idx >= 0)
@@ -337,8 +348,8 @@ static int layer_chunk(struct drift *d, size_t li, size_t first, size_t count)
 	k.pvar = k.pmean + count * c;
 	k.ema = k.row + 2 * c;
 	/* lo - window cannot overflow: lo >= 0 and window >= 1 */
-	rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, lo - d->window, hi, window_row,
-			      &k);
+	rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, window_low(d, lo), hi,
+			      window_row, &k);
 	if (rc == 0 && k.tail > k.head)
 		window_close(&k);
 	if (rc == 0 && d->sim)
@@ -501,7 +512,8 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 {
 	const char *domain = p->domain ? p->domain : "default";
 	struct drift d = { .r = r, .cache = cache, .domain_id = -1, .momentum = 0.1 };
-	long long from, to, window, points;
+	long long from, to, points;
+	int64_t window;
 	size_t li, i, stride = 1;
 	json_t *doc = NULL;
 	int64_t latest;
@@ -510,7 +522,8 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	*out = NULL;
 	if (parse_opt("from", p->from, 0, 0, &from, err) < 0 ||
 	    parse_opt("to", p->to, 0, -1, &to, err) < 0 ||
-	    parse_opt("window", p->window, 1, 1, &window, err) < 0 ||
+	    query_window_parse_width(p->window, p->min_batches, &window, &d.window_auto,
+				     &d.min_batches, err) < 0 ||
 	    parse_opt("points", p->points, 1, 500, &points, err) < 0 ||
 	    query_check_domain(domain, err) < 0)
 		return -EINVAL;
@@ -557,6 +570,14 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 		goto done;
 	}
 	qsort(d.layers, d.n_layers, sizeof(*d.layers), layer_cmp_id);
+	if (d.window_auto && d.n > 0) {
+		rc = query_auto_build(r, d.run_id, d.domain_id, d.step[0], d.step[d.n - 1],
+				      d.min_batches, &d.autow);
+		if (rc < 0) {
+			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+			goto done;
+		}
+	}
 	if (!d.sim && d.worker == NULL) {
 		d.first = calloc(d.n + 1, sizeof(*d.first));
 		rc = d.first ? store_ema_first_workers(r, d.run_id, d.domain_id, from, to,
@@ -585,9 +606,12 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 		}
 	if ((size_t)points < d.n)
 		stride = (d.n + (size_t)points - 1) / (size_t)points;
-	doc = json_pack("{s:s, s:s, s:s, s:I, s:I}", "run", run, "domain", domain, "ema",
-			d.sim ? "sim" : "worker", "window", (json_int_t)window, "stride",
+	doc = json_pack("{s:s, s:s, s:s, s:o, s:I}", "run", run, "domain", domain, "ema",
+			d.sim ? "sim" : "worker", "window",
+			d.window_auto ? json_string("auto") : json_integer(window), "stride",
 			(json_int_t)stride);
+	if (doc != NULL && d.window_auto)
+		json_object_set_new(doc, "min_batches", json_integer(d.min_batches));
 	if (doc == NULL || drift_json(&d, stride, doc) < 0) {
 		rc = query_oom(err);
 		goto done;
@@ -612,5 +636,6 @@ done:
 	for (i = 0; d.first != NULL && i < d.n; i++)
 		free(d.first[i]);
 	free(d.first);
+	query_auto_free(&d.autow);
 	return rc;
 }

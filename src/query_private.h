@@ -80,6 +80,20 @@ int query_check_domain(const char *domain, struct bn_error *err);
  */
 int query_parse_momentum(const char *s, double *out, struct bn_error *err);
 
+/*
+ * The target_se parameter s (NULL: QUERY_TARGET_SE) in *out: 0, or a 400
+ * (not a number) or 422 (not > 0) naming it in *err.
+ */
+#define QUERY_TARGET_SE 0.01
+int query_parse_target_se(const char *s, double *out, struct bn_error *err);
+
+/*
+ * Set "batch_noise", "mean_se" and "batches_for" of the layer object o from
+ * the merged aggregate a (nulls with fewer than two batches; docs/API.md,
+ * "Precision"). Returns 0 or -ENOMEM.
+ */
+int query_precision_json(json_t *o, const struct stats_agg *a, double target_se);
+
 /* --- the precise window (query_window.c) ----------------------------------- */
 
 /* One layer being merged over a window. */
@@ -99,6 +113,8 @@ struct query_window {
 	/* the window used (whole stored entries), the one asked for, and the width
 	 * in steps of the entry at its oldest end (docs/API.md, "History") */
 	int64_t window, requested_window, resolution;
+	bool window_auto; /* window=auto: requested_window is what auto chose */
+	int64_t min_batches;
 };
 
 /* A precise-estimate request, with parameters already parsed. */
@@ -108,6 +124,8 @@ struct query_window_req {
 	bool has_step;
 	int64_t step;
 	int64_t window;
+	bool window_auto;	   /* window=auto: the smallest window of min_batches */
+	int64_t min_batches;	   /* with window_auto */
 	const char *const *layers; /* filter, n_layers names; none: every layer */
 	size_t n_layers;
 };
@@ -136,6 +154,52 @@ int query_window_compute(struct store_reader *r, const struct query_window_req *
 			 struct query_window *w, int64_t *step_out, struct bn_error *err);
 
 /*
+ * Parse the `window` parameter s (NULL: absent, window 1) and its
+ * `min_batches` into *window or, for "auto", *window_auto and *min_batches
+ * (default QUERY_MIN_BATCHES). Returns 0, or a negative errno with a 400/422
+ * naming the parameter in *err (min_batches without window=auto is a 400).
+ */
+#define QUERY_MIN_BATCHES 100
+int query_window_parse_width(const char *s, const char *min_batches, int64_t *window,
+			     bool *window_auto, int64_t *min_batches_out, struct bn_error *err);
+
+/*
+ * window=auto at one step (docs/API.md, "window=auto"): *window receives
+ * the smallest window ending at step holding at least min_batches batches
+ * of the domain (domain_id < 0: every domain), whole stored entries, or all
+ * the history up to step when it holds fewer (1 when it holds none). Inside
+ * the caller's read transaction. Returns 0 or a negative errno.
+ */
+int query_auto_window(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
+		      int64_t min_batches, int64_t *window);
+
+/*
+ * window=auto at every stored entry of [lo, hi], for the sliding windows of
+ * series and drift: built by query_auto_build(), asked with query_auto_low().
+ */
+struct query_auto {
+	int64_t *step, *low; /* [n]: an entry, and its window's exclusive low end */
+	size_t n;
+	int64_t first_low; /* the low end at lo: the oldest step any window needs */
+};
+
+/*
+ * Fill *a (zeroed by the caller) for the entries of [lo, hi] of the domain.
+ * Inside the caller's read transaction. Returns 0 or a negative errno;
+ * a is released with query_auto_free() whatever the outcome.
+ */
+int query_auto_build(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+		     int64_t hi, int64_t min_batches, struct query_auto *a);
+
+/*
+ * The window of entry `step` is (low, step]: low, or INT64_MIN for a step
+ * before lo (a step read only as part of a later step's window).
+ */
+int64_t query_auto_low(const struct query_auto *a, int64_t step);
+
+void query_auto_free(struct query_auto *a);
+
+/*
  * Set "window", "requested_window" and "resolution" of doc (a JSON object)
  * from a computed window: 0 or -ENOMEM.
  */
@@ -143,5 +207,45 @@ int query_window_json(json_t *doc, const struct query_window *w);
 
 /* Free what w holds and leave it empty (w itself is the caller's). */
 void query_window_free(struct query_window *w);
+
+/* --- BN-adapt: mixing with a prior domain (query_prior.c) --------------- */
+
+/* prior=DOMAIN&prior_weight=α as parsed; domain NULL: no prior. Borrowed. */
+struct query_prior {
+	const char *domain;
+	double weight; /* α in [0, 1] */
+};
+
+/*
+ * Parse prior and prior_weight (either may be NULL) into *out. Returns 0,
+ * or a negative errno with *err filled in: 400 for prior_weight missing
+ * with prior, given without it, or not a number; 422 for α outside [0, 1]
+ * or a bad domain name.
+ */
+int query_prior_parse(const char *prior, const char *weight, struct query_prior *out,
+		      struct bn_error *err);
+
+/*
+ * Merge the prior domain over the same steps as w, the window of q already
+ * computed, ending at step: into pw (zeroed by the caller, every layer of
+ * the run, in w's order). Inside the caller's read transaction. Returns 0,
+ * or a negative errno with a 404 naming `prior` in *err: not_found for a
+ * domain the run does not have, no_data when it has no batch in the window.
+ * pw is released with query_window_free() whatever the outcome.
+ */
+int query_prior_compute(struct store_reader *r, const struct query_window_req *q,
+			const struct query_window *w, int64_t step, const struct query_prior *prior,
+			struct query_window *pw, struct bn_error *err);
+
+/*
+ * Mix the prior's estimate (from its aggregate pa, with est) into the
+ * target's mean and var[0..channels): x <- α·x_prior + (1−α)·x (docs/API.md,
+ * "Adapting to a target domain"). Returns 0 or -ENOMEM.
+ */
+int query_prior_mix(const struct query_prior *prior, const struct stats_agg *pa,
+		    enum stats_estimator est, size_t channels, double *mean, double *var);
+
+/* Set "prior" and "prior_weight" of doc when there is a prior: 0 or -ENOMEM. */
+int query_prior_json(json_t *doc, const struct query_prior *prior);
 
 #endif

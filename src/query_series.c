@@ -91,7 +91,7 @@ static int series_row(void *ctx, const struct store_row *row)
  * wide the window is. out[i] receives the window ending at pts[i].
  */
 static int sliding_window(const struct series_point *pts, size_t n, int64_t window,
-			  struct series_point *out)
+			  const struct query_auto *autow, struct series_point *out)
 {
 	struct series_point *front =
 		malloc((n + 1) * sizeof(*front)); /* suffix merges, oldest last */
@@ -101,9 +101,11 @@ static int sliding_window(const struct series_point *pts, size_t n, int64_t wind
 	if (front == NULL)
 		return -ENOMEM;
 	for (i = 0; i < n; i++) {
+		/* pop points that left the window (step - window, step] */
+		int64_t low = autow ? query_auto_low(autow, pts[i].step) : pts[i].step - window;
+
 		back = series_point_merge(back, pts[i]);
-		/* pop points that left the window */
-		while (head <= i && pts[head].step <= pts[i].step - window) {
+		while (head <= i && pts[head].step <= low) {
 			if (nf == 0) {
 				/* move the back stack [back_first, i] to the front, as suffix
 				 * merges */
@@ -240,7 +242,10 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		"step",	   "batch_mean", "batch_var", "precise_mean", "precise_var",	"ema_mean",
 		"ema_var", "sim_mean",	 "sim_var",   "resolution",   "sim_error_bound"
 	};
-	long long channel, from, to, window, stride, points;
+	long long channel, from, to, stride, points;
+	int64_t window, min_batches, lookback;
+	bool window_auto;
+	struct query_auto autow = { 0 };
 	double momentum;
 	int64_t run_id, domain_id = -1, layer_id, latest;
 	size_t channels, i, ema_at = 0, sim_at = 0, first_out;
@@ -255,7 +260,8 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	if (query_parse_int("channel", p->channel, 0, &channel, err) < 0 ||
 	    parse_optional_int("from", p->from, 0, 0, &from, err) < 0 ||
 	    parse_optional_int("to", p->to, 0, -1, &to, err) < 0 ||
-	    parse_optional_int("window", p->window, 1, 1, &window, err) < 0 ||
+	    query_window_parse_width(p->window, p->min_batches, &window, &window_auto, &min_batches,
+				     err) < 0 ||
 	    parse_optional_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
 	    parse_optional_int("points", p->points, 1, 0, &points, err) < 0 ||
 	    query_parse_momentum(p->momentum, &momentum, err) < 0 ||
@@ -301,13 +307,24 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	}
 
 	/* batch and precise: the window reaches window-1 steps before `from` */
+	lookback = from - window;
+	if (window_auto && to >= from) {
+		rc = query_auto_build(r, run_id, domain_id, from, to, min_batches, &autow);
+		if (rc < 0) {
+			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+			goto done;
+		}
+		lookback = autow.first_low;
+	}
 	walk.channels = channels;
 	walk.channel = (size_t)channel;
-	rc = store_layer_aggs(r, run_id, domain_id, layer_id,
-			      from - window < -1 ? -1 : from - window, to, series_row, &walk);
+	rc = store_layer_aggs(r, run_id, domain_id, layer_id, lookback < -1 ? -1 : lookback, to,
+			      series_row, &walk);
 	if (rc == 0 && walk.n > 0) {
 		precise = malloc(walk.n * sizeof(*precise));
-		rc = precise ? sliding_window(walk.pts, walk.n, window, precise) : -ENOMEM;
+		rc = precise ? sliding_window(walk.pts, walk.n, window, window_auto ? &autow : NULL,
+					      precise)
+			     : -ENOMEM;
 	}
 	/* worker EMA (one domain only) and simulated EMA */
 	if (rc == 0 && domain_id >= 0) {
@@ -316,7 +333,7 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 		rc = store_layer_emas(r, run_id, domain_id, layer_id, p->worker, from - 1, to,
 				      ema_row, &ew);
 	}
-	if (rc == 0 && from - window < 0 && !walk.has_buckets) {
+	if (rc == 0 && lookback < 0 && !walk.has_buckets) {
 		/*
 		 * The walk above read every step up to `to`: replay from its points
 		 * instead of reading the rows again (the same pooling and updates as
@@ -387,9 +404,12 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 			}
 		}
 	}
-	doc = json_pack("{s:s, s:s, s:I, s:s, s:I, s:f, s:I}", "run", run, "layer", p->layers[0],
+	doc = json_pack("{s:s, s:s, s:I, s:s, s:o, s:f, s:I}", "run", run, "layer", p->layers[0],
 			"channel", (json_int_t)channel, "domain", domain, "window",
-			(json_int_t)window, "momentum", momentum, "stride", (json_int_t)stride);
+			window_auto ? json_string("auto") : json_integer(window), "momentum",
+			momentum, "stride", (json_int_t)stride);
+	if (doc != NULL && window_auto)
+		json_object_set_new(doc, "min_batches", json_integer(min_batches));
 	if (doc == NULL) {
 		rc = query_oom(err);
 		goto done;
@@ -407,6 +427,7 @@ done:
 		json_decref(columns[col]);
 	free(walk.pts);
 	free(precise);
+	query_auto_free(&autow);
 	step_values_free(&ema);
 	step_values_free(&sim);
 	return rc;

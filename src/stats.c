@@ -250,6 +250,19 @@ int stats_batch_noise(const struct stats_agg *a, double *out)
 	return 0;
 }
 
+int stats_precision(const struct stats_agg *a, double target_se, double *mean_se,
+		    double *batches_for)
+{
+	double noise, r;
+
+	if (stats_batch_noise(a, &noise) < 0)
+		return -ENODATA;
+	*mean_se = noise / sqrt((double)a->k);
+	r = noise / target_se;
+	*batches_for = ceil(r * r);
+	return 0;
+}
+
 void stats_compare(size_t channels, const double *mean_e, const double *var_e, const double *mean_p,
 		   const double *var_p, struct stats_cmp *out)
 {

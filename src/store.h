@@ -286,6 +286,18 @@ int store_aggs_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id
 		       int64_t step_hi, const int64_t *layer_ids, size_t n_layer_ids,
 		       store_agg_fn fn, void *ctx);
 
+/*
+ * Call fn, on the caller's thread, once per stored entry of the run with
+ * step_lo < step <= step_hi in the domain (domain_id < 0: every domain),
+ * newest first when desc, else oldest first, with the entry's width and
+ * its batches: the most any layer merged there (summed over domains), the
+ * count window=auto adds up (docs/API.md, "window=auto"). A nonzero return
+ * from fn stops the walk and is returned. Returns 0 or a negative errno.
+ */
+typedef int (*store_step_batches_fn)(void *ctx, int64_t step, int64_t width, int64_t batches);
+int store_step_batches(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		       int64_t step_hi, bool desc, store_step_batches_fn fn, void *ctx);
+
 /* --- describing runs ---------------------------------------------------- */
 
 struct store_run_info {

@@ -298,3 +298,77 @@ int store_aggs_foreach(struct store_reader *r, int64_t run_id, int64_t domain_id
 	sqlite3_finalize(st);
 	return rc;
 }
+
+/* Rows (step, layer, domain) in index order, folded into one call per step. */
+struct step_walk {
+	store_step_batches_fn fn;
+	void *ctx;
+	bool have;
+	int64_t step, width, layer, layer_k, best;
+};
+
+static int step_walk_flush(struct step_walk *w)
+{
+	if (!w->have)
+		return 0;
+	if (w->layer_k > w->best)
+		w->best = w->layer_k;
+	w->have = false;
+	return w->fn(w->ctx, w->step, w->width, w->best);
+}
+
+static int read_step_row(void *ctx, sqlite3_stmt *st)
+{
+	struct step_walk *w = ctx;
+	int64_t step = sqlite3_column_int64(st, 0), layer = sqlite3_column_int64(st, 1);
+	int64_t k = sqlite3_column_int64(st, 2), width = sqlite3_column_int64(st, 3);
+	int rc;
+
+	if (w->have && step != w->step && (rc = step_walk_flush(w)) != 0)
+		return rc;
+	if (!w->have) {
+		w->have = true;
+		w->step = step;
+		w->width = width;
+		w->layer = layer;
+		w->layer_k = 0;
+		w->best = 0;
+	} else if (layer != w->layer) {
+		if (w->layer_k > w->best)
+			w->best = w->layer_k;
+		w->layer = layer;
+		w->layer_k = 0;
+	}
+	w->layer_k += k;
+	if (width > w->width)
+		w->width = width;
+	return 0;
+}
+
+int store_step_batches(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		       int64_t step_hi, bool desc, store_step_batches_fn fn, void *ctx)
+{
+	static const char *const sql[2][2] = {
+		{ "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND ?2 < 0"
+		  " AND step > ?3 AND step <= ?4 ORDER BY step, layer_id",
+		  "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND ?2 < 0"
+		  " AND step > ?3 AND step <= ?4 ORDER BY step DESC, layer_id DESC" },
+		{ "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
+		  " AND step > ?3 AND step <= ?4 ORDER BY step, layer_id",
+		  "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
+		  " AND step > ?3 AND step <= ?4 ORDER BY step DESC, layer_id DESC" },
+	};
+	struct step_walk w = { .fn = fn, .ctx = ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db, sql[domain_id >= 0][desc], &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, step_lo);
+	sqlite3_bind_int64(st, 4, step_hi);
+	rc = store_sql_rows(st, read_step_row, &w);
+	sqlite3_finalize(st);
+	return rc == 0 ? step_walk_flush(&w) : rc;
+}

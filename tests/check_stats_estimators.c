@@ -141,6 +141,58 @@ START_TEST(test_batch_noise_nodata)
 }
 END_TEST
 
+/* --- (h) precision: mean_se and batches_for ----------------------------- */
+
+/* mean_se = batch_noise/sqrt(k) (the mean of sqrt(s2/k)/sigma_p per channel) */
+START_TEST(test_precision)
+{
+	const size_t channels = 4, nb = noise_batches[_i];
+	struct rng r = { 777 + (uint64_t)_i };
+	struct dataset ds;
+	struct stats_agg a;
+	size_t *sizes, c;
+	long double noise;
+	double mean_se, batches_for, r2;
+
+	sizes = random_sizes(&r, nb, 2, 60);
+	ds_init(&ds, channels, sizes, nb);
+	ds_fill_const(&ds, 2, -1.5);
+	for (c = 0; c < channels; c++)
+		if (c != 2)
+			ds_fill_normal(&ds, &r, c, (double)c, 0.5 + (double)c);
+	agg_new(&a, channels);
+	add_ds_batches(&a, &ds, NULL, nb, STATS_VAR_UNBIASED);
+	ck_assert_uint_eq(ref_batch_noise(&ds, &noise), channels - 1);
+	ck_assert_int_eq(stats_precision(&a, 0.01, &mean_se, &batches_for), 0);
+	check_close(mean_se, noise / sqrtl((long double)nb), 1e-12L, noise, "mean_se", nb);
+	/* the smallest k with noise/sqrt(k) <= target: batches_for, not one less */
+	ck_assert(batches_for >= 1.0 && batches_for == floor(batches_for));
+	r2 = (double)(noise / 0.01L);
+	r2 *= r2;
+	ck_assert(batches_for >= r2 && batches_for - 1.0 < r2);
+	ck_assert_int_eq(stats_precision(&a, 1e3, &mean_se, &batches_for), 0);
+	ck_assert_double_eq(batches_for, 1.0);
+
+	stats_agg_free(&a);
+	free(sizes);
+	ds_free(&ds);
+}
+END_TEST
+
+START_TEST(test_precision_nodata)
+{
+	const double mean[1] = { 1.0 }, var[1] = { 1.0 };
+	struct stats_agg a;
+	double se = 42.0, bf = 42.0;
+
+	agg_new(&a, 1);
+	stats_agg_add_batch(&a, 10, mean, var, STATS_VAR_UNBIASED);
+	ck_assert_int_eq(stats_precision(&a, 0.01, &se, &bf), -ENODATA);
+	ck_assert(se == 42.0 && bf == 42.0);
+	stats_agg_free(&a);
+}
+END_TEST
+
 /* --- driver ------------------------------------------------------------ */
 
 static Suite *stats_suite(void)
@@ -153,6 +205,8 @@ static Suite *stats_suite(void)
 	tcase_add_test(tc, test_mean_of_batch_var);
 	tcase_add_loop_test(tc, test_batch_noise, 0, 3);
 	tcase_add_test(tc, test_batch_noise_nodata);
+	tcase_add_loop_test(tc, test_precision, 0, 3);
+	tcase_add_test(tc, test_precision_nodata);
 	suite_add_tcase(s, tc);
 
 	return s;

@@ -27,6 +27,7 @@
 #define BN_E_CONFLICT "conflict"	     /* 409 */
 #define BN_E_STEP_COMPACTED "step_compacted" /* 409: a new batch for a bucketed step */
 #define BN_E_NOT_FOUND "not_found"	     /* 404 */
+#define BN_E_NO_DATA "no_data"		     /* 404: a prior domain without batches in the window */
 #define BN_E_TOO_LARGE "payload_too_large"   /* 413 */
 #define BN_E_METHOD "method_not_allowed"     /* 405 */
 #define BN_E_MEDIA "unsupported_media_type"  /* 415 */

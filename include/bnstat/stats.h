@@ -112,6 +112,17 @@ int stats_estimate(const struct stats_agg *a, enum stats_estimator est, double *
 int stats_batch_noise(const struct stats_agg *a, double *out);
 
 /*
+ * The precision of the precise mean of a (docs/API.md, "Precision"):
+ * *mean_se = batch_noise / sqrt(k), the mean over channels of the standard
+ * error of the pooled mean in units of the population sigma, and
+ * *batches_for = ceil((batch_noise / target_se)^2), the batches for which
+ * that standard error would reach target_se (> 0). Returns 0, or -ENODATA
+ * as stats_batch_noise() does (nothing written).
+ */
+int stats_precision(const struct stats_agg *a, double target_se, double *mean_se,
+		    double *batches_for);
+
+/*
  * One channel: merge (nb, mb, m2b) into (*n, *mean, *m2) with Chan's
  * update (either side may be empty). Every per-channel pooling outside
  * stats_agg goes through this, so that the same data pools to the same

@@ -182,7 +182,8 @@ class TestDrift(TestCaseMixin, unittest.TestCase):
                                      ({"domain": "*"}, 422, "domain"),
                                      ({"from": 5, "to": 3}, 422, "from"),
                                      ({"points": 0}, 422, "points"),
-                                     ({"window": "auto"}, 400, "window"),
+                                     ({"window": "Auto"}, 400, "window"),
+                                     ({"min_batches": "5"}, 400, "min_batches"),
                                      ({"domain": "nope"}, 404, "domain")):
             self.assertError(self.d.get("/v1/runs/dr/drift", params), status, path=path,
                              what=repr(params))

@@ -24,7 +24,9 @@ generate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(generate)
 # fields the schema-5 daemon did not have (docs/API.md, "History")
 NEW_FIELDS = {"requested_window", "resolution", "sim_error_bound", "bytes",
-              "bucketed_through"}
+              "bucketed_through",
+              # docs/API.md, "Precision"
+              "target_se", "batches", "batch_noise", "mean_se", "batches_for"}
 
 
 def same(test, got, want, where):
