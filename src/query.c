@@ -247,8 +247,7 @@ int query_parse_target_se(const char *s, double *out, struct bn_error *err)
 	return 0;
 }
 
-/* A count that may exceed what a JSON integer holds exactly: a number then. */
-static json_t *json_count(double v)
+json_t *query_json_count(double v)
 {
 	return v < 9007199254740992.0 ? json_integer((json_int_t)v) : query_json_num(v);
 }
@@ -261,7 +260,8 @@ int query_precision_json(json_t *o, const struct stats_agg *a, double target_se)
 
 	if (json_object_set_new(o, "batch_noise", have ? query_json_num(noise) : json_null()) < 0 ||
 	    json_object_set_new(o, "mean_se", have ? query_json_num(mean_se) : json_null()) < 0 ||
-	    json_object_set_new(o, "batches_for", have ? json_count(batches_for) : json_null()) < 0)
+	    json_object_set_new(o, "batches_for",
+				have ? query_json_count(batches_for) : json_null()) < 0)
 		return -ENOMEM;
 	return 0;
 }

@@ -33,6 +33,12 @@
  */
 json_t *query_json_num(double v);
 
+/*
+ * A new JSON integer for the whole number v >= 0, or a number when v is too
+ * large for a JSON integer to hold exactly (batches_for can be). NULL on OOM.
+ */
+json_t *query_json_count(double v);
+
 /* A new JSON array of v[0..n) as query_json_num() writes them; NULL on OOM. */
 json_t *query_json_doubles(const double *v, size_t n);
 

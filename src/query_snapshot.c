@@ -5,6 +5,7 @@
  * as a safetensors file for load_state_dict(), and listing them.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +32,29 @@ static void iso8601_utc(int64_t ms, char *buf, size_t size)
 	snprintf(buf + n, size - n, ".%03dZ", (int)(ms % 1000));
 }
 
+/* batch_noise, mean_se and batches_for of a stored layer (docs/API.md, "Precision"). */
+static int snapshot_precision_json(json_t *lo, const struct store_snapshot_layer *l,
+				   double target_se)
+{
+	double r = l->batch_noise / target_se;
+
+	if (!l->has_noise)
+		return json_object_set_new(lo, "batch_noise", json_null()) < 0 ||
+				       json_object_set_new(lo, "mean_se", json_null()) < 0 ||
+				       json_object_set_new(lo, "batches_for", json_null()) < 0
+			       ? -ENOMEM
+			       : 0;
+	/* as stats_precision() computes them from the aggregate */
+	return json_object_set_new(lo, "batch_noise", query_json_num(l->batch_noise)) < 0 ||
+			       json_object_set_new(lo, "mean_se",
+						   query_json_num(l->batch_noise /
+								  sqrt((double)l->batches))) < 0 ||
+			       json_object_set_new(lo, "batches_for",
+						   query_json_count(ceil(r * r))) < 0
+		       ? -ENOMEM
+		       : 0;
+}
+
 static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers)
 {
 	char created[40];
@@ -38,11 +62,19 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 	size_t i;
 
 	iso8601_utc(snap->created_ms, created, sizeof(created));
-	o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:s, s:s}", "label", snap->label, "step",
-		      (json_int_t)snap->step, "window", (json_int_t)snap->window,
-		      "requested_window", (json_int_t)snap->requested_window, "resolution",
-		      (json_int_t)snap->resolution, "domain", snap->domain, "estimator",
-		      snap->estimator, "created", created);
+	o = json_pack(
+		"{s:s, s:I, s:I, s:o, s:I, s:s, s:s, s:f, s:s}", "label", snap->label, "step",
+		(json_int_t)snap->step, "window", (json_int_t)snap->window, "requested_window",
+		snap->min_batches > 0 ? json_string("auto") : json_integer(snap->requested_window),
+		"resolution", (json_int_t)snap->resolution, "domain", snap->domain, "estimator",
+		snap->estimator, "target_se", snap->target_se, "created", created);
+	if (o != NULL && snap->min_batches > 0 &&
+	    json_object_set_new(o, "min_batches", json_integer(snap->min_batches)) < 0)
+		goto fail;
+	if (o != NULL && snap->prior[0] != '\0' &&
+	    (json_object_set_new(o, "prior", json_string(snap->prior)) < 0 ||
+	     json_object_set_new(o, "prior_weight", json_real(snap->prior_weight)) < 0))
+		goto fail;
 	if (o == NULL || !with_layers)
 		return o;
 	layers = json_object();
@@ -58,12 +90,14 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 				  "mean", query_json_doubles(l->mean, l->channels), "var",
 				  query_json_doubles(l->var, l->channels));
 
-		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0) {
-			json_decref(o);
-			return NULL;
-		}
+		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0 ||
+		    snapshot_precision_json(lo, l, snap->target_se) < 0)
+			goto fail;
 	}
 	return o;
+fail:
+	json_decref(o);
+	return NULL;
 }
 
 /* Read the JSON body of a snapshot request into *snap (parameters only). */
@@ -73,6 +107,8 @@ static int snapshot_body_parse(const char *body, size_t len, struct store_snapsh
 	json_error_t jerr;
 	json_t *doc, *v;
 	const char *key;
+	json_int_t min_batches = 0;
+	bool have_weight = false;
 	int rc = -EINVAL;
 
 	doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -98,6 +134,56 @@ static int snapshot_body_parse(const char *body, size_t len, struct store_snapsh
 				goto done;
 			}
 			snprintf(snap->label, sizeof(snap->label), "%s", json_string_value(v));
+		} else if (strcmp(key, "window") == 0 && json_is_string(v)) {
+			if (strcmp(json_string_value(v), "auto") != 0) {
+				bn_error_set(err, 422, BN_E_INVALID, key,
+					     "window must be an integer or \"auto\"");
+				goto done;
+			}
+			if (snap->min_batches == 0)
+				snap->min_batches = QUERY_MIN_BATCHES;
+			snap->explicit_fields |= STORE_SNAP_WINDOW;
+		} else if (strcmp(key, "min_batches") == 0) {
+			if (!json_is_integer(v) || json_integer_value(v) < 1) {
+				bn_error_set(err, json_is_number(v) ? 422 : 400,
+					     json_is_number(v) ? BN_E_INVALID : BN_E_TYPE, key,
+					     "min_batches must be an integer >= 1");
+				goto done;
+			}
+			min_batches = json_integer_value(v);
+		} else if (strcmp(key, "prior") == 0) {
+			if (!json_is_string(v)) {
+				bn_error_set(err, 400, BN_E_TYPE, key, "prior must be a string");
+				goto done;
+			}
+			if (query_check_domain(json_string_value(v), err) < 0) {
+				snprintf(err->path, sizeof(err->path), "prior");
+				goto done;
+			}
+			snprintf(snap->prior, sizeof(snap->prior), "%s", json_string_value(v));
+			snap->explicit_fields |= STORE_SNAP_PRIOR;
+		} else if (strcmp(key, "prior_weight") == 0 || strcmp(key, "target_se") == 0) {
+			bool is_weight = key[0] == 'p';
+			double x;
+
+			if (!json_is_number(v)) {
+				bn_error_set(err, 400, BN_E_TYPE, key, "%s must be a number", key);
+				goto done;
+			}
+			x = json_number_value(v);
+			if (is_weight ? !(x >= 0.0 && x <= 1.0) : !(x > 0.0)) {
+				bn_error_set(err, 422, BN_E_INVALID, key,
+					     is_weight ? "prior_weight must be in [0, 1]"
+						       : "target_se must be > 0");
+				goto done;
+			}
+			if (is_weight) {
+				snap->prior_weight = x;
+				have_weight = true;
+			} else {
+				snap->target_se = x;
+				snap->explicit_fields |= STORE_SNAP_TARGET_SE;
+			}
 		} else if (strcmp(key, "step") == 0 || strcmp(key, "window") == 0) {
 			bool is_step = key[0] == 's';
 			json_int_t n;
@@ -147,15 +233,34 @@ static int snapshot_body_parse(const char *body, size_t len, struct store_snapsh
 				snap->explicit_fields |= STORE_SNAP_ESTIMATOR;
 			}
 		} else {
-			bn_error_set(err, 422, BN_E_INVALID, key,
-				     "unknown field %.64s (expected label, step, window, domain, "
-				     "estimator)",
-				     key);
+			bn_error_set(
+				err, 422, BN_E_INVALID, key,
+				"unknown field %.64s (expected label, step, window, min_batches, "
+				"domain, estimator, prior, prior_weight, target_se)",
+				key);
 			goto done;
 		}
 	}
 	if (snap->label[0] == '\0') {
 		bn_error_set(err, 400, BN_E_MISSING, "label", "a snapshot needs a label");
+		goto done;
+	}
+	if (min_batches > 0) {
+		if (snap->min_batches == 0) {
+			bn_error_set(err, 422, BN_E_INVALID, "min_batches",
+				     "min_batches is the budget of window \"auto\"; give it");
+			goto done;
+		}
+		snap->min_batches = min_batches;
+	}
+	if (snap->prior[0] != '\0' && !have_weight) {
+		bn_error_set(err, 400, BN_E_MISSING, "prior_weight",
+			     "prior needs prior_weight, the weight of the prior in [0, 1]");
+		goto done;
+	}
+	if (snap->prior[0] == '\0' && have_weight) {
+		bn_error_set(err, 422, BN_E_INVALID, "prior_weight",
+			     "prior_weight weighs a prior domain: give prior too");
 		goto done;
 	}
 	rc = 0;
@@ -166,6 +271,7 @@ done:
 
 /* Turn the merged window into the layers of a snapshot. */
 static int snapshot_fill(struct store_snapshot *snap, const struct query_window *w,
+			 const struct query_window *pw, const struct query_prior *prior,
 			 enum stats_estimator est)
 {
 	size_t j;
@@ -177,7 +283,7 @@ static int snapshot_fill(struct store_snapshot *snap, const struct query_window 
 		const struct query_layer_acc *a = &w->layers[j];
 		struct store_snapshot_layer *l = &snap->layers[snap->n_layers];
 
-		if (!a->wanted || a->agg.k == 0)
+		if (!a->wanted || a->agg.k == 0 || (pw != NULL && pw->layers[j].agg.k == 0))
 			continue;
 		l->name = strdup(a->name);
 		l->mean = malloc(2 * a->channels * sizeof(double));
@@ -193,7 +299,11 @@ static int snapshot_fill(struct store_snapshot *snap, const struct query_window 
 		l->var = l->mean + a->channels;
 		l->count = a->agg.n;
 		l->batches = a->agg.k;
+		l->has_noise = stats_batch_noise(&a->agg, &l->batch_noise) == 0;
 		stats_estimate(&a->agg, est, l->mean, l->var);
+		if (pw != NULL && query_prior_mix(prior, &pw->layers[j].agg, est, a->channels,
+						  l->mean, l->var) < 0)
+			return -ENOMEM;
 	}
 	return 0;
 }
@@ -202,8 +312,9 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 			   struct store_snapshot **create, json_t **existing, struct bn_error *err)
 {
 	struct store_snapshot *snap, *have = NULL;
-	struct query_window w = { 0 };
+	struct query_window w = { 0 }, pw = { 0 };
 	struct query_window_req q = { .run = run };
+	struct query_prior prior = { 0 };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	int64_t run_id;
 	int rc;
@@ -217,6 +328,7 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	snap->window = 1;
 	snprintf(snap->domain, sizeof(snap->domain), "default");
 	snprintf(snap->estimator, sizeof(snap->estimator), "population");
+	snap->target_se = QUERY_TARGET_SE;
 	rc = snapshot_body_parse(body, len, snap, err);
 	if (rc < 0)
 		goto fail;
@@ -257,6 +369,8 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 	q.has_step = (snap->explicit_fields & STORE_SNAP_STEP) != 0;
 	q.step = snap->step;
 	q.window = snap->window;
+	q.window_auto = snap->min_batches > 0;
+	q.min_batches = snap->min_batches;
 	query_parse_estimator(snap->estimator, &est, NULL);
 	rc = query_window_compute(r, &q, &w, &snap->step, err);
 	if (rc == 0) {
@@ -265,13 +379,21 @@ int query_snapshot_prepare(struct store_reader *r, const char *run, const char *
 			snap->requested_step = snap->step; /* the latest: never widened */
 		snap->window = w.window;
 		snap->resolution = w.resolution;
+		if (q.window_auto)
+			snap->requested_window = w.requested_window;
 	}
-	if (rc == 0 && snapshot_fill(snap, &w, est) < 0)
+	if (rc == 0 && snap->prior[0] != '\0') {
+		prior.domain = snap->prior;
+		prior.weight = snap->prior_weight;
+		rc = query_prior_compute(r, &q, &w, snap->step, &prior, &pw, err);
+	}
+	if (rc == 0 && snapshot_fill(snap, &w, prior.domain ? &pw : NULL, &prior, est) < 0)
 		rc = query_oom(err);
 done:
 	store_read_end(r);
 	store_snapshot_free(have);
 	query_window_free(&w);
+	query_window_free(&pw);
 	if (rc == 0 && *existing == NULL) {
 		*create = snap;
 		return 0;

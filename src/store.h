@@ -127,6 +127,8 @@ enum {
 	STORE_SNAP_WINDOW = 1 << 1,
 	STORE_SNAP_DOMAIN = 1 << 2,
 	STORE_SNAP_ESTIMATOR = 1 << 3,
+	STORE_SNAP_PRIOR = 1 << 4, /* prior and prior_weight */
+	STORE_SNAP_TARGET_SE = 1 << 5,
 };
 
 struct store_snapshot_layer {
@@ -134,8 +136,10 @@ struct store_snapshot_layer {
 	size_t channels;
 	int64_t count; /* elements per channel merged */
 	int64_t batches;
-	double *mean; /* [channels] */
-	double *var;  /* [channels] */
+	double *mean;	    /* [channels] */
+	double *var;	    /* [channels] */
+	bool has_noise;	    /* batch_noise is defined (k >= 2, a channel with variance) */
+	double batch_noise; /* of the window's batches (the target's, with a prior) */
 };
 
 /*
@@ -151,8 +155,12 @@ struct store_snapshot {
 	/* what was asked for (step resolved to the latest when not given), and the
 	 * width of the entry at the used window's oldest end (docs/API.md, "History") */
 	int64_t requested_step, requested_window, resolution;
+	int64_t min_batches; /* asked for with window=auto: its min_batches; 0: a number */
 	char domain[INGEST_NAME_MAX + 1];
 	char estimator[STORE_ESTIMATOR_MAX];
+	char prior[INGEST_NAME_MAX + 1]; /* BN-adapt's prior domain, "" for none */
+	double prior_weight;
+	double target_se;	  /* the goal of batches_for */
 	unsigned explicit_fields; /* STORE_SNAP_* given by the client */
 	int64_t created_ms;	  /* filled in when read back */
 	size_t n_layers;

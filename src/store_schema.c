@@ -29,13 +29,16 @@ static const char *const wstmt_sql[W_COUNT] = {
 		      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
 		      " ON CONFLICT (run_id, domain_id, layer_id, worker, step) DO UPDATE SET"
 		      " seq = excluded.seq, data = excluded.data WHERE excluded.seq > emas.seq",
-	[W_SNAP_GET] = "SELECT step, win, domain, estimator, req_step, req_win FROM snapshots"
+	[W_SNAP_GET] = "SELECT step, win, domain, estimator, req_step, req_win,"
+		       " coalesce(req_auto, 0), coalesce(prior, ''), coalesce(prior_weight, 0),"
+		       " target_se FROM snapshots"
 		       " WHERE run_id = ?1 AND label = ?2",
 	[W_SNAP_INS] =
 		"INSERT INTO snapshots (run_id, label, step, win, domain, estimator, created,"
-		" req_step, req_win, resolution) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+		" req_step, req_win, resolution, req_auto, prior, prior_weight, target_se)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
 	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
-			     " batches, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+			     " batches, data, noise) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
 	[W_LATE_INS] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, ?2, ?3)",
 	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",

@@ -29,9 +29,16 @@ bool store_snapshot_matches(const struct store_snapshot *want, const struct stor
 
 	/* against what was asked for: a widened window is still the same request */
 	return (!(f & STORE_SNAP_STEP) || want->requested_step == have->requested_step) &&
-	       (!(f & STORE_SNAP_WINDOW) || want->requested_window == have->requested_window) &&
+	       (!(f & STORE_SNAP_WINDOW) ||
+		(want->min_batches > 0
+			 ? want->min_batches == have->min_batches
+			 : have->min_batches == 0 &&
+				   want->requested_window == have->requested_window)) &&
 	       (!(f & STORE_SNAP_DOMAIN) || strcmp(want->domain, have->domain) == 0) &&
-	       (!(f & STORE_SNAP_ESTIMATOR) || strcmp(want->estimator, have->estimator) == 0);
+	       (!(f & STORE_SNAP_ESTIMATOR) || strcmp(want->estimator, have->estimator) == 0) &&
+	       (!(f & STORE_SNAP_PRIOR) || (strcmp(want->prior, have->prior) == 0 &&
+					    want->prior_weight == have->prior_weight)) &&
+	       (!(f & STORE_SNAP_TARGET_SE) || want->target_se == have->target_se);
 }
 
 /* --- the writer's side ------------------------------------------------------------- */
@@ -46,6 +53,10 @@ static int read_params(void *ctx, sqlite3_stmt *st)
 	snprintf(have->estimator, sizeof(have->estimator), "%s", sqlite3_column_text(st, 3));
 	have->requested_step = sqlite3_column_int64(st, 4);
 	have->requested_window = sqlite3_column_int64(st, 5);
+	have->min_batches = sqlite3_column_int64(st, 6);
+	snprintf(have->prior, sizeof(have->prior), "%s", sqlite3_column_text(st, 7));
+	have->prior_weight = sqlite3_column_double(st, 8);
+	have->target_se = sqlite3_column_double(st, 9);
 	return 1;
 }
 
@@ -99,6 +110,18 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_int64(st, 8, snap->requested_step);
 	sqlite3_bind_int64(st, 9, snap->requested_window);
 	sqlite3_bind_int64(st, 10, snap->resolution);
+	if (snap->min_batches > 0)
+		sqlite3_bind_int64(st, 11, snap->min_batches);
+	else
+		sqlite3_bind_null(st, 11);
+	if (snap->prior[0] != '\0') {
+		sqlite3_bind_text(st, 12, snap->prior, -1, SQLITE_STATIC);
+		sqlite3_bind_double(st, 13, snap->prior_weight);
+	} else {
+		sqlite3_bind_null(st, 12);
+		sqlite3_bind_null(st, 13);
+	}
+	sqlite3_bind_double(st, 14, snap->target_se);
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "creating snapshot");
 	snap_id = sqlite3_last_insert_rowid(s->wdb);
@@ -114,6 +137,10 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 		/* mean and var are one allocation, var right after mean */
 		sqlite3_bind_blob(st, 6, l->mean, (int)(2 * l->channels * sizeof(double)),
 				  SQLITE_STATIC);
+		if (l->has_noise)
+			sqlite3_bind_double(st, 7, l->batch_noise);
+		else
+			sqlite3_bind_null(st, 7);
 		if (store_sql_run(st) < 0)
 			return store_sql_error(err, s->wdb, "writing snapshot layer");
 	}
@@ -124,7 +151,8 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 /* --- the readers' side ------------------------------------------------------------ */
 
 static const char snapshot_sql[] =
-	"SELECT id, label, step, win, domain, estimator, created, req_step, req_win, resolution"
+	"SELECT id, label, step, win, domain, estimator, created, req_step, req_win, resolution,"
+	" coalesce(req_auto, 0), coalesce(prior, ''), coalesce(prior_weight, 0), target_se"
 	" FROM snapshots WHERE run_id = ?1";
 
 /* The columns of snapshot_sql after the id. */
@@ -139,6 +167,10 @@ static void read_header(sqlite3_stmt *st, struct store_snapshot *snap)
 	snap->requested_step = sqlite3_column_int64(st, 7);
 	snap->requested_window = sqlite3_column_int64(st, 8);
 	snap->resolution = sqlite3_column_int64(st, 9);
+	snap->min_batches = sqlite3_column_int64(st, 10);
+	snprintf(snap->prior, sizeof(snap->prior), "%s", sqlite3_column_text(st, 11));
+	snap->prior_weight = sqlite3_column_double(st, 12);
+	snap->target_se = sqlite3_column_double(st, 13);
 }
 
 /* One stored layer, appended to the snapshot (which owns what it gets). */
@@ -168,6 +200,8 @@ static int read_layer(void *ctx, sqlite3_stmt *st)
 	l->count = sqlite3_column_int64(st, 2);
 	l->batches = sqlite3_column_int64(st, 3);
 	memcpy(l->mean, sqlite3_column_blob(st, 4), 2 * c * sizeof(double));
+	l->has_noise = sqlite3_column_type(st, 5) != SQLITE_NULL;
+	l->batch_noise = sqlite3_column_double(st, 5);
 	l->var = l->mean + c;
 	return 0;
 }
@@ -178,7 +212,7 @@ static int read_layers(struct store_reader *r, int64_t snap_id, struct store_sna
 	int rc;
 
 	if (store_sql_prepare(r->db,
-			      "SELECT name, channels, count, batches, data"
+			      "SELECT name, channels, count, batches, data, noise"
 			      " FROM snapshot_layers WHERE snapshot_id = ?1 ORDER BY name",
 			      &st) < 0)
 		return -EIO;

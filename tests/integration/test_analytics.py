@@ -7,6 +7,7 @@ batch means, their sample variance), independently of how the daemon merges:
 the daemon only ever sees each batch's count, mean and unbiased variance.
 """
 
+import json
 import math
 import time
 import unittest
@@ -344,6 +345,71 @@ class TestAnalytics(TestCaseMixin, unittest.TestCase):
         self.assertError(self.d.get("/v1/runs/an/stats", {"step": "5", "prior": "tgt",
                                                           "prior_weight": "0.5"}),
                          404, "no_data", "prior")
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def post_snapshot(self, body):
+        return self.d.request("POST", "/v1/runs/an/snapshots", json.dumps(body),
+                              {"Content-Type": "application/json"})
+
+    def snapshot(self, body, status=201):
+        st, reply, _ = self.post_snapshot(body)
+        self.assertEqual(st, status, reply)
+        return reply
+
+    def test_snapshot_with_auto_precision_and_prior(self):
+        made = self.snapshot({"label": "auto7", "window": "auto", "min_batches": 7,
+                              "target_se": 0.05})
+        stats = self.get_ok("/v1/runs/an/stats", window="auto", min_batches=7, target_se=0.05)
+        self.assertEqual(made["requested_window"], "auto")
+        self.assertEqual(made["min_batches"], 7)
+        self.assertEqual(made["target_se"], 0.05)
+        self.assertEqual((made["step"], made["window"]), (stats["step"], stats["window"]))
+        for layer, got in made["layers"].items():
+            for key in ("mean", "var", "count", "batches", "batch_noise", "mean_se",
+                        "batches_for"):
+                self.assertEqual(got[key], stats["layers"][layer][key], layer + " " + key)
+        # read back: the same, and a retry is the same snapshot
+        st, back, _ = self.d.get("/v1/runs/an/snapshots/auto7")
+        self.assertEqual(back["layers"], made["layers"])
+        self.assertEqual(self.snapshot({"label": "auto7", "window": "auto", "min_batches": 7},
+                                       200)["layers"], made["layers"])
+        self.snapshot({"label": "auto7", "window": "auto"}, 409)    # min_batches 100
+        self.snapshot({"label": "auto7", "window": stats["window"]}, 409)
+
+        mixed = self.snapshot({"label": "adapt", "domain": "tgt", "step": 38, "window": 9,
+                               "prior": "default", "prior_weight": 0.25})
+        ref = self.get_ok("/v1/runs/an/stats", domain="tgt", step=38, window=9,
+                          prior="default", prior_weight=0.25)
+        self.assertEqual((mixed["prior"], mixed["prior_weight"]), ("default", 0.25))
+        for layer, got in mixed["layers"].items():
+            self.assertEqual(got["mean"], ref["layers"][layer]["mean"])
+            self.assertEqual(got["var"], ref["layers"][layer]["var"])
+            self.assertEqual(got["mean_se"], ref["layers"][layer]["mean_se"])
+        self.snapshot({"label": "adapt", "prior": "default", "prior_weight": 0.5}, 409)
+        self.snapshot({"label": "adapt"}, 200)
+
+    def test_snapshot_body_errors(self):
+        cases = (
+            ({"label": "e", "window": "soon"}, 422, "invalid_value", "window"),
+            ({"label": "e", "min_batches": 5}, 422, "invalid_value", "min_batches"),
+            ({"label": "e", "window": "auto", "min_batches": 0}, 422, "invalid_value",
+             "min_batches"),
+            ({"label": "e", "prior": "default"}, 400, "missing_field", "prior_weight"),
+            ({"label": "e", "prior_weight": 0.5}, 422, "invalid_value", "prior_weight"),
+            ({"label": "e", "prior": "default", "prior_weight": 2}, 422, "invalid_value",
+             "prior_weight"),
+            ({"label": "e", "prior": "default", "prior_weight": "0.5"}, 400, "wrong_type",
+             "prior_weight"),
+            ({"label": "e", "prior": "nope", "prior_weight": 0.5}, 404, "not_found", "prior"),
+            ({"label": "e", "step": 5, "prior": "tgt", "prior_weight": 0.5}, 404, "no_data",
+             "prior"),
+            ({"label": "e", "target_se": 0}, 422, "invalid_value", "target_se"),
+        )
+        for body, status, code, path in cases:
+            self.assertError(self.post_snapshot(body), status,
+                             code, path, repr(body))
+        self.assertError(self.d.get("/v1/runs/an/snapshots/e"), 404)
 
 
 class TestAutoOverBuckets(TestCaseMixin, unittest.TestCase):
