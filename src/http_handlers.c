@@ -61,7 +61,7 @@ static bool wants_safetensors(struct http_request *rq)
 }
 
 /*
- * The query parameters of stats, compare, series and shift. p's strings
+ * The query parameters of runs, stats, compare, series and shift. p's strings
  * and p->layers point into lp and the connection: valid for this request.
  */
 static int read_query_params(struct http_request *rq, struct layer_params *lp,
@@ -85,6 +85,9 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 	p->points = arg(rq, "points");
 	p->source = arg(rq, "source");
 	p->target = arg(rq, "target");
+	p->prefix = arg(rq, "prefix");
+	p->limit = arg(rq, "limit");
+	p->after = arg(rq, "after");
 	p->layers = lp->v;
 	p->n_layers = lp->n;
 	return 0;
@@ -292,7 +295,7 @@ static MHD_Result handle_read(struct http_request *rq, read_answer_fn answer, bo
 static int answer_runs(struct http_request *rq, struct store_reader *r,
 		       const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	return query_runs(r, doc, err);
+	return query_runs(r, p, doc, err);
 }
 
 /* GET /v1/runs/{run} */
@@ -394,7 +397,7 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 	case HTTP_METRICS:
 		return handle_metrics(rq);
 	case HTTP_RUNS:
-		return handle_read(rq, answer_runs, false);
+		return handle_read(rq, answer_runs, true);
 	case HTTP_RUN:
 		return handle_read(rq, answer_run, false);
 	case HTTP_RUN_DELETE:

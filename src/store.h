@@ -311,8 +311,21 @@ typedef int (*store_run_fn)(void *ctx, const struct store_run_info *info);
  * cheap enough for every metrics scrape. */
 int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx);
 
-/* Call fn for every run, by name. */
-int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx);
+/* The longest prefix store_runs_page() takes, in bytes: a run name's. */
+#define STORE_RUNS_BOUND_MAX INGEST_NAME_MAX
+
+/*
+ * Call fn, by name, for at most limit runs (limit < 0: no limit) whose
+ * names start with prefix, byte for byte (NULL or "": every run; no
+ * character is a wildcard), and come after `after` in byte order (NULL or
+ * "": from the first). prefix and after are borrowed for the call; a
+ * prefix longer than STORE_RUNS_BOUND_MAX bytes is refused with -EINVAL.
+ * Reads a range of the index on the names: the work is the page's, not
+ * the number of runs. Returns 0, fn's nonzero value when it stopped the
+ * walk, or -EIO.
+ */
+int store_runs_page(struct store_reader *r, const char *prefix, const char *after, int64_t limit,
+		    store_run_fn fn, void *ctx);
 
 /* Describe one run: 0, or -ENOENT. */
 int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx);

@@ -1,8 +1,9 @@
 /*
- * check_store_read: the store's read side on its own — describing runs,
- * the layers, domains and workers of a run, one layer across steps with
- * its arrays read a slice at a time, the late-write log, snapshots and
- * deleting a run — against a small run whose every count is known.
+ * check_store_read: the store's read side on its own — describing runs, a
+ * page of them at a time, the layers, domains and workers of a run, one
+ * layer across steps with its arrays read a slice at a time, the late-write
+ * log, snapshots and deleting a run or a snapshot — against small runs
+ * whose every count is known.
  */
 #include <check.h>
 #include <errno.h>
@@ -158,7 +159,7 @@ START_TEST(test_runs)
 
 	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
 	memset(&c, 0, sizeof(c));
-	ck_assert_int_eq(store_runs_foreach(r, collect_run, &c), 0);
+	ck_assert_int_eq(store_runs_page(r, NULL, NULL, -1, collect_run, &c), 0);
 	ck_assert_int_eq(c.n, 1);
 	ck_assert_str_eq(c.name, "r1");
 	ck_assert_int_eq(c.info.batches, 3);
@@ -182,6 +183,82 @@ START_TEST(test_runs)
 	ck_assert_str_eq(c.name, "r1");
 	ck_assert_int_eq(c.info.batches, 1);
 	ck_assert_int_eq(c.info.step_max, 2);
+	store_reader_put(s, r);
+	store_close(s);
+}
+END_TEST
+
+/* The names a walk saw, joined by spaces (the walk's are borrowed). */
+struct names {
+	char text[256];
+};
+
+static int join_name(void *ctx, const struct store_run_info *info)
+{
+	struct names *c = ctx;
+	size_t n = strlen(c->text);
+
+	snprintf(c->text + n, sizeof(c->text) - n, "%s%s", n ? " " : "", info->name);
+	return 0;
+}
+
+/* The runs of store_runs_page(prefix, after, limit), as "name name ...". */
+static const char *page(struct store_reader *r, const char *prefix, const char *after,
+			int64_t limit)
+{
+	static struct names c;
+
+	memset(&c, 0, sizeof(c));
+	ck_assert_int_eq(store_runs_page(r, prefix, after, limit, join_name, &c), 0);
+	return c.text;
+}
+
+START_TEST(test_runs_page)
+{
+	/* in byte order: '-' 0x2d < '.' 0x2e < 'X' 0x58 < '_' 0x5f < 'b' 0x62 */
+	static const char *const names[] = { "b", "a_b", "ab", "a", "aXb", "a-b", "abc", "a.b" };
+	struct store *s = tu_open(dbpath);
+	struct store_reader *r;
+	struct bn_error err;
+	char longer[STORE_RUNS_BOUND_MAX + 2];
+	size_t i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		ck_assert_int_eq(tu_put_run(s, names[i],
+					    "{\"worker\":\"w\",\"step\":1,\"seq\":0,\"layers\":{"
+					    "\"bn\":{\"count\":2,\"mean\":[1],\"var\":[1]}}}")
+					 .status,
+				 200);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_str_eq(page(r, NULL, NULL, -1), "a a-b a.b aXb a_b ab abc b");
+	ck_assert_str_eq(page(r, "", "", -1), "a a-b a.b aXb a_b ab abc b");
+	ck_assert_str_eq(page(r, NULL, NULL, 3), "a a-b a.b");
+	ck_assert_str_eq(page(r, NULL, "a.b", 3), "aXb a_b ab");
+	ck_assert_str_eq(page(r, NULL, "abc", 3), "b");
+	ck_assert_str_eq(page(r, NULL, "b", 3), "");
+	ck_assert_str_eq(page(r, NULL, "a0", -1), "aXb a_b ab abc b"); /* not a run's name */
+	/* '_' and '%' are characters, not LIKE's wildcards */
+	ck_assert_str_eq(page(r, "a_", NULL, -1), "a_b");
+	ck_assert_str_eq(page(r, "%", NULL, -1), "");
+	ck_assert_str_eq(page(r, "a%", NULL, -1), "");
+	ck_assert_str_eq(page(r, "ab", NULL, -1), "ab abc");
+	ck_assert_str_eq(page(r, "a", NULL, 2), "a a-b");
+	ck_assert_str_eq(page(r, "a", "a-b", 2), "a.b aXb");
+	/* after at the prefix itself, inside it, before it and past its end */
+	ck_assert_str_eq(page(r, "ab", "ab", -1), "abc");
+	ck_assert_str_eq(page(r, "ab", "abc", -1), "");
+	ck_assert_str_eq(page(r, "ab", "a", -1), "ab abc");
+	ck_assert_str_eq(page(r, "a", "b", -1), "");
+	ck_assert_str_eq(page(r, "b", NULL, -1), "b");
+	ck_assert_str_eq(page(r, "c", NULL, -1), "");
+	/* bytes no name has: the upper bound still holds after 0xff */
+	ck_assert_str_eq(page(r, "a\xff", NULL, -1), "");
+	ck_assert_str_eq(page(r, "\xff\xff", NULL, -1), "");
+	ck_assert_str_eq(page(r, NULL, "\xff", -1), "");
+	memset(longer, 'a', sizeof(longer) - 1);
+	longer[sizeof(longer) - 1] = '\0';
+	ck_assert_int_eq(store_runs_page(r, longer, NULL, -1, join_name, &(struct names){ { 0 } }),
+			 -EINVAL);
 	store_reader_put(s, r);
 	store_close(s);
 }
@@ -462,6 +539,7 @@ static Suite *store_read_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_layers_domains_workers);
 	tcase_add_test(tc, test_runs);
+	tcase_add_test(tc, test_runs_page);
 	tcase_add_test(tc, test_layer_rows);
 	tcase_add_test(tc, test_late_writes);
 	tcase_add_test(tc, test_snapshots);
