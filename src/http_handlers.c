@@ -143,7 +143,7 @@ static MHD_Result handle_batches(struct http_request *rq)
 	rq->body = NULL;
 	rq->len = rq->cap = 0;
 
-	return http_submit(rq, b, NULL, false);
+	return http_submit(rq, b, NULL, HTTP_DELETE_NONE);
 }
 
 /*
@@ -165,7 +165,32 @@ static MHD_Result handle_run_delete(struct http_request *rq)
 	if (!ingest_name_valid(rq->route.run))
 		return http_fail(rq, 422, BN_E_INVALID, "run",
 				 "run names are 1 to 128 of [A-Za-z0-9._-]");
-	return http_submit(rq, NULL, NULL, true);
+	return http_submit(rq, NULL, NULL, HTTP_DELETE_RUN);
+}
+
+/*
+ * DELETE /v1/runs/{run}/snapshots/{label}: the writer removes the snapshot
+ * (docs/API.md, "Deleting a snapshot"); 204 only once that committed, so
+ * that the label is free for a new POST and the deletion survives a crash.
+ */
+static MHD_Result handle_snapshot_delete(struct http_request *rq)
+{
+	struct store_result res;
+
+	if (rq->submitted) {
+		if (!http_take_result(rq, &res))
+			return MHD_YES;
+		if (res.status >= 300)
+			return http_reply_error(rq, &res.err);
+		return http_reply_text(rq, 204, NULL, 0, NULL);
+	}
+	if (!ingest_name_valid(rq->route.run))
+		return http_fail(rq, 422, BN_E_INVALID, "run",
+				 "run names are 1 to 128 of [A-Za-z0-9._-]");
+	if (!ingest_name_valid(rq->route.label))
+		return http_fail(rq, 422, BN_E_INVALID, "label",
+				 "labels are 1 to 128 of [A-Za-z0-9._-]");
+	return http_submit(rq, NULL, NULL, HTTP_DELETE_SNAPSHOT);
 }
 
 /*
@@ -212,7 +237,7 @@ static MHD_Result handle_snapshot_create(struct http_request *rq)
 		return http_reply_json(rq, 200, doc);
 
 	snprintf(rq->route.label, sizeof(rq->route.label), "%s", snap->label);
-	return http_submit(rq, NULL, snap, false);
+	return http_submit(rq, NULL, snap, HTTP_DELETE_NONE);
 }
 
 /* --- reads: on a reader connection of the store --------------------------------------- */
@@ -422,6 +447,8 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_snapshot_create(rq);
 	case HTTP_SNAPSHOT:
 		return handle_snapshot(rq);
+	case HTTP_SNAPSHOT_DELETE:
+		return handle_snapshot_delete(rq);
 	case HTTP_NONE:
 	default:
 		break;

@@ -207,6 +207,16 @@ int store_snapshots_foreach(struct store_reader *r, int64_t run_id, store_snapsh
  */
 int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx);
 
+/*
+ * Queue the deletion of snapshot `label` of run `run` (both borrowed; the
+ * store copies them): its row and its layers, in the group's transaction.
+ * done reports 204 (deleted: the label may be created again), or 404 with
+ * path "run" (no such run) or "label" (no such snapshot). Returns as
+ * store_submit() does.
+ */
+int store_submit_snapshot_delete(struct store *s, const char *run, const char *label,
+				 store_done_fn done, void *ctx);
+
 /* Batches waiting for the writer right now. */
 size_t store_queue_depth(struct store *s);
 

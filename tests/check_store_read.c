@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sqlite3.h>
+
 #include "bnstat/ingest.h"
 #include "store.h"
 #include "store_testutil.h"
@@ -482,6 +484,93 @@ START_TEST(test_snapshots)
 }
 END_TEST
 
+/* Delete snapshot label of run and wait for the outcome. */
+static struct store_result submit_snapshot_delete(struct store *s, const char *run,
+						  const char *label)
+{
+	struct outcome o;
+
+	outcome_init(&o);
+	ck_assert_int_eq(store_submit_snapshot_delete(s, run, label, on_done, &o), 0);
+	outcome_wait(&o);
+	return o.res;
+}
+
+/* Rows of table snapshot_layers, read on a connection of the test's own. */
+static int64_t snapshot_layer_rows(void)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int64_t n;
+
+	ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+	ck_assert_int_eq(
+		sqlite3_prepare_v2(db, "SELECT count(*) FROM snapshot_layers", -1, &st, NULL),
+		SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+START_TEST(test_delete_snapshot)
+{
+	struct store *s = fill();
+	struct store_snapshot *keep = snapshot("r1", 2), *got;
+	struct outcome del, add;
+	struct store_result res;
+	struct store_reader *r;
+	struct bn_error err;
+	int64_t run_id;
+
+	snprintf(keep->label, sizeof(keep->label), "keep");
+	ck_assert_int_eq(submit_snapshot(s, snapshot("r1", 2)), 201);
+	ck_assert_int_eq(submit_snapshot(s, keep), 201);
+	ck_assert_int_eq(snapshot_layer_rows(), 2);
+
+	ck_assert_int_eq(submit_snapshot_delete(s, "r1", "final").status, 204);
+	ck_assert_int_eq(snapshot_layer_rows(), 1); /* its layers went with it */
+	res = submit_snapshot_delete(s, "r1", "final");
+	ck_assert_int_eq(res.status, 404);
+	ck_assert_str_eq(res.err.path, "label");
+	res = submit_snapshot_delete(s, "nope", "final");
+	ck_assert_int_eq(res.status, 404);
+	ck_assert_str_eq(res.err.path, "run");
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_int_eq(store_run_find(r, "r1", &run_id), 0);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "final", false, &got), -ENOENT);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "keep", true, &got), 0);
+	ck_assert_uint_eq(got->n_layers, 1);
+	store_snapshot_free(got);
+	store_reader_put(s, r);
+
+	/* the label is free again: another step is no conflict now */
+	ck_assert_int_eq(submit_snapshot(s, snapshot("r1", 1)), 201);
+	/* delete and create again queued together (one group, most likely) */
+	outcome_init(&del);
+	outcome_init(&add);
+	ck_assert_int_eq(store_submit_snapshot_delete(s, "r1", "final", on_done, &del), 0);
+	ck_assert_int_eq(store_submit_snapshot(s, snapshot("r1", 2), on_done, &add), 0);
+	outcome_wait(&del);
+	outcome_wait(&add);
+	ck_assert_int_eq(del.res.status, 204);
+	ck_assert_int_eq(add.res.status, 201);
+	store_close(s);
+
+	/* what was committed is there after a reopen */
+	s = tu_open(dbpath);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "final", true, &got), 0);
+	ck_assert_int_eq(got->step, 2);
+	ck_assert_uint_eq(got->n_layers, 1);
+	store_snapshot_free(got);
+	store_reader_put(s, r);
+	store_close(s);
+	ck_assert_int_eq(snapshot_layer_rows(), 2);
+}
+END_TEST
+
 static int submit_delete(struct store *s, const char *run)
 {
 	struct outcome o;
@@ -544,6 +633,7 @@ static Suite *store_read_suite(void)
 	tcase_add_test(tc, test_late_writes);
 	tcase_add_test(tc, test_snapshots);
 	tcase_add_test(tc, test_delete_run);
+	tcase_add_test(tc, test_delete_snapshot);
 	suite_add_tcase(s, tc);
 	return s;
 }
