@@ -1,8 +1,8 @@
 /*
  * query_runs: what a run is made of: GET /v1/runs (the runs' summaries, a
- * page at a time),
- * GET /v1/runs/{run} (one run with its layers, domains and workers) and
- * GET /v1/runs/{run}/domains (docs/API.md, "Runs" and "Domains").
+ * page at a time), GET /v1/runs/{run} (one run with its layers, domains and
+ * workers) and GET /v1/runs/{run}/domains (docs/API.md, "Runs" and
+ * "Domains").
  */
 #include <errno.h>
 #include <stdbool.h>
