@@ -215,6 +215,7 @@ unsigned auth_endpoint_role(enum http_endpoint ep)
 		return AUTH_READ;
 	case HTTP_RUN_DELETE:
 	case HTTP_SNAPSHOT_CREATE:
+	case HTTP_SNAPSHOT_DELETE:
 	case HTTP_NONE:
 	default:
 		return AUTH_ADMIN;

@@ -27,6 +27,7 @@ enum http_endpoint {
 	HTTP_SNAPSHOTS,	      /* GET /v1/runs/{run}/snapshots */
 	HTTP_SNAPSHOT_CREATE, /* POST /v1/runs/{run}/snapshots */
 	HTTP_SNAPSHOT,	      /* GET /v1/runs/{run}/snapshots/{label} */
+	HTTP_SNAPSHOT_DELETE, /* DELETE /v1/runs/{run}/snapshots/{label} */
 };
 
 #endif

@@ -60,7 +60,8 @@ MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text,
 		free(text);
 		return MHD_NO;
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	if (content_type != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	if (status == 503)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
 	if (status == 405 && rq->route.allowed != NULL)
@@ -146,7 +147,7 @@ bool http_take_result(struct http_request *rq, struct store_result *res)
 }
 
 MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct store_snapshot *snap,
-		       bool delete_run)
+		       enum http_delete del)
 {
 	struct store *st = rq->srv->store;
 	size_t n_layers = b != NULL ? b->n_layers : 0; /* b is the writer's once queued */
@@ -158,17 +159,23 @@ MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct s
 		rc = store_submit(st, b, upload_done, rq);
 	else if (snap != NULL)
 		rc = store_submit_snapshot(st, snap, upload_done, rq);
+	else if (del == HTTP_DELETE_RUN)
+		rc = store_submit_delete(st, rq->route.run, upload_done, rq);
+	else if (del == HTTP_DELETE_SNAPSHOT)
+		rc = store_submit_snapshot_delete(st, rq->route.run, rq->route.label, upload_done,
+						  rq);
 	else
-		rc = delete_run ? store_submit_delete(st, rq->route.run, upload_done, rq) : -EINVAL;
+		rc = -EINVAL;
 	if (rc == 0) {
 		rq->submitted = true;
 		MHD_suspend_connection(rq->conn);
 	}
 	pthread_mutex_unlock(&rq->mu);
 	if (rc == 0) {
-		log_debug(b != NULL	 ? "upload_queued"
-			  : snap != NULL ? "snapshot_queued"
-					 : "delete_queued",
+		log_debug(b != NULL		   ? "upload_queued"
+			  : snap != NULL	   ? "snapshot_queued"
+			  : del == HTTP_DELETE_RUN ? "delete_queued"
+						   : "snapshot_delete_queued",
 			  "run=%s layers=%zu", rq->route.run, n_layers);
 		return MHD_YES;
 	}

@@ -61,7 +61,7 @@ static bool wants_safetensors(struct http_request *rq)
 }
 
 /*
- * The query parameters of stats, compare, series and shift. p's strings
+ * The query parameters of runs, stats, compare, series and shift. p's strings
  * and p->layers point into lp and the connection: valid for this request.
  */
 static int read_query_params(struct http_request *rq, struct layer_params *lp,
@@ -89,6 +89,9 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 	p->points = arg(rq, "points");
 	p->source = arg(rq, "source");
 	p->target = arg(rq, "target");
+	p->prefix = arg(rq, "prefix");
+	p->limit = arg(rq, "limit");
+	p->after = arg(rq, "after");
 	p->layers = lp->v;
 	p->n_layers = lp->n;
 	return 0;
@@ -144,7 +147,7 @@ static MHD_Result handle_batches(struct http_request *rq)
 	rq->body = NULL;
 	rq->len = rq->cap = 0;
 
-	return http_submit(rq, b, NULL, false);
+	return http_submit(rq, b, NULL, HTTP_DELETE_NONE);
 }
 
 /*
@@ -166,7 +169,32 @@ static MHD_Result handle_run_delete(struct http_request *rq)
 	if (!ingest_name_valid(rq->route.run))
 		return http_fail(rq, 422, BN_E_INVALID, "run",
 				 "run names are 1 to 128 of [A-Za-z0-9._-]");
-	return http_submit(rq, NULL, NULL, true);
+	return http_submit(rq, NULL, NULL, HTTP_DELETE_RUN);
+}
+
+/*
+ * DELETE /v1/runs/{run}/snapshots/{label}: the writer removes the snapshot
+ * (docs/API.md, "Deleting a snapshot"); 204 only once that committed, so
+ * that the label is free for a new POST and the deletion survives a crash.
+ */
+static MHD_Result handle_snapshot_delete(struct http_request *rq)
+{
+	struct store_result res;
+
+	if (rq->submitted) {
+		if (!http_take_result(rq, &res))
+			return MHD_YES;
+		if (res.status >= 300)
+			return http_reply_error(rq, &res.err);
+		return http_reply_text(rq, 204, NULL, 0, NULL);
+	}
+	if (!ingest_name_valid(rq->route.run))
+		return http_fail(rq, 422, BN_E_INVALID, "run",
+				 "run names are 1 to 128 of [A-Za-z0-9._-]");
+	if (!ingest_name_valid(rq->route.label))
+		return http_fail(rq, 422, BN_E_INVALID, "label",
+				 "labels are 1 to 128 of [A-Za-z0-9._-]");
+	return http_submit(rq, NULL, NULL, HTTP_DELETE_SNAPSHOT);
 }
 
 /*
@@ -213,7 +241,7 @@ static MHD_Result handle_snapshot_create(struct http_request *rq)
 		return http_reply_json(rq, 200, doc);
 
 	snprintf(rq->route.label, sizeof(rq->route.label), "%s", snap->label);
-	return http_submit(rq, NULL, snap, false);
+	return http_submit(rq, NULL, snap, HTTP_DELETE_NONE);
 }
 
 /* --- reads: on a reader connection of the store --------------------------------------- */
@@ -296,7 +324,7 @@ static MHD_Result handle_read(struct http_request *rq, read_answer_fn answer, bo
 static int answer_runs(struct http_request *rq, struct store_reader *r,
 		       const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	return query_runs(r, doc, err);
+	return query_runs(r, p, doc, err);
 }
 
 /* GET /v1/runs/{run} */
@@ -398,7 +426,7 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 	case HTTP_METRICS:
 		return handle_metrics(rq);
 	case HTTP_RUNS:
-		return handle_read(rq, answer_runs, false);
+		return handle_read(rq, answer_runs, true);
 	case HTTP_RUN:
 		return handle_read(rq, answer_run, false);
 	case HTTP_RUN_DELETE:
@@ -423,6 +451,8 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_snapshot_create(rq);
 	case HTTP_SNAPSHOT:
 		return handle_snapshot(rq);
+	case HTTP_SNAPSHOT_DELETE:
+		return handle_snapshot_delete(rq);
 	case HTTP_NONE:
 	default:
 		break;

@@ -91,10 +91,10 @@ struct http_request {
 };
 
 /*
- * Queue text (len bytes, content_type) with status as the reply. text is
- * stolen: freed by libmicrohttpd once sent, or here on failure. 405s carry
- * Allow, 401s WWW-Authenticate, 503s Retry-After. Returns what the access
- * handler returns.
+ * Queue text (len bytes, content_type; NULL for a reply without a body,
+ * such as a 204) with status as the reply. text is stolen: freed by libmicrohttpd once sent, or
+ * here on failure. 405s carry Allow, 401s WWW-Authenticate, 503s Retry-After. Returns what the
+ * access handler returns.
  */
 MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
 			   const char *content_type);
@@ -112,16 +112,23 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 MHD_Result http_fail(struct http_request *rq, int status, const char *code, const char *path,
 		     const char *msg);
 
+/* The deletions http_submit() hands the writer, named by the request's route. */
+enum http_delete {
+	HTTP_DELETE_NONE,     /* none: the job is a batch or a snapshot */
+	HTTP_DELETE_RUN,      /* rq->route.run */
+	HTTP_DELETE_SNAPSHOT, /* snapshot rq->route.label of rq->route.run */
+};
+
 /*
  * Hand one job to the store's writer (a batch b, a snapshot snap, or with
- * delete_run the deletion of rq->route.run) and suspend the connection
- * until the writer's outcome resumes it; the handler is then called again
- * with rq->submitted set and takes the outcome with http_take_result().
- * b and snap are stolen: the store's once queued, freed here when the
- * writer refuses them (a full queue, a shutdown: 503 with Retry-After).
+ * b and snap NULL the deletion `del`) and suspend the connection until the
+ * writer's outcome resumes it; the handler is then called again with
+ * rq->submitted set and takes the outcome with http_take_result(). b and
+ * snap are stolen: the store's once queued, freed here when the writer
+ * refuses them (a full queue, a shutdown: 503 with Retry-After).
  */
 MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct store_snapshot *snap,
-		       bool delete_run);
+		       enum http_delete del);
 
 /*
  * Copy the writer's outcome into *res. Returns false while it has not

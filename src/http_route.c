@@ -24,7 +24,9 @@ static const struct resource runs = { "runs", "GET", { { "GET", HTTP_RUNS } } };
 static const struct resource run = { "run",
 				     "GET, DELETE",
 				     { { "GET", HTTP_RUN }, { "DELETE", HTTP_RUN_DELETE } } };
-static const struct resource snapshot = { "snapshot", "GET", { { "GET", HTTP_SNAPSHOT } } };
+static const struct resource snapshot = {
+	"snapshot", "GET, DELETE", { { "GET", HTTP_SNAPSHOT }, { "DELETE", HTTP_SNAPSHOT_DELETE } }
+};
 
 /* The paths below /v1/runs/{run}, but for /snapshots/{label}. */
 static const struct {

@@ -54,16 +54,28 @@ struct query_params {
 	const char *points;
 	const char *source; /* shift */
 	const char *target;
+	const char *prefix; /* runs */
+	const char *limit;
+	const char *after;
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
 };
 
+/* GET /v1/runs: runs per page without limit=, and at most (docs/API.md, "Runs"). */
+#define QUERY_RUNS_LIMIT_DEFAULT 1000
+#define QUERY_RUNS_LIMIT_MAX 10000
+
 /*
- * GET /v1/runs: {"runs": [{name, created_ms, batches, layers, domains,
- * workers, steps:{min,max} or null}]} (docs/API.md, "Runs").
- * *out: new reference. Returns 0 or a negative errno (500 in *err).
+ * GET /v1/runs?prefix=&limit=&after=: {"runs": [{name, created_ms,
+ * batches, layers, domains, workers, steps:{min,max} or null}], "next"}
+ * (docs/API.md, "Runs"): by name, at most p->limit runs whose names start
+ * with p->prefix (literally) and come after p->after; "next", only when
+ * more runs follow, is the last name of the page, the after= of the next.
+ * Only prefix, limit and after of p are read. *out: new reference.
+ * Returns 0 or a negative errno (400/422 naming the parameter, 500).
  */
-int query_runs(struct store_reader *r, json_t **out, struct bn_error *err);
+int query_runs(struct store_reader *r, const struct query_params *p, json_t **out,
+	       struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}: the run's summary as in query_runs() plus its

@@ -1,10 +1,13 @@
 /*
- * query_runs: what a run is made of: GET /v1/runs (every run's summary),
- * GET /v1/runs/{run} (one run with its layers, domains and workers) and
- * GET /v1/runs/{run}/domains (docs/API.md, "Runs" and "Domains").
+ * query_runs: what a run is made of: GET /v1/runs (the runs' summaries, a
+ * page at a time), GET /v1/runs/{run} (one run with its layers, domains and
+ * workers) and GET /v1/runs/{run}/domains (docs/API.md, "Runs" and
+ * "Domains").
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -29,29 +32,81 @@ static json_t *run_json(const struct store_run_info *info)
 	return o;
 }
 
+/* A page being filled: at most limit runs, then one more says there is a next page. */
+struct runs_page {
+	json_t *runs;
+	size_t limit;
+	bool more;
+};
+
 static int append_run(void *ctx, const struct store_run_info *info)
 {
-	json_t *o = run_json(info);
+	struct runs_page *pg = ctx;
+	json_t *o;
 
-	if (o == NULL || json_array_append_new(ctx, o) < 0)
+	if (json_array_size(pg->runs) == pg->limit) {
+		pg->more = true;
+		return 1;
+	}
+	o = run_json(info);
+	if (o == NULL || json_array_append_new(pg->runs, o) < 0)
 		return -ENOMEM;
 	return 0;
 }
 
-int query_runs(struct store_reader *r, json_t **out, struct bn_error *err)
+/* A prefix or after= of at most a run name's length: 0, or a 422 in *err. */
+static int check_bound(const char *name, const char *s, struct bn_error *err)
 {
-	json_t *runs = json_array();
+	if (s != NULL && strlen(s) > STORE_RUNS_BOUND_MAX)
+		return bn_error_set(err, 422, BN_E_INVALID, name,
+				    "parameter %s must have at most %d characters", name,
+				    STORE_RUNS_BOUND_MAX);
+	return 0;
+}
+
+int query_runs(struct store_reader *r, const struct query_params *p, json_t **out,
+	       struct bn_error *err)
+{
+	struct runs_page pg = { NULL, QUERY_RUNS_LIMIT_DEFAULT, false };
+	long long limit = QUERY_RUNS_LIMIT_DEFAULT;
+	json_t *last;
 	int rc;
 
-	if (runs == NULL)
+	*out = NULL;
+	if (p->limit != NULL) {
+		rc = query_parse_int("limit", p->limit, 1, &limit, err);
+		if (rc < 0)
+			return rc;
+		if (limit > QUERY_RUNS_LIMIT_MAX)
+			return bn_error_set(err, 422, BN_E_INVALID, "limit",
+					    "parameter limit must be at most %d, got %lld",
+					    QUERY_RUNS_LIMIT_MAX, limit);
+	}
+	rc = check_bound("prefix", p->prefix, err);
+	if (rc == 0)
+		rc = check_bound("after", p->after, err);
+	if (rc < 0)
+		return rc;
+	pg.limit = (size_t)limit;
+	pg.runs = json_array();
+	if (pg.runs == NULL)
 		return query_oom(err);
-	rc = store_runs_foreach(r, append_run, runs);
+	/* one more row than the page: whether a next page exists, without a count */
+	rc = store_runs_page(r, p->prefix, p->after, limit + 1, append_run, &pg);
 	if (rc < 0) {
-		json_decref(runs);
+		json_decref(pg.runs);
 		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 	}
-	*out = json_pack("{s:o}", "runs", runs);
-	return *out ? 0 : query_oom(err);
+	*out = json_pack("{s:o}", "runs", pg.runs);
+	if (*out == NULL)
+		return query_oom(err);
+	last = json_array_get(pg.runs, json_array_size(pg.runs) - 1);
+	if (pg.more && json_object_set(*out, "next", json_object_get(last, "name")) < 0) {
+		json_decref(*out);
+		*out = NULL;
+		return query_oom(err);
+	}
+	return 0;
 }
 
 static int set_run(void *ctx, const struct store_run_info *info)

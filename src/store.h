@@ -215,6 +215,16 @@ int store_snapshots_foreach(struct store_reader *r, int64_t run_id, store_snapsh
  */
 int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx);
 
+/*
+ * Queue the deletion of snapshot `label` of run `run` (both borrowed; the
+ * store copies them): its row and its layers, in the group's transaction.
+ * done reports 204 (deleted: the label may be created again), or 404 with
+ * path "run" (no such run) or "label" (no such snapshot). Returns as
+ * store_submit() does.
+ */
+int store_submit_snapshot_delete(struct store *s, const char *run, const char *label,
+				 store_done_fn done, void *ctx);
+
 /* Batches waiting for the writer right now. */
 size_t store_queue_depth(struct store *s);
 
@@ -331,8 +341,21 @@ typedef int (*store_run_fn)(void *ctx, const struct store_run_info *info);
  * cheap enough for every metrics scrape. */
 int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx);
 
-/* Call fn for every run, by name. */
-int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx);
+/* The longest prefix store_runs_page() takes, in bytes: a run name's. */
+#define STORE_RUNS_BOUND_MAX INGEST_NAME_MAX
+
+/*
+ * Call fn, by name, for at most limit runs (limit < 0: no limit) whose
+ * names start with prefix, byte for byte (NULL or "": every run; no
+ * character is a wildcard), and come after `after` in byte order (NULL or
+ * "": from the first). prefix and after are borrowed for the call; a
+ * prefix longer than STORE_RUNS_BOUND_MAX bytes is refused with -EINVAL.
+ * Reads a range of the index on the names: the work is the page's, not
+ * the number of runs. Returns 0, fn's nonzero value when it stopped the
+ * walk, or -EIO.
+ */
+int store_runs_page(struct store_reader *r, const char *prefix, const char *after, int64_t limit,
+		    store_run_fn fn, void *ctx);
 
 /* Describe one run: 0, or -ENOENT. */
 int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx);

@@ -28,12 +28,16 @@
 #error "the stored blobs are little-endian doubles; big-endian hosts need byte swapping"
 #endif
 
-/* One job for the writer: a batch to merge, a snapshot to create or a run to delete. */
+/*
+ * One job for the writer: a batch to merge, a snapshot to create, a run to
+ * delete, or (delete_run with delete_label) one snapshot of a run to delete.
+ */
 struct store_job {
 	struct store_job *next;
 	struct ingest_batch *batch;
 	struct store_snapshot *snap;
 	char *delete_run;
+	char *delete_label;
 	store_done_fn done;
 	void *ctx;
 	struct store_result res;
@@ -55,6 +59,7 @@ enum store_wstmt {
 	W_SNAP_GET,
 	W_SNAP_INS,
 	W_SNAP_LAYER_INS,
+	W_SNAP_DEL,
 	W_RUN_MAX_STEP,
 	W_LATE_INS,
 	W_RUN_ID_NEW,
@@ -332,9 +337,10 @@ void store_aggcache_clear(struct store_aggcache *c);
  * says which), or a negative errno with j->res.err filled in; the caller
  * then rolls the job's savepoint back.
  */
-int store_batch_apply(struct store *s, struct store_job *j);	/* store_batch.c */
-int store_snapshot_apply(struct store *s, struct store_job *j); /* store_snapshot.c */
-int store_delete_apply(struct store *s, struct store_job *j);	/* store_delete.c */
+int store_batch_apply(struct store *s, struct store_job *j);	       /* store_batch.c */
+int store_snapshot_apply(struct store *s, struct store_job *j);	       /* store_snapshot.c */
+int store_snapshot_delete_apply(struct store *s, struct store_job *j); /* store_snapshot.c */
+int store_delete_apply(struct store *s, struct store_job *j);	       /* store_delete.c */
 
 /* --- store_retention.c (writer thread) ----------------------------------------- */
 

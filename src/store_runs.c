@@ -1,11 +1,12 @@
 /*
  * store_runs: describing runs and what they hold — the runs with their
- * counts, and a run's layers, domains and workers (docs/API.md, "Runs",
- * "Domains").
+ * counts, a page at a time (by name, from a prefix and a cursor), and a
+ * run's layers, domains and workers (docs/API.md, "Runs", "Domains").
  */
 #include "store_private.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static const char run_info_sql[] =
 	"SELECT r.name, r.created,"
@@ -84,13 +85,64 @@ int store_runs_last_step(struct store_reader *r, store_run_fn fn, void *ctx)
 			NULL, read_last_step, &w);
 }
 
-int store_runs_foreach(struct store_reader *r, store_run_fn fn, void *ctx)
+/*
+ * The smallest string above every string that starts with prefix (a
+ * non-empty prefix of len bytes, compared as SQLite's BINARY collation
+ * does: unsigned bytes): the prefix with its last byte below 0xff raised
+ * by one and what follows dropped, into end[size]. false when there is
+ * none (every byte 0xff: no upper bound).
+ */
+static bool prefix_end(const char *prefix, size_t len, char *end, size_t size)
+{
+	while (len > 0 && (unsigned char)prefix[len - 1] == 0xff)
+		len--;
+	if (len == 0 || len >= size)
+		return false;
+	memcpy(end, prefix, len);
+	end[len - 1] = (char)((unsigned char)end[len - 1] + 1);
+	end[len] = '\0';
+	return true;
+}
+
+int store_runs_page(struct store_reader *r, const char *prefix, const char *after, int64_t limit,
+		    store_run_fn fn, void *ctx)
 {
 	struct run_walk w = { fn, ctx, false };
-	char sql[sizeof(run_info_sql) + 32];
+	char sql[sizeof(run_info_sql) + 128];
+	char end[STORE_RUNS_BOUND_MAX + 1];
+	const char *lo = NULL, *lower;
+	bool lo_open = false, has_end = false;
+	sqlite3_stmt *st;
+	int rc;
 
-	snprintf(sql, sizeof(sql), "%s ORDER BY r.name", run_info_sql);
-	return run_rows(r, sql, NULL, read_run_info, &w);
+	if (prefix != NULL && prefix[0] != '\0') {
+		if (strlen(prefix) > STORE_RUNS_BOUND_MAX)
+			return -EINVAL;
+		lo = prefix;
+		has_end = prefix_end(prefix, strlen(prefix), end, sizeof(end));
+	}
+	/* one lower bound, the higher of the two: the index is searched from it */
+	if (after != NULL && after[0] != '\0' && (lo == NULL || strcmp(after, lo) >= 0)) {
+		lo = after;
+		lo_open = true;
+	}
+	/*
+	 * A range over the UNIQUE index of runs.name, never LIKE: '_' and '%'
+	 * are literal characters of a prefix, and only the page's rows are read.
+	 */
+	lower = lo == NULL ? "1" : lo_open ? "r.name > ?1" : "r.name >= ?1";
+	snprintf(sql, sizeof(sql), "%s WHERE %s%s ORDER BY r.name LIMIT ?3", run_info_sql, lower,
+		 has_end ? " AND r.name < ?2" : "");
+	if (store_sql_prepare(r->db, sql, &st) < 0)
+		return -EIO;
+	if (lo != NULL)
+		sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC);
+	if (has_end)
+		sqlite3_bind_text(st, 2, end, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, limit < 0 ? -1 : limit);
+	rc = store_sql_rows(st, read_run_info, &w);
+	sqlite3_finalize(st);
+	return rc;
 }
 
 int store_run_describe(struct store_reader *r, const char *run, store_run_fn fn, void *ctx)

@@ -39,6 +39,8 @@ static const char *const wstmt_sql[W_COUNT] = {
 		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
 	[W_SNAP_LAYER_INS] = "INSERT INTO snapshot_layers (snapshot_id, name, channels, count,"
 			     " batches, data, noise) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	/* snapshot_layers go with it: ON DELETE CASCADE */
+	[W_SNAP_DEL] = "DELETE FROM snapshots WHERE run_id = ?1 AND label = ?2",
 	[W_RUN_MAX_STEP] = "SELECT max(step) FROM aggs WHERE run_id = ?1",
 	[W_LATE_INS] = "INSERT INTO late_writes (run_id, domain_id, step) VALUES (?1, ?2, ?3)",
 	[W_RUN_ID_NEW] = "INSERT INTO run_ids DEFAULT VALUES",

@@ -1,13 +1,16 @@
 /*
  * store_snapshot: finalized population statistics under a label
  * (docs/API.md, "Snapshots"): created by the writer inside the group's
- * transaction, recognised when a retry asks for the same again, and read
+ * transaction, recognised when a retry asks for the same again, deleted by
+ * the writer (and only so: a stored snapshot is never changed), and read
  * back by readers.
  */
 #include "store_private.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#include "log.h"
 
 void store_snapshot_free(struct store_snapshot *snap)
 {
@@ -145,6 +148,34 @@ int store_snapshot_apply(struct store *s, struct store_job *j)
 			return store_sql_error(err, s->wdb, "writing snapshot layer");
 	}
 	j->res.status = 201;
+	return 0;
+}
+
+/*
+ * Delete snapshot j->delete_label of run j->delete_run with its layers:
+ * j->res.status becomes 204; an unknown run or label returns a negative
+ * errno with a 404 in j->res.err.
+ */
+int store_snapshot_delete_apply(struct store *s, struct store_job *j)
+{
+	struct bn_error *err = &j->res.err;
+	sqlite3_stmt *st;
+	int64_t run_id;
+	int rc;
+
+	rc = store_intern_find_run(s, j->delete_run, &run_id, err);
+	if (rc < 0)
+		return rc;
+	st = s->wstmt[W_SNAP_DEL];
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_text(st, 2, j->delete_label, -1, SQLITE_STATIC);
+	if (store_sql_run(st) < 0)
+		return store_sql_error(err, s->wdb, "deleting snapshot");
+	if (sqlite3_changes(s->wdb) == 0)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "label", "run %s has no snapshot %s",
+				    j->delete_run, j->delete_label);
+	log_info("snapshot_deleted", "run=%s label=%s", j->delete_run, j->delete_label);
+	j->res.status = 204;
 	return 0;
 }
 

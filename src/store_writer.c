@@ -55,9 +55,14 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 			ok = false;
 			break;
 		}
-		rc = j->snap	     ? store_snapshot_apply(s, j)
-		     : j->delete_run ? store_delete_apply(s, j)
-				     : store_batch_apply(s, j);
+		if (j->snap != NULL)
+			rc = store_snapshot_apply(s, j);
+		else if (j->delete_label != NULL)
+			rc = store_snapshot_delete_apply(s, j);
+		else if (j->delete_run != NULL)
+			rc = store_delete_apply(s, j);
+		else
+			rc = store_batch_apply(s, j);
 		if (rc < 0) {
 			j->res.status = j->res.err.status ? j->res.err.status : 500;
 			if (j->res.status >= 500) {
@@ -121,6 +126,7 @@ report:
 		ingest_batch_free(j->batch);
 		store_snapshot_free(j->snap);
 		free(j->delete_run);
+		free(j->delete_label);
 		free(j);
 	}
 }
@@ -206,7 +212,7 @@ void store_stop_writer(struct store *s)
 
 /* Queue a job for the writer; on failure the caller keeps what it carries. */
 static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapshot *snap,
-		   char *delete_run, store_done_fn done, void *ctx)
+		   char *delete_run, char *delete_label, store_done_fn done, void *ctx)
 {
 	struct store_job *j;
 	int rc = 0;
@@ -217,6 +223,7 @@ static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapsho
 	j->batch = b;
 	j->snap = snap;
 	j->delete_run = delete_run;
+	j->delete_label = delete_label;
 	j->done = done;
 	j->ctx = ctx;
 
@@ -242,13 +249,13 @@ static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapsho
 
 int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx)
 {
-	return enqueue(s, b, NULL, NULL, done, ctx);
+	return enqueue(s, b, NULL, NULL, NULL, done, ctx);
 }
 
 int store_submit_snapshot(struct store *s, struct store_snapshot *snap, store_done_fn done,
 			  void *ctx)
 {
-	return enqueue(s, NULL, snap, NULL, done, ctx);
+	return enqueue(s, NULL, snap, NULL, NULL, done, ctx);
 }
 
 int store_submit_delete(struct store *s, const char *run, store_done_fn done, void *ctx)
@@ -258,9 +265,24 @@ int store_submit_delete(struct store *s, const char *run, store_done_fn done, vo
 
 	if (name == NULL)
 		return -ENOMEM;
-	rc = enqueue(s, NULL, NULL, name, done, ctx);
+	rc = enqueue(s, NULL, NULL, name, NULL, done, ctx);
 	if (rc < 0)
 		free(name);
+	return rc;
+}
+
+int store_submit_snapshot_delete(struct store *s, const char *run, const char *label,
+				 store_done_fn done, void *ctx)
+{
+	char *name = strdup(run), *lbl = strdup(label);
+	int rc = -ENOMEM;
+
+	if (name != NULL && lbl != NULL)
+		rc = enqueue(s, NULL, NULL, name, lbl, done, ctx);
+	if (rc < 0) {
+		free(name);
+		free(lbl);
+	}
 	return rc;
 }
 

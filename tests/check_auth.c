@@ -287,7 +287,7 @@ static const struct {
 	{ HTTP_SERIES, AUTH_READ, "read" },	  { HTTP_DRIFT, AUTH_READ, "read" },
 	{ HTTP_DOMAINS, AUTH_READ, "read" },	  { HTTP_SHIFT, AUTH_READ, "read" },
 	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
-	{ HTTP_SNAPSHOT, AUTH_READ, "read" },
+	{ HTTP_SNAPSHOT, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_DELETE, AUTH_ADMIN, "admin" },
 };
 
 #define N_POLICY (sizeof(policy) / sizeof(policy[0]))
@@ -321,7 +321,7 @@ START_TEST(test_endpoint_roles)
 	size_t i;
 
 	/* every endpoint of the enum is in the table above */
-	ck_assert_uint_eq(N_POLICY, HTTP_SNAPSHOT);
+	ck_assert_uint_eq(N_POLICY, HTTP_SNAPSHOT_DELETE);
 	for (i = 0; i < N_POLICY; i++)
 		ck_assert_msg(auth_endpoint_role(policy[i].ep) == policy[i].need,
 			      "endpoint %d needs %u, not %u", (int)policy[i].ep, policy[i].need,

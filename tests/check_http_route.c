@@ -75,16 +75,18 @@ START_TEST(test_run_endpoints)
 	       "");
 	expect("POST", "/v1/runs/demo/snapshots", HTTP_SNAPSHOT_CREATE, "snapshots", "GET, POST",
 	       "demo", "");
-	expect("GET", "/v1/runs/demo/snapshots/final", HTTP_SNAPSHOT, "snapshot", "GET", "demo",
-	       "final");
+	expect("GET", "/v1/runs/demo/snapshots/final", HTTP_SNAPSHOT, "snapshot", "GET, DELETE",
+	       "demo", "final");
+	expect("DELETE", "/v1/runs/demo/snapshots/final", HTTP_SNAPSHOT_DELETE, "snapshot",
+	       "GET, DELETE", "demo", "final");
 	/* names are taken as they come: validating them is the handlers' job */
-	expect("GET", "/v1/runs/a.b-c_D/snapshots/v1.0", HTTP_SNAPSHOT, "snapshot", "GET",
+	expect("GET", "/v1/runs/a.b-c_D/snapshots/v1.0", HTTP_SNAPSHOT, "snapshot", "GET, DELETE",
 	       "a.b-c_D", "v1.0");
 	expect("GET", "/v1/runs/x\nlevel=error/stats", HTTP_STATS, "stats", "GET", "x\nlevel=error",
 	       "");
 	expect("GET", "/v1/runs/stats/stats", HTTP_STATS, "stats", "GET", "stats", "");
-	expect("GET", "/v1/runs/r/snapshots/snapshots", HTTP_SNAPSHOT, "snapshot", "GET", "r",
-	       "snapshots");
+	expect("GET", "/v1/runs/r/snapshots/snapshots", HTTP_SNAPSHOT, "snapshot", "GET, DELETE",
+	       "r", "snapshots");
 }
 END_TEST
 
@@ -176,9 +178,9 @@ START_TEST(test_wrong_methods)
 	expect_method("POST", "/v1/runs/r/domains", "domains", "GET");
 	expect_method("POST", "/v1/runs/r/shift", "shift", "GET");
 	expect_method("DELETE", "/v1/runs/r/snapshots", "snapshots", "GET, POST");
-	expect_method("POST", "/v1/runs/r/snapshots/final", "snapshot", "GET");
-	expect_method("DELETE", "/v1/runs/r/snapshots/final", "snapshot", "GET");
+	expect_method("POST", "/v1/runs/r/snapshots/final", "snapshot", "GET, DELETE");
 	ck_assert_str_eq(route.label, "final");
+	expect_method("PUT", "/v1/runs/r/snapshots/final", "snapshot", "GET, DELETE");
 	/* methods are case-sensitive and matched whole */
 	expect_method("get", "/v1/runs", "runs", "GET");
 	expect_method("post", "/v1/runs/r/batches", "batches", "POST");
@@ -194,8 +196,8 @@ END_TEST
 /* A second parse into the same route leaves nothing of the first. */
 START_TEST(test_route_is_reset)
 {
-	expect("GET", "/v1/runs/first/snapshots/label", HTTP_SNAPSHOT, "snapshot", "GET", "first",
-	       "label");
+	expect("GET", "/v1/runs/first/snapshots/label", HTTP_SNAPSHOT, "snapshot", "GET, DELETE",
+	       "first", "label");
 	expect_unknown("GET", "/elsewhere");
 	ck_assert_str_eq(route.run, "");
 	expect("GET", "/healthz", HTTP_HEALTHZ, "healthz", "GET", "", "");

@@ -285,7 +285,7 @@ START_TEST(test_runs_and_domains)
 	struct bn_error err;
 	json_t *doc, *run, *d;
 
-	ck_assert_int_eq(query_runs(rd, &doc, &err), 0);
+	ck_assert_int_eq(query_runs(rd, &(struct query_params){ 0 }, &doc, &err), 0);
 	ck_assert_int_eq(json_array_size(json_object_get(doc, "runs")), 1);
 	run = json_array_get(json_object_get(doc, "runs"), 0);
 	ck_assert_str_eq(json_string_value(json_object_get(run, "name")), "r1");
@@ -313,6 +313,121 @@ START_TEST(test_runs_and_domains)
 	/* elements per channel: 16 per step and layer, 2 steps, 2 layers */
 	ck_assert_int_eq(json_integer_value(json_object_get(d, "elements")), 64);
 	json_decref(doc);
+}
+END_TEST
+
+/* The names of a runs reply, joined by spaces, and its "next" ("-" when absent). */
+static void runs_reply(const struct query_params *p, char *names, size_t size, const char **next)
+{
+	struct bn_error err;
+	json_t *doc, *run;
+	size_t i, n = 0;
+	static char next_buf[160];
+
+	ck_assert_msg(query_runs(rd, p, &doc, &err) == 0, "query_runs: %s", err.message);
+	names[0] = '\0';
+	json_array_foreach(json_object_get(doc, "runs"), i, run)
+	{
+		n += (size_t)snprintf(names + n, size - n, "%s%s", i ? " " : "",
+				      json_string_value(json_object_get(run, "name")));
+		ck_assert_uint_lt(n, size);
+	}
+	snprintf(next_buf, sizeof(next_buf), "%s",
+		 json_object_get(doc, "next") ? json_string_value(json_object_get(doc, "next"))
+					      : "-");
+	*next = next_buf;
+	json_decref(doc);
+}
+
+START_TEST(test_runs_pages)
+{
+	static const char *const more[] = { "r1_x", "r10", "r2", "s1" };
+	char names[256];
+	const char *next;
+	size_t i;
+
+	for (i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+		ck_assert_int_eq(tu_put_run(st, more[i],
+					    "{\"worker\":\"w\",\"step\":1,\"seq\":0,\"layers\":{"
+					    "\"bn\":{\"count\":2,\"mean\":[1],\"var\":[1]}}}")
+					 .status,
+				 200);
+	/* no parameter: one page of every run (fewer than the default limit), no next */
+	runs_reply(&(struct query_params){ 0 }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1 r10 r1_x r2 s1");
+	ck_assert_str_eq(next, "-");
+	/* pages of 2 chained by next, the last without it */
+	runs_reply(&(struct query_params){ .limit = "2" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1 r10");
+	ck_assert_str_eq(next, "r10");
+	runs_reply(&(struct query_params){ .limit = "2", .after = "r10" }, names, sizeof(names),
+		   &next);
+	ck_assert_str_eq(names, "r1_x r2");
+	ck_assert_str_eq(next, "r2");
+	runs_reply(&(struct query_params){ .limit = "2", .after = "r2" }, names, sizeof(names),
+		   &next);
+	ck_assert_str_eq(names, "s1");
+	ck_assert_str_eq(next, "-");
+	/* a page that ends exactly at the last run has no next either */
+	runs_reply(&(struct query_params){ .limit = "5" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1 r10 r1_x r2 s1");
+	ck_assert_str_eq(next, "-");
+	runs_reply(&(struct query_params){ .limit = "4" }, names, sizeof(names), &next);
+	ck_assert_str_eq(next, "r2");
+	/* after the last name: an empty page */
+	runs_reply(&(struct query_params){ .after = "s1" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "");
+	ck_assert_str_eq(next, "-");
+	/* prefixes are literal */
+	runs_reply(&(struct query_params){ .prefix = "r1" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1 r10 r1_x");
+	runs_reply(&(struct query_params){ .prefix = "r1_" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1_x");
+	runs_reply(&(struct query_params){ .prefix = "r%" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "");
+	runs_reply(&(struct query_params){ .prefix = "r1", .limit = "1", .after = "r1" }, names,
+		   sizeof(names), &next);
+	ck_assert_str_eq(names, "r10");
+	ck_assert_str_eq(next, "r10");
+	runs_reply(&(struct query_params){ .prefix = "r1", .after = "r10" }, names, sizeof(names),
+		   &next);
+	ck_assert_str_eq(names, "r1_x");
+	ck_assert_str_eq(next, "-");
+	runs_reply(&(struct query_params){ .limit = "10000" }, names, sizeof(names), &next);
+	ck_assert_str_eq(names, "r1 r10 r1_x r2 s1");
+}
+END_TEST
+
+/* A bad parameter of GET /v1/runs: its status, code and path. */
+static void runs_refused(const struct query_params *p, int status, const char *code,
+			 const char *path)
+{
+	struct bn_error err;
+	json_t *doc = (json_t *)&err; /* must become NULL */
+
+	ck_assert_int_lt(query_runs(rd, p, &doc, &err), 0);
+	ck_assert_ptr_null(doc);
+	ck_assert_int_eq(err.status, status);
+	ck_assert_str_eq(err.code, code);
+	ck_assert_str_eq(err.path, path);
+}
+
+START_TEST(test_runs_bad_parameters)
+{
+	char longer[STORE_RUNS_BOUND_MAX + 2];
+
+	runs_refused(&(struct query_params){ .limit = "0" }, 422, "invalid_value", "limit");
+	runs_refused(&(struct query_params){ .limit = "-1" }, 422, "invalid_value", "limit");
+	runs_refused(&(struct query_params){ .limit = "10001" }, 422, "invalid_value", "limit");
+	runs_refused(&(struct query_params){ .limit = "99999999999999999999" }, 400,
+		     "invalid_parameter", "limit");
+	runs_refused(&(struct query_params){ .limit = "ten" }, 400, "invalid_parameter", "limit");
+	runs_refused(&(struct query_params){ .limit = "" }, 400, "invalid_parameter", "limit");
+	runs_refused(&(struct query_params){ .limit = "2.0" }, 400, "invalid_parameter", "limit");
+	memset(longer, 'r', sizeof(longer) - 1);
+	longer[sizeof(longer) - 1] = '\0';
+	runs_refused(&(struct query_params){ .prefix = longer }, 422, "invalid_value", "prefix");
+	runs_refused(&(struct query_params){ .after = longer }, 422, "invalid_value", "after");
 }
 END_TEST
 
@@ -348,6 +463,8 @@ static Suite *query_suite(void)
 	tcase_add_test(tc, test_shift);
 	tcase_add_test(tc, test_series);
 	tcase_add_test(tc, test_runs_and_domains);
+	tcase_add_test(tc, test_runs_pages);
+	tcase_add_test(tc, test_runs_bad_parameters);
 	tcase_add_test(tc, test_metrics_text);
 	suite_add_tcase(s, tc);
 	return s;

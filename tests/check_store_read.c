@@ -1,8 +1,9 @@
 /*
- * check_store_read: the store's read side on its own — describing runs,
- * the layers, domains and workers of a run, one layer across steps with
- * its arrays read a slice at a time, the late-write log, snapshots and
- * deleting a run — against a small run whose every count is known.
+ * check_store_read: the store's read side on its own — describing runs, a
+ * page of them at a time, the layers, domains and workers of a run, one
+ * layer across steps with its arrays read a slice at a time, the late-write
+ * log, snapshots and deleting a run or a snapshot — against small runs
+ * whose every count is known.
  */
 #include <check.h>
 #include <errno.h>
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sqlite3.h>
 
 #include "bnstat/ingest.h"
 #include "store.h"
@@ -158,7 +161,7 @@ START_TEST(test_runs)
 
 	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
 	memset(&c, 0, sizeof(c));
-	ck_assert_int_eq(store_runs_foreach(r, collect_run, &c), 0);
+	ck_assert_int_eq(store_runs_page(r, NULL, NULL, -1, collect_run, &c), 0);
 	ck_assert_int_eq(c.n, 1);
 	ck_assert_str_eq(c.name, "r1");
 	ck_assert_int_eq(c.info.batches, 3);
@@ -182,6 +185,82 @@ START_TEST(test_runs)
 	ck_assert_str_eq(c.name, "r1");
 	ck_assert_int_eq(c.info.batches, 1);
 	ck_assert_int_eq(c.info.step_max, 2);
+	store_reader_put(s, r);
+	store_close(s);
+}
+END_TEST
+
+/* The names a walk saw, joined by spaces (the walk's are borrowed). */
+struct names {
+	char text[256];
+};
+
+static int join_name(void *ctx, const struct store_run_info *info)
+{
+	struct names *c = ctx;
+	size_t n = strlen(c->text);
+
+	snprintf(c->text + n, sizeof(c->text) - n, "%s%s", n ? " " : "", info->name);
+	return 0;
+}
+
+/* The runs of store_runs_page(prefix, after, limit), as "name name ...". */
+static const char *page(struct store_reader *r, const char *prefix, const char *after,
+			int64_t limit)
+{
+	static struct names c;
+
+	memset(&c, 0, sizeof(c));
+	ck_assert_int_eq(store_runs_page(r, prefix, after, limit, join_name, &c), 0);
+	return c.text;
+}
+
+START_TEST(test_runs_page)
+{
+	/* in byte order: '-' 0x2d < '.' 0x2e < 'X' 0x58 < '_' 0x5f < 'b' 0x62 */
+	static const char *const names[] = { "b", "a_b", "ab", "a", "aXb", "a-b", "abc", "a.b" };
+	struct store *s = tu_open(dbpath);
+	struct store_reader *r;
+	struct bn_error err;
+	char longer[STORE_RUNS_BOUND_MAX + 2];
+	size_t i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		ck_assert_int_eq(tu_put_run(s, names[i],
+					    "{\"worker\":\"w\",\"step\":1,\"seq\":0,\"layers\":{"
+					    "\"bn\":{\"count\":2,\"mean\":[1],\"var\":[1]}}}")
+					 .status,
+				 200);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_str_eq(page(r, NULL, NULL, -1), "a a-b a.b aXb a_b ab abc b");
+	ck_assert_str_eq(page(r, "", "", -1), "a a-b a.b aXb a_b ab abc b");
+	ck_assert_str_eq(page(r, NULL, NULL, 3), "a a-b a.b");
+	ck_assert_str_eq(page(r, NULL, "a.b", 3), "aXb a_b ab");
+	ck_assert_str_eq(page(r, NULL, "abc", 3), "b");
+	ck_assert_str_eq(page(r, NULL, "b", 3), "");
+	ck_assert_str_eq(page(r, NULL, "a0", -1), "aXb a_b ab abc b"); /* not a run's name */
+	/* '_' and '%' are characters, not LIKE's wildcards */
+	ck_assert_str_eq(page(r, "a_", NULL, -1), "a_b");
+	ck_assert_str_eq(page(r, "%", NULL, -1), "");
+	ck_assert_str_eq(page(r, "a%", NULL, -1), "");
+	ck_assert_str_eq(page(r, "ab", NULL, -1), "ab abc");
+	ck_assert_str_eq(page(r, "a", NULL, 2), "a a-b");
+	ck_assert_str_eq(page(r, "a", "a-b", 2), "a.b aXb");
+	/* after at the prefix itself, inside it, before it and past its end */
+	ck_assert_str_eq(page(r, "ab", "ab", -1), "abc");
+	ck_assert_str_eq(page(r, "ab", "abc", -1), "");
+	ck_assert_str_eq(page(r, "ab", "a", -1), "ab abc");
+	ck_assert_str_eq(page(r, "a", "b", -1), "");
+	ck_assert_str_eq(page(r, "b", NULL, -1), "b");
+	ck_assert_str_eq(page(r, "c", NULL, -1), "");
+	/* bytes no name has: the upper bound still holds after 0xff */
+	ck_assert_str_eq(page(r, "a\xff", NULL, -1), "");
+	ck_assert_str_eq(page(r, "\xff\xff", NULL, -1), "");
+	ck_assert_str_eq(page(r, NULL, "\xff", -1), "");
+	memset(longer, 'a', sizeof(longer) - 1);
+	longer[sizeof(longer) - 1] = '\0';
+	ck_assert_int_eq(store_runs_page(r, longer, NULL, -1, join_name, &(struct names){ { 0 } }),
+			 -EINVAL);
 	store_reader_put(s, r);
 	store_close(s);
 }
@@ -405,6 +484,93 @@ START_TEST(test_snapshots)
 }
 END_TEST
 
+/* Delete snapshot label of run and wait for the outcome. */
+static struct store_result submit_snapshot_delete(struct store *s, const char *run,
+						  const char *label)
+{
+	struct outcome o;
+
+	outcome_init(&o);
+	ck_assert_int_eq(store_submit_snapshot_delete(s, run, label, on_done, &o), 0);
+	outcome_wait(&o);
+	return o.res;
+}
+
+/* Rows of table snapshot_layers, read on a connection of the test's own. */
+static int64_t snapshot_layer_rows(void)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int64_t n;
+
+	ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+	ck_assert_int_eq(
+		sqlite3_prepare_v2(db, "SELECT count(*) FROM snapshot_layers", -1, &st, NULL),
+		SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+START_TEST(test_delete_snapshot)
+{
+	struct store *s = fill();
+	struct store_snapshot *keep = snapshot("r1", 2), *got;
+	struct outcome del, add;
+	struct store_result res;
+	struct store_reader *r;
+	struct bn_error err;
+	int64_t run_id;
+
+	snprintf(keep->label, sizeof(keep->label), "keep");
+	ck_assert_int_eq(submit_snapshot(s, snapshot("r1", 2)), 201);
+	ck_assert_int_eq(submit_snapshot(s, keep), 201);
+	ck_assert_int_eq(snapshot_layer_rows(), 2);
+
+	ck_assert_int_eq(submit_snapshot_delete(s, "r1", "final").status, 204);
+	ck_assert_int_eq(snapshot_layer_rows(), 1); /* its layers went with it */
+	res = submit_snapshot_delete(s, "r1", "final");
+	ck_assert_int_eq(res.status, 404);
+	ck_assert_str_eq(res.err.path, "label");
+	res = submit_snapshot_delete(s, "nope", "final");
+	ck_assert_int_eq(res.status, 404);
+	ck_assert_str_eq(res.err.path, "run");
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_int_eq(store_run_find(r, "r1", &run_id), 0);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "final", false, &got), -ENOENT);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "keep", true, &got), 0);
+	ck_assert_uint_eq(got->n_layers, 1);
+	store_snapshot_free(got);
+	store_reader_put(s, r);
+
+	/* the label is free again: another step is no conflict now */
+	ck_assert_int_eq(submit_snapshot(s, snapshot("r1", 1)), 201);
+	/* delete and create again queued together (one group, most likely) */
+	outcome_init(&del);
+	outcome_init(&add);
+	ck_assert_int_eq(store_submit_snapshot_delete(s, "r1", "final", on_done, &del), 0);
+	ck_assert_int_eq(store_submit_snapshot(s, snapshot("r1", 2), on_done, &add), 0);
+	outcome_wait(&del);
+	outcome_wait(&add);
+	ck_assert_int_eq(del.res.status, 204);
+	ck_assert_int_eq(add.res.status, 201);
+	store_close(s);
+
+	/* what was committed is there after a reopen */
+	s = tu_open(dbpath);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_int_eq(store_snapshot_get(r, run_id, "final", true, &got), 0);
+	ck_assert_int_eq(got->step, 2);
+	ck_assert_uint_eq(got->n_layers, 1);
+	store_snapshot_free(got);
+	store_reader_put(s, r);
+	store_close(s);
+	ck_assert_int_eq(snapshot_layer_rows(), 2);
+}
+END_TEST
+
 static int submit_delete(struct store *s, const char *run)
 {
 	struct outcome o;
@@ -462,10 +628,12 @@ static Suite *store_read_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_layers_domains_workers);
 	tcase_add_test(tc, test_runs);
+	tcase_add_test(tc, test_runs_page);
 	tcase_add_test(tc, test_layer_rows);
 	tcase_add_test(tc, test_late_writes);
 	tcase_add_test(tc, test_snapshots);
 	tcase_add_test(tc, test_delete_run);
+	tcase_add_test(tc, test_delete_snapshot);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -70,16 +70,22 @@ static inline void outcome_wait(struct outcome *o)
 	pthread_mutex_unlock(&o->mu);
 }
 
-/* Decode a JSON upload of run "r1"; the test fails when it does not decode. */
-static inline struct ingest_batch *decode(const char *json)
+/* Decode a JSON upload of run `run`; the test fails when it does not decode. */
+static inline struct ingest_batch *decode_run(const char *run, const char *json)
 {
 	struct ingest_limits lim = { 4096, 65536 };
 	struct ingest_batch *b = NULL;
 	struct bn_error err;
 
-	if (ingest_decode_json("r1", json, strlen(json), &lim, &b, &err) < 0)
+	if (ingest_decode_json(run, json, strlen(json), &lim, &b, &err) < 0)
 		ck_abort_msg("batch does not decode: %s at %s: %s", err.message, err.path, json);
 	return b;
+}
+
+/* Decode a JSON upload of run "r1". */
+static inline struct ingest_batch *decode(const char *json)
+{
+	return decode_run("r1", json);
 }
 
 /* Open a store with the default options on db; the test fails when it does not
@@ -94,15 +100,21 @@ static inline struct store *tu_open(const char *db)
 	return s;
 }
 
-/* Submit one JSON batch of run "r1" and wait for its outcome. */
-static inline struct store_result tu_put(struct store *s, const char *json)
+/* Submit one JSON batch of run `run` and wait for its outcome. */
+static inline struct store_result tu_put_run(struct store *s, const char *run, const char *json)
 {
 	struct outcome o;
 
 	outcome_init(&o);
-	ck_assert_int_eq(store_submit(s, decode(json), on_done, &o), 0);
+	ck_assert_int_eq(store_submit(s, decode_run(run, json), on_done, &o), 0);
 	outcome_wait(&o);
 	return o.res;
+}
+
+/* Submit one JSON batch of run "r1" and wait for its outcome. */
+static inline struct store_result tu_put(struct store *s, const char *json)
+{
+	return tu_put_run(s, "r1", json);
 }
 
 #endif

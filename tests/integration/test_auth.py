@@ -2,7 +2,8 @@
 ingest, read and admin when a token file is configured).
 
   * the matrix: every endpoint x (no header, a malformed header, unknown
-    tokens, each role) -> 401 (with WWW-Authenticate: Bearer) / 403 / success;
+    tokens, each role) -> 401 (with WWW-Authenticate: Bearer) / 403 / success
+    (204 for an admin's DELETE of a snapshot);
     admin implies ingest and read; /healthz is open; a refused request
     stores nothing;
   * tokens never appear in the daemon's log output;
@@ -115,6 +116,7 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
             self.must("POST", "/v1/runs/m/batches", adm, upload(step))
             self.must("POST", "/v1/runs/m/batches", adm, upload(step, domain="d2"))
         self.must("POST", "/v1/runs/m/snapshots", adm, {"label": "snap"}, (201,))
+        self.must("POST", "/v1/runs/m/snapshots", adm, {"label": "del-admin"}, (201,))
         roles = {"ingest": {"ingest"}, "read": {"read"}, "admin": {"ingest", "read", "admin"},
                  "ingest,read": {"ingest", "read"}}
         for name in roles:
@@ -137,6 +139,7 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
             ("GET", "/metrics", "read"),
             ("POST", "/v1/runs/m/snapshots", "admin"),
             ("DELETE", "/v1/runs/{victim}", "admin"),
+            ("DELETE", "/v1/runs/m/snapshots/{snap}", "admin"),
             ("GET", "/healthz", None),
         ]
         unknown = make_token("unk")
@@ -164,7 +167,7 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
         for method, path, need in endpoints:
             for case, headers in anonymous:
                 with self.subTest(endpoint="%s %s" % (method, path), auth=case):
-                    p = path.replace("{victim}", "victim")
+                    p = path.replace("{victim}", "victim").replace("{snap}", "snap")
                     st, raw, hdrs = self.call(method, p, None, body_for(method, p, case), headers)
                     if need is None:
                         self.assertEqual(st, 200, raw[:300])
@@ -175,11 +178,14 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
                                      "401 without a WWW-Authenticate: Bearer header")
             for role, tok in self.tokens.items():
                 with self.subTest(endpoint="%s %s" % (method, path), token=role):
+                    allowed = need is None or need in roles[role]
                     p = path.replace("{victim}", "gone-" + role.replace(",", "-")
-                                     if need in roles[role] else "victim")
+                                     if allowed else "victim")
+                    p = p.replace("{snap}", "del-" + role if allowed else "snap")
                     st, raw, hdrs = self.call(method, p, tok, body_for(method, p, role))
-                    if need is None or need in roles[role]:
-                        expect = 201 if (method == "POST" and "snapshots" in p) else 200
+                    if allowed:
+                        expect = (201 if (method == "POST" and "snapshots" in p) else
+                                  204 if (method == "DELETE" and "snapshots" in p) else 200)
                         self.assertEqual(st, expect, "%s %s with the %s token: %r %r"
                                          % (method, p, role, st, raw[:300]))
                         if p.endswith("/batches"):
@@ -197,7 +203,9 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
         labels = sorted(s["label"] for s in self.must("GET", "/v1/runs/m/snapshots", adm)
                         ["snapshots"])
         self.assertEqual(len(labels), 2, "only the admin's snapshot POST (and the fixture) "
-                         "may have created a snapshot: %r" % labels)
+                         "may have created a snapshot, and only the admin's DELETE removed "
+                         "one: %r" % labels)
+        self.assertIn("snap", labels, "a refused DELETE removed a snapshot")
         self.must("GET", "/v1/runs/victim", adm)   # never deleted by a refused DELETE
         self.must("GET", "/v1/runs/gone-admin", adm, status=(404,))
         for role in ("ingest", "read", "ingest-read"):

@@ -80,12 +80,19 @@ def steps_range(steps):
 
 
 def cmd_runs(c, a):
-    doc = c.runs()
+    """Every run (from --prefix, after --after), page after page; with --limit
+    one page, and where the next one starts on stderr."""
+    if a.limit is not None:
+        doc = c.runs(prefix=a.prefix, limit=a.limit, after=a.after)
+    else:
+        doc = {"runs": list(c.iter_runs(prefix=a.prefix, after=a.after))}
     if a.json:
         return doc
     table(["run", "batches", "layers", "domains", "workers", "steps", "created"],
           [[r.get("name"), r.get("batches"), r.get("layers"), r.get("domains"), r.get("workers"),
             steps_range(r.get("steps")), iso_ms(r.get("created_ms"))] for r in doc.get("runs", [])])
+    if doc.get("next") is not None:
+        print("bnstat: more runs follow: --after %s" % doc["next"], file=sys.stderr)
 
 
 def cmd_run(c, a):
@@ -205,6 +212,13 @@ def cmd_snapshot_show(c, a):
     table(_LAYER_HEADERS + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {}), with_noise=False))
 
 
+def cmd_snapshot_delete(c, a):
+    deleted = c.delete_snapshot(a.run, a.label, missing_ok=a.missing_ok)
+    if a.json:
+        return {"run": a.run, "label": a.label, "deleted": deleted}
+    print("%s snapshot %s of run %s" % ("deleted" if deleted else "no", a.label, a.run))
+
+
 def cmd_snapshot_export(c, a):
     if a.format == "safetensors":
         data = c.snapshot_safetensors(a.run, a.label, dtype=a.dtype)
@@ -258,7 +272,11 @@ def parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("runs", help="list runs")
+    s = sub.add_parser("runs", help="list runs, by name")
+    s.add_argument("--prefix", help="only runs whose names start with this (literally)")
+    s.add_argument("--limit", type=int,
+                   help="one page of at most this many runs (default: every run)")
+    s.add_argument("--after", help="only runs after this name (a page's next)")
     s.set_defaults(func=cmd_runs)
     s = sub.add_parser("run", help="one run: layers, domains, workers")
     s.add_argument("name")
@@ -293,7 +311,7 @@ def parser():
     s = sub.add_parser("health", help="GET /healthz")
     s.set_defaults(func=cmd_health)
 
-    snap = sub.add_parser("snapshot", help="create, list, show, export snapshots")
+    snap = sub.add_parser("snapshot", help="create, list, show, export, delete snapshots")
     ssub = snap.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND")
     ssub.required = True
     s = ssub.add_parser("create", help="freeze the precise statistics under a label")
@@ -316,6 +334,12 @@ def parser():
     s.add_argument("--dtype", choices=["f32", "f64"], default="f32",
                    help="float type of the safetensors export")
     s.set_defaults(func=cmd_snapshot_export)
+    s = ssub.add_parser("delete", help="delete a snapshot (role admin); the label is free again")
+    s.add_argument("run")
+    s.add_argument("label")
+    s.add_argument("--missing-ok", action="store_true",
+                   help="a label that is not there is no error")
+    s.set_defaults(func=cmd_snapshot_delete)
     return p
 
 

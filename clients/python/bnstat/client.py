@@ -9,7 +9,9 @@ exponential backoff (honouring Retry-After). That is safe for every request
 the client makes: GETs have no effect, an upload is identified by
 (run, domain, worker, step, seq), so the server answers a retried upload
 "duplicate": true and counts it once, and a retried snapshot creation answers
-200 with the snapshot it created the first time.
+200 with the snapshot it created the first time. A deletion retried after the
+first attempt took effect finds nothing left to delete: 404, which
+delete_snapshot(missing_ok=True) takes as done.
 """
 
 import array
@@ -317,9 +319,28 @@ class Client:
         """GET /healthz."""
         return self._json("GET", "/healthz")
 
-    def runs(self):
-        """GET /v1/runs: {"runs": [summary, ...]}."""
-        return self._json("GET", "/v1/runs")
+    def runs(self, prefix=None, limit=None, after=None):
+        """GET /v1/runs: one page {"runs": [summary, ...], "next": name}, by name.
+
+        prefix: only runs whose names start with it (literally: "_" and "%" are
+        no wildcards). limit: at most this many (server default 1000, at most
+        10000). after: only names after it, the "next" of the previous page;
+        "next" is absent on the last page. iter_runs() follows the pages.
+        """
+        return self._json("GET", "/v1/runs", {"prefix": prefix, "limit": limit, "after": after})
+
+    def iter_runs(self, prefix=None, limit=None, after=None):
+        """Every run whose name starts with prefix (and comes after `after`),
+        by name: a generator of run summaries that asks for one page of
+        `limit` runs at a time."""
+        while True:
+            doc = self.runs(prefix=prefix, limit=limit, after=after)
+            runs = doc.get("runs", [])
+            for r in runs:
+                yield r
+            after = doc.get("next")
+            if after is None or not runs:
+                return
 
     def run(self, name):
         """GET /v1/runs/{name}: the run's summary with layers, domains, workers."""
@@ -391,6 +412,22 @@ class Client:
         ({name: {"count", "mean", "var", ...}}; the values are the server's
         doubles, exactly)."""
         return self._json("GET", self._run(run) + "/snapshots/" + urllib.parse.quote(label, safe=""))
+
+    def delete_snapshot(self, run, label, missing_ok=False):
+        """DELETE /v1/runs/{run}/snapshots/{label} (role admin): the snapshot is
+        gone once this returns (the server answers after the commit) and the
+        label may be created again. Returns True when this call deleted it.
+        An unknown label raises BnstatError 404, or returns False with
+        missing_ok=True: a retry of a deletion whose reply was lost finds the
+        label gone, so pass missing_ok=True where that is what you want."""
+        try:
+            self.request("DELETE",
+                         self._run(run) + "/snapshots/" + urllib.parse.quote(label, safe=""))
+        except BnstatError as e:
+            if missing_ok and e.status == 404 and e.path == "label":
+                return False
+            raise
+        return True
 
     def snapshot_safetensors(self, run, label, dtype="f32"):
         """The snapshot as safetensors bytes: {layer}.running_mean and

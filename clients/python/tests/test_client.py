@@ -295,6 +295,65 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(run["workers"], [{"name": "rank0", "batches": 1, "last_step": 7}])
         self.assertEqual(run["layers"], [{"name": "bn", "channels": 2}])
 
+    def test_runs_pages_and_iter_runs(self):
+        c = self.c
+        names = ["pg_%02d" % i for i in range(23)] + ["pgX0", "pg-0", "pg0"]
+        for i, n in enumerate(names):
+            c.upload(n, "w", i + 1, 0, LAYER)
+        mine = sorted((n for n in names if n.startswith("pg_")), key=lambda n: n.encode())
+        page = c.runs(prefix="pg_", limit=10)
+        self.assertEqual([r["name"] for r in page["runs"]], mine[:10])
+        self.assertEqual(page["next"], mine[9])
+        page = c.runs(prefix="pg_", limit=10, after=page["next"])
+        self.assertEqual([r["name"] for r in page["runs"]], mine[10:20])
+        page = c.runs(prefix="pg_", limit=10, after=page["next"])
+        self.assertEqual([r["name"] for r in page["runs"]], mine[20:])
+        self.assertNotIn("next", page)
+        for limit in (1, 7, 23, 1000, None):
+            with self.subTest(limit=limit):
+                got = list(c.iter_runs(prefix="pg_", limit=limit))
+                self.assertEqual([r["name"] for r in got], mine)
+        self.assertEqual([r["steps"]["max"] for r in c.iter_runs(prefix="pg_", limit=5)],
+                         [names.index(n) + 1 for n in mine])
+        # '_' is a character, not a wildcard: pgX0, pg-0 and pg0 are not under "pg_"
+        self.assertEqual([r["name"] for r in c.iter_runs(prefix="pg", limit=4)],
+                         sorted(names, key=lambda n: n.encode()))
+        self.assertEqual([r["name"] for r in c.iter_runs(prefix="pg_", after="pg_20")],
+                         ["pg_21", "pg_22"])
+        self.assertEqual(c.runs(prefix="pg%")["runs"], [])
+        for bad, status in (({"limit": 0}, 422), ({"limit": 10001}, 422), ({"limit": "x"}, 400),
+                            ({"prefix": "p" * 129}, 422)):
+            with self.subTest(bad=bad):
+                with self.assertRaises(BnstatError) as cm:
+                    c.runs(**bad)
+                self.assertEqual(cm.exception.status, status)
+                self.assertEqual(cm.exception.path, list(bad)[0])
+
+    def test_delete_snapshot(self):
+        c = self.c
+        c.upload("snapdel", "w", 1, 0, {"bn": {"count": 4, "mean": [1.0, 2.0], "var": [2.0, 0.5]}},
+                 dtype="f64")
+        c.upload("snapdel", "w", 2, 0, {"bn": {"count": 4, "mean": [5.0, 6.0], "var": [1.0, 1.0]}},
+                 dtype="f64")
+        self.assertEqual(c.snapshot_create("snapdel", "final", step=1)["step"], 1)
+        c.snapshot_create("snapdel", "other", step=2)
+        self.assertIs(c.delete_snapshot("snapdel", "final"), True)
+        with self.assertRaises(BnstatError) as cm:
+            c.snapshot("snapdel", "final")
+        self.assertEqual((cm.exception.status, cm.exception.path), (404, "label"))
+        with self.assertRaises(BnstatError) as cm:
+            c.delete_snapshot("snapdel", "final")
+        self.assertEqual((cm.exception.status, cm.exception.path), (404, "label"))
+        self.assertIs(c.delete_snapshot("snapdel", "final", missing_ok=True), False)
+        with self.assertRaises(BnstatError) as cm:   # an unknown run is an error all the same
+            c.delete_snapshot("no-such-run", "final", missing_ok=True)
+        self.assertEqual((cm.exception.status, cm.exception.path), (404, "run"))
+        # the label again, at the step that would have been a conflict
+        again = c.snapshot_create("snapdel", "final", step=2)
+        self.assertEqual((again["step"], again["layers"]["bn"]["mean"]), (2, [5.0, 6.0]))
+        self.assertEqual(sorted(s["label"] for s in c.snapshots("snapdel")["snapshots"]),
+                         ["final", "other"])
+
     def test_snapshots(self):
         c = self.c
         c.upload("snap", "w", 1, 0, {"bn": {"count": 4, "mean": [1.0, 2.0], "var": [2.0, 0.5]}})
@@ -504,6 +563,31 @@ class FakeServerTests(unittest.TestCase):
         finally:
             fake.close()
 
+    def test_iter_runs_follows_next(self):
+        def page(names, nxt=None):
+            doc = {"runs": [{"name": n} for n in names]}
+            if nxt is not None:
+                doc["next"] = nxt
+            return (200, {"Content-Type": "application/json"}, json.dumps(doc).encode())
+
+        fake = FakeServer([page(["a", "b"], "b"), page(["c", "d"], "d"), page(["e"])])
+        try:
+            got = [r["name"] for r in Client(fake.url).iter_runs(prefix="x_y", limit=2)]
+        finally:
+            fake.close()
+        self.assertEqual(got, ["a", "b", "c", "d", "e"])
+        self.assertEqual([req[1] for req in fake.requests],
+                         ["/v1/runs?prefix=x_y&limit=2", "/v1/runs?prefix=x_y&limit=2&after=b",
+                          "/v1/runs?prefix=x_y&limit=2&after=d"])
+        fake = FakeServer([page([])])
+        try:
+            c = Client(fake.url)
+            self.assertEqual(list(c.iter_runs()), [])
+            self.assertEqual(c.runs(), {"runs": []})
+        finally:
+            fake.close()
+        self.assertEqual([req[1] for req in fake.requests], ["/v1/runs", "/v1/runs"])
+
     def test_non_json_error_reply(self):
         fake = FakeServer([(404, {"Content-Type": "text/plain"}, b"nothing here")])
         try:
@@ -660,6 +744,44 @@ class CliTests(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(sorted(s["label"] for s in json.loads(out)["snapshots"]), ["s0", "s1"])
 
+    def test_runs_pages_and_snapshot_delete(self):
+        c = Client(self.d.url)
+        for n in ("cpg_a", "cpg_b", "cpg_c", "cpgXd"):
+            c.upload(n, "w", 1, 0, LAYER)
+        rc, out, err = self.cli("runs", "--prefix", "cpg_")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([l.split()[0] for l in out.splitlines()[1:]], ["cpg_a", "cpg_b", "cpg_c"])
+        self.assertEqual(err, "")
+        rc, out, err = self.cli("runs", "--prefix", "cpg_", "--limit", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertAligned(out.splitlines())
+        self.assertEqual([l.split()[0] for l in out.splitlines()[1:]], ["cpg_a", "cpg_b"])
+        self.assertIn("--after cpg_b", err)
+        rc, out, err = self.cli("--json", "runs", "--prefix", "cpg_", "--limit", "2", "--after",
+                                "cpg_b")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([r["name"] for r in json.loads(out)["runs"]], ["cpg_c"])
+        self.assertNotIn("next", json.loads(out))
+        rc, out, err = self.cli("--json", "runs", "--prefix", "cpg", "--after", "cpg_a")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([r["name"] for r in json.loads(out)["runs"]], ["cpg_b", "cpg_c"])
+        rc, out, err = self.cli("runs", "--limit", "0")
+        self.assertEqual(rc, 1)
+        self.assertIn("limit", err)
+
+        c.upload("cdel", "w", 1, 0, LAYER)
+        c.snapshot_create("cdel", "gone")
+        rc, out, err = self.cli("snapshot", "delete", "cdel", "gone")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "deleted snapshot gone of run cdel\n")
+        self.assertEqual(c.snapshots("cdel")["snapshots"], [])
+        rc, out, err = self.cli("snapshot", "delete", "cdel", "gone")
+        self.assertEqual(rc, 1)
+        self.assertIn("404", err)
+        rc, out, err = self.cli("--json", "snapshot", "delete", "cdel", "gone", "--missing-ok")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out), {"run": "cdel", "label": "gone", "deleted": False})
+
     def test_compare_table_or_error(self):
         rc, out, err = self.cli("compare", "cli", "--step", "10")
         if rc == 0:  # the server has compare: one row per layer plus overall
@@ -719,6 +841,13 @@ class AuthAndTlsTests(unittest.TestCase):
             self.assertEqual(cm.exception.status, 403)
             admin = Client(d.url, token=tokens["admin"])
             self.assertEqual(admin.snapshot_create("auth", "s")["step"], 1)
+            for who in (reader, ingest):
+                with self.assertRaises(BnstatError) as cm:
+                    who.delete_snapshot("auth", "s")
+                self.assertEqual((cm.exception.status, cm.exception.code), (403, "forbidden"))
+            self.assertEqual(reader.snapshot("auth", "s")["label"], "s")
+            self.assertIs(admin.delete_snapshot("auth", "s"), True)
+            self.assertEqual(reader.snapshots("auth")["snapshots"], [])
             env = dict(os.environ, PYTHONPATH=PYTHONPATH, BNSTAT_URL=d.url)
             cmd = [sys.executable, "-m", "bnstat", "stats", "auth"]
             p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
