@@ -17,6 +17,7 @@ int bn_error_set(struct bn_error *err, int status, const char *code, const char 
 		va_start(ap, fmt);
 		vsnprintf(err->message, sizeof(err->message), fmt, ap);
 		va_end(ap);
+		err->nonfinite.set = false;
 	}
 	return (status >= 400 && status < 500) ? -EINVAL : -EIO;
 }

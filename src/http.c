@@ -87,6 +87,38 @@ MHD_Result http_reply_json(struct http_request *rq, unsigned status, json_t *doc
 	return http_reply_text(rq, status, text, len, "application/json");
 }
 
+/* 1, 10, 100, ...: the counts at which a repeated refusal is logged again. */
+static bool power_of_ten(unsigned long long n)
+{
+	while (n >= 10 && n % 10 == 0)
+		n /= 10;
+	return n == 1;
+}
+
+/*
+ * An upload refused for a non-finite value (docs/API.md, "Non-finite
+ * values"): counted for the run, described in the reply's "nonfinite"
+ * member of e, and logged at warn level the 1st, 10th, 100th, ... time
+ * for the same run and layer, so that a worker stuck on NaN writes a
+ * handful of lines, not one per step.
+ */
+static void refused_nonfinite(struct http_request *rq, const struct bn_error *err, json_t *e)
+{
+	const struct bn_error_nonfinite *d = &err->nonfinite;
+	unsigned long long n = metrics_refused_nonfinite(rq->route.run, d->layer);
+
+	json_object_set_new(e, "nonfinite",
+			    json_pack("{s:s, s:I, s:s, s:s, s:I}", "worker", d->worker, "step",
+				      (json_int_t)d->step, "layer", d->layer, "field", d->field,
+				      "channel", (json_int_t)d->channel));
+	if (power_of_ten(n))
+		log_warn("upload_nonfinite",
+			 "run=%s worker=%s step=%lld layer=%s field=%s channel=%lld refused=%llu "
+			 "path=\"%s\" message=\"%s\"",
+			 rq->route.run, d->worker, d->step, d->layer, d->field, d->channel, n,
+			 err->path, err->message);
+}
+
 MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 {
 	int status = err->status ? err->status : 500;
@@ -101,7 +133,10 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 		json_object_set_new(e, "path", json_string(err->path));
 	if (rq->route.endpoint == HTTP_BATCHES)
 		metrics_upload(err->code[0] ? err->code : BN_E_INTERNAL);
-	if (status >= 500)
+	/* ingest checked the run name before any value */
+	if (rq->route.endpoint == HTTP_BATCHES && err->nonfinite.set)
+		refused_nonfinite(rq, err, e);
+	else if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
 			  rq->route.name, run, status, err->message);
 	else

@@ -152,7 +152,9 @@ static MHD_Result handle_batches(struct http_request *rq)
 
 /*
  * DELETE /v1/runs/{run}: the writer removes the run and everything of it
- * (statistics, EMAs, snapshots) in one transaction.
+ * (statistics, EMAs, snapshots) in one transaction. The daemon's counts of
+ * the run go too, also when nothing of it was stored (a 404: every upload
+ * of it may have been refused).
  */
 static MHD_Result handle_run_delete(struct http_request *rq)
 {
@@ -161,6 +163,8 @@ static MHD_Result handle_run_delete(struct http_request *rq)
 	if (rq->submitted) {
 		if (!http_take_result(rq, &res))
 			return MHD_YES;
+		if (res.status < 300 || res.status == 404)
+			metrics_forget_run(rq->route.run);
 		if (res.status >= 300)
 			return http_reply_error(rq, &res.err);
 		return http_reply_json(rq, 200,

@@ -6,7 +6,8 @@
  * makes a single allocation for the whole batch (header, layer table, all
  * value arrays, names), converts the values straight into it (base64
  * decoded in place, f32 widened in place), checks each value (finite,
- * variance >= 0) and hashes the result. The same content thus gives the
+ * variance >= 0; a non-finite one is described in err->nonfinite too)
+ * and hashes the result. The same content thus gives the
  * same batch and the same hash in any form. A failure anywhere frees that
  * one block, so nothing leaks and *out stays NULL.
  *
@@ -260,12 +261,52 @@ static void load_values(const uint8_t *src, size_t esize, size_t n, double *dst)
 	}
 }
 
+/* The detail of a refusal fits the names it copies. */
+_Static_assert(sizeof(((struct bn_error_nonfinite *)0)->worker) == INGEST_NAME_MAX + 1,
+	       "bn_error_nonfinite.worker holds a worker name");
+_Static_assert(sizeof(((struct bn_error_nonfinite *)0)->layer) == INGEST_LAYER_NAME_MAX + 1,
+	       "bn_error_nonfinite.layer holds a layer name");
+
 /*
- * One value array of a layer, once the batch exists: write its
- * p->channels doubles to dst and check them. Base64 is decoded straight
- * into dst (see load_values()).
+ * The refusal of value i (x, NaN or infinite) of array id of layer p in
+ * the upload *hdr: the usual 422 at the value's path, with a message that
+ * names the step, layer, channel and worker, and err->nonfinite filled in
+ * for the HTTP layer to count and log (docs/API.md, "Non-finite values").
+ * Its layer name has been checked, so it is shown as it is.
  */
-static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst, struct bn_error *err)
+static int nonfinite_error(struct bn_error *err, const struct ingest_batch *hdr,
+			   const struct layer_plan *p, enum arr_id id, size_t i, double x)
+{
+	const char *key = ingest_arr_key[id];
+	const char *what = isnan(x) ? "NaN" : x > 0 ? "infinity" : "-infinity";
+	const bool ema = id == ARR_EMA_MEAN || id == ARR_EMA_VAR;
+	struct bn_error_nonfinite *d;
+	int r;
+
+	r = ingest_layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
+			       "non-finite %s at step %lld, layer %.*s, channel %zu (worker %s): "
+			       "%s in the %s statistics (mixed-precision overflow?)",
+			       key, (long long)hdr->step, (int)p->name_len, p->name, i, hdr->worker,
+			       what, ema ? "running (EMA)" : "batch");
+	if (err == NULL)
+		return r;
+	d = &err->nonfinite;
+	d->set = true;
+	d->step = (long long)hdr->step;
+	d->channel = (long long)i;
+	snprintf(d->worker, sizeof(d->worker), "%s", hdr->worker);
+	snprintf(d->layer, sizeof(d->layer), "%.*s", (int)p->name_len, p->name);
+	snprintf(d->field, sizeof(d->field), "%s", key);
+	return r;
+}
+
+/*
+ * One value array of a layer of the upload *hdr, once the batch exists:
+ * write its p->channels doubles to dst and check them. Base64 is decoded
+ * straight into dst (see load_values()).
+ */
+static int fill_array(const struct ingest_batch *hdr, const struct layer_plan *p, enum arr_id id,
+		      double *dst, struct bn_error *err)
 {
 	const struct src_array *a = &p->src[id];
 	const char *key = ingest_arr_key[id];
@@ -310,8 +351,7 @@ static int fill_array(const struct layer_plan *p, enum arr_id id, double *dst, s
 		double x = dst[i];
 
 		if (!isfinite(x))
-			return ingest_layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
-						  "must be finite, not %g", x);
+			return nonfinite_error(err, hdr, p, id, i, x);
 		if (is_var && x < 0)
 			return ingest_layer_error(err, 422, BN_E_INVALID, p, key, NULL, (long)i,
 						  "a variance must be >= 0, not %.17g", x);
@@ -427,7 +467,7 @@ int ingest_build_batch(const struct ingest_batch *hdr, struct layer_plan *plans,
 				continue;
 			arr[j] = dp;
 			dp += p->channels;
-			r = fill_array(p, (enum arr_id)j, arr[j], err);
+			r = fill_array(hdr, p, (enum arr_id)j, arr[j], err);
 			if (r < 0)
 				goto fail;
 		}

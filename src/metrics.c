@@ -1,14 +1,18 @@
 /*
  * metrics: process-wide counters and histograms (see metrics.h). Fixed
- * label sets keep it allocation-free: the upload outcomes are the known
- * error codes, anything else counts as "other".
+ * label sets keep the hot counters allocation-free: the upload outcomes are
+ * the known error codes, anything else counts as "other". The one family
+ * labelled by run, the refusals of non-finite values, is rare by nature: a
+ * small table under a lock, bounded (metrics.h), holds it.
  */
 #include "metrics.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bnstat/batch.h"
 #include "bnstat/error.h"
 
 static const char *const outcomes[] = {
@@ -125,6 +129,144 @@ static void label_value(FILE *f, const char *s)
 	}
 }
 
+/* --- refusals of non-finite values ------------------------------------------------ */
+
+struct nonfinite_run {
+	char name[INGEST_NAME_MAX + 1];
+	unsigned long long n;
+};
+
+struct nonfinite_layer {
+	char run[INGEST_NAME_MAX + 1];
+	char layer[INGEST_LAYER_NAME_MAX + 1];
+	unsigned long long n;
+};
+
+/* Guards everything below. Refusals are rare; a scrape holds it while it prints them. */
+static pthread_mutex_t nf_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct nonfinite_run *nf_runs; /* [nf_n_runs], in strcmp() order of name */
+static size_t nf_n_runs, nf_cap_runs;
+static unsigned long long nf_other_runs;  /* refusals of runs past the bound */
+static struct nonfinite_layer *nf_layers; /* [nf_n_layers], in arrival order */
+static size_t nf_n_layers, nf_cap_layers;
+static unsigned long long nf_other_layers; /* refusals of pairs past the bound */
+
+/* Grow *arr (of *cap elements of size `size`) to hold one more than n, up to max. */
+static bool nf_reserve(void **arr, size_t *cap, size_t n, size_t size, size_t max)
+{
+	size_t c = *cap ? *cap * 2 : 16;
+	void *p;
+
+	if (n < *cap)
+		return true;
+	if (n >= max)
+		return false;
+	if (c > max)
+		c = max;
+	p = realloc(*arr, c * size);
+	if (p == NULL)
+		return false;
+	*arr = p;
+	*cap = c;
+	return true;
+}
+
+/* The run's counter: found, or inserted in name order; NULL past the bound. */
+static unsigned long long *nf_run_counter(const char *run)
+{
+	size_t lo = 0, hi = nf_n_runs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(nf_runs[mid].name, run);
+
+		if (c == 0)
+			return &nf_runs[mid].n;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (!nf_reserve((void **)&nf_runs, &nf_cap_runs, nf_n_runs, sizeof(*nf_runs),
+			METRICS_NONFINITE_RUNS))
+		return NULL;
+	memmove(&nf_runs[lo + 1], &nf_runs[lo], (nf_n_runs - lo) * sizeof(*nf_runs));
+	snprintf(nf_runs[lo].name, sizeof(nf_runs[lo].name), "%s", run);
+	nf_runs[lo].n = 0;
+	nf_n_runs++;
+	return &nf_runs[lo].n;
+}
+
+/* The (run, layer) counter: found, or appended; NULL past the bound. */
+static unsigned long long *nf_layer_counter(const char *run, const char *layer)
+{
+	struct nonfinite_layer *e;
+	size_t i;
+
+	for (i = 0; i < nf_n_layers; i++)
+		if (strcmp(nf_layers[i].layer, layer) == 0 && strcmp(nf_layers[i].run, run) == 0)
+			return &nf_layers[i].n;
+	if (!nf_reserve((void **)&nf_layers, &nf_cap_layers, nf_n_layers, sizeof(*nf_layers),
+			METRICS_NONFINITE_LAYERS))
+		return NULL;
+	e = &nf_layers[nf_n_layers++];
+	snprintf(e->run, sizeof(e->run), "%s", run);
+	snprintf(e->layer, sizeof(e->layer), "%s", layer);
+	e->n = 0;
+	return &e->n;
+}
+
+unsigned long long metrics_refused_nonfinite(const char *run, const char *layer)
+{
+	unsigned long long *c, n;
+
+	pthread_mutex_lock(&nf_mu);
+	c = nf_run_counter(run);
+	++*(c != NULL ? c : &nf_other_runs);
+	c = nf_layer_counter(run, layer);
+	n = ++*(c != NULL ? c : &nf_other_layers);
+	pthread_mutex_unlock(&nf_mu);
+	return n;
+}
+
+void metrics_forget_run(const char *run)
+{
+	size_t i, k = 0;
+
+	pthread_mutex_lock(&nf_mu);
+	for (i = 0; i < nf_n_runs; i++)
+		if (strcmp(nf_runs[i].name, run) != 0)
+			nf_runs[k++] = nf_runs[i];
+	nf_n_runs = k;
+	for (i = k = 0; i < nf_n_layers; i++)
+		if (strcmp(nf_layers[i].run, run) != 0)
+			nf_layers[k++] = nf_layers[i];
+	nf_n_layers = k;
+	pthread_mutex_unlock(&nf_mu);
+}
+
+static void render_nonfinite(FILE *f)
+{
+	size_t i;
+
+	fputs("# HELP bnstat_refused_nonfinite_total Uploads refused for a NaN or infinite batch "
+	      "statistic or EMA, per run, since the daemon started.\n"
+	      "# TYPE bnstat_refused_nonfinite_total counter\n",
+	      f);
+	pthread_mutex_lock(&nf_mu);
+	for (i = 0; i < nf_n_runs; i++) {
+		fputs("bnstat_refused_nonfinite_total{run=\"", f);
+		label_value(f, nf_runs[i].name);
+		fprintf(f, "\"} %llu\n", nf_runs[i].n);
+	}
+	if (nf_other_runs > 0)
+		fprintf(f, "bnstat_refused_nonfinite_total{run=\"%s\"} %llu\n",
+			METRICS_NONFINITE_OTHER, nf_other_runs);
+	pthread_mutex_unlock(&nf_mu);
+}
+
+/* --- the run gauges ------------------------------------------------------------------- */
+
 /* The run gauges: counted in one walk, their samples held until the count is out. */
 struct run_gauges {
 	FILE *samples; /* bnstat_run_last_step */
@@ -156,6 +298,7 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 	int rc = 0;
 
 	render_counters(f);
+	render_nonfinite(f);
 	fprintf(f,
 		"# HELP bnstat_queue_depth Uploads waiting for the writer.\n"
 		"# TYPE bnstat_queue_depth gauge\nbnstat_queue_depth %zu\n"

@@ -3,7 +3,8 @@
  * batch identities at or below each run's horizon (highest step -
  * retain_steps), with the worker EMAs of those steps; snapshots stay. With
  * retain_runs_days set, delete whole runs that many days after their last
- * accepted batch, one run a pass. The writer runs bounded passes between
+ * accepted batch, one run a pass (and forget the daemon's counts of it,
+ * metrics.h). The writer runs bounded passes between
  * groups, so that a large backlog never holds uploads up for long. Writer
  * thread only.
  */
@@ -12,6 +13,7 @@
 #include <stdio.h>
 
 #include "log.h"
+#include "metrics.h"
 
 /* Rows a pass drops at most (about). */
 #define RETENTION_BUDGET 2000
@@ -165,6 +167,7 @@ static bool expiry_pass(struct store *s)
 	if (store_sql_run(st) < 0 || store_sql_exec(s->wdb, "COMMIT", &err) < 0)
 		goto fail;
 	store_aggcache_drop_run(&s->aggcache, run.id);
+	metrics_forget_run(run.name);
 	sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum(4096)", NULL, NULL, NULL);
 	log_info("run_expired", "run=%s retain_runs_days=%lld", run.name,
 		 (long long)s->opt.retain_runs_days);

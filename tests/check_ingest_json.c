@@ -1,6 +1,6 @@
 /*
  * Unit tests of ingest: decoding the JSON form: encodings, options, count-0 layers, -0.0, error
- * paths and messages, limits.
+ * paths and messages (and what a refusal of a non-finite value names), limits.
  */
 #include "ingest_testutil.h"
 
@@ -241,6 +241,95 @@ START_TEST(test_error_paths)
 }
 END_TEST
 
+/*
+ * A NaN or infinity is refused with a message that names the step, layer,
+ * channel and worker, and with the same in err.nonfinite (docs/API.md,
+ * "Non-finite values"); both JSON readers agree on all of it.
+ */
+START_TEST(test_nonfinite_detail)
+{
+	static const struct {
+		int layer;	 /* 0: "layer3.0.bn2", 1: "layer4.bn" */
+		int field;	 /* index in arr[] */
+		int channel;	 /* where the bad value is */
+		double value;	 /* what it is */
+		enum enc enc;	 /* of every array */
+		const char *msg; /* expected message */
+	} cases[] = {
+		{ 0, 1, 17, NAN, F32,
+		  "non-finite var at step 1200, layer layer3.0.bn2, channel 17 (worker rank3): "
+		  "NaN in the batch statistics (mixed-precision overflow?)" },
+		{ 0, 0, 0, INFINITY, F64,
+		  "non-finite mean at step 1200, layer layer3.0.bn2, channel 0 (worker rank3): "
+		  "infinity in the batch statistics (mixed-precision overflow?)" },
+		{ 1, 2, 5, -INFINITY, F32,
+		  "non-finite ema_mean at step 1200, layer layer4.bn, channel 5 (worker rank3): "
+		  "-infinity in the running (EMA) statistics (mixed-precision overflow?)" },
+		{ 1, 3, 19, NAN, F64,
+		  "non-finite ema_var at step 1200, layer layer4.bn, channel 19 (worker rank3): "
+		  "NaN in the running (EMA) statistics (mixed-precision overflow?)" },
+	};
+	static const char *const layer[] = { "layer3.0.bn2", "layer4.bn" };
+	static const char *const arr[] = { "mean", "var", "ema_mean", "ema_var" };
+
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct ingest_batch *b = (struct ingest_batch *)&b; /* not NULL */
+		struct sbuf s = { 0 };
+		struct bn_error err;
+		char path[128];
+		double v[20];
+
+		sb_printf(&s, "{\"worker\": \"rank3\", \"step\": 1200, \"seq\": 0, \"layers\": {");
+		for (int l = 0; l < 2; l++) {
+			sb_printf(&s, "%s\"%s\": {\"count\": 8", l ? ", " : "", layer[l]);
+			for (int a = 0; a < 4; a++) {
+				for (int i = 0; i < 20; i++)
+					v[i] = 0.5 + i;
+				if (l == cases[c].layer && a == cases[c].field)
+					v[cases[c].channel] = cases[c].value;
+				sb_printf(&s, ", \"%s\": ", arr[a]);
+				sb_values(&s, v, 20, cases[c].enc);
+			}
+			sb_printf(&s, "}");
+		}
+		sb_printf(&s, "}}");
+
+		bn_error_clear(&err);
+		ck_assert_int_eq(ingest_decode_json("r1", s.s, s.len, &limits, &b, &err), -EINVAL);
+		ck_assert_ptr_null(b);
+		snprintf(path, sizeof(path), "layers.%s.%s[%d]", layer[cases[c].layer],
+			 arr[cases[c].field], cases[c].channel);
+		ck_assert_int_eq(err.status, 422);
+		ck_assert_str_eq(err.code, BN_E_INVALID);
+		ck_assert_str_eq(err.path, path);
+		ck_assert_str_eq(err.message, cases[c].msg);
+		ck_assert(err.nonfinite.set);
+		ck_assert_int_eq(err.nonfinite.step, 1200);
+		ck_assert_int_eq(err.nonfinite.channel, cases[c].channel);
+		ck_assert_str_eq(err.nonfinite.worker, "rank3");
+		ck_assert_str_eq(err.nonfinite.layer, layer[cases[c].layer]);
+		ck_assert_str_eq(err.nonfinite.field, arr[cases[c].field]);
+		/* the fast scanner and jansson give the same detail */
+		ck_assert_int_eq(same_both_ways(s.s, s.len, &limits), FAST_ERROR);
+		sb_free(&s);
+	}
+
+	/* any other refusal leaves it clear, even after a non-finite one */
+	{
+		struct ingest_batch *b = NULL;
+		struct bn_error err;
+		const char *neg = "{\"worker\": \"w\", \"step\": 1, \"seq\": 0, \"layers\": "
+				  "{\"bn\": {\"count\": 2, \"mean\": [0], \"var\": [-1]}}}";
+
+		err.nonfinite.set = true;
+		ck_assert_int_eq(ingest_decode_json("r1", neg, strlen(neg), &limits, &b, &err),
+				 -EINVAL);
+		ck_assert_str_eq(err.path, "layers.bn.var[0]");
+		ck_assert(!err.nonfinite.set);
+	}
+}
+END_TEST
+
 START_TEST(test_malformed_messages)
 {
 	struct ingest_batch *b = NULL;
@@ -331,6 +420,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_decode_count_zero);
 	tcase_add_test(tc, test_negative_zero);
 	tcase_add_test(tc, test_error_paths);
+	tcase_add_test(tc, test_nonfinite_detail);
 	tcase_add_test(tc, test_malformed_messages);
 	tcase_add_test(tc, test_empty_arrays);
 	tcase_add_test(tc, test_limits);

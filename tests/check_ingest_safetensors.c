@@ -489,6 +489,50 @@ START_TEST(test_st_layer_rules)
 }
 END_TEST
 
+/*
+ * A NaN or infinity in a tensor: the path is the tensor's, and the
+ * message and err.nonfinite name the step, layer, channel and worker as
+ * in the JSON form (docs/API.md, "Non-finite values").
+ */
+START_TEST(test_st_nonfinite_detail)
+{
+	struct ingest_batch *b = NULL;
+	struct stw w = { 0 };
+	struct bn_error err;
+	unsigned char *body;
+	double m[20], v[20];
+	size_t len;
+
+	for (int i = 0; i < 20; i++)
+		m[i] = v[i] = 1.0 + i;
+	v[17] = NAN;
+	stw_count(&w, "layer3.0.bn2.count", 8, true);
+	stw_values(&w, "layer3.0.bn2.mean", m, 20, F32);
+	stw_values(&w, "layer3.0.bn2.var", v, 20, F32);
+	stw_values(&w, "layer3.0.bn2.ema_mean", m, 20, F64);
+	stw_values(&w, "layer3.0.bn2.ema_var", m, 20, F64);
+	body = stw_finish(&w,
+			  "\"__metadata__\": {\"worker\": \"rank3\", \"step\": \"1200\", "
+			  "\"seq\": \"0\"}",
+			  0, &len);
+	ck_assert_int_eq(st_decode(body, len, &limits, &b, &err), -EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_int_eq(err.status, 422);
+	ck_assert_str_eq(err.code, BN_E_INVALID);
+	ck_assert_str_eq(err.path, "layer3.0.bn2.var[17]");
+	ck_assert_str_eq(err.message,
+			 "non-finite var at step 1200, layer layer3.0.bn2, channel 17 (worker "
+			 "rank3): NaN in the batch statistics (mixed-precision overflow?)");
+	ck_assert(err.nonfinite.set);
+	ck_assert_int_eq(err.nonfinite.step, 1200);
+	ck_assert_int_eq(err.nonfinite.channel, 17);
+	ck_assert_str_eq(err.nonfinite.worker, "rank3");
+	ck_assert_str_eq(err.nonfinite.layer, "layer3.0.bn2");
+	ck_assert_str_eq(err.nonfinite.field, "var");
+	free(body);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 
 static Suite *suite(void)
@@ -504,6 +548,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_st_same_as_json);
 	tcase_add_test(tc, test_st_negative_zero);
 	tcase_add_test(tc, test_st_layer_rules);
+	tcase_add_test(tc, test_st_nonfinite_detail);
 	suite_add_tcase(s, tc);
 	return s;
 }

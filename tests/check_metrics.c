@@ -1,11 +1,13 @@
 /*
  * check_metrics: the Prometheus text metrics.c writes, the only writer of
  * it: counters and histograms, the gauges fed through struct
- * metrics_sources, label escaping, and a failing run walk
- * (docs/OPERATIONS.md, "Monitoring").
+ * metrics_sources, label escaping, a failing run walk, and the bounded
+ * counts of refusals of non-finite values (docs/OPERATIONS.md,
+ * "Monitoring").
  */
 #include <check.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +165,125 @@ START_TEST(test_failed_walk)
 }
 END_TEST
 
+/* Whether text holds a line that starts with `series `. */
+static bool has_sample(const char *text, const char *series)
+{
+	size_t n = strlen(series);
+	const char *p = text;
+
+	while ((p = strstr(p, series)) != NULL) {
+		if ((p == text || p[-1] == '\n') && p[n] == ' ')
+			return true;
+		p += n;
+	}
+	return false;
+}
+
+/* Checks run each test in a process of its own: the counts start empty. */
+START_TEST(test_nonfinite_counter)
+{
+	struct metrics_sources src = { 0 };
+	char *text;
+	int rc;
+
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	/* the family is always described, and has no sample yet */
+	ck_assert_ptr_nonnull(strstr(text, "# TYPE bnstat_refused_nonfinite_total counter\n"));
+	ck_assert_ptr_null(strstr(text, "bnstat_refused_nonfinite_total{"));
+	free(text);
+
+	/* the count per (run, layer) is returned, for the logs */
+	ck_assert_uint_eq(metrics_refused_nonfinite("exp1", "layer1.bn"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("exp1", "layer1.bn"), 2);
+	ck_assert_uint_eq(metrics_refused_nonfinite("exp1", "layer2.bn"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("b\"q\\z\nx", "layer1.bn"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("a-run", "layer1.bn"), 1);
+
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	/* per run, whatever the layer */
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"exp1\"}") == 3);
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"a-run\"}") == 1);
+	/* label values escaped */
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"b\\\"q\\\\z\\nx\"}") == 1);
+	/* in run order, after the TYPE line */
+	ck_assert(strstr(text, "# TYPE bnstat_refused_nonfinite_total") <
+		  strstr(text, "bnstat_refused_nonfinite_total{run=\"a-run\"}"));
+	ck_assert(strstr(text, "{run=\"a-run\"}") < strstr(text, "{run=\"b\\"));
+	ck_assert(strstr(text, "{run=\"b\\") < strstr(text, "{run=\"exp1\"}"));
+	ck_assert(!has_sample(text, "bnstat_refused_nonfinite_total{run=\"" METRICS_NONFINITE_OTHER
+				    "\"}"));
+	free(text);
+
+	/* a deleted run's series disappears, the others stay */
+	metrics_forget_run("exp1");
+	metrics_forget_run("no-such-run");
+	text = render(&src, &rc);
+	ck_assert(!has_sample(text, "bnstat_refused_nonfinite_total{run=\"exp1\"}"));
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"a-run\"}") == 1);
+	free(text);
+	/* and a run of that name starts again from nothing */
+	ck_assert_uint_eq(metrics_refused_nonfinite("exp1", "layer1.bn"), 1);
+	text = render(&src, &rc);
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"exp1\"}") == 1);
+	free(text);
+}
+END_TEST
+
+/* Past METRICS_NONFINITE_RUNS runs, the others count under one label. */
+START_TEST(test_nonfinite_bounds)
+{
+	struct metrics_sources src = { 0 };
+	char run[32], layer[32], *text;
+	int rc;
+
+	for (int i = 0; i < METRICS_NONFINITE_RUNS; i++) {
+		snprintf(run, sizeof(run), "r%05d", i);
+		ck_assert_uint_eq(metrics_refused_nonfinite(run, "bn"), 1);
+	}
+	/* two runs too many: they share the overflow series */
+	ck_assert_uint_eq(metrics_refused_nonfinite("late1", "bn"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("late2", "bn"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("late2", "bn"), 2);
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"r00000\"}") == 1);
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"r01023\"}") == 1);
+	ck_assert(!has_sample(text, "bnstat_refused_nonfinite_total{run=\"late1\"}"));
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"" METRICS_NONFINITE_OTHER
+			       "\"}") == 3);
+	free(text);
+
+	/* a deleted run makes room; the overflow count never goes back */
+	metrics_forget_run("r00000");
+	ck_assert_uint_eq(metrics_refused_nonfinite("late1", "bn"), 2);
+	text = render(&src, &rc);
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"late1\"}") == 1);
+	ck_assert(!has_sample(text, "bnstat_refused_nonfinite_total{run=\"r00000\"}"));
+	ck_assert(sample(text, "bnstat_refused_nonfinite_total{run=\"" METRICS_NONFINITE_OTHER
+			       "\"}") == 3);
+	free(text);
+
+	/*
+	 * Past METRICS_NONFINITE_LAYERS pairs, the new ones share one count.
+	 * METRICS_NONFINITE_RUNS + 1 pairs are held now (the runs' "bn", with
+	 * late1's and late2's, without r00000's): fill up the table.
+	 */
+	for (int i = 0; i < METRICS_NONFINITE_LAYERS - METRICS_NONFINITE_RUNS - 1; i++) {
+		snprintf(layer, sizeof(layer), "bn%d", i);
+		ck_assert_uint_eq(metrics_refused_nonfinite("r00001", layer), 1);
+	}
+	ck_assert_uint_eq(metrics_refused_nonfinite("r00001", "one-more"), 1);
+	ck_assert_uint_eq(metrics_refused_nonfinite("r00002", "one-more"), 2);
+	/* a pair already counted keeps its own */
+	ck_assert_uint_eq(metrics_refused_nonfinite("r00001", "bn0"), 2);
+	/* forgetting a run frees its pairs */
+	metrics_forget_run("r00001");
+	ck_assert_uint_eq(metrics_refused_nonfinite("r00002", "one-more"), 1);
+}
+END_TEST
+
 static Suite *metrics_suite(void)
 {
 	Suite *s = suite_create("metrics");
@@ -171,6 +292,8 @@ static Suite *metrics_suite(void)
 	tcase_add_test(tc, test_counters_and_histograms);
 	tcase_add_test(tc, test_gauges_and_runs);
 	tcase_add_test(tc, test_failed_walk);
+	tcase_add_test(tc, test_nonfinite_counter);
+	tcase_add_test(tc, test_nonfinite_bounds);
 	suite_add_tcase(s, tc);
 	return s;
 }

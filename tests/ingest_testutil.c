@@ -369,6 +369,16 @@ void results_assert_equal(const char *what, const char *body, size_t len, int r1
 		      "%s: %d %s '%s' (%s) vs %d %s '%s' (%s) for %.*s", what, e1->status, e1->code,
 		      e1->path, e1->message, e2->status, e2->code, e2->path, e2->message,
 		      (int)(len < 400 ? len : 400), body);
+	/* a non-finite value is described alike too */
+	ck_assert_msg(e1->nonfinite.set == e2->nonfinite.set, "%s: nonfinite %d vs %d", what,
+		      e1->nonfinite.set, e2->nonfinite.set);
+	if (e1->nonfinite.set)
+		ck_assert_msg(e1->nonfinite.step == e2->nonfinite.step &&
+				      e1->nonfinite.channel == e2->nonfinite.channel &&
+				      strcmp(e1->nonfinite.worker, e2->nonfinite.worker) == 0 &&
+				      strcmp(e1->nonfinite.layer, e2->nonfinite.layer) == 0 &&
+				      strcmp(e1->nonfinite.field, e2->nonfinite.field) == 0,
+			      "%s: the nonfinite details differ", what);
 }
 
 enum fast_outcome same_both_ways(const char *body, size_t len, const struct ingest_limits *lim)

@@ -127,8 +127,9 @@ uint32_t fuzz_next(uint32_t *x);
  * and runs jansson when the scanner gives up (ingest_private.h exposes
  * each path alone). On every body, the fast path must either give up,
  * touching nothing, or give exactly the jansson path's result: the same
- * return value and error (status, code, path, message), or batches equal
- * byte for byte, hash included; and ingest_decode_json() must always give
+ * return value and error (status, code, path, message, the non-finite
+ * detail), or batches equal byte for byte, hash included; and
+ * ingest_decode_json() must always give
  * the jansson path's result. Bodies are copied into buffers of exactly
  * their length, with no NUL after them, so that ASan and valgrind see any
  * read past the end.

@@ -11,6 +11,7 @@
 #define BNSTAT_ERROR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 #define BN_ERROR_CODE_MAX 32
 #define BN_ERROR_MESSAGE_MAX 512
@@ -36,17 +37,33 @@
 #define BN_E_FORBIDDEN "forbidden"	     /* 403: the token's role does not allow it */
 #define BN_E_INTERNAL "internal"	     /* 500 */
 
+/*
+ * What an upload refused for a NaN or infinite statistic names, beyond
+ * the code and path (docs/API.md, "Non-finite values"): ingest fills it
+ * in, the HTTP layer counts the refusal per run, logs it and adds it to
+ * the reply. The sizes are those of names (bnstat/batch.h).
+ */
+struct bn_error_nonfinite {
+	bool set;	   /* the refusal is for a non-finite value */
+	long long step;	   /* of the upload */
+	long long channel; /* index of the value in its array */
+	char worker[129];
+	char layer[257];
+	char field[16]; /* "mean", "var", "ema_mean" or "ema_var" */
+};
+
 struct bn_error {
-	int status;			    /* HTTP status, 0 when unset */
-	char code[BN_ERROR_CODE_MAX];	    /* one of BN_E_* */
-	char message[BN_ERROR_MESSAGE_MAX]; /* for people */
-	char path[BN_ERROR_PATH_MAX];	    /* offending field, "" when none */
+	int status;			     /* HTTP status, 0 when unset */
+	char code[BN_ERROR_CODE_MAX];	     /* one of BN_E_* */
+	char message[BN_ERROR_MESSAGE_MAX];  /* for people */
+	char path[BN_ERROR_PATH_MAX];	     /* offending field, "" when none */
+	struct bn_error_nonfinite nonfinite; /* set by ingest only; cleared by bn_error_set() */
 };
 
 /*
- * Fill in *err (when err is not NULL). path may be NULL. The message is
- * printf-formatted and truncated to fit. Returns -EINVAL for 4xx statuses,
- * -EIO otherwise, so that callers can write `return bn_error_set(...)`.
+ * Fill in *err (when err is not NULL), clearing err->nonfinite.set. path may be NULL. The message
+ * is printf-formatted and truncated to fit. Returns -EINVAL for 4xx statuses, -EIO otherwise, so
+ * that callers can write `return bn_error_set(...)`.
  */
 int bn_error_set(struct bn_error *err, int status, const char *code, const char *path,
 		 const char *fmt, ...) __attribute__((format(printf, 5, 6)));

@@ -47,7 +47,10 @@ class BnstatError(Exception):
     status: the HTTP status (None when no reply came: connection refused,
     timeout, after the retries ran out); code, message, path: the fields of
     the server's JSON error (path may be None); body: the whole parsed error
-    reply (or the raw text when it was not JSON, or None).
+    reply (or the raw text when it was not JSON, or None); nonfinite: for an
+    upload refused because a value is NaN or infinite, the server's account
+    of the first such value, {"worker", "step", "layer", "field", "channel"}
+    (field one of mean, var, ema_mean, ema_var), else None.
     """
 
     def __init__(self, status, code, message, path=None, body=None, url=None):
@@ -58,6 +61,12 @@ class BnstatError(Exception):
         self.body = body
         self.url = url
         super().__init__(str(self))
+
+    @property
+    def nonfinite(self):
+        e = self.body.get("error") if isinstance(self.body, dict) else None
+        nf = e.get("nonfinite") if isinstance(e, dict) else None
+        return nf if isinstance(nf, dict) and isinstance(nf.get("layer"), str) else None
 
     def __str__(self):
         head = "HTTP %d %s" % (self.status, self.code) if self.status else self.code

@@ -15,6 +15,7 @@ for the network. torch is imported only when a reporter is created.
 """
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -27,6 +28,22 @@ __all__ = ["BNStatsReporter"]
 log = logging.getLogger("bnstat")
 
 _STOP = object()
+
+_VALUE_KEYS = ("mean", "var", "ema_mean", "ema_var")  # in the order the server checks them
+
+
+def _first_nonfinite(values):
+    """The index of the first NaN or infinite value of a 1-D tensor or
+    sequence (None: all finite, or no values)."""
+    if values is None:
+        return None
+    if hasattr(values, "isfinite") and hasattr(values, "nonzero"):  # a torch tensor
+        bad = (~values.detach().isfinite()).reshape(-1).nonzero()
+        return int(bad[0]) if bad.numel() else None
+    for i, v in enumerate(values):
+        if not math.isfinite(float(v)):
+            return i
+    return None
 
 
 class BNStatsReporter:
@@ -53,6 +70,14 @@ class BNStatsReporter:
     Refused: a BatchNorm module that runs twice before step() (a module
     shared within one forward, or several forwards per optimizer step) raises
     RuntimeError naming the module.
+
+    Non-finite statistics: the server refuses an upload holding a NaN or
+    infinite batch statistic or EMA (most often a mixed-precision overflow).
+    The reporter then logs one error per layer that has one, the first time
+    only, naming the layer, step and what to check, counts the upload in
+    .failed and .nonfinite and goes on: training is never interrupted, and
+    the uploads resume as soon as the values are finite again (a layer's EMA,
+    once NaN, stays so until the module's running statistics are reset).
     """
 
     def __init__(self, model, client, run, worker, every=1, domain="default", queue_size=64,
@@ -83,6 +108,8 @@ class BNStatsReporter:
         self.duplicates = 0    # of which it had already (a retry after a lost reply)
         self.dropped = 0       # uploads given up: queue full, or close() timed out
         self.failed = 0        # uploads the server refused (4xx) or that could not be encoded
+        self.nonfinite = 0     # of which refused for a NaN or infinite value
+        self.nonfinite_layers = set()  # layers reported (and logged) with one
         self.last_error = None
         self._thread = threading.Thread(target=self._worker, name="bnstat-reporter", daemon=True)
         self._thread.start()
@@ -197,7 +224,10 @@ class BNStatsReporter:
                     with self._lock:
                         self.failed += 1
                         self.last_error = e
-                    log.warning("bnstat: upload of step %d seq %d refused: %s", step, seq, e)
+                    if e.nonfinite is not None:
+                        self._refused_nonfinite(step, seq, layers, e)
+                    else:
+                        log.warning("bnstat: upload of step %d seq %d refused: %s", step, seq, e)
                     return
                 # The server is down or overloaded: keep this batch and retry
                 # (the identity makes a repeat harmless) until close() gives up.
@@ -225,14 +255,52 @@ class BNStatsReporter:
                     log.warning("bnstat: uploads resumed at step %d", step)
                 return
 
+    def _refused_nonfinite(self, step, seq, layers, err):
+        """The server refused the upload of step for a NaN or infinity: log
+        each layer that holds one the first time only (the server names the
+        first such value; the others are found here), loudly, since every
+        upload of the run is lost while it lasts."""
+        found = {}
+        try:
+            for name, entry in layers.items():
+                for key in _VALUE_KEYS:
+                    i = _first_nonfinite(entry.get(key))
+                    if i is not None:
+                        found[name] = (key, i)
+                        break
+        except Exception:  # never let the account of a refusal stop the reporter
+            found = {}
+        nf = err.nonfinite
+        # the server's, also when the value was finite here (beyond float32's range, say)
+        found.setdefault(nf["layer"], (nf.get("field"), nf.get("channel")))
+        with self._lock:
+            self.nonfinite += 1
+            new = sorted(n for n in found if n not in self.nonfinite_layers)
+            self.nonfinite_layers.update(new)
+        for name in new:
+            field, channel = found[name]
+            log.error(
+                "bnstat: BatchNorm layer %s has a non-finite %s (channel %s) at step %d "
+                "(run %s, worker %s): bnstatd refuses uploads holding NaN or infinity, so "
+                "the statistics of these steps are lost. Most likely a mixed-precision (AMP) "
+                "overflow: check the autocast region and the GradScaler (inf/NaN gradients "
+                "skipped steps, a loss scale that keeps growing) and the inputs of this "
+                "layer; a running_mean/running_var that is NaN stays so until reset. "
+                "Logged once per layer; reporter.counters['nonfinite'] counts the refused "
+                "uploads.", name, field, channel, step, self.run, self.worker)
+        if not new:
+            log.debug("bnstat: upload of step %d seq %d refused: %s", step, seq, err)
+
     # -- the end -------------------------------------------------------------------
 
     @property
     def counters(self):
-        """{"sent", "duplicates", "dropped", "failed", "queued"}."""
+        """{"sent", "duplicates", "dropped", "failed", "nonfinite", "queued"}
+        ("nonfinite": of the failed, those refused for a NaN or infinity)."""
         with self._lock:
             return {"sent": self.sent, "duplicates": self.duplicates, "dropped": self.dropped,
-                    "failed": self.failed, "queued": self._queue.unfinished_tasks}
+                    "failed": self.failed, "nonfinite": self.nonfinite,
+                    "queued": self._queue.unfinished_tasks}
 
     def flush(self, timeout=None):
         """Wait until every queued upload is done; True unless timeout ran out."""

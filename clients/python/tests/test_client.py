@@ -251,11 +251,18 @@ class ServerTests(unittest.TestCase):
         with self.assertRaises(BnstatError) as cm:
             self.c.run("errors")
         self.assertEqual((cm.exception.status, cm.exception.code), (404, "not_found"))
-        # a NaN travels in base64 and is refused by the server
-        with self.assertRaises(BnstatError) as cm:
-            self.c.upload("errors", "w", 1, 0, {"bn": {"count": 4, "mean": [float("nan")],
-                                                      "var": [1.0]}})
-        self.assertEqual(cm.exception.status, 422)
+        # a NaN travels in base64 (or safetensors) and is refused by the
+        # server, which says where it is; other errors have no such account
+        self.assertIsNone(e.nonfinite)
+        for binary in (False, True):
+            with self.assertRaises(BnstatError) as cm:
+                Client(self.c.url, binary=binary).upload(
+                    "errors", "w", 7, 0, {"bn": {"count": 4, "mean": [0.0, 1.0],
+                                                 "var": [1.0, float("-inf")]}})
+            self.assertEqual((cm.exception.status, cm.exception.code), (422, "invalid_value"))
+            self.assertEqual(cm.exception.nonfinite, {"worker": "w", "step": 7, "layer": "bn",
+                                                      "field": "var", "channel": 1})
+            self.assertIn("non-finite var at step 7, layer bn, channel 1", str(cm.exception))
         # an unknown layer in stats
         self.c.upload("errors2", "w", 1, 0, LAYER)
         with self.assertRaises(BnstatError) as cm:

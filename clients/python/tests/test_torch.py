@@ -388,6 +388,99 @@ class TorchTests(unittest.TestCase):
             rep.step()
         self.assertEqual([u["step"] for u in cap.uploads if u["run"] == "twice2"], [0, 1])
 
+    def test_reporter_logs_non_finite_statistics_once_per_layer_and_goes_on(self):
+        # Three BatchNorm layers, each on its own 3 inputs. From step 3 on,
+        # b's and c's inputs hold an infinity, which makes their batch
+        # statistics and then their EMAs NaN: the server refuses every upload
+        # until step 13, when the inputs are clean and b and c's running
+        # statistics are reset. At step 14 a's input goes bad, for good.
+        class Three(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.BatchNorm1d(3)
+                self.b = nn.BatchNorm1d(3)
+                self.c = nn.BatchNorm1d(3)
+
+            def forward(self, x):
+                return self.a(x[:, 0:3]) + self.b(x[:, 3:6]) + self.c(x[:, 6:9])
+
+        torch.manual_seed(3)
+        model = Three().train()
+        client = Client(self.d.url, retries=2, backoff=0.05)
+        records = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record)
+
+        handler = Keep(logging.DEBUG)
+        logger = logging.getLogger("bnstat")
+        old_level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        self.addCleanup(logger.setLevel, old_level)
+        self.addCleanup(logger.removeHandler, handler)
+
+        steps = 16
+        with BNStatsReporter(model, client, "nf-rep", "rank0") as rep:
+            for step in range(steps):
+                x = torch.randn(BATCH, 9)
+                if 3 <= step <= 12:
+                    x[2, 4] = float("inf")   # b, channel 1
+                    x[5, 8] = float("-inf")  # c, channel 2
+                if step == 13:
+                    model.b.reset_running_stats()
+                    model.c.reset_running_stats()
+                if step >= 14:
+                    x[0, 0] = float("nan")   # a, channel 0
+                with torch.no_grad():
+                    model(x)
+                rep.step()  # never raises: training goes on
+                rep.flush(30)
+            c = rep.counters
+        self.assertEqual((c["sent"], c["failed"], c["nonfinite"], c["dropped"]),
+                         (4, 12, 12, 0), c)
+        self.assertEqual(rep.nonfinite_layers, {"a", "b", "c"})
+        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        self.assertEqual(len(errors), 3, errors)  # once per layer, not once per step
+        self.assertTrue(all(r.levelno == logging.ERROR for r in records
+                            if r.levelno >= logging.WARNING))
+        # b is the one the server names (first by name), c is found here;
+        # both at step 3, and a at step 14
+        for msg, layer, what, step in zip(errors, ("b", "c", "a"),
+                                          ("mean (channel 1)", "mean (channel 2)",
+                                           "mean (channel 0)"),
+                                          (3, 3, 14)):
+            self.assertIn("BatchNorm layer %s has a non-finite %s at step %d " % (layer, what, step),
+                          msg)
+            for part in ("run nf-rep", "worker rank0", "mixed-precision (AMP)", "GradScaler"):
+                self.assertIn(part, msg)
+        # the server counted them for the run, and stored the clean steps
+        metrics = client.metrics()
+        self.assertIn('bnstat_refused_nonfinite_total{run="nf-rep"} 12\n', metrics)
+        run = client.run("nf-rep")
+        self.assertEqual((run["batches"], run["steps"]), (4, {"min": 0, "max": 13}))
+        # an account that names a value finite here (f32 overflow, say) is the server's
+        err = BnstatError(422, "invalid_value", "non-finite var", "layers.x.var[0]",
+                          {"error": {"nonfinite": {"worker": "w", "step": 5, "layer": "x",
+                                                   "field": "var", "channel": 0}}})
+
+        class Refusing(CaptureClient):
+            def upload(self, *a, **kw):
+                raise err
+
+        records.clear()
+        with BNStatsReporter(model, Refusing(), "nf-rep2", "rank0") as rep2:
+            for _ in range(3):
+                with torch.no_grad():
+                    model(torch.randn(BATCH, 9))
+                model.a.reset_running_stats()
+                rep2.step()
+        self.assertEqual(rep2.counters["nonfinite"], 3)
+        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("BatchNorm layer x has a non-finite var (channel 0) at step 0 ", errors[0])
+
     def test_reporter_end_to_end_with_a_daemon_restart(self):
         # The daemon is SIGKILLed after step 14 and comes back (same port and
         # database) a second later, while training goes on: the reporter's
