@@ -7,10 +7,10 @@ reporter and precise_bn import torch when they are used.
 """
 
 from .client import DEFAULT_URL, BnstatError, Client
-from .precise import LoadResult, load_snapshot, precise_bn, state_dict_from_snapshot
+from .precise import LoadResult, bn_adapt, load_snapshot, precise_bn, state_dict_from_snapshot
 from .reporter import BNStatsReporter
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "BnstatError", "DEFAULT_URL", "BNStatsReporter", "precise_bn",
+__all__ = ["Client", "BnstatError", "DEFAULT_URL", "BNStatsReporter", "precise_bn", "bn_adapt",
            "load_snapshot", "state_dict_from_snapshot", "LoadResult", "__version__"]

@@ -119,24 +119,50 @@ def _layer_rows(layers, with_noise=True):
         var = summary3(l.get("var") or [])
         row = [name, l.get("channels", len(l.get("mean") or [])), l.get("count"), l.get("batches")]
         if with_noise:
-            row.append(l.get("batch_noise"))
+            row += [l.get(k) for k in _PRECISION]
         rows.append(row + list(mean) + list(var))
     return rows
 
 
 _LAYER_HEADERS = ["layer", "channels", "count", "batches"]
+_PRECISION = ["batch_noise", "mean_se", "batches_for"]
+
+
+def _window_head(doc):
+    """'window 13 (auto, min_batches 100)' or 'window 1'."""
+    if doc.get("requested_window") == "auto" or doc.get("window") == "auto":
+        return "window %s (auto, min_batches %s)" % (doc.get("window"), doc.get("min_batches"))
+    return "window %s" % doc.get("window")
+
+
+def _precision_note(layers, target_se):
+    """A line saying which layers have not reached target_se, or None."""
+    short = [(n, l) for n, l in layers.items()
+             if l.get("mean_se") is not None and l["mean_se"] > (target_se or 0.01)]
+    if not short:
+        return None
+    worst = max(short, key=lambda x: x[1]["batches_for"] or 0)
+    return ("%d of %d layers have mean_se above %g; %s needs %s batches (has %s)"
+            % (len(short), len(layers), target_se or 0.01, worst[0], worst[1].get("batches_for"),
+               worst[1].get("batches")))
 _SUMMARY_HEADERS = ["mean.min", "mean.avg", "mean.max", "var.min", "var.avg", "var.max"]
 
 
 def cmd_stats(c, a):
     doc = c.stats(a.run, step=a.step, window=a.window, domain=a.domain, estimator=a.estimator,
-                  layers=a.layer)
+                  layers=a.layer, min_batches=a.min_batches, target_se=a.target_se,
+                  prior=a.prior, prior_weight=a.prior_weight)
     if a.json:
         return doc
-    print("run %s  domain %s  step %s  window %s  estimator %s"
-          % (doc.get("run"), doc.get("domain"), doc.get("step"), doc.get("window"),
-             doc.get("estimator")))
-    table(_LAYER_HEADERS + ["batch_noise"] + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
+    head = "run %s  domain %s  step %s  %s  estimator %s" % (
+        doc.get("run"), doc.get("domain"), doc.get("step"), _window_head(doc), doc.get("estimator"))
+    if doc.get("prior") is not None:
+        head += "  prior %s (weight %s)" % (doc["prior"], doc.get("prior_weight"))
+    print(head)
+    table(_LAYER_HEADERS + _PRECISION + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
+    note = _precision_note(doc.get("layers", {}), doc.get("target_se"))
+    if note:
+        print("bnstat: " + note, file=sys.stderr)
 
 
 _COMPARE_FIELDS = ["mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "kl_max"]
@@ -144,23 +170,26 @@ _COMPARE_FIELDS = ["mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "
 
 def cmd_compare(c, a):
     doc = c.compare(a.run, step=a.step, window=a.window, domain=a.domain, ema=a.ema,
-                    momentum=a.momentum, worker=a.worker, layers=a.layer)
+                    momentum=a.momentum, worker=a.worker, layers=a.layer,
+                    min_batches=a.min_batches, target_se=a.target_se)
     if a.json:
         return doc
-    head = ["%s %s" % (k, doc[k]) for k in ("run", "domain", "step", "window", "ema", "momentum",
-                                             "worker") if doc.get(k) is not None]
-    if head:
-        print("  ".join(head))
-    rows = [[name] + [m.get(f) for f in _COMPARE_FIELDS]
+    head = ["%s %s" % (k, doc[k]) for k in ("run", "domain", "step") if doc.get(k) is not None]
+    head.append(_window_head(doc))
+    head += ["%s %s" % (k, doc[k]) for k in ("ema", "momentum", "worker")
+             if doc.get(k) is not None]
+    print("  ".join(head))
+    rows = [[name] + [m.get(f) for f in _COMPARE_FIELDS] + [m.get(f) for f in ["batches", "mean_se"]]
             for name, m in (doc.get("layers") or {}).items()]
     if isinstance(doc.get("overall"), dict):
-        rows.append(["overall"] + [doc["overall"].get(f) for f in _COMPARE_FIELDS])
-    table(["layer"] + _COMPARE_FIELDS, rows)
+        rows.append(["overall"] + [doc["overall"].get(f) for f in _COMPARE_FIELDS] + [None, None])
+    table(["layer"] + _COMPARE_FIELDS + ["batches", "mean_se"], rows)
 
 
 def cmd_series(c, a):
     doc = c.series(a.run, a.layer, channel=a.channel, domain=a.domain, from_step=a.from_step,
-                   to_step=a.to_step, window=a.window, momentum=a.momentum, worker=a.worker)
+                   to_step=a.to_step, window=a.window, momentum=a.momentum, worker=a.worker,
+                   min_batches=a.min_batches)
     if a.json:
         return doc
     cols = [k for k in ("step", "batch_mean", "batch_var", "precise_mean", "precise_var",
@@ -186,7 +215,8 @@ def cmd_health(c, a):
 
 def cmd_snapshot_create(c, a):
     doc = c.snapshot_create(a.run, a.label, step=a.step, window=a.window, domain=a.domain,
-                            estimator=a.estimator)
+                            estimator=a.estimator, min_batches=a.min_batches,
+                            prior=a.prior, prior_weight=a.prior_weight, target_se=a.target_se)
     if a.json:
         return doc
     print("snapshot %s: step %s window %s domain %s estimator %s, %d layers, created %s"
@@ -207,9 +237,16 @@ def cmd_snapshot_show(c, a):
     doc = c.snapshot(a.run, a.label)
     if a.json:
         return doc
-    print("snapshot %s  step %s  window %s  domain %s  estimator %s  created %s"
-          % tuple(doc.get(k) for k in ("label", "step", "window", "domain", "estimator", "created")))
-    table(_LAYER_HEADERS + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {}), with_noise=False))
+    head = "snapshot %s  step %s  %s  domain %s  estimator %s  created %s" % (
+        doc.get("label"), doc.get("step"), _window_head(doc), doc.get("domain"),
+        doc.get("estimator"), doc.get("created"))
+    if doc.get("prior") is not None:
+        head += "  prior %s (weight %s)" % (doc["prior"], doc.get("prior_weight"))
+    print(head)
+    table(_LAYER_HEADERS + _PRECISION + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
+    note = _precision_note(doc.get("layers", {}), doc.get("target_se"))
+    if note:
+        print("bnstat: " + note, file=sys.stderr)
 
 
 def cmd_snapshot_delete(c, a):
@@ -245,12 +282,38 @@ def cmd_snapshot_export(c, a):
 # --- arguments -----------------------------------------------------------------
 
 
-def _window_args(p, estimator=True):
+def _window(s):
+    """--window: a number of steps >= 1, or auto."""
+    if s == "auto":
+        return s
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError("a number of steps >= 1, or auto (got %r)" % s)
+    return n
+
+
+def _window_args(p, estimator=True, default="auto", precision=True):
     p.add_argument("--step", type=int, help="the window's last step (default: the latest)")
-    p.add_argument("--window", type=int, help="steps in the window (server default 1)")
+    p.add_argument("--window", type=_window, default=default,
+                   help="steps in the window, or auto: the smallest window holding "
+                        "--min-batches batches (default: %s)" % default)
+    p.add_argument("--min-batches", type=int,
+                   help="with --window auto: the batches to hold (server default 100)")
     p.add_argument("--domain", help='domain (default "default"; "*" pools all)')
     if estimator:
         p.add_argument("--estimator", choices=["population", "mean_of_batch_var"])
+    if precision:
+        p.add_argument("--target-se", type=float,
+                       help="the mean_se that batches_for aims at (server default 0.01)")
+
+
+def _prior_args(p):
+    p.add_argument("--prior", help="BN-adapt: mix this (source) domain's statistics in")
+    p.add_argument("--prior-weight", type=float,
+                   help="with --prior: its weight in [0, 1] (required with --prior)")
 
 
 def parser():
@@ -281,9 +344,10 @@ def parser():
     s = sub.add_parser("run", help="one run: layers, domains, workers")
     s.add_argument("name")
     s.set_defaults(func=cmd_run)
-    s = sub.add_parser("stats", help="precise statistics per layer")
+    s = sub.add_parser("stats", help="precise statistics per layer, with their precision")
     s.add_argument("run")
     _window_args(s)
+    _prior_args(s)
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.set_defaults(func=cmd_stats)
     s = sub.add_parser("compare", help="EMA against the precise statistics per layer")
@@ -301,7 +365,9 @@ def parser():
     s.add_argument("--domain")
     s.add_argument("--from", dest="from_step", type=int)
     s.add_argument("--to", dest="to_step", type=int)
-    s.add_argument("--window", type=int)
+    s.add_argument("--window", type=_window, default="auto",
+                   help="the precise window at each step, or auto (default)")
+    s.add_argument("--min-batches", type=int, help="with --window auto (server default 100)")
     s.add_argument("--momentum", type=float)
     s.add_argument("--worker")
     s.set_defaults(func=cmd_series)
@@ -317,7 +383,8 @@ def parser():
     s = ssub.add_parser("create", help="freeze the precise statistics under a label")
     s.add_argument("run")
     s.add_argument("label")
-    _window_args(s)
+    _window_args(s, default=None)
+    _prior_args(s)
     s.set_defaults(func=cmd_snapshot_create)
     s = ssub.add_parser("list", help="a run's snapshots")
     s.add_argument("run")

@@ -359,35 +359,51 @@ class Client:
         """DELETE /v1/runs/{name} (docs/API.md, "Deleting a run"; not every server version has it)."""
         return self._json("DELETE", self._run(name))
 
-    def stats(self, run, step=None, window=None, domain=None, estimator=None, layers=None):
+    def stats(self, run, step=None, window=None, domain=None, estimator=None, layers=None,
+              min_batches=None, target_se=None, prior=None, prior_weight=None):
         """GET /v1/runs/{run}/stats: the precise estimate over the window
-        ending at step (default the latest). layers: a name or a list."""
+        ending at step (default the latest), with each layer's mean_se and
+        batches_for (for target_se, server default 0.01). window: a number of
+        steps (server default 1) or "auto" (the smallest window of min_batches
+        batches, server default 100). prior, prior_weight: BN-adapt, mix
+        prior_weight of the prior domain's statistics over the same steps
+        (docs/API.md, "Adapting to a target domain"). layers: a name or a list."""
         if isinstance(layers, str):
             layers = [layers]
         return self._json("GET", self._run(run) + "/stats",
-                          {"step": step, "window": window, "domain": domain,
-                           "estimator": estimator, "layer": layers})
+                          {"step": step, "window": window, "min_batches": min_batches,
+                           "domain": domain, "estimator": estimator, "layer": layers,
+                           "target_se": target_se, "prior": prior,
+                           "prior_weight": prior_weight})
 
-    def compare(self, run, step=None, window=None, domain=None, ema=None, momentum=None,
-                worker=None, layers=None):
+    def compare(self, run, step=None, window="auto", domain=None, ema=None, momentum=None,
+                worker=None, layers=None, min_batches=None, target_se=None):
         """GET /v1/runs/{run}/compare: EMA against the precise estimate per layer
-        (mean_err, var_err, kl and their *_max) and "overall". ema: "worker"
-        (server default) or "sim" with momentum."""
+        (mean_err, var_err, kl and their *_max, and the precise side's batches,
+        mean_se and batches_for) and "overall". ema: "worker" (server
+        default) or "sim" with momentum. window defaults to "auto" here (the
+        smallest window holding min_batches batches): a one-step window
+        compares an EMA with the noise of a few batches; window=None asks for
+        the server's default (1)."""
         if isinstance(layers, str):
             layers = [layers]
         return self._json("GET", self._run(run) + "/compare",
-                          {"step": step, "window": window, "domain": domain, "ema": ema,
-                           "momentum": momentum, "worker": worker, "layer": layers})
+                          {"step": step, "window": window, "min_batches": min_batches,
+                           "domain": domain, "ema": ema, "momentum": momentum, "worker": worker,
+                           "layer": layers, "target_se": target_se})
 
     def series(self, run, layer, channel=None, domain=None, from_step=None, to_step=None,
-               window=None, momentum=None, worker=None):
+               window=None, momentum=None, worker=None, min_batches=None):
         """GET /v1/runs/{run}/series: per step of [from_step, to_step], parallel
         arrays step, batch_mean/var, precise_mean/var, ema_mean/var, sim_mean/var
-        of one channel of one layer."""
+        of one channel of one layer. window: the precise window at each step, a
+        number (server default 1) or "auto" (each step's smallest window of
+        min_batches batches)."""
         return self._json("GET", self._run(run) + "/series",
                           {"layer": layer, "channel": channel, "domain": domain,
                            "from": from_step, "to": to_step, "window": window,
-                           "momentum": momentum, "worker": worker})
+                           "min_batches": min_batches, "momentum": momentum,
+                           "worker": worker})
 
     def domains(self, run):
         """GET /v1/runs/{run}/domains."""
@@ -400,14 +416,19 @@ class Client:
 
     # -- snapshots ---------------------------------------------------------------
 
-    def snapshot_create(self, run, label, step=None, window=None, domain=None, estimator=None):
+    def snapshot_create(self, run, label, step=None, window=None, domain=None, estimator=None,
+                        min_batches=None, prior=None, prior_weight=None, target_se=None):
         """POST /v1/runs/{run}/snapshots; returns the snapshot. Only the fields
         given here are sent (the server resolves the others when it creates
         it), so that a retry or a second call with the same arguments answers
-        the stored snapshot; other explicit values give 409."""
+        the stored snapshot; other explicit values give 409. window may be
+        "auto" (with min_batches); prior and prior_weight freeze BN-adapted
+        statistics (docs/API.md, "Snapshots")."""
         doc = {"label": label}
         for key, value in (("step", step), ("window", window), ("domain", domain),
-                           ("estimator", estimator)):
+                           ("estimator", estimator), ("min_batches", min_batches),
+                           ("prior", prior), ("prior_weight", prior_weight),
+                           ("target_se", target_se)):
             if value is not None:
                 doc[key] = value
         return self._json("POST", self._run(run) + "/snapshots", doc=doc)

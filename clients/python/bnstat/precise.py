@@ -17,7 +17,7 @@ from . import _bn
 from . import safetensors
 from .client import BnstatError, Client
 
-__all__ = ["precise_bn", "load_snapshot", "state_dict_from_snapshot", "LoadResult"]
+__all__ = ["precise_bn", "bn_adapt", "load_snapshot", "state_dict_from_snapshot", "LoadResult"]
 
 log = logging.getLogger("bnstat")
 
@@ -85,8 +85,61 @@ def _wait_for_snapshot(client, run, label, deadline):
         delay = min(delay * 1.5, 1.0)
 
 
+def _precision_reached(layers, target_se):
+    """True when every layer's mean_se is at most target_se (docs/API.md,
+    "Precision"): a layer with two or more batches and mean_se null has no
+    channel with a variance (its mean is exact); one batch is never enough."""
+    for layer in layers.values():
+        se = layer.get("mean_se")
+        if se is None:
+            if layer.get("batches", 0) < 2:
+                return False
+        elif se > target_se:
+            return False
+    return bool(layers)
+
+
+def _decide(client, run, step, domain, expected, target_se, deadline):
+    """Rank 0 at a checkpoint: once exactly `expected` batches are in (no
+    rank goes on before the decision), whether every layer reached target_se."""
+    got = _wait_for_batches(client, run, step, domain, expected, deadline)
+    if got != expected:
+        raise RuntimeError("precise_bn: step %d of run %s holds %d batches at a checkpoint where "
+                           "%d were expected; early stopping needs this step to itself"
+                           % (step, run, got, expected))
+    st = client.stats(run, step=step, window=1, domain=domain, target_se=target_se)
+    return _precision_reached(st["layers"], target_se)
+
+
+def _await_decision(client, run, step, domain, expected, label, deadline):
+    """Other ranks at a checkpoint: rank 0 either created the snapshot (stop)
+    or sent its next batch (go on): the same answer for every rank."""
+    delay = 0.05
+    while True:
+        try:
+            return "stop", client.snapshot(run, label)
+        except BnstatError as e:
+            if e.status != 404:
+                raise
+        try:
+            st = client.stats(run, step=step, window=1, domain=domain)
+            got = max((layer["batches"] for layer in st["layers"].values()), default=0)
+        except BnstatError as e:
+            if e.status != 404:
+                raise
+            got = 0
+        if got > expected:
+            return "go", None
+        if time.monotonic() >= deadline:
+            raise TimeoutError("precise_bn: rank 0 did not decide at the checkpoint of %d batches "
+                               "of run %s step %d in time" % (expected, run, step))
+        _sleep_until(deadline, delay)
+        delay = min(delay * 1.5, 1.0)
+
+
 def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_size=1,
-               domain="default", label=None, timeout=600.0, forward=None):
+               domain="default", label=None, timeout=600.0, forward=None, target_se=None,
+               check_every=10, prior=None, prior_weight=None):
     """Recompute every BatchNorm layer's population statistics exactly, over
     all ranks, and load them into running_mean / running_var.
 
@@ -108,7 +161,22 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
 
     Each loader must yield at least num_iters batches (as fvcore requires).
     BatchNorm layers without running statistics (track_running_stats=False)
-    are left alone. Returns the snapshot (the server's JSON).
+    are left alone. Returns the snapshot (the server's JSON); its layers'
+    mean_se and batches_for say how precise the estimate is.
+
+    target_se: stop early, after a multiple of check_every batches per rank,
+    once every layer's mean_se (the standard error of the precise mean in
+    units of sigma, docs/API.md "Precision") is at most target_se; num_iters
+    is then the most batches a rank runs. Every rank stops at the same
+    iteration: at each checkpoint every rank waits until all ranks' batches
+    of that checkpoint are in, rank 0 alone asks the server and either
+    creates the snapshot (stop) or sends its next batch (go on), and the
+    others read that from the server. A loader may then be shorter than
+    num_iters only if the target is reached before it ends.
+
+    prior, prior_weight: freeze BN-adapted statistics instead, domain's
+    mixed with prior_weight of the prior domain's at the same step
+    (docs/API.md, "Adapting to a target domain"); see bn_adapt().
     """
     import torch
 
@@ -116,6 +184,12 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
         raise ValueError("precise_bn: rank %r is not in [0, world_size=%r)" % (rank, world_size))
     if num_iters < 1:
         raise ValueError("precise_bn: num_iters must be >= 1")
+    if target_se is not None and not target_se > 0:
+        raise ValueError("precise_bn: target_se must be > 0")
+    if check_every < 1:
+        raise ValueError("precise_bn: check_every must be >= 1")
+    if (prior is None) != (prior_weight is None):
+        raise ValueError("precise_bn: prior and prior_weight go together")
     forward = forward or _default_forward
     if label is None:
         label = ("precise-bn-%d" % step if domain in (None, "default")
@@ -145,6 +219,9 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
                               if getattr(m, attr, None) is not None]))
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in bns]
     t0 = time.monotonic()
+    deadline = None
+    snap = None
+    sent = 0
     try:
         model.train()
         it = iter(loader)
@@ -166,6 +243,21 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
                         layers[name] = {"count": 0}
                 client.upload(run, worker, step, i, layers, domain=domain, var_kind="unbiased",
                               dtype="f64")
+                sent = i + 1
+                if target_se is None or sent % check_every != 0 or sent == num_iters:
+                    continue
+                deadline = time.monotonic() + timeout
+                expected = sent * world_size
+                if rank == 0:
+                    if _decide(client, run, step, domain, expected, target_se, deadline):
+                        snap = _create(client, run, label, step, domain, target_se, prior,
+                                       prior_weight)
+                        break
+                else:
+                    verdict, snap = _await_decision(client, run, step, domain, expected, label,
+                                                    deadline)
+                    if verdict == "stop":
+                        break
     finally:
         for h in handles:
             h.remove()
@@ -175,18 +267,51 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
                     getattr(m, attr).copy_(value)
         for m, mode in modes:
             m.training = mode
-    log.info("bnstat: precise_bn rank %d sent %d batches in %.2fs", rank, num_iters,
-             time.monotonic() - t0)
+    log.info("bnstat: precise_bn rank %d sent %d batches in %.2fs%s", rank, sent,
+             time.monotonic() - t0,
+             " (target_se %g reached)" % target_se if snap is not None else "")
 
-    deadline = time.monotonic() + timeout
-    if rank == 0:
-        _wait_for_batches(client, run, step, domain, num_iters * world_size, deadline)
-        snap = client.snapshot_create(run, label, step=step, window=1, domain=domain,
-                                      estimator="population")
-    else:
-        snap = _wait_for_snapshot(client, run, label, deadline)
+    if snap is None:
+        deadline = time.monotonic() + timeout
+        if rank == 0:
+            _wait_for_batches(client, run, step, domain, num_iters * world_size, deadline)
+            snap = _create(client, run, label, step, domain, target_se, prior, prior_weight)
+        else:
+            snap = _wait_for_snapshot(client, run, label, deadline)
+    if target_se is not None and not _precision_reached(snap.get("layers", {}), target_se):
+        log.warning("bnstat: precise_bn stopped at num_iters=%d before every layer reached "
+                    "target_se %g; see the snapshot's mean_se and batches_for", num_iters,
+                    target_se)
     _load(model, _tensors_from(snap))
     return snap
+
+
+def _create(client, run, label, step, domain, target_se, prior, prior_weight):
+    return client.snapshot_create(run, label, step=step, window=1, domain=domain,
+                                  estimator="population", target_se=target_se, prior=prior,
+                                  prior_weight=prior_weight)
+
+
+def bn_adapt(model, loader, client, run, step, domain, prior_weight, prior="default",
+             num_iters=20, **kwargs):
+    """BN-adapt (Schneider et al. 2020, covariate shift adaptation): run
+    num_iters batches of the target domain through model as precise_bn()
+    does, uploaded under `domain` (the target's name) at `step`, and load the
+    snapshot that mixes, per channel, prior_weight of the prior (source)
+    domain's precise statistics at that same step with the rest of the
+    target's: mean = w*mean_prior + (1-w)*mean_target, likewise var
+    (docs/API.md, "Adapting to a target domain"). The prior must hold
+    batches at `step` (e.g. a precise_bn() of the source domain at that step).
+    One call per rank under DDP, as precise_bn(). kwargs go to precise_bn
+    (rank, world_size, label, timeout, forward, target_se, ...). Returns the
+    snapshot; the label defaults to f"bn-adapt-{domain}-{step}"."""
+    if not 0.0 <= prior_weight <= 1.0:
+        raise ValueError("bn_adapt: prior_weight must be in [0, 1]")
+    if domain == prior:
+        raise ValueError("bn_adapt: the target domain is the prior domain (%s)" % domain)
+    kwargs.setdefault("label", "bn-adapt-%s-%d" % (domain, step))
+    return precise_bn(model, loader, client, run, step, num_iters=num_iters, domain=domain,
+                      prior=prior, prior_weight=prior_weight, **kwargs)
 
 
 def _bn_buffers(model):

@@ -411,8 +411,13 @@ class ServerTests(unittest.TestCase):
         c.upload("cmp", "w0", 5, 0, {"bn": {"count": 4, "mean": [9.0, 9.0], "var": [1.0, 1.0]}},
                  domain="other", dtype="f64")
         # the worker EMA reported equals the simulated one here, so both compare alike
-        worker = c.compare("cmp", step=5, ema="worker")
-        sim = c.compare("cmp", step=5, ema="sim", momentum=a)
+        worker = c.compare("cmp", step=5, ema="worker", window=1)
+        sim = c.compare("cmp", step=5, ema="sim", momentum=a, window=1)
+        # the client's compare defaults to window=auto: 5 batches < 100, all history
+        auto = c.compare("cmp", step=5)
+        self.assertEqual((auto["requested_window"], auto["window"]), ("auto", 5))
+        self.assertEqual(auto["layers"]["bn"]["batches"], 5)
+        self.assertEqual(c.compare("cmp", step=5, window=None)["requested_window"], 1)
         self.assertEqual(worker["worker"], "w0")
         for key in ("mean_err", "var_err", "kl"):
             self.assertTrue(close([worker["layers"]["bn"][key]], [sim["layers"]["bn"][key]], 1e-9), key)
@@ -714,6 +719,54 @@ class CliTests(unittest.TestCase):
                               "mean_of_batch_var")
         self.assertEqual(rc, 0)
         self.assertNotIn("conv.bn", out)
+
+    def test_auto_window_precision_and_prior(self):
+        c = Client(self.d.url)
+        for step in (1, 2, 3):
+            for w, m in (("rank0", 1.0), ("rank1", 2.0)):
+                c.upload("cli-adapt", w, step, 0,
+                         {"bn": {"count": 4, "mean": [m * step, 0.5], "var": [1.0, 2.0],
+                                 "ema_mean": [1.0, 0.5], "ema_var": [1.0, 2.0]}}, dtype="f64")
+        c.upload("cli-adapt", "rank0", 3, 0, {"bn": {"count": 4, "mean": [7.0, 1.0],
+                                                     "var": [3.0, 2.0]}},
+                 domain="tgt", dtype="f64")
+        # stats: auto by default, the window and the precision columns shown
+        rc, out, err = self.cli("stats", "cli-adapt", "--min-batches", "3")
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertIn("window 2 (auto, min_batches 3)", lines[0])
+        self.assertEqual(lines[1].split()[4:7], ["batch_noise", "mean_se", "batches_for"])
+        self.assertAligned(lines[1:])
+        ref = c.stats("cli-adapt", window="auto", min_batches=3)["layers"]["bn"]
+        self.assertEqual(lines[2].split()[6], str(ref["batches_for"]))
+        self.assertIn("mean_se above 0.01", err)      # 4 batches are far from the target
+        rc, out, err = self.cli("stats", "cli-adapt", "--window", "1")
+        self.assertIn("window 1 ", out.splitlines()[0] + " ")
+        rc, _, err = self.cli("stats", "cli-adapt", "--window", "0")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("or auto", err)
+        # compare: auto by default
+        rc, out, err = self.cli("compare", "cli-adapt")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("(auto, min_batches 100)", out.splitlines()[0])
+        self.assertIn("mean_se", out.splitlines()[1])
+        # BN-adapt through the CLI, and a snapshot of it
+        rc, out, err = self.cli("--json", "stats", "cli-adapt", "--domain", "tgt", "--window",
+                                "1", "--prior", "default", "--prior-weight", "0.5")
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        self.assertEqual(doc["layers"]["bn"]["mean"], [0.5 * 7.0 + 0.5 * 4.5, 0.5 * 1.0 + 0.25])
+        rc, out, err = self.cli("snapshot", "create", "cli-adapt", "adapt", "--domain", "tgt",
+                                "--window", "1", "--prior", "default", "--prior-weight", "0.5")
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.cli("snapshot", "show", "cli-adapt", "adapt")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("prior default (weight 0.5)", out.splitlines()[0])
+        rc, out, err = self.cli("--json", "snapshot", "create", "cli-adapt", "auto", "--window",
+                                "auto", "--min-batches", "4")
+        self.assertEqual(rc, 0, err)
+        snap = json.loads(out)
+        self.assertEqual((snap["requested_window"], snap["window"]), ("auto", 2))
 
     def test_runs_run_and_snapshots(self):
         rc, out, err = self.cli("runs")

@@ -8,6 +8,7 @@ bnstatd (env BNSTATD). Skipped when torch is not importable.
 import copy
 import json
 import logging
+import math
 import multiprocessing
 import os
 import sys
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - exercised where torch is missing
     torch = None
 
 from bnstat import BnstatError, BNStatsReporter, Client  # noqa: E402
-from bnstat import load_snapshot, precise_bn, state_dict_from_snapshot  # noqa: E402
+from bnstat import bn_adapt, load_snapshot, precise_bn, state_dict_from_snapshot  # noqa: E402
 
 NUM_ITERS = 6
 BATCH = 8
@@ -111,13 +112,14 @@ class CaptureClient:
         return {"accepted": True, "duplicate": False, "layers": len(layers)}
 
 
-def rank_worker(url, run, rank, world, out):
+def rank_worker(url, run, rank, world, out, **kwargs):
     model = make_model()
     model.eval()
-    data = make_data(100 + rank)
+    data = make_data(100 + rank, n=kwargs.get("num_iters", NUM_ITERS))
     client = Client(url, retries=5, backoff=0.05)
-    snap = precise_bn(model, data, client, run, step=50, num_iters=NUM_ITERS, rank=rank,
-                      world_size=world, timeout=60)
+    kwargs.setdefault("num_iters", NUM_ITERS)
+    snap = precise_bn(model, data, client, run, step=50, rank=rank, world_size=world,
+                      timeout=60, **kwargs)
     with open(out, "w") as f:
         json.dump({"label": snap["label"],
                    "buffers": {k: v.double().tolist() for k, v in model.state_dict().items()
@@ -259,6 +261,67 @@ class TorchTests(unittest.TestCase):
         self.assertEqual({l["batches"] for l in st["layers"].values()}, {2 * NUM_ITERS})
         workers = {w["name"]: w["batches"] for w in self.client.run("ranks")["workers"]}
         self.assertEqual(workers, {"rank0": NUM_ITERS, "rank1": NUM_ITERS})
+
+    def run_ranks(self, run, world, **kwargs):
+        outs = [os.path.join(self.d.tmpdir, "%s-rank%d.json" % (run, r)) for r in range(world)]
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=rank_worker, args=(self.d.url, run, r, world, outs[r]),
+                             kwargs=kwargs) for r in reversed(range(world))]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            self.assertEqual(p.exitcode, 0)
+        res = []
+        for path in outs:
+            with open(path) as f:
+                res.append(json.load(f))
+        return res
+
+    def test_precise_bn_stops_at_target_se_on_every_rank_at_once(self):
+        # a target that about 8 batches per layer reach, from the noise of 24
+        pilot = self.run_ranks("se-pilot", 2, num_iters=12)
+        st = self.client.stats("se-pilot", step=50)
+        target = max(l["batch_noise"] for l in st["layers"].values()) / math.sqrt(8)
+        res = self.run_ranks("se-stop", 2, num_iters=30, target_se=target, check_every=2)
+        self.assertEqual(res[0], res[1])            # identical, to the last bit
+        self.assertEqual(pilot[0]["label"], "precise-bn-50")
+        workers = {w["name"]: w["batches"] for w in self.client.run("se-stop")["workers"]}
+        self.assertEqual(workers["rank0"], workers["rank1"])   # stopped at the same iteration
+        n = workers["rank0"]
+        self.assertLess(n, 30)
+        self.assertEqual(n % 2, 0)
+        snap = self.client.snapshot("se-stop", "precise-bn-50")
+        self.assertEqual(snap["target_se"], target)
+        for name, layer in snap["layers"].items():
+            self.assertEqual(layer["batches"], 2 * n, name)   # no batch past the decision
+            self.assertLessEqual(layer["mean_se"], target, name)
+        # and not earlier: the checkpoint before had a layer above the target
+        if n > 2:
+            self.run_ranks("se-before", 2, num_iters=n - 2)
+            before = self.client.stats("se-before", step=50, target_se=target)
+            self.assertTrue(any(l["mean_se"] > target for l in before["layers"].values()))
+
+    def test_bn_adapt_mixes_the_target_domain_with_the_prior(self):
+        model = make_model()
+        precise_bn(model, make_data(7), self.client, "adapt", step=9, num_iters=NUM_ITERS)
+        src = self.client.stats("adapt", step=9)
+        adapted = make_model()
+        snap = bn_adapt(adapted, make_data(8, offset=45.0), self.client, "adapt", step=9,
+                        domain="shifted", prior_weight=0.75, num_iters=4)
+        self.assertEqual(snap["label"], "bn-adapt-shifted-9")
+        self.assertEqual((snap["domain"], snap["prior"], snap["prior_weight"]),
+                         ("shifted", "default", 0.75))
+        tgt = exact_stats(make_model(), make_data(8, n=4, offset=45.0))
+        sd = adapted.state_dict()
+        for name, (mean, var) in tgt.items():
+            want_mean = 0.75 * f64(src["layers"][name]["mean"]) + 0.25 * mean
+            want_var = 0.75 * f64(src["layers"][name]["var"]) + 0.25 * var
+            assert_rel(self, sd[name + ".running_mean"], want_mean, what=name)
+            assert_rel(self, sd[name + ".running_var"], want_var, what=name)
+        with self.assertRaises(ValueError):
+            bn_adapt(make_model(), make_data(8), self.client, "adapt", step=9, domain="default",
+                     prior_weight=0.5)
 
     def test_precise_bn_short_loader(self):
         with self.assertRaises(ValueError) as cm:
