@@ -3,8 +3,13 @@
 daemon, and compare the model's EMA statistics with the precise ones.
 
     PYTHONPATH=clients/python python3 clients/python/examples/train_and_precise_bn.py \
-        --spawn /work/build/src/bnstatd          # starts (and stops) its own bnstatd
-    ... --url http://127.0.0.1:8650              # or uses a running one
+        --spawn ./src/bnstatd                    # starts (and stops) its own bnstatd
+    ... --url http://127.0.0.1:8650 --run ex1    # or uses a running one
+    ... --ranks 2                                # two DDP ranks (gloo, CPU), no SyncBN
+
+With --ranks N the model trains as N processes of torch DistributedDataParallel
+(each rank its own data shard and its own BatchNorm EMA, as without SyncBN),
+every rank reports as worker rank{r}, and precise_bn runs on every rank.
 
 The comparison follows docs/API.md of bnstat ("Comparison"), per channel with
 eps = 1e-5, averaged over channels (and the maximum over channels):
@@ -131,6 +136,70 @@ def accuracy(model, seed, batches=10):
     return right / total
 
 
+def train(rank, world, a, url):
+    """Train on this rank (DDP when world > 1), report, run PreciseBN; rank 0
+    returns (ema, snapshot, accuracies, reporter counters)."""
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)                     # the same initial weights on every rank
+    client = Client(url)
+    model = SmallCNN()
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps)
+    data = Synthetic(seed=1 + 1000 * rank, batch=a.batch)
+    t0 = time.time()
+    # The two lines of the integration: a reporter, and step() after each optimizer step.
+    with BNStatsReporter(model, client, a.run, worker="rank%d" % rank) as reporter:
+        net.train()
+        for step in range(a.steps):
+            x, y = next(data)
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            reporter.step()
+            if rank == 0 and (step % 100 == 0 or step == a.steps - 1):
+                print("step %4d  loss %.4f" % (step, loss.item()))
+    if rank == 0:
+        print("trained %d steps in %.1fs; reporter: %s"
+              % (a.steps, time.time() - t0, reporter.counters))
+    acc_ema = accuracy(model, seed=99)
+    ema = {n: (m.running_mean.double().tolist(), m.running_var.double().tolist())
+           for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    t0 = time.time()
+    snap = precise_bn(model, Synthetic(seed=2 + 1000 * rank, batch=a.batch), client, a.run,
+                      step=a.steps, num_iters=a.precise_iters, rank=rank, world_size=world,
+                      target_se=a.target_se)
+    acc_precise = accuracy(model, seed=99)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    if rank == 0:
+        print("precise_bn: %d ranks in %.1fs -> snapshot %s (%d batches per layer)"
+              % (world, time.time() - t0, snap["label"],
+                 max(l["batches"] for l in snap["layers"].values())))
+    return ema, snap, (acc_ema, acc_precise)
+
+
+def _rank_main(rank, world, a, url, port):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    train(rank, world, a, url)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--url", default=os.environ.get("BNSTAT_URL", "http://127.0.0.1:8650"))
@@ -140,6 +209,9 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precise-iters", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--ranks", type=int, default=1, help="DDP processes (gloo, CPU)")
+    p.add_argument("--target-se", type=float,
+                   help="precise_bn stops early once every layer's mean_se reaches this")
     a = p.parse_args()
 
     torch.manual_seed(0)
@@ -151,36 +223,24 @@ def main():
     try:
         client = Client(a.url)
         client.health()
-        model = SmallCNN()
-        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps)
-        data = Synthetic(seed=1, batch=a.batch)
-        t0 = time.time()
-        # The two lines of the integration: a reporter, and step() after each optimizer step.
-        with BNStatsReporter(model, client, a.run, worker="rank0") as reporter:
-            model.train()
-            for step in range(a.steps):
-                x, y = next(data)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                reporter.step()
-                if step % 100 == 0 or step == a.steps - 1:
-                    print("step %4d  loss %.4f" % (step, loss.item()))
-        train_s = time.time() - t0
-        print("trained %d steps in %.1fs; reporter: %s" % (a.steps, train_s, reporter.counters))
-        acc_ema = accuracy(model, seed=99)
-
-        ema = {n: (m.running_mean.double().tolist(), m.running_var.double().tolist())
-               for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        t0 = time.time()
-        snap = precise_bn(model, Synthetic(seed=2, batch=a.batch), client, a.run, step=a.steps,
-                          num_iters=a.precise_iters)
-        print("precise_bn: %d batches in %.1fs -> snapshot %s"
-              % (a.precise_iters, time.time() - t0, snap["label"]))
-        acc_precise = accuracy(model, seed=99)
+        if a.ranks > 1:
+            import torch.multiprocessing as mp
+            # ranks 1.. in their own processes, rank 0 here
+            port = free_port()
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_rank_main, args=(r, a.ranks, a, a.url, port))
+                     for r in range(1, a.ranks)]
+            for pr in procs:
+                pr.start()
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(port)
+            ema, snap, (acc_ema, acc_precise) = train(0, a.ranks, a, a.url)
+            for pr in procs:
+                pr.join()
+                if pr.exitcode != 0:
+                    raise SystemExit("a rank failed (exit %s)" % pr.exitcode)
+        else:
+            ema, snap, (acc_ema, acc_precise) = train(0, 1, a, a.url)
 
         fields = ["mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "kl_max"]
         rows = []
@@ -196,17 +256,18 @@ def main():
         rows.append(overall)
         head = ["layer", "channels"] + fields
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-        print("\nEMA (running_mean/var after training) against PreciseBN (step %d, %d batches):"
-              % (a.steps, a.precise_iters))
+        print("\nrank 0's EMA (running_mean/var after training) against PreciseBN (step %d):"
+              % a.steps)
         for r in [head] + rows:
             print("  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i])
                             for i in range(len(head))))
         print("\naccuracy on held-out data: EMA statistics %.3f, precise statistics %.3f"
               % (acc_ema, acc_precise))
         try:
-            server = client.compare(a.run, step=a.steps - 1)
-            print("server /compare (worker EMA at step %d vs that step's batch): overall %s"
-                  % (a.steps - 1, {k: round(v, 4) for k, v in server["overall"].items()}))
+            server = client.compare(a.run, step=a.steps - 1, worker="rank0")
+            print("server /compare (rank0's EMA at step %d vs the window=auto of %d steps): "
+                  "overall %s" % (a.steps - 1, server["window"],
+                                  {k: round(v, 4) for k, v in server["overall"].items()}))
         except BnstatError as e:
             print("(server compare not available: %s)" % e.message)
         if proc is None:
