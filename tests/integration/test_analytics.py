@@ -9,7 +9,6 @@ the daemon only ever sees each batch's count, mean and unbiased variance.
 
 import json
 import math
-import time
 import unittest
 
 import numpy as np
@@ -427,13 +426,7 @@ class TestAutoOverBuckets(TestCaseMixin, unittest.TestCase):
         for doc in cls.model.docs:
             st, body, _ = cls.d.post_batch("bk", doc)
             assert st == 200, body
-        deadline = time.monotonic() + 20
-        while True:
-            st, run, _ = cls.d.get("/v1/runs/bk")
-            if run["domains"][0]["bucketed_through"] == 40:
-                break
-            assert time.monotonic() < deadline, run["domains"]
-            time.sleep(0.05)
+        cls.d.wait_bucketed("bk", 40)
 
     @classmethod
     def tearDownClass(cls):

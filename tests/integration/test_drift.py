@@ -10,7 +10,6 @@ computed here with 50-digit decimals from the uploaded values.
 import decimal
 import math
 import random
-import time
 import unittest
 
 from bnstat_testlib import Daemon, TestCaseMixin, rel_err
@@ -64,13 +63,7 @@ class TestDrift(TestCaseMixin, unittest.TestCase):
             st, body, _ = cls.d.post_batch("dr", doc)
             assert st == 200, body
         # bucketed: steps <= 120 - 30, rounded down to 10
-        deadline = time.monotonic() + 20
-        while True:
-            st, run, _ = cls.d.get("/v1/runs/dr")
-            if run["domains"][0]["bucketed_through"] == 90:
-                break
-            assert time.monotonic() < deadline, run["domains"]
-            time.sleep(0.05)
+        cls.d.wait_bucketed("dr", 90)
 
     @classmethod
     def tearDownClass(cls):

@@ -135,6 +135,18 @@ def _window_head(doc):
     return "window %s" % doc.get("window")
 
 
+def _print_estimate(head, doc):
+    """A precise estimate (stats or snapshot): its head line, its layers with
+    their precision, and on stderr the layers short of the target."""
+    if doc.get("prior") is not None:
+        head += "  prior %s (weight %s)" % (doc["prior"], doc.get("prior_weight"))
+    print(head)
+    table(_LAYER_HEADERS + _PRECISION + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
+    note = _precision_note(doc.get("layers", {}), doc.get("target_se"))
+    if note:
+        print("bnstat: " + note, file=sys.stderr)
+
+
 def _precision_note(layers, target_se):
     """A line saying which layers have not reached target_se, or None."""
     short = [(n, l) for n, l in layers.items()
@@ -154,15 +166,9 @@ def cmd_stats(c, a):
                   prior=a.prior, prior_weight=a.prior_weight)
     if a.json:
         return doc
-    head = "run %s  domain %s  step %s  %s  estimator %s" % (
-        doc.get("run"), doc.get("domain"), doc.get("step"), _window_head(doc), doc.get("estimator"))
-    if doc.get("prior") is not None:
-        head += "  prior %s (weight %s)" % (doc["prior"], doc.get("prior_weight"))
-    print(head)
-    table(_LAYER_HEADERS + _PRECISION + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
-    note = _precision_note(doc.get("layers", {}), doc.get("target_se"))
-    if note:
-        print("bnstat: " + note, file=sys.stderr)
+    _print_estimate("run %s  domain %s  step %s  %s  estimator %s" % (
+        doc.get("run"), doc.get("domain"), doc.get("step"), _window_head(doc),
+        doc.get("estimator")), doc)
 
 
 _COMPARE_FIELDS = ["mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "kl_max"]
@@ -237,16 +243,9 @@ def cmd_snapshot_show(c, a):
     doc = c.snapshot(a.run, a.label)
     if a.json:
         return doc
-    head = "snapshot %s  step %s  %s  domain %s  estimator %s  created %s" % (
+    _print_estimate("snapshot %s  step %s  %s  domain %s  estimator %s  created %s" % (
         doc.get("label"), doc.get("step"), _window_head(doc), doc.get("domain"),
-        doc.get("estimator"), doc.get("created"))
-    if doc.get("prior") is not None:
-        head += "  prior %s (weight %s)" % (doc["prior"], doc.get("prior_weight"))
-    print(head)
-    table(_LAYER_HEADERS + _PRECISION + _SUMMARY_HEADERS, _layer_rows(doc.get("layers", {})))
-    note = _precision_note(doc.get("layers", {}), doc.get("target_se"))
-    if note:
-        print("bnstat: " + note, file=sys.stderr)
+        doc.get("estimator"), doc.get("created")), doc)
 
 
 def cmd_snapshot_delete(c, a):

@@ -44,18 +44,23 @@ def _sleep_until(deadline, delay):
     time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 
 
+def _batches_at(client, run, step, domain):
+    """The most batches a layer holds at step (0 when none)."""
+    try:
+        st = client.stats(run, step=step, window=1, domain=domain)
+    except BnstatError as e:
+        if e.status != 404:
+            raise
+        return 0
+    return max((layer["batches"] for layer in st["layers"].values()), default=0)
+
+
 def _wait_for_batches(client, run, step, domain, expected, deadline):
     """Poll /stats?step= until one layer holds `expected` batches."""
     delay = 0.05
     got = 0
     while True:
-        try:
-            st = client.stats(run, step=step, window=1, domain=domain)
-            got = max((layer["batches"] for layer in st["layers"].values()), default=0)
-        except BnstatError as e:
-            if e.status != 404:
-                raise
-            got = 0
+        got = _batches_at(client, run, step, domain)
         if got >= expected:
             if got > expected:
                 warnings.warn("precise_bn: step %d of run %s holds %d batches, more than the %d "
@@ -121,13 +126,7 @@ def _await_decision(client, run, step, domain, expected, label, deadline):
         except BnstatError as e:
             if e.status != 404:
                 raise
-        try:
-            st = client.stats(run, step=step, window=1, domain=domain)
-            got = max((layer["batches"] for layer in st["layers"].values()), default=0)
-        except BnstatError as e:
-            if e.status != 404:
-                raise
-            got = 0
+        got = _batches_at(client, run, step, domain)
         if got > expected:
             return "go", None
         if time.monotonic() >= deadline:
