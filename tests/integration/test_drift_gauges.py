@@ -7,13 +7,14 @@ mean over layers of /stats?window=auto's batch_noise at that step (the
 latest step without EMAs). The values equal those replies and a float64
 reference from the raw batches; a new worst layer replaces the old series;
 a run without EMAs has batch noise only; a restart recomputes everything
-stored; a deleted run loses its series for good.
+stored; a run deleted, or expired by retain-runs-days, loses its series for
+good.
 
 Every wait polls /metrics until a condition holds, with a deadline.
 """
 
-import math
 import random
+import sqlite3
 import time
 import unittest
 
@@ -232,7 +233,8 @@ class TestDriftGauges(TestCaseMixin, unittest.TestCase):
         self.d.restart()
         fams = self.wait_metrics(lambda f: self.series(f, KL, RUN, "default") and
                                  self.series(f, NOISE, NOEMA), "the gauges after a restart")
-        self.assertEqual(self.series(fams, KL, RUN, "default"), [({"run": RUN, "domain": "default"}, kl)])
+        self.assertEqual(self.series(fams, KL, RUN, "default"),
+                         [({"run": RUN, "domain": "default"}, kl)])
         self.assertEqual(self.series(fams, WORST, RUN, "default")[0][0]["layer"], layer)
         self.assertEqual(self.series(fams, NOISE, RUN, "default")[0][1], noise)
 
@@ -262,6 +264,39 @@ class TestDriftGauges(TestCaseMixin, unittest.TestCase):
             self.assertEqual(self.series(fams, fam, RUN), [], fam)
         self.assertTrue(self.series(fams, NOISE, NOEMA))
         self.d.stop()
+
+
+class TestExpiredRun(unittest.TestCase):
+    """A run expired by retain-runs-days loses its series as a deleted one does."""
+
+    def test_expired_run_has_no_series(self):
+        d = Daemon("--retain-runs-days", "30", "--metrics-interval-ms", "100")
+        self.addCleanup(d.close)
+        d.start()
+        rng, raw = random.Random(3), Raw()
+        ema = lambda name, c: ([0.5] * c, [1.5] * c)   # noqa: E731
+        for run in ("old", "young"):
+            for seq in range(3):
+                st, body, _ = d.post_batch(run, raw.doc(rng, "default", "rank0", 1, seq, ema))
+                self.assertEqual(st, 200, body)
+        d.stop()
+        # "old" last uploaded 31 days ago: expired by the pass that runs on start
+        con = sqlite3.connect(d.db, isolation_level=None)
+        con.execute("UPDATE runs SET updated = updated - 31 * 86400000 WHERE name = 'old'")
+        con.close()
+        d.start()
+        d.wait_log(r"event=run_expired run=old\b", DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while True:     # the first pass after the start reaches "young" (after "old")
+            st, raw_text, _ = d.get_raw("/metrics")
+            fams = parse_prometheus(raw_text.decode("utf-8"))
+            runs = {l["run"] for fam in (KL, WORST, NOISE) for _, l, _ in fams[fam]["samples"]}
+            if "young" in runs and len(fams[WORST]["samples"]) >= 1:
+                break
+            self.assertLess(time.monotonic(), deadline, "the gauges of run young never came")
+            time.sleep(0.02)
+        self.assertNotIn("old", runs)
+        d.stop()
 
 
 if __name__ == "__main__":
