@@ -43,7 +43,7 @@ struct pair_set {
 struct gauges {
 	unsigned interval_ms;
 	pthread_mutex_t mu; /* guards pending */
-	pthread_cond_t cv;  /* pending gained a pair, or closing */
+	pthread_cond_t cv;  /* pending gained its first pair, or closing */
 	struct pair_set pending, work;
 	_Atomic bool closing;
 	struct store *store;
@@ -53,6 +53,7 @@ struct gauges {
 	bool warned_full;  /* metrics_drift_set() refused a pair: said once */
 	struct pair *page; /* a page of the walk over every pair, grown as needed */
 	size_t page_n, page_cap;
+	_Atomic unsigned long long passes, pairs; /* gauges_stats() */
 };
 
 static uint32_t pair_hash(const char *run, const char *domain)
@@ -138,10 +139,14 @@ struct gauges *gauges_new(unsigned interval_ms)
 void gauges_changed(void *arg, const char *run, const char *domain)
 {
 	struct gauges *g = arg;
+	bool was_empty;
 
 	pthread_mutex_lock(&g->mu);
+	was_empty = g->pending.n == 0 && !g->pending.all;
 	set_add(&g->pending, run, domain);
-	pthread_cond_signal(&g->cv);
+	/* only the first pair wakes the thread: during its wait it needs no more */
+	if (was_empty)
+		pthread_cond_signal(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 }
 
@@ -155,6 +160,7 @@ static void recompute(struct gauges *g, const char *run, const char *domain)
 	int rc;
 
 	bn_error_clear(&err);
+	atomic_fetch_add(&g->pairs, 1);
 	rc = query_metrics_drift(g->reader, run, domain, &d, layer, sizeof(layer), &err);
 	if (rc == -ENOENT) {
 		metrics_drift_clear(run, domain); /* deleted meanwhile */
@@ -237,7 +243,8 @@ static bool before(const struct timespec *a, const struct timespec *b)
 static void *gauges_main(void *arg)
 {
 	struct gauges *g = arg;
-	struct timespec next = { 0 }, now;
+	struct timespec next = { 0 }, now, end;
+	unsigned long long pairs;
 	struct pair_set t;
 	size_t i;
 
@@ -261,12 +268,19 @@ static void *gauges_main(void *arg)
 
 		next = now;
 		add_ms(&next, g->interval_ms);
+		pairs = atomic_load(&g->pairs);
 		if (g->work.all)
 			recompute_all(g);
 		else
 			for (i = 0; i < g->work.n && !atomic_load(&g->closing); i++)
 				recompute(g, g->work.v[i].run, g->work.v[i].domain);
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		log_debug("gauges_pass", "all=%d pairs=%llu ms=%.3f", g->work.all,
+			  atomic_load(&g->pairs) - pairs,
+			  (double)(end.tv_sec - now.tv_sec) * 1e3 +
+				  (double)(end.tv_nsec - now.tv_nsec) / 1e6);
 		set_clear(&g->work);
+		atomic_fetch_add(&g->passes, 1);
 		pthread_mutex_lock(&g->mu);
 	}
 	pthread_mutex_unlock(&g->mu);
@@ -303,6 +317,12 @@ void gauges_stop(struct gauges *g)
 	g->started = false;
 	store_reader_put(g->store, g->reader);
 	g->reader = NULL;
+}
+
+void gauges_stats(struct gauges *g, struct gauges_stats *st)
+{
+	st->passes = atomic_load(&g->passes);
+	st->pairs = atomic_load(&g->pairs);
 }
 
 void gauges_free(struct gauges *g)

@@ -51,6 +51,15 @@ int gauges_start(struct gauges *g, struct store *s, struct bn_error *err);
  */
 void gauges_stop(struct gauges *g);
 
+/* What the thread has done so far: passes ended, and pairs recomputed in them. */
+struct gauges_stats {
+	unsigned long long passes;
+	unsigned long long pairs;
+};
+
+/* Fill *st with g's counts (for the debug log and the tests). Any thread. */
+void gauges_stats(struct gauges *g, struct gauges_stats *st);
+
 /* Stop (as gauges_stop()) and free g. NULL is fine. */
 void gauges_free(struct gauges *g);
 
