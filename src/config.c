@@ -77,6 +77,8 @@ static const struct option_def options[] = {
 	  "append logs to this file instead of stderr (reopened on SIGHUP)" },
 	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20,
 	  "MiB of simulated-EMA replay checkpoints kept in memory" },
+	{ "metrics-interval-ms", T_UINT, F(metrics_interval_ms), 10, 3600000,
+	  "milliseconds at least between two recomputations of a run's drift gauges" },
 	{ "log-level", T_LEVEL, F(log_level), 0, 0, "debug, info, warn or error" },
 };
 
@@ -91,6 +93,7 @@ void config_defaults(struct config *c)
 	c->port = 8650;
 	c->log_level = LOG_INFO;
 	c->replay_cache_mb = 256;
+	c->metrics_interval_ms = 1000;
 	http_options_default(&c->http);
 	store_options_default(&c->store);
 }

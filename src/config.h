@@ -23,9 +23,10 @@ struct config {
 	unsigned port;
 	char config_file[4096];
 	enum log_level log_level;
-	size_t replay_cache_mb; /* simulated-EMA checkpoints, MiB */
-	char token_file[4096];	/* "" : no tokens, loopback clients only */
-	char tls_cert[4096];	/* PEM files; both or neither */
+	size_t replay_cache_mb;	      /* simulated-EMA checkpoints, MiB */
+	unsigned metrics_interval_ms; /* between passes of the drift gauges (gauges.h) */
+	char token_file[4096];	      /* "" : no tokens, loopback clients only */
+	char tls_cert[4096];	      /* PEM files; both or neither */
 	char tls_key[4096];
 	char log_file[4096]; /* "" : stderr */
 	struct http_options http;

@@ -25,6 +25,7 @@
 #include <sqlite3.h>
 
 #include "auth.h"
+#include "gauges.h"
 #include "http.h"
 #include "log.h"
 #include "replay.h"
@@ -99,6 +100,7 @@ int main(int argc, char **argv)
 	struct store *store = NULL;
 	struct http_server *http = NULL;
 	struct replay_cache *replay = NULL;
+	struct gauges *gauges = NULL;
 	struct auth *auth = NULL;
 	char *cert = NULL, *key = NULL;
 	sigset_t sigs;
@@ -164,8 +166,20 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* the writer tells the gauges which runs changed (docs/DESIGN.md, "Drift gauges") */
+	gauges = gauges_new(cfg.metrics_interval_ms);
+	if (gauges == NULL) {
+		log_error("start_failed", "error=\"out of memory\"");
+		goto out;
+	}
+	cfg.store.changed = gauges_changed;
+	cfg.store.changed_ctx = gauges;
 	if (store_open(cfg.db, &cfg.store, &store, &err) < 0) {
 		log_error("start_failed", "db=%s error=\"%s\"", cfg.db, err.message);
+		goto out;
+	}
+	if (gauges_start(gauges, store, &err) < 0) {
+		log_error("start_failed", "error=\"%s\"", err.message);
 		goto out;
 	}
 	replay = replay_cache_new(cfg.replay_cache_mb << 20);
@@ -214,12 +228,15 @@ int main(int argc, char **argv)
 	http_drain(http, 10000);
 	store_stop_writer(store);
 	http_drain(http, 2000);
+	gauges_stop(gauges);
 	log_info("stopped", NULL);
 	status = 0;
 out:
 	http_stop(http);
+	gauges_stop(gauges); /* its reader goes back before the store closes */
 	replay_cache_free(replay);
 	store_close(store);
+	gauges_free(gauges); /* after the writer, which tells it of commits, stopped */
 	auth_free(auth);
 	free(cert);
 	free(key);

@@ -1,12 +1,16 @@
 /*
  * metrics: process-wide counters and histograms (see metrics.h). Fixed
  * label sets keep the hot counters allocation-free: the upload outcomes are
- * the known error codes, anything else counts as "other". The one family
- * labelled by run, the refusals of non-finite values, is rare by nature: a
- * small table under a lock, bounded (metrics.h), holds it.
+ * the known error codes, anything else counts as "other". The families
+ * labelled by run are tables under a lock, bounded (metrics.h): the
+ * refusals of non-finite values, rare by nature, and the drift gauges,
+ * set by the thread that computes them (gauges.c) and only printed here,
+ * so that a scrape costs a walk of the table, not a query.
  */
 #include "metrics.h"
 
+#include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -229,10 +233,13 @@ unsigned long long metrics_refused_nonfinite(const char *run, const char *layer)
 	return n;
 }
 
+static void drift_forget_run(const char *run);
+
 void metrics_forget_run(const char *run)
 {
 	size_t i, k = 0;
 
+	drift_forget_run(run);
 	pthread_mutex_lock(&nf_mu);
 	for (i = 0; i < nf_n_runs; i++)
 		if (strcmp(nf_runs[i].name, run) != 0)
@@ -263,6 +270,211 @@ static void render_nonfinite(FILE *f)
 		fprintf(f, "bnstat_refused_nonfinite_total{run=\"%s\"} %llu\n",
 			METRICS_NONFINITE_OTHER, nf_other_runs);
 	pthread_mutex_unlock(&nf_mu);
+}
+
+/* --- the drift gauges ----------------------------------------------------------------- */
+
+struct drift_pair {
+	char run[INGEST_NAME_MAX + 1];
+	char domain[INGEST_NAME_MAX + 1];
+	char layer[INGEST_LAYER_NAME_MAX + 1]; /* "": no worst layer */
+	bool has_drift, has_noise;
+	double kl, worst_kl, batch_noise;
+};
+
+/* Guards everything below. A scrape holds it while it prints the pairs. */
+static pthread_mutex_t drift_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct drift_pair **drift_pairs; /* [drift_n], by run then domain (strcmp) */
+static size_t drift_n, drift_cap;
+static unsigned long long drift_epoch; /* runs forgotten so far */
+
+static int drift_cmp(const struct drift_pair *p, const char *run, const char *domain)
+{
+	int c = strcmp(p->run, run);
+
+	return c != 0 ? c : strcmp(p->domain, domain);
+}
+
+/* Where (run, domain) is, or would go: *found says which. */
+static size_t drift_find(const char *run, const char *domain, bool *found)
+{
+	size_t lo = 0, hi = drift_n;
+
+	*found = false;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = drift_cmp(drift_pairs[mid], run, domain);
+
+		if (c == 0) {
+			*found = true;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Remove drift_pairs[i]. */
+static void drift_remove(size_t i)
+{
+	free(drift_pairs[i]);
+	memmove(&drift_pairs[i], &drift_pairs[i + 1], (drift_n - i - 1) * sizeof(*drift_pairs));
+	drift_n--;
+}
+
+unsigned long long metrics_drift_epoch(void)
+{
+	unsigned long long e;
+
+	pthread_mutex_lock(&drift_mu);
+	e = drift_epoch;
+	pthread_mutex_unlock(&drift_mu);
+	return e;
+}
+
+int metrics_drift_set(const char *run, const char *domain, unsigned long long epoch,
+		      const struct metrics_drift *d)
+{
+	struct drift_pair *p;
+	bool found;
+	size_t i;
+	int rc = 0;
+
+	pthread_mutex_lock(&drift_mu);
+	if (epoch != drift_epoch) {
+		rc = -EAGAIN;
+		goto out;
+	}
+	i = drift_find(run, domain, &found);
+	if (!d->has_drift && !d->has_noise) {
+		if (found)
+			drift_remove(i);
+		goto out;
+	}
+	if (!found) {
+		if (!nf_reserve((void **)&drift_pairs, &drift_cap, drift_n, sizeof(*drift_pairs),
+				METRICS_DRIFT_PAIRS)) {
+			rc = drift_n >= METRICS_DRIFT_PAIRS ? -ENOSPC : -ENOMEM;
+			goto out;
+		}
+		p = calloc(1, sizeof(*p));
+		if (p == NULL) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		snprintf(p->run, sizeof(p->run), "%s", run);
+		snprintf(p->domain, sizeof(p->domain), "%s", domain);
+		memmove(&drift_pairs[i + 1], &drift_pairs[i], (drift_n - i) * sizeof(*drift_pairs));
+		drift_pairs[i] = p;
+		drift_n++;
+	}
+	p = drift_pairs[i];
+	p->has_drift = d->has_drift;
+	p->kl = d->kl;
+	snprintf(p->layer, sizeof(p->layer), "%s",
+		 d->has_drift && d->worst_layer != NULL ? d->worst_layer : "");
+	p->worst_kl = d->worst_kl;
+	p->has_noise = d->has_noise;
+	p->batch_noise = d->batch_noise;
+out:
+	pthread_mutex_unlock(&drift_mu);
+	return rc;
+}
+
+void metrics_drift_clear(const char *run, const char *domain)
+{
+	bool found;
+	size_t i;
+
+	pthread_mutex_lock(&drift_mu);
+	i = drift_find(run, domain, &found);
+	if (found)
+		drift_remove(i);
+	pthread_mutex_unlock(&drift_mu);
+}
+
+static void drift_forget_run(const char *run)
+{
+	size_t i, k = 0;
+
+	pthread_mutex_lock(&drift_mu);
+	drift_epoch++;
+	for (i = 0; i < drift_n; i++) {
+		if (strcmp(drift_pairs[i]->run, run) == 0)
+			free(drift_pairs[i]);
+		else
+			drift_pairs[k++] = drift_pairs[i];
+	}
+	drift_n = k;
+	pthread_mutex_unlock(&drift_mu);
+}
+
+/* A sample's value: shortest exact form, or Prometheus's names of the non-finite. */
+static void gauge_value(FILE *f, double v)
+{
+	if (isnan(v))
+		fputs("NaN\n", f);
+	else if (isinf(v))
+		fputs(v > 0 ? "+Inf\n" : "-Inf\n", f);
+	else
+		fprintf(f, "%.17g\n", v);
+}
+
+/* {run="...",domain="..." (the caller closes the braces) */
+static void drift_labels(FILE *f, const char *name, const struct drift_pair *p)
+{
+	fprintf(f, "%s{run=\"", name);
+	label_value(f, p->run);
+	fputs("\",domain=\"", f);
+	label_value(f, p->domain);
+	fputc('"', f);
+}
+
+static void render_drift(FILE *f)
+{
+	size_t i;
+
+	pthread_mutex_lock(&drift_mu);
+	fputs("# HELP bnstat_ema_drift_kl Overall kl of the first worker's EMA against the precise "
+	      "statistics (window auto) at the newest step with a worker EMA, per run and "
+	      "domain.\n"
+	      "# TYPE bnstat_ema_drift_kl gauge\n",
+	      f);
+	for (i = 0; i < drift_n; i++) {
+		if (!drift_pairs[i]->has_drift)
+			continue;
+		drift_labels(f, "bnstat_ema_drift_kl", drift_pairs[i]);
+		fputs("} ", f);
+		gauge_value(f, drift_pairs[i]->kl);
+	}
+	fputs("# HELP bnstat_ema_drift_worst_kl The kl of the layer with the highest kl in that "
+	      "comparison, labelled with the layer.\n"
+	      "# TYPE bnstat_ema_drift_worst_kl gauge\n",
+	      f);
+	for (i = 0; i < drift_n; i++) {
+		if (!drift_pairs[i]->has_drift || drift_pairs[i]->layer[0] == '\0')
+			continue;
+		drift_labels(f, "bnstat_ema_drift_worst_kl", drift_pairs[i]);
+		fputs(",layer=\"", f);
+		label_value(f, drift_pairs[i]->layer);
+		fputs("\"} ", f);
+		gauge_value(f, drift_pairs[i]->worst_kl);
+	}
+	fputs("# HELP bnstat_batch_noise Mean over layers of batch_noise over the window auto of "
+	      "that step (else the latest step), per run and domain.\n"
+	      "# TYPE bnstat_batch_noise gauge\n",
+	      f);
+	for (i = 0; i < drift_n; i++) {
+		if (!drift_pairs[i]->has_noise)
+			continue;
+		drift_labels(f, "bnstat_batch_noise", drift_pairs[i]);
+		fputs("} ", f);
+		gauge_value(f, drift_pairs[i]->batch_noise);
+	}
+	pthread_mutex_unlock(&drift_mu);
 }
 
 /* --- the run gauges ------------------------------------------------------------------- */
@@ -305,6 +517,7 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
 		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
 		src->queue_depth, src->database_bytes);
+	render_drift(f);
 	if (src->runs == NULL)
 		return 0;
 	g.samples = open_memstream(&samples, &len);

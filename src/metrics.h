@@ -50,9 +50,53 @@ unsigned long long metrics_refused_nonfinite(const char *run, const char *layer)
 /*
  * Forget what the daemon counted of run `run` (borrowed): its
  * bnstat_refused_nonfinite_total series disappears, and so do its layers'
- * counts. Called when the run is deleted. Any thread.
+ * counts and its drift gauges (below). Called when the run is deleted.
+ * Any thread.
  */
 void metrics_forget_run(const char *run);
+
+/*
+ * The drift gauges of one (run, domain), the latest state computed for it
+ * (docs/OPERATIONS.md, "Monitoring"; docs/DESIGN.md, "Drift gauges"):
+ * bnstat_ema_drift_kl, bnstat_ema_drift_worst_kl and bnstat_batch_noise.
+ * A value that is not finite is served as NaN (or +Inf, -Inf).
+ */
+struct metrics_drift {
+	bool has_drift;		 /* a worker EMA was compared: kl holds */
+	double kl;		 /* the overall kl of the comparison */
+	const char *worst_layer; /* NULL: no layer's kl is finite; else borrowed for the call */
+	double worst_kl;
+	bool has_noise; /* batch_noise holds */
+	double batch_noise;
+};
+
+/*
+ * At most this many (run, domain) pairs have drift gauges; past it
+ * metrics_drift_set() refuses new pairs until some are cleared.
+ */
+#define METRICS_DRIFT_PAIRS 16384
+
+/*
+ * The number of runs forgotten so far (metrics_forget_run()). Read it
+ * before computing a pair's gauges, and hand it to metrics_drift_set():
+ * a run forgotten meanwhile may be the pair's, whose values must not come
+ * back. Any thread.
+ */
+unsigned long long metrics_drift_epoch(void);
+
+/*
+ * Replace the gauges of (run, domain) (both borrowed, valid names) by *d,
+ * copied: a pair with neither drift nor noise has no series. epoch is
+ * what metrics_drift_epoch() said before the values were computed.
+ * Returns 0; -EAGAIN when a run was forgotten since epoch (nothing is
+ * set: compute again); -ENOSPC for a new pair past METRICS_DRIFT_PAIRS;
+ * -ENOMEM. Any thread.
+ */
+int metrics_drift_set(const char *run, const char *domain, unsigned long long epoch,
+		      const struct metrics_drift *d);
+
+/* Remove the gauges of (run, domain) (borrowed), if it has any. Any thread. */
+void metrics_drift_clear(const char *run, const char *domain);
 
 /* One stored run, as a walk of struct metrics_sources reports it. */
 struct metrics_run {
@@ -85,8 +129,9 @@ struct metrics_sources {
 /*
  * Append the whole /metrics text to f (borrowed; the caller flushes and
  * closes it): the counters and histograms (with the refusals of
- * non-finite values per run, in run order), then the gauges of *src. Run
- * names are escaped as label values. Returns 0, or the walk's negative
+ * non-finite values per run, in run order), the drift gauges (by run,
+ * then domain), then the gauges of *src. Names are escaped as label
+ * values. Returns 0, or the walk's negative
  * errno with *err filled in (the text is then incomplete: do not serve it).
  * Any thread may call it.
  */

@@ -192,6 +192,39 @@ int query_snapshots(struct store_reader *r, const char *run, json_t **out, struc
 int query_metrics_runs(void *reader, metrics_emit_run_fn emit, void *ctx, struct bn_error *err);
 
 /*
+ * The drift gauges of (run, domain) into *out (docs/OPERATIONS.md,
+ * "Monitoring"): at S, the newest step of the domain with a worker EMA,
+ * the overall kl and the worst layer's kl of GET /compare?step=S&
+ * window=auto (its default worker: the first by name at S), and the mean
+ * over layers of batch_noise of GET /stats?step=S&window=auto; without
+ * any worker EMA, S is the latest step and there is no drift. Each query
+ * reads in its own transaction. out->worst_layer points into layer[size]
+ * (the caller's). Returns 0 (the flags of *out say what holds; neither:
+ * the pair has no gauges), -ENOENT with a 404 when the run or domain does
+ * not exist, or a negative errno with a 500 in *err.
+ */
+int query_metrics_drift(struct store_reader *r, const char *run, const char *domain,
+			struct metrics_drift *out, char *layer, size_t size, struct bn_error *err);
+
+/* Runs a page of query_metrics_pairs() takes. */
+#define QUERY_METRICS_PAGE 32
+
+/* Called with one (run, domain), both borrowed for the call. */
+typedef void (*query_metrics_pair_fn)(void *ctx, const char *run, const char *domain);
+
+/*
+ * One page of the walk over every stored (run, domain): for at most
+ * QUERY_METRICS_PAGE runs after `after` by name (NULL or "": from the
+ * first), fn(ctx, run, domain) for each of their domains, in one read
+ * snapshot; fn must not use r. The last run's name goes to
+ * last[INGEST_NAME_MAX + 1], the after= of the next page. Returns the
+ * number of runs in the page (0: the walk is over), or a negative errno
+ * with a 500 in *err.
+ */
+int query_metrics_pairs(struct store_reader *r, const char *after, char *last,
+			query_metrics_pair_fn fn, void *ctx, struct bn_error *err);
+
+/*
  * Parse the decimal integer parameter `name` (s borrowed; may be NULL).
  * Returns 0 with the value in *out. Otherwise *out is untouched and a
  * negative errno returned with *err filled in: 400 (BN_E_PARAMETER) when s

@@ -62,6 +62,16 @@ struct store_options {
 	int64_t retain_runs_days;
 	/* memory of the open steps' aggregates cached by the writer (default 256 MiB) */
 	size_t open_steps_bytes;
+	/*
+	 * Told after each group commit, on the writer thread, of every upload
+	 * it stored (not a duplicate, not refused): changed(changed_ctx, run,
+	 * domain), names borrowed for the call, once per upload. NULL: nobody
+	 * is told. It must return at once (the next group waits for it): note
+	 * the pair and let another thread do the work (docs/DESIGN.md, "Drift
+	 * gauges"). Default NULL.
+	 */
+	void (*changed)(void *changed_ctx, const char *run, const char *domain);
+	void *changed_ctx;
 };
 
 /* The outcome of one submitted batch, reported after the commit. */
@@ -463,6 +473,12 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
  */
 int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
 			   char *worker, size_t size);
+
+/*
+ * The newest step of the domain at which some worker reported an EMA:
+ * 0 and *step, -ENOENT when none did, or -EIO.
+ */
+int store_ema_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *step);
 
 /*
  * For every step lo <= step <= hi of the domain with a worker EMA, the

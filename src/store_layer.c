@@ -244,6 +244,14 @@ int store_ema_first_worker(struct store_reader *r, int64_t run_id, int64_t domai
 	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
 }
 
+int store_ema_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *step)
+{
+	/* emas_by_step (run_id, domain_id, step, worker) answers it from its last entry */
+	return store_sql_int64(r->db,
+			       "SELECT max(step) FROM emas WHERE run_id = ?1 AND domain_id = ?2",
+			       run_id, domain_id, NULL, step);
+}
+
 struct first_walk {
 	int (*fn)(void *ctx, int64_t step, const char *worker);
 	void *ctx;

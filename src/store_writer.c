@@ -32,6 +32,18 @@ static void fail_all(struct store_job *group, int status, const char *why)
 	}
 }
 
+/* After a commit: every upload the group stored, to whoever watches (store.h). */
+static void tell_changed(struct store *s, const struct store_job *group)
+{
+	const struct store_job *j;
+
+	if (s->opt.changed == NULL)
+		return;
+	for (j = group; j != NULL; j = j->next)
+		if (j->batch != NULL && j->res.status == 200 && !j->res.duplicate)
+			s->opt.changed(s->opt.changed_ctx, j->batch->run, j->batch->domain);
+}
+
 /* One group commit: apply every job of the group, commit, report. */
 static void write_group(struct store *s, struct store_job *group, size_t count)
 {
@@ -113,6 +125,8 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 		store_bytes_drop(s);
 	/* Failed: the cache may hold merges that never reached the disk. */
 	store_aggcache_end_group(&s->aggcache, !ok);
+	if (ok)
+		tell_changed(s, group);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	metrics_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
 		       count, ok);

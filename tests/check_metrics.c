@@ -2,11 +2,13 @@
  * check_metrics: the Prometheus text metrics.c writes, the only writer of
  * it: counters and histograms, the gauges fed through struct
  * metrics_sources, label escaping, a failing run walk, and the bounded
- * counts of refusals of non-finite values (docs/OPERATIONS.md,
+ * counts of refusals of non-finite values, and the drift gauges: set,
+ * replaced, forgotten with their run, bounded (docs/OPERATIONS.md,
  * "Monitoring").
  */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,6 +286,152 @@ START_TEST(test_nonfinite_bounds)
 }
 END_TEST
 
+/* The drift gauges of one pair: kl, worst layer, batch noise. */
+static struct metrics_drift drift(double kl, const char *layer, double worst, double noise)
+{
+	struct metrics_drift d = { .has_drift = true,
+				   .kl = kl,
+				   .worst_layer = layer,
+				   .worst_kl = worst,
+				   .has_noise = true,
+				   .batch_noise = noise };
+
+	return d;
+}
+
+START_TEST(test_drift_gauges)
+{
+	struct metrics_sources src = { 0 };
+	struct metrics_drift d;
+	char *text;
+	int rc;
+
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	/* the families are always described, and have no sample yet */
+	ck_assert_ptr_nonnull(strstr(text, "# TYPE bnstat_ema_drift_kl gauge\n"));
+	ck_assert_ptr_nonnull(strstr(text, "# TYPE bnstat_ema_drift_worst_kl gauge\n"));
+	ck_assert_ptr_nonnull(strstr(text, "# TYPE bnstat_batch_noise gauge\n"));
+	ck_assert_ptr_null(strstr(text, "bnstat_ema_drift_kl{"));
+	ck_assert_ptr_null(strstr(text, "bnstat_batch_noise{"));
+	free(text);
+
+	d = drift(0.125, "layer1.0.bn1", 0.5, 0.03125);
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", metrics_drift_epoch(), &d), 0);
+	d = drift(0.1 + 0.2, "x\"y\\z\nw", 1e-300, 7.0);
+	ck_assert_int_eq(metrics_drift_set("exp1", "b\"q", metrics_drift_epoch(), &d), 0);
+	d = drift(1.0, "bn", 2.0, 3.0);
+	ck_assert_int_eq(metrics_drift_set("a-run", "val", metrics_drift_epoch(), &d), 0);
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert(sample(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"default\"}") == 0.125);
+	ck_assert(sample(text, "bnstat_ema_drift_worst_kl{run=\"exp1\",domain=\"default\","
+			       "layer=\"layer1.0.bn1\"}") == 0.5);
+	ck_assert(sample(text, "bnstat_batch_noise{run=\"exp1\",domain=\"default\"}") == 0.03125);
+	/* exact doubles, escaped labels */
+	ck_assert(sample(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"b\\\"q\"}") == 0.1 + 0.2);
+	ck_assert(sample(text, "bnstat_ema_drift_worst_kl{run=\"exp1\",domain=\"b\\\"q\","
+			       "layer=\"x\\\"y\\\\z\\nw\"}") == 1e-300);
+	/* by run, then domain, each family after its TYPE line */
+	ck_assert(strstr(text, "# TYPE bnstat_ema_drift_kl") <
+		  strstr(text, "bnstat_ema_drift_kl{run=\"a-run\""));
+	ck_assert(strstr(text, "bnstat_ema_drift_kl{run=\"a-run\"") <
+		  strstr(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"b"));
+	ck_assert(strstr(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"b") <
+		  strstr(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"default\""));
+	ck_assert(strstr(text, "# TYPE bnstat_batch_noise") <
+		  strstr(text, "bnstat_batch_noise{run=\"a-run\""));
+	free(text);
+
+	/* a new worst layer replaces the old series, which disappears */
+	d = drift(0.25, "layer4.2.bn3", 0.75, 0.0625);
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", metrics_drift_epoch(), &d), 0);
+	text = render(&src, &rc);
+	ck_assert(sample(text, "bnstat_ema_drift_worst_kl{run=\"exp1\",domain=\"default\","
+			       "layer=\"layer4.2.bn3\"}") == 0.75);
+	ck_assert_ptr_null(strstr(text, "layer1.0.bn1"));
+	ck_assert(sample(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"default\"}") == 0.25);
+	free(text);
+
+	/* no EMA any more: batch noise only; no finite layer: no worst series */
+	d = drift(0, NULL, 0, 0.5);
+	d.has_drift = false;
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", metrics_drift_epoch(), &d), 0);
+	d = drift(NAN, NULL, 0, INFINITY);
+	ck_assert_int_eq(metrics_drift_set("a-run", "val", metrics_drift_epoch(), &d), 0);
+	text = render(&src, &rc);
+	ck_assert(!has_sample(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"default\"}"));
+	ck_assert_ptr_null(strstr(text, "layer4.2.bn3"));
+	ck_assert(sample(text, "bnstat_batch_noise{run=\"exp1\",domain=\"default\"}") == 0.5);
+	ck_assert_ptr_nonnull(
+		strstr(text, "\nbnstat_ema_drift_kl{run=\"a-run\",domain=\"val\"} NaN\n"));
+	ck_assert_ptr_nonnull(
+		strstr(text, "\nbnstat_batch_noise{run=\"a-run\",domain=\"val\"} +Inf\n"));
+	ck_assert_ptr_null(strstr(text, "bnstat_ema_drift_worst_kl{run=\"a-run\""));
+	free(text);
+
+	/* neither drift nor noise, or cleared: the pair has no series */
+	d.has_drift = d.has_noise = false;
+	ck_assert_int_eq(metrics_drift_set("a-run", "val", metrics_drift_epoch(), &d), 0);
+	metrics_drift_clear("exp1", "default");
+	metrics_drift_clear("no-such-run", "default");
+	text = render(&src, &rc);
+	ck_assert_ptr_null(strstr(text, "run=\"a-run\""));
+	ck_assert_ptr_null(strstr(text, "domain=\"default\""));
+	ck_assert(sample(text, "bnstat_batch_noise{run=\"exp1\",domain=\"b\\\"q\"}") == 7.0);
+	free(text);
+}
+END_TEST
+
+/* A deleted run's gauges go, and values computed across its deletion never land. */
+START_TEST(test_drift_forget)
+{
+	struct metrics_sources src = { 0 };
+	struct metrics_drift d = drift(0.5, "bn", 1.0, 0.25);
+	unsigned long long epoch = metrics_drift_epoch();
+	char *text;
+	int rc;
+
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", epoch, &d), 0);
+	ck_assert_int_eq(metrics_drift_set("exp1", "val", epoch, &d), 0);
+	ck_assert_int_eq(metrics_drift_set("exp2", "default", epoch, &d), 0);
+	metrics_forget_run("exp1");
+	text = render(&src, &rc);
+	ck_assert_ptr_null(strstr(text, "run=\"exp1\""));
+	ck_assert(sample(text, "bnstat_ema_drift_kl{run=\"exp2\",domain=\"default\"}") == 0.5);
+	free(text);
+	/* computed before the forget: refused, whatever the run */
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", epoch, &d), -EAGAIN);
+	ck_assert_int_eq(metrics_drift_set("exp2", "default", epoch, &d), -EAGAIN);
+	text = render(&src, &rc);
+	ck_assert_ptr_null(strstr(text, "run=\"exp1\""));
+	free(text);
+	ck_assert_uint_gt(metrics_drift_epoch(), epoch);
+	ck_assert_int_eq(metrics_drift_set("exp1", "default", metrics_drift_epoch(), &d), 0);
+	text = render(&src, &rc);
+	ck_assert(sample(text, "bnstat_ema_drift_kl{run=\"exp1\",domain=\"default\"}") == 0.5);
+	free(text);
+}
+END_TEST
+
+/* Past METRICS_DRIFT_PAIRS pairs, new ones are refused; known ones still change. */
+START_TEST(test_drift_bound)
+{
+	struct metrics_drift d = drift(0.5, "bn", 1.0, 0.25);
+	unsigned long long epoch = metrics_drift_epoch();
+	char run[32];
+
+	for (int i = 0; i < METRICS_DRIFT_PAIRS; i++) {
+		snprintf(run, sizeof(run), "r%05d", i);
+		ck_assert_int_eq(metrics_drift_set(run, "default", epoch, &d), 0);
+	}
+	ck_assert_int_eq(metrics_drift_set("late", "default", epoch, &d), -ENOSPC);
+	ck_assert_int_eq(metrics_drift_set("r00007", "default", epoch, &d), 0);
+	metrics_drift_clear("r00007", "default");
+	ck_assert_int_eq(metrics_drift_set("late", "default", epoch, &d), 0);
+}
+END_TEST
+
 static Suite *metrics_suite(void)
 {
 	Suite *s = suite_create("metrics");
@@ -294,6 +442,9 @@ static Suite *metrics_suite(void)
 	tcase_add_test(tc, test_failed_walk);
 	tcase_add_test(tc, test_nonfinite_counter);
 	tcase_add_test(tc, test_nonfinite_bounds);
+	tcase_add_test(tc, test_drift_gauges);
+	tcase_add_test(tc, test_drift_forget);
+	tcase_add_test(tc, test_drift_bound);
 	suite_add_tcase(s, tc);
 	return s;
 }

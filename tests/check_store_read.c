@@ -361,6 +361,40 @@ START_TEST(test_layer_rows)
 }
 END_TEST
 
+/* The newest step of a domain with a worker EMA, whatever came after without one. */
+START_TEST(test_ema_latest_step)
+{
+	struct store *s = tu_open(dbpath);
+	struct store_reader *r;
+	struct bn_error err;
+	int64_t run_id, dom, dom_x, step = -1;
+	static const char *const docs[] = {
+		"{\"worker\":\"w1\",\"step\":5,\"seq\":0,\"layers\":{\"bn\":{\"count\":4,"
+		"\"mean\":[1],\"var\":[2],\"ema_mean\":[0.5],\"ema_var\":[1.5]}}}",
+		"{\"worker\":\"w0\",\"step\":2,\"seq\":0,\"layers\":{\"bn\":{\"count\":4,"
+		"\"mean\":[1],\"var\":[2],\"ema_mean\":[0.5],\"ema_var\":[1.5]}}}",
+		"{\"worker\":\"w0\",\"step\":7,\"seq\":0,\"layers\":{\"bn\":{\"count\":4,"
+		"\"mean\":[1],\"var\":[2]}}}",
+		"{\"worker\":\"w0\",\"step\":9,\"seq\":0,\"domain\":\"x\",\"layers\":{\"bn\":{"
+		"\"count\":4,\"mean\":[1],\"var\":[2]}}}",
+	};
+
+	for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++)
+		ck_assert_int_eq(tu_put(s, docs[i]).status, 200);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	ck_assert_int_eq(store_read_begin(r), 0);
+	ck_assert_int_eq(store_run_find(r, "r1", &run_id), 0);
+	ck_assert_int_eq(store_domain_find(r, run_id, "default", &dom), 0);
+	ck_assert_int_eq(store_domain_find(r, run_id, "x", &dom_x), 0);
+	ck_assert_int_eq(store_ema_latest_step(r, run_id, dom, &step), 0);
+	ck_assert_int_eq(step, 5);
+	ck_assert_int_eq(store_ema_latest_step(r, run_id, dom_x, &step), -ENOENT);
+	store_read_end(r);
+	store_reader_put(s, r);
+	store_close(s);
+}
+END_TEST
+
 START_TEST(test_late_writes)
 {
 	struct store *s = fill();
@@ -630,6 +664,7 @@ static Suite *store_read_suite(void)
 	tcase_add_test(tc, test_runs);
 	tcase_add_test(tc, test_runs_page);
 	tcase_add_test(tc, test_layer_rows);
+	tcase_add_test(tc, test_ema_latest_step);
 	tcase_add_test(tc, test_late_writes);
 	tcase_add_test(tc, test_snapshots);
 	tcase_add_test(tc, test_delete_run);

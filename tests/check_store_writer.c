@@ -374,6 +374,68 @@ START_TEST(test_queue_full)
 }
 END_TEST
 
+/* What the `changed` hook of struct store_options heard: "run/domain" per call. */
+struct heard {
+	pthread_mutex_t mu;
+	char calls[8][300];
+	int n;
+};
+
+static void on_changed(void *ctx, const char *run, const char *domain)
+{
+	struct heard *h = ctx;
+
+	pthread_mutex_lock(&h->mu);
+	if (h->n < 8)
+		snprintf(h->calls[h->n], sizeof(h->calls[0]), "%s/%s", run, domain);
+	h->n++;
+	pthread_mutex_unlock(&h->mu);
+}
+
+/*
+ * The hook hears of every stored upload once its commit is done (before
+ * its outcome is reported), and of nothing else: no duplicate, no refusal.
+ */
+START_TEST(test_changed_hook)
+{
+	struct heard h = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	struct store_options opt;
+	struct store *s = NULL;
+	struct bn_error err;
+	const char *b0 = "{\"worker\":\"w0\",\"step\":3,\"seq\":0,\"layers\":{"
+			 "\"bn\":{\"count\":4,\"mean\":[1,2],\"var\":[2,4]}}}";
+
+	store_options_default(&opt);
+	opt.changed = on_changed;
+	opt.changed_ctx = &h;
+	ck_assert_int_eq(store_open(dbpath, &opt, &s, &err), 0);
+	ck_assert_int_eq(tu_put(s, b0).status, 200);
+	pthread_mutex_lock(&h.mu);
+	ck_assert_int_eq(h.n, 1);
+	ck_assert_str_eq(h.calls[0], "r1/default");
+	pthread_mutex_unlock(&h.mu);
+	ck_assert(tu_put(s, b0).duplicate);
+	ck_assert_int_eq(tu_put(s, "{\"worker\":\"w0\",\"step\":3,\"seq\":0,\"layers\":{"
+				   "\"bn\":{\"count\":4,\"mean\":[1,3],\"var\":[2,4]}}}")
+				 .status,
+			 409);
+	ck_assert_int_eq(tu_put(s, "{\"worker\":\"w0\",\"step\":4,\"seq\":0,\"layers\":{"
+				   "\"bn\":{\"count\":4,\"mean\":[1,2,3],\"var\":[2,4,5]}}}")
+				 .status,
+			 422);
+	ck_assert_int_eq(tu_put_run(s, "r2",
+				    "{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"domain\":\"val\","
+				    "\"layers\":{\"bn\":{\"count\":4,\"mean\":[1],\"var\":[2]}}}")
+				 .status,
+			 200);
+	pthread_mutex_lock(&h.mu);
+	ck_assert_int_eq(h.n, 2);
+	ck_assert_str_eq(h.calls[1], "r2/val");
+	pthread_mutex_unlock(&h.mu);
+	store_close(s);
+}
+END_TEST
+
 static Suite *store_writer_suite(void)
 {
 	Suite *s = suite_create("store_writer");
@@ -388,6 +450,7 @@ static Suite *store_writer_suite(void)
 	tcase_add_test(tc, test_ema_and_count_zero);
 	tcase_add_test(tc, test_submit_after_stop);
 	tcase_add_test(tc, test_queue_full);
+	tcase_add_test(tc, test_changed_hook);
 	suite_add_tcase(s, tc);
 	return s;
 }
