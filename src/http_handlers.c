@@ -85,6 +85,7 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 	p->points = arg(rq, "points");
 	p->source = arg(rq, "source");
 	p->target = arg(rq, "target");
+	p->precise = arg(rq, "precise");
 	p->layers = lp->v;
 	p->n_layers = lp->n;
 	return 0;

@@ -52,6 +52,8 @@ struct query_params {
 	const char *target;
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
+
+	const char *precise; /* compare, drift: window | snapshot:LABEL | worker:NAME */
 };
 
 /*
