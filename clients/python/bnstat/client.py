@@ -339,15 +339,36 @@ class Client:
                            "estimator": estimator, "layer": layers})
 
     def compare(self, run, step=None, window=None, domain=None, ema=None, momentum=None,
-                worker=None, layers=None):
+                worker=None, layers=None, precise=None):
         """GET /v1/runs/{run}/compare: EMA against the precise estimate per layer
         (mean_err, var_err, kl and their *_max) and "overall". ema: "worker"
-        (server default) or "sim" with momentum."""
+        (server default) or "sim" with momentum. precise: what the EMA is
+        compared with: None or "window" (the window of step/window/domain),
+        "snapshot:LABEL" (a stored snapshot, of any domain) or "worker:NAME"
+        (that worker's EMA at the same step; with ema="worker" name the other
+        one with worker=). With a snapshot or a worker, window is refused
+        (docs/API.md, "Comparing with a snapshot or a worker"); the reply
+        then names the reference ("precise", "snapshot") and lists the
+        reference's layers without an EMA under "no_ema"."""
         if isinstance(layers, str):
             layers = [layers]
         return self._json("GET", self._run(run) + "/compare",
                           {"step": step, "window": window, "domain": domain, "ema": ema,
-                           "momentum": momentum, "worker": worker, "layer": layers})
+                           "momentum": momentum, "worker": worker, "layer": layers,
+                           "precise": precise})
+
+    def drift(self, run, from_step=None, to_step=None, domain=None, ema=None, momentum=None,
+              worker=None, window=None, points=None, precise=None):
+        """GET /v1/runs/{run}/drift: per layer, the metrics of compare() at every
+        step of [from_step, to_step] ("step", "layers": {name: {"mean_err",
+        "var_err", "kl"}: arrays, None where there is no value}, "overall"),
+        at most `points` points (each the maximum over its steps). precise as
+        for compare(): with "snapshot:LABEL" every step is compared with the
+        snapshot, with "worker:NAME" with that worker's EMA at the step."""
+        return self._json("GET", self._run(run) + "/drift",
+                          {"from": from_step, "to": to_step, "domain": domain, "ema": ema,
+                           "momentum": momentum, "worker": worker, "window": window,
+                           "points": points, "precise": precise})
 
     def series(self, run, layer, channel=None, domain=None, from_step=None, to_step=None,
                window=None, momentum=None, worker=None):
