@@ -267,9 +267,11 @@ static int ref_worker_row(void *ctx, const struct store_row *row)
 	if (idx < 0)
 		return 0;
 	j = (size_t)idx - k->first;
-	if (store_row_read(k->d->r, STORE_BLOB_EMA, row->rowid, c, 0, c, k->pmean + j * c) < 0 ||
-	    store_row_read(k->d->r, STORE_BLOB_EMA, row->rowid, c, c, c, k->pvar + j * c) < 0)
+	/* one read of the blob (mean, then var), as ema_flush() does */
+	if (store_row_read(k->d->r, STORE_BLOB_EMA, row->rowid, c, 0, 2 * c, k->row) < 0)
 		return -EIO;
+	memcpy(k->pmean + j * c, k->row, c * sizeof(double));
+	memcpy(k->pvar + j * c, k->row + c, c * sizeof(double));
 	k->has_precise[j] = true;
 	return 0;
 }
