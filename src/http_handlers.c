@@ -92,6 +92,7 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 	p->prefix = arg(rq, "prefix");
 	p->limit = arg(rq, "limit");
 	p->after = arg(rq, "after");
+	p->precise = arg(rq, "precise");
 	p->layers = lp->v;
 	p->n_layers = lp->n;
 	return 0;

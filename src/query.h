@@ -59,6 +59,8 @@ struct query_params {
 	const char *after;
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
+
+	const char *precise; /* compare, drift: window | snapshot:LABEL | worker:NAME */
 };
 
 /* GET /v1/runs: runs per page without limit=, and at most (docs/API.md, "Runs"). */

@@ -3,8 +3,9 @@
  * (docs/API.md, "Comparison" and "Domains"). Both compare an estimate with
  * a reference, layer by layer, with stats_compare(): compare the EMA (the
  * worker's own, or one simulated with a momentum) with the precise
- * statistics of a window, shift the precise statistics of one domain with
- * those of another. One accumulator builds the per-layer and overall
+ * statistics of a window, or with a snapshot or another worker's EMA
+ * (query_ref.c), shift the precise statistics of one domain with those of
+ * another. One accumulator builds the per-layer and overall
  * metrics of both.
  */
 #include <errno.h>
@@ -130,11 +131,304 @@ static int pick_ema(void *ctx, const struct store_row *row)
 	return 0;
 }
 
+/* --- compare with a snapshot or a worker (docs/API.md, "Comparing with a snapshot or a worker") */
+
+/* One layer of the run, as compare_reference() walks them. */
+struct ref_layer {
+	int64_t id;
+	char *name;
+	size_t channels;
+	bool wanted;
+};
+
+struct ref_layers {
+	struct ref_layer *v;
+	size_t n;
+};
+
+static int collect_ref_layer(void *ctx, const struct store_item *it)
+{
+	struct ref_layers *ls = ctx;
+	struct ref_layer *p = realloc(ls->v, (ls->n + 1) * sizeof(*p));
+
+	if (p == NULL)
+		return -ENOMEM;
+	ls->v = p;
+	p += ls->n;
+	p->id = it->id;
+	p->channels = (size_t)it->layer.channels;
+	p->wanted = false;
+	p->name = strdup(it->name);
+	if (p->name == NULL)
+		return -ENOMEM;
+	ls->n++;
+	return 0;
+}
+
+static int ref_layer_cmp_id(const void *a, const void *b)
+{
+	const struct ref_layer *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+static void ref_layers_free(struct ref_layers *ls)
+{
+	size_t i;
+
+	for (i = 0; i < ls->n; i++)
+		free(ls->v[i].name);
+	free(ls->v);
+}
+
+/*
+ * The run's layers by id (the order they were first uploaded), those named
+ * by layer= marked wanted (all without a filter); 404 for a name the run
+ * does not have.
+ */
+static int ref_layers_read(struct store_reader *r, int64_t run_id, const char *run,
+			   const struct query_params *p, struct ref_layers *ls,
+			   struct bn_error *err)
+{
+	size_t i, j;
+	int rc = store_layers_foreach(r, run_id, collect_ref_layer, ls);
+
+	if (rc < 0)
+		return rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+	qsort(ls->v, ls->n, sizeof(*ls->v), ref_layer_cmp_id);
+	for (j = 0; j < ls->n; j++)
+		ls->v[j].wanted = p->n_layers == 0;
+	for (i = 0; i < p->n_layers; i++) {
+		for (j = 0; j < ls->n && strcmp(ls->v[j].name, p->layers[i]) != 0; j++)
+			;
+		if (j == ls->n)
+			return bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
+					    "run %s has no layer %s", run, p->layers[i]);
+		ls->v[j].wanted = true;
+	}
+	return 0;
+}
+
+/* The EMA `worker` reported for a layer at `step`: mean then var in out[2 * c]. */
+static int worker_ema(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		      const struct ref_layer *l, const char *worker, int64_t step, double *out,
+		      bool *found)
+{
+	struct ema_pick pick = { 0 };
+	int rc = store_layer_emas(r, run_id, domain_id, l->id, worker, step - 1, step, pick_ema,
+				  &pick);
+
+	if (rc == 0 && pick.found)
+		rc = store_row_read(r, STORE_BLOB_EMA, pick.rowid, l->channels, 0, 2 * l->channels,
+				    out);
+	*found = pick.found;
+	return rc;
+}
+
+/*
+ * query_compare() with precise=snapshot:LABEL or worker:NAME: per layer,
+ * the EMA at `step` against the reference's mean and var; the layers of
+ * the reference without an EMA there are listed under "no_ema".
+ */
+static int compare_reference(struct store_reader *r, struct replay_cache *cache, const char *run,
+			     const struct query_params *p, struct query_ref *ref, json_t **out,
+			     struct bn_error *err)
+{
+	const char *domain = p->domain ? p->domain : "default";
+	struct ref_layers layers = { 0 };
+	struct compare_acc acc = { 0 };
+	char worker[INGEST_NAME_MAX + 1] = "";
+	double momentum = 0.1, *buf = NULL, bound = 0.0;
+	json_t *no_ema = NULL;
+	bool sim, has_step = p->step != NULL, found;
+	int64_t step = 0, run_id, domain_id = -1;
+	long long v;
+	size_t j, cap = 0, with_ref = 0;
+	int rc;
+
+	if (has_step) {
+		if (query_parse_int("step", p->step, 0, &v, err) < 0)
+			return -EINVAL;
+		step = v;
+	}
+	if (query_check_domain(domain, err) < 0)
+		return -EINVAL;
+	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "ema",
+				    "ema must be \"worker\" or \"sim\"");
+	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
+	if (sim && query_parse_momentum(p->momentum, &momentum, err) < 0)
+		return -EINVAL;
+	if ((!sim || ref->kind == QUERY_REF_WORKER) && strcmp(domain, QUERY_DOMAIN_ALL) == 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "domain",
+				    "a worker EMA belongs to one domain: domain * needs ema=sim "
+				    "and no worker reference");
+	if (!sim && p->worker != NULL && !ingest_name_valid(p->worker))
+		return bn_error_set(err, 422, BN_E_INVALID, "worker",
+				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
+	if (!sim && ref->kind == QUERY_REF_WORKER && p->worker == NULL)
+		return bn_error_set(err, 400, BN_E_MISSING, "worker",
+				    "precise=worker:%s compares another worker's EMA with it: "
+				    "name that one with worker=",
+				    ref->name);
+
+	store_read_begin(r);
+	rc = query_run_find(r, run, &run_id, err);
+	if (rc < 0)
+		goto done;
+	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
+		rc = store_domain_find(r, run_id, domain, &domain_id);
+		if (rc < 0) {
+			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
+							  "run %s has no domain %s", run, domain)
+					   : query_read_failed(err);
+			goto done;
+		}
+	}
+	rc = query_ref_load(r, run, run_id, domain, domain_id, ref, err);
+	if (rc == 0)
+		rc = query_ref_step(r, run_id, domain_id, domain, has_step, step, &step, err);
+	if (rc == 0)
+		rc = ref_layers_read(r, run_id, run, p, &layers, err);
+	if (rc < 0)
+		goto done;
+	if (!sim && p->worker != NULL) {
+		snprintf(worker, sizeof(worker), "%s", p->worker);
+	} else if (!sim) {
+		rc = store_ema_first_worker(r, run_id, domain_id, step, worker, sizeof(worker));
+		if (rc < 0) {
+			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+							  "no worker reported an EMA at step %lld "
+							  "in domain %s",
+							  (long long)step, domain)
+					   : query_read_failed(err);
+			goto done;
+		}
+	}
+
+	no_ema = json_array();
+	if (no_ema == NULL || compare_acc_init(&acc) < 0) {
+		rc = query_oom(err);
+		goto done;
+	}
+	for (j = 0; j < layers.n; j++) {
+		const struct ref_layer *l = &layers.v[j];
+		size_t c = l->channels;
+		const double *ref_mean, *ref_var;
+		double *ema = compare_buf(&buf, &cap, c);
+		struct stats_cmp cmp;
+
+		if (!l->wanted)
+			continue;
+		if (ema == NULL) {
+			rc = query_oom(err);
+			goto done;
+		}
+		ema += 2 * c; /* the first half holds a worker reference */
+		if (ref->kind == QUERY_REF_SNAPSHOT) {
+			const struct store_snapshot_layer *sl = query_ref_layer(ref, l->name, c);
+
+			if (sl == NULL)
+				continue; /* not in the snapshot */
+			ref_mean = sl->mean;
+			ref_var = sl->var;
+		} else {
+			rc = worker_ema(r, run_id, domain_id, l, ref->name, step, buf, &found);
+			if (rc < 0) {
+				rc = query_read_failed(err);
+				goto done;
+			}
+			if (!found)
+				continue; /* the reference worker sent none for this layer */
+			ref_mean = buf;
+			ref_var = buf + c;
+		}
+		with_ref++;
+		if (sim) {
+			int64_t applied;
+			double layer_bound;
+
+			rc = replay_layer(cache, r, run_id, domain_id, l->id, c, momentum, step,
+					  ema, ema + c, &applied, &layer_bound);
+			if (rc < 0) {
+				rc = query_read_failed(err);
+				goto done;
+			}
+			found = applied > 0;
+			if (found && layer_bound > bound)
+				bound = layer_bound;
+		} else {
+			rc = worker_ema(r, run_id, domain_id, l, worker, step, ema, &found);
+			if (rc < 0) {
+				rc = query_read_failed(err);
+				goto done;
+			}
+		}
+		if (!found) {
+			if (json_array_append_new(no_ema, json_string(l->name)) < 0) {
+				rc = query_oom(err);
+				goto done;
+			}
+			continue;
+		}
+		stats_compare(c, ema, ema + c, ref_mean, ref_var, &cmp);
+		if (compare_acc_add(&acc, l->name, &cmp) < 0) {
+			rc = query_oom(err);
+			goto done;
+		}
+	}
+	if (with_ref == 0) {
+		rc = ref->kind == QUERY_REF_SNAPSHOT
+			     ? bn_error_set(err, 404, BN_E_NOT_FOUND, "precise",
+					    "snapshot %s has none of these layers", ref->name)
+			     : bn_error_set(err, 404, BN_E_NOT_FOUND, "precise",
+					    "worker %s reported no EMA at step %lld in domain %s "
+					    "for these layers",
+					    ref->name, (long long)step, domain);
+		goto done;
+	}
+	if (acc.n == 0) {
+		rc = sim ? bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+					"no layer of precise=%s has data at or before step %lld "
+					"in domain %s",
+					p->precise, (long long)step, domain)
+			 : bn_error_set(err, 404, BN_E_NOT_FOUND, "worker",
+					"worker %s reported no EMA at step %lld in domain %s for "
+					"the layers of precise=%s",
+					worker, (long long)step, domain, p->precise);
+		goto done;
+	}
+	*out = json_pack("{s:s, s:s, s:I, s:s, s:O, s:o, s:O}", "run", run, "domain", domain,
+			 "step", (json_int_t)step, "ema", sim ? "sim" : "worker", "layers",
+			 acc.layers, "overall", compare_acc_overall(&acc), "no_ema", no_ema);
+	if (*out != NULL) {
+		if (sim) {
+			json_object_set_new(*out, "momentum", json_real(momentum));
+			json_object_set_new(*out, "sim_error_bound", json_real(bound));
+		} else {
+			json_object_set_new(*out, "worker", json_string(worker));
+		}
+	}
+	rc = *out && query_ref_json(*out, ref) == 0 ? 0 : query_oom(err);
+done:
+	store_read_end(r);
+	compare_acc_free(&acc);
+	json_decref(no_ema);
+	free(buf);
+	ref_layers_free(&layers);
+	if (rc < 0) {
+		json_decref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
 int query_compare(struct store_reader *r, struct replay_cache *cache, const char *run,
 		  const struct query_params *p, json_t **out, struct bn_error *err)
 {
 	struct query_window w = { 0 };
 	struct query_window_req q = { .run = run };
+	struct query_ref ref = { 0 };
 	enum stats_estimator est = STATS_EST_POPULATION;
 	struct compare_acc acc = { 0 };
 	char worker[INGEST_NAME_MAX + 1] = "";
@@ -145,6 +439,13 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	int rc;
 
 	*out = NULL;
+	if (query_ref_parse(p, &ref, err) < 0)
+		return -EINVAL;
+	if (ref.kind != QUERY_REF_WINDOW) {
+		rc = compare_reference(r, cache, run, p, &ref, out, err);
+		query_ref_free(&ref);
+		return rc;
+	}
 	if (query_parse_estimator(p->estimator, &est, err) < 0 ||
 	    query_window_parse(p, &q, err) < 0 ||
 	    query_parse_target_se(p->target_se, &target_se, err) < 0)

@@ -7,7 +7,10 @@
  * every step (a queue of the window's pooled rows), then the EMA at those
  * steps (the worker's arrays, or the simulated EMA walked over the chunk,
  * resuming from the replay's checkpoints), so that memory stays within a
- * chunk's arrays however long the range.
+ * chunk's arrays however long the range. With precise=snapshot:LABEL the
+ * reference is the snapshot's layer at every step (no window is read);
+ * with precise=worker:NAME it is that worker's EMA at each step
+ * (query_ref.c).
  */
 #include <errno.h>
 #include <math.h>
@@ -53,6 +56,8 @@ struct drift {
 	double *metric; /* [n_layers][n][N_METRICS], NAN: no value */
 	char **first;	/* [n] without `worker`: the first worker by name at each entry */
 	double *bound;	/* [n]: largest sim_error_bound over layers */
+
+	struct query_ref ref; /* the precise side: a window, a snapshot or a worker */
 };
 
 static int add_entry(void *ctx, int64_t step, int64_t width)
@@ -145,6 +150,8 @@ struct chunk {
 	int64_t ema_rowid; /* worker EMA walk: the row picked for the current step */
 	int64_t ema_step;
 	bool ema_have;
+
+	const double *ref_mean, *ref_var; /* a snapshot: the reference at every entry */
 };
 
 static void compare_at(struct chunk *k, size_t idx, const double *mean, const double *var,
@@ -157,7 +164,10 @@ static void compare_at(struct chunk *k, size_t idx, const double *mean, const do
 
 	if (!k->has_precise[j])
 		return;
-	stats_compare(c, mean, var, k->pmean + j * c, k->pvar + j * c, &cmp);
+	if (k->ref_mean != NULL)
+		stats_compare(c, mean, var, k->ref_mean, k->ref_var, &cmp);
+	else
+		stats_compare(c, mean, var, k->pmean + j * c, k->pvar + j * c, &cmp);
 	m[0] = cmp.mean_err;
 	m[1] = cmp.var_err;
 	m[2] = cmp.kl;
@@ -258,6 +268,25 @@ static int window_row(void *ctx, const struct store_row *row)
 	return 0;
 }
 
+/* The reference worker's EMA at an entry: the precise side there. */
+static int ref_worker_row(void *ctx, const struct store_row *row)
+{
+	struct chunk *k = ctx;
+	size_t c = k->l->channels, j;
+	long idx = find_step(k->d, k->first, k->first + k->count, row->step);
+
+	if (idx < 0)
+		return 0;
+	j = (size_t)idx - k->first;
+	/* one read of the blob (mean, then var), as ema_flush() does */
+	if (store_row_read(k->d->r, STORE_BLOB_EMA, row->rowid, c, 0, 2 * c, k->row) < 0)
+		return -EIO;
+	memcpy(k->pmean + j * c, k->row, c * sizeof(double));
+	memcpy(k->pvar + j * c, k->row + c, c * sizeof(double));
+	k->has_precise[j] = true;
+	return 0;
+}
+
 static int sim_state(void *ctx, int64_t step, const double *mean, const double *var, double bound)
 {
 	struct chunk *k = ctx;
@@ -336,22 +365,40 @@ static int layer_chunk(struct drift *d, size_t li, size_t first, size_t count)
 	size_t c = l->channels;
 	struct chunk k = { .d = d, .l = l, .first = first, .count = count, .lm = li * d->n };
 	int64_t lo = d->step[first], hi = d->step[first + count - 1];
-	int rc;
+	size_t j;
+	int rc = 0;
 
-	k.pmean = malloc(2 * count * c * sizeof(double));
+	if (d->ref.kind == QUERY_REF_SNAPSHOT) {
+		const struct store_snapshot_layer *sl = query_ref_layer(&d->ref, l->name, c);
+
+		if (sl == NULL)
+			return 0; /* not in the snapshot: no value */
+		k.ref_mean = sl->mean;
+		k.ref_var = sl->var;
+	} else {
+		k.pmean = malloc(2 * count * c * sizeof(double));
+	}
 	k.has_precise = calloc(count, sizeof(bool));
 	k.row = malloc(4 * c * sizeof(double));
-	if (k.pmean == NULL || k.has_precise == NULL || k.row == NULL) {
+	if ((k.pmean == NULL && k.ref_mean == NULL) || k.has_precise == NULL || k.row == NULL) {
 		chunk_free(&k);
 		return -ENOMEM;
 	}
-	k.pvar = k.pmean + count * c;
+	k.pvar = k.pmean ? k.pmean + count * c : NULL;
 	k.ema = k.row + 2 * c;
-	/* lo - window cannot overflow: lo >= 0 and window >= 1 */
-	rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, window_low(d, lo), hi,
-			      window_row, &k);
-	if (rc == 0 && k.tail > k.head)
-		window_close(&k);
+	if (d->ref.kind == QUERY_REF_SNAPSHOT) {
+		for (j = 0; j < count; j++)
+			k.has_precise[j] = true;
+	} else if (d->ref.kind == QUERY_REF_WORKER) {
+		rc = store_layer_emas(d->r, d->run_id, d->domain_id, l->id, d->ref.name, lo - 1, hi,
+				      ref_worker_row, &k);
+	} else {
+		/* lo - window cannot overflow: lo >= 0 and window >= 1 */
+		rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, window_low(d, lo), hi,
+				      window_row, &k);
+		if (rc == 0 && k.tail > k.head)
+			window_close(&k);
+	}
 	if (rc == 0 && d->sim)
 		rc = replay_layer_steps(d->cache, d->r, d->run_id, d->domain_id, l->id, c,
 					d->momentum, lo - 1, hi, sim_state, &k);
@@ -520,6 +567,8 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	int rc;
 
 	*out = NULL;
+	if (query_ref_parse(p, &d.ref, err) < 0)
+		return -EINVAL;
 	if (parse_opt("from", p->from, 0, 0, &from, err) < 0 ||
 	    parse_opt("to", p->to, 0, -1, &to, err) < 0 ||
 	    query_window_parse_width(p->window, p->min_batches, &window, &d.window_auto,
@@ -542,6 +591,16 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	if (!d.sim && p->worker != NULL && !ingest_name_valid(p->worker))
 		return bn_error_set(err, 422, BN_E_INVALID, "worker",
 				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
+	if (d.ref.kind == QUERY_REF_WORKER && strcmp(domain, QUERY_DOMAIN_ALL) == 0)
+		return bn_error_set(
+			err, 422, BN_E_INVALID, "domain",
+			"a worker EMA belongs to one domain: precise=worker:%s needs one",
+			d.ref.name);
+	if (d.ref.kind == QUERY_REF_WORKER && !d.sim && p->worker == NULL)
+		return bn_error_set(err, 400, BN_E_MISSING, "worker",
+				    "precise=worker:%s compares another worker's EMA with it: "
+				    "name that one with worker=",
+				    d.ref.name);
 	d.window = window;
 	d.worker = d.sim ? NULL : p->worker;
 
@@ -558,6 +617,9 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 			goto done;
 		}
 	}
+	rc = query_ref_load(r, run, d.run_id, domain, d.domain_id, &d.ref, err);
+	if (rc < 0)
+		goto done;
 	if (p->to == NULL) {
 		rc = store_latest_step(r, d.run_id, d.domain_id, &latest);
 		to = rc == 0 ? latest : -1;
@@ -620,12 +682,20 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 		json_object_set_new(doc, "momentum", json_real(d.momentum));
 	else
 		json_object_set_new(doc, "worker", d.worker ? json_string(d.worker) : json_null());
+	if (d.ref.kind != QUERY_REF_WINDOW) {
+		json_object_del(doc, "window"); /* the reference has none */
+		if (query_ref_json(doc, &d.ref) < 0) {
+			rc = query_oom(err);
+			goto done;
+		}
+	}
 	*out = doc;
 	doc = NULL;
 	rc = 0;
 done:
 	store_read_end(r);
 	json_decref(doc);
+	query_ref_free(&d.ref);
 	for (li = 0; li < d.n_layers; li++)
 		free(d.layers[li].name);
 	free(d.layers);

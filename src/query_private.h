@@ -1,8 +1,9 @@
 /*
  * query_private: what the files of the query module share and nothing
  * outside it may use: the parameter checks every answer makes, the error
- * replies, JSON numbers, and the precise window (query_window.c) that stats,
- * compare, shift and snapshots merge.
+ * replies, JSON numbers, the precise window (query_window.c) that stats,
+ * compare, shift and snapshots merge, and the other references compare and
+ * drift take instead of it (query_ref.c).
  *
  * Every function here runs on the calling HTTP thread with the caller's
  * store reader; none keeps a pointer to its arguments after returning.
@@ -99,6 +100,71 @@ int query_parse_target_se(const char *s, double *out, struct bn_error *err);
  * "Precision"). Returns 0 or -ENOMEM.
  */
 int query_precision_json(json_t *o, const struct stats_agg *a, double target_se);
+
+/* --- the reference of compare and drift (query_ref.c) ------------------------ */
+
+/* What the EMA is compared with: `precise=` (docs/API.md, "Comparison"). */
+enum query_ref_kind {
+	QUERY_REF_WINDOW,   /* the precise window (the default) */
+	QUERY_REF_SNAPSHOT, /* snapshot:LABEL, its stored layers */
+	QUERY_REF_WORKER,   /* worker:NAME, that worker's EMA at the same step */
+};
+
+struct query_ref {
+	enum query_ref_kind kind;
+	char name[STORE_LABEL_MAX + 1]; /* the label or the worker */
+	struct store_snapshot *snap;	/* a snapshot, once loaded: layers by name */
+};
+
+/*
+ * Parse p->precise into *ref (zeroed by the caller): absent or "window" is
+ * the window; "snapshot:LABEL" and "worker:NAME" name a reference, which
+ * leaves no room for `window` or `estimator` (they choose a window). Returns
+ * 0, or -EINVAL with a 400 in *err naming `precise` (malformed), `window` or
+ * `estimator` (given with a reference).
+ */
+int query_ref_parse(const struct query_params *p, struct query_ref *ref, struct bn_error *err);
+
+/*
+ * Load the reference inside the caller's read transaction: a snapshot's
+ * layers (read once per request, whatever its domain), or check that the
+ * worker sent batches in domain domain_id of the run (run and domain are
+ * the names, for messages). Returns 0, or a negative errno with *err
+ * filled in: 404 naming `precise` for an unknown label or worker, 500 when
+ * the read fails.
+ */
+int query_ref_load(struct store_reader *r, const char *run, int64_t run_id, const char *domain,
+		   int64_t domain_id, struct query_ref *ref, struct bn_error *err);
+
+/*
+ * The snapshot's layer `name` when it has one of `channels` channels, else
+ * NULL. Borrowed from ref, valid until query_ref_free().
+ */
+const struct store_snapshot_layer *query_ref_layer(const struct query_ref *ref, const char *name,
+						   size_t channels);
+
+/*
+ * Resolve the EMA side's step inside the caller's read transaction: the
+ * given one or the latest of the domain (domain_id < 0: any; `domain` its
+ * name, for messages), then, over bucketed history, the last step of the
+ * entry holding it (where EMAs are kept). Returns 0 with *out set, or a
+ * 404 (no data) / 500 in *err.
+ */
+int query_ref_step(struct store_reader *r, int64_t run_id, int64_t domain_id, const char *domain,
+		   bool has_step, int64_t step, int64_t *out, struct bn_error *err);
+
+/*
+ * Add "precise" ("snapshot:LABEL", "worker:NAME") and, for a snapshot,
+ * "snapshot" (its label, step, window, domain, estimator, created) to doc:
+ * 0 or -ENOMEM. Nothing for the window.
+ */
+int query_ref_json(json_t *doc, const struct query_ref *ref);
+
+/* Free what ref holds (ref itself is the caller's). */
+void query_ref_free(struct query_ref *ref);
+
+/* A snapshot's parameters without its layers, as its listing shows them (query_snapshot.c). */
+json_t *query_snapshot_header_json(const struct store_snapshot *snap);
 
 /* --- the precise window (query_window.c) ----------------------------------- */
 

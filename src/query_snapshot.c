@@ -517,3 +517,8 @@ int query_snapshots(struct store_reader *r, const char *run, json_t **out, struc
 {
 	return query_run_list(r, run, "snapshots", walk_snapshots, out, err);
 }
+
+json_t *query_snapshot_header_json(const struct store_snapshot *snap)
+{
+	return snapshot_json(snap, false);
+}

@@ -283,6 +283,10 @@ int store_run_find(struct store_reader *r, const char *run, int64_t *run_id);
 int store_domain_find(struct store_reader *r, int64_t run_id, const char *domain,
 		      int64_t *domain_id);
 
+/* Did `worker` send a batch in the domain of the run? 0 when it did, or -ENOENT. */
+int store_worker_find(struct store_reader *r, int64_t run_id, int64_t domain_id,
+		      const char *worker);
+
 /*
  * Highest step with data in the domain (domain_id < 0: any domain).
  * Returns 0, or -ENOENT when there is none.

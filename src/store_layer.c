@@ -102,7 +102,10 @@ int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 			? "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
 			  " AND domain_id = ?2 AND layer_id = ?3 AND worker = ?6"
 			  " AND step > ?4 AND step <= ?5 ORDER BY step"
-			: "SELECT id, step, domain_id, 0, seq, worker FROM emas WHERE run_id = ?1"
+			/* without INDEXED BY the planner walks emas_by_step for its order
+			 * and reads every layer's rows to keep this one's */
+			: "SELECT id, step, domain_id, 0, seq, worker FROM emas"
+			  " INDEXED BY emas_by_layer_step WHERE run_id = ?1"
 			  " AND domain_id = ?2 AND layer_id = ?3"
 			  " AND step > ?4 AND step <= ?5 ORDER BY step, worker";
 

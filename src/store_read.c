@@ -109,6 +109,26 @@ int store_domain_find(struct store_reader *r, int64_t run_id, const char *domain
 	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
 }
 
+int store_worker_find(struct store_reader *r, int64_t run_id, int64_t domain_id, const char *worker)
+{
+	sqlite3_stmt *st;
+	int64_t one;
+	int rc;
+
+	/* a prefix of the batches' primary key: one probe */
+	if (store_sql_prepare(r->db,
+			      "SELECT 1 FROM batches WHERE run_id = ?1 AND domain_id = ?2"
+			      " AND worker = ?3 LIMIT 1",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_text(st, 3, worker, -1, SQLITE_STATIC);
+	rc = store_sql_rows(st, read_id, &one);
+	sqlite3_finalize(st);
+	return rc > 0 ? 0 : rc == 0 ? -ENOENT : rc;
+}
+
 int store_latest_step(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *step)
 {
 	if (domain_id < 0)

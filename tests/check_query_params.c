@@ -24,7 +24,7 @@
 #define TOL 1e-12
 /* --- parameter validation -------------------------------------------------------- */
 
-enum endpoint { STATS, COMPARE, SERIES, SHIFT };
+enum endpoint { STATS, COMPARE, SERIES, SHIFT, DRIFT };
 
 struct bad_case {
 	const char *what;
@@ -186,6 +186,69 @@ static const struct bad_case bad_cases[] = {
 	  404,
 	  "not_found",
 	  "target" },
+	{ "precise not a reference",
+	  COMPARE,
+	  "r1",
+	  { .precise = "best" },
+	  400,
+	  "invalid_parameter",
+	  "precise" },
+	{ "precise snapshot without a label",
+	  COMPARE,
+	  "r1",
+	  { .precise = "snapshot:" },
+	  400,
+	  "invalid_parameter",
+	  "precise" },
+	{ "precise worker with a bad name",
+	  DRIFT,
+	  "r1",
+	  { .precise = "worker:a b", .worker = "w1" },
+	  400,
+	  "invalid_parameter",
+	  "precise" },
+	{ "unknown snapshot",
+	  COMPARE,
+	  "r1",
+	  { .precise = "snapshot:s" },
+	  404,
+	  "not_found",
+	  "precise" },
+	{ "unknown reference worker",
+	  DRIFT,
+	  "r1",
+	  { .precise = "worker:w9", .worker = "w1" },
+	  404,
+	  "not_found",
+	  "precise" },
+	{ "window with a snapshot",
+	  COMPARE,
+	  "r1",
+	  { .precise = "snapshot:s", .window = "2" },
+	  400,
+	  "invalid_parameter",
+	  "window" },
+	{ "estimator with a worker",
+	  DRIFT,
+	  "r1",
+	  { .precise = "worker:w1", .worker = "w2", .estimator = "population" },
+	  400,
+	  "invalid_parameter",
+	  "estimator" },
+	{ "worker reference without worker=",
+	  COMPARE,
+	  "r1",
+	  { .precise = "worker:w1" },
+	  400,
+	  "missing_field",
+	  "worker" },
+	{ "worker reference over every domain",
+	  DRIFT,
+	  "r1",
+	  { .precise = "worker:w1", .ema = "sim", .domain = "*" },
+	  422,
+	  "invalid_value",
+	  "domain" },
 	{ "shift bad estimator",
 	  SHIFT,
 	  "r1",
@@ -205,6 +268,8 @@ static int ask(enum endpoint ep, const char *run, const struct query_params *p, 
 		return query_compare(rd, cache, run, p, out, err);
 	case SERIES:
 		return query_series(rd, cache, run, p, out, err);
+	case DRIFT:
+		return query_drift(rd, cache, run, p, out, err);
 	default:
 		return query_shift(rd, run, p, out, err);
 	}

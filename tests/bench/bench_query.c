@@ -14,6 +14,8 @@
  *     momentum is a second set of checkpoints; a restart empties the cache,
  *   - /series over the whole run (one channel, every step),
  *   - /drift over the whole run (every layer, worker EMA and simulated EMA),
+ *     against the window, a snapshot (precise=snapshot:) and a worker's EMA
+ *     (precise=worker:),
  *   - /stats?window=100 as the reference point,
  *   - a late upload (a batch for step N/2 after step N-1 is in), which makes
  *     the checkpoints from N/2 on stale: the next sim compare replays from
@@ -77,6 +79,28 @@ static void command_line(int argc, char **argv)
 	for (i = 0; i < argc; i++)
 		printf("%s%s", i ? " " : "", argv[i]);
 	printf("`\n");
+}
+
+/*
+ * POST a snapshot of the run's latest step (window 1) under `label` on the
+ * query connection; one kept from an earlier run (--no-fill) answers 200.
+ */
+static void snapshot_create(const char *label)
+{
+	struct http_resp r = { 0 };
+	char path[600], body[200];
+	int n = snprintf(body, sizeof(body), "{\"label\":\"%s\"}", label);
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/snapshots", run_path);
+	qconn.port = port_now();
+	rc = http_do(&qconn, "POST", path, "application/json", body, (size_t)n, &r, opt.timeout);
+	if (rc < 0)
+		die("POST %s: %s", path, strerror(-rc));
+	if (r.status != 201 && r.status != 200)
+		die("POST %s: HTTP %d %.500s", path, r.status, r.body.p ? r.body.p : "");
+	note("snapshot %s of the latest step: HTTP %d", label, r.status);
+	free(r.body.p);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -175,6 +199,10 @@ int main(int argc, char **argv)
 	/* 4'. drift: every layer's metrics over the whole run */
 	measure("drift?points=500", "n/a", opt.reps, NULL);
 	measure("drift?points=500&ema=sim&momentum=0.1", "warm", opt.reps, NULL);
+	/* 4''. drift against a snapshot (read once, no window) and against a worker's EMA */
+	snapshot_create("bench-drift");
+	measure("drift?points=500&precise=snapshot:bench-drift", "n/a", opt.reps, NULL);
+	measure("drift?points=500&precise=worker:rank0&worker=rank0", "n/a", opt.reps, NULL);
 
 	/* 6. a late upload into step N/2, then the simulated EMA again */
 	if (!opt.no_late) {

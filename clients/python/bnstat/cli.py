@@ -174,22 +174,147 @@ def cmd_stats(c, a):
 _COMPARE_FIELDS = ["mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "kl_max"]
 
 
+def _precise_arg(a):
+    """The precise= of --snapshot / --against-worker / --precise (None: the window)."""
+    if a.snapshot is not None:
+        return "snapshot:" + a.snapshot
+    if a.against_worker is not None:
+        return "worker:" + a.against_worker
+    return a.precise
+
+
+def _worst_first(items, field, top=None):
+    """(name, metrics) pairs sorted by metrics[field], largest first (None last);
+    the first `top` of them when top is given."""
+    ranked = sorted(items, key=lambda it: (it[1].get(field) is None, -(it[1].get(field) or 0.0)))
+    return ranked[:top] if top is not None else ranked
+
+
 def cmd_compare(c, a):
+    precise = _precise_arg(a)
     doc = c.compare(a.run, step=a.step, window=a.window, domain=a.domain, ema=a.ema,
-                    momentum=a.momentum, worker=a.worker, layers=a.layer,
+                    momentum=a.momentum, worker=a.worker, layers=a.layer, precise=precise,
                     min_batches=a.min_batches, target_se=a.target_se)
     if a.json:
         return doc
     head = ["%s %s" % (k, doc[k]) for k in ("run", "domain", "step") if doc.get(k) is not None]
-    head.append(_window_head(doc))
-    head += ["%s %s" % (k, doc[k]) for k in ("ema", "momentum", "worker")
+    if doc.get("window") is not None:
+        head.append(_window_head(doc))
+    head += ["%s %s" % (k, doc[k]) for k in ("ema", "momentum", "worker", "precise")
              if doc.get(k) is not None]
     print("  ".join(head))
-    rows = [[name] + [m.get(f) for f in _COMPARE_FIELDS] + [m.get(f) for f in ["batches", "mean_se"]]
-            for name, m in (doc.get("layers") or {}).items()]
+    snap = doc.get("snapshot")
+    if isinstance(snap, dict):
+        print("snapshot %s: step %s  window %s  domain %s  estimator %s  created %s"
+              % tuple(snap.get(k) for k in ("label", "step", "window", "domain", "estimator",
+                                            "created")))
+    # against a reference, the worst layers first; --sort layer keeps the server's order
+    sort = a.sort or ("kl" if precise not in (None, "window") else "layer")
+    items = list((doc.get("layers") or {}).items())
+    if sort != "layer":
+        items = _worst_first(items, sort, a.top)
+    elif a.top is not None:
+        items = items[:a.top]
+    # against the window, its batches and precision beside the metrics
+    extra = ["batches", "mean_se"] if any("mean_se" in m for _, m in items) else []
+    rows = [[name] + [m.get(f) for f in _COMPARE_FIELDS + extra] for name, m in items]
     if isinstance(doc.get("overall"), dict):
-        rows.append(["overall"] + [doc["overall"].get(f) for f in _COMPARE_FIELDS] + [None, None])
-    table(["layer"] + _COMPARE_FIELDS + ["batches", "mean_se"], rows)
+        rows.append(["overall"] + [doc["overall"].get(f) for f in _COMPARE_FIELDS]
+                    + [None] * len(extra))
+    table(["layer"] + _COMPARE_FIELDS + extra, rows)
+    if doc.get("no_ema"):
+        print("no EMA to compare: %s" % ", ".join(doc["no_ema"]))
+
+
+def rank_spread(c, run, step=None, domain=None, reference=None, all_pairs=False, layers=None,
+                sort="kl"):
+    """How far apart the workers' EMAs are, layer by layer, at one step.
+
+    Compares worker EMAs pairwise with compare(precise="worker:REF",
+    worker=W): every worker against `reference` (default the first worker of
+    the run by name), or with all_pairs every pair (the later name's EMA
+    against the earlier one's). Without step, the latest step (of the first
+    pair that answers) is used for every pair. Returns a dict: run, domain,
+    step, reference (None with all_pairs), "layers": {name: {metric: the
+    maximum over the pairs, "pairs": how many compared it, "worst": [ref, W]
+    with the largest `sort` metric}}, "pairs": [{"reference", "worker",
+    "layers", "overall"}] and "skipped": [{"reference", "worker", "error"}]
+    for pairs the server could not compare (no EMA at that step: 404).
+    Raises BnstatError when the reference is not a worker of the run, or
+    when no pair could be compared (the last pair's error).
+    """
+    workers = sorted(w["name"] for w in (c.run(run).get("workers") or []))
+    if all_pairs:
+        pairs = [(x, y) for i, x in enumerate(workers) for y in workers[i + 1:]]
+        reference = None
+    else:
+        if reference is None and workers:
+            reference = workers[0]
+        if reference not in workers:
+            raise BnstatError(None, "unknown_worker", "run %s has no worker %s (workers: %s)"
+                              % (run, reference, ", ".join(workers) or "none"))
+        pairs = [(reference, w) for w in workers if w != reference]
+    out = {"run": run, "domain": domain or "default", "step": step, "reference": reference,
+           "layers": {}, "pairs": [], "skipped": []}
+    error = None
+    for ref, w in pairs:
+        try:
+            doc = c.compare(run, step=out["step"], domain=domain, worker=w,
+                            precise="worker:" + ref, layers=layers)
+        except BnstatError as e:
+            if e.status != 404 or e.path not in ("precise", "worker", "step"):
+                raise
+            error = e
+            out["skipped"].append({"reference": ref, "worker": w, "error": str(e)})
+            continue
+        out["step"] = doc.get("step")
+        out["domain"] = doc.get("domain", out["domain"])
+        lays = doc.get("layers") or {}
+        out["pairs"].append({"reference": ref, "worker": w, "layers": len(lays),
+                             "overall": doc.get("overall") or {}})
+        for name, m in lays.items():
+            agg = out["layers"].get(name)
+            if agg is None:
+                agg = out["layers"][name] = dict(m, pairs=0, worst=[ref, w])
+            else:
+                if (m.get(sort) or 0.0) > (agg.get(sort) or 0.0):
+                    agg["worst"] = [ref, w]
+                for f in _COMPARE_FIELDS:
+                    if m.get(f) is not None and (agg.get(f) is None or m[f] > agg[f]):
+                        agg[f] = m[f]
+            agg["pairs"] += 1
+    if not out["pairs"] and out["skipped"]:
+        raise error  # nothing compared at all: the server's reason, not an empty table
+    return out
+
+
+def cmd_ranks(c, a):
+    sort = a.sort or "kl"
+    doc = rank_spread(c, a.run, step=a.step, domain=a.domain, reference=a.reference,
+                      all_pairs=a.all_pairs, layers=a.layer, sort=sort)
+    if a.json:
+        return doc
+    who = "all pairs" if a.all_pairs else "reference %s" % doc["reference"]
+    print("run %s  domain %s  step %s  %s  (%d pairs compared; per layer the maximum over them)"
+          % (doc["run"], doc["domain"], doc["step"], who, len(doc["pairs"])))
+
+    # the pair with the largest metric: the worker alone against one
+    # reference, worker/reference with all pairs (names hold no "/")
+    def pair(ref, w):
+        return "%s/%s" % (w, ref) if a.all_pairs else w
+
+    items = _worst_first(doc["layers"].items(), sort, a.top)
+    table(["layer", "pairs"] + _COMPARE_FIELDS + ["worst"],
+          [[name, m["pairs"]] + [m.get(f) for f in _COMPARE_FIELDS] + [pair(*m["worst"])]
+           for name, m in items])
+    if doc["pairs"]:
+        print()
+        ranked = _worst_first([(p, p["overall"]) for p in doc["pairs"]], sort)
+        table(["worker", "reference", "layers"] + _COMPARE_FIELDS,
+              [[p["worker"], p["reference"], p["layers"]] + [o.get(f) for f in _COMPARE_FIELDS]
+               for p, o in ranked])
+    for sk in doc["skipped"]:
+        print("not compared: %s against %s (%s)" % (sk["worker"], sk["reference"], sk["error"]))
 
 
 def cmd_series(c, a):
@@ -349,14 +474,44 @@ def parser():
     _prior_args(s)
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.set_defaults(func=cmd_stats)
-    s = sub.add_parser("compare", help="EMA against the precise statistics per layer")
+    s = sub.add_parser("compare", help="EMA against the precise statistics per layer",
+                       description="The EMA against the precise statistics of a window "
+                       "(default), a snapshot (--snapshot) or another worker's EMA "
+                       "(--against-worker), per layer; against a reference the worst "
+                       "layers (by --sort, default kl) come first.")
     s.add_argument("run")
     _window_args(s, estimator=False)
     s.add_argument("--ema", choices=["worker", "sim"])
     s.add_argument("--momentum", type=float, help="for --ema sim (server default 0.1)")
     s.add_argument("--worker", help="whose EMA (default: the first by name)")
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
+    ref = s.add_mutually_exclusive_group()
+    ref.add_argument("--snapshot", metavar="LABEL",
+                     help="compare with this snapshot (precise=snapshot:LABEL)")
+    ref.add_argument("--against-worker", metavar="NAME",
+                     help="compare with this worker's EMA at the same step (precise=worker:NAME)")
+    ref.add_argument("--precise", help="the precise= value as the server takes it")
+    s.add_argument("--sort", choices=["layer"] + _COMPARE_FIELDS,
+                   help="order of the layers, largest first (default: kl against a snapshot "
+                   "or a worker, else the server's order)")
+    s.add_argument("--top", type=int, metavar="N", help="only the first N layers")
     s.set_defaults(func=cmd_compare)
+    s = sub.add_parser("ranks", help="how far apart the workers' EMAs are, per layer",
+                       description="Each worker's EMA against a reference worker's at one "
+                       "step (or every pair with --all-pairs); per layer the maximum over "
+                       "the workers of each metric, the worst layers first, then each "
+                       "worker's overall metrics.")
+    s.add_argument("run")
+    s.add_argument("--step", type=int, help="the step (default: the latest)")
+    s.add_argument("--domain", help='domain (default "default")')
+    who = s.add_mutually_exclusive_group()
+    who.add_argument("--reference", metavar="NAME",
+                     help="the worker the others are compared with (default: the first by name)")
+    who.add_argument("--all-pairs", action="store_true", help="compare every pair of workers")
+    s.add_argument("--layer", action="append", help="only this layer (repeatable)")
+    s.add_argument("--sort", choices=_COMPARE_FIELDS, help="order, largest first (default kl)")
+    s.add_argument("--top", type=int, metavar="N", help="only the first N layers")
+    s.set_defaults(func=cmd_ranks)
     s = sub.add_parser("series", help="one channel's statistics per step")
     s.add_argument("run")
     s.add_argument("--layer", required=True)

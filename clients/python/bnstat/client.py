@@ -122,6 +122,14 @@ def _encode_layers(layers, dtype):
     return out
 
 
+def _window_for(window, precise):
+    """The window to send: the compare helpers' default "auto" is left out
+    when a snapshot or a worker is the reference (there is no window then)."""
+    if window == "auto" and precise not in (None, "window"):
+        return None
+    return window
+
+
 def _retry_after(headers):
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
@@ -377,20 +385,45 @@ class Client:
                            "prior_weight": prior_weight})
 
     def compare(self, run, step=None, window="auto", domain=None, ema=None, momentum=None,
-                worker=None, layers=None, min_batches=None, target_se=None):
+                worker=None, layers=None, precise=None, min_batches=None, target_se=None):
         """GET /v1/runs/{run}/compare: EMA against the precise estimate per layer
-        (mean_err, var_err, kl and their *_max, and the precise side's batches,
-        mean_se and batches_for) and "overall". ema: "worker" (server
+        (mean_err, var_err, kl and their *_max, and against a window its
+        batches, mean_se and batches_for) and "overall". ema: "worker" (server
         default) or "sim" with momentum. window defaults to "auto" here (the
         smallest window holding min_batches batches): a one-step window
         compares an EMA with the noise of a few batches; window=None asks for
-        the server's default (1)."""
+        the server's default (1). precise: what the EMA is compared with:
+        None or "window" (the window of step/window/domain), "snapshot:LABEL"
+        (a stored snapshot, of any domain) or "worker:NAME" (that worker's EMA
+        at the same step; with ema="worker" name the other one with worker=).
+        With a snapshot or a worker there is no window (the default "auto" is
+        then not sent; an explicit one is refused by the server, docs/API.md
+        "Comparing with a snapshot or a worker"); the reply then names the
+        reference ("precise", "snapshot") and lists the reference's layers
+        without an EMA under "no_ema"."""
         if isinstance(layers, str):
             layers = [layers]
         return self._json("GET", self._run(run) + "/compare",
-                          {"step": step, "window": window, "min_batches": min_batches,
-                           "domain": domain, "ema": ema, "momentum": momentum, "worker": worker,
-                           "layer": layers, "target_se": target_se})
+                          {"step": step, "window": _window_for(window, precise),
+                           "min_batches": min_batches, "domain": domain, "ema": ema,
+                           "momentum": momentum, "worker": worker, "layer": layers,
+                           "precise": precise, "target_se": target_se})
+
+    def drift(self, run, from_step=None, to_step=None, domain=None, ema=None, momentum=None,
+              worker=None, window="auto", points=None, precise=None, min_batches=None):
+        """GET /v1/runs/{run}/drift: per layer, the metrics of compare() at every
+        step of [from_step, to_step] ("step", "layers": {name: {"mean_err",
+        "var_err", "kl"}: arrays, None where there is no value}, "overall"),
+        at most `points` points (each the maximum over its steps). window as
+        for compare() ("auto" by default: each step's own smallest window of
+        min_batches). precise as for compare(): with "snapshot:LABEL" every
+        step is compared with the snapshot, with "worker:NAME" with that
+        worker's EMA at the step."""
+        return self._json("GET", self._run(run) + "/drift",
+                          {"from": from_step, "to": to_step, "domain": domain, "ema": ema,
+                           "momentum": momentum, "worker": worker,
+                           "window": _window_for(window, precise), "min_batches": min_batches,
+                           "points": points, "precise": precise})
 
     def series(self, run, layer, channel=None, domain=None, from_step=None, to_step=None,
                window=None, momentum=None, worker=None, min_batches=None):

@@ -65,6 +65,42 @@ def close(a, b, rel=1e-12):
     return all(abs(x - y) <= rel * max(1.0, abs(x), abs(y)) for x, y in zip(a, b)) and len(a) == len(b)
 
 
+def compare_metrics(ema_mean, ema_var, ref_mean, ref_var, eps=1e-5):
+    """docs/API.md "Comparison": per layer the mean and the maximum over channels."""
+    per = {"mean_err": [], "var_err": [], "kl": []}
+    for em, ev, pm, pv in zip(ema_mean, ema_var, ref_mean, ref_var):
+        pv, ev = pv + eps, ev + eps
+        per["mean_err"].append(abs(em - pm) / math.sqrt(pv))
+        per["var_err"].append(abs(math.log(ev / pv)))
+        per["kl"].append(0.5 * (math.log(ev / pv) + (pv + (pm - em) ** 2) / ev - 1))
+    out = {}
+    for k, v in per.items():
+        out[k] = sum(v) / len(v)
+        out[k + "_max"] = max(v)
+    return out
+
+
+# the EMAs of run "ranks" (CliTests) and "ref" (ServerTests): worker -> layer -> (mean, var)
+RANK_EMAS = {
+    "rank0": {"conv.bn": ([0.5, -1.0], [1.0, 0.25]), "head.bn": ([2.0], [4.0])},
+    "rank1": {"conv.bn": ([0.7, -1.1], [1.2, 0.25]), "head.bn": ([2.5], [3.0])},
+    "rank2": {"conv.bn": ([0.1, -0.2], [0.9, 0.5]), "head.bn": ([2.1], [4.1])},
+}
+RANK_BATCHES = {"conv.bn": (16, [0.4, -0.9], [1.1, 0.3]), "head.bn": (8, [2.2], [3.5])}
+
+
+def upload_ranks(c, run):
+    """Step 5 of `run`: one batch per worker with RANK_EMAS; returns the
+    snapshot "s" of that step (the reference's values)."""
+    for w, emas in sorted(RANK_EMAS.items()):
+        layers = {}
+        for name, (count, mean, var) in RANK_BATCHES.items():
+            layers[name] = {"count": count, "mean": [m + 0.01 * len(w) for m in mean],
+                            "var": var, "ema_mean": emas[name][0], "ema_var": emas[name][1]}
+        c.upload(run, w, 5, 0, layers, dtype="f64")
+    return c.snapshot_create(run, "s", step=5)
+
+
 # --------------------------------------------------------------------------
 # a tiny safetensors reader, independent of bnstat.safetensors
 
@@ -436,6 +472,43 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(doms["default"]["steps"], 5)
         self.assertEqual(doms["other"]["batches"], 1)
 
+    def test_compare_and_drift_with_a_reference(self):
+        c = self.c
+        snap = upload_ranks(c, "ref")
+        # against the snapshot: its own mean and var are the reference
+        doc = c.compare("ref", precise="snapshot:s", worker="rank1")
+        self.assertEqual((doc["precise"], doc["snapshot"]["label"], doc["worker"]),
+                         ("snapshot:s", "s", "rank1"))
+        for name, (mean, var) in RANK_EMAS["rank1"].items():
+            want = compare_metrics(mean, var, snap["layers"][name]["mean"],
+                                   snap["layers"][name]["var"])
+            for k, v in want.items():
+                self.assertTrue(close([doc["layers"][name][k]], [v], 1e-9), (name, k))
+        # against another worker, and a worker against itself
+        doc = c.compare("ref", precise="worker:rank0", worker="rank2", layers="head.bn")
+        self.assertEqual(list(doc["layers"]), ["head.bn"])
+        want = compare_metrics(*(RANK_EMAS["rank2"]["head.bn"] + RANK_EMAS["rank0"]["head.bn"]))
+        self.assertTrue(close([doc["layers"]["head.bn"]["kl"]], [want["kl"]], 1e-9))
+        doc = c.compare("ref", precise="worker:rank0", worker="rank0")
+        self.assertEqual({v for m in doc["layers"].values() for v in m.values()}, {0.0})
+        # drift: the same numbers at every step (one here)
+        dr = c.drift("ref", precise="snapshot:s", worker="rank1", points=10)
+        self.assertEqual(dr["step"], [5])
+        cmp = c.compare("ref", precise="snapshot:s", worker="rank1")
+        for name in RANK_EMAS["rank1"]:
+            self.assertEqual(dr["layers"][name]["kl"], [cmp["layers"][name]["kl"]])
+        dr = c.drift("ref", precise="worker:rank0", worker="rank0", from_step=0, to_step=9)
+        self.assertEqual(dr["overall"]["kl"], [0.0])
+        # the server's errors name precise
+        for call in (lambda: c.compare("ref", precise="snapshot:nope"),
+                     lambda: c.drift("ref", precise="worker:nobody", worker="rank0")):
+            with self.assertRaises(BnstatError) as cm:
+                call()
+            self.assertEqual((cm.exception.status, cm.exception.path), (404, "precise"))
+        with self.assertRaises(BnstatError) as cm:
+            c.compare("ref", precise="snapshot:s", window=2)
+        self.assertEqual((cm.exception.status, cm.exception.path), (400, "window"))
+
     def test_unknown_runs_raise_the_server_error(self):
         # an unknown run is the server's 404, carried by BnstatError
         for call in (lambda: self.c.compare("no-such-run"),
@@ -676,6 +749,7 @@ class CliTests(unittest.TestCase):
                                          "head.bn1d": {"count": 8, "mean": [-0.5], "var": [4.0]}},
                  dtype="f64")
         c.snapshot_create("cli", "s0", step=10)
+        cls.snap = upload_ranks(c, "ranks")
         cls.tmp = tempfile.mkdtemp(prefix="bnstat-cli-")
 
     @classmethod
@@ -852,6 +926,95 @@ class CliTests(unittest.TestCase):
         else:
             self.assertEqual(rc, 1)
             self.assertIn("bnstat: error:", err)
+
+    def rows(self, out, first):
+        """The table starting at the line whose first word is `first`: {row name: cells}."""
+        lines = out.splitlines()
+        start = [i for i, l in enumerate(lines) if l.split()[:1] == [first]][0]
+        end = start + 1
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        self.assertAligned(lines[start:end])
+        return [l.split() for l in lines[start + 1:end]]
+
+    def test_compare_with_a_snapshot_worst_first(self):
+        rc, out, err = self.cli("compare", "ranks", "--snapshot", "s", "--worker", "rank2")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("precise snapshot:s", out.splitlines()[0])
+        self.assertIn("snapshot s: step 5", out)
+        rows = self.rows(out, "layer")
+        want = {name: compare_metrics(mean, var, self.snap["layers"][name]["mean"],
+                                      self.snap["layers"][name]["var"])
+                for name, (mean, var) in RANK_EMAS["rank2"].items()}
+        worst_first = sorted(want, key=lambda n: -want[n]["kl"])
+        self.assertEqual([r[0] for r in rows], worst_first + ["overall"])
+        for r in rows[:-1]:
+            self.assertTrue(close([float(r[5])], [want[r[0]]["kl"]], 1e-5), r)
+        rc, out, err = self.cli("compare", "ranks", "--snapshot", "s", "--worker", "rank2",
+                                "--top", "1", "--sort", "mean_err")
+        self.assertEqual(rc, 0, err)
+        rows = self.rows(out, "layer")
+        self.assertEqual([r[0] for r in rows],
+                         [max(want, key=lambda n: want[n]["mean_err"]), "overall"])
+        rc, out, err = self.cli("compare", "ranks", "--snapshot", "nope")
+        self.assertEqual(rc, 1)
+        self.assertIn("404", err)
+        self.assertIn("precise", err)
+
+    def expected_spread(self, pairs):
+        """{layer: {metric: max over pairs, "worst": pair by kl}} from RANK_EMAS."""
+        out = {}
+        for ref, w in pairs:
+            for name in RANK_BATCHES:
+                m = compare_metrics(*(RANK_EMAS[w][name] + RANK_EMAS[ref][name]))
+                agg = out.setdefault(name, dict(m, worst=(ref, w)))
+                if m["kl"] > agg["kl"]:
+                    agg["worst"] = (ref, w)
+                for k, v in m.items():
+                    agg[k] = max(agg[k], v)
+        return out
+
+    def test_ranks_against_a_reference_and_all_pairs(self):
+        rc, out, err = self.cli("ranks", "ranks")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("reference rank0", out.splitlines()[0])
+        self.assertIn("step 5", out.splitlines()[0])
+        want = self.expected_spread([("rank0", "rank1"), ("rank0", "rank2")])
+        rows = self.rows(out, "layer")
+        self.assertEqual([r[0] for r in rows], sorted(want, key=lambda n: -want[n]["kl"]))
+        for r in rows:
+            w = want[r[0]]
+            self.assertEqual(r[1], "2")
+            self.assertTrue(close([float(x) for x in r[2:8]],
+                                  [w[k] for k in ("mean_err", "mean_err_max", "var_err",
+                                                  "var_err_max", "kl", "kl_max")], 1e-5), r)
+            self.assertEqual(r[8], w["worst"][1])
+        pairs = self.rows(out, "worker")
+        self.assertEqual(sorted(p[:3] for p in pairs),
+                         [["rank1", "rank0", "2"], ["rank2", "rank0", "2"]])
+        rc, out, err = self.cli("ranks", "ranks", "--all-pairs")
+        self.assertEqual(rc, 0, err)
+        want = self.expected_spread([("rank0", "rank1"), ("rank0", "rank2"), ("rank1", "rank2")])
+        self.assertEqual({r[0]: r[8] for r in self.rows(out, "layer")},
+                         {n: "%s/%s" % (w["worst"][1], w["worst"][0]) for n, w in want.items()})
+        rc, out, err = self.cli("--json", "ranks", "ranks", "--all-pairs")
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        all_pairs = [("rank0", "rank1"), ("rank0", "rank2"), ("rank1", "rank2")]
+        self.assertEqual([(p["reference"], p["worker"]) for p in doc["pairs"]], all_pairs)
+        want = self.expected_spread(all_pairs)
+        for name, w in want.items():
+            got = doc["layers"][name]
+            self.assertEqual(got["pairs"], 3)
+            self.assertEqual(tuple(got["worst"]), w["worst"])
+            for k in ("mean_err", "mean_err_max", "var_err", "var_err_max", "kl", "kl_max"):
+                self.assertTrue(close([got[k]], [w[k]], 1e-9), (name, k))
+        rc, out, err = self.cli("ranks", "ranks", "--reference", "rank1", "--layer", "head.bn")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([r[0] for r in self.rows(out, "layer")], ["head.bn"])
+        rc, out, err = self.cli("ranks", "ranks", "--reference", "nobody")
+        self.assertEqual(rc, 1)
+        self.assertIn("no worker nobody", err)
 
     def test_errors_exit_1_with_the_server_message(self):
         rc, out, err = self.cli("stats", "no-such-run")
