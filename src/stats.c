@@ -310,3 +310,23 @@ void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
 	*r_mean = a * mean + (1.0 - a) * *r_mean;
 	*r_var = a * var + (1.0 - a) * *r_var;
 }
+
+void stats_unbiased_vars(size_t channels, int64_t n, const double *m2, double *var_out)
+{
+	size_t i;
+
+	for (i = 0; i < channels; i++)
+		var_out[i] = n > 1 ? m2[i] / (double)(n - 1) : 0.0;
+}
+
+void stats_ema_update(size_t channels, double a, const double *x_mean, const double *x_var,
+		      double *r_mean, double *r_var)
+{
+	size_t i;
+
+	/* as stats_ema_step(): running = momentum * batch + (1 - momentum) * running */
+	for (i = 0; i < channels; i++) {
+		r_mean[i] = a * x_mean[i] + (1.0 - a) * r_mean[i];
+		r_var[i] = a * x_var[i] + (1.0 - a) * r_var[i];
+	}
+}
