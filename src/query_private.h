@@ -144,4 +144,66 @@ int query_window_json(json_t *doc, const struct query_window *w);
 /* Free what w holds and leave it empty (w itself is the caller's). */
 void query_window_free(struct query_window *w);
 
+/* --- the sliding window (query_slide.c) ----------------------------------- */
+
+/*
+ * Which entries the precise window ending at an entry holds: today a
+ * number of steps, (step - window, step]. What the rule means is decided
+ * in query_slide.c alone.
+ */
+struct query_slide_rule {
+	int64_t window;
+};
+
+/* One slot of the window's stacks: an entry, or the merge of a suffix of them. */
+struct query_slide_slot {
+	int64_t step;	 /* the (oldest) entry's step */
+	int64_t batches; /* that entry's own batches */
+	int64_t n;	 /* elements per channel merged */
+	double *mean, *m2;
+};
+
+/*
+ * The precise window of one layer slid along a walk over its entries in
+ * step order (a two-stack queue; see query_slide.c). Declared by the
+ * caller, set up by query_slide_init() and released by query_slide_free();
+ * it holds the window's entries only, whatever the length of the walk.
+ */
+struct query_slide {
+	size_t channels;
+	struct query_slide_rule rule;
+	struct query_slide_slot *back, *front; /* the stacks: oldest at back[0], front's top */
+	size_t n_back, back_cap, n_front, front_cap;
+	size_t back_merged; /* back[0..back_merged) are merged into back_sum */
+	struct query_slide_slot back_sum;
+	int64_t batches; /* in the window */
+};
+
+/* An empty window of `channels` channels under rule (copied): 0 or -ENOMEM. */
+int query_slide_init(struct query_slide *s, size_t channels, const struct query_slide_rule *rule);
+
+/* Free what s holds (s itself is the caller's). */
+void query_slide_free(struct query_slide *s);
+
+/*
+ * Can an entry at `step` be in the window ending at the later entry `at`?
+ * A walk that only asks for the windows of some entries need not push the
+ * others.
+ */
+bool query_slide_wanted(const struct query_slide *s, int64_t step, int64_t at);
+
+/*
+ * Push the next entry (a step later than every one pushed: its pooled n,
+ * batches, mean and M2 of `channels` doubles, copied) and drop those that
+ * left the window ending at it. 0 or -ENOMEM.
+ */
+int query_slide_push(struct query_slide *s, int64_t step, int64_t n, int64_t batches,
+		     const double *mean, const double *m2);
+
+/*
+ * The population estimate (mean, M2/n) of the window ending at the newest
+ * entry pushed, into the caller's arrays of `channels` doubles.
+ */
+void query_slide_estimate(struct query_slide *s, double *mean_out, double *var_out);
+
 #endif
