@@ -148,6 +148,21 @@ int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, str
 	return rc < 0 ? query_read_failed(err) : 0;
 }
 
+int query_run_domain_find(struct store_reader *r, const char *run, const char *domain,
+			  int64_t *run_id, int64_t *domain_id, struct bn_error *err)
+{
+	int rc = query_run_find(r, run, run_id, err);
+
+	*domain_id = -1;
+	if (rc < 0 || strcmp(domain, QUERY_DOMAIN_ALL) == 0)
+		return rc;
+	rc = store_domain_find(r, *run_id, domain, domain_id);
+	if (rc == -ENOENT)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "domain", "run %s has no domain %s",
+				    run, domain);
+	return rc < 0 ? query_read_failed(err) : 0;
+}
+
 /*
  * {"run": run, key: [...]} with the list filled by walk for the run's id:
  * the shape of every per-run listing.
@@ -180,6 +195,16 @@ int query_run_list(struct store_reader *r, const char *run, const char *key,
 }
 
 /* --- parameters ---------------------------------------------------------- */
+
+int query_parse_opt_int(const char *name, const char *s, long long min, long long dflt,
+			long long *out, struct bn_error *err)
+{
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	return query_parse_int(name, s, min, out, err);
+}
 
 int query_parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {

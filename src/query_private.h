@@ -50,6 +50,15 @@ int query_read_failed(struct bn_error *err);
 int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, struct bn_error *err);
 
 /*
+ * The ids of run `run` and of its domain `domain` ("*": all, *domain_id
+ * then -1), inside the caller's read transaction. Returns 0, or a negative
+ * errno with *err filled in as query_run_find() does, and 404 naming
+ * "domain" for a domain the run does not have.
+ */
+int query_run_domain_find(struct store_reader *r, const char *run, const char *domain,
+			  int64_t *run_id, int64_t *domain_id, struct bn_error *err);
+
+/*
  * {"run": run, key: [...]}: the shape of every per-run listing, with the
  * list filled by walk(r, run_id, list) inside one read transaction (walk
  * appends new references to the borrowed list and returns 0, -ENOMEM or
@@ -61,6 +70,13 @@ int query_run_list(struct store_reader *r, const char *run, const char *key,
 		   struct bn_error *err);
 
 /* --- parameters (query.c) -------------------------------------------------- */
+
+/*
+ * An optional integer parameter: dflt when s is NULL, else as
+ * query_parse_int() parses it (s borrowed).
+ */
+int query_parse_opt_int(const char *name, const char *s, long long min, long long dflt,
+			long long *out, struct bn_error *err);
 
 /*
  * The estimator named by s (NULL: population) in *est; 0, or a 422 in *err
