@@ -5,10 +5,11 @@
  * kl of /compare between the EMA simulated at that momentum and the
  * precise window ending at each of them, per layer and overall.
  *
- * It streams: per layer, one walk over the rows in step order replays
- * every momentum at once (replay_layer_momenta) and slides the precise
- * window along the same rows (query_slide.c), so memory holds a few arrays
- * of the layer's channels per momentum and the window's entries, never
+ * It streams: one walk over the range's rows in step order (every layer's
+ * rows of a step together, as they were written) replays every momentum
+ * of every layer at once (replay_layers_momenta) and slides each layer's
+ * precise window along the same rows (query_slide.c), so memory holds a
+ * few arrays of the channels per momentum and the windows' entries, never
  * the range's steps; only the sums per sampled entry are kept.
  */
 #include <errno.h>
@@ -159,20 +160,26 @@ static int layer_cmp_id(const void *x, const void *y)
 	return (a->id > b->id) - (a->id < b->id);
 }
 
-/* One layer's walk. */
+/* One layer in the walk. */
 struct layer_walk {
-	struct advisor *a;
-	struct mom_layer *l;
 	struct query_slide slide;
-	size_t next;	      /* the next sampled entry */
-	double *pmean, *pvar; /* [channels] the precise window at it */
+	size_t next; /* the next sampled entry */
 };
 
-static int layer_step(void *ctx, const struct replay_step *st)
+/* The walk over every layer. */
+struct walk_all {
+	struct advisor *a;
+	struct layer_walk *lw; /* [n_layers] */
+	double *pmean, *pvar;  /* [widest layer] the precise window at a sampled entry */
+};
+
+static int layer_step(void *ctx, size_t li, const struct replay_step *st)
 {
-	struct layer_walk *w = ctx;
-	struct advisor *a = w->a;
-	size_t c = w->l->channels, i;
+	struct walk_all *wa = ctx;
+	struct advisor *a = wa->a;
+	struct layer_walk *w = &wa->lw[li];
+	struct mom_layer *l = &a->layers[li];
+	size_t i;
 	int rc;
 
 	while (w->next < a->n && a->step[w->next] < st->step)
@@ -186,46 +193,62 @@ static int layer_step(void *ctx, const struct replay_step *st)
 	}
 	if (a->step[w->next] != st->step)
 		return 0;
-	query_slide_estimate(&w->slide, w->pmean, w->pvar);
+	query_slide_estimate(&w->slide, wa->pmean, wa->pvar);
 	for (i = 0; i < a->k; i++) {
 		struct stats_cmp cmp;
 
 		/* the kl of /compare: the EMA as the estimate, the window as the reference */
-		stats_compare(c, st->ema_mean[i], st->ema_var[i], w->pmean, w->pvar, &cmp);
-		w->l->kl[i] += cmp.kl;
+		stats_compare(l->channels, st->ema_mean[i], st->ema_var[i], wa->pmean, wa->pvar,
+			      &cmp);
+		l->kl[i] += cmp.kl;
 		a->step_kl[w->next * a->k + i] += cmp.kl;
 		if (st->bound[i] > a->bound[i])
 			a->bound[i] = st->bound[i];
 	}
-	w->l->count++;
+	l->count++;
 	a->step_layers[w->next]++;
 	w->next++;
 	return 0;
 }
 
-static int layer_run(struct advisor *a, struct mom_layer *l)
+static int advisor_run(struct advisor *a)
 {
-	struct layer_walk w = { .a = a, .l = l };
-	int64_t first = a->step[0];
-	int rc;
+	struct walk_all wa = { .a = a };
+	int64_t first = a->step[0], *ids = NULL;
+	size_t *channels = NULL, li, ready = 0, widest = 1;
+	int rc = -ENOMEM;
 
-	rc = query_slide_init(&w.slide, l->channels, &a->rule);
-	w.pmean = malloc(2 * l->channels * sizeof(double));
-	if (rc < 0 || w.pmean == NULL) {
-		rc = -ENOMEM;
+	wa.lw = calloc(a->n_layers, sizeof(*wa.lw));
+	ids = malloc(a->n_layers * sizeof(*ids));
+	channels = malloc(a->n_layers * sizeof(*channels));
+	if (wa.lw == NULL || ids == NULL || channels == NULL)
 		goto done;
+	for (li = 0; li < a->n_layers; li++, ready++) {
+		ids[li] = a->layers[li].id;
+		channels[li] = a->layers[li].channels;
+		if (channels[li] > widest)
+			widest = channels[li];
+		if (query_slide_init(&wa.lw[li].slide, channels[li], &a->rule) < 0)
+			goto done;
 	}
-	w.pvar = w.pmean + l->channels;
+	wa.pmean = malloc(2 * widest * sizeof(double));
+	if (wa.pmean == NULL)
+		goto done;
+	wa.pvar = wa.pmean + widest;
 	/*
 	 * The states from the first sampled entry on; the rows from the oldest
 	 * step its window may hold (first - window cannot overflow: first >= 0).
 	 */
-	rc = replay_layer_momenta(a->cache, a->r, a->run_id, a->domain_id, l->id, l->channels,
-				  a->momenta, a->k, first - 1, first - a->rule.window,
-				  a->step[a->n - 1], layer_step, &w);
+	rc = replay_layers_momenta(a->cache, a->r, a->run_id, a->domain_id, a->n_layers, ids,
+				   channels, a->momenta, a->k, first - 1, first - a->rule.window,
+				   a->step[a->n - 1], layer_step, &wa);
 done:
-	query_slide_free(&w.slide);
-	free(w.pmean);
+	for (li = 0; li < ready; li++)
+		query_slide_free(&wa.lw[li].slide);
+	free(wa.lw);
+	free(wa.pmean);
+	free(ids);
+	free(channels);
 	return rc;
 }
 
@@ -349,12 +372,10 @@ int query_momentum(struct store_reader *r, struct replay_cache *cache, const cha
 		goto done;
 	}
 	qsort(a.layers, a.n_layers, sizeof(*a.layers), layer_cmp_id);
-	for (li = 0; li < a.n_layers; li++) {
-		rc = layer_run(&a, &a.layers[li]);
-		if (rc < 0) {
-			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
-			goto done;
-		}
+	rc = a.n_layers > 0 ? advisor_run(&a) : 0;
+	if (rc < 0) {
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+		goto done;
 	}
 	*out = advisor_json(&a, run, q.domain);
 	rc = *out ? 0 : query_oom(err);

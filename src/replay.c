@@ -121,7 +121,8 @@ applied:
 static int walk_pool(struct walk *w, const struct store_row *row)
 {
 	size_t channels = w->key.channels;
-	double *m = w->row, *m2 = w->row + w->width;
+	/* the first row of a step straight into the step's statistics */
+	double *m = w->pending ? w->row : w->xmean, *m2 = w->pending ? w->row + w->width : w->xm2;
 	size_t i;
 
 	/* The blob holds mean[channels] then m2[channels] first. */
@@ -132,8 +133,6 @@ static int walk_pool(struct walk *w, const struct store_row *row)
 	if (row->width > 1)
 		w->pending_bucket = true;
 	if (!w->pending) {
-		memcpy(w->xmean, m, w->width * sizeof(double));
-		memcpy(w->xm2, m2, w->width * sizeof(double));
 		w->xn = row->n;
 		w->xbatches = row->batches;
 		w->cur_step = row->step;
@@ -391,20 +390,43 @@ int replay_layer_steps(struct replay_cache *c, struct store_reader *r, int64_t r
 	return rc;
 }
 
-/* Several momenta walked over one read of the rows (replay_layer_momenta). */
+/* One layer's momenta in a walk over several (replay_layers_momenta). */
 struct multi {
 	struct walk *w; /* [n]; w[0] pools the rows, the others share its buffers */
-	size_t n;
+	size_t n, ready;
 	const double **mean, **var; /* [n] the states handed out */
 	double *bound;		    /* [n] */
+};
+
+/* Where a layer id is among a walk's layers. */
+struct multi_id {
+	int64_t id;
+	size_t index;
+};
+
+/* A walk over several layers and momenta, the rows read in step order. */
+struct multi_run {
+	struct multi *layer; /* [n_layers] */
+	size_t n_layers;
+	struct multi_id *by_id; /* [n_layers] sorted by layer id */
+	size_t cur;		/* the layer whose step is being pooled, when have */
+	bool have;
 	int64_t emit_after;
 	replay_steps_fn fn;
 	void *ctx;
 };
 
-/* Apply the pooled step to every momentum whose state is not past it, then hand it out. */
-static int multi_flush(struct multi *m)
+static int multi_id_cmp(const void *a, const void *b)
 {
+	const struct multi_id *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Apply a layer's pooled step to every momentum whose state is not past it, then hand it out. */
+static int multi_flush(struct multi_run *mr, size_t li)
+{
+	struct multi *m = &mr->layer[li];
 	struct walk *p = &m->w[0];
 	struct replay_step st;
 	size_t i;
@@ -439,81 +461,131 @@ static int multi_flush(struct multi *m)
 		}
 		m->bound[i] = w->bound;
 	}
-	return st.step > m->emit_after ? m->fn(m->ctx, &st) : 0;
+	return st.step > mr->emit_after ? mr->fn(mr->ctx, li, &st) : 0;
 }
 
+/* A row of any layer: the rows of one (step, layer) pool into one step. */
 static int multi_row(void *ctx, const struct store_row *row)
 {
-	struct multi *m = ctx;
+	struct multi_run *mr = ctx;
+	struct multi_id key = { .id = row->layer_id }, *hit;
 	int rc;
 
-	if (m->w[0].pending && row->step != m->w[0].cur_step) {
-		rc = multi_flush(m);
+	hit = bsearch(&key, mr->by_id, mr->n_layers, sizeof(key), multi_id_cmp);
+	if (hit == NULL)
+		return 0; /* a layer not asked for */
+	if (mr->have && (hit->index != mr->cur || row->step != mr->layer[mr->cur].w[0].cur_step)) {
+		rc = multi_flush(mr, mr->cur);
 		if (rc != 0)
 			return rc;
 	}
-	return walk_pool(&m->w[0], row);
+	mr->cur = hit->index;
+	mr->have = true;
+	return walk_pool(&mr->layer[hit->index].w[0], row);
 }
 
-int replay_layer_momenta(struct replay_cache *c, struct store_reader *r, int64_t run_id,
-			 int64_t domain_id, int64_t layer_id, size_t channels,
-			 const double *momenta, size_t n_momenta, int64_t from_excl,
-			 int64_t rows_after, int64_t to, replay_steps_fn fn, void *ctx)
+/* Set up layer m's walks, one per momentum, sharing the snapshot of *snap. */
+static int multi_init(struct multi *m, struct replay_cache *c, struct store_reader *r,
+		      const struct replay_key *key, const double *momenta, size_t n,
+		      const struct walk *snap)
 {
-	struct multi m = { .n = n_momenta, .emit_after = rows_after, .fn = fn, .ctx = ctx };
-	int64_t start = rows_after, after;
-	size_t i, ready = 0;
-	int rc = -ENOMEM;
+	size_t i;
 
-	if (n_momenta == 0)
-		return -EINVAL;
-	m.w = calloc(n_momenta, sizeof(*m.w));
-	m.mean = calloc(n_momenta, sizeof(*m.mean));
-	m.var = calloc(n_momenta, sizeof(*m.var));
-	m.bound = calloc(n_momenta, sizeof(*m.bound));
-	if (m.w == NULL || m.mean == NULL || m.var == NULL || m.bound == NULL)
-		goto done;
-	for (i = 0; i < n_momenta; i++, ready++) {
-		struct walk *w = &m.w[i];
+	m->n = n;
+	m->w = calloc(n, sizeof(*m->w));
+	m->mean = calloc(n, sizeof(*m->mean));
+	m->var = calloc(n, sizeof(*m->var));
+	m->bound = calloc(n, sizeof(*m->bound));
+	if (m->w == NULL || m->mean == NULL || m->var == NULL || m->bound == NULL)
+		return -ENOMEM;
+	for (i = 0; i < n; i++, m->ready++) {
+		struct walk *w = &m->w[i];
 
 		w->r = r;
-		w->key = (struct replay_key){ run_id, domain_id, layer_id, momenta[i], channels };
+		w->key = *key;
+		w->key.momentum = momenta[i];
 		w->cache = c;
-		if (walk_init(w, channels) < 0)
-			goto done;
-		m.mean[i] = w->rmean;
-		m.var[i] = w->rvar;
-		if (i == 0) {
-			walk_snapshot(w, true);
-			continue;
+		if (walk_init(w, key->channels) < 0)
+			return -ENOMEM;
+		m->mean[i] = w->rmean;
+		m->var[i] = w->rvar;
+		w->snapshot_known = snap->snapshot_known;
+		w->gen = snap->gen;
+		w->max_step = snap->max_step;
+		w->checkpoint = snap->checkpoint;
+		if (i > 0) {
+			w->xmean = m->w[0].xmean;
+			w->xm2 = m->w[0].xm2;
+			w->xvar = m->w[0].xvar;
 		}
-		w->xmean = m.w[0].xmean;
-		w->xm2 = m.w[0].xm2;
-		w->xvar = m.w[0].xvar;
-		w->snapshot_known = m.w[0].snapshot_known;
-		w->gen = m.w[0].gen;
-		w->max_step = m.w[0].max_step;
-		w->checkpoint = m.w[0].checkpoint;
 	}
-	/* each momentum from its own latest checkpoint; the rows from the earliest */
-	for (i = 0; i < n_momenta; i++) {
-		rc = walk_resume(&m.w[i], from_excl, &after);
+	return 0;
+}
+
+static void multi_free(struct multi *m)
+{
+	size_t i;
+
+	for (i = 0; i < m->ready; i++)
+		free(m->w[i].rmean);
+	free(m->w);
+	free(m->mean);
+	free(m->var);
+	free(m->bound);
+}
+
+int replay_layers_momenta(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+			  int64_t domain_id, size_t n_layers, const int64_t *layer_ids,
+			  const size_t *channels, const double *momenta, size_t n_momenta,
+			  int64_t from_excl, int64_t rows_after, int64_t to, replay_steps_fn fn,
+			  void *ctx)
+{
+	struct multi_run mr = {
+		.n_layers = n_layers, .emit_after = rows_after, .fn = fn, .ctx = ctx
+	};
+	struct walk snap = { .r = r,
+			     .key = { .run_id = run_id, .domain_id = domain_id },
+			     .cache = c };
+	int64_t start = rows_after, after;
+	size_t li, i;
+	int rc = -ENOMEM;
+
+	if (n_layers == 0 || n_momenta == 0)
+		return -EINVAL;
+	mr.layer = calloc(n_layers, sizeof(*mr.layer));
+	mr.by_id = calloc(n_layers, sizeof(*mr.by_id));
+	if (mr.layer == NULL || mr.by_id == NULL)
+		goto done;
+	/* what this reader's snapshot holds: the same for every layer */
+	walk_snapshot(&snap, true);
+	for (li = 0; li < n_layers; li++) {
+		struct replay_key key = { run_id, domain_id, layer_ids[li], 0.0, channels[li] };
+
+		rc = multi_init(&mr.layer[li], c, r, &key, momenta, n_momenta, &snap);
 		if (rc < 0)
 			goto done;
-		m.w[i].resumed_after = after;
-		if (after < start)
-			start = after;
+		mr.by_id[li] = (struct multi_id){ layer_ids[li], li };
+		/* each momentum from its own latest checkpoint; the rows from the earliest */
+		for (i = 0; i < n_momenta; i++) {
+			struct walk *w = &mr.layer[li].w[i];
+
+			rc = walk_resume(w, from_excl, &after);
+			if (rc < 0)
+				goto done;
+			w->resumed_after = after;
+			if (after < start)
+				start = after;
+		}
 	}
-	rc = store_layer_aggs(r, run_id, domain_id, layer_id, start == INT64_MIN ? -1 : start, to,
-			      multi_row, &m);
-	if (rc == 0)
-		rc = multi_flush(&m);
+	qsort(mr.by_id, n_layers, sizeof(*mr.by_id), multi_id_cmp);
+	rc = store_run_aggs(r, run_id, domain_id, start == INT64_MIN ? -1 : start, to, multi_row,
+			    &mr);
+	if (rc == 0 && mr.have)
+		rc = multi_flush(&mr, mr.cur);
 done:
-	for (i = 0; i < ready; i++)
-		free(m.w[i].rmean);
-	free(m.w);
-	free(m.mean);
-	free(m.var);
-	free(m.bound);
+	for (li = 0; mr.layer != NULL && li < n_layers; li++)
+		multi_free(&mr.layer[li]);
+	free(mr.layer);
+	free(mr.by_id);
 	return rc;
 }

@@ -370,6 +370,7 @@ struct store_row {
 	int64_t rowid;
 	int64_t step;
 	int64_t domain_id;
+	int64_t layer_id;   /* aggregates only */
 	int64_t n;	    /* aggregates: elements per channel merged; EMAs: 0 */
 	int64_t batches;    /* aggregates only: batches merged (stats_agg's k) */
 	int64_t nbs_min;    /* aggregates only */
@@ -393,6 +394,15 @@ typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
  */
 int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
 		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx);
+
+/*
+ * Per-step aggregates of every layer of the run with step_lo < step <=
+ * step_hi in the domain (domain_id < 0: all), ordered by step, then layer
+ * id, then domain id: a whole range read in the order the rows were
+ * written, each page once.
+ */
+int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		   int64_t step_hi, store_row_fn fn, void *ctx);
 
 /*
  * Worker EMA rows of one layer and domain with step_lo < step <= step_hi,

@@ -15,7 +15,7 @@ struct row_walk {
 	void *ctx;
 };
 
-/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width). */
+/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id). */
 static int read_agg_row(void *ctx, sqlite3_stmt *st)
 {
 	struct row_walk *w = ctx;
@@ -28,6 +28,7 @@ static int read_agg_row(void *ctx, sqlite3_stmt *st)
 		.nbs_min = sqlite3_column_int64(st, 5),
 		.nbs_max = sqlite3_column_int64(st, 6),
 		.width = sqlite3_column_int64(st, 7),
+		.layer_id = sqlite3_column_int64(st, 8),
 	};
 
 	return w->fn(w->ctx, &row);
@@ -82,15 +83,32 @@ int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 {
 	const char *sql =
 		domain_id < 0
-			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-			  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
-			  " AND ?2 < 0 ORDER BY step, domain_id"
-			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-			  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4"
+			  " AND step <= ?5 AND ?2 < 0 ORDER BY step, domain_id"
+			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
 			  " AND step > ?4 AND step <= ?5 ORDER BY step";
 
 	return layer_rows(r, sql, read_agg_row, run_id, domain_id, layer_id, step_lo, step_hi, NULL,
 			  fn, ctx);
+}
+
+int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		   int64_t step_hi, store_row_fn fn, void *ctx)
+{
+	/* ?3 (the layer) is bound but not used: every layer */
+	const char *sql =
+		domain_id < 0
+			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND step > ?4 AND step <= ?5 AND ?2 < 0"
+			  " AND ?3 = ?3 ORDER BY step, layer_id, domain_id"
+			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND domain_id = ?2 AND step > ?4"
+			  " AND step <= ?5 AND ?3 = ?3 ORDER BY step, layer_id";
+
+	return layer_rows(r, sql, read_agg_row, run_id, domain_id, 0, step_lo, step_hi, NULL, fn,
+			  ctx);
 }
 
 int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
