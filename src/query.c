@@ -163,6 +163,62 @@ int query_run_domain_find(struct store_reader *r, const char *run, const char *d
 	return rc < 0 ? query_read_failed(err) : 0;
 }
 
+struct layers_read {
+	struct query_layer *v;
+	size_t n;
+};
+
+static int layers_add(void *ctx, const struct store_item *it)
+{
+	struct layers_read *l = ctx;
+	struct query_layer *p = realloc(l->v, (l->n + 1) * sizeof(*p));
+
+	if (p == NULL)
+		return -ENOMEM;
+	l->v = p;
+	p = &l->v[l->n];
+	p->id = it->id;
+	p->channels = (size_t)it->layer.channels;
+	p->name = strdup(it->name);
+	if (p->name == NULL)
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+static int layers_cmp_id(const void *a, const void *b)
+{
+	const struct query_layer *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+int query_layers_read(struct store_reader *r, int64_t run_id, struct query_layer **out, size_t *n)
+{
+	struct layers_read l = { NULL, 0 };
+	int rc = store_layers_foreach(r, run_id, layers_add, &l);
+
+	if (rc < 0) {
+		query_layers_free(l.v, l.n);
+		*out = NULL;
+		*n = 0;
+		return rc == -ENOMEM ? rc : -EIO;
+	}
+	qsort(l.v, l.n, sizeof(*l.v), layers_cmp_id);
+	*out = l.v;
+	*n = l.n;
+	return 0;
+}
+
+void query_layers_free(struct query_layer *v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && i < n; i++)
+		free(v[i].name);
+	free(v);
+}
+
 /*
  * {"run": run, key: [...]} with the list filled by walk for the run's id:
  * the shape of every per-run listing.

@@ -30,11 +30,9 @@
 
 static const char momenta_default[] = "0.3,0.1,0.03,0.01,0.003,0.001";
 
+/* What is summed per layer. */
 struct mom_layer {
-	int64_t id;
-	char *name;
-	size_t channels;
-	double *kl; /* [k]: sum over the sampled entries the layer has */
+	double kl[MOMENTUM_MAX]; /* sum over the sampled entries the layer has */
 	size_t count;
 };
 
@@ -49,7 +47,8 @@ struct advisor {
 	size_t n_entries, points, seen;
 	int64_t *step, *width; /* [n]: the sampled entries */
 	size_t n, cap;
-	struct mom_layer *layers;
+	struct query_layer *layer; /* [n_layers], by id */
+	struct mom_layer *layers;  /* [n_layers] */
 	size_t n_layers;
 	double *step_kl;	    /* [n][k]: sum over the layers at each sampled entry */
 	size_t *step_layers;	    /* [n] */
@@ -135,31 +134,6 @@ static int keep_entry(void *ctx, int64_t step, int64_t width)
 	return 0;
 }
 
-static int add_layer(void *ctx, const struct store_item *it)
-{
-	struct advisor *a = ctx;
-	struct mom_layer *p = realloc(a->layers, (a->n_layers + 1) * sizeof(*p));
-
-	if (p == NULL)
-		return -ENOMEM;
-	a->layers = p;
-	p += a->n_layers;
-	memset(p, 0, sizeof(*p));
-	p->id = it->id;
-	p->channels = (size_t)it->layer.channels;
-	p->name = strdup(it->name);
-	p->kl = calloc(MOMENTUM_MAX, sizeof(double));
-	a->n_layers++;
-	return p->name == NULL || p->kl == NULL ? -ENOMEM : 0;
-}
-
-static int layer_cmp_id(const void *x, const void *y)
-{
-	const struct mom_layer *a = x, *b = y;
-
-	return (a->id > b->id) - (a->id < b->id);
-}
-
 /* One layer in the walk. */
 struct layer_walk {
 	struct query_slide slide;
@@ -179,7 +153,7 @@ static int layer_step(void *ctx, size_t li, const struct replay_step *st)
 	struct advisor *a = wa->a;
 	struct layer_walk *w = &wa->lw[li];
 	struct mom_layer *l = &a->layers[li];
-	size_t i;
+	size_t c = a->layer[li].channels, i;
 	int rc;
 
 	while (w->next < a->n && a->step[w->next] < st->step)
@@ -198,8 +172,7 @@ static int layer_step(void *ctx, size_t li, const struct replay_step *st)
 		struct stats_cmp cmp;
 
 		/* the kl of /compare: the EMA as the estimate, the window as the reference */
-		stats_compare(l->channels, st->ema_mean[i], st->ema_var[i], wa->pmean, wa->pvar,
-			      &cmp);
+		stats_compare(c, st->ema_mean[i], st->ema_var[i], wa->pmean, wa->pvar, &cmp);
 		l->kl[i] += cmp.kl;
 		a->step_kl[w->next * a->k + i] += cmp.kl;
 		if (st->bound[i] > a->bound[i])
@@ -224,8 +197,8 @@ static int advisor_run(struct advisor *a)
 	if (wa.lw == NULL || ids == NULL || channels == NULL)
 		goto done;
 	for (li = 0; li < a->n_layers; li++, ready++) {
-		ids[li] = a->layers[li].id;
-		channels[li] = a->layers[li].channels;
+		ids[li] = a->layer[li].id;
+		channels[li] = a->layer[li].channels;
 		if (channels[li] > widest)
 			widest = channels[li];
 		if (query_slide_init(&wa.lw[li].slide, channels[li], &a->rule) < 0)
@@ -270,7 +243,7 @@ static json_t *advisor_json(const struct advisor *a, const char *run, const char
 			goto fail;
 	for (li = 0; li < a->n_layers; li++)
 		if (a->layers[li].count > 0 &&
-		    json_array_append_new(order, json_string(a->layers[li].name)) < 0)
+		    json_array_append_new(order, json_string(a->layer[li].name)) < 0)
 			goto fail;
 	for (i = 0; i < a->k; i++) {
 		double sum = 0.0, kl;
@@ -297,7 +270,7 @@ static json_t *advisor_json(const struct advisor *a, const char *run, const char
 			const struct mom_layer *l = &a->layers[li];
 
 			if (l->count > 0 &&
-			    json_object_set_new(layers, l->name,
+			    json_object_set_new(layers, a->layer[li].name,
 						query_json_num(l->kl[i] / (double)l->count)) < 0)
 				goto fail;
 		}
@@ -325,7 +298,6 @@ int query_momentum(struct store_reader *r, struct replay_cache *cache, const cha
 	struct query_window_req q = { .run = run };
 	long long from, to, points;
 	int64_t latest;
-	size_t li;
 	int rc;
 
 	*out = NULL;
@@ -360,7 +332,9 @@ int query_momentum(struct store_reader *r, struct replay_cache *cache, const cha
 	if (rc == 0)
 		rc = store_entries_foreach(r, a.run_id, a.domain_id, from, to, keep_entry, &a);
 	if (rc == 0)
-		rc = store_layers_foreach(r, a.run_id, add_layer, &a);
+		rc = query_layers_read(r, a.run_id, &a.layer, &a.n_layers);
+	if (rc == 0 && (a.layers = calloc(a.n_layers + 1, sizeof(*a.layers))) == NULL)
+		rc = -ENOMEM;
 	if (rc < 0) {
 		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
 		goto done;
@@ -371,7 +345,6 @@ int query_momentum(struct store_reader *r, struct replay_cache *cache, const cha
 				  from, to, q.domain);
 		goto done;
 	}
-	qsort(a.layers, a.n_layers, sizeof(*a.layers), layer_cmp_id);
 	rc = a.n_layers > 0 ? advisor_run(&a) : 0;
 	if (rc < 0) {
 		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
@@ -381,10 +354,7 @@ int query_momentum(struct store_reader *r, struct replay_cache *cache, const cha
 	rc = *out ? 0 : query_oom(err);
 done:
 	store_read_end(r);
-	for (li = 0; li < a.n_layers; li++) {
-		free(a.layers[li].name);
-		free(a.layers[li].kl);
-	}
+	query_layers_free(a.layer, a.n_layers);
 	free(a.layers);
 	free(a.step);
 	free(a.width);

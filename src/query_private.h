@@ -58,6 +58,24 @@ int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, str
 int query_run_domain_find(struct store_reader *r, const char *run, const char *domain,
 			  int64_t *run_id, int64_t *domain_id, struct bn_error *err);
 
+/* A layer of a run, as query_layers_read() lists them. */
+struct query_layer {
+	int64_t id;
+	char *name;
+	size_t channels;
+};
+
+/*
+ * The layers of run_id in *out (a new array of *n the caller frees with
+ * query_layers_free()), sorted by id: the order they were first uploaded.
+ * Inside the caller's read transaction. Returns 0, -ENOMEM or -EIO (*out
+ * is then NULL).
+ */
+int query_layers_read(struct store_reader *r, int64_t run_id, struct query_layer **out, size_t *n);
+
+/* Free what query_layers_read() returned; NULL is fine. */
+void query_layers_free(struct query_layer *v, size_t n);
+
 /*
  * {"run": run, key: [...]}: the shape of every per-run listing, with the
  * list filled by walk(r, run_id, list) inside one read transaction (walk
