@@ -556,8 +556,12 @@ int replay_layers_momenta(struct replay_cache *c, struct store_reader *r, int64_
 	mr.by_id = calloc(n_layers, sizeof(*mr.by_id));
 	if (mr.layer == NULL || mr.by_id == NULL)
 		goto done;
-	/* what this reader's snapshot holds: the same for every layer */
-	walk_snapshot(&snap, true);
+	/*
+	 * What this reader's snapshot holds: the same for every layer. No
+	 * checkpoints are taken: every (layer, momentum) of a whole run would
+	 * fill the cache and evict what other queries resume from.
+	 */
+	walk_snapshot(&snap, false);
 	for (li = 0; li < n_layers; li++) {
 		struct replay_key key = { run_id, domain_id, layer_ids[li], 0.0, channels[li] };
 

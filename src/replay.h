@@ -132,7 +132,8 @@ typedef int (*replay_steps_fn)(void *ctx, size_t layer, const struct replay_step
  * before from_excl (cached, or kept by the store), so the states are
  * exact — the full replay's, as replay_layer() gives — at every step after
  * from_excl; at steps up to from_excl a momentum may still hold its
- * checkpoint. Leaves checkpoints as replay_layer_steps() does. A nonzero
+ * checkpoint. Leaves no checkpoints (it would leave one for every layer
+ * and momentum). A nonzero
  * return from fn stops the walk and is returned. Memory: a few arrays of
  * channels doubles per layer and momentum, whatever the range. Runs inside
  * the caller's read transaction on r. Returns 0, fn's value or a negative

@@ -200,14 +200,18 @@ class TestMomentum(MomentumCase, unittest.TestCase):
         self.check(body, self.ref, [0.07], what="one momentum")
 
     def test_range_resumes_from_checkpoints(self):
-        # the first query leaves replay checkpoints every 64 steps; a range
-        # starting later resumes from them, and 0.2 has none yet
-        self.advise(momenta="0.1,0.03")
+        # a range starting later resumes each momentum from its latest replay
+        # state: 0.1 and 0.03 from those the store keeps every 64 steps
+        # (sim-momenta), 0.3 from the checkpoints a /compare left, 0.2 from
+        # the start of the run
+        st, _, _ = self.d.get("/v1/runs/mo/compare", {"ema": "sim", "momentum": "0.3",
+                                                      "step": STEPS})
+        self.assertEqual(st, 200)
         for lo, hi in ((100, STEPS), (70, 120), (130, 130)):
-            body = self.advise(momenta="0.1,0.2,0.03", window=6,
+            body = self.advise(momenta="0.1,0.2,0.03,0.3", window=6,
                                **{"from": lo, "to": hi})
             self.assertEqual(body["step"][0], min(s for s in self.ref.entries if s >= lo))
-            self.check(body, self.ref, [0.1, 0.2, 0.03], lo=lo, hi=hi, w=6,
+            self.check(body, self.ref, [0.1, 0.2, 0.03, 0.3], lo=lo, hi=hi, w=6,
                        what="from %d to %d" % (lo, hi))
 
     def test_domains(self):
