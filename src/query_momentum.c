@@ -72,7 +72,8 @@ static int parse_momenta(const char *s, struct advisor *a, struct bn_error *err)
 		double v;
 
 		if (len >= sizeof(item))
-			len = sizeof(item) - 1; /* too long for a number: still refused below */
+			return bn_error_set(err, 400, BN_E_PARAMETER, "momenta",
+					    "parameter momenta must be a comma list of numbers");
 		memcpy(item, p, len);
 		item[len] = '\0';
 		if (query_parse_number("momenta", item, &v, err) < 0)

@@ -224,7 +224,7 @@ class TestMomentum(MomentumCase, unittest.TestCase):
     def test_bad_momenta(self):
         for bad, status in (("0", 422), ("1.5", 422), ("-0.1", 422), ("abc", 400),
                             ("", 400), ("0.1,,0.2", 400), ("0.1,", 400), ("0.1,0.10", 422),
-                            ("0.1;0.2", 400), (",".join(["0.5"] + ["0.%d" % i for i in
+                            ("0.1;0.2", 400), ("0." + "1" * 80, 400), (",".join(["0.5"] + ["0.%d" % i for i in
                                                                   range(1, 17)]), 422)):
             st, body, _ = self.d.get("/v1/runs/mo/momentum", {"momenta": bad})
             self.assertEqual(st, status, (bad, body))
