@@ -126,9 +126,8 @@ static int walk_pool(struct walk *w, const struct store_row *row)
 	size_t i;
 
 	/* The blob holds mean[channels] then m2[channels] first. */
-	if (store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels, w->first, w->width, m) < 0 ||
-	    store_row_read(w->r, STORE_BLOB_AGG, row->rowid, channels, channels + w->first,
-			   w->width, m2) < 0)
+	if (store_row_values(w->r, row, channels, w->first, w->width, m) < 0 ||
+	    store_row_values(w->r, row, channels, channels + w->first, w->width, m2) < 0)
 		return -EIO;
 	if (row->width > 1)
 		w->pending_bucket = true;

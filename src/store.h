@@ -378,6 +378,9 @@ struct store_row {
 	int64_t width;	    /* steps covered, (step - width, step]: 1, or a bucket's width */
 	int64_t seq;	    /* EMA rows only: the seq of the batch that sent it */
 	const char *worker; /* EMA rows only */
+	/* store_run_aggs only: the data blob itself (data_bytes), else NULL */
+	const void *data;
+	size_t data_bytes;
 };
 
 /*
@@ -423,6 +426,14 @@ enum store_blob { STORE_BLOB_AGG, STORE_BLOB_EMA };
  */
 int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t channels,
 		   size_t first, size_t n, double *out);
+
+/*
+ * store_row_read() of an aggregate row as a walk handed it: from the row's
+ * own data when it carries it (store_run_aggs), else through the blob.
+ * Returns 0 or -EIO.
+ */
+int store_row_values(struct store_reader *r, const struct store_row *row, size_t channels,
+		     size_t first, size_t n, double *out);
 
 /*
  * The first worker by name that reported an EMA at `step` in the domain:
