@@ -15,7 +15,7 @@ struct row_walk {
 	void *ctx;
 };
 
-/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id). */
+/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id[, data]). */
 static int read_agg_row(void *ctx, sqlite3_stmt *st)
 {
 	struct row_walk *w = ctx;
@@ -31,6 +31,10 @@ static int read_agg_row(void *ctx, sqlite3_stmt *st)
 		.layer_id = sqlite3_column_int64(st, 8),
 	};
 
+	if (sqlite3_column_count(st) > 9) {
+		row.data = sqlite3_column_blob(st, 9);
+		row.data_bytes = (size_t)sqlite3_column_bytes(st, 9);
+	}
 	return w->fn(w->ctx, &row);
 }
 
@@ -94,27 +98,6 @@ int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 			  fn, ctx);
 }
 
-/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id, data). */
-static int read_agg_row_data(void *ctx, sqlite3_stmt *st)
-{
-	struct row_walk *w = ctx;
-	struct store_row row = {
-		.rowid = sqlite3_column_int64(st, 0),
-		.step = sqlite3_column_int64(st, 1),
-		.domain_id = sqlite3_column_int64(st, 2),
-		.n = sqlite3_column_int64(st, 3),
-		.batches = sqlite3_column_int64(st, 4),
-		.nbs_min = sqlite3_column_int64(st, 5),
-		.nbs_max = sqlite3_column_int64(st, 6),
-		.width = sqlite3_column_int64(st, 7),
-		.layer_id = sqlite3_column_int64(st, 8),
-		.data = sqlite3_column_blob(st, 9),
-		.data_bytes = (size_t)sqlite3_column_bytes(st, 9),
-	};
-
-	return w->fn(w->ctx, &row);
-}
-
 int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
 		   int64_t step_hi, store_row_fn fn, void *ctx)
 {
@@ -134,8 +117,8 @@ int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, in
 			  " FROM aggs WHERE run_id = ?1 AND domain_id = ?2 AND step > ?4"
 			  " AND step <= ?5 AND ?3 = ?3 ORDER BY step, layer_id";
 
-	return layer_rows(r, sql, read_agg_row_data, run_id, domain_id, 0, step_lo, step_hi, NULL,
-			  fn, ctx);
+	return layer_rows(r, sql, read_agg_row, run_id, domain_id, 0, step_lo, step_hi, NULL, fn,
+			  ctx);
 }
 
 int store_row_values(struct store_reader *r, const struct store_row *row, size_t channels,
