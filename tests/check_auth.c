@@ -287,7 +287,7 @@ static const struct {
 	{ HTTP_SERIES, AUTH_READ, "read" },	  { HTTP_DRIFT, AUTH_READ, "read" },
 	{ HTTP_DOMAINS, AUTH_READ, "read" },	  { HTTP_SHIFT, AUTH_READ, "read" },
 	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
-	{ HTTP_SNAPSHOT, AUTH_READ, "read" },
+	{ HTTP_SNAPSHOT, AUTH_READ, "read" },	  { HTTP_MOMENTUM, AUTH_READ, "read" },
 };
 
 #define N_POLICY (sizeof(policy) / sizeof(policy[0]))
