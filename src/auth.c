@@ -208,6 +208,7 @@ unsigned auth_endpoint_role(enum http_endpoint ep)
 	case HTTP_COMPARE:
 	case HTTP_SERIES:
 	case HTTP_DRIFT:
+	case HTTP_MOMENTUM:
 	case HTTP_DOMAINS:
 	case HTTP_SHIFT:
 	case HTTP_SNAPSHOTS:

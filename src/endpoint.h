@@ -22,6 +22,7 @@ enum http_endpoint {
 	HTTP_COMPARE,	      /* GET /v1/runs/{run}/compare */
 	HTTP_SERIES,	      /* GET /v1/runs/{run}/series */
 	HTTP_DRIFT,	      /* GET /v1/runs/{run}/drift */
+	HTTP_MOMENTUM,	      /* GET /v1/runs/{run}/momentum */
 	HTTP_DOMAINS,	      /* GET /v1/runs/{run}/domains */
 	HTTP_SHIFT,	      /* GET /v1/runs/{run}/shift */
 	HTTP_SNAPSHOTS,	      /* GET /v1/runs/{run}/snapshots */

@@ -93,6 +93,7 @@ static int read_query_params(struct http_request *rq, struct layer_params *lp,
 	p->limit = arg(rq, "limit");
 	p->after = arg(rq, "after");
 	p->precise = arg(rq, "precise");
+	p->momenta = arg(rq, "momenta");
 	p->layers = lp->v;
 	p->n_layers = lp->n;
 	return 0;
@@ -367,6 +368,13 @@ static int answer_drift(struct http_request *rq, struct store_reader *r,
 	return query_drift(r, rq->srv->replay, rq->route.run, p, doc, err);
 }
 
+/* GET /v1/runs/{run}/momentum */
+static int answer_momentum(struct http_request *rq, struct store_reader *r,
+			   const struct query_params *p, json_t **doc, struct bn_error *err)
+{
+	return query_momentum(r, rq->srv->replay, rq->route.run, p, doc, err);
+}
+
 /* GET /v1/runs/{run}/domains */
 static int answer_domains(struct http_request *rq, struct store_reader *r,
 			  const struct query_params *p, json_t **doc, struct bn_error *err)
@@ -446,6 +454,8 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_read(rq, answer_series, true);
 	case HTTP_DRIFT:
 		return handle_read(rq, answer_drift, true);
+	case HTTP_MOMENTUM:
+		return handle_read(rq, answer_momentum, true);
 	case HTTP_DOMAINS:
 		return handle_read(rq, answer_domains, false);
 	case HTTP_SHIFT:

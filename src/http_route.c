@@ -38,6 +38,7 @@ static const struct {
 	{ "/compare", { "compare", "GET", { { "GET", HTTP_COMPARE } } } },
 	{ "/series", { "series", "GET", { { "GET", HTTP_SERIES } } } },
 	{ "/drift", { "drift", "GET", { { "GET", HTTP_DRIFT } } } },
+	{ "/momentum", { "momentum", "GET", { { "GET", HTTP_MOMENTUM } } } },
 	{ "/domains", { "domains", "GET", { { "GET", HTTP_DOMAINS } } } },
 	{ "/shift", { "shift", "GET", { { "GET", HTTP_SHIFT } } } },
 	{ "/snapshots",

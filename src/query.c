@@ -148,6 +148,77 @@ int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, str
 	return rc < 0 ? query_read_failed(err) : 0;
 }
 
+int query_run_domain_find(struct store_reader *r, const char *run, const char *domain,
+			  int64_t *run_id, int64_t *domain_id, struct bn_error *err)
+{
+	int rc = query_run_find(r, run, run_id, err);
+
+	*domain_id = -1;
+	if (rc < 0 || strcmp(domain, QUERY_DOMAIN_ALL) == 0)
+		return rc;
+	rc = store_domain_find(r, *run_id, domain, domain_id);
+	if (rc == -ENOENT)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "domain", "run %s has no domain %s",
+				    run, domain);
+	return rc < 0 ? query_read_failed(err) : 0;
+}
+
+struct layers_read {
+	struct query_layer *v;
+	size_t n;
+};
+
+static int layers_add(void *ctx, const struct store_item *it)
+{
+	struct layers_read *l = ctx;
+	struct query_layer *p = realloc(l->v, (l->n + 1) * sizeof(*p));
+
+	if (p == NULL)
+		return -ENOMEM;
+	l->v = p;
+	p = &l->v[l->n];
+	p->id = it->id;
+	p->channels = (size_t)it->layer.channels;
+	p->name = strdup(it->name);
+	if (p->name == NULL)
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+static int layers_cmp_id(const void *a, const void *b)
+{
+	const struct query_layer *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+int query_layers_read(struct store_reader *r, int64_t run_id, struct query_layer **out, size_t *n)
+{
+	struct layers_read l = { NULL, 0 };
+	int rc = store_layers_foreach(r, run_id, layers_add, &l);
+
+	if (rc < 0) {
+		query_layers_free(l.v, l.n);
+		*out = NULL;
+		*n = 0;
+		return rc == -ENOMEM ? rc : -EIO;
+	}
+	qsort(l.v, l.n, sizeof(*l.v), layers_cmp_id);
+	*out = l.v;
+	*n = l.n;
+	return 0;
+}
+
+void query_layers_free(struct query_layer *v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && i < n; i++)
+		free(v[i].name);
+	free(v);
+}
+
 /*
  * {"run": run, key: [...]} with the list filled by walk for the run's id:
  * the shape of every per-run listing.
@@ -180,6 +251,16 @@ int query_run_list(struct store_reader *r, const char *run, const char *key,
 }
 
 /* --- parameters ---------------------------------------------------------- */
+
+int query_parse_opt_int(const char *name, const char *s, long long min, long long dflt,
+			long long *out, struct bn_error *err)
+{
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	return query_parse_int(name, s, min, out, err);
+}
 
 int query_parse_estimator(const char *s, enum stats_estimator *est, struct bn_error *err)
 {

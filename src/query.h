@@ -57,6 +57,7 @@ struct query_params {
 	const char *prefix; /* runs */
 	const char *limit;
 	const char *after;
+	const char *momenta;	   /* momentum: a comma list */
 	const char *const *layers; /* every `layer=` given, in order */
 	size_t n_layers;
 
@@ -116,6 +117,17 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
  */
 int query_drift(struct store_reader *r, struct replay_cache *cache, const char *run,
 		const struct query_params *p, json_t **out, struct bn_error *err);
+
+/*
+ * GET /v1/runs/{run}/momentum: for each momentum of `momenta`, the mean
+ * kl between the EMA simulated at it (through cache) and the precise
+ * window, over the entries of [from, to] subsampled to at most `points`,
+ * per layer and overall, and the best momentum (docs/API.md, "Momentum
+ * advisor"). *out: new reference. Returns 0 or a negative errno (400/422
+ * bad parameter, 404 unknown run or domain or no data in the range, 500).
+ */
+int query_momentum(struct store_reader *r, struct replay_cache *cache, const char *run,
+		   const struct query_params *p, json_t **out, struct bn_error *err);
 
 /*
  * GET /v1/runs/{run}/series: one channel of one layer over a step range:

@@ -57,6 +57,33 @@ int query_read_failed(struct bn_error *err);
 int query_run_find(struct store_reader *r, const char *run, int64_t *run_id, struct bn_error *err);
 
 /*
+ * The ids of run `run` and of its domain `domain` ("*": all, *domain_id
+ * then -1), inside the caller's read transaction. Returns 0, or a negative
+ * errno with *err filled in as query_run_find() does, and 404 naming
+ * "domain" for a domain the run does not have.
+ */
+int query_run_domain_find(struct store_reader *r, const char *run, const char *domain,
+			  int64_t *run_id, int64_t *domain_id, struct bn_error *err);
+
+/* A layer of a run, as query_layers_read() lists them. */
+struct query_layer {
+	int64_t id;
+	char *name;
+	size_t channels;
+};
+
+/*
+ * The layers of run_id in *out (a new array of *n the caller frees with
+ * query_layers_free()), sorted by id: the order they were first uploaded.
+ * Inside the caller's read transaction. Returns 0, -ENOMEM or -EIO (*out
+ * is then NULL).
+ */
+int query_layers_read(struct store_reader *r, int64_t run_id, struct query_layer **out, size_t *n);
+
+/* Free what query_layers_read() returned; NULL is fine. */
+void query_layers_free(struct query_layer *v, size_t n);
+
+/*
  * {"run": run, key: [...]}: the shape of every per-run listing, with the
  * list filled by walk(r, run_id, list) inside one read transaction (walk
  * appends new references to the borrowed list and returns 0, -ENOMEM or
@@ -68,6 +95,13 @@ int query_run_list(struct store_reader *r, const char *run, const char *key,
 		   struct bn_error *err);
 
 /* --- parameters (query.c) -------------------------------------------------- */
+
+/*
+ * An optional integer parameter: dflt when s is NULL, else as
+ * query_parse_int() parses it (s borrowed).
+ */
+int query_parse_opt_int(const char *name, const char *s, long long min, long long dflt,
+			long long *out, struct bn_error *err);
 
 /*
  * The estimator named by s (NULL: population) in *est; 0, or a 422 in *err
@@ -319,5 +353,69 @@ int query_prior_mix(const struct query_prior *prior, const struct stats_agg *pa,
 
 /* Set "prior" and "prior_weight" of doc when there is a prior: 0 or -ENOMEM. */
 int query_prior_json(json_t *doc, const struct query_prior *prior);
+
+/* --- the sliding window (query_slide.c) ----------------------------------- */
+
+/*
+ * Which entries the precise window ending at an entry holds: a number of
+ * steps, (step - window, step], or with autow (borrowed, built for the walk's
+ * range by query_auto_build()) each entry's window=auto. What the rule
+ * means is decided in query_slide.c alone.
+ */
+struct query_slide_rule {
+	int64_t window;
+	const struct query_auto *autow; /* NULL: the number of steps */
+};
+
+/* One slot of the window's stacks: an entry, or the merge of a suffix of them. */
+struct query_slide_slot {
+	int64_t step;	 /* the (oldest) entry's step */
+	int64_t batches; /* that entry's own batches */
+	int64_t n;	 /* elements per channel merged */
+	double *mean, *m2;
+};
+
+/*
+ * The precise window of one layer slid along a walk over its entries in
+ * step order (a two-stack queue; see query_slide.c). Declared by the
+ * caller, set up by query_slide_init() and released by query_slide_free();
+ * it holds the window's entries only, whatever the length of the walk.
+ */
+struct query_slide {
+	size_t channels;
+	struct query_slide_rule rule;
+	struct query_slide_slot *back, *front; /* the stacks: oldest at back[0], front's top */
+	size_t n_back, back_cap, n_front, front_cap;
+	size_t back_merged; /* back[0..back_merged) are merged into back_sum */
+	struct query_slide_slot back_sum;
+	int64_t batches; /* in the window */
+};
+
+/* An empty window of `channels` channels under rule (copied): 0 or -ENOMEM. */
+int query_slide_init(struct query_slide *s, size_t channels, const struct query_slide_rule *rule);
+
+/* Free what s holds (s itself is the caller's). */
+void query_slide_free(struct query_slide *s);
+
+/*
+ * Can an entry at `step` be in the window ending at the later entry `at`?
+ * A walk that only asks for the windows of some entries need not push the
+ * others.
+ */
+bool query_slide_wanted(const struct query_slide *s, int64_t step, int64_t at);
+
+/*
+ * Push the next entry (a step later than every one pushed: its pooled n,
+ * batches, mean and M2 of `channels` doubles, copied) and drop those that
+ * left the window ending at it. 0 or -ENOMEM.
+ */
+int query_slide_push(struct query_slide *s, int64_t step, int64_t n, int64_t batches,
+		     const double *mean, const double *m2);
+
+/*
+ * The population estimate (mean, M2/n) of the window ending at the newest
+ * entry pushed, into the caller's arrays of `channels` doubles.
+ */
+void query_slide_estimate(struct query_slide *s, double *mean_out, double *var_out);
 
 #endif

@@ -102,6 +102,49 @@ int replay_layer_steps(struct replay_cache *c, struct store_reader *r, int64_t r
 		       int64_t domain_id, int64_t layer_id, size_t channels, double momentum,
 		       int64_t from_excl, int64_t to, replay_state_fn fn, void *ctx);
 
+/*
+ * One step of one layer in a walk over several momenta
+ * (replay_layers_momenta): the
+ * step's pooled statistics and every momentum's state after it. Every
+ * array is the walk's, borrowed for the call.
+ */
+struct replay_step {
+	int64_t step;
+	int64_t n;		       /* elements per channel pooled at the step */
+	int64_t batches;	       /* batches pooled at the step */
+	const double *mean;	       /* [channels] pooled mean */
+	const double *m2;	       /* [channels] pooled sum of squared deviations */
+	const double *const *ema_mean; /* [momenta][channels] the simulated EMA after the step */
+	const double *const *ema_var;
+	const double *bound; /* [momenta] as replay_layer()'s bound */
+};
+typedef int (*replay_steps_fn)(void *ctx, size_t layer, const struct replay_step *st);
+
+/*
+ * The simulated EMA of every channel of n_layers layers (layer_ids, with
+ * channels[] channels each) at n_momenta momenta at once, over one read
+ * of the rows in step order (each page of the range read once): every
+ * step with data in (rows_after, to] of each layer is handed to fn(ctx,
+ * layer, st), layer the index into layer_ids, in step order (then by
+ * layer id), on the caller's thread, with the step's pooled statistics
+ * (all domains pooled when domain_id < 0) and each momentum's state after
+ * it. Each (layer, momentum) resumes from its own latest checkpoint at or
+ * before from_excl (cached, or kept by the store), so the states are
+ * exact — the full replay's, as replay_layer() gives — at every step after
+ * from_excl; at steps up to from_excl a momentum may still hold its
+ * checkpoint. Leaves no checkpoints (it would leave one for every layer
+ * and momentum). A nonzero
+ * return from fn stops the walk and is returned. Memory: a few arrays of
+ * channels doubles per layer and momentum, whatever the range. Runs inside
+ * the caller's read transaction on r. Returns 0, fn's value or a negative
+ * errno.
+ */
+int replay_layers_momenta(struct replay_cache *c, struct store_reader *r, int64_t run_id,
+			  int64_t domain_id, size_t n_layers, const int64_t *layer_ids,
+			  const size_t *channels, const double *momenta, size_t n_momenta,
+			  int64_t from_excl, int64_t rows_after, int64_t to, replay_steps_fn fn,
+			  void *ctx);
+
 /* Checkpoints held and bytes used, for metrics and tests. Any thread. */
 void replay_cache_usage(struct replay_cache *c, size_t *checkpoints, size_t *bytes);
 

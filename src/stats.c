@@ -274,9 +274,10 @@ void stats_compare(size_t channels, const double *mean_e, const double *var_e, c
 		double ve = var_e[i] + STATS_CMP_EPS;
 		double d = mean_e[i] - mean_p[i];
 		double merr = fabs(d) / sqrt(vp);
-		double verr = fabs(log(ve / vp));
+		double lr = log(ve / vp); /* once: var_err and kl both take it */
+		double verr = fabs(lr);
 		/* KL(N(mp, vp) || N(me, ve)) = (ln(ve/vp) + (vp + d^2)/ve - 1) / 2 */
-		double kl = 0.5 * (log(ve / vp) + (vp + d * d) / ve - 1.0);
+		double kl = 0.5 * (lr + (vp + d * d) / ve - 1.0);
 
 		c.mean_err += merr;
 		c.var_err += verr;
@@ -322,4 +323,41 @@ void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean,
 
 	*r_mean = a * mean + (1.0 - a) * *r_mean;
 	*r_var = a * var + (1.0 - a) * *r_var;
+}
+
+void stats_unbiased_vars(size_t channels, int64_t n, const double *m2, double *var_out)
+{
+	size_t i;
+
+	for (i = 0; i < channels; i++)
+		var_out[i] = n > 1 ? m2[i] / (double)(n - 1) : 0.0;
+}
+
+void stats_ema_update(size_t channels, double a, const double *x_mean, const double *x_var,
+		      double *r_mean, double *r_var)
+{
+	/*
+	 * as stats_ema_step(): running = momentum * batch + (1 - momentum) *
+	 * running, two channels at a time (element-wise, so the same bits)
+	 */
+	typedef double pair __attribute__((vector_size(2 * sizeof(double))));
+	const pair va = { a, a }, vb = { 1.0 - a, 1.0 - a };
+	size_t i;
+
+	for (i = 0; i + 2 <= channels; i += 2) {
+		pair xm, xv, rm, rv;
+
+		memcpy(&xm, x_mean + i, sizeof(xm));
+		memcpy(&xv, x_var + i, sizeof(xv));
+		memcpy(&rm, r_mean + i, sizeof(rm));
+		memcpy(&rv, r_var + i, sizeof(rv));
+		rm = va * xm + vb * rm;
+		rv = va * xv + vb * rv;
+		memcpy(r_mean + i, &rm, sizeof(rm));
+		memcpy(r_var + i, &rv, sizeof(rv));
+	}
+	for (; i < channels; i++) {
+		r_mean[i] = a * x_mean[i] + (1.0 - a) * r_mean[i];
+		r_var[i] = a * x_var[i] + (1.0 - a) * r_var[i];
+	}
 }

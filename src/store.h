@@ -427,6 +427,7 @@ struct store_row {
 	int64_t rowid;
 	int64_t step;
 	int64_t domain_id;
+	int64_t layer_id;   /* aggregates only */
 	int64_t n;	    /* aggregates: elements per channel merged; EMAs: 0 */
 	int64_t batches;    /* aggregates only: batches merged (stats_agg's k) */
 	int64_t nbs_min;    /* aggregates only */
@@ -434,6 +435,9 @@ struct store_row {
 	int64_t width;	    /* steps covered, (step - width, step]: 1, or a bucket's width */
 	int64_t seq;	    /* EMA rows only: the seq of the batch that sent it */
 	const char *worker; /* EMA rows only */
+	/* store_run_aggs only: the data blob itself (data_bytes), else NULL */
+	const void *data;
+	size_t data_bytes;
 };
 
 /*
@@ -450,6 +454,15 @@ typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
  */
 int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,
 		     int64_t step_lo, int64_t step_hi, store_row_fn fn, void *ctx);
+
+/*
+ * Per-step aggregates of every layer of the run with step_lo < step <=
+ * step_hi in the domain (domain_id < 0: all), ordered by step, then layer
+ * id, then domain id: a whole range read in the order the rows were
+ * written, each page once.
+ */
+int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		   int64_t step_hi, store_row_fn fn, void *ctx);
 
 /*
  * Worker EMA rows of one layer and domain with step_lo < step <= step_hi,
@@ -470,6 +483,14 @@ enum store_blob { STORE_BLOB_AGG, STORE_BLOB_EMA };
  */
 int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t channels,
 		   size_t first, size_t n, double *out);
+
+/*
+ * store_row_read() of an aggregate row as a walk handed it: from the row's
+ * own data when it carries it (store_run_aggs), else through the blob.
+ * Returns 0 or -EIO.
+ */
+int store_row_values(struct store_reader *r, const struct store_row *row, size_t channels,
+		     size_t first, size_t n, double *out);
 
 /*
  * The first worker by name that reported an EMA at `step` in the domain:

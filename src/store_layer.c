@@ -15,7 +15,7 @@ struct row_walk {
 	void *ctx;
 };
 
-/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width). */
+/* Rows of (id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id[, data]). */
 static int read_agg_row(void *ctx, sqlite3_stmt *st)
 {
 	struct row_walk *w = ctx;
@@ -28,8 +28,13 @@ static int read_agg_row(void *ctx, sqlite3_stmt *st)
 		.nbs_min = sqlite3_column_int64(st, 5),
 		.nbs_max = sqlite3_column_int64(st, 6),
 		.width = sqlite3_column_int64(st, 7),
+		.layer_id = sqlite3_column_int64(st, 8),
 	};
 
+	if (sqlite3_column_count(st) > 9) {
+		row.data = sqlite3_column_blob(st, 9);
+		row.data_bytes = (size_t)sqlite3_column_bytes(st, 9);
+	}
 	return w->fn(w->ctx, &row);
 }
 
@@ -82,15 +87,49 @@ int store_layer_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 {
 	const char *sql =
 		domain_id < 0
-			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-			  " WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4 AND step <= ?5"
-			  " AND ?2 < 0 ORDER BY step, domain_id"
-			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width FROM aggs"
-			  " WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
+			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND layer_id = ?3 AND step > ?4"
+			  " AND step <= ?5 AND ?2 < 0 ORDER BY step, domain_id"
+			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id"
+			  " FROM aggs WHERE run_id = ?1 AND layer_id = ?3 AND domain_id = ?2"
 			  " AND step > ?4 AND step <= ?5 ORDER BY step";
 
 	return layer_rows(r, sql, read_agg_row, run_id, domain_id, layer_id, step_lo, step_hi, NULL,
 			  fn, ctx);
+}
+
+int store_run_aggs(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
+		   int64_t step_hi, store_row_fn fn, void *ctx)
+{
+	/*
+	 * The data comes with the row: the statement reads the row's pages
+	 * anyway (n, k, ... live there), and a blob handle would read them a
+	 * second time. ?3 (the layer) is bound but not used: every layer.
+	 */
+	const char *sql =
+		domain_id < 0
+			? "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id, "
+			  "data"
+			  " FROM aggs WHERE run_id = ?1 AND step > ?4 AND step <= ?5 AND ?2 < 0"
+			  " AND ?3 = ?3 ORDER BY step, layer_id, domain_id"
+			: "SELECT id, step, domain_id, n, k, nbs_min, nbs_max, width, layer_id, "
+			  "data"
+			  " FROM aggs WHERE run_id = ?1 AND domain_id = ?2 AND step > ?4"
+			  " AND step <= ?5 AND ?3 = ?3 ORDER BY step, layer_id";
+
+	return layer_rows(r, sql, read_agg_row, run_id, domain_id, 0, step_lo, step_hi, NULL, fn,
+			  ctx);
+}
+
+int store_row_values(struct store_reader *r, const struct store_row *row, size_t channels,
+		     size_t first, size_t n, double *out)
+{
+	if (row->data == NULL)
+		return store_row_read(r, STORE_BLOB_AGG, row->rowid, channels, first, n, out);
+	if ((first + n) * sizeof(double) > row->data_bytes)
+		return -EIO;
+	memcpy(out, (const char *)row->data + first * sizeof(double), n * sizeof(double));
+	return 0;
 }
 
 int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t layer_id,

@@ -288,6 +288,7 @@ static const struct {
 	{ HTTP_DOMAINS, AUTH_READ, "read" },	  { HTTP_SHIFT, AUTH_READ, "read" },
 	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
 	{ HTTP_SNAPSHOT, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_DELETE, AUTH_ADMIN, "admin" },
+	{ HTTP_MOMENTUM, AUTH_READ, "read" },
 };
 
 #define N_POLICY (sizeof(policy) / sizeof(policy[0]))

@@ -69,6 +69,7 @@ START_TEST(test_run_endpoints)
 	expect("GET", "/v1/runs/demo/compare", HTTP_COMPARE, "compare", "GET", "demo", "");
 	expect("GET", "/v1/runs/demo/series", HTTP_SERIES, "series", "GET", "demo", "");
 	expect("GET", "/v1/runs/demo/drift", HTTP_DRIFT, "drift", "GET", "demo", "");
+	expect("GET", "/v1/runs/demo/momentum", HTTP_MOMENTUM, "momentum", "GET", "demo", "");
 	expect("GET", "/v1/runs/demo/domains", HTTP_DOMAINS, "domains", "GET", "demo", "");
 	expect("GET", "/v1/runs/demo/shift", HTTP_SHIFT, "shift", "GET", "demo", "");
 	expect("GET", "/v1/runs/demo/snapshots", HTTP_SNAPSHOTS, "snapshots", "GET, POST", "demo",

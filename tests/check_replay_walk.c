@@ -255,6 +255,104 @@ START_TEST(test_all_domains_pool_per_step)
 }
 END_TEST
 
+/* --- several layers and momenta over one read (replay_layers_momenta) ----------------- */
+
+#define N_MULTI 3
+
+struct multi_seen {
+	struct replay_cache *zero;
+	struct store_reader *r;
+	const struct ids *ids;
+	int d;
+	const double *momenta;
+	int64_t from_excl, last[N_LAYERS];
+	size_t steps[N_LAYERS];
+};
+
+static int multi_step(void *ctx, size_t layer, const struct replay_step *st)
+{
+	struct multi_seen *m = ctx;
+	/* the walk was given the layers in reverse order */
+	int l = N_LAYERS - 1 - (int)layer;
+	size_t i;
+
+	ck_assert_int_gt(st->step, m->last[l]);
+	m->last[l] = st->step;
+	m->steps[l]++;
+	ck_assert_int_eq(st->n, pool[m->d][l][st->step].n);
+	if (st->step <= m->from_excl)
+		return 0;
+	for (i = 0; i < N_MULTI; i++) {
+		struct ema want = replay(m->zero, m->r, m->ids, m->d, l, m->momenta[i], st->step);
+		struct ema got;
+
+		memcpy(got.mean, st->ema_mean[i], sizeof(got.mean));
+		memcpy(got.var, st->ema_var[i], sizeof(got.var));
+		got.applied = want.applied;
+		assert_same_bits(&got, &want, "momenta walk", m->d, l, m->momenta[i], st->step);
+		ck_assert(st->bound[i] == 0.0);
+	}
+	return 0;
+}
+
+/* Each (layer, momentum) of the walk is replay_layer()'s, bit for bit, wherever it resumes. */
+START_TEST(test_momenta_walk_equals_layer_walk)
+{
+	static const double momenta[N_MULTI] = { 0.1, 0.3, 0.01 };
+	static const int64_t ranges[][3] = {
+		{ -1, -1, MAXSTEP }, { 150, 140, 300 }, { 299, 200, MAXSTEP + 3 }, { 64, 64, 65 }
+	};
+	static const size_t channels[N_LAYERS] = { C, C };
+	struct store *s = open_store();
+	struct replay_cache *c = replay_cache_new(BIG_CACHE), *zero = replay_cache_new(0);
+	struct store_reader *r;
+	struct bn_error err;
+	struct ids ids;
+	size_t k;
+	int d, l;
+
+	fill_run(s, 4);
+	build_pool();
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	store_read_begin(r);
+	ids = lookup_ids(r);
+	for (d = 0; d <= N_DOMS; d++) {
+		int64_t dom = d == N_DOMS ? -1 : ids.dom[d];
+		int64_t reversed[N_LAYERS] = { ids.layer[1], ids.layer[0] };
+
+		/* momentum 0.1 of layer 1 has checkpoints, the others none: the walk starts early
+		 */
+		replay(c, r, &ids, d, 1, 0.1, 250);
+		for (k = 0; k < sizeof(ranges) / sizeof(ranges[0]); k++) {
+			struct multi_seen m = { zero,	      r,	  &ids,	   d, momenta,
+						ranges[k][0], { -1, -1 }, { 0, 0 } };
+
+			ck_assert_int_eq(replay_layers_momenta(c, r, ids.run, dom, N_LAYERS,
+							       reversed, channels, momenta, N_MULTI,
+							       ranges[k][0], ranges[k][1],
+							       ranges[k][2], multi_step, &m),
+					 0);
+			/* every step with data in (rows_after, to] was handed out */
+			for (l = 0; l < N_LAYERS; l++) {
+				size_t want = 0;
+				int64_t st;
+
+				for (st = ranges[k][1] + 1; st <= ranges[k][2] && st < MAXSTEP + 8;
+				     st++)
+					if (st >= 0 && pool[d][l][st].n > 0)
+						want++;
+				ck_assert_uint_eq(m.steps[l], want);
+			}
+		}
+	}
+	store_read_end(r);
+	store_reader_put(s, r);
+	replay_cache_free(c);
+	replay_cache_free(zero);
+	store_close(s);
+}
+END_TEST
+
 static Suite *replay_suite(void)
 {
 	Suite *s = suite_create("replay_walk");
@@ -266,6 +364,7 @@ static Suite *replay_suite(void)
 	tcase_add_test(tc, test_channel_walk_equals_layer_walk);
 	tcase_add_test(tc, test_all_domains_pool_per_step);
 	tcase_add_test(tc, test_kept_checkpoints_are_exact);
+	tcase_add_test(tc, test_momenta_walk_equals_layer_walk);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -137,6 +137,22 @@ void stats_merge1(int64_t *n, double *mean, double *m2, int64_t nb, double mb, d
  */
 void stats_ema_step(double a, int64_t n, double mean, double m2, double *r_mean, double *r_var);
 
+/*
+ * The unbiased variances M2/(n-1) of a step's pooled statistics (0 when
+ * n <= 1), `channels` of them from m2 into var_out (the caller's arrays):
+ * the x that stats_ema_step() feeds the EMA's variance, computed once for
+ * any number of momenta.
+ */
+void stats_unbiased_vars(size_t channels, int64_t n, const double *m2, double *var_out);
+
+/*
+ * stats_ema_step() over `channels` channels with the step's variances
+ * already computed by stats_unbiased_vars(): the same operations, so the
+ * same bits. All arrays are the caller's.
+ */
+void stats_ema_update(size_t channels, double a, const double *x_mean, const double *x_var,
+		      double *r_mean, double *r_var);
+
 /* The eps of the comparison metrics (docs/API.md, "Comparison"). */
 #define STATS_CMP_EPS 1e-5
 

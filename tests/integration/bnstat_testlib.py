@@ -289,6 +289,19 @@ class Daemon:
                                      % (pattern, timeout, self.log_tail()))
             time.sleep(0.02)
 
+    def wait_bucketed(self, run, through, timeout=20.0):
+        """Wait until the first domain of run has bucketed every step <= through
+        (GET /v1/runs/{run}), or raise AssertionError after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st, body, _ = self.get("/v1/runs/%s" % run)
+            if st == 200 and body["domains"][0].get("bucketed_through") == through:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError("%s not bucketed through %d within %.0fs: %r"
+                                     % (run, through, timeout, body))
+            time.sleep(0.05)
+
     def restart(self, timeout=START_TIMEOUT):
         """Start again on the same database (the previous process must be gone)."""
         return self.start(timeout)

@@ -329,6 +329,22 @@ def cmd_series(c, a):
     table(cols, [[doc[k][i] if i < len(doc[k]) else None for k in cols] for i in range(n)])
 
 
+def cmd_momentum(c, a):
+    doc = c.momentum(a.run, momenta=a.momenta, from_step=a.from_step, to_step=a.to_step,
+                     domain=a.domain, window=a.window, points=a.points,
+                     min_batches=a.min_batches)
+    if a.json:
+        return doc
+    head = ["%s %s" % (k, doc[k]) for k in ("run", "domain") if doc.get(k) is not None]
+    head.append(_window_head(doc))
+    head += ["steps %s" % doc["steps"]] if doc.get("steps") is not None else []
+    print("  ".join(head))
+    rows = [[m.get("momentum"), m.get("effective_window"), m.get("kl"),
+             "*" if m.get("momentum") == doc.get("best") else None]
+            for m in doc.get("momenta") or []]
+    table(["momentum", "effective_window", "kl", "best"], rows)
+
+
 def cmd_domains(c, a):
     doc = c.domains(a.run)
     items = doc.get("domains") if isinstance(doc, dict) else None
@@ -525,6 +541,18 @@ def parser():
     s.add_argument("--momentum", type=float)
     s.add_argument("--worker")
     s.set_defaults(func=cmd_series)
+    s = sub.add_parser("momentum", help="which EMA momentum follows the precise statistics best")
+    s.add_argument("run")
+    s.add_argument("--momenta", help="comma list (server default 0.3,0.1,0.03,0.01,0.003,0.001)")
+    s.add_argument("--domain")
+    s.add_argument("--from", dest="from_step", type=int)
+    s.add_argument("--to", dest="to_step", type=int)
+    s.add_argument("--window", type=_window, default="auto",
+                   help="steps of the precise window, or auto (default)")
+    s.add_argument("--min-batches", type=int, help="with --window auto (server default 100)")
+    s.add_argument("--points", type=int, help="steps averaged at most (server default 200)")
+    s.set_defaults(func=cmd_momentum)
+
     s = sub.add_parser("domains", help="a run's domains")
     s.add_argument("run")
     s.set_defaults(func=cmd_domains)

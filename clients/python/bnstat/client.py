@@ -438,6 +438,21 @@ class Client:
                            "min_batches": min_batches, "momentum": momentum,
                            "worker": worker})
 
+    def momentum(self, run, momenta=None, from_step=None, to_step=None, domain=None,
+                 window=None, points=None, min_batches=None):
+        """GET /v1/runs/{run}/momentum: for each momentum (a list of numbers, or
+        the server's default 0.3 ... 0.001), the mean kl between the EMA
+        simulated at it and the precise window over the steps of [from_step,
+        to_step] (at most `points` of them), per layer and overall, and
+        "best": the momentum with the lowest overall kl. window: the server's
+        default is "auto" here (each step's smallest window of min_batches)."""
+        if momenta is not None and not isinstance(momenta, str):
+            momenta = ",".join(repr(float(m)) for m in momenta)
+        return self._json("GET", self._run(run) + "/momentum",
+                          {"momenta": momenta, "from": from_step, "to": to_step,
+                           "domain": domain, "window": window, "points": points,
+                           "min_batches": min_batches})
+
     def domains(self, run):
         """GET /v1/runs/{run}/domains."""
         return self._json("GET", self._run(run) + "/domains")

@@ -509,6 +509,47 @@ class ServerTests(unittest.TestCase):
             c.compare("ref", precise="snapshot:s", window=2)
         self.assertEqual((cm.exception.status, cm.exception.path), (400, "window"))
 
+    def test_momentum(self):
+        c = self.c
+        means = [[0.5 * s, 1.0 - 0.2 * s] for s in range(1, 9)]
+        for step, mean in enumerate(means, 1):
+            c.upload("mom", "w0", step, 0, {"bn": {"count": 4, "mean": mean, "var": [1.5, 2.0]}},
+                     dtype="f64")
+
+        def kl_at(a, upto, window):
+            # the simulated EMA from 0/1, the precise window (biased var), kl per channel
+            rm, rv = [0.0, 0.0], [1.0, 1.0]
+            for mean in means[:upto]:
+                rm = [a * m + (1 - a) * r for m, r in zip(mean, rm)]
+                rv = [a * v + (1 - a) * r for v, r in zip((1.5, 2.0), rv)]
+            win = means[max(0, upto - window):upto]
+            ks = []
+            for ch in range(2):
+                pm = sum(m[ch] for m in win) / len(win)
+                pv = sum((3 / 4 * v + (m[ch] - pm) ** 2) for m, v in
+                         zip(win, [(1.5, 2.0)[ch]] * len(win))) / len(win) + 1e-5
+                ev = rv[ch] + 1e-5
+                ks.append(0.5 * (math.log(ev / pv) + (pv + (pm - rm[ch]) ** 2) / ev - 1))
+            return sum(ks) / 2
+
+        doc = c.momentum("mom", momenta=[0.5, 0.05], window=2, points=3)
+        self.assertEqual(doc["step"], [1, 4, 8])
+        self.assertEqual(doc["window"], 2)
+        for m, a in zip(doc["momenta"], (0.5, 0.05)):
+            self.assertEqual(m["momentum"], a)
+            self.assertEqual(m["effective_window"], 1 / a)
+            want = sum(kl_at(a, s, 2) for s in (1, 4, 8)) / 3
+            self.assertTrue(close([m["kl"]], [want], 1e-9), (m, want))
+            self.assertEqual(m["layers"]["bn"], m["kl"])
+        self.assertEqual(doc["best"], min(doc["momenta"], key=lambda m: m["kl"])["momentum"])
+        # a string list, a range, the server's defaults
+        doc = c.momentum("mom", momenta="0.1", from_step=3, to_step=5)
+        self.assertEqual((doc["step"], doc["best"]), ([3, 4, 5], 0.1))
+        self.assertEqual(len(c.momentum("mom")["momenta"]), 6)
+        with self.assertRaises(BnstatError) as e:
+            c.momentum("mom", momenta=[0.1, 2])
+        self.assertEqual((e.exception.status, e.exception.path), (422, "momenta"))
+
     def test_unknown_runs_raise_the_server_error(self):
         # an unknown run is the server's 404, carried by BnstatError
         for call in (lambda: self.c.compare("no-such-run"),
@@ -1015,6 +1056,30 @@ class CliTests(unittest.TestCase):
         rc, out, err = self.cli("ranks", "ranks", "--reference", "nobody")
         self.assertEqual(rc, 1)
         self.assertIn("no worker nobody", err)
+
+    def test_momentum_table(self):
+        rc, out, err = self.cli("momentum", "cli", "--momenta", "0.5,0.1")
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertIn("steps 1", lines[0])
+        self.assertEqual(lines[1].split(), ["momentum", "effective_window", "kl", "best"])
+        # numbers end where their header ends; best is text, left-aligned
+        ends = [m.end() for m in re.finditer(r"\S+", lines[1])]
+        starts = [m.start() for m in re.finditer(r"\S+", lines[1])]
+        for line in lines[2:]:
+            cells = list(re.finditer(r"\S+", line))
+            self.assertEqual([m.end() for m in cells[:3]], ends[:3], out)
+            self.assertEqual(cells[3].start(), starts[3], out)
+        rows = {l.split()[0]: l.split() for l in lines[2:]}
+        self.assertEqual(sorted(rows), ["0.1", "0.5"])
+        self.assertEqual((rows["0.5"][1], rows["0.1"][1]), ("2", "10"))
+        # one momentum is marked best: the one with the lower kl
+        best = min(rows.values(), key=lambda r: float(r[2]))
+        self.assertEqual(best[3], "*")
+        self.assertEqual([r[3] for r in rows.values()].count("*"), 1)
+        rc, out, err = self.cli("momentum", "cli", "--momenta", "0")
+        self.assertEqual(rc, 1)
+        self.assertIn("momenta", err)
 
     def test_errors_exit_1_with_the_server_message(self):
         rc, out, err = self.cli("stats", "no-such-run")
