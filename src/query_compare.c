@@ -287,7 +287,8 @@ static int compare_reference(struct store_reader *r, struct replay_cache *cache,
 	}
 	rc = query_ref_load(r, run, run_id, domain, domain_id, ref, err);
 	if (rc == 0)
-		rc = query_ref_step(r, run_id, domain_id, domain, has_step, step, &step, err);
+		rc = query_ref_step(r, run_id, domain_id, domain, has_step,
+				    !sim || ref->kind == QUERY_REF_WORKER, step, &step, err);
 	if (rc == 0)
 		rc = ref_layers_read(r, run_id, run, p, &layers, err);
 	if (rc < 0)
@@ -464,7 +465,9 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
 
 	store_read_begin(r);
-	rc = query_window_compute(r, &q, &w, &step, err);
+	rc = sim ? 0 : query_ema_default_step(r, &q, err);
+	if (rc == 0)
+		rc = query_window_compute(r, &q, &w, &step, err);
 	if (rc < 0)
 		goto done;
 	run_id = w.run_id;

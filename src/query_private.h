@@ -22,6 +22,8 @@
 #include "query.h"
 #include "store.h"
 
+struct query_window_req;
+
 /* The domain parameter that pools every domain of a step. */
 #define QUERY_DOMAIN_ALL "*"
 
@@ -185,7 +187,17 @@ const struct store_snapshot_layer *query_ref_layer(const struct query_ref *ref, 
  * 404 (no data) / 500 in *err.
  */
 int query_ref_step(struct store_reader *r, int64_t run_id, int64_t domain_id, const char *domain,
-		   bool has_step, int64_t step, int64_t *out, struct bn_error *err);
+		   bool has_step, bool ema_step, int64_t step, int64_t *out, struct bn_error *err);
+
+/*
+ * /compare's default step when a worker EMA is compared (docs/API.md,
+ * "Comparison"): when q has no step, set it to the newest step of q's domain
+ * with a worker EMA, if the run, the domain and such a step exist (else q
+ * is left as it is, for query_window_compute() to answer). Inside the
+ * caller's read transaction. 0, or a negative errno with a 500 in *err.
+ */
+int query_ema_default_step(struct store_reader *r, struct query_window_req *q,
+			   struct bn_error *err);
 
 /*
  * Add "precise" ("snapshot:LABEL", "worker:NAME") and, for a snapshot,

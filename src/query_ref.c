@@ -99,11 +99,15 @@ const struct store_snapshot_layer *query_ref_layer(const struct query_ref *ref, 
 }
 
 int query_ref_step(struct store_reader *r, int64_t run_id, int64_t domain_id, const char *domain,
-		   bool has_step, int64_t step, int64_t *out, struct bn_error *err)
+		   bool has_step, bool ema_step, int64_t step, int64_t *out, struct bn_error *err)
 {
 	int64_t width;
 	int rc;
 
+	/* a worker's EMA is compared: the newest step that has one, when there is one */
+	if (!has_step && ema_step && domain_id >= 0 &&
+	    store_ema_latest_step(r, run_id, domain_id, &step) == 0)
+		has_step = true;
 	if (!has_step) {
 		rc = store_latest_step(r, run_id, domain_id, &step);
 		if (rc == -ENOENT)
@@ -141,4 +145,23 @@ void query_ref_free(struct query_ref *ref)
 {
 	store_snapshot_free(ref->snap);
 	ref->snap = NULL;
+}
+
+int query_ema_default_step(struct store_reader *r, struct query_window_req *q,
+			   struct bn_error *err)
+{
+	int64_t run_id, domain_id, step;
+	int rc;
+
+	if (q->has_step || store_run_find(r, q->run, &run_id) != 0 ||
+	    store_domain_find(r, run_id, q->domain, &domain_id) != 0)
+		return 0;
+	rc = store_ema_latest_step(r, run_id, domain_id, &step);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0)
+		return query_read_failed(err);
+	q->has_step = true;
+	q->step = step;
+	return 0;
 }

@@ -256,6 +256,28 @@ class TestAnalytics(TestCaseMixin, unittest.TestCase):
                                          "channel": "0"}),
                              400, "invalid_parameter", "min_batches", path)
 
+    def test_compare_defaults_to_the_newest_step_with_an_ema(self):
+        # a PreciseBN pass after training: a later step with batches and no EMA
+        for step in (1, 2, 3):
+            st, body, _ = self.d.post_batch("pbn", {"worker": "w0", "step": step, "seq": 0,
+                                                   "layers": {"bn": {"count": 4,
+                                                                     "mean": [float(step)],
+                                                                     "var": [1.0],
+                                                                     "ema_mean": [0.5],
+                                                                     "ema_var": [1.0]}}})
+            self.assertEqual(st, 200, body)
+        st, body, _ = self.d.post_batch("pbn", {"worker": "w0", "step": 4, "seq": 0,
+                                               "layers": {"bn": {"count": 4, "mean": [9.0],
+                                                                 "var": [1.0]}}})
+        self.assertEqual(st, 200, body)
+        st, snap, _ = self.post_snapshot_to("pbn", {"label": "p", "step": 4})
+        self.assertEqual(st, 201, snap)
+        self.assertEqual(self.get_ok("/v1/runs/pbn/compare")["step"], 3)
+        self.assertEqual(self.get_ok("/v1/runs/pbn/compare", precise="snapshot:p")["step"], 3)
+        self.assertEqual(self.get_ok("/v1/runs/pbn/compare", ema="sim")["step"], 4)
+        self.assertEqual(self.get_ok("/v1/runs/pbn/stats")["step"], 4)
+        self.assertError(self.d.get("/v1/runs/pbn/compare", {"step": "4"}), 404, "not_found")
+
     # -- precision -----------------------------------------------------------
 
     def test_precision_fields(self):
@@ -348,7 +370,10 @@ class TestAnalytics(TestCaseMixin, unittest.TestCase):
     # -- snapshots ---------------------------------------------------------------
 
     def post_snapshot(self, body):
-        return self.d.request("POST", "/v1/runs/an/snapshots", json.dumps(body),
+        return self.post_snapshot_to("an", body)
+
+    def post_snapshot_to(self, run, body):
+        return self.d.request("POST", "/v1/runs/%s/snapshots" % run, json.dumps(body),
                               {"Content-Type": "application/json"})
 
     def snapshot(self, body, status=201):

@@ -130,7 +130,9 @@ _PRECISION = ["batch_noise", "mean_se", "batches_for"]
 
 def _window_head(doc):
     """'window 13 (auto, min_batches 100)' or 'window 1'."""
-    if doc.get("requested_window") == "auto" or doc.get("window") == "auto":
+    if doc.get("window") == "auto":     # series, drift, momentum: a window per step
+        return "window auto (min_batches %s)" % doc.get("min_batches")
+    if doc.get("requested_window") == "auto":
         return "window %s (auto, min_batches %s)" % (doc.get("window"), doc.get("min_batches"))
     return "window %s" % doc.get("window")
 

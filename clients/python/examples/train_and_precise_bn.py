@@ -6,6 +6,7 @@ daemon, and compare the model's EMA statistics with the precise ones.
         --spawn ./src/bnstatd                    # starts (and stops) its own bnstatd
     ... --url http://127.0.0.1:8650 --run ex1    # or uses a running one
     ... --ranks 2                                # two DDP ranks (gloo, CPU), no SyncBN
+    ... --adapt-weight 0.5                       # then BN-adapt to a shifted domain
 
 With --ranks N the model trains as N processes of torch DistributedDataParallel
 (each rank its own data shard and its own BatchNorm EMA, as without SyncBN),
@@ -37,10 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bnstat import BNStatsReporter, BnstatError, Client, precise_bn  # noqa: E402
+from bnstat import BNStatsReporter, BnstatError, Client, bn_adapt, precise_bn  # noqa: E402
 
 EPS = 1e-5
 CLASSES = 10
+SHIFT, SCALE = 1.5, 1.8  # the "shifted" domain of --adapt-weight: brighter, more contrast
 
 
 class SmallCNN(nn.Module):
@@ -68,11 +70,12 @@ class Synthetic:
     """Images of CLASSES fixed random patterns, noise and a per-image
     brightness shift (so that inputs are not centred), endless."""
 
-    def __init__(self, seed, batch=32):
+    def __init__(self, seed, batch=32, shift=0.0, scale=1.0):
         g = torch.Generator().manual_seed(1234)  # the same patterns for every split
         self.patterns = torch.randn(CLASSES, 3, 16, 16, generator=g)
         self.g = torch.Generator().manual_seed(seed)
         self.batch = batch
+        self.shift, self.scale = shift, scale  # a covariate shift (another "domain")
 
     def __iter__(self):
         return self
@@ -81,7 +84,7 @@ class Synthetic:
         y = torch.randint(0, CLASSES, (self.batch,), generator=self.g)
         x = self.patterns[y] + 2.5 * torch.randn(self.batch, 3, 16, 16, generator=self.g)
         x = x + 2.0 + 0.5 * torch.randn(self.batch, 1, 1, 1, generator=self.g)
-        return x, y
+        return self.scale * x + self.shift, y
 
 
 def spawn_bnstatd(path):
@@ -124,9 +127,9 @@ def compare(ema_mean, ema_var, p_mean, p_var):
             "kl": (sum(kl) / len(kl), max(kl))}
 
 
-def accuracy(model, seed, batches=10):
+def accuracy(model, seed, batches=10, shift=0.0, scale=1.0):
     model.eval()
-    data = Synthetic(seed, batch=256)
+    data = Synthetic(seed, batch=256, shift=shift, scale=scale)
     right = total = 0
     with torch.no_grad():
         for _ in range(batches):
@@ -176,13 +179,29 @@ def train(rank, world, a, url):
                       step=a.steps, num_iters=a.precise_iters, rank=rank, world_size=world,
                       target_se=a.target_se)
     acc_precise = accuracy(model, seed=99)
+    if rank == 0:
+        got = max(l["batches"] for l in snap["layers"].values())
+        print("precise_bn: %d ranks in %.1fs -> snapshot %s (%d batches per layer%s)"
+              % (world, time.time() - t0, snap["label"], got,
+                 ", stopped at target_se %g" % a.target_se
+                 if got < a.precise_iters * world else ""))
+    if a.adapt_weight is not None:
+        # BN-adapt to a shifted domain: a few of its batches, mixed with the source statistics
+        acc_before = accuracy(model, seed=99, shift=SHIFT, scale=SCALE)
+        adapted = bn_adapt(model, Synthetic(seed=3 + 1000 * rank, batch=a.batch, shift=SHIFT,
+                                            scale=SCALE),
+                           client, a.run, step=a.steps, domain="shifted",
+                           prior_weight=a.adapt_weight, num_iters=a.adapt_iters, rank=rank,
+                           world_size=world)
+        acc_after = accuracy(model, seed=99, shift=SHIFT, scale=SCALE)
+        if rank == 0:
+            print("bn_adapt: snapshot %s (prior weight %g, %d target batches): accuracy on the "
+                  "shifted domain %.3f with the source statistics, %.3f adapted"
+                  % (adapted["label"], a.adapt_weight, a.adapt_iters * world, acc_before,
+                     acc_after))
     if world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
-    if rank == 0:
-        print("precise_bn: %d ranks in %.1fs -> snapshot %s (%d batches per layer)"
-              % (world, time.time() - t0, snap["label"],
-                 max(l["batches"] for l in snap["layers"].values())))
     return ema, snap, (acc_ema, acc_precise)
 
 
@@ -210,6 +229,9 @@ def main():
     p.add_argument("--precise-iters", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--ranks", type=int, default=1, help="DDP processes (gloo, CPU)")
+    p.add_argument("--adapt-weight", type=float,
+                   help="then BN-adapt to a shifted domain with this prior weight (e.g. 0.5)")
+    p.add_argument("--adapt-iters", type=int, default=20, help="target batches per rank")
     p.add_argument("--target-se", type=float,
                    help="precise_bn stops early once every layer's mean_se reaches this")
     a = p.parse_args()
