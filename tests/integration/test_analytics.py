@@ -242,6 +242,13 @@ class TestAnalytics(TestCaseMixin, unittest.TestCase):
             self.assertRelClose(series["precise_var"][i], stats["layers"]["bn2"]["var"][1],
                                 1e-12, "step %d" % step)
 
+    def test_auto_in_shift_takes_the_source_window(self):
+        sh = self.get_ok("/v1/runs/an/shift", source="tgt", target="default", window="auto",
+                         min_batches=3)
+        src = self.get_ok("/v1/runs/an/stats", domain="tgt", step=sh["step"], window="auto",
+                          min_batches=3)
+        self.assertEqual((sh["requested_window"], sh["window"]), ("auto", src["window"]))
+
     def test_window_parameter_errors(self):
         self.assertError(self.d.get("/v1/runs/an/stats", {"window": "2", "min_batches": "5"}),
                          400, "invalid_parameter", "min_batches")
