@@ -380,15 +380,20 @@ static int read_step_row(void *ctx, sqlite3_stmt *st)
 int store_step_batches(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step_lo,
 		       int64_t step_hi, bool desc, store_step_batches_fn fn, void *ctx)
 {
+	/* aggs_by_step covers (step, layer_id, domain_id, k, width): the index alone */
 	static const char *const sql[2][2] = {
-		{ "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND ?2 < 0"
-		  " AND step > ?3 AND step <= ?4 ORDER BY step, layer_id",
-		  "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND ?2 < 0"
-		  " AND step > ?3 AND step <= ?4 ORDER BY step DESC, layer_id DESC" },
-		{ "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
-		  " AND step > ?3 AND step <= ?4 ORDER BY step, layer_id",
-		  "SELECT step, layer_id, k, width FROM aggs WHERE run_id = ?1 AND domain_id = ?2"
-		  " AND step > ?3 AND step <= ?4 ORDER BY step DESC, layer_id DESC" },
+		{ "SELECT step, layer_id, k, width FROM aggs INDEXED BY aggs_by_step"
+		  " WHERE run_id = ?1 AND ?2 < 0 AND step > ?3 AND step <= ?4"
+		  " ORDER BY step, layer_id",
+		  "SELECT step, layer_id, k, width FROM aggs INDEXED BY aggs_by_step"
+		  " WHERE run_id = ?1 AND ?2 < 0 AND step > ?3 AND step <= ?4"
+		  " ORDER BY step DESC, layer_id DESC" },
+		{ "SELECT step, layer_id, k, width FROM aggs INDEXED BY aggs_by_step"
+		  " WHERE run_id = ?1 AND domain_id = ?2 AND step > ?3 AND step <= ?4"
+		  " ORDER BY step, layer_id",
+		  "SELECT step, layer_id, k, width FROM aggs INDEXED BY aggs_by_step"
+		  " WHERE run_id = ?1 AND domain_id = ?2 AND step > ?3 AND step <= ?4"
+		  " ORDER BY step DESC, layer_id DESC" },
 	};
 	struct step_walk w = { .fn = fn, .ctx = ctx };
 	sqlite3_stmt *st;
