@@ -346,3 +346,14 @@ int query_precision_json(json_t *o, const struct stats_agg *a, double target_se)
 		return -ENOMEM;
 	return 0;
 }
+
+int query_parse_ema(const struct query_params *p, bool *sim, double *momentum, struct bn_error *err)
+{
+	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
+		return bn_error_set(err, 422, BN_E_INVALID, "ema",
+				    "ema must be \"worker\" or \"sim\"");
+	*sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
+	if (*sim && query_parse_momentum(p->momentum, momentum, err) < 0)
+		return -EINVAL;
+	return 0;
+}

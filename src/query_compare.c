@@ -253,11 +253,7 @@ static int compare_reference(struct store_reader *r, struct replay_cache *cache,
 	}
 	if (query_check_domain(domain, err) < 0)
 		return -EINVAL;
-	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "ema",
-				    "ema must be \"worker\" or \"sim\"");
-	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
-	if (sim && query_parse_momentum(p->momentum, &momentum, err) < 0)
+	if (query_parse_ema(p, &sim, &momentum, err) < 0)
 		return -EINVAL;
 	if ((!sim || ref->kind == QUERY_REF_WORKER) && strcmp(domain, QUERY_DOMAIN_ALL) == 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "domain",
@@ -273,18 +269,9 @@ static int compare_reference(struct store_reader *r, struct replay_cache *cache,
 				    ref->name);
 
 	store_read_begin(r);
-	rc = query_run_find(r, run, &run_id, err);
+	rc = query_run_domain_find(r, run, domain, &run_id, &domain_id, err);
 	if (rc < 0)
 		goto done;
-	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
-		rc = store_domain_find(r, run_id, domain, &domain_id);
-		if (rc < 0) {
-			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
-							  "run %s has no domain %s", run, domain)
-					   : query_read_failed(err);
-			goto done;
-		}
-	}
 	rc = query_ref_load(r, run, run_id, domain, domain_id, ref, err);
 	if (rc == 0)
 		rc = query_ref_step(r, run_id, domain_id, domain, has_step,
@@ -451,11 +438,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 	    query_window_parse(p, &q, err) < 0 ||
 	    query_parse_target_se(p->target_se, &target_se, err) < 0)
 		return -EINVAL;
-	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "ema",
-				    "ema must be \"worker\" or \"sim\"");
-	sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
-	if (sim && query_parse_momentum(p->momentum, &momentum, err) < 0)
+	if (query_parse_ema(p, &sim, &momentum, err) < 0)
 		return -EINVAL;
 	if (!sim && strcmp(q.domain, QUERY_DOMAIN_ALL) == 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "domain",

@@ -544,16 +544,6 @@ done:
 	return rc;
 }
 
-static int parse_opt(const char *name, const char *s, long long min, long long dflt, long long *out,
-		     struct bn_error *err)
-{
-	if (s == NULL) {
-		*out = dflt;
-		return 0;
-	}
-	return query_parse_int(name, s, min, out, err);
-}
-
 int query_drift(struct store_reader *r, struct replay_cache *cache, const char *run,
 		const struct query_params *p, json_t **out, struct bn_error *err)
 {
@@ -569,21 +559,17 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	*out = NULL;
 	if (query_ref_parse(p, &d.ref, err) < 0)
 		return -EINVAL;
-	if (parse_opt("from", p->from, 0, 0, &from, err) < 0 ||
-	    parse_opt("to", p->to, 0, -1, &to, err) < 0 ||
+	if (query_parse_opt_int("from", p->from, 0, 0, &from, err) < 0 ||
+	    query_parse_opt_int("to", p->to, 0, -1, &to, err) < 0 ||
 	    query_window_parse_width(p->window, p->min_batches, &window, &d.window_auto,
 				     &d.min_batches, err) < 0 ||
-	    parse_opt("points", p->points, 1, 500, &points, err) < 0 ||
+	    query_parse_opt_int("points", p->points, 1, 500, &points, err) < 0 ||
 	    query_check_domain(domain, err) < 0)
 		return -EINVAL;
 	if (p->to != NULL && from > to)
 		return bn_error_set(err, 422, BN_E_INVALID, "from",
 				    "from (%lld) is after to (%lld)", from, to);
-	if (p->ema != NULL && strcmp(p->ema, "worker") != 0 && strcmp(p->ema, "sim") != 0)
-		return bn_error_set(err, 422, BN_E_INVALID, "ema",
-				    "ema must be \"worker\" or \"sim\"");
-	d.sim = p->ema != NULL && strcmp(p->ema, "sim") == 0;
-	if (d.sim && query_parse_momentum(p->momentum, &d.momentum, err) < 0)
+	if (query_parse_ema(p, &d.sim, &d.momentum, err) < 0)
 		return -EINVAL;
 	if (!d.sim && strcmp(domain, QUERY_DOMAIN_ALL) == 0)
 		return bn_error_set(err, 422, BN_E_INVALID, "domain",
@@ -605,18 +591,9 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	d.worker = d.sim ? NULL : p->worker;
 
 	store_read_begin(r);
-	rc = query_run_find(r, run, &d.run_id, err);
+	rc = query_run_domain_find(r, run, domain, &d.run_id, &d.domain_id, err);
 	if (rc < 0)
 		goto done;
-	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
-		rc = store_domain_find(r, d.run_id, domain, &d.domain_id);
-		if (rc < 0) {
-			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
-							  "run %s has no domain %s", run, domain)
-					   : query_read_failed(err);
-			goto done;
-		}
-	}
 	rc = query_ref_load(r, run, d.run_id, domain, d.domain_id, &d.ref, err);
 	if (rc < 0)
 		goto done;

@@ -124,6 +124,14 @@ int query_check_domain(const char *domain, struct bn_error *err);
 int query_parse_momentum(const char *s, double *out, struct bn_error *err);
 
 /*
+ * ema (NULL: worker) of p into *sim and, for sim, p's momentum into
+ * *momentum (left as it is otherwise): 0, or a 422 naming `ema` or the
+ * momentum's error in *err.
+ */
+int query_parse_ema(const struct query_params *p, bool *sim, double *momentum,
+		    struct bn_error *err);
+
+/*
  * The target_se parameter s (NULL: QUERY_TARGET_SE) in *out: 0, or a 400
  * (not a number) or 422 (not > 0) naming it in *err.
  */

@@ -147,8 +147,7 @@ void query_ref_free(struct query_ref *ref)
 	ref->snap = NULL;
 }
 
-int query_ema_default_step(struct store_reader *r, struct query_window_req *q,
-			   struct bn_error *err)
+int query_ema_default_step(struct store_reader *r, struct query_window_req *q, struct bn_error *err)
 {
 	int64_t run_id, domain_id, step;
 	int rc;

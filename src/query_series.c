@@ -220,16 +220,6 @@ static bool step_lookup(const struct step_values *v, size_t *k, int64_t step, do
 	return false;
 }
 
-static int parse_optional_int(const char *name, const char *s, long long min, long long dflt,
-			      long long *out, struct bn_error *err)
-{
-	if (s == NULL) {
-		*out = dflt;
-		return 0;
-	}
-	return query_parse_int(name, s, min, out, err);
-}
-
 int query_series(struct store_reader *r, struct replay_cache *cache, const char *run,
 		 const struct query_params *p, json_t **out, struct bn_error *err)
 {
@@ -258,12 +248,12 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 	if (p->channel == NULL)
 		return bn_error_set(err, 400, BN_E_PARAMETER, "channel", "series needs channel=");
 	if (query_parse_int("channel", p->channel, 0, &channel, err) < 0 ||
-	    parse_optional_int("from", p->from, 0, 0, &from, err) < 0 ||
-	    parse_optional_int("to", p->to, 0, -1, &to, err) < 0 ||
+	    query_parse_opt_int("from", p->from, 0, 0, &from, err) < 0 ||
+	    query_parse_opt_int("to", p->to, 0, -1, &to, err) < 0 ||
 	    query_window_parse_width(p->window, p->min_batches, &window, &window_auto, &min_batches,
 				     err) < 0 ||
-	    parse_optional_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
-	    parse_optional_int("points", p->points, 1, 0, &points, err) < 0 ||
+	    query_parse_opt_int("stride", p->stride, 1, 1, &stride, err) < 0 ||
+	    query_parse_opt_int("points", p->points, 1, 0, &points, err) < 0 ||
 	    query_parse_momentum(p->momentum, &momentum, err) < 0 ||
 	    query_check_domain(domain, err) < 0)
 		return -EINVAL;
@@ -272,21 +262,12 @@ int query_series(struct store_reader *r, struct replay_cache *cache, const char 
 				    "from (%lld) is after to (%lld)", from, to);
 	if (p->worker != NULL && !ingest_name_valid(p->worker))
 		return bn_error_set(err, 422, BN_E_INVALID, "worker",
-				    "worker column_names are 1 to 128 of [A-Za-z0-9._-]");
+				    "worker names are 1 to 128 of [A-Za-z0-9._-]");
 
 	store_read_begin(r);
-	rc = query_run_find(r, run, &run_id, err);
+	rc = query_run_domain_find(r, run, domain, &run_id, &domain_id, err);
 	if (rc < 0)
 		goto done;
-	if (strcmp(domain, QUERY_DOMAIN_ALL) != 0) {
-		rc = store_domain_find(r, run_id, domain, &domain_id);
-		if (rc < 0) {
-			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "domain",
-							  "run %s has no domain %s", run, domain)
-					   : query_read_failed(err);
-			goto done;
-		}
-	}
 	rc = store_layer_find(r, run_id, p->layers[0], &layer_id, &channels);
 	if (rc < 0) {
 		rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "layer",
