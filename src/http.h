@@ -25,13 +25,16 @@
  * point to: the strings and auth are borrowed and must outlive the server.
  */
 struct http_options {
-	const char *host;	  /* numeric address or name to bind */
-	unsigned port;		  /* 0: any free port (see http_port) */
-	unsigned threads;	  /* libmicrohttpd thread pool size */
-	size_t max_body;	  /* bytes; larger bodies get 413 */
-	unsigned max_connections; /* open connections at most */
-	unsigned timeout_s;	  /* idle connection timeout */
-	unsigned max_per_ip;	  /* connections per client address, 0: no limit */
+	const char *host;	   /* numeric address or name to bind */
+	unsigned port;		   /* 0: any free port (see http_port) */
+	unsigned threads;	   /* libmicrohttpd thread pool size */
+	size_t max_body;	   /* bytes; larger bodies get 413 */
+	unsigned max_connections;  /* open connections at most */
+	unsigned timeout_s;	   /* idle connection timeout */
+	unsigned header_timeout_s; /* request line and headers complete within it */
+	size_t body_min_rate;	   /* bytes/s a body must average; 0: no minimum */
+	size_t body_memory_max;	   /* bytes of request bodies held at once */
+	unsigned max_per_ip;	   /* connections per client address, 0: no limit */
 	struct ingest_limits limits;
 	struct auth *auth;	  /* bearer tokens; NULL: loopback clients only */
 	const char *tls_cert_pem; /* PEM text; both set: HTTPS */

@@ -49,7 +49,8 @@ class TestConfig(TestCaseMixin, unittest.TestCase):
             "retain-steps": "1000", "token-file": tokens, "tls-cert": cert, "tls-key": key,
             "log-file": os.path.join(self.tmp, "cfg.log"), "replay-cache-mb": "8",
             "log-level": "warn", "history-full-steps": "250", "sim-momenta": "0.1,0.01",
-            "open-steps-mb": "64", "retain-runs-days": "90",
+            "open-steps-mb": "64", "retain-runs-days": "90", "header-timeout": "7",
+            "body-min-rate": "100", "body-memory-max": "33554432",
         }
         options = help_options()
         self.assertEqual(set(values), options,
