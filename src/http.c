@@ -3,7 +3,8 @@
  * request: the body read into the request's own buffer, the replies, and
  * the suspension of a connection while the store's writer works on its job.
  * Which endpoint a request names is http_route.c's business, who may call
- * it auth.c's, and what it answers http_handlers.c's.
+ * it auth.c's, what it answers http_handlers.c's, and how long it may take
+ * and how much body memory it may hold http_guard.c's.
  *
  * Data flows one way: a request's body is gathered here, decoded by ingest,
  * queued to the store's writer; GETs go to query with a store reader. The

@@ -5,7 +5,10 @@
  * http_handlers.c answers each endpoint; auth.c says who may call which.
  *
  * Bodies are read incrementally into the request's own buffer (refused with
- * 413 from Content-Length on the first call, and by counting bytes after).
+ * 413 from Content-Length on the first call, and by counting bytes after),
+ * within a budget shared by every body in flight; http_guard.c closes
+ * connections whose headers or body trickle in (docs/OPERATIONS.md,
+ * "Limits and hostile clients").
  * An upload is decoded on the connection's thread, queued for the store's
  * writer and the connection suspended until the writer reports the commit;
  * HTTP threads never wait on SQLite writes.
