@@ -555,13 +555,26 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
 		const union MHD_ConnectionInfo *ci =
 			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		const union MHD_ConnectionInfo *ai =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 
-		*socket_context = ci != NULL ? http_guard_open(srv->guard, ci->connect_fd) : NULL;
+		*socket_context = ci != NULL ? http_guard_open(srv->guard, ci->connect_fd,
+							       ai != NULL ? ai->client_addr : NULL)
+					     : NULL;
 	} else {
 		/* libmicrohttpd closes the socket after this: the guard may no longer touch it */
 		http_guard_close(srv->guard, *socket_context);
 		*socket_context = NULL;
 	}
+}
+
+/* libmicrohttpd's accept policy: the slots kept for quiet addresses. */
+static MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+	struct http_server *srv = cls;
+
+	(void)addrlen;
+	return http_guard_admit(srv->guard, addr) ? MHD_YES : MHD_NO;
 }
 
 /*
@@ -642,6 +655,7 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 			.idle_timeout_s = o->timeout_s,
 			.body_min_rate = o->body_min_rate,
 			.body_memory_max = o->body_memory_max,
+			.max_connections = o->max_connections,
 		};
 
 		if (http_guard_start(&g, &srv->guard) < 0) {
@@ -654,11 +668,11 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 	if (o->tls_cert_pem != NULL && o->tls_key_pem != NULL)
 		flags |= MHD_USE_TLS;
 	srv->mhd = MHD_start_daemon(
-		flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
-		on_mhd_log, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-		(unsigned)(o->threads ? o->threads : 1), MHD_OPTION_CONNECTION_LIMIT,
-		o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_per_ip,
-		MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
+		flags, (uint16_t)o->port, on_accept, srv, on_request, srv,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 1),
+		MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+		o->max_per_ip, MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
 		/*
 		 * bodies are copied out at once; the pool holds the request line
 		 * and headers, with room to spare past what request_too_big()

@@ -9,14 +9,21 @@
  * registered here (from the daemon's connection callback) with the phase
  * its request is in, and a thread of our own looks at them four times a
  * second: a connection past its phase's deadline is shut down (shutdown(2)
- * on its socket, under the lock that its close callback takes, so the
- * descriptor cannot have been closed and reused meanwhile), and
- * libmicrohttpd then closes it as it would for a client that went away.
+ * on its socket, under the lock that its close callback takes, so the * descriptor cannot have been
+ * closed and reused meanwhile), and libmicrohttpd then closes it as it would for a client that went
+ * away.
+ *
+ * The deadline frees a slot, but a client that reconnects at once takes it
+ * again; so the last eighth of max_connections is kept for addresses that
+ * hold fewer than GUARD_FEW connections (the accept policy below), and a
+ * few busy addresses cannot lock everyone else out.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -24,7 +31,7 @@
 #include "log.h"
 
 #define GUARD_TICK_MS 250
-
+#define GUARD_FEW 4 /* connections an address may hold and still get a kept slot */
 struct http_conn {
 	struct http_conn *prev, *next;
 	int fd;
@@ -32,6 +39,8 @@ struct http_conn {
 	double since;		 /* monotonic seconds the phase began */
 	_Atomic size_t body_len; /* bytes of the body read in HTTP_PHASE_BODY */
 	bool cut;		 /* shut down already */
+	unsigned char addr[16];	 /* the client's address (addr_key()) */
+	size_t addr_len;
 };
 
 struct http_guard {
@@ -40,6 +49,8 @@ struct http_guard {
 	pthread_t thread;
 	bool stop;
 	struct http_conn *head;
+	unsigned n_conns;	 /* in the list */
+	unsigned long n_refused; /* by the accept policy since the last log line */
 	struct http_guard_options opt;
 	_Atomic size_t body_bytes; /* reserved by requests in flight */
 };
@@ -50,6 +61,20 @@ static double now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The bytes of sa's address (not its port) in key[16]; returns their count. */
+static size_t addr_key(const struct sockaddr *sa, unsigned char key[16])
+{
+	if (sa != NULL && sa->sa_family == AF_INET) {
+		memcpy(key, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+		return 4;
+	}
+	if (sa != NULL && sa->sa_family == AF_INET6) {
+		memcpy(key, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+		return 16;
+	}
+	return 0;
 }
 
 /* Why c must be closed at time t, or NULL. Called with g->mu held. */
@@ -105,6 +130,11 @@ static void *guard_main(void *arg)
 				 "header_timeout=%lu idle_trickle=%lu "
 				 "body_too_slow=%lu",
 				 n_headers, n_idle, n_body);
+		if (g->n_refused > 0) {
+			log_info("connections_refused", "reason=reserve refused=%lu open=%u",
+				 g->n_refused, g->n_conns);
+			g->n_refused = 0;
+		}
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += GUARD_TICK_MS * 1000000L;
 		if (until.tv_nsec >= 1000000000L) {
@@ -157,13 +187,34 @@ void http_guard_stop(struct http_guard *g)
 	free(g);
 }
 
-struct http_conn *http_guard_open(struct http_guard *g, int fd)
+bool http_guard_admit(struct http_guard *g, const struct sockaddr *addr)
+{
+	unsigned char key[16];
+	size_t len = addr_key(addr, key);
+	unsigned reserve = g->opt.max_connections / 8, held = 0;
+	bool ok = true;
+
+	pthread_mutex_lock(&g->mu);
+	if (g->n_conns + reserve >= g->opt.max_connections) {
+		for (const struct http_conn *c = g->head; c != NULL && held < GUARD_FEW;
+		     c = c->next)
+			held += c->addr_len == len && memcmp(c->addr, key, len) == 0;
+		ok = held < GUARD_FEW;
+		if (!ok)
+			g->n_refused++;
+	}
+	pthread_mutex_unlock(&g->mu);
+	return ok;
+}
+
+struct http_conn *http_guard_open(struct http_guard *g, int fd, const struct sockaddr *addr)
 {
 	struct http_conn *c = calloc(1, sizeof(*c));
 
 	if (c == NULL)
 		return NULL;
 	c->fd = fd;
+	c->addr_len = addr_key(addr, c->addr);
 	c->phase = HTTP_PHASE_HEADERS;
 	c->since = now_s();
 	pthread_mutex_lock(&g->mu);
@@ -171,6 +222,7 @@ struct http_conn *http_guard_open(struct http_guard *g, int fd)
 	if (g->head != NULL)
 		g->head->prev = c;
 	g->head = c;
+	g->n_conns++;
 	pthread_mutex_unlock(&g->mu);
 	return c;
 }
@@ -186,6 +238,7 @@ void http_guard_close(struct http_guard *g, struct http_conn *c)
 		g->head = c->next;
 	if (c->next != NULL)
 		c->next->prev = c->prev;
+	g->n_conns--;
 	pthread_mutex_unlock(&g->mu);
 	free(c);
 }

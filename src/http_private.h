@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -69,6 +70,7 @@ struct http_guard_options {
 	unsigned idle_timeout_s;   /* libmicrohttpd's idle timeout, as an absolute bound */
 	size_t body_min_rate;	   /* bytes per second; 0: not checked */
 	size_t body_memory_max;	   /* bytes of request bodies in flight at most */
+	unsigned max_connections;  /* the server's; its last eighth is kept (http_guard_admit) */
 };
 
 struct http_guard;
@@ -85,11 +87,20 @@ int http_guard_start(const struct http_guard_options *o, struct http_guard **out
 void http_guard_stop(struct http_guard *g);
 
 /*
- * Register an accepted connection on socket fd, in HTTP_PHASE_HEADERS from
- * now. Returns the entry, owned by the guard until http_guard_close(), or
- * NULL when out of memory (the connection then has no deadline).
+ * May a connection from addr (borrowed; NULL or another family than IPv4
+ * and IPv6 count as one address) be accepted? Yes while fewer than 7/8 of
+ * max_connections are open; past that only for an address that holds
+ * fewer than 4 connections. Refusals are counted in the log. Any thread.
  */
-struct http_conn *http_guard_open(struct http_guard *g, int fd);
+bool http_guard_admit(struct http_guard *g, const struct sockaddr *addr);
+
+/*
+ * Register an accepted connection on socket fd from addr (borrowed for the
+ * call), in HTTP_PHASE_HEADERS from now. Returns the entry, owned by the
+ * guard until http_guard_close(), or NULL when out of memory (the
+ * connection then has no deadline).
+ */
+struct http_conn *http_guard_open(struct http_guard *g, int fd, const struct sockaddr *addr);
 
 /* Forget c (NULL is fine) and free it; call before fd is closed. */
 void http_guard_close(struct http_guard *g, struct http_conn *c);

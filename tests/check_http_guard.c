@@ -3,7 +3,9 @@
  * without a server: a connection is one end of a socketpair, and the
  * guard's shutdown shows as EOF on the other end.
  */
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -17,6 +19,7 @@ static const struct http_guard_options opts = {
 	.idle_timeout_s = 2,
 	.body_min_rate = 1000,
 	.body_memory_max = 10000,
+	.max_connections = 16,
 };
 
 static double now_s(void)
@@ -69,7 +72,7 @@ START_TEST(test_header_deadline)
 
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	ck_assert_int_eq(http_guard_start(&opts, &g), 0);
-	c = http_guard_open(g, sv[0]);
+	c = http_guard_open(g, sv[0], NULL);
 	ck_assert_ptr_nonnull(c);
 	/* the request line of the first request keeps the clock of the accept */
 	http_guard_phase(g, c, HTTP_PHASE_HEADERS);
@@ -93,9 +96,9 @@ START_TEST(test_body_rate)
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, h), 0);
 	ck_assert_int_eq(http_guard_start(&opts, &g), 0);
-	fast = http_guard_open(g, a[0]);
-	slow = http_guard_open(g, b[0]);
-	busy = http_guard_open(g, h[0]);
+	fast = http_guard_open(g, a[0], NULL);
+	slow = http_guard_open(g, b[0], NULL);
+	busy = http_guard_open(g, h[0], NULL);
 	http_guard_phase(g, fast, HTTP_PHASE_BODY);
 	http_guard_phase(g, slow, HTTP_PHASE_BODY);
 	http_guard_phase(g, busy, HTTP_PHASE_HANDLING); /* e.g. suspended for the writer */
@@ -125,7 +128,7 @@ START_TEST(test_idle_bound)
 
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	ck_assert_int_eq(http_guard_start(&opts, &g), 0);
-	c = http_guard_open(g, sv[0]);
+	c = http_guard_open(g, sv[0], NULL);
 	http_guard_phase(g, c, HTTP_PHASE_IDLE);
 	/* past the header deadline, but idle keep-alive has idle_timeout_s */
 	t = eof_after(sv[1], 3.5);
@@ -134,6 +137,41 @@ START_TEST(test_idle_bound)
 	http_guard_stop(g);
 	close(sv[0]);
 	close(sv[1]);
+}
+END_TEST
+
+static struct sockaddr_in ipv4(const char *dotted)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+
+	inet_pton(AF_INET, dotted, &a.sin_addr);
+	return a;
+}
+
+START_TEST(test_kept_slots)
+{
+	struct http_guard *g;
+	struct http_conn *c[16];
+	struct sockaddr_in busy = ipv4("10.0.0.1"), quiet = ipv4("10.0.0.2");
+	int i;
+
+	ck_assert_int_eq(http_guard_start(&opts, &g), 0);
+	/* 14 of 16 open from one address: the last eighth (2) is kept */
+	for (i = 0; i < 14; i++) {
+		ck_assert(http_guard_admit(g, (struct sockaddr *)&busy));
+		c[i] = http_guard_open(g, -1, (struct sockaddr *)&busy);
+	}
+	ck_assert(!http_guard_admit(g, (struct sockaddr *)&busy));
+	ck_assert(http_guard_admit(g, (struct sockaddr *)&quiet));
+	c[14] = http_guard_open(g, -1, (struct sockaddr *)&quiet);
+	ck_assert(http_guard_admit(g, (struct sockaddr *)&quiet)); /* holds 1 < 4 */
+	/* below 7/8 again, anyone */
+	http_guard_close(g, c[0]);
+	http_guard_close(g, c[1]);
+	ck_assert(http_guard_admit(g, (struct sockaddr *)&busy));
+	for (i = 2; i < 15; i++)
+		http_guard_close(g, c[i]);
+	http_guard_stop(g);
 }
 END_TEST
 
@@ -146,6 +184,7 @@ static Suite *guard_suite(void)
 	tcase_add_test(tc, test_header_deadline);
 	tcase_add_test(tc, test_body_rate);
 	tcase_add_test(tc, test_idle_bound);
+	tcase_add_test(tc, test_kept_slots);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -264,6 +264,24 @@ class Slowloris(unittest.TestCase):
               "server" % (worst, t.opened, t.closed_by_server))
 
 
+    def test_slots_kept_for_quiet_addresses(self):
+        # no per-address limit: one address tries to take all 64 slots
+        d = Daemon("--max-connections", "64", "--max-connections-per-ip", "0")
+        d.start()
+        t = Tricklers(d.port, ["127.0.0.2"], 100)
+        try:
+            t.step(1.5)
+            for _ in range(3):
+                took = healthz(d.port, "127.0.0.3", 2.0)
+                self.assertIsNotNone(took, "/healthz from another address did not answer "
+                                     "within 2 s with one address holding the slots")
+                t.step(0.3)
+            d.wait_log(r"event=connections_refused reason=reserve refused=[1-9]")
+        finally:
+            t.close()
+            d.close()
+
+
 class BodyMemory(TestCaseMixin, unittest.TestCase):
     def test_uploads_past_the_budget_get_503_before_their_body(self):
         body_max = 8 * MiB
