@@ -269,6 +269,15 @@ static enum body_outcome body_append(struct http_request *rq, const char *data, 
 	return BODY_OK;
 }
 
+void http_body_free(struct http_request *rq)
+{
+	free(rq->body);
+	rq->body = NULL;
+	rq->len = rq->cap = 0;
+	http_guard_release(rq->srv->guard, rq->reserved);
+	rq->reserved = 0;
+}
+
 /*
  * May this request go on (auth_check() says who may what)? Returns true,
  * or false with the refusal queued in *ret; a 401 says how to authenticate.
@@ -493,11 +502,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char 
 			/* a body that ends within the margin still gets its 413 */
 			rq->too_large += *upload_data_size;
 			http_guard_body(rq->gconn, *upload_data_size);
-			free(rq->body);
-			rq->body = NULL;
-			rq->len = rq->cap = 0;
-			http_guard_release(srv->guard, rq->reserved);
-			rq->reserved = 0;
+			http_body_free(rq);
 			if (rq->too_large > HTTP_CUT_MARGIN) {
 				log_warn("upload_too_large",
 					 "route=%s limit=%zu action=close margin=%d",
@@ -539,8 +544,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 		log_error("request_abandoned", "run=%s",
 			  rq->route.run); /* cannot happen: suspended */
 	pthread_mutex_destroy(&rq->mu);
-	free(rq->body);
-	http_guard_release(srv->guard, rq->reserved);
+	http_body_free(rq);
 	atomic_fetch_sub(&rq->srv->in_flight, 1);
 	free(rq);
 	*req_cls = NULL;

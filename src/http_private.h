@@ -209,6 +209,13 @@ MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct s
  */
 bool http_take_result(struct http_request *rq, struct store_result *res);
 
+/*
+ * Free rq's body and give its share of body-memory-max back: a handler
+ * that has decoded the body calls it (what is queued for the writer is
+ * bounded by queue-max, not by the body budget).
+ */
+void http_body_free(struct http_request *rq);
+
 /* --- the handlers (http_handlers.c) ---------------------------------------------------- */
 
 /*
