@@ -77,27 +77,24 @@ static size_t addr_key(const struct sockaddr *sa, unsigned char key[16])
 	return 0;
 }
 
-/* Why c must be closed at time t, or NULL. Called with g->mu held. */
-static const char *overdue(const struct http_guard *g, const struct http_conn *c, double t)
+/* Is c past its phase's deadline at time t? Called with g->mu held. */
+static bool overdue(const struct http_guard *g, const struct http_conn *c, double t)
 {
 	double e = t - c->since;
 
 	switch (c->phase) {
 	case HTTP_PHASE_HEADERS:
-		return e > g->opt.header_timeout_s ? "header_timeout" : NULL;
+		return e > g->opt.header_timeout_s;
 	case HTTP_PHASE_IDLE:
-		/* an idle client sends nothing and meets libmicrohttpd's own timeout */
-		return e > g->opt.idle_timeout_s ? "idle_trickle" : NULL;
+		/* an idle client sends nothing and meets libmicrohttpd's own timeout */ return e >
+			g->opt.idle_timeout_s;
 	case HTTP_PHASE_BODY:
-		if (g->opt.body_min_rate == 0 || e <= g->opt.header_timeout_s)
-			return NULL;
-		return (double)atomic_load(&c->body_len) < (double)g->opt.body_min_rate * e
-			       ? "body_too_slow"
-			       : NULL;
+		return g->opt.body_min_rate > 0 && e > g->opt.header_timeout_s &&
+		       (double)atomic_load(&c->body_len) < (double)g->opt.body_min_rate * e;
 	case HTTP_PHASE_HANDLING:
-		return NULL;
+		return false;
 	}
-	return NULL;
+	return false;
 }
 
 static void *guard_main(void *arg)
@@ -107,13 +104,12 @@ static void *guard_main(void *arg)
 	pthread_mutex_lock(&g->mu);
 	while (!g->stop) {
 		struct timespec until;
-		unsigned long n_headers = 0, n_idle = 0, n_body = 0;
+		unsigned long n_headers = 0, n_idle = 0, n_body = 0, n_refused;
+		unsigned n_open;
 		double t = now_s();
 
 		for (struct http_conn *c = g->head; c != NULL; c = c->next) {
-			const char *why = c->cut ? NULL : overdue(g, c, t);
-
-			if (why == NULL)
+			if (c->cut || !overdue(g, c, t))
 				continue;
 			c->cut = true;
 			shutdown(c->fd, SHUT_RDWR);
@@ -124,17 +120,21 @@ static void *guard_main(void *arg)
 			else
 				n_body++;
 		}
+		n_refused = g->n_refused;
+		n_open = g->n_conns;
+		g->n_refused = 0;
 		/* one line a tick, not one per connection: a flood stays a few lines */
+		pthread_mutex_unlock(&g->mu);
 		if (n_headers + n_idle + n_body > 0)
 			log_info("connections_closed",
-				 "header_timeout=%lu idle_trickle=%lu "
-				 "body_too_slow=%lu",
-				 n_headers, n_idle, n_body);
-		if (g->n_refused > 0) {
+				 "header_timeout=%lu idle_trickle=%lu body_too_slow=%lu", n_headers,
+				 n_idle, n_body);
+		if (n_refused > 0)
 			log_info("connections_refused", "reason=reserve refused=%lu open=%u",
-				 g->n_refused, g->n_conns);
-			g->n_refused = 0;
-		}
+				 n_refused, n_open);
+		pthread_mutex_lock(&g->mu);
+		if (g->stop)
+			break;
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += GUARD_TICK_MS * 1000000L;
 		if (until.tv_nsec >= 1000000000L) {
