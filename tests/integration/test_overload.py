@@ -25,7 +25,7 @@ import socket
 import time
 import unittest
 
-from bnstat_testlib import Daemon, TestCaseMixin
+from bnstat_testlib import BNSTATD, Daemon, TestCaseMixin, instrumented
 
 MiB = 1 << 20
 
@@ -308,7 +308,8 @@ class BodyMemory(TestCaseMixin, unittest.TestCase):
             self.assertEqual(headers.get("retry-after"), "1")
             self.assertEqual(json.loads(body)["error"]["code"], "unavailable")
             grown = rss_bytes(d.proc.pid) - base
-            self.assertLess(grown, budget + 16 * MiB, "RSS grew by %d MiB" % (grown >> 20))
+            if not instrumented(BNSTATD):   # shadow memory is no measure of ours
+                self.assertLess(grown, budget + 16 * MiB, "RSS grew by %d MiB" % (grown >> 20))
             # a finished (here: abandoned) upload gives its share back
             held.pop().close()
             end = time.monotonic() + 10
