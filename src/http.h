@@ -5,7 +5,10 @@
  * http_handlers.c answers each endpoint; auth.c says who may call which.
  *
  * Bodies are read incrementally into the request's own buffer (refused with
- * 413 from Content-Length on the first call, and by counting bytes after).
+ * 413 from Content-Length on the first call, and by counting bytes after),
+ * within a budget shared by every body in flight; http_guard.c closes
+ * connections whose headers or body trickle in (docs/OPERATIONS.md,
+ * "Limits and hostile clients").
  * An upload is decoded on the connection's thread, queued for the store's
  * writer and the connection suspended until the writer reports the commit;
  * HTTP threads never wait on SQLite writes.
@@ -25,13 +28,16 @@
  * point to: the strings and auth are borrowed and must outlive the server.
  */
 struct http_options {
-	const char *host;	  /* numeric address or name to bind */
-	unsigned port;		  /* 0: any free port (see http_port) */
-	unsigned threads;	  /* libmicrohttpd thread pool size */
-	size_t max_body;	  /* bytes; larger bodies get 413 */
-	unsigned max_connections; /* open connections at most */
-	unsigned timeout_s;	  /* idle connection timeout */
-	unsigned max_per_ip;	  /* connections per client address, 0: no limit */
+	const char *host;	   /* numeric address or name to bind */
+	unsigned port;		   /* 0: any free port (see http_port) */
+	unsigned threads;	   /* libmicrohttpd thread pool size */
+	size_t max_body;	   /* bytes; larger bodies get 413 */
+	unsigned max_connections;  /* open connections at most */
+	unsigned timeout_s;	   /* idle connection timeout */
+	unsigned header_timeout_s; /* request line and headers complete within it */
+	size_t body_min_rate;	   /* bytes/s a body must average; 0: no minimum */
+	size_t body_memory_max;	   /* bytes of request bodies held at once */
+	unsigned max_per_ip;	   /* connections per client address, 0: no limit */
 	struct ingest_limits limits;
 	struct auth *auth;	  /* bearer tokens; NULL: loopback clients only */
 	const char *tls_cert_pem; /* PEM text; both set: HTTPS */

@@ -145,10 +145,7 @@ static MHD_Result handle_batches(struct http_request *rq)
 					&srv->opt.limits, &b, &err);
 	if (rc < 0)
 		return http_reply_error(rq, &err);
-	free(rq->body); /* the batch holds everything decoded */
-	rq->body = NULL;
-	rq->len = rq->cap = 0;
-
+	http_body_free(rq); /* the batch holds everything decoded */
 	return http_submit(rq, b, NULL, HTTP_DELETE_NONE);
 }
 

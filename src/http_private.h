@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -54,6 +55,75 @@ struct http_route {
  */
 int http_route_parse(const char *method, const char *url, struct http_route *out);
 
+/* --- deadlines and the body budget (http_guard.c) ---------------------------------------- */
+
+/* Where a connection's current request is, for its deadline. */
+enum http_phase {
+	HTTP_PHASE_HEADERS,  /* request line and headers: header_timeout_s from the first byte */
+	HTTP_PHASE_BODY,     /* the body: at least body_min_rate bytes a second on average */
+	HTTP_PHASE_HANDLING, /* answered or being answered: no deadline of ours */
+	HTTP_PHASE_IDLE,     /* keep-alive between requests: idle_timeout_s at most */
+};
+
+struct http_guard_options {
+	unsigned header_timeout_s; /* also the grace before the body rate is checked */
+	unsigned idle_timeout_s;   /* libmicrohttpd's idle timeout, as an absolute bound */
+	size_t body_min_rate;	   /* bytes per second; 0: not checked */
+	size_t body_memory_max;	   /* bytes of request bodies in flight at most */
+	unsigned max_connections;  /* the server's; its last eighth is kept (http_guard_admit) */
+};
+
+struct http_guard;
+struct http_conn;
+
+/*
+ * Start the guard's thread with the limits *o (copied). On success *out is
+ * a new guard owned by the caller (http_guard_stop()). Returns 0 or a
+ * negative errno.
+ */
+int http_guard_start(const struct http_guard_options *o, struct http_guard **out);
+
+/* Stop the thread and free g (NULL is fine); call after libmicrohttpd stopped. */
+void http_guard_stop(struct http_guard *g);
+
+/*
+ * May a connection from addr (borrowed; NULL or another family than IPv4
+ * and IPv6 count as one address) be accepted? Yes while fewer than 7/8 of
+ * max_connections are open; past that only for an address that holds
+ * fewer than 4 connections. Refusals are counted in the log. Any thread.
+ */
+bool http_guard_admit(struct http_guard *g, const struct sockaddr *addr);
+
+/*
+ * Register an accepted connection on socket fd from addr (borrowed for the
+ * call), in HTTP_PHASE_HEADERS from now. Returns the entry, owned by the
+ * guard until http_guard_close(), or NULL when out of memory (the
+ * connection then has no deadline).
+ */
+struct http_conn *http_guard_open(struct http_guard *g, int fd, const struct sockaddr *addr);
+
+/* Forget c (NULL is fine) and free it; call before fd is closed. */
+void http_guard_close(struct http_guard *g, struct http_conn *c);
+
+/*
+ * c's request enters phase p now (NULL c is fine). Entering
+ * HTTP_PHASE_HEADERS again keeps the clock of a request already in it,
+ * so that a first request is timed from the accept.
+ */
+void http_guard_phase(struct http_guard *g, struct http_conn *c, enum http_phase p);
+
+/* n more bytes of c's body were read (NULL c is fine); any thread. */
+void http_guard_body(struct http_conn *c, size_t n);
+
+/*
+ * Take n bytes of the body budget. Returns false, taking nothing, when the
+ * bodies in flight would pass body_memory_max. Any thread.
+ */
+bool http_guard_reserve(struct http_guard *g, size_t n);
+
+/* Give back n bytes taken with http_guard_reserve(). */
+void http_guard_release(struct http_guard *g, size_t n);
+
 /* --- the server and its requests (http.c) -------------------------------------------- */
 
 struct http_server {
@@ -61,6 +131,7 @@ struct http_server {
 	struct store *store;	     /* borrowed, see http_start() */
 	struct replay_cache *replay; /* borrowed */
 	struct http_options opt;
+	struct http_guard *guard;
 	_Atomic unsigned in_flight; /* requests begun and not completed */
 	unsigned port;
 };
@@ -75,13 +146,15 @@ struct http_request {
 	struct http_server *srv;
 	struct MHD_Connection *conn;
 	struct http_route route;
-	bool unauthorized; /* a 401: say how to authenticate */
+	struct http_conn *gconn; /* the connection's deadline entry (the guard's), or NULL */
+	bool unauthorized;	 /* a 401: say how to authenticate */
 	struct timespec started;
 
 	/* the body, NUL-terminated (owned; a handler may take it and set it NULL) */
 	char *body;
 	size_t len, cap;
-	bool too_large;
+	size_t reserved;  /* bytes of the body budget taken (http_guard_reserve()) */
+	size_t too_large; /* bytes read past max-body (dropped), 0: within it */
 
 	/* a job handed to the writer; mu orders suspend before resume */
 	pthread_mutex_t mu;
@@ -135,6 +208,13 @@ MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct s
  * arrived (the handler answers nothing yet); then *res is not meaningful.
  */
 bool http_take_result(struct http_request *rq, struct store_result *res);
+
+/*
+ * Free rq's body and give its share of body-memory-max back: a handler
+ * that has decoded the body calls it (what is queued for the writer is
+ * bounded by queue-max, not by the body budget).
+ */
+void http_body_free(struct http_request *rq);
 
 /* --- the handlers (http_handlers.c) ---------------------------------------------------- */
 

@@ -46,6 +46,31 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.http.port, 8650);
 	ck_assert(c.store.sync_full);
 	ck_assert_int_eq(c.log_level, LOG_INFO);
+	/* the limits against hostile clients (docs/OPERATIONS.md) */
+	ck_assert_uint_eq(c.http.header_timeout_s, 10);
+	ck_assert_uint_eq(c.http.body_min_rate, 1024);
+	ck_assert_uint_eq(c.http.body_memory_max, 256u << 20);
+	/* a handful of addresses cannot take every connection */
+	ck_assert_uint_le(c.http.max_per_ip * 8, c.http.max_connections);
+}
+END_TEST
+
+START_TEST(test_client_limits)
+{
+	struct config c;
+	struct bn_error err;
+
+	ck_assert_int_eq(parse(&c, &err, 5, "--header-timeout", "3", "--body-min-rate=0",
+			       "--body-memory-max", "1048576"),
+			 0);
+	ck_assert_uint_eq(c.http.header_timeout_s, 3);
+	ck_assert_uint_eq(c.http.body_min_rate, 0);
+	ck_assert_uint_eq(c.http.body_memory_max, 1048576);
+	ck_assert_int_lt(parse(&c, &err, 2, "--header-timeout", "0"), 0);
+	ck_assert_str_eq(err.path, "header-timeout");
+	/* a budget below one buffer would refuse every body */
+	ck_assert_int_lt(parse(&c, &err, 2, "--body-memory-max", "65536"), 0);
+	ck_assert_str_eq(err.path, "body-memory-max");
 }
 END_TEST
 
@@ -169,6 +194,7 @@ int main(void)
 	int failed;
 
 	tcase_add_test(tc, test_defaults);
+	tcase_add_test(tc, test_client_limits);
 	tcase_add_test(tc, test_flags);
 	tcase_add_test(tc, test_bad_flags);
 	tcase_add_test(tc, test_file_and_precedence);

@@ -30,12 +30,14 @@
 #define BN_E_NOT_FOUND "not_found"	     /* 404 */
 #define BN_E_NO_DATA "no_data"		     /* 404: a prior domain without batches in the window */
 #define BN_E_TOO_LARGE "payload_too_large"   /* 413 */
-#define BN_E_METHOD "method_not_allowed"     /* 405 */
-#define BN_E_MEDIA "unsupported_media_type"  /* 415 */
-#define BN_E_UNAVAILABLE "unavailable"	     /* 503 */
-#define BN_E_UNAUTHORIZED "unauthorized"     /* 401: no or unknown bearer token */
-#define BN_E_FORBIDDEN "forbidden"	     /* 403: the token's role does not allow it */
-#define BN_E_INTERNAL "internal"	     /* 500 */
+#define BN_E_URI_TOO_LONG "uri_too_long"     /* 414: a long URL, too many query parameters */
+#define BN_E_HEADERS_TOO_LARGE "headers_too_large" /* 431 */
+#define BN_E_METHOD "method_not_allowed"	   /* 405 */
+#define BN_E_MEDIA "unsupported_media_type"	   /* 415 */
+#define BN_E_UNAVAILABLE "unavailable"		   /* 503 */
+#define BN_E_UNAUTHORIZED "unauthorized"	   /* 401: no or unknown bearer token */
+#define BN_E_FORBIDDEN "forbidden"		   /* 403: the token's role does not allow it */
+#define BN_E_INTERNAL "internal"		   /* 500 */
 
 /*
  * What an upload refused for a NaN or infinite statistic names, beyond

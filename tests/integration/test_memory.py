@@ -18,7 +18,8 @@ import threading
 import time
 import unittest
 
-from bnstat_testlib import BNSTATD, HOST, Daemon, TestCaseMixin, encode_doc, split_http_reply
+from bnstat_testlib import (BNSTATD, HOST, Daemon, TestCaseMixin, encode_doc, instrumented,
+                            split_http_reply)
 from ops_testlib import WriteLock
 
 RUNS = 1000
@@ -26,13 +27,6 @@ LAYERS = 20
 CHANNELS = 512
 BUDGET_MB = 32
 FIXED_MB = 64   # SQLite caches, thread stacks, allocator slack
-
-
-def instrumented(path):
-    """A sanitizer build: its shadow memory and quarantine make RSS no measure of ours."""
-    with open(path, "rb") as f:
-        data = f.read()
-    return b"__asan_init" in data or b"__tsan_init" in data
 
 
 def vm_kb(pid, field):
