@@ -714,6 +714,73 @@ class TorchTests(unittest.TestCase):
             self.assertEqual(seqs, [(0, 0), (1, 0)] if merge else
                              [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)])
 
+    def test_hooks_follow_the_global_step_of_a_framework(self):
+        # A framework's loop: accumulate_grad_batches=2, resumed at global
+        # step 10; the callback gets the global step after every batch.
+        from bnstat import BNStatsHooks
+
+        model = make_model()
+        cap = CaptureClient()
+        hooks = BNStatsHooks(cap, "hooks", every=1)
+        hooks.on_train_begin(model, global_step=10, rank=3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        global_step = 10
+        for i, b in enumerate(make_data(61, n=6, offset=1.0)):
+            model(b).pow(2).mean().backward()
+            if i % 2 == 1:
+                opt.step()
+                opt.zero_grad()
+                global_step += 1
+            self.assertEqual(hooks.on_batch_end(global_step), True if i % 2 else None)
+        counters = hooks.on_train_end()
+        self.assertEqual(counters["sent"], 6)
+        self.assertEqual([(u["worker"], u["step"], u["seq"]) for u in cap.uploads],
+                         [("rank3", k, q) for k in (10, 11, 12) for q in (0, 1)])
+        with self.assertRaises(RuntimeError):
+            hooks.on_batch_end(13)
+
+        # the example callbacks around them, with stand-ins for the two libraries
+        import types
+        examples = os.path.join(os.path.dirname(HERE), "examples")
+        sys.path.insert(0, examples)
+        self.addCleanup(sys.path.remove, examples)
+        stubs = {"lightning": types.ModuleType("lightning"),
+                 "lightning.pytorch": types.ModuleType("lightning.pytorch"),
+                 "transformers": types.ModuleType("transformers")}
+        stubs["lightning.pytorch"].Callback = object
+        stubs["transformers"].TrainerCallback = object
+        for name, mod in stubs.items():
+            self.assertNotIn(name, sys.modules)
+            sys.modules[name] = mod
+            self.addCleanup(sys.modules.pop, name)
+        import integrations
+
+        ns = types.SimpleNamespace
+        cap = CaptureClient()
+        cb = integrations.lightning_callback(cap, "pl")
+        trainer = ns(global_step=0, global_rank=1)
+        cb.on_train_start(trainer, model)
+        for i, b in enumerate(make_data(62, n=4, offset=1.0)):
+            model(b)
+            trainer.global_step += i % 2   # the optimizer steps every second batch
+            cb.on_train_batch_end(trainer, model, None, b, i)
+        cb.on_train_end(trainer, model)
+        self.assertEqual([(u["worker"], u["step"], u["seq"]) for u in cap.uploads],
+                         [("rank1", 0, 0), ("rank1", 0, 1), ("rank1", 1, 0), ("rank1", 1, 1)])
+        cap = CaptureClient()
+        cb = integrations.hf_callback(cap, "hf", merge_micro_batches=True)
+        state, args = ns(global_step=5), ns(process_index=0)
+        cb.on_train_begin(args, state, None, model=model)
+        for k in range(2):
+            model(make_data(63 + k, n=1, offset=1.0)[0])
+            model(make_data(65 + k, n=1, offset=1.0)[0])
+            state.global_step += 1
+            cb.on_step_end(args, state, None)
+        cb.on_train_end(args, state, None)
+        self.assertEqual([(u["worker"], u["step"], u["seq"], u["layers"]["bn2"]["count"])
+                          for u in cap.uploads], [("rank0", 5, 0, 2 * BATCH * 36),
+                                                  ("rank0", 6, 0, 2 * BATCH * 36)])
+
     def keep_log(self, level=logging.INFO):
         """The bnstat logger's records from now on, in a list."""
         records = []
