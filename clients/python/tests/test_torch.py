@@ -664,6 +664,9 @@ class TorchTests(unittest.TestCase):
             run_doc = self.client.run(run)
             self.assertEqual(run_doc["steps"], {"min": 0, "max": 2})
             self.assertEqual(run_doc["batches"], 2 * per_step)
+            # the layers in model order (the order of the first upload)
+            self.assertEqual([l["name"] for l in run_doc["layers"]],
+                             ["bn3", "bn2", "seq_bn", "head_bn"])
 
     def test_reporter_counts_each_input_of_a_shared_layer_once(self):
         class Twice(nn.Module):
