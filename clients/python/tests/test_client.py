@@ -2,7 +2,7 @@
 against a real bnstatd (env BNSTATD). Standard library only (numpy is used
 when present, for one test).
 
-    BNSTATD=/work/build/src/bnstatd PYTHONPATH=clients/python \
+    BNSTATD=$PWD/src/bnstatd PYTHONPATH=clients/python \
         python3 clients/python/tests/test_client.py -v
 """
 

@@ -1,7 +1,7 @@
 """Tests of BNStatsReporter, precise_bn and load_snapshot against a real
 bnstatd (env BNSTATD). Skipped when torch is not importable.
 
-    BNSTATD=/work/build/src/bnstatd PYTHONPATH=clients/python \
+    BNSTATD=$PWD/src/bnstatd PYTHONPATH=clients/python \
         /usr/bin/python3 clients/python/tests/test_torch.py -v
 """
 
