@@ -14,4 +14,5 @@ from .reporter import BNStatsReporter
 __version__ = "0.1.0"
 
 __all__ = ["Client", "BnstatError", "DEFAULT_URL", "BNStatsReporter", "BNStatsHooks",
-           "precise_bn", "bn_adapt", "load_snapshot", "state_dict_from_snapshot", "LoadResult", "__version__"]
+           "precise_bn", "bn_adapt", "load_snapshot", "state_dict_from_snapshot", "LoadResult",
+           "__version__"]

@@ -170,7 +170,9 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
     (normalising with their running statistics, as in training), are not
     uploaded and keep their buffers; a warning lists them. include_frozen=
     True recomputes them too. A model in eval mode as a whole (model.eval())
-    has no frozen layer: all its BatchNorm layers are recomputed. Returns the snapshot (the server's JSON); its layers'
+    has no frozen layer: all its BatchNorm layers are recomputed.
+
+    Returns the snapshot (the server's JSON); its layers'
     mean_se and batches_for say how precise the estimate is.
 
     target_se: stop early, after a multiple of check_every batches per rank,
@@ -460,7 +462,8 @@ def load_snapshot(model, client, run, label, format="json"):
     """Set running_mean/running_var of model's BatchNorm modules from the
     snapshot `label` of `run` (exact doubles rounded once to the buffers'
     dtype). model may be wrapped in DDP, DataParallel or torch.compile, and
-    the snapshot's layers match with or without those wrappers' prefixes. Raises ValueError, before changing anything, when a snapshot layer
+    the snapshot's layers match with or without those wrappers' prefixes.
+    Raises ValueError, before changing anything, when a snapshot layer
     is not a BatchNorm module of model or its channel count differs; the
     model's BatchNorm layers the snapshot lacks are left as they are.
     client may also be a snapshot dict or safetensors bytes (run and label
