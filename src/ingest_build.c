@@ -462,6 +462,7 @@ int ingest_build_batch(const struct ingest_batch *hdr, struct layer_plan *plans,
 		np += p->name_len + 1;
 		l->count = p->count;
 		l->channels = p->channels;
+		l->order = p->order;
 		for (j = 0; j < ARR_N && p->channels > 0; j++) {
 			if (p->src[j].kind == SRC_NONE)
 				continue;

@@ -237,6 +237,7 @@ static int json_decode_doc(const char *run, const json_t *root, const struct ing
 		plans[j].name = k;
 		plans[j].name_len = strlen(k);
 		plans[j].obj = v;
+		plans[j].order = j;
 		j++;
 	}
 	r = ingest_build_batch(&hdr, plans, n_layers, json_plan_layer, lim, out, err);
@@ -440,8 +441,9 @@ static bool json_scan_layers(struct json_scan *s)
 			s->plans = p;
 			s->cap_plans = cap;
 		}
-		p = &s->plans[s->n_plans++];
+		p = &s->plans[s->n_plans];
 		memset(p, 0, sizeof(*p));
+		p->order = s->n_plans++;
 		p->prefix = "layers.";
 		if (!jscan_key(&s->sc, &p->name, &p->name_len) || !json_scan_layer(s, p) ||
 		    !jscan_next(&s->sc, '}', &more))

@@ -130,6 +130,7 @@ struct layer_plan {
 	int64_t count; /* as sent, until check_layer() has checked it */
 	size_t channels;
 	struct src_array src[ARR_N];
+	size_t order; /* where the layer comes in the upload (any increasing key) */
 };
 
 /*

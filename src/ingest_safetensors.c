@@ -382,7 +382,11 @@ static int safet_plan_layers(const struct safet_tensor *ts, size_t n, const uint
 			p->prefix = "";
 			p->name = t->key;
 			p->name_len = t->layer_len;
+			p->order = t->begin;
 		}
+		/* the data's order is the writer's order of the layers */
+		if (t->begin < p->order)
+			p->order = t->begin;
 		if (t->field == SAFET_COUNT) {
 			uint64_t u = load_le64(raw);
 

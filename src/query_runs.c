@@ -121,12 +121,24 @@ static int set_run(void *ctx, const struct store_run_info *info)
 	return *o ? 0 : -ENOMEM;
 }
 
-static int append_layer(void *ctx, const struct store_item *it)
+/* The run's layers in the order they were first uploaded (the model's
+ * order, for a client that uploads a model's layers in module order), as
+ * the /stats and /compare replies list them (docs/API.md, "Runs"). */
+static int append_layers(struct store_reader *r, int64_t run_id, json_t *layers)
 {
-	json_t *o = json_pack("{s:s, s:I}", "name", it->name, "channels",
-			      (json_int_t)it->layer.channels);
+	struct query_layer *v;
+	size_t n, i;
+	int rc = query_layers_read(r, run_id, &v, &n);
 
-	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
+	for (i = 0; rc == 0 && i < n; i++) {
+		json_t *o = json_pack("{s:s, s:I}", "name", v[i].name, "channels",
+				      (json_int_t)v[i].channels);
+
+		if (o == NULL || json_array_append_new(layers, o) < 0)
+			rc = -ENOMEM;
+	}
+	query_layers_free(v, n);
+	return rc;
 }
 
 static int append_domain(void *ctx, const struct store_item *it)
@@ -168,7 +180,7 @@ int query_run(struct store_reader *r, const char *run, json_t **out, struct bn_e
 	}
 	rc = store_run_describe(r, run, set_run, &o);
 	if (rc == 0)
-		rc = store_layers_foreach(r, run_id, append_layer, layers);
+		rc = append_layers(r, run_id, layers);
 	if (rc == 0)
 		rc = store_domains_foreach(r, run_id, append_domain, domains);
 	if (rc == 0)

@@ -7,6 +7,7 @@
  */
 #include "store_private.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Does every value of v[0..n) survive a round trip through float? */
@@ -199,6 +200,53 @@ static int batch_seen(struct store *s, int64_t run_id, int64_t domain_id,
 	return store_sql_rows(st, read_same_hash, (void *)b);
 }
 
+struct new_layer {
+	size_t order; /* ingest_layer.order */
+	size_t i;     /* index in the batch's layers */
+};
+
+static int new_layer_cmp(const void *a, const void *b)
+{
+	const struct new_layer *x = a, *y = b;
+
+	if (x->order != y->order)
+		return x->order < y->order ? -1 : 1;
+	return (x->i > y->i) - (x->i < y->i);
+}
+
+/*
+ * Create the batch's layers that the run lacks (s->wlayer_ids[i] == 0), in
+ * the upload's order, filling in their ids. Returns 0, or -EINVAL with *err
+ * set.
+ */
+static int create_new_layers(struct store *s, int64_t run_id, const struct ingest_batch *b,
+			     struct bn_error *err)
+{
+	struct new_layer *v;
+	size_t i, n = 0;
+	int rc = 0;
+
+	for (i = 0; i < b->n_layers; i++)
+		n += b->layers[i].channels > 0 && s->wlayer_ids[i] == 0;
+	if (n == 0)
+		return 0;
+	v = malloc(n * sizeof(*v));
+	if (v == NULL) {
+		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
+		return -EINVAL;
+	}
+	for (i = 0, n = 0; i < b->n_layers; i++)
+		if (b->layers[i].channels > 0 && s->wlayer_ids[i] == 0)
+			v[n++] = (struct new_layer){ b->layers[i].order, i };
+	qsort(v, n, sizeof(*v), new_layer_cmp);
+	for (i = 0; i < n && rc == 0; i++)
+		if (store_intern_layer(s, run_id, &b->layers[v[i].i], true, &s->wlayer_ids[v[i].i],
+				       err) < 0)
+			rc = -EINVAL;
+	free(v);
+	return rc;
+}
+
 int store_batch_apply(struct store *s, struct store_job *j)
 {
 	const struct ingest_batch *b = j->batch;
@@ -244,12 +292,21 @@ int store_batch_apply(struct store *s, struct store_job *j)
 		s->wlayer_ids = p;
 		s->wlayer_cap = b->n_layers;
 	}
+	/*
+	 * The layers the run has, in name order (so that which of several
+	 * mismatched channel counts is refused does not depend on the upload's
+	 * order); then the new ones, created in the upload's order: a run's
+	 * layers are listed in the order of their first upload, a model's
+	 * module order (docs/API.md, "Runs").
+	 */
 	for (i = 0; i < b->n_layers; i++) {
 		if (b->layers[i].channels == 0)
 			continue; /* unused in this batch and nothing sent */
-		if (store_intern_layer(s, run_id, &b->layers[i], &s->wlayer_ids[i], err) < 0)
+		if (store_intern_layer(s, run_id, &b->layers[i], false, &s->wlayer_ids[i], err) < 0)
 			return -EINVAL;
 	}
+	if (create_new_layers(s, run_id, b, err) < 0)
+		return -EINVAL;
 	if (late && drop_late_states(s, run_id, domain_id, b, err) < 0)
 		return -EIO;
 	for (i = 0; i < b->n_layers; i++) {

@@ -74,7 +74,7 @@ static int read_layer(void *ctx, sqlite3_stmt *st)
 	return 1;
 }
 
-int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_layer *l,
+int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_layer *l, bool create,
 		       int64_t *layer_id, struct bn_error *err)
 {
 	sqlite3_stmt *st = s->wstmt[W_LAYER_GET];
@@ -97,6 +97,9 @@ int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_laye
 	}
 	if (rc < 0)
 		return store_sql_error(err, s->wdb, "looking up layer");
+	*layer_id = 0;
+	if (!create)
+		return 0;
 
 	st = s->wstmt[W_LAYER_INS];
 	sqlite3_bind_int64(st, 1, run_id);

@@ -291,10 +291,12 @@ int store_intern_run(struct store *s, const char *name, int64_t *run_id);
 int store_intern_domain(struct store *s, int64_t run_id, const char *name, int64_t *domain_id);
 
 /*
- * Find the layer, or create it with the batch's channel count. A layer
- * whose stored channel count differs refuses the batch (422 in *err).
+ * Find the layer, or (when create) create it with the batch's channel
+ * count; without create a missing layer gives 0 with *layer_id = 0 (ids
+ * are >= 1). A layer whose stored channel count differs refuses the batch
+ * (422 in *err).
  */
-int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_layer *l,
+int store_intern_layer(struct store *s, int64_t run_id, const struct ingest_layer *l, bool create,
 		       int64_t *layer_id, struct bn_error *err);
 
 /* An existing run, looked up by the writer: 0, or 404 / 500 in *err. */

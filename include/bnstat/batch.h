@@ -29,6 +29,9 @@ struct ingest_layer {
 	const double *var;  /* [channels], NULL when channels == 0 */
 	const double *ema_mean; /* [channels] or NULL: the worker's running_mean */
 	const double *ema_var;	/* [channels] or NULL: the worker's running_var */
+	size_t order;		/* the layer's place in the upload as sent (a key that
+				 * increases with it; not part of the content hash): a
+				 * new layer is created in this order (docs/API.md, "Runs") */
 };
 
 struct ingest_batch {

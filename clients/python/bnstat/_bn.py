@@ -10,12 +10,47 @@ import threading
 _state = threading.local()
 
 
+# The attribute through which a wrapper holds the model it wraps, and so the
+# prefix it adds to every name: DistributedDataParallel and DataParallel
+# ("module."), torch.compile's OptimizedModule ("_orig_mod.").
+_WRAPPERS = {"DistributedDataParallel": "module", "DataParallel": "module",
+             "OptimizedModule": "_orig_mod"}
+
+
+def unwrap(model):
+    """(the model inside every DDP/DataParallel/torch.compile wrapper of
+    model, the prefix those wrappers add to its names: "", "module.",
+    "module._orig_mod.", ...)."""
+    prefix = ""
+    while True:
+        attr = _WRAPPERS.get(type(model).__name__)
+        inner = getattr(model, attr, None) if attr else None
+        if inner is None:
+            return model, prefix
+        model, prefix = inner, prefix + attr + "."
+
+
+def strip_wrappers(name):
+    """name without the leading "module." and "_orig_mod." components that
+    wrappers add (a snapshot stored by a client that did not strip them)."""
+    while True:
+        for head in ("module.", "_orig_mod."):
+            if name.startswith(head):
+                name = name[len(head):]
+                break
+        else:
+            return name
+
+
 def bn_modules(model):
     """[(name, module)] of every torch.nn.modules.batchnorm._BatchNorm in model
-    (BatchNorm1d/2d/3d, SyncBatchNorm, the lazy variants), in module order."""
+    (BatchNorm1d/2d/3d, SyncBatchNorm, the lazy variants), in module order,
+    named as in the model inside its wrappers (unwrap): the same names for
+    model, DDP(model) and torch.compile(model)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    inner, _ = unwrap(model)
+    return [(name, m) for name, m in inner.named_modules() if isinstance(m, _BatchNorm)]
 
 
 def batch_stats(x):
@@ -34,6 +69,25 @@ def batch_stats(x):
     with torch.no_grad():
         var, mean = torch.var_mean(x.detach().double(), dim=dims, unbiased=True)
     return count, mean, var
+
+
+def merge_stats(parts):
+    """(count, mean, unbiased var) of the union of several batches' (count,
+    mean, unbiased var), per channel in float64 (Chan et al.'s pairwise
+    update): what batch_stats gives for the batches concatenated. Parts with
+    count 0 are left out; None when every part is empty."""
+    parts = [p for p in parts if p[0] > 0]
+    if not parts:
+        return None
+    n, mean, var = parts[0]
+    m2 = var * (n - 1)
+    for nb, mb, vb in parts[1:]:
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        m2 = m2 + vb * (nb - 1) + delta * delta * (n * nb / total)
+        n = total
+    return n, mean, (m2 / (n - 1) if n > 1 else m2 * float("nan"))
 
 
 def reporting_paused():

@@ -210,7 +210,8 @@ def cmd_compare(c, a):
         print("snapshot %s: step %s  window %s  domain %s  estimator %s  created %s"
               % tuple(snap.get(k) for k in ("label", "step", "window", "domain", "estimator",
                                             "created")))
-    # against a reference, the worst layers first; --sort layer keeps the server's order
+    # against a reference, the worst layers first; --sort layer keeps the
+    # server's order, the order of the layers' first upload (the model's)
     sort = a.sort or ("kl" if precise not in (None, "window") else "layer")
     items = list((doc.get("layers") or {}).items())
     if sort != "layer":
@@ -359,7 +360,11 @@ def cmd_domains(c, a):
 
 
 def cmd_health(c, a):
-    return c.health()
+    doc = c.health()
+    if a.json or not isinstance(doc, dict):
+        return doc
+    print("bnstatd at %s: %s, schema %s, %s uploads waiting for the writer"
+          % (c.url, doc.get("status"), doc.get("schema"), doc.get("queue")))
 
 
 def cmd_snapshot_create(c, a):
@@ -499,7 +504,10 @@ def parser():
                        "layers (by --sort, default kl) come first.")
     s.add_argument("run")
     _window_args(s, estimator=False)
-    s.add_argument("--ema", choices=["worker", "sim"])
+    s.add_argument("--ema", choices=["worker", "sim"],
+                   help="the EMA compared: worker (the default), the running statistics a "
+                   "worker uploaded with its batches (--worker says whose), or sim, the EMA "
+                   "the server simulates from the batches with --momentum")
     s.add_argument("--momentum", type=float, help="for --ema sim (server default 0.1)")
     s.add_argument("--worker", help="whose EMA (default: the first by name)")
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
@@ -511,7 +519,7 @@ def parser():
     ref.add_argument("--precise", help="the precise= value as the server takes it")
     s.add_argument("--sort", choices=["layer"] + _COMPARE_FIELDS,
                    help="order of the layers, largest first (default: kl against a snapshot "
-                   "or a worker, else the server's order)")
+                   "or a worker, else layer: the model's order)")
     s.add_argument("--top", type=int, metavar="N", help="only the first N layers")
     s.set_defaults(func=cmd_compare)
     s = sub.add_parser("ranks", help="how far apart the workers' EMAs are, per layer",
@@ -595,10 +603,24 @@ def parser():
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
-    client = Client(a.url, token=a.token, timeout=a.timeout, retries=a.retries, cafile=a.cacert)
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        client = Client(a.url, token=a.token, timeout=a.timeout, retries=a.retries,
+                        cafile=a.cacert)
+    except ValueError as e:
+        p.error("--url: %s" % e)  # a usage error (exit 2), not an unreachable server
     try:
         doc = a.func(client, a)
+        if doc is not None:
+            json.dump(doc, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (| head): not an error of ours; stdout is
+        # pointed at /dev/null so that the exit's flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BnstatError as e:
         print("bnstat: error: %s" % e, file=sys.stderr)
         return 1
@@ -607,7 +629,4 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
-    if doc is not None:
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
     return 0

@@ -147,7 +147,9 @@ def _retry_after(headers):
 class Client:
     """A client of one bnstatd.
 
-    url: the daemon's base URL. token: sent as "Authorization: Bearer TOKEN"
+    url: the daemon's base URL, http://HOST:PORT or https://HOST:PORT (a URL
+    without a scheme raises ValueError: "127.0.0.1:8650" would otherwise be
+    taken for a scheme "127.0.0.1"). token: sent as "Authorization: Bearer TOKEN"
     when set. timeout: seconds per HTTP attempt. retries: how many times a
     request is sent again after a connection error, a timeout or a 5xx reply
     (0: never); the n-th retry waits backoff * 2**(n-1) seconds (plus up to
@@ -168,6 +170,10 @@ class Client:
             raise ValueError("dtype must be 'f32' or 'f64', not %r" % (dtype,))
         if binary not in (False, True, "auto"):
             raise ValueError("binary must be False, True or 'auto', not %r" % (binary,))
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("the bnstatd URL must be http://HOST:PORT or https://HOST:PORT, "
+                             "not %r" % (url,))
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout

@@ -138,11 +138,13 @@ def _await_decision(client, run, step, domain, expected, label, deadline):
 
 def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_size=1,
                domain="default", label=None, timeout=600.0, forward=None, target_se=None,
-               check_every=10, prior=None, prior_weight=None):
+               check_every=10, prior=None, prior_weight=None, include_frozen=False):
     """Recompute every BatchNorm layer's population statistics exactly, over
     all ranks, and load them into running_mean / running_var.
 
-    model is put in training mode (each module's mode is restored at the end)
+    model (also wrapped in DDP, DataParallel or torch.compile: the layers are
+    named as in the unwrapped model) is put in training mode, except its
+    frozen BatchNorm modules (below), each module's mode restored at the end,
     and run under torch.no_grad() on num_iters batches of loader; a forward
     pre-hook takes each BatchNorm input's count, mean and unbiased variance in
     float64, uploaded exactly (f64) as worker f"rank{rank}", seq = batch
@@ -160,7 +162,17 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
 
     Each loader must yield at least num_iters batches (as fvcore requires).
     BatchNorm layers without running statistics (track_running_stats=False)
-    are left alone. Returns the snapshot (the server's JSON); its layers'
+    are left alone.
+
+    Frozen layers: when the model is in training mode, its BatchNorm modules
+    in eval mode are frozen (as in detection fine-tuning) and left alone, as
+    fvcore's update_bn_stats does: they stay in eval mode during the pass
+    (normalising with their running statistics, as in training), are not
+    uploaded and keep their buffers; a warning lists them. include_frozen=
+    True recomputes them too. A model in eval mode as a whole (model.eval())
+    has no frozen layer: all its BatchNorm layers are recomputed.
+
+    Returns the snapshot (the server's JSON); its layers'
     mean_se and batches_for say how precise the estimate is.
 
     target_se: stop early, after a multiple of check_every batches per rank,
@@ -196,6 +208,17 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
     bns = [(n, m) for n, m in _bn.bn_modules(model) if m.running_mean is not None]
     if not bns:
         raise ValueError("precise_bn: the model has no BatchNorm module with running statistics")
+    frozen = []
+    if model.training and not include_frozen:
+        frozen = [(n, m) for n, m in bns if not m.training]
+        bns = [(n, m) for n, m in bns if m.training]
+        if frozen:
+            warnings.warn("precise_bn: left %d frozen BatchNorm layers (in eval mode) as they "
+                          "are: %s; include_frozen=True recomputes them too"
+                          % (len(frozen), ", ".join(n for n, _ in frozen)))
+        if not bns:
+            raise ValueError("precise_bn: every BatchNorm layer of the model is frozen (in eval "
+                             "mode); include_frozen=True recomputes them")
     worker = "rank%d" % rank
 
     current = {}
@@ -223,6 +246,8 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
     sent = 0
     try:
         model.train()
+        for _, m in frozen:
+            m.eval()  # a frozen layer normalises with its running statistics, as in training
         it = iter(loader)
         with torch.no_grad(), _bn.pause_reporting():
             for i in range(num_iters):
@@ -281,7 +306,7 @@ def precise_bn(model, loader, client, run, step, num_iters=200, rank=0, world_si
         log.warning("bnstat: precise_bn stopped at num_iters=%d before every layer reached "
                     "target_se %g; see the snapshot's mean_se and batches_for", num_iters,
                     target_se)
-    _load(model, _tensors_from(snap))
+    _load(model, _tensors_from(snap), only={n for n, _ in bns})
     return snap
 
 
@@ -315,6 +340,16 @@ def bn_adapt(model, loader, client, run, step, domain, prior_weight, prior="defa
 
 def _bn_buffers(model):
     return {n: m for n, m in _bn.bn_modules(model) if m.running_mean is not None}
+
+
+def _model_name(modules, name):
+    """The name of the model's layer that snapshot layer `name` is: itself,
+    or without the wrapper prefixes a client stored it with ("module.bn1"
+    for "bn1"); None when neither is a layer of the model."""
+    if name in modules:
+        return name
+    bare = _bn.strip_wrappers(name)
+    return bare if bare in modules else None
 
 
 def _tensors_from(source, run=None, label=None, fmt="json"):
@@ -355,20 +390,26 @@ def state_dict_from_snapshot(client_or_snapshot, run=None, label=None, model=Non
     format "json", exact doubles, or "safetensors", the F64 export), a
     snapshot dict as Client.snapshot() returns it, or safetensors bytes from
     Client.snapshot_safetensors(). With model, each tensor takes the dtype
-    and device of that module's buffer (and a layer that is not a BatchNorm
-    module of model raises ValueError, as load_snapshot does); otherwise
-    dtype (default torch.float32) and device (default CPU).
+    and device of that module's buffer, the keys are model's own (with the
+    "module." of a DDP model), and a layer that is not a BatchNorm module of
+    model raises ValueError, as load_snapshot does; otherwise dtype (default
+    torch.float32) and device (default CPU), and the keys are the layer names
+    without wrapper prefixes. Snapshot layers match with or without the
+    prefixes of DDP, DataParallel and torch.compile ("module.", "_orig_mod.").
     """
     import torch
 
     values = _tensors_from(client_or_snapshot, run, label, format)
     modules = _bn_buffers(model) if model is not None else None
+    prefix = _bn.unwrap(model)[1] if model is not None else ""
     sd = {}
     for name, (mean, var) in values.items():
         if modules is not None:
-            m = _check_layer(modules, name, len(mean), len(var))
+            name, m = _check_layer(modules, name, len(mean), len(var))
+            name = prefix + name
             kw = {"dtype": m.running_mean.dtype, "device": m.running_mean.device}
         else:
+            name = _bn.strip_wrappers(name)
             kw = {"dtype": dtype or torch.float32, "device": device}
         # Through float64 first: one rounding, from the server's doubles.
         sd[name + ".running_mean"] = torch.tensor(mean, dtype=torch.float64).to(**kw)
@@ -377,7 +418,10 @@ def state_dict_from_snapshot(client_or_snapshot, run=None, label=None, model=Non
 
 
 def _check_layer(modules, name, n_mean, n_var):
-    m = modules.get(name)
+    """(the model's name of snapshot layer name, its module), after checking
+    that it is one of modules with n_mean (n_var) channels; else ValueError."""
+    own = _model_name(modules, name)
+    m = modules.get(own) if own is not None else None
     if m is None:
         names = sorted(modules)
         hint = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
@@ -387,21 +431,27 @@ def _check_layer(modules, name, n_mean, n_var):
     if shape != (n_mean,) or tuple(m.running_var.shape) != (n_var,):
         raise ValueError("snapshot layer %r has %d channels; the model's %s has running_mean of "
                          "shape %r" % (name, n_mean, type(m).__name__, shape))
-    return m
+    return own, m
 
 
-def _load(model, values):
+def _load(model, values, only=None):
+    """Set the buffers of model's layers from values {snapshot name: (mean,
+    var)}; only: the model's layers to set (the others are left alone)."""
     import torch
 
     modules = _bn_buffers(model)
-    checked = [(_check_layer(modules, name, len(mean), len(var)), mean, var)
+    if only is not None:
+        values = {name: v for name, v in values.items()
+                  if _model_name(modules, name) in only or _model_name(modules, name) is None}
+        modules = {n: m for n, m in modules.items() if n in only}
+    checked = [_check_layer(modules, name, len(mean), len(var)) + (mean, var)
                for name, (mean, var) in values.items()]  # all checked before any change
     with torch.no_grad():
-        for m, mean, var in checked:
+        for _, m, mean, var in checked:
             m.running_mean.copy_(torch.tensor(mean, dtype=torch.float64))
             m.running_var.copy_(torch.tensor(var, dtype=torch.float64))
-    loaded = sorted(values)
-    missing = sorted(set(modules) - set(values))
+    loaded = sorted(name for name, _, _, _ in checked)
+    missing = sorted(set(modules) - set(loaded))
     if missing:
         log.warning("bnstat: the snapshot has no statistics for %d BatchNorm layers (left "
                     "unchanged): %s", len(missing), ", ".join(missing[:8]))
@@ -411,7 +461,9 @@ def _load(model, values):
 def load_snapshot(model, client, run, label, format="json"):
     """Set running_mean/running_var of model's BatchNorm modules from the
     snapshot `label` of `run` (exact doubles rounded once to the buffers'
-    dtype). Raises ValueError, before changing anything, when a snapshot layer
+    dtype). model may be wrapped in DDP, DataParallel or torch.compile, and
+    the snapshot's layers match with or without those wrappers' prefixes.
+    Raises ValueError, before changing anything, when a snapshot layer
     is not a BatchNorm module of model or its channel count differs; the
     model's BatchNorm layers the snapshot lacks are left as they are.
     client may also be a snapshot dict or safetensors bytes (run and label

@@ -10,10 +10,12 @@ Per forward, a forward pre-hook on each BatchNorm module in training mode
 computes the input's per-channel count, mean and unbiased variance (float64).
 step() — called once per optimizer step, after optimizer.step() — packs them
 with each module's running_mean/running_var (its EMA after this batch) into
-one upload and hands it to a background thread, so that training never waits
-for the network. torch is imported only when a reporter is created.
+one upload per forward (micro-batch) and hands them to a background thread,
+so that training never waits for the network. torch is imported only when a
+reporter is created.
 """
 
+import copy
 import logging
 import math
 import queue
@@ -21,7 +23,7 @@ import threading
 import time
 
 from . import _bn
-from .client import BnstatError
+from .client import BnstatError, Client
 
 __all__ = ["BNStatsReporter"]
 
@@ -49,9 +51,11 @@ def _first_nonfinite(values):
 class BNStatsReporter:
     """Report batch statistics and the EMA of every BatchNorm layer of model.
 
-    model: the torch module; its BatchNorm modules (BatchNorm1d/2d/3d,
+    model: the torch module, also wrapped in DistributedDataParallel,
+    DataParallel or torch.compile; its BatchNorm modules (BatchNorm1d/2d/3d,
     SyncBatchNorm) are hooked, and those in training mode at a forward are
-    reported. client: a bnstat Client (or any object with its upload()
+    reported, named as in the unwrapped model ("layer1.0.bn1", never
+    "module.layer1.0.bn1"). client: a bnstat Client (or any object with its upload()
     signature). run, worker, domain: as in the upload (worker e.g.
     f"rank{rank}"). every: report every N-th step only (steps whose number is
     a multiple of N; the others cost nothing). start_step: the number of
@@ -60,16 +64,29 @@ class BNStatsReporter:
     full, step() blocks up to block_timeout seconds, then drops the upload
     and counts it in .dropped (training is never held up for longer).
     dtype: the upload encoding ("f32", the compact default of Client, or
-    "f64"); None: the client's.
+    "f64"); None: the client's. merge_micro_batches: see below.
 
     Steps: the batch statistics of a forward are reported at step = the
     number of step() calls before it (plus start_step), i.e. the model version
     that produced them, with seq 0 (and 1, 2, ... when step(n) names the same
     step again).
 
-    Refused: a BatchNorm module that runs twice before step() (a module
-    shared within one forward, or several forwards per optimizer step) raises
-    RuntimeError naming the module.
+    Gradient accumulation: several forwards before one step() are the
+    micro-batches of that step. Each is reported as its own batch, seq 0, 1,
+    2, ..., and the server merges them exactly; every one carries the
+    module's EMA at step() (the server keeps the highest seq's). A new
+    micro-batch starts when a module runs again since the last one began, so
+    a module shared within one forward has its second input counted in the
+    next seq: every input is counted once. With merge_micro_batches=True the
+    micro-batches of a step are merged here instead (the same count, mean
+    and unbiased variance in float64 as one batch holding them all) into one
+    upload per step. On the steps `every` skips nothing is computed.
+
+    Health: at start the background thread asks the daemon's /healthz (with
+    a 5 s timeout, no retry) and logs a warning when it does not answer;
+    training goes on and uploads wait in the queue. A queue half full logs
+    one warning (again only after it has emptied), and close() logs a summary
+    line: sent, retried (uploads that needed a retry), dropped, refused.
 
     Non-finite statistics: the server refuses an upload holding a NaN or
     infinite batch statistic or EMA (most often a mixed-precision overflow).
@@ -81,7 +98,7 @@ class BNStatsReporter:
     """
 
     def __init__(self, model, client, run, worker, every=1, domain="default", queue_size=64,
-                 start_step=0, dtype=None, block_timeout=5.0):
+                 start_step=0, dtype=None, block_timeout=5.0, merge_micro_batches=False):
         if every < 1:
             raise ValueError("every must be >= 1, not %r" % (every,))
         self.client = client
@@ -91,13 +108,13 @@ class BNStatsReporter:
         self.domain = domain
         self.dtype = dtype
         self.block_timeout = block_timeout
+        self.merge_micro_batches = bool(merge_micro_batches)
         self._modules = _bn.bn_modules(model)
         if not self._modules:
             raise ValueError("the model has no BatchNorm module to report")
         self._step = int(start_step)
         self._last = (None, -1)  # (step, seq) of the last upload
-        self._seen = set()
-        self._pending = {}
+        self._micro = []  # per forward since the last step(): {name: (count, mean, var)}
         self._handles = [m.register_forward_pre_hook(self._hook(name))
                          for name, m in self._modules]
         self._queue = queue.Queue(maxsize=max(1, int(queue_size)))
@@ -110,7 +127,10 @@ class BNStatsReporter:
         self.failed = 0        # uploads the server refused (4xx) or that could not be encoded
         self.nonfinite = 0     # of which refused for a NaN or infinite value
         self.nonfinite_layers = set()  # layers reported (and logged) with one
+        self.retried = 0       # uploads that were sent again after a failed attempt
+        self.healthy = None    # the start's health check: True, False, None (not done)
         self.last_error = None
+        self._backlog_warned = False
         self._thread = threading.Thread(target=self._worker, name="bnstat-reporter", daemon=True)
         self._thread.start()
 
@@ -118,18 +138,12 @@ class BNStatsReporter:
 
     def _hook(self, name):
         def pre_hook(module, inputs):
-            if not module.training or _bn.reporting_paused():
+            if (not module.training or self._step % self.every != 0
+                    or _bn.reporting_paused()):
                 return None
-            if name in self._seen:
-                raise RuntimeError(
-                    "bnstat: BatchNorm module %r (%s) ran a second time before "
-                    "BNStatsReporter.step(); each BatchNorm module must run once per "
-                    "reported batch (call step() after every optimizer step; a module "
-                    "shared within one forward, or several forwards per step, is not "
-                    "supported)" % (name, type(module).__name__))
-            self._seen.add(name)
-            if self._step % self.every == 0:
-                self._pending[name] = _bn.batch_stats(inputs[0])
+            if not self._micro or name in self._micro[-1]:
+                self._micro.append({})  # the next forward (micro-batch) begins
+            self._micro[-1][name] = _bn.batch_stats(inputs[0])
             return None
 
         return pre_hook
@@ -145,43 +159,58 @@ class BNStatsReporter:
         """Forget the statistics gathered since the last step() without
         reporting them or advancing the step (e.g. after a forward that failed
         half-way, or a batch that is skipped)."""
-        self._pending = {}
-        self._seen = set()
+        self._micro = []
 
     def step(self, step=None):
         """Mark an optimizer step: report the batch statistics gathered since
         the previous step() with every module's current EMA, then advance.
 
         step: the number of this step, when the caller counts steps itself
-        (default: the reporter's own count). Returns True when an upload was
-        queued, False when nothing was reported (not an every-th step, no
-        BatchNorm forward in training mode, or the queue stayed full).
+        (default: the reporter's own count). Returns True when the step's
+        uploads (one per micro-batch, or one merged) were queued, False when
+        nothing was reported (not an every-th step, no BatchNorm forward in
+        training mode, or the queue stayed full).
         """
         if self._closed:
             raise RuntimeError("bnstat: BNStatsReporter.step() after close()")
         if step is not None:
             self._step = int(step)
         s = self._step
-        pending, self._pending = self._pending, {}
-        self._seen = set()
+        micro, self._micro = self._micro, []
         self._step = s + 1
-        if s % self.every != 0 or not pending:
+        if s % self.every != 0 or not micro:
             return False
-        layers = {}
+        if self.merge_micro_batches and len(micro) > 1:
+            names = {n for mb in micro for n in mb}
+            merged = {}
+            for name in names:
+                stats = _bn.merge_stats([mb[name] for mb in micro if name in mb])
+                if stats is not None:
+                    merged[name] = stats
+            micro = [merged]
+        emas = {}
         for name, m in self._modules:
-            stats = pending.get(name)
-            if stats is None:
-                if m.training:
-                    layers[name] = {"count": 0}  # unused in this batch
-                continue
-            count, mean, var = stats
-            entry = {"count": count, "mean": mean.cpu(), "var": var.cpu()}
             if m.running_mean is not None and m.running_var is not None:
-                entry["ema_mean"] = m.running_mean.detach().to("cpu", copy=True)
-                entry["ema_var"] = m.running_var.detach().to("cpu", copy=True)
-            layers[name] = entry
-        seq = self._last[1] + 1 if self._last[0] == s else 0
-        self._last = (s, seq)
+                emas[name] = {"ema_mean": m.running_mean.detach().to("cpu", copy=True),
+                              "ema_var": m.running_var.detach().to("cpu", copy=True)}
+        queued = True
+        for pending in micro:
+            layers = {}
+            for name, m in self._modules:
+                stats = pending.get(name)
+                if stats is None:
+                    if m.training:
+                        layers[name] = {"count": 0}  # unused in this batch
+                    continue
+                count, mean, var = stats
+                layers[name] = dict({"count": count, "mean": mean.cpu(), "var": var.cpu()},
+                                    **emas.get(name, {}))
+            seq = self._last[1] + 1 if self._last[0] == s else 0
+            self._last = (s, seq)
+            queued = self._enqueue(s, seq, layers) and queued
+        return queued
+
+    def _enqueue(self, s, seq, layers):
         try:
             self._queue.put((s, seq, layers), timeout=self.block_timeout)
         except queue.Full:
@@ -192,11 +221,43 @@ class BNStatsReporter:
                 log.warning("bnstat: upload queue full for %.1fs; dropped the statistics of "
                             "step %d (%d dropped so far)", self.block_timeout or 0.0, s, n)
             return False
+        waiting = self._queue.qsize()
+        if not self._backlog_warned and waiting >= max(2, self._queue.maxsize // 2):
+            self._backlog_warned = True
+            log.warning("bnstat: %d of %d uploads are waiting for bnstatd (%s): it is slow "
+                        "or unreachable%s; training goes on, and step() drops uploads once "
+                        "the queue is full", waiting, self._queue.maxsize,
+                        getattr(self.client, "url", "the client"),
+                        " (last error: %s)" % self.last_error if self.last_error else "")
         return True
 
     # -- the background thread ---------------------------------------------------
 
+    def _check_health(self):
+        """Ask the daemon's /healthz once, quickly: a wrong URL or a hung
+        daemon is said at once instead of at the first upload's timeout."""
+        if not hasattr(self.client, "health"):
+            return
+        probe = self.client
+        if isinstance(probe, Client):
+            probe = copy.copy(probe)
+            probe.timeout = min(probe.timeout or 5.0, 5.0)
+            probe.retries = 0
+        try:
+            doc = probe.health()
+        except Exception as e:  # never let the check stop the reporter
+            self.healthy = False
+            log.warning("bnstat: bnstatd at %s does not answer its health check (%s); "
+                        "training goes on, the uploads wait and are retried, and close() "
+                        "says how many were sent", getattr(probe, "url", "?"), e)
+            return
+        self.healthy = not isinstance(doc, dict) or doc.get("status", "ok") == "ok"
+        if not self.healthy:
+            log.warning("bnstat: bnstatd at %s answers its health check with %r",
+                        getattr(probe, "url", "?"), doc)
+
     def _worker(self):
+        self._check_health()
         while True:
             item = self._queue.get()
             try:
@@ -209,6 +270,8 @@ class BNStatsReporter:
                 self._send(*item)
             finally:
                 self._queue.task_done()
+                if self._queue.unfinished_tasks == 0:
+                    self._backlog_warned = False  # warn again when it backs up again
 
     def _send(self, step, seq, layers):
         kwargs = {"domain": self.domain, "var_kind": "unbiased"}
@@ -234,6 +297,8 @@ class BNStatsReporter:
                 if not outage:
                     log.warning("bnstat: upload of step %d failed (%s); retrying", step, e)
                     outage = True
+                    with self._lock:
+                        self.retried += 1
                 self.last_error = e
                 if self._abandon.wait(delay):
                     with self._lock:
@@ -295,11 +360,12 @@ class BNStatsReporter:
 
     @property
     def counters(self):
-        """{"sent", "duplicates", "dropped", "failed", "nonfinite", "queued"}
-        ("nonfinite": of the failed, those refused for a NaN or infinity)."""
+        """{"sent", "duplicates", "retried", "dropped", "failed", "nonfinite",
+        "queued"} ("retried": uploads sent again after a failed attempt;
+        "nonfinite": of the failed, those refused for a NaN or infinity)."""
         with self._lock:
-            return {"sent": self.sent, "duplicates": self.duplicates, "dropped": self.dropped,
-                    "failed": self.failed, "nonfinite": self.nonfinite,
+            return {"sent": self.sent, "duplicates": self.duplicates, "retried": self.retried,
+                    "dropped": self.dropped, "failed": self.failed, "nonfinite": self.nonfinite,
                     "queued": self._queue.unfinished_tasks}
 
     def flush(self, timeout=None):
@@ -320,7 +386,9 @@ class BNStatsReporter:
     def close(self, timeout=60.0):
         """Remove the hooks, send what is queued (waiting up to timeout
         seconds, None: forever), stop the thread; returns counters. Uploads
-        still unsent after the timeout are dropped and counted."""
+        still unsent after the timeout are dropped and counted. Logs one
+        summary line: a warning when an upload was dropped or refused, else
+        at info level."""
         if self._closed:
             return self.counters
         self._closed = True
@@ -332,7 +400,13 @@ class BNStatsReporter:
             self._abandon.set()
         self._queue.put(_STOP)
         self._thread.join(None if done else 30.0)
-        return self.counters
+        c = self.counters
+        lost = c["dropped"] + c["failed"] + c["queued"]
+        (log.warning if lost else log.info)(
+            "bnstat: reporter of run %s worker %s closed: %d uploads sent, %d retried, "
+            "%d dropped, %d refused%s", self.run, self.worker, c["sent"], c["retried"],
+            c["dropped"], c["failed"], ", %d never sent" % c["queued"] if c["queued"] else "")
+        return c
 
     def __enter__(self):
         return self

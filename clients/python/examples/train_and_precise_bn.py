@@ -2,7 +2,7 @@
 """Train a small CNN with the bnstat reporter on, run PreciseBN through the
 daemon, and compare the model's EMA statistics with the precise ones.
 
-    PYTHONPATH=clients/python python3 clients/python/examples/train_and_precise_bn.py \
+    PYTHONPATH=clients/python /usr/bin/python3 clients/python/examples/train_and_precise_bn.py \
         --spawn ./src/bnstatd                    # starts (and stops) its own bnstatd
     ... --url http://127.0.0.1:8650 --run ex1    # or uses a running one
     ... --ranks 2                                # two DDP ranks (gloo, CPU), no SyncBN

@@ -2,7 +2,7 @@
 against a real bnstatd (env BNSTATD). Standard library only (numpy is used
 when present, for one test).
 
-    BNSTATD=/work/build/src/bnstatd PYTHONPATH=clients/python \
+    BNSTATD=$PWD/src/bnstatd PYTHONPATH=clients/python \
         python3 clients/python/tests/test_client.py -v
 """
 
@@ -1093,6 +1093,66 @@ class CliTests(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn("409", err)
         self.assertIn("exists", err)
+
+
+    def test_url_without_a_scheme_is_a_usage_error(self):
+        t0 = time.monotonic()
+        rc, out, err = self.cli("--url", "127.0.0.1:8651", "runs")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--url", err)
+        self.assertIn("http://HOST:PORT", err)
+        self.assertNotIn("cannot reach", err)
+        self.assertLess(time.monotonic() - t0, 20)  # no retries
+        with self.assertRaises(ValueError):
+            Client("127.0.0.1:8651")
+
+    def test_a_closed_pipe_ends_quietly(self):
+        # enough rows that the reader is gone before the writer is done
+        c = Client(self.d.url, binary=False)
+        c.upload("pipe", "w", 1, 0, {"bn%04d" % i: {"count": 4, "mean": [1.0] * 8,
+                                                     "var": [2.0] * 8} for i in range(1500)})
+        e = dict(os.environ, PYTHONPATH=PYTHONPATH, BNSTAT_URL=self.d.url)
+        p = subprocess.run(["/bin/sh", "-c", '"$0" -m bnstat stats pipe --step 1 | head -n 2',
+                            sys.executable], env=e, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(len(p.stdout.splitlines()), 2)
+        self.assertEqual(p.stderr.decode(), "")  # no BrokenPipeError traceback
+
+    def test_health_line_and_compare_ema_help(self):
+        rc, out, err = self.cli("health")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^bnstatd at http://127\.0\.0\.1:\d+: ok, schema \d+, "
+                              r"\d+ uploads waiting for the writer\n$")
+        rc, out, err = self.cli("--json", "health")
+        self.assertEqual(json.loads(out)["status"], "ok")
+        rc, out, err = self.cli("compare", "--help")
+        self.assertEqual(rc, 0, err)
+        ema = re.search(r"--ema \{worker,sim\}\s+(.*?)\n\s+--", out, re.S)
+        self.assertIsNotNone(ema, out)
+        self.assertIn("simulates", ema.group(1))
+
+    def test_tables_list_layers_in_model_order(self):
+        # the order of the first upload, whatever the encoding, not by name
+        names = ["stem.bn", "layer1.0.bn1", "layer1.0.bn2", "fc.bn", "a.bn"]
+        for run, binary in (("order-json", False), ("order-st", True)):
+            c = Client(self.d.url, binary=binary)
+            c.upload(run, "w", 1, 0, {n: {"count": 4, "mean": [float(i)], "var": [1.0]}
+                                      for i, n in enumerate(names[1:])})
+            # a later upload with a new layer first: it comes after the others
+            c.upload(run, "w", 2, 0, {n: {"count": 4, "mean": [0.5], "var": [1.0]}
+                                      for n in names})
+            self.assertEqual([l["name"] for l in c.run(run)["layers"]], names[1:] + names[:1])
+            rc, out, err = self.cli("run", run)
+            self.assertEqual(rc, 0, err)
+            listed = [l.split()[0] for l in out.split("\n\n")[1].splitlines()[1:]]
+            self.assertEqual(listed, names[1:] + names[:1])
+            for args in (["stats", run, "--step", "2", "--window", "2"],
+                         ["compare", run, "--ema", "sim", "--step", "2", "--window", "2"]):
+                rc, out, err = self.cli(*args)
+                self.assertEqual(rc, 0, err)
+                rows = [l.split()[0] for l in out.splitlines()[2:]]
+                self.assertEqual([r for r in rows if r != "overall"], names[1:] + names[:1],
+                                 out)
 
 
 class AuthAndTlsTests(unittest.TestCase):

@@ -1,7 +1,7 @@
 """Tests of BNStatsReporter, precise_bn and load_snapshot against a real
 bnstatd (env BNSTATD). Skipped when torch is not importable.
 
-    BNSTATD=/work/build/src/bnstatd PYTHONPATH=clients/python \
+    BNSTATD=$PWD/src/bnstatd PYTHONPATH=clients/python \
         /usr/bin/python3 clients/python/tests/test_torch.py -v
 """
 
@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import unittest
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -124,6 +125,39 @@ def rank_worker(url, run, rank, world, out, **kwargs):
         json.dump({"label": snap["label"],
                    "buffers": {k: v.double().tolist() for k, v in model.state_dict().items()
                                if k.endswith(("running_mean", "running_var"))}}, f)
+
+
+def ddp_worker(url, run, rank, world, init, out):
+    """One rank of a DDP job (gloo): the reporter and precise_bn get the DDP
+    model itself; writes its buffers, the snapshot's state dict keys (for the
+    DDP model) and, on rank 0, the trained weights."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        client = Client(url, retries=5, backoff=0.05)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+        with BNStatsReporter(ddp, client, run, "rank%d" % rank) as rep:
+            for b in make_data(200 + rank, n=3, offset=1.0):
+                loss = ddp(b).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rep.step()
+        ddp.eval()
+        trained = copy.deepcopy(model.state_dict())
+        snap = precise_bn(ddp, make_data(300 + rank), client, run, step=3, rank=rank,
+                          world_size=world, timeout=60, num_iters=NUM_ITERS)
+        sd = state_dict_from_snapshot(snap, model=ddp)
+        with open(out, "w") as f:
+            json.dump({"counters": rep.counters, "keys": sorted(sd),
+                       "buffers": {k: v.double().tolist() for k, v in model.state_dict().items()
+                                   if k.endswith(("running_mean", "running_var"))}}, f)
+        if rank == 0:
+            torch.save(trained, out + ".pt")
+    finally:
+        dist.destroy_process_group()
 
 
 @unittest.skipIf(torch is None, "torch is not importable")
@@ -323,6 +357,143 @@ class TorchTests(unittest.TestCase):
             bn_adapt(make_model(), make_data(8), self.client, "adapt", step=9, domain="default",
                      prior_weight=0.5)
 
+    def test_precise_bn_leaves_frozen_layers_alone_unless_asked(self):
+        # Detection-style fine-tuning: the model trains, bn2 is frozen (eval
+        # mode). As fvcore's update_bn_stats, precise_bn recomputes the others
+        # only, with bn2 normalising by its running statistics as in training.
+        data = make_data(31)
+        model = make_model()
+        with torch.no_grad():
+            model.bn2.running_mean.fill_(40.0)  # a frozen layer's own statistics
+            model.bn2.running_var.fill_(3.0)
+        model.train()
+        model.bn2.eval()
+        before = {k: v.clone() for k, v in model.bn2.state_dict().items()}
+        ref_model = copy.deepcopy(model)
+        seen = self.record_inputs(ref_model)
+        with torch.no_grad():
+            for b in data:
+                ref_model(b)    # the same modes: bn2 frozen
+        with self.assertWarns(UserWarning) as cm:
+            snap = precise_bn(model, data, self.client, "frozen", step=1, num_iters=NUM_ITERS)
+        self.assertIn("1 frozen BatchNorm layers", str(cm.warning))
+        self.assertIn("bn2", str(cm.warning))
+        self.assertIn("include_frozen=True", str(cm.warning))
+        self.assertEqual(sorted(snap["layers"]), ["bn3", "head_bn", "seq_bn"])
+        self.assertEqual(sorted(seen), ["bn3", "head_bn", "seq_bn"])
+        for k, v in model.bn2.state_dict().items():     # buffers and mode kept
+            self.assertTrue(torch.equal(v, before[k]), k)
+        self.assertFalse(model.bn2.training)
+        self.assertTrue(model.training and model.bn3.training)
+        for name, xs in seen.items():
+            x = torch.cat(xs, 1)
+            mod = getattr(model, name)
+            assert_rel(self, mod.running_mean, x.mean(1), what=name)
+            assert_rel(self, mod.running_var, x.var(1, unbiased=False), what=name)
+
+        # include_frozen: bn2 too, in training mode during the pass, then eval again
+        ref = exact_stats(model, data)
+        precise_bn(model, data, self.client, "frozen", step=2, num_iters=NUM_ITERS,
+                   include_frozen=True)
+        self.assertFalse(model.bn2.training)
+        for name, (mean, var) in ref.items():
+            assert_rel(self, getattr(model, name).running_mean, mean, what=name)
+            assert_rel(self, getattr(model, name).running_var, var, what=name)
+        # a model in eval mode as a whole has no frozen layer
+        whole = make_model().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            snap = precise_bn(whole, data, self.client, "frozen", step=3, num_iters=NUM_ITERS)
+        self.assertEqual(len(snap["layers"]), 4)
+        # every layer frozen: nothing to do, said at once
+        allfrozen = make_model().train()
+        for m in allfrozen.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        with self.assertRaises(ValueError) as cm2, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            precise_bn(allfrozen, data, self.client, "frozen", step=4, num_iters=NUM_ITERS)
+        self.assertIn("include_frozen", str(cm2.exception))
+
+    def test_wrapper_prefixes_are_stripped_on_the_way_in_and_matched_on_the_way_out(self):
+        class OptimizedModule(nn.Module):  # torch.compile's wrapper (torch >= 2) holds _orig_mod
+            def __init__(self, mod):
+                super().__init__()
+                self._orig_mod = mod
+
+            def forward(self, x):
+                return self._orig_mod(x)
+
+        model = make_model()
+        wrapped = nn.DataParallel(OptimizedModule(model))  # no GPU: runs the module itself
+        cap = CaptureClient()
+        with BNStatsReporter(wrapped, cap, "wrapped", "w") as rep:
+            self.train(wrapped, rep, 2)
+        self.assertEqual(sorted(cap.uploads[0]["layers"]), ["bn2", "bn3", "head_bn", "seq_bn"])
+        snap = precise_bn(wrapped, make_data(41, n=2), self.client, "wrapped", step=2,
+                          num_iters=2)
+        self.assertEqual(sorted(snap["layers"]), ["bn2", "bn3", "head_bn", "seq_bn"])
+        # the state dict fits the model it is made for: the wrapped one, or the plain one
+        sd = state_dict_from_snapshot(snap, model=wrapped)
+        self.assertEqual(sorted(sd), sorted("module._orig_mod.%s.%s" % (n, b)
+                                            for n in ("bn2", "bn3", "head_bn", "seq_bn")
+                                            for b in ("running_mean", "running_var")))
+        self.assertEqual(wrapped.load_state_dict(sd, strict=False).unexpected_keys, [])
+        self.assertIn("bn2.running_mean", state_dict_from_snapshot(snap, model=model))
+        self.assertIn("bn2.running_mean", state_dict_from_snapshot(snap))
+        # a snapshot stored with the prefixes (by a client that kept them) loads into either
+        c = Client(self.d.url, dtype="f64")
+        layers = {"module." + n: {"count": 8, "mean": [float(i)] * ch, "var": [2.0] * ch}
+                  for i, (n, ch) in enumerate((("bn3", 3), ("bn2", 4), ("seq_bn", 4),
+                                               ("head_bn", 5)))}
+        c.upload("prefixed", "w", 1, 0, layers)
+        c.snapshot_create("prefixed", "s", step=1)
+        for target in (make_model(), nn.DataParallel(make_model())):
+            res = load_snapshot(target, c, "prefixed", "s")
+            self.assertEqual(sorted(res.loaded), ["bn2", "bn3", "head_bn", "seq_bn"])
+            inner = getattr(target, "module", target)
+            self.assertEqual(inner.bn2.running_mean.tolist(), [1.0] * 4)
+            self.assertEqual(inner.head_bn.running_var.tolist(), [1.75] * 5)  # 2 * 7/8
+        sd = state_dict_from_snapshot(c, "prefixed", "s")
+        self.assertIn("seq_bn.running_var", sd)
+
+    def test_ddp_two_ranks_report_and_precise_bn_under_the_plain_names(self):
+        outs = [os.path.join(self.d.tmpdir, "ddp-rank%d.json" % r) for r in range(2)]
+        init = "file://" + os.path.join(self.d.tmpdir, "ddp-init")
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=ddp_worker, args=(self.d.url, "ddp", r, 2, init, outs[r]))
+                 for r in (1, 0)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            self.assertEqual(p.exitcode, 0)
+        res = []
+        for path in outs:
+            with open(path) as f:
+                res.append(json.load(f))
+        self.assertEqual(res[0]["buffers"], res[1]["buffers"])
+        names = ["bn2", "bn3", "head_bn", "seq_bn"]
+        self.assertEqual(sorted(l["name"] for l in self.client.run("ddp")["layers"]), names)
+        self.assertEqual(res[0]["keys"], sorted("module.%s.%s" % (n, b) for n in names
+                                                for b in ("running_mean", "running_var")))
+        for r in res:
+            self.assertEqual((r["counters"]["sent"], r["counters"]["dropped"]), (3, 0))
+        workers = {w["name"]: w["batches"] for w in self.client.run("ddp")["workers"]}
+        self.assertEqual(workers, {"rank0": 3 + NUM_ITERS, "rank1": 3 + NUM_ITERS})
+        # exact: the pooled statistics of both ranks' data through the trained weights
+        trained = make_model()
+        trained.load_state_dict(torch.load(outs[0] + ".pt"))
+        ref = exact_stats(trained, make_data(300) + make_data(301))
+        for name, (mean, var) in ref.items():
+            assert_rel(self, f64(res[0]["buffers"][name + ".running_mean"]), mean, what=name)
+            assert_rel(self, f64(res[0]["buffers"][name + ".running_var"]), var, what=name)
+        plain = make_model()
+        res_load = load_snapshot(plain, self.client, "ddp", "precise-bn-3")
+        self.assertEqual(sorted(res_load.loaded), names)
+        self.assertEqual(plain.bn2.running_mean.double().tolist(),
+                         res[0]["buffers"]["bn2.running_mean"])
+
     def test_precise_bn_short_loader(self):
         with self.assertRaises(ValueError) as cm:
             precise_bn(make_model(), make_data(4, n=2), self.client, "short", step=0,
@@ -419,37 +590,277 @@ class TorchTests(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             rep.step()  # closed
 
-    def test_reporter_refuses_a_layer_called_twice(self):
+    def record_inputs(self, model):
+        """{name: [float64 input of each training-mode call, as (C, n)]} of
+        model's BatchNorm modules, filled by hooks of the test's own."""
+        seen = {}
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                def hook(module, inputs, name=name):
+                    if module.training:
+                        x = inputs[0].detach().double()
+                        seen.setdefault(name, []).append(
+                            x.transpose(0, 1).reshape(x.shape[1], -1))
+                self.addCleanup(mod.register_forward_pre_hook(hook).remove)
+        return seen
+
+    def test_gradient_accumulation_reports_each_micro_batch_or_merges_them(self):
+        # Three forwards (micro-batches) per optimizer step, every=2: each
+        # micro-batch is its own seq, the server merges them exactly; with
+        # merge_micro_batches one upload per step holds the same statistics.
+        accum, steps = 3, 4
+        for merge in (False, True):
+            run = "accum-merged" if merge else "accum"
+            model = make_model()
+            seen = self.record_inputs(model)
+            cap = CaptureClient()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            batches = make_data(21, n=steps * accum, offset=1.0)
+            inputs, emas = [], []
+            for up in (cap, self.client):
+                if up is self.client:
+                    model = make_model()
+                    seen = self.record_inputs(model)
+                    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                rep = BNStatsReporter(model, up, run, "rank0", every=2, dtype="f64",
+                                      merge_micro_batches=merge)
+                for k in range(steps):
+                    opt.zero_grad()
+                    for j in range(accum):
+                        (model(batches[k * accum + j]).pow(2).mean() / accum).backward()
+                    opt.step()
+                    self.assertEqual(rep.step(), k % 2 == 0)  # no RuntimeError, every step
+                    if up is cap:
+                        emas.append({n: m.running_mean.clone() for n, m in model.named_modules()
+                                     if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+                c = rep.close()
+                self.assertEqual((c["dropped"], c["failed"]), (0, 0), c)
+                inputs.append(seen)
+            # the same training twice: the same inputs, bit for bit
+            for name in inputs[0]:
+                for a, b in zip(inputs[0][name], inputs[1][name]):
+                    self.assertTrue(torch.equal(a, b), name)
+            per_step = 1 if merge else accum
+            self.assertEqual([(u["step"], u["seq"]) for u in cap.uploads],
+                             [(k, q) for k in (0, 2) for q in range(per_step)])
+            for u in cap.uploads:  # every seq carries the module's EMA after the step
+                for name, ema in emas[u["step"]].items():
+                    self.assertTrue(torch.equal(u["layers"][name]["ema_mean"], ema), name)
+            seen = inputs[0]
+            for k in (0, 2):
+                st = self.client.stats(run, step=k, window=1)
+                for name, xs in seen.items():
+                    # the inputs of the step's micro-batches (skipped steps: none recorded
+                    # by the reporter, but the test's hooks saw them all)
+                    x = torch.cat(xs[k * accum:(k + 1) * accum], 1)
+                    layer = st["layers"][name]
+                    self.assertEqual(layer["batches"], per_step, name)
+                    self.assertEqual(layer["count"], x.shape[1], name)
+                    assert_rel(self, f64(layer["mean"]), x.mean(1), 1e-9, name)
+                    assert_rel(self, f64(layer["var"]), x.var(1, unbiased=False), 1e-9, name)
+                    if merge:
+                        got = [u for u in cap.uploads if u["step"] == k][0]["layers"][name]
+                        assert_rel(self, got["var"], x.var(1, unbiased=True), 1e-12, name)
+            run_doc = self.client.run(run)
+            self.assertEqual(run_doc["steps"], {"min": 0, "max": 2})
+            self.assertEqual(run_doc["batches"], 2 * per_step)
+            # the layers in model order (the order of the first upload)
+            self.assertEqual([l["name"] for l in run_doc["layers"]],
+                             ["bn3", "bn2", "seq_bn", "head_bn"])
+
+    def test_reporter_counts_each_input_of_a_shared_layer_once(self):
         class Twice(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.lin = nn.Linear(3, 3)
+                self.first_bn = nn.BatchNorm1d(3)
                 self.shared_bn = nn.BatchNorm1d(3)
 
             def forward(self, x):
-                return self.shared_bn(self.lin(self.shared_bn(x)))
+                return self.shared_bn(self.lin(self.shared_bn(self.first_bn(x))))
 
-        cap = CaptureClient()
-        twice = Twice()
-        with BNStatsReporter(twice, cap, "twice", "w"):
-            with self.assertRaises(RuntimeError) as cm:
+        torch.manual_seed(4)
+        for merge in (False, True):
+            twice = Twice()
+            seen = self.record_inputs(twice)
+            cap = CaptureClient()
+            with BNStatsReporter(twice, cap, "twice", "w", merge_micro_batches=merge) as rep:
+                twice(torch.randn(4, 3) + 2.0)  # shared_bn runs twice: no error
+                rep.step()
                 twice(torch.randn(4, 3))
-            self.assertIn("'shared_bn'", str(cm.exception))
-            self.assertIn("ran a second time", str(cm.exception))
-        # two forwards without step() in between are refused the same way
+                rep.discard()                   # forgets that forward
+                twice(torch.randn(4, 3))
+                twice(torch.randn(4, 3))        # two forwards before step(): two micro-batches
+                rep.step()
+            self.assertEqual(len(seen["shared_bn"]), 8)
+            got = {}
+            for u in cap.uploads:
+                for name, layer in u["layers"].items():
+                    if layer["count"]:
+                        got.setdefault((u["step"], name), []).append(layer)
+            for step, calls in ((0, slice(0, 2)), (1, slice(4, 8))):
+                for name in ("first_bn", "shared_bn"):
+                    x = torch.cat(seen[name][calls] if name == "shared_bn"
+                                  else seen[name][calls.start // 2:calls.stop // 2], 1)
+                    layers = got[(step, name)]
+                    self.assertEqual(len(layers), 1 if merge else x.shape[1] // 4, name)
+                    self.assertEqual(sum(l["count"] for l in layers), x.shape[1])
+                    close = dict(rtol=1e-9, atol=1e-12)
+                    if merge:
+                        torch.testing.assert_close(layers[0]["mean"], x.mean(1), **close)
+                        torch.testing.assert_close(layers[0]["var"], x.var(1), **close)
+                    else:
+                        for l, part in zip(layers, x.split(4, 1)):
+                            torch.testing.assert_close(l["mean"], part.mean(1), **close)
+                            torch.testing.assert_close(l["var"], part.var(1), **close)
+            seqs = [(u["step"], u["seq"]) for u in cap.uploads]
+            self.assertEqual(seqs, [(0, 0), (1, 0)] if merge else
+                             [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)])
+
+    def test_hooks_follow_the_global_step_of_a_framework(self):
+        # A framework's loop: accumulate_grad_batches=2, resumed at global
+        # step 10; the callback gets the global step after every batch.
+        from bnstat import BNStatsHooks
+
         model = make_model()
-        with BNStatsReporter(model, cap, "twice2", "w") as rep:
-            x = make_data(9, n=1)[0]
+        cap = CaptureClient()
+        hooks = BNStatsHooks(cap, "hooks", every=1)
+        hooks.on_train_begin(model, global_step=10, rank=3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        global_step = 10
+        for i, b in enumerate(make_data(61, n=6, offset=1.0)):
+            model(b).pow(2).mean().backward()
+            if i % 2 == 1:
+                opt.step()
+                opt.zero_grad()
+                global_step += 1
+            self.assertEqual(hooks.on_batch_end(global_step), True if i % 2 else None)
+        counters = hooks.on_train_end()
+        self.assertEqual(counters["sent"], 6)
+        self.assertEqual([(u["worker"], u["step"], u["seq"]) for u in cap.uploads],
+                         [("rank3", k, q) for k in (10, 11, 12) for q in (0, 1)])
+        with self.assertRaises(RuntimeError):
+            hooks.on_batch_end(13)
+
+        # the example callbacks around them, with stand-ins for the two libraries
+        import types
+        examples = os.path.join(os.path.dirname(HERE), "examples")
+        sys.path.insert(0, examples)
+        self.addCleanup(sys.path.remove, examples)
+        stubs = {"lightning": types.ModuleType("lightning"),
+                 "lightning.pytorch": types.ModuleType("lightning.pytorch"),
+                 "transformers": types.ModuleType("transformers")}
+        stubs["lightning.pytorch"].Callback = object
+        stubs["transformers"].TrainerCallback = object
+        for name, mod in stubs.items():
+            self.assertNotIn(name, sys.modules)
+            sys.modules[name] = mod
+            self.addCleanup(sys.modules.pop, name)
+        import integrations
+
+        ns = types.SimpleNamespace
+        cap = CaptureClient()
+        cb = integrations.lightning_callback(cap, "pl")
+        trainer = ns(global_step=0, global_rank=1)
+        cb.on_train_start(trainer, model)
+        for i, b in enumerate(make_data(62, n=4, offset=1.0)):
+            model(b)
+            trainer.global_step += i % 2   # the optimizer steps every second batch
+            cb.on_train_batch_end(trainer, model, None, b, i)
+        cb.on_train_end(trainer, model)
+        self.assertEqual([(u["worker"], u["step"], u["seq"]) for u in cap.uploads],
+                         [("rank1", 0, 0), ("rank1", 0, 1), ("rank1", 1, 0), ("rank1", 1, 1)])
+        cap = CaptureClient()
+        cb = integrations.hf_callback(cap, "hf", merge_micro_batches=True)
+        state, args = ns(global_step=5), ns(process_index=0)
+        cb.on_train_begin(args, state, None, model=model)
+        for k in range(2):
+            model(make_data(63 + k, n=1, offset=1.0)[0])
+            model(make_data(65 + k, n=1, offset=1.0)[0])
+            state.global_step += 1
+            cb.on_step_end(args, state, None)
+        cb.on_train_end(args, state, None)
+        self.assertEqual([(u["worker"], u["step"], u["seq"], u["layers"]["bn2"]["count"])
+                          for u in cap.uploads], [("rank0", 5, 0, 2 * BATCH * 36),
+                                                  ("rank0", 6, 0, 2 * BATCH * 36)])
+
+    def keep_log(self, level=logging.INFO):
+        """The bnstat logger's records from now on, in a list."""
+        records = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record)
+
+        logger = logging.getLogger("bnstat")
+        handler = Keep(level)
+        old_level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        self.addCleanup(logger.setLevel, old_level)
+        self.addCleanup(logger.removeHandler, handler)
+        return records
+
+    def wait_for(self, what, cond, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            self.assertLess(time.monotonic(), deadline, "no %s within %.0fs" % (what, timeout))
+            time.sleep(0.01)
+
+    def test_reporter_says_at_once_when_the_daemon_does_not_answer_and_sums_up(self):
+        records = self.keep_log()
+        model = make_model()
+        # a port nobody listens on: the health check fails, training goes on
+        client = Client("http://127.0.0.1:1", retries=0, backoff=0.05, timeout=2)
+        rep = BNStatsReporter(model, client, "nobody", "rank0", queue_size=8)
+        self.wait_for("health warning", lambda: rep.healthy is False)
+        msgs = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        self.assertTrue(any("http://127.0.0.1:1 does not answer its health check" in m
+                            and "training goes on" in m for m in msgs), msgs)
+        self.train(model, rep, 2)  # nothing raises
+        c = rep.close(timeout=0.5)
+        self.assertEqual(c["sent"], 0)
+        self.assertGreaterEqual(c["retried"], 1)
+        self.assertEqual(c["dropped"], 2)
+        last = records[-1]
+        self.assertEqual(last.levelno, logging.WARNING)
+        self.assertIn("reporter of run nobody worker rank0 closed: 0 uploads sent, 1 retried, "
+                      "2 dropped, 0 refused", last.getMessage())
+        # a daemon that answers: healthy, and the summary at info level
+        records.clear()
+        with BNStatsReporter(model, self.client, "somebody", "rank0") as rep:
+            self.train(model, rep, 3)
+        self.assertTrue(rep.healthy)
+        self.assertEqual([r.levelno for r in records], [logging.INFO])
+        self.assertIn("closed: 3 uploads sent, 0 retried, 0 dropped, 0 refused",
+                      records[0].getMessage())
+
+    def test_reporter_warns_once_when_its_queue_backs_up(self):
+        records = self.keep_log(logging.WARNING)
+        release = threading.Event()
+
+        class Slow(CaptureClient):
+            url = "http://slow"
+
+            def upload(self, *a, **kw):
+                release.wait(30)
+                return super().upload(*a, **kw)
+
+        model = make_model()
+        slow = Slow()
+        rep = BNStatsReporter(model, slow, "slow", "rank0", queue_size=6)
+        x = make_data(51, n=1)[0]
+        for k in range(5):   # the thread holds one, the queue the others
             model(x)
-            with self.assertRaises(RuntimeError) as cm:
-                model(x)
-            self.assertIn("'bn3'", str(cm.exception))
-            rep.step()
-            model(x)  # fine again after step()
-            rep.discard()  # or after discard(), which reports nothing
-            model(x)
-            rep.step()
-        self.assertEqual([u["step"] for u in cap.uploads if u["run"] == "twice2"], [0, 1])
+            self.assertTrue(rep.step())
+        backlog = [r.getMessage() for r in records]
+        self.assertEqual(len(backlog), 1, backlog)
+        self.assertIn("of 6 uploads are waiting for bnstatd (http://slow)", backlog[0])
+        release.set()
+        self.assertTrue(rep.flush(30))
+        c = rep.close()
+        self.assertEqual((c["sent"], c["dropped"]), (5, 0))
+        self.assertEqual(len(records), 1, [r.getMessage() for r in records])
 
     def test_reporter_logs_non_finite_statistics_once_per_layer_and_goes_on(self):
         # Three BatchNorm layers, each on its own 3 inputs. From step 3 on,
@@ -504,10 +915,11 @@ class TorchTests(unittest.TestCase):
         self.assertEqual((c["sent"], c["failed"], c["nonfinite"], c["dropped"]),
                          (4, 12, 12, 0), c)
         self.assertEqual(rep.nonfinite_layers, {"a", "b", "c"})
-        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING
+                  and " closed: " not in r.getMessage()]  # close()'s summary aside
         self.assertEqual(len(errors), 3, errors)  # once per layer, not once per step
         self.assertTrue(all(r.levelno == logging.ERROR for r in records
-                            if r.levelno >= logging.WARNING))
+                            if r.levelno >= logging.WARNING and " closed: " not in r.getMessage()))
         # b is the one the server names (first by name), c is found here;
         # both at step 3, and a at step 14
         for msg, layer, what, step in zip(errors, ("b", "c", "a"),
@@ -540,7 +952,8 @@ class TorchTests(unittest.TestCase):
                 model.a.reset_running_stats()
                 rep2.step()
         self.assertEqual(rep2.counters["nonfinite"], 3)
-        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        errors = [r.getMessage() for r in records if r.levelno >= logging.WARNING
+                  and " closed: " not in r.getMessage()]
         self.assertEqual(len(errors), 1, errors)
         self.assertIn("BatchNorm layer x has a non-finite var (channel 0) at step 0 ", errors[0])
 
