@@ -22,7 +22,6 @@ Usage:
 """
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -31,27 +30,15 @@ import random
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from benchlib import b64_f32, free_port
+
 TARGET_MS = 100.0
-
-
-def b64_f32(values):
-    return {"dtype": "f32", "b64": base64.b64encode(struct.pack("<%df" % len(values),
-                                                                  *values)).decode()}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Client:
