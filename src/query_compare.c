@@ -114,6 +114,26 @@ static double *compare_buf(double **buf, size_t *cap, size_t c)
 	return *buf;
 }
 
+/*
+ * The 404 of a step without any worker EMA, saying where the newest one is
+ * (a step= that names a PreciseBN pass's step, say, has none).
+ */
+static int no_ema_at(struct store_reader *r, int64_t run_id, int64_t domain_id, const char *domain,
+		     int64_t step, struct bn_error *err)
+{
+	int64_t newest;
+
+	if (domain_id >= 0 && store_ema_latest_step(r, run_id, domain_id, &newest) == 0)
+		return bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+				    "no worker reported an EMA at step %lld in domain %s; the "
+				    "newest step with one is %lld",
+				    (long long)step, domain, (long long)newest);
+	return bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
+			    "no worker reported an EMA at step %lld in domain %s (none in this "
+			    "domain)",
+			    (long long)step, domain);
+}
+
 /* Worker EMA of one layer at one step: the row, when the worker sent one. */
 struct ema_pick {
 	int64_t rowid;
@@ -285,10 +305,7 @@ static int compare_reference(struct store_reader *r, struct replay_cache *cache,
 	} else if (!sim) {
 		rc = store_ema_first_worker(r, run_id, domain_id, step, worker, sizeof(worker));
 		if (rc < 0) {
-			rc = rc == -ENOENT ? bn_error_set(err, 404, BN_E_NOT_FOUND, "step",
-							  "no worker reported an EMA at step %lld "
-							  "in domain %s",
-							  (long long)step, domain)
+			rc = rc == -ENOENT ? no_ema_at(r, run_id, domain_id, domain, step, err)
 					   : query_read_failed(err);
 			goto done;
 		}
@@ -462,10 +479,7 @@ int query_compare(struct store_reader *r, struct replay_cache *cache, const char
 			rc = store_ema_first_worker(r, run_id, domain_id, step, worker,
 						    sizeof(worker));
 			if (rc == -ENOENT) {
-				rc = bn_error_set(
-					err, 404, BN_E_NOT_FOUND, "step",
-					"no worker reported an EMA at step %lld in domain %s",
-					(long long)step, q.domain);
+				rc = no_ema_at(r, run_id, domain_id, q.domain, step, err);
 				goto done;
 			} else if (rc < 0) {
 				rc = query_read_failed(err);

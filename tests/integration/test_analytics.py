@@ -283,7 +283,9 @@ class TestAnalytics(TestCaseMixin, unittest.TestCase):
         self.assertEqual(self.get_ok("/v1/runs/pbn/compare", precise="snapshot:p")["step"], 3)
         self.assertEqual(self.get_ok("/v1/runs/pbn/compare", ema="sim")["step"], 4)
         self.assertEqual(self.get_ok("/v1/runs/pbn/stats")["step"], 4)
-        self.assertError(self.d.get("/v1/runs/pbn/compare", {"step": "4"}), 404, "not_found")
+        reply = self.d.get("/v1/runs/pbn/compare", {"step": "4"})
+        self.assertError(reply, 404, "not_found", "step")
+        self.assertIn("the newest step with one is 3", reply[1]["error"]["message"])
 
     # -- precision -----------------------------------------------------------
 
