@@ -21,6 +21,7 @@ enum opt_type {
 	T_LISTEN,
 	T_LEVEL,
 	T_SYNC,
+	T_CHECK,
 	T_MOMENTA,
 	T_MIB
 };
@@ -62,6 +63,8 @@ static const struct option_def options[] = {
 	  "uploads committed in one transaction at most" },
 	{ "synchronous", T_SYNC, F(store.sync_full), 0, 0,
 	  "full (durable on power loss) or normal (on process crash)" },
+	{ "integrity-check", T_CHECK, F(store.integrity_check), 0, 0,
+	  "quick (PRAGMA quick_check at start: a damaged database is refused) or off" },
 	{ "retain-steps", T_I64, F(store.retain_steps), 0, 1ull << 62,
 	  "keep per-step statistics of the last N steps of each run (0: all)" },
 	{ "history-full-steps", T_I64, F(store.history_full_steps), 0, 1ull << 62,
@@ -246,6 +249,14 @@ static int set_option(struct config *c, const struct option_def *o, const char *
 		}
 		return bn_error_set(err, 400, BN_E_INVALID, o->name,
 				    "%s: synchronous must be full or normal, got \"%s\"", where, v);
+	case T_CHECK:
+		if (strcmp(v, "quick") == 0 || strcmp(v, "off") == 0) {
+			*(bool *)(void *)field = strcmp(v, "quick") == 0;
+			return 0;
+		}
+		return bn_error_set(err, 400, BN_E_INVALID, o->name,
+				    "%s: integrity-check must be quick or off, got \"%s\"", where,
+				    v);
 	case T_MOMENTA:
 		return parse_momenta(&c->store, v, where, err);
 	case T_UINT:
@@ -446,6 +457,9 @@ void config_usage(const char *prog)
 			break;
 		case T_SYNC:
 			snprintf(def, sizeof(def), "full");
+			break;
+		case T_CHECK:
+			snprintf(def, sizeof(def), "quick");
 			break;
 		case T_MOMENTA:
 			format_momenta(&d.store, def, sizeof(def));

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "log.h"
 
@@ -20,6 +21,7 @@ void store_options_default(struct store_options *o)
 	*o = (struct store_options){ .queue_max = 1024,
 				     .group_max = 512,
 				     .sync_full = true,
+				     .integrity_check = true,
 				     .history_full_steps = 5000,
 				     .open_steps_bytes = (size_t)256 << 20 };
 	for (i = 0; i < sizeof(momenta) / sizeof(momenta[0]); i++)
@@ -27,11 +29,62 @@ void store_options_default(struct store_options *o)
 	o->n_sim_momenta = i;
 }
 
+static int first_text(void *ctx, sqlite3_stmt *st)
+{
+	const unsigned char *t = sqlite3_column_text(st, 0);
+
+	snprintf(ctx, 256, "%s", t ? (const char *)t : "");
+	return 1;
+}
+
+/*
+ * PRAGMA quick_check before anything is written (docs/OPERATIONS.md, "A
+ * damaged database"): a file whose pages do not hold together is refused,
+ * rather than acknowledging uploads into it. It reads the whole file once.
+ */
+static int integrity_check(struct store *s, struct bn_error *err)
+{
+	char first[256] = "";
+	sqlite3_stmt *st;
+	struct timespec t0, t1;
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (store_sql_prepare(s->wdb, "PRAGMA quick_check(1)", &st) < 0) {
+		/* not even the schema reads: as damaged as it gets */
+		snprintf(first, sizeof(first), "%s", sqlite3_errmsg(s->wdb));
+		rc = 1;
+	} else {
+		rc = store_sql_rows(st, first_text, first);
+		if (rc < 0)
+			snprintf(first, sizeof(first), "%s", sqlite3_errmsg(s->wdb));
+		sqlite3_finalize(st);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	for (char *c = first; *c != '\0'; c++)
+		if ((unsigned char)*c < 0x20)
+			*c = ' '; /* quick_check's report is lines: keep the log line one */
+	if (rc >= 0 && strcmp(first, "ok") == 0) {
+		log_info("integrity_check", "result=ok seconds=%.3f",
+			 (double)(t1.tv_sec - t0.tv_sec) +
+				 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+		return 0;
+	}
+	log_error("integrity_check", "result=damaged db=\"%s\" first=\"%s\"", s->path, first);
+	return bn_error_set(
+		err, 500, BN_E_INTERNAL, NULL,
+		"database %s is damaged (PRAGMA quick_check: %s); nothing was written "
+		"to it: restore a backup or recover it (docs/OPERATIONS.md, \"A damaged "
+		"database\")",
+		s->path, first);
+}
+
 int store_open(const char *path, const struct store_options *opt, struct store **out,
 	       struct bn_error *err)
 {
 	struct store *s;
 	char pragma[64];
+	int64_t pages = 0;
 
 	*out = NULL;
 	s = calloc(1, sizeof(*s));
@@ -59,14 +112,24 @@ int store_open(const char *path, const struct store_options *opt, struct store *
 
 	if (store_sql_open(path, true, &s->wdb, err) < 0)
 		goto fail;
+	/* before anything writes: even a PRAGMA may rewrite the file's header */
+	if (s->opt.integrity_check && integrity_check(s, err) < 0)
+		goto fail;
 	/*
-	 * These two only take effect on a new, empty database. Large pages suit
-	 * rows that are blobs of tens to hundreds of KB (fewer overflow pages
-	 * per row); incremental auto-vacuum lets retention shrink the file.
+	 * These two only take effect on a new, empty database (and on an old
+	 * one auto_vacuum would rewrite the header for nothing). Large pages
+	 * suit rows that are blobs of tens to hundreds of KB (fewer overflow
+	 * pages per row); incremental auto-vacuum lets retention shrink the
+	 * file.
 	 */
-	if (store_sql_exec(s->wdb, "PRAGMA page_size=65536", err) < 0 ||
-	    store_sql_exec(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0 ||
-	    store_sql_exec(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
+	if (store_sql_int64(s->wdb, "PRAGMA page_count", 0, 0, NULL, &pages) < 0) {
+		store_sql_error(err, s->wdb, "reading the page count");
+		goto fail;
+	}
+	if (pages == 0 && (store_sql_exec(s->wdb, "PRAGMA page_size=65536", err) < 0 ||
+			   store_sql_exec(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0))
+		goto fail;
+	if (store_sql_exec(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
 		goto fail;
 	snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%s",
 		 s->opt.sync_full ? "FULL" : "NORMAL");

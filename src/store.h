@@ -51,6 +51,7 @@ struct store_options {
 	size_t queue_max;     /* uploads waiting for the writer before 503 (default 1024) */
 	size_t group_max;     /* batches per transaction at most (default 512) */
 	bool sync_full;	      /* PRAGMA synchronous=FULL (default) instead of NORMAL */
+	bool integrity_check; /* PRAGMA quick_check at open, a damaged file refused (default) */
 	int64_t retain_steps; /* keep per-step statistics of the last N steps per run; 0: all */
 	/* steps per domain kept per step before older ones go to buckets (default 5000; 0: never)
 	 */

@@ -339,7 +339,7 @@ EXPECTED_OPTIONS = {
     "db", "listen", "threads", "max-body", "max-layers", "max-channels", "max-connections",
     "max-connections-per-ip", "timeout", "queue-max", "group-max", "synchronous",
     "retain-steps", "token-file", "tls-cert", "tls-key", "log-file", "replay-cache-mb",
-    "log-level", "header-timeout", "body-min-rate", "body-memory-max",
+    "log-level", "header-timeout", "body-min-rate", "body-memory-max", "integrity-check",
 }
 
 

@@ -303,5 +303,52 @@ class TestRetainRunsDays(TestCaseMixin, unittest.TestCase):
 # sd_notify
 
 
+class TestDamagedDatabase(TestCaseMixin, unittest.TestCase):
+    """A damaged file is refused at start, before anything is written to it
+    (docs/OPERATIONS.md, "A damaged database")."""
+
+    PAGE = 65536       # the page size bnstatd gives a new database
+
+    def test_a_damaged_file_is_refused_and_left_as_it_was(self):
+        d = Daemon()
+        d.start()
+        s = Session(d.port)
+        try:
+            for step in range(1, 201):
+                l, _, _ = layer(64, count=32, ema=True, rng=random.Random(step))
+                st, body, _ = s.post_batch("dmg", doc(step, layers={"bn": l}))
+                self.assertEqual(st, 200, body)
+        finally:
+            s.close()
+        d.stop()
+        db = d.db
+        size = os.path.getsize(db)
+        self.assertGreater(size, 8 * self.PAGE)
+        # 256 bytes over the header of a page in the middle: a b-tree page no longer
+        with open(db, "r+b") as f:
+            f.seek((size // self.PAGE // 2) * self.PAGE)
+            f.write(b"\xff" * 256)
+        with open(db, "rb") as f:
+            before = f.read()
+        r = run_bnstatd("--db", db, "--listen", "127.0.0.1:0")
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("is damaged (PRAGMA quick_check:", r.stderr)
+        self.assertIn("event=integrity_check result=damaged", r.stderr)
+        with open(db, "rb") as f:
+            self.assertEqual(f.read(), before, "the damaged file was written to")
+        # integrity-check = off is the operator's choice to start anyway
+        r = run_bnstatd("--db", db, "--integrity-check", "off", "-t")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run_bnstatd("--db", db, "--integrity-check", "maybe", "-t")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("integrity-check must be quick or off", r.stderr)
+
+    def test_a_sound_file_passes_and_says_so(self):
+        d = Daemon()
+        d.start()
+        d.wait_log(r"event=integrity_check result=ok seconds=")
+        d.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
