@@ -143,7 +143,7 @@ class BNStatsReporter:
                 return None
             if not self._micro or name in self._micro[-1]:
                 self._micro.append({})  # the next forward (micro-batch) begins
-            self._micro[-1][name] = _bn.batch_stats(inputs[0])
+            self._micro[-1][name] = _bn.device_stats(inputs[0])
             return None
 
         return pre_hook
@@ -180,39 +180,89 @@ class BNStatsReporter:
         self._step = s + 1
         if s % self.every != 0 or not micro:
             return False
-        if self.merge_micro_batches and len(micro) > 1:
-            names = {n for mb in micro for n in mb}
-            merged = {}
-            for name in names:
-                stats = _bn.merge_stats([mb[name] for mb in micro if name in mb])
-                if stats is not None:
-                    merged[name] = stats
-            micro = [merged]
-        emas = {}
+        packed = self._pack(micro)
+        parts = [list(range(len(micro)))] if self.merge_micro_batches else \
+            [[i] for i in range(len(micro))]
+        queued = True
+        for part in parts:
+            seq = self._last[1] + 1 if self._last[0] == s else 0
+            self._last = (s, seq)
+            queued = self._enqueue(s, seq, (packed, part)) and queued
+        return queued
+
+    def _pack(self, micro):
+        """The step's statistics and EMAs as one float64 tensor on its way to
+        the host, without waiting for it (docs/PERFORMANCE.md, "Reporter"):
+        one torch.cat on the device (a copy, so later in-place updates of
+        the running buffers do not change it), and on a GPU one non_blocking
+        copy into pinned memory (PyTorch's caching host allocator reuses the
+        buffers) with an event the background thread waits for. Returns
+        (tensor, event or None, ema layout, micro-batch layouts)."""
+        import torch
+
+        pieces, offset = [], 0
+        emas = []  # (name, channels, dtype, offset)
         for name, m in self._modules:
             if m.running_mean is not None and m.running_var is not None:
-                emas[name] = {"ema_mean": m.running_mean.detach().to("cpu", copy=True),
-                              "ema_var": m.running_var.detach().to("cpu", copy=True)}
-        queued = True
+                c = m.running_mean.numel()
+                emas.append((name, c, m.running_mean.dtype, offset))
+                pieces += [m.running_mean.detach().reshape(-1), m.running_var.detach().reshape(-1)]
+                offset += 2 * c
+        layouts = []  # per micro-batch: {name: (count, channels, offset) or None (unused)}
         for pending in micro:
-            layers = {}
+            layout = {}
             for name, m in self._modules:
                 stats = pending.get(name)
                 if stats is None:
                     if m.training:
-                        layers[name] = {"count": 0}  # unused in this batch
+                        layout[name] = None
                     continue
                 count, mean, var = stats
-                layers[name] = dict({"count": count, "mean": mean.cpu(), "var": var.cpu()},
-                                    **emas.get(name, {}))
-            seq = self._last[1] + 1 if self._last[0] == s else 0
-            self._last = (s, seq)
-            queued = self._enqueue(s, seq, layers) and queued
-        return queued
+                layout[name] = (count, mean.numel(), offset)
+                pieces += [mean, var]
+                offset += 2 * mean.numel()
+            layouts.append(layout)
+        device = pieces[0].device if pieces else None
+        flat = torch.cat([p.to(torch.float64) for p in pieces]) if pieces else \
+            torch.zeros(0, dtype=torch.float64)
+        event = None
+        if device is not None and device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flat = host
+        return flat, event, emas, layouts
 
-    def _enqueue(self, s, seq, layers):
+    @staticmethod
+    def _unpack(packed, part, merge):
+        """{layer: {"count", "mean", "var", "ema_mean", "ema_var"}} of the
+        micro-batches part of a _pack()ed step (merged in float64 when there
+        are several), on the background thread."""
+        flat, event, emas, layouts = packed
+        if event is not None:
+            event.synchronize()  # this thread waits for the copy, never training
+        ema = {name: {"ema_mean": flat[o:o + c].to(dt), "ema_var": flat[o + c:o + 2 * c].to(dt)}
+               for name, c, dt, o in emas}
+        layers = {}
+        for name in dict.fromkeys(n for i in part for n in layouts[i]):
+            got = [layouts[i].get(name) for i in part]
+            stats = [(n, flat[o:o + c], flat[o + c:o + 2 * c]) for n, c, o in
+                     (g for g in got if g is not None)]
+            if not stats:
+                layers[name] = {"count": 0}  # unused in this batch
+                continue
+            merged = _bn.merge_stats(stats) if len(stats) > 1 else stats[0]
+            if merged is None:
+                layers[name] = {"count": 0}
+                continue
+            count, mean, var = merged
+            layers[name] = dict({"count": count, "mean": mean, "var": var}, **ema.get(name, {}))
+        return layers
+
+    def _enqueue(self, s, seq, packed):
         try:
-            self._queue.put((s, seq, layers), timeout=self.block_timeout)
+            self._queue.put((s, seq, packed), timeout=self.block_timeout)
         except queue.Full:
             with self._lock:
                 self.dropped += 1
@@ -267,7 +317,16 @@ class BNStatsReporter:
                     with self._lock:
                         self.dropped += 1
                     continue
-                self._send(*item)
+                s, seq, (packed, part) = item
+                try:
+                    layers = self._unpack(packed, part, self.merge_micro_batches)
+                except Exception as e:  # never let a conversion kill the thread
+                    with self._lock:
+                        self.failed += 1
+                        self.last_error = e
+                    log.error("bnstat: statistics of step %d seq %d unreadable: %r", s, seq, e)
+                    continue
+                self._send(s, seq, layers)
             finally:
                 self._queue.task_done()
                 if self._queue.unfinished_tasks == 0:
