@@ -223,7 +223,7 @@ class BNStatsReporter:
                 offset += 2 * mean.numel()
             layouts.append(layout)
         device = pieces[0].device if pieces else None
-        flat = torch.cat([p.to(torch.float64) for p in pieces]) if pieces else \
+        flat = torch.cat(pieces).to(torch.float64) if pieces else \
             torch.zeros(0, dtype=torch.float64)
         event = None
         if device is not None and device.type == "cuda":
@@ -428,12 +428,16 @@ class BNStatsReporter:
                     "queued": self._queue.unfinished_tasks}
 
     def flush(self, timeout=None):
-        """Wait until every queued upload is done; True unless timeout ran out."""
+        """Wait until every queued upload is done; True unless timeout ran out.
+        Wakes as the last one ends (the queue's condition, no polling)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                done.wait(left)
         return True
 
     def remove_hooks(self):
