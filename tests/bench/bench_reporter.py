@@ -8,9 +8,12 @@ run, sending to a bnstatd started on this machine; a condition's hooks are
 attached only during its blocks). The blocks come in --pairs rounds of one
 block per condition, the order rotating from round to round, so that the
 machine's noise (other processes on shared cores) falls on all conditions
-alike. A block's time includes waiting, at its end, for its reporter's queue
-to empty: the background thread's work (conversion, encoding, HTTP) is
-counted in full even where it would overlap the next steps.
+alike. A block is timed from its first step to the end of its last
+step(), as the training loop sees it; then (untimed) its reporter's queue
+is emptied so that no upload of one block runs in the next. So the
+background thread's work (conversion, encoding, HTTP) and the daemon's are
+counted where they overlap the block's own steps (they compete for the same
+cores), all but the last upload's.
 
 Per round, ratio = block time with the reporter / the adjacent round's block
 without; reported: the geometric mean of the ratios with a 95 % confidence
@@ -23,7 +26,7 @@ layers; Debian's python3-torchvision).
 
 Usage:
   /usr/bin/python3 tests/bench/bench_reporter.py --bnstatd src/bnstatd
-      [--models small,resnet18] [--pairs 50] [--block-steps 10] [--threads 2]
+      [--models small,resnet18] [--pairs 50] [--block-steps N] [--threads 1]
 """
 
 import argparse
@@ -80,6 +83,9 @@ def attach(rep):
     rep._handles = [m.register_forward_pre_hook(rep._hook(name)) for name, m in rep._modules]
 
 
+BLOCK_STEPS = {"small": 100, "resnet18": 10}
+
+
 def bench(model_name, url, a):
     model, data = make(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -96,7 +102,7 @@ def bench(model_name, url, a):
             attach(rep)
         steps = []
         t0 = time.perf_counter()
-        for _ in range(a.block_steps):
+        for _ in range(a.block_steps or BLOCK_STEPS[model_name]):
             s = time.perf_counter()
             x, y = next(data)
             loss = F.cross_entropy(model(x), y)
@@ -106,10 +112,9 @@ def bench(model_name, url, a):
             if rep is not None:
                 rep.step()
             steps.append(time.perf_counter() - s)
-        if rep is not None:
-            rep.flush()
         t = time.perf_counter() - t0
         if rep is not None:
+            rep.flush()
             rep.remove_hooks()
         return t, steps
 
@@ -140,21 +145,23 @@ def main():
     p.add_argument("--bnstatd", required=True, help="the bnstatd binary to start")
     p.add_argument("--models", default="small,resnet18")
     p.add_argument("--pairs", type=int, default=50, help="rounds of one block per condition")
-    p.add_argument("--block-steps", type=int, default=10,
-                   help="steps per block (a multiple of 10: one every=10 upload per block)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--block-steps", type=int, default=None,
+                   help="steps per block, a multiple of 10 (default: small 100, resnet18 10)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (1: a core left for the daemon, as in the tests)")
     a = p.parse_args()
-    if a.pairs < 2 or a.block_steps < 1:
+    if a.pairs < 2 or (a.block_steps is not None and a.block_steps < 1):
         raise SystemExit("--pairs must be >= 2 and --block-steps >= 1")
     torch.set_num_threads(a.threads)
     proc, url, tmpdir = spawn_bnstatd(a.bnstatd)
     try:
         print("# BNStatsReporter overhead\n")
         print("`%s`\n" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
-        print("%s, %d CPUs, Python %s, torch %s, torch threads %d, %d rounds of %d-step "
-              "blocks, bnstatd on this machine\n" % (
+        print("%s, %d CPUs, Python %s, torch %s, torch threads %d, %d rounds of blocks "
+              "of %s steps, bnstatd on this machine\n" % (
                   platform.platform(), os.cpu_count(), platform.python_version(),
-                  torch.__version__, a.threads, a.pairs, a.block_steps))
+                  torch.__version__, a.threads, a.pairs,
+                  a.block_steps or ", ".join("%d (%s)" % (v, k) for k, v in BLOCK_STEPS.items())))
         print("| model | reporter | step ms (median) | ratio | 95 % CI | uploads sent |")
         print("|---|---|--:|--:|--:|--:|")
         for name in a.models.split(","):

@@ -247,8 +247,9 @@ class BNStatsReporter:
         layers = {}
         for name in dict.fromkeys(n for i in part for n in layouts[i]):
             got = [layouts[i].get(name) for i in part]
-            stats = [(n, flat[o:o + c], flat[o + c:o + 2 * c]) for n, c, o in
-                     (g for g in got if g is not None)]
+            stats = [(n, flat[o:o + c], flat[o + c:o + 2 * c] * (n / (n - 1) if n > 1 else
+                                                                  float("nan")))
+                     for n, c, o in (g for g in got if g is not None)]  # var: unbiased
             if not stats:
                 layers[name] = {"count": 0}  # unused in this batch
                 continue
