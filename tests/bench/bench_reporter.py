@@ -78,11 +78,6 @@ def make(model_name):
     raise SystemExit("unknown model %r" % model_name)
 
 
-def attach(rep):
-    """Hook rep's BatchNorm modules again (after remove_hooks)."""
-    rep._handles = [m.register_forward_pre_hook(rep._hook(name)) for name, m in rep._modules]
-
-
 BLOCK_STEPS = {"small": 100, "resnet18": 10}
 
 
@@ -99,7 +94,7 @@ def bench(model_name, url, a):
     def block(cond):
         rep = reps.get(cond)
         if rep is not None:
-            attach(rep)
+            rep.add_hooks()
         steps = []
         t0 = time.perf_counter()
         for _ in range(a.block_steps or BLOCK_STEPS[model_name]):

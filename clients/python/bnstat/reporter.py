@@ -7,12 +7,14 @@
     reporter.close()
 
 Per forward, a forward pre-hook on each BatchNorm module in training mode
-computes the input's per-channel count, mean and unbiased variance (float64).
-step() — called once per optimizer step, after optimizer.step() — packs them
-with each module's running_mean/running_var (its EMA after this batch) into
-one upload per forward (micro-batch) and hands them to a background thread,
-so that training never waits for the network. torch is imported only when a
-reporter is created.
+computes the input's per-channel count, mean and variance on its device
+(_bn.device_stats). step() — called once per optimizer step, after
+optimizer.step() — packs them with each module's running_mean/running_var
+(its EMA after this batch) into one tensor copied to the host without
+waiting (_pack) and hands it to a background thread, which waits for the
+copy, forms one upload per forward (micro-batch) and sends it: the training
+thread never waits for the device nor for the network (docs/PERFORMANCE.md,
+"The reporter's cost"). torch is imported only when a reporter is created.
 """
 
 import copy
@@ -115,8 +117,9 @@ class BNStatsReporter:
         self._step = int(start_step)
         self._last = (None, -1)  # (step, seq) of the last upload
         self._micro = []  # per forward since the last step(): {name: (count, mean, var)}
-        self._handles = [m.register_forward_pre_hook(self._hook(name))
-                         for name, m in self._modules]
+        self._handles = []
+        self._observing = True  # until remove_hooks()
+        self._hook_for_step()
         self._queue = queue.Queue(maxsize=max(1, int(queue_size)))
         self._abandon = threading.Event()
         self._lock = threading.Lock()
@@ -135,6 +138,19 @@ class BNStatsReporter:
         self._thread.start()
 
     # -- hooks --------------------------------------------------------------
+
+    def _hook_for_step(self):
+        """Hook the modules when the coming step is an every-th one, unhook
+        them otherwise: on the steps `every` skips the model runs without
+        any hook (a module with a hook takes PyTorch's slower call path)."""
+        want = self._observing and self._step % self.every == 0
+        if want and not self._handles:
+            self._handles = [m.register_forward_pre_hook(self._hook(name))
+                             for name, m in self._modules]
+        elif not want and self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
 
     def _hook(self, name):
         def pre_hook(module, inputs):
@@ -178,6 +194,7 @@ class BNStatsReporter:
         s = self._step
         micro, self._micro = self._micro, []
         self._step = s + 1
+        self._hook_for_step()
         if s % self.every != 0 or not micro:
             return False
         packed = self._pack(micro)
@@ -442,10 +459,17 @@ class BNStatsReporter:
         return True
 
     def remove_hooks(self):
-        """Stop observing the model (close() does it too)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Stop observing the model (close() does it too); add_hooks()
+        resumes."""
+        self._observing = False
+        self._hook_for_step()
+
+    def add_hooks(self):
+        """Observe the model again after remove_hooks()."""
+        if self._closed:
+            raise RuntimeError("bnstat: BNStatsReporter.add_hooks() after close()")
+        self._observing = True
+        self._hook_for_step()
 
     def close(self, timeout=60.0):
         """Remove the hooks, send what is queued (waiting up to timeout

@@ -657,6 +657,30 @@ class TorchTests(unittest.TestCase):
                 assert_rel(self, u["layers"][name]["ema_mean"], rm, 1e-4, name)
                 assert_rel(self, u["layers"][name]["ema_var"], rv, 1e-4, name)
 
+    def test_reporter_hooks_only_the_steps_it_reports(self):
+        # On the steps `every` skips the modules carry no hook at all (the
+        # model runs PyTorch's plain call path); remove_hooks/add_hooks.
+        model = make_model()
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        cap = CaptureClient()
+        rep = BNStatsReporter(model, cap, "hooks", "w", every=3, start_step=1)
+        hooked = []
+        for _ in range(7):  # steps 1..7
+            hooked.append(any(m._forward_pre_hooks for m in bns))
+            model(make_data(3, n=1)[0])
+            rep.step()
+        self.assertEqual(hooked, [False, False, True, False, False, True, False])
+        rep.remove_hooks()
+        rep.step()  # step 8; step 9 is an every-th step, but not observed
+        self.assertFalse(any(m._forward_pre_hooks for m in bns))
+        rep.add_hooks()
+        self.assertTrue(all(len(m._forward_pre_hooks) == 1 for m in bns))
+        model(make_data(3, n=1)[0])
+        rep.step()
+        rep.close()
+        self.assertEqual([u["step"] for u in cap.uploads], [3, 6, 9])
+        self.assertFalse(any(m._forward_pre_hooks for m in bns))
+
     def test_reporter_every_and_unused_layers(self):
         class Branchy(nn.Module):
             def __init__(self):
