@@ -240,6 +240,8 @@ class BNStatsReporter:
                 offset += 2 * mean.numel()
             layouts.append(layout)
         device = pieces[0].device if pieces else None
+        if any(p.device != device for p in pieces):  # a model split across devices
+            pieces = [p.to(device, non_blocking=True) for p in pieces]
         flat = torch.cat(pieces).to(torch.float64) if pieces else \
             torch.zeros(0, dtype=torch.float64)
         event = None
