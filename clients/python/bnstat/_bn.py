@@ -77,13 +77,13 @@ def device_stats(x):
     the kernel BatchNorm's own forward uses to collect them
     (torch.batch_norm_update_stats, without running buffers), no copy to
     the host, about a quarter of var_mean's cost on a CPU
-    (docs/PERFORMANCE.md, "Reporter"). mean and var are [C] tensors of x's
-    float type or float64 (float32 at least: half and bfloat16 inputs are
-    widened, so the sums are never accumulated in less), equal to a float64
-    computation to float32 rounding on a CPU (where the kernel accumulates
-    contiguous (N, C, ...) inputs in float64; the others are summed here in
-    float64). The unbiased variance is var * count / (count - 1),
-    computed by the caller in float64."""
+    (docs/PERFORMANCE.md, "The reporter's cost"). mean and var are [C]
+    tensors of x's float type or float64 (float32 at least: half and
+    bfloat16 inputs are widened, so the sums are never accumulated in
+    less), equal to a float64 computation to float32 rounding on a CPU
+    (where the kernel accumulates contiguous (N, C, ...) inputs in float64;
+    the others are summed here in float64). The unbiased variance is
+    var * count / (count - 1), formed by the caller in float64."""
     import torch
 
     if x.dim() < 2:

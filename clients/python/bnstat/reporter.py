@@ -116,7 +116,7 @@ class BNStatsReporter:
             raise ValueError("the model has no BatchNorm module to report")
         self._step = int(start_step)
         self._last = (None, -1)  # (step, seq) of the last upload
-        self._micro = []  # per forward since the last step(): {name: (count, mean, var)}
+        self._micro = []  # per forward since the last step(): {name: (count, mean, biased var)}
         self._handles = []
         self._observing = True  # until remove_hooks()
         self._hook_for_step()
@@ -209,12 +209,13 @@ class BNStatsReporter:
 
     def _pack(self, micro):
         """The step's statistics and EMAs as one float64 tensor on its way to
-        the host, without waiting for it (docs/PERFORMANCE.md, "Reporter"):
-        one torch.cat on the device (a copy, so later in-place updates of
-        the running buffers do not change it), and on a GPU one non_blocking
-        copy into pinned memory (PyTorch's caching host allocator reuses the
-        buffers) with an event the background thread waits for. Returns
-        (tensor, event or None, ema layout, micro-batch layouts)."""
+        the host, without waiting for it (docs/PERFORMANCE.md, "The
+        reporter's cost"): one torch.cat on the device (a copy, so later
+        in-place updates of the running buffers do not change it), and on a
+        GPU one non_blocking copy into pinned memory (PyTorch's caching host
+        allocator reuses the buffers) with an event the background thread
+        waits for. Returns (tensor, event or None, ema layout, micro-batch
+        layouts)."""
         import torch
 
         pieces, offset = [], 0
