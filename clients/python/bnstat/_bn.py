@@ -71,6 +71,44 @@ def batch_stats(x):
     return count, mean, var
 
 
+def device_stats(x):
+    """(count, mean, biased var) of a BatchNorm input x of shape (N, C, ...)
+    for the reporter, on the training thread: computed where x lives with
+    the kernel BatchNorm's own forward uses to collect them
+    (torch.batch_norm_update_stats, without running buffers), no copy to
+    the host, about a quarter of var_mean's cost on a CPU
+    (docs/PERFORMANCE.md, "The reporter's cost"). mean and var are [C]
+    tensors of x's float type or float64 (float32 at least: half and
+    bfloat16 inputs are widened, so the sums are never accumulated in
+    less), equal to a float64 computation to float32 rounding on a CPU
+    (where the kernel accumulates contiguous (N, C, ...) inputs in float64;
+    the others are summed here in float64). The unbiased variance is
+    var * count / (count - 1), formed by the caller in float64."""
+    import torch
+
+    if x.dim() < 2:
+        raise ValueError("a BatchNorm input needs a batch and a channel dimension, "
+                         "not shape %r" % (tuple(x.shape),))
+    channels = x.shape[1]
+    count = x.numel() // channels if channels else 0
+    with torch.no_grad():
+        x = x.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        if x.is_cuda or (x.dim() > 2 and x.is_contiguous()):
+            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+            return count, mean, var
+        # (N, C) and channels-last inputs: the CPU kernel sums those in
+        # float32; two passes in float64 instead (they are small or rare).
+        dims = [0] + list(range(2, x.dim()))
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        mean = torch.mean(x, dims, dtype=torch.float64)
+        centre = mean.to(x.dtype)
+        m2 = torch.sum((x - centre.view(shape)).square_(), dims, dtype=torch.float64)
+        delta = mean - centre  # sum (x - c)^2 = sum (x - mean)^2 + n (mean - c)^2
+        return count, mean, (m2 - delta * delta * count) / max(count, 1)
+
+
 def merge_stats(parts):
     """(count, mean, unbiased var) of the union of several batches' (count,
     mean, unbiased var), per channel in float64 (Chan et al.'s pairwise

@@ -7,12 +7,14 @@
     reporter.close()
 
 Per forward, a forward pre-hook on each BatchNorm module in training mode
-computes the input's per-channel count, mean and unbiased variance (float64).
-step() — called once per optimizer step, after optimizer.step() — packs them
-with each module's running_mean/running_var (its EMA after this batch) into
-one upload per forward (micro-batch) and hands them to a background thread,
-so that training never waits for the network. torch is imported only when a
-reporter is created.
+computes the input's per-channel count, mean and variance on its device
+(_bn.device_stats). step() — called once per optimizer step, after
+optimizer.step() — packs them with each module's running_mean/running_var
+(its EMA after this batch) into one tensor copied to the host without
+waiting (_pack) and hands it to a background thread, which waits for the
+copy, forms one upload per forward (micro-batch) and sends it: the training
+thread never waits for the device nor for the network (docs/PERFORMANCE.md,
+"The reporter's cost"). torch is imported only when a reporter is created.
 """
 
 import copy
@@ -114,9 +116,10 @@ class BNStatsReporter:
             raise ValueError("the model has no BatchNorm module to report")
         self._step = int(start_step)
         self._last = (None, -1)  # (step, seq) of the last upload
-        self._micro = []  # per forward since the last step(): {name: (count, mean, var)}
-        self._handles = [m.register_forward_pre_hook(self._hook(name))
-                         for name, m in self._modules]
+        self._micro = []  # per forward since the last step(): {name: (count, mean, biased var)}
+        self._handles = []
+        self._observing = True  # until remove_hooks()
+        self._hook_for_step()
         self._queue = queue.Queue(maxsize=max(1, int(queue_size)))
         self._abandon = threading.Event()
         self._lock = threading.Lock()
@@ -136,6 +139,19 @@ class BNStatsReporter:
 
     # -- hooks --------------------------------------------------------------
 
+    def _hook_for_step(self):
+        """Hook the modules when the coming step is an every-th one, unhook
+        them otherwise: on the steps `every` skips the model runs without
+        any hook (a module with a hook takes PyTorch's slower call path)."""
+        want = self._observing and self._step % self.every == 0
+        if want and not self._handles:
+            self._handles = [m.register_forward_pre_hook(self._hook(name))
+                             for name, m in self._modules]
+        elif not want and self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+
     def _hook(self, name):
         def pre_hook(module, inputs):
             if (not module.training or self._step % self.every != 0
@@ -143,7 +159,7 @@ class BNStatsReporter:
                 return None
             if not self._micro or name in self._micro[-1]:
                 self._micro.append({})  # the next forward (micro-batch) begins
-            self._micro[-1][name] = _bn.batch_stats(inputs[0])
+            self._micro[-1][name] = _bn.device_stats(inputs[0])
             return None
 
         return pre_hook
@@ -178,41 +194,96 @@ class BNStatsReporter:
         s = self._step
         micro, self._micro = self._micro, []
         self._step = s + 1
+        self._hook_for_step()
         if s % self.every != 0 or not micro:
             return False
-        if self.merge_micro_batches and len(micro) > 1:
-            names = {n for mb in micro for n in mb}
-            merged = {}
-            for name in names:
-                stats = _bn.merge_stats([mb[name] for mb in micro if name in mb])
-                if stats is not None:
-                    merged[name] = stats
-            micro = [merged]
-        emas = {}
+        packed = self._pack(micro)
+        parts = [list(range(len(micro)))] if self.merge_micro_batches else \
+            [[i] for i in range(len(micro))]
+        queued = True
+        for part in parts:
+            seq = self._last[1] + 1 if self._last[0] == s else 0
+            self._last = (s, seq)
+            queued = self._enqueue(s, seq, (packed, part)) and queued
+        return queued
+
+    def _pack(self, micro):
+        """The step's statistics and EMAs as one float64 tensor on its way to
+        the host, without waiting for it (docs/PERFORMANCE.md, "The
+        reporter's cost"): one torch.cat on the device (a copy, so later
+        in-place updates of the running buffers do not change it), and on a
+        GPU one non_blocking copy into pinned memory (PyTorch's caching host
+        allocator reuses the buffers) with an event the background thread
+        waits for. Returns (tensor, event or None, ema layout, micro-batch
+        layouts)."""
+        import torch
+
+        pieces, offset = [], 0
+        emas = []  # (name, channels, dtype, offset)
         for name, m in self._modules:
             if m.running_mean is not None and m.running_var is not None:
-                emas[name] = {"ema_mean": m.running_mean.detach().to("cpu", copy=True),
-                              "ema_var": m.running_var.detach().to("cpu", copy=True)}
-        queued = True
+                c = m.running_mean.numel()
+                emas.append((name, c, m.running_mean.dtype, offset))
+                pieces += [m.running_mean.detach().reshape(-1), m.running_var.detach().reshape(-1)]
+                offset += 2 * c
+        layouts = []  # per micro-batch: {name: (count, channels, offset) or None (unused)}
         for pending in micro:
-            layers = {}
+            layout = {}
             for name, m in self._modules:
                 stats = pending.get(name)
                 if stats is None:
                     if m.training:
-                        layers[name] = {"count": 0}  # unused in this batch
+                        layout[name] = None
                     continue
                 count, mean, var = stats
-                layers[name] = dict({"count": count, "mean": mean.cpu(), "var": var.cpu()},
-                                    **emas.get(name, {}))
-            seq = self._last[1] + 1 if self._last[0] == s else 0
-            self._last = (s, seq)
-            queued = self._enqueue(s, seq, layers) and queued
-        return queued
+                layout[name] = (count, mean.numel(), offset)
+                pieces += [mean, var]
+                offset += 2 * mean.numel()
+            layouts.append(layout)
+        device = pieces[0].device if pieces else None
+        if any(p.device != device for p in pieces):  # a model split across devices
+            pieces = [p.to(device, non_blocking=True) for p in pieces]
+        flat = torch.cat(pieces).to(torch.float64) if pieces else \
+            torch.zeros(0, dtype=torch.float64)
+        event = None
+        if device is not None and device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flat = host
+        return flat, event, emas, layouts
 
-    def _enqueue(self, s, seq, layers):
+    @staticmethod
+    def _unpack(packed, part, merge):
+        """{layer: {"count", "mean", "var", "ema_mean", "ema_var"}} of the
+        micro-batches part of a _pack()ed step (merged in float64 when there
+        are several), on the background thread."""
+        flat, event, emas, layouts = packed
+        if event is not None:
+            event.synchronize()  # this thread waits for the copy, never training
+        ema = {name: {"ema_mean": flat[o:o + c].to(dt), "ema_var": flat[o + c:o + 2 * c].to(dt)}
+               for name, c, dt, o in emas}
+        layers = {}
+        for name in dict.fromkeys(n for i in part for n in layouts[i]):
+            got = [layouts[i].get(name) for i in part]
+            stats = [(n, flat[o:o + c], flat[o + c:o + 2 * c] * (n / (n - 1) if n > 1 else
+                                                                  float("nan")))
+                     for n, c, o in (g for g in got if g is not None)]  # var: unbiased
+            if not stats:
+                layers[name] = {"count": 0}  # unused in this batch
+                continue
+            merged = _bn.merge_stats(stats) if len(stats) > 1 else stats[0]
+            if merged is None:
+                layers[name] = {"count": 0}
+                continue
+            count, mean, var = merged
+            layers[name] = dict({"count": count, "mean": mean, "var": var}, **ema.get(name, {}))
+        return layers
+
+    def _enqueue(self, s, seq, packed):
         try:
-            self._queue.put((s, seq, layers), timeout=self.block_timeout)
+            self._queue.put((s, seq, packed), timeout=self.block_timeout)
         except queue.Full:
             with self._lock:
                 self.dropped += 1
@@ -267,7 +338,16 @@ class BNStatsReporter:
                     with self._lock:
                         self.dropped += 1
                     continue
-                self._send(*item)
+                s, seq, (packed, part) = item
+                try:
+                    layers = self._unpack(packed, part, self.merge_micro_batches)
+                except Exception as e:  # never let a conversion kill the thread
+                    with self._lock:
+                        self.failed += 1
+                        self.last_error = e
+                    log.error("bnstat: statistics of step %d seq %d unreadable: %r", s, seq, e)
+                    continue
+                self._send(s, seq, layers)
             finally:
                 self._queue.task_done()
                 if self._queue.unfinished_tasks == 0:
@@ -369,19 +449,30 @@ class BNStatsReporter:
                     "queued": self._queue.unfinished_tasks}
 
     def flush(self, timeout=None):
-        """Wait until every queued upload is done; True unless timeout ran out."""
+        """Wait until every queued upload is done; True unless timeout ran out.
+        Wakes as the last one ends (the queue's condition, no polling)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                done.wait(left)
         return True
 
     def remove_hooks(self):
-        """Stop observing the model (close() does it too)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Stop observing the model (close() does it too); add_hooks()
+        resumes."""
+        self._observing = False
+        self._hook_for_step()
+
+    def add_hooks(self):
+        """Observe the model again after remove_hooks()."""
+        if self._closed:
+            raise RuntimeError("bnstat: BNStatsReporter.add_hooks() after close()")
+        self._observing = True
+        self._hook_for_step()
 
     def close(self, timeout=60.0):
         """Remove the hooks, send what is queued (waiting up to timeout
