@@ -53,7 +53,7 @@ struct gauges {
 	bool warned_full;  /* metrics_drift_set() refused a pair: said once */
 	struct pair *page; /* a page of the walk over every pair, grown as needed */
 	size_t page_n, page_cap;
-	_Atomic unsigned long long passes, pairs; /* gauges_stats() */
+	_Atomic unsigned long long passes, pairs, begun; /* gauges_stats() */
 };
 
 static uint32_t pair_hash(const char *run, const char *domain)
@@ -268,6 +268,7 @@ static void *gauges_main(void *arg)
 
 		next = now;
 		add_ms(&next, g->interval_ms);
+		atomic_fetch_add(&g->begun, 1); /* before its pairs: see gauges_stats() */
 		pairs = atomic_load(&g->pairs);
 		if (g->work.all)
 			recompute_all(g);
@@ -323,6 +324,7 @@ void gauges_stats(struct gauges *g, struct gauges_stats *st)
 {
 	st->passes = atomic_load(&g->passes);
 	st->pairs = atomic_load(&g->pairs);
+	st->begun = atomic_load(&g->begun);
 }
 
 void gauges_free(struct gauges *g)

@@ -51,10 +51,17 @@ int gauges_start(struct gauges *g, struct store *s, struct bn_error *err);
  */
 void gauges_stop(struct gauges *g);
 
-/* What the thread has done so far: passes ended, and pairs recomputed in them. */
+/*
+ * What the thread has done so far: passes ended, pairs recomputed, passes
+ * begun. Read in that order while the thread counts in the opposite one (a
+ * pass begun, its pairs, the pass ended), a snapshot holds at least every
+ * pair of the passes it counts as ended, and no pair of a pass it does not
+ * count as begun.
+ */
 struct gauges_stats {
 	unsigned long long passes;
 	unsigned long long pairs;
+	unsigned long long begun;
 };
 
 /* Fill *st with g's counts (for the debug log and the tests). Any thread. */
