@@ -160,24 +160,18 @@ int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain
 	int rc;
 
 	/*
-	 * `width` was added after `data` (0006_history.sql): reading it reads
-	 * the whole row, blob and overflow pages. Past the last bucketed step
-	 * (the history tiers' `done`) every row is one step wide, so there the
-	 * index alone answers (SQLite defers the row's seek until a column of
-	 * it is read).
+	 * `width` follows `data` in the row (0006_history.sql): read from the
+	 * row it would read the blob and its overflow pages. aggs_by_step holds
+	 * it (0008_aggs_batches.sql), so the index alone answers.
 	 */
 	if (store_sql_prepare(
 		    r->db,
-		    domain_id < 0
-			    ? "SELECT step, max(CASE WHEN step <= (SELECT coalesce(max(done), -1)"
-			      " FROM history WHERE run_id = ?1 AND tier > 0) THEN width"
-			      " ELSE 1 END) FROM aggs WHERE run_id = ?1 AND ?2 < 0"
-			      " AND step >= ?3 AND step <= ?4 GROUP BY step ORDER BY step"
-			    : "SELECT step, max(CASE WHEN step <= (SELECT coalesce(max(done), -1)"
-			      " FROM history WHERE run_id = ?1 AND domain_id = ?2 AND tier > 0)"
-			      " THEN width ELSE 1 END) FROM aggs WHERE run_id = ?1"
-			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
-			      " GROUP BY step ORDER BY step",
+		    domain_id < 0 ? "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+				    " WHERE run_id = ?1 AND ?2 < 0 AND step >= ?3 AND step <= ?4"
+				    " GROUP BY step ORDER BY step"
+				  : "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+				    " WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
+				    " GROUP BY step ORDER BY step",
 		    &st) < 0)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, run_id);
