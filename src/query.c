@@ -333,18 +333,32 @@ json_t *query_json_count(double v)
 	return v < 9007199254740992.0 ? json_integer((json_int_t)v) : query_json_num(v);
 }
 
-int query_precision_json(json_t *o, const struct stats_agg *a, double target_se)
+/* The three fields, nulls when !have. 0 or -ENOMEM. */
+static int precision_write(json_t *o, bool have, double noise, double mean_se, double batches_for)
 {
-	double noise, mean_se, batches_for;
-	bool have = stats_batch_noise(a, &noise) == 0 &&
-		    stats_precision(a, target_se, &mean_se, &batches_for) == 0;
-
 	if (json_object_set_new(o, "batch_noise", have ? query_json_num(noise) : json_null()) < 0 ||
 	    json_object_set_new(o, "mean_se", have ? query_json_num(mean_se) : json_null()) < 0 ||
 	    json_object_set_new(o, "batches_for",
 				have ? query_json_count(batches_for) : json_null()) < 0)
 		return -ENOMEM;
 	return 0;
+}
+
+int query_precision_json(json_t *o, const struct stats_agg *a, double target_se)
+{
+	double noise = 0.0, mean_se = 0.0, batches_for = 0.0;
+	bool have = stats_precision(a, target_se, &noise, &mean_se, &batches_for) == 0;
+
+	return precision_write(o, have, noise, mean_se, batches_for);
+}
+
+int query_precision_fields(json_t *o, bool have, double noise, int64_t k, double target_se)
+{
+	double mean_se = 0.0, batches_for = 0.0;
+
+	if (have)
+		stats_precision_of(noise, k, target_se, &mean_se, &batches_for);
+	return precision_write(o, have, noise, mean_se, batches_for);
 }
 
 int query_parse_ema(const struct query_params *p, bool *sim, double *momentum, struct bn_error *err)

@@ -145,6 +145,12 @@ int query_parse_target_se(const char *s, double *out, struct bn_error *err);
  */
 int query_precision_json(json_t *o, const struct stats_agg *a, double target_se);
 
+/*
+ * The same from a batch noise already known (have false: none, the nulls),
+ * of k batches: a snapshot's stored layer. Returns 0 or -ENOMEM.
+ */
+int query_precision_fields(json_t *o, bool have, double noise, int64_t k, double target_se);
+
 /* --- the reference of compare and drift (query_ref.c) ------------------------ */
 
 /* What the EMA is compared with: `precise=` (docs/API.md, "Comparison"). */

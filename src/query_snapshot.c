@@ -5,7 +5,6 @@
  * as a safetensors file for load_state_dict(), and listing them.
  */
 #include <errno.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,29 +29,6 @@ static void iso8601_utc(int64_t ms, char *buf, size_t size)
 	gmtime_r(&t, &tm);
 	n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(buf + n, size - n, ".%03dZ", (int)(ms % 1000));
-}
-
-/* batch_noise, mean_se and batches_for of a stored layer (docs/API.md, "Precision"). */
-static int snapshot_precision_json(json_t *lo, const struct store_snapshot_layer *l,
-				   double target_se)
-{
-	double r = l->batch_noise / target_se;
-
-	if (!l->has_noise)
-		return json_object_set_new(lo, "batch_noise", json_null()) < 0 ||
-				       json_object_set_new(lo, "mean_se", json_null()) < 0 ||
-				       json_object_set_new(lo, "batches_for", json_null()) < 0
-			       ? -ENOMEM
-			       : 0;
-	/* as stats_precision() computes them from the aggregate */
-	return json_object_set_new(lo, "batch_noise", query_json_num(l->batch_noise)) < 0 ||
-			       json_object_set_new(lo, "mean_se",
-						   query_json_num(l->batch_noise /
-								  sqrt((double)l->batches))) < 0 ||
-			       json_object_set_new(lo, "batches_for",
-						   query_json_count(ceil(r * r))) < 0
-		       ? -ENOMEM
-		       : 0;
 }
 
 static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers)
@@ -91,7 +67,8 @@ static json_t *snapshot_json(const struct store_snapshot *snap, bool with_layers
 				  query_json_doubles(l->var, l->channels));
 
 		if (lo == NULL || json_object_set_new(layers, l->name, lo) < 0 ||
-		    snapshot_precision_json(lo, l, snap->target_se) < 0)
+		    query_precision_fields(lo, l->has_noise, l->batch_noise, l->batches,
+					   snap->target_se) < 0)
 			goto fail;
 	}
 	return o;

@@ -250,16 +250,24 @@ int stats_batch_noise(const struct stats_agg *a, double *out)
 	return 0;
 }
 
-int stats_precision(const struct stats_agg *a, double target_se, double *mean_se,
+void stats_precision_of(double noise, int64_t k, double target_se, double *mean_se,
+			double *batches_for)
+{
+	double r = noise / target_se;
+
+	*mean_se = noise / sqrt((double)k);
+	*batches_for = ceil(r * r);
+}
+
+int stats_precision(const struct stats_agg *a, double target_se, double *noise, double *mean_se,
 		    double *batches_for)
 {
-	double noise, r;
+	double n;
 
-	if (stats_batch_noise(a, &noise) < 0)
+	if (stats_batch_noise(a, &n) < 0)
 		return -ENODATA;
-	*mean_se = noise / sqrt((double)a->k);
-	r = noise / target_se;
-	*batches_for = ceil(r * r);
+	*noise = n;
+	stats_precision_of(n, a->k, target_se, mean_se, batches_for);
 	return 0;
 }
 

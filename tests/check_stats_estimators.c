@@ -152,7 +152,7 @@ START_TEST(test_precision)
 	struct stats_agg a;
 	size_t *sizes, c;
 	long double noise;
-	double mean_se, batches_for, r2;
+	double mean_se, batches_for, r2, got_noise;
 
 	sizes = random_sizes(&r, nb, 2, 60);
 	ds_init(&ds, channels, sizes, nb);
@@ -163,14 +163,14 @@ START_TEST(test_precision)
 	agg_new(&a, channels);
 	add_ds_batches(&a, &ds, NULL, nb, STATS_VAR_UNBIASED);
 	ck_assert_uint_eq(ref_batch_noise(&ds, &noise), channels - 1);
-	ck_assert_int_eq(stats_precision(&a, 0.01, &mean_se, &batches_for), 0);
+	ck_assert_int_eq(stats_precision(&a, 0.01, &got_noise, &mean_se, &batches_for), 0);
 	check_close(mean_se, noise / sqrtl((long double)nb), 1e-12L, noise, "mean_se", nb);
 	/* the smallest k with noise/sqrt(k) <= target: batches_for, not one less */
 	ck_assert(batches_for >= 1.0 && batches_for == floor(batches_for));
 	r2 = (double)(noise / 0.01L);
 	r2 *= r2;
 	ck_assert(batches_for >= r2 && batches_for - 1.0 < r2);
-	ck_assert_int_eq(stats_precision(&a, 1e3, &mean_se, &batches_for), 0);
+	ck_assert_int_eq(stats_precision(&a, 1e3, &got_noise, &mean_se, &batches_for), 0);
 	ck_assert_double_eq(batches_for, 1.0);
 
 	stats_agg_free(&a);
@@ -183,11 +183,11 @@ START_TEST(test_precision_nodata)
 {
 	const double mean[1] = { 1.0 }, var[1] = { 1.0 };
 	struct stats_agg a;
-	double se = 42.0, bf = 42.0;
+	double se = 42.0, bf = 42.0, noise = 42.0;
 
 	agg_new(&a, 1);
 	stats_agg_add_batch(&a, 10, mean, var, STATS_VAR_UNBIASED);
-	ck_assert_int_eq(stats_precision(&a, 0.01, &se, &bf), -ENODATA);
+	ck_assert_int_eq(stats_precision(&a, 0.01, &noise, &se, &bf), -ENODATA);
 	ck_assert(se == 42.0 && bf == 42.0);
 	stats_agg_free(&a);
 }

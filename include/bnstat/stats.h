@@ -112,15 +112,20 @@ int stats_estimate(const struct stats_agg *a, enum stats_estimator est, double *
 int stats_batch_noise(const struct stats_agg *a, double *out);
 
 /*
- * The precision of the precise mean of a (docs/API.md, "Precision"):
- * *mean_se = batch_noise / sqrt(k), the mean over channels of the standard
- * error of the pooled mean in units of the population sigma, and
- * *batches_for = ceil((batch_noise / target_se)^2), the batches for which
- * that standard error would reach target_se (> 0). Returns 0, or -ENODATA
- * as stats_batch_noise() does (nothing written).
+ * The precision of the precise mean of a (docs/API.md, "Precision"): its
+ * batch noise in *noise (as stats_batch_noise() gives it), *mean_se =
+ * batch_noise / sqrt(k), the mean over channels of the standard error of
+ * the pooled mean in units of the population sigma, and *batches_for =
+ * ceil((batch_noise / target_se)^2), the batches for which that standard
+ * error would reach target_se (> 0). Returns 0, or -ENODATA as
+ * stats_batch_noise() does (nothing written).
  */
-int stats_precision(const struct stats_agg *a, double target_se, double *mean_se,
+int stats_precision(const struct stats_agg *a, double target_se, double *noise, double *mean_se,
 		    double *batches_for);
+
+/* The same from a batch noise already known, of k batches (a snapshot's). */
+void stats_precision_of(double noise, int64_t k, double target_se, double *mean_se,
+			double *batches_for);
 
 /*
  * One channel: merge (nb, mb, m2b) into (*n, *mean, *m2) with Chan's
