@@ -125,7 +125,7 @@ static long find_step(const struct drift *d, size_t lo, size_t hi, int64_t step)
 /* The exclusive low end of the precise window ending at `step`. */
 static int64_t window_low(const struct drift *d, int64_t step)
 {
-	return d->window_auto ? query_auto_low(&d->autow, step) : step - d->window;
+	return query_window_low(d->window_auto ? &d->autow : NULL, d->window, step);
 }
 
 /* --- one layer, one chunk ------------------------------------------------------- */

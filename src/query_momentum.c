@@ -164,7 +164,7 @@ static int layer_step(void *ctx, size_t li, const struct replay_step *st)
 	if (w->next == a->n)
 		return 0;
 	if (query_slide_wanted(&w->slide, st->step, a->step[w->next])) {
-		rc = query_slide_push(&w->slide, st->step, st->n, st->batches, st->mean, st->m2);
+		rc = query_slide_push(&w->slide, st->step, st->n, st->mean, st->m2);
 		if (rc < 0)
 			return rc;
 	}

@@ -329,6 +329,13 @@ int query_auto_build(struct store_reader *r, int64_t run_id, int64_t domain_id, 
  */
 int64_t query_auto_low(const struct query_auto *a, int64_t step);
 
+/*
+ * The exclusive low end of the precise window ending at entry `step`: the
+ * table's (autow, window=auto) or step - window. What every sliding window
+ * (series, drift, the momentum advisor) pops by.
+ */
+int64_t query_window_low(const struct query_auto *autow, int64_t window, int64_t step);
+
 void query_auto_free(struct query_auto *a);
 
 /*
@@ -395,9 +402,8 @@ struct query_slide_rule {
 
 /* One slot of the window's stacks: an entry, or the merge of a suffix of them. */
 struct query_slide_slot {
-	int64_t step;	 /* the (oldest) entry's step */
-	int64_t batches; /* that entry's own batches */
-	int64_t n;	 /* elements per channel merged */
+	int64_t step; /* the (oldest) entry's step */
+	int64_t n;    /* elements per channel merged */
 	double *mean, *m2;
 };
 
@@ -414,7 +420,6 @@ struct query_slide {
 	size_t n_back, back_cap, n_front, front_cap;
 	size_t back_merged; /* back[0..back_merged) are merged into back_sum */
 	struct query_slide_slot back_sum;
-	int64_t batches; /* in the window */
 };
 
 /* An empty window of `channels` channels under rule (copied): 0 or -ENOMEM. */
@@ -435,8 +440,8 @@ bool query_slide_wanted(const struct query_slide *s, int64_t step, int64_t at);
  * batches, mean and M2 of `channels` doubles, copied) and drop those that
  * left the window ending at it. 0 or -ENOMEM.
  */
-int query_slide_push(struct query_slide *s, int64_t step, int64_t n, int64_t batches,
-		     const double *mean, const double *m2);
+int query_slide_push(struct query_slide *s, int64_t step, int64_t n, const double *mean,
+		     const double *m2);
 
 /*
  * The population estimate (mean, M2/n) of the window ending at the newest

@@ -102,7 +102,7 @@ static int sliding_window(const struct series_point *pts, size_t n, int64_t wind
 		return -ENOMEM;
 	for (i = 0; i < n; i++) {
 		/* pop points that left the window (step - window, step] */
-		int64_t low = autow ? query_auto_low(autow, pts[i].step) : pts[i].step - window;
+		int64_t low = query_window_low(autow, window, pts[i].step);
 
 		back = series_point_merge(back, pts[i]);
 		while (head <= i && pts[head].step <= low) {

@@ -21,32 +21,23 @@
 #include "bnstat/stats.h"
 #include "query_private.h"
 
-/* The exclusive low end of the window ending at entry `at`. */
-static int64_t slide_low(const struct query_slide_rule *rule, int64_t at)
-{
-	return rule->autow ? query_auto_low(rule->autow, at) : at - rule->window;
-}
-
 /*
- * Does the oldest entry (at oldest_step, with oldest_batches) leave the
- * window ending at newest_step, the window holding `batches` batches?
- * The window of `window` steps is (newest - window, newest]; window=auto's
- * is the smallest one of min_batches batches counted over all layers
- * (docs/API.md, "window=auto"), looked up in the rule's table, so that
- * every layer and /compare agree on it.
+ * Does the oldest entry (at oldest_step) leave the window ending at
+ * newest_step? The window of `window` steps is (newest - window, newest];
+ * window=auto's is the smallest one of min_batches batches counted over all
+ * layers (docs/API.md, "window=auto"), looked up in the rule's table, so
+ * that every layer and /compare agree on it.
  */
 static bool slide_drops(const struct query_slide_rule *rule, int64_t oldest_step,
-			int64_t oldest_batches, int64_t newest_step, int64_t batches)
+			int64_t newest_step)
 {
-	(void)oldest_batches;
-	(void)batches;
-	return oldest_step <= slide_low(rule, newest_step);
+	return oldest_step <= query_window_low(rule->autow, rule->window, newest_step);
 }
 
 /* Can an entry at `step` be inside the window ending at a later entry `at`? */
 static bool slide_reaches(const struct query_slide_rule *rule, int64_t step, int64_t at)
 {
-	return step > slide_low(rule, at);
+	return step > query_window_low(rule->autow, rule->window, at);
 }
 
 bool query_slide_wanted(const struct query_slide *s, int64_t step, int64_t at)
@@ -141,7 +132,6 @@ static int slide_turn(struct query_slide *s)
 			slot_merge(c, f, e, &s->front[k - 1]);
 		}
 		f->step = e->step;
-		f->batches = e->batches;
 	}
 	s->n_front = s->n_back;
 	s->n_back = 0;
@@ -150,8 +140,8 @@ static int slide_turn(struct query_slide *s)
 	return 0;
 }
 
-int query_slide_push(struct query_slide *s, int64_t step, int64_t n, int64_t batches,
-		     const double *mean, const double *m2)
+int query_slide_push(struct query_slide *s, int64_t step, int64_t n, const double *mean,
+		     const double *m2)
 {
 	size_t c = s->channels;
 	struct query_slide_slot *e = slot_at(&s->back, &s->back_cap, s->n_back, c);
@@ -159,22 +149,19 @@ int query_slide_push(struct query_slide *s, int64_t step, int64_t n, int64_t bat
 	if (e == NULL)
 		return -ENOMEM;
 	e->step = step;
-	e->batches = batches;
 	e->n = n;
 	memcpy(e->mean, mean, c * sizeof(double));
 	memcpy(e->m2, m2, c * sizeof(double));
 	s->n_back++;
-	s->batches += batches;
 	/* drop the entries that left the window ending here (never the newest) */
 	while (s->n_front + s->n_back > 1) {
 		const struct query_slide_slot *old =
 			s->n_front > 0 ? &s->front[s->n_front - 1] : &s->back[0];
 
-		if (!slide_drops(&s->rule, old->step, old->batches, step, s->batches))
+		if (!slide_drops(&s->rule, old->step, step))
 			break;
 		if (s->n_front == 0 && slide_turn(s) < 0)
 			return -ENOMEM;
-		s->batches -= s->front[s->n_front - 1].batches;
 		s->n_front--;
 	}
 	return 0;

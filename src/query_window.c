@@ -217,6 +217,11 @@ int64_t query_auto_low(const struct query_auto *a, int64_t step)
 	return lo < a->n && a->step[lo] == step ? a->low[lo] : INT64_MIN;
 }
 
+int64_t query_window_low(const struct query_auto *autow, int64_t window, int64_t step)
+{
+	return autow ? query_auto_low(autow, step) : step - window;
+}
+
 void query_auto_free(struct query_auto *a)
 {
 	free(a->step);

@@ -23,7 +23,6 @@ struct walk {
 	double *xvar;	       /* [width] their unbiased variances, when xvar_ready */
 	double *row;	       /* [2 * width] scratch for one row */
 	int64_t xn;	       /* elements pooled at the current step */
-	int64_t xbatches;      /* batches pooled at the current step */
 	int64_t cur_step;
 	bool pending;
 	bool pending_bucket; /* the current step is a bucket's end */
@@ -133,7 +132,6 @@ static int walk_pool(struct walk *w, const struct store_row *row)
 		w->pending_bucket = true;
 	if (!w->pending) {
 		w->xn = row->n;
-		w->xbatches = row->batches;
 		w->cur_step = row->step;
 		w->pending = true;
 		w->xvar_ready = false;
@@ -146,7 +144,6 @@ static int walk_pool(struct walk *w, const struct store_row *row)
 		stats_merge1(&n, &w->xmean[i], &w->xm2[i], row->n, m[i], m2[i]);
 	}
 	w->xn += row->n;
-	w->xbatches += row->batches;
 	return 0;
 }
 
@@ -435,7 +432,6 @@ static int multi_flush(struct multi_run *mr, size_t li)
 		return 0;
 	st = (struct replay_step){ .step = p->cur_step,
 				   .n = p->xn,
-				   .batches = p->xbatches,
 				   .mean = p->xmean,
 				   .m2 = p->xm2,
 				   .ema_mean = m->mean,

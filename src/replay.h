@@ -111,7 +111,6 @@ int replay_layer_steps(struct replay_cache *c, struct store_reader *r, int64_t r
 struct replay_step {
 	int64_t step;
 	int64_t n;		       /* elements per channel pooled at the step */
-	int64_t batches;	       /* batches pooled at the step */
 	const double *mean;	       /* [channels] pooled mean */
 	const double *m2;	       /* [channels] pooled sum of squared deviations */
 	const double *const *ema_mean; /* [momenta][channels] the simulated EMA after the step */

@@ -87,8 +87,7 @@ static void check_window(int64_t w, size_t every)
 	ck_assert_int_eq(query_slide_init(&s, CH, &rule), 0);
 	for (i = 0; i < N_ENTRIES; i++) {
 		ck_assert_int_eq(query_slide_push(&s, entries[i].step, entries[i].n,
-						  entries[i].batches, entries[i].mean,
-						  entries[i].m2),
+						  entries[i].mean, entries[i].m2),
 				 0);
 		if (i % every != 0 && i != N_ENTRIES - 1)
 			continue; /* asked for some windows only: the others stay lazy */
