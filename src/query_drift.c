@@ -56,6 +56,7 @@ struct drift {
 	double *metric; /* [n_layers][n][N_METRICS], NAN: no value */
 	char **first;	/* [n] without `worker`: the first worker by name at each entry */
 	double *bound;	/* [n]: largest sim_error_bound over layers */
+	bool *kept;	/* [n]: the entry's metrics came from the writer's rows */
 
 	struct query_ref ref; /* the precise side: a window, a snapshot or a worker */
 };
@@ -411,6 +412,118 @@ static int layer_chunk(struct drift *d, size_t li, size_t first, size_t count)
 	return rc;
 }
 
+/* --- the writer's per-step metrics ---------------------------------------------- */
+
+/* The layer index of a layer id (d->layers is sorted by id), or -1. */
+static long layer_index(const struct drift *d, int64_t id)
+{
+	size_t lo = 0, hi = d->n_layers;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->layers[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < d->n_layers && d->layers[lo].id == id ? (long)lo : -1;
+}
+
+/*
+ * A row of the writer's drift metrics: the entry's values when they are
+ * the ones asked for (the first worker by name, or the named worker when
+ * it is that one, or no worker EMA there at all).
+ */
+static int kept_row(void *ctx, const struct store_drift_row *row)
+{
+	struct drift *d = ctx;
+	long idx = find_step(d, 0, d->n, row->step);
+	size_t i, m;
+
+	if (idx < 0)
+		return 0;
+	if (d->worker != NULL && row->worker != NULL && strcmp(d->worker, row->worker) != 0)
+		return 0; /* another worker's EMA: computed below */
+	d->kept[idx] = true;
+	for (i = 0; i < row->n; i++) {
+		long li = layer_index(d, row->layer_id[i]);
+
+		if (li < 0)
+			continue;
+		for (m = 0; m < N_METRICS; m++)
+			d->metric[((size_t)li * d->n + (size_t)idx) * N_METRICS + m] =
+				row->metric[3 * i + m];
+	}
+	return 0;
+}
+
+/*
+ * What the writer keeps per entry (store_drift.c) is /drift's default
+ * question: a worker EMA against the entry's own statistics (window 1).
+ */
+static bool kept_applies(const struct drift *d)
+{
+	return !d->sim && d->ref.kind == QUERY_REF_WINDOW && !d->window_auto && d->window == 1;
+}
+
+/* The entries [first, first + count) without kept metrics: each layer, chunk by chunk. */
+static int compute_entries(struct drift *d, size_t first, size_t count)
+{
+	size_t li, i;
+	int rc;
+
+	if (d->first != NULL) {
+		rc = store_ema_first_workers(d->r, d->run_id, d->domain_id, d->step[first],
+					     d->step[first + count - 1], add_first, d);
+		if (rc < 0)
+			return rc;
+	}
+	for (li = 0; li < d->n_layers; li++)
+		for (i = first; i < first + count; i += DRIFT_CHUNK) {
+			size_t k = first + count - i < DRIFT_CHUNK ? first + count - i : DRIFT_CHUNK;
+
+			rc = layer_chunk(d, li, i, k);
+			if (rc < 0)
+				return rc;
+		}
+	return 0;
+}
+
+/* Every entry's metrics: the writer's rows where they answer, computed elsewhere. */
+static int drift_metrics(struct drift *d)
+{
+	size_t i = 0;
+	int rc;
+
+	if (d->n == 0)
+		return 0;
+	d->kept = calloc(d->n, sizeof(*d->kept));
+	if (d->kept == NULL)
+		return -ENOMEM;
+	if (kept_applies(d)) {
+		rc = store_drift_steps(d->r, d->run_id, d->domain_id, d->step[0], d->step[d->n - 1],
+				       kept_row, d);
+		if (rc < 0)
+			return rc;
+	}
+	while (i < d->n) {
+		size_t j = i;
+
+		if (d->kept[i]) {
+			i++;
+			continue;
+		}
+		while (j < d->n && !d->kept[j])
+			j++;
+		rc = compute_entries(d, i, j - i);
+		if (rc < 0)
+			return rc;
+		i = j;
+	}
+	return 0;
+}
+
 /* --- the reply ----------------------------------------------------------------------- */
 
 /* The maximum of v[first * step], ..., v[last * step], ignoring NANs (NAN: none). */
@@ -617,15 +730,9 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 			goto done;
 		}
 	}
-	if (!d.sim && d.worker == NULL) {
-		d.first = calloc(d.n + 1, sizeof(*d.first));
-		rc = d.first ? store_ema_first_workers(r, d.run_id, d.domain_id, from, to,
-						       add_first, &d)
-			     : -ENOMEM;
-		if (rc < 0) {
-			rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
-			goto done;
-		}
+	if (!d.sim && d.worker == NULL && (d.first = calloc(d.n + 1, sizeof(*d.first))) == NULL) {
+		rc = query_oom(err);
+		goto done;
 	}
 	d.metric = malloc((d.n * d.n_layers * N_METRICS + 1) * sizeof(double));
 	d.bound = d.sim ? calloc(d.n + 1, sizeof(double)) : NULL;
@@ -635,14 +742,11 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 	}
 	for (i = 0; i < d.n * d.n_layers * N_METRICS; i++)
 		d.metric[i] = NAN;
-	for (li = 0; li < d.n_layers; li++)
-		for (i = 0; i < d.n; i += DRIFT_CHUNK) {
-			rc = layer_chunk(&d, li, i, d.n - i < DRIFT_CHUNK ? d.n - i : DRIFT_CHUNK);
-			if (rc < 0) {
-				rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
-				goto done;
-			}
-		}
+	rc = drift_metrics(&d);
+	if (rc < 0) {
+		rc = rc == -ENOMEM ? query_oom(err) : query_read_failed(err);
+		goto done;
+	}
 	if ((size_t)points < d.n)
 		stride = (d.n + (size_t)points - 1) / (size_t)points;
 	doc = json_pack("{s:s, s:s, s:s, s:o, s:I}", "run", run, "domain", domain, "ema",
@@ -680,6 +784,7 @@ done:
 	free(d.width);
 	free(d.metric);
 	free(d.bound);
+	free(d.kept);
 	for (i = 0; d.first != NULL && i < d.n; i++)
 		free(d.first[i]);
 	free(d.first);

@@ -144,9 +144,14 @@ static int append_layers(struct store_reader *r, int64_t run_id, json_t *layers)
 static int append_domain(void *ctx, const struct store_item *it)
 {
 	json_t *o = json_pack(
-		"{s:s, s:I, s:I, s:o}", "name", it->name, "batches", (json_int_t)it->domain.batches,
-		"steps", (json_int_t)it->domain.steps, "bucketed_through",
-		it->domain.bucketed ? json_integer(it->domain.bucketed_through) : json_null());
+		"{s:s, s:I, s:I, s:o, s:o}", "name", it->name, "batches",
+		(json_int_t)it->domain.batches, "steps", (json_int_t)it->domain.steps,
+		"bucketed_through",
+		it->domain.bucketed ? json_integer(it->domain.bucketed_through) : json_null(),
+		"drift_through",
+		it->domain.drift && it->domain.drift_through >= 0
+			? json_integer(it->domain.drift_through)
+			: json_null());
 
 	return o && json_array_append_new(ctx, o) == 0 ? 0 : -ENOMEM;
 }

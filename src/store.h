@@ -394,6 +394,8 @@ struct store_item {
 			int64_t elements; /* elements per channel, summed over layers and steps */
 			bool bucketed;	  /* some steps are merged into buckets */
 			int64_t bucketed_through; /* then: every step <= it is */
+			bool drift;		  /* the drift metrics have a mark */
+			int64_t drift_through;	  /* then: every entry <= it has its row */
 		} domain;
 		struct {
 			int64_t batches;
@@ -549,6 +551,32 @@ int store_sim_state_read(struct store_reader *r, int64_t run_id, int64_t domain_
  */
 int store_resolution(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t step,
 		     int64_t *width);
+
+/*
+ * A row of the per-step drift metrics (docs/DESIGN.md, "Drift metrics"):
+ * at `step`, the first worker by name with an EMA there (NULL: none) and,
+ * per layer with a value, its id and metric[3 * i ..]: mean_err, var_err
+ * and kl of that worker's EMA against the entry's own statistics. Borrowed
+ * for the call.
+ */
+struct store_drift_row {
+	int64_t step;
+	const char *worker;
+	size_t n;
+	const int64_t *layer_id;
+	const double *metric;
+};
+
+typedef int (*store_drift_fn)(void *ctx, const struct store_drift_row *row);
+
+/*
+ * The drift metrics rows of the domain with lo <= step <= hi, ascending:
+ * every entry below the domain's latest step has one once the writer has
+ * caught up; an entry without one is computed by the caller. fn's nonzero
+ * return stops the walk and is returned. 0 or a negative errno.
+ */
+int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+		      int64_t hi, store_drift_fn fn, void *ctx);
 
 /*
  * The distinct steps with data of the run with lo <= step <= hi in the

@@ -333,6 +333,9 @@ int store_batch_apply(struct store *s, struct store_job *j)
 	sqlite3_bind_int64(st, 8, store_now_ms());
 	if (store_sql_run(st) < 0)
 		return store_sql_error(err, s->wdb, "recording batch");
+	/* the step's drift metrics, if computed, no longer hold (store_drift.c) */
+	if (store_drift_forget(s, run_id, domain_id, b->step) < 0)
+		return store_sql_error(err, s->wdb, "dropping the step's drift metrics");
 	store_bytes_upload(s, run_id);
 	store_history_touch(s, run_id, domain_id, late ? b->step : INT64_MAX);
 	return 0;

@@ -82,8 +82,6 @@ void store_history_touch(struct store *s, int64_t run_id, int64_t domain_id, int
 	struct store_history_pair *p;
 	size_t i;
 
-	if (s->opt.history_full_steps <= 0 && s->opt.n_sim_momenta == 0)
-		return; /* nothing to bucket, no replay state to keep */
 	for (i = s->history.n; i > 0; i--) {
 		p = &s->history.pending[i - 1];
 		if (p->run_id == run_id && p->domain_id == domain_id) {
@@ -117,8 +115,7 @@ static int touch_row(void *ctx, sqlite3_stmt *st)
 
 void store_history_touch_all(struct store *s)
 {
-	if (s->opt.history_full_steps > 0 || s->opt.n_sim_momenta > 0)
-		(void)store_sql_rows(s->wstmt[W_HIST_DOMAINS], touch_row, s);
+	(void)store_sql_rows(s->wstmt[W_HIST_DOMAINS], touch_row, s);
 }
 
 static int64_t mono_ms(void)
@@ -400,7 +397,7 @@ static int bucket_write(struct bucket *b)
 			return -EIO;
 		store_bytes_add(s, b->run_id, -gone);
 	}
-	return 0;
+	return store_drift_bucket(s, b->run_id, b->domain_id, b->lo, b->end);
 }
 
 /*
@@ -510,7 +507,7 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 	struct tiers tiers;
 	struct opt_i64 latest;
 	sqlite3_stmt *st = s->wstmt[W_HIST_GET];
-	int t;
+	int t, rc, drift;
 
 	if (query_opt(s->wstmt[W_HIST_MAX_STEP], ids, 2, &latest) < 0)
 		return -EIO;
@@ -561,7 +558,13 @@ static int compact_domain(struct store *s, int64_t run_id, int64_t domain_id, in
 		if (*budget == 0)
 			return 1;
 	}
-	return checkpoints(s, run_id, domain_id, latest.v, late_floor, &tiers, budget, dry);
+	rc = checkpoints(s, run_id, domain_id, latest.v, late_floor, &tiers, budget, dry);
+	if (rc < 0 || (rc == 1 && (dry || *budget == 0)))
+		return rc;
+	drift = store_drift_pass(s, run_id, domain_id, latest.v, late_floor, budget, dry);
+	if (drift < 0 || drift == 1)
+		return drift;
+	return rc > drift ? rc : drift; /* 2 (held back) over 0 (nothing left) */
 }
 
 void store_history_run(struct store *s)

@@ -100,6 +100,15 @@ enum store_wstmt {
 	W_HIST_SIM_PUT,
 	W_HIST_SIM_DEL,
 	W_HIST_SIM_MOVE,
+	W_RET_DRIFT,
+	W_DRIFT_FIRST,
+	W_DRIFT_EMAS,
+	W_DRIFT_PUT,
+	W_DRIFT_DEL,
+	W_DRIFT_DEL_RANGE,
+	W_DRIFT_BACK,
+	W_DRIFT_MARK,
+	W_DRIFT_HAS,
 	W_COUNT
 };
 
@@ -120,6 +129,9 @@ struct store_reader {
 
 /* Bucket tiers: widths 10, 100, ..., 10^STORE_HISTORY_TIERS steps. */
 #define STORE_HISTORY_TIERS 6
+
+/* The history table's row of the drift metrics' mark (store_drift.c). */
+#define STORE_DRIFT_TIER (-1)
 
 /* A change to a run's bytes not written yet (store_bytes.c). */
 struct store_bytes_delta {
@@ -396,6 +408,31 @@ void store_history_run(struct store *s);
  */
 int store_history_bucketed_through(struct store *s, int64_t run_id, int64_t domain_id, bool *have,
 				   int64_t *step);
+
+/* --- store_drift.c: the per-step drift metrics (writer thread) ------------------- */
+
+/* Compute and write the drift metrics row of one entry: 0, -ENOMEM or -EIO. */
+int store_drift_entry(struct store *s, int64_t run_id, int64_t domain_id, int64_t step);
+
+/* An accepted upload at `step`: drop its row, move the mark back before it. 0 or -EIO. */
+int store_drift_forget(struct store *s, int64_t run_id, int64_t domain_id, int64_t step);
+
+/*
+ * A bucket (lo, end] replaced the domain's entries there: drop their rows
+ * and, when the mark is past the bucket, compute its own. 0 or a negative errno.
+ */
+int store_drift_bucket(struct store *s, int64_t run_id, int64_t domain_id, int64_t lo,
+		       int64_t end);
+
+/*
+ * Compute the rows of the entries after the mark and below `latest`, at
+ * most *budget of them (each computed one takes 1), none at or above
+ * late_floor. Returns 1 when more may be due, 2 when held back by late
+ * uploads, 0 when none is left, or a negative errno. With dry, compute
+ * none: 1 when one is due.
+ */
+int store_drift_pass(struct store *s, int64_t run_id, int64_t domain_id, int64_t latest,
+		     int64_t late_floor, int *budget, bool dry);
 
 /* --- store_checkpoint.c ------------------------------------------------------ */
 

@@ -116,6 +116,11 @@ static bool retention_pass(struct store *s, int budget)
 		sqlite3_bind_int64(st, 2, horizon);
 		if (store_sql_run(st) < 0)
 			goto fail;
+		st = s->wstmt[W_RET_DRIFT];
+		sqlite3_bind_int64(st, 1, run_id);
+		sqlite3_bind_int64(st, 2, horizon);
+		if (store_sql_run(st) < 0)
+			goto fail;
 		if (store_bytes_recount(s, run_id) < 0)
 			goto fail;
 		st = s->wstmt[W_RET_LATE];

@@ -175,7 +175,10 @@ static int read_layer(void *ctx, sqlite3_stmt *st)
 	return w->fn(w->ctx, &item);
 }
 
-/* Rows of (id, name, batches, steps, layers, elements, bucketed through or NULL). */
+/*
+ * Rows of (id, name, batches, steps, layers, elements, bucketed through or
+ * NULL, drift metrics through or NULL).
+ */
 static int read_domain(void *ctx, sqlite3_stmt *st)
 {
 	struct item_walk *w = ctx;
@@ -189,6 +192,8 @@ static int read_domain(void *ctx, sqlite3_stmt *st)
 	item.domain.elements = sqlite3_column_int64(st, 5);
 	item.domain.bucketed = sqlite3_column_type(st, 6) != SQLITE_NULL;
 	item.domain.bucketed_through = sqlite3_column_int64(st, 6);
+	item.domain.drift = sqlite3_column_type(st, 7) != SQLITE_NULL;
+	item.domain.drift_through = sqlite3_column_int64(st, 7);
 	return w->fn(w->ctx, &item);
 }
 
@@ -239,7 +244,9 @@ int store_domains_foreach(struct store_reader *r, int64_t run_id, store_item_fn 
 			 " (SELECT coalesce(sum(n), 0) FROM aggs a"
 			 "  WHERE a.run_id = d.run_id AND a.domain_id = d.id),"
 			 " (SELECT done FROM history h"
-			 "  WHERE h.run_id = d.run_id AND h.domain_id = d.id AND h.tier = 1)"
+			 "  WHERE h.run_id = d.run_id AND h.domain_id = d.id AND h.tier = 1),"
+			 " (SELECT done FROM history h"
+			 "  WHERE h.run_id = d.run_id AND h.domain_id = d.id AND h.tier = -1)"
 			 " FROM domains d WHERE d.run_id = ?1 ORDER BY d.name",
 			 run_id, read_domain, fn, ctx);
 }

@@ -136,6 +136,24 @@ static const char *const wstmt_sql[W_COUNT] = {
 			   " x.step > ?3 AND x.step <= ?4)",
 	[W_HIST_SIM_MOVE] = "UPDATE sim_states SET step = ?4 WHERE run_id = ?1 AND domain_id = ?2"
 			    " AND step > ?3 AND step < ?4",
+	[W_RET_DRIFT] = "DELETE FROM drift_steps WHERE run_id = ?1 AND step <= ?2",
+	/* drift metrics (store_drift.c) */
+	[W_DRIFT_FIRST] = "SELECT min(worker) FROM emas WHERE run_id = ?1 AND domain_id = ?2"
+			  " AND step = ?3",
+	/* without INDEXED BY the planner may walk emas_by_layer_step: every step's rows */
+	[W_DRIFT_EMAS] = "SELECT layer_id, data FROM emas INDEXED BY emas_by_step"
+			 " WHERE run_id = ?1 AND domain_id = ?2 AND step = ?3 AND worker = ?4",
+	[W_DRIFT_PUT] = "INSERT OR REPLACE INTO drift_steps (run_id, domain_id, step, worker, data)"
+			" VALUES (?1, ?2, ?3, ?4, ?5)",
+	[W_DRIFT_DEL] = "DELETE FROM drift_steps WHERE run_id = ?1 AND domain_id = ?2 AND step = ?3",
+	[W_DRIFT_DEL_RANGE] = "DELETE FROM drift_steps WHERE run_id = ?1 AND domain_id = ?2"
+			      " AND step > ?3 AND step <= ?4",
+	[W_DRIFT_BACK] = "UPDATE history SET done = ?3 - 1 WHERE run_id = ?1 AND domain_id = ?2"
+			 " AND tier = -1 AND done >= ?3",
+	[W_DRIFT_MARK] = "SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2"
+			 " AND tier = -1",
+	[W_DRIFT_HAS] = "SELECT 1 FROM drift_steps WHERE run_id = ?1 AND domain_id = ?2"
+			" AND step = ?3",
 };
 
 static int read_int(void *ctx, sqlite3_stmt *st)

@@ -201,6 +201,7 @@ struct result *measure_upload(const char *label, const char *cache, const struct
 
 /* The run's highest step, from GET /v1/runs/<run>. */
 int64_t run_latest_step(void);
+double wait_drift_kept(int64_t latest, double deadline);
 
 /* The table of all results, on stdout. */
 void print_table(void);

@@ -147,6 +147,36 @@ int64_t run_latest_step(void)
 	return max;
 }
 
+/*
+ * Wait until the writer has kept the drift metrics of every entry below
+ * `latest` (drift_through of GET /v1/runs/{run}): the seconds it took, or
+ * -1 after `deadline` seconds.
+ */
+double wait_drift_kept(int64_t latest, double deadline)
+{
+	double t0 = now_s();
+
+	for (;;) {
+		struct http_resp r = { 0 };
+		const char *p;
+		int rc;
+
+		qconn.port = port_now();
+		rc = http_do(&qconn, "GET", run_path, NULL, NULL, 0, &r, opt.timeout);
+		if (rc < 0)
+			die("GET %s: %s", run_path, strerror(-rc));
+		p = r.status == 200 ? strstr(r.body.p, "\"drift_through\":") : NULL;
+		if (p != NULL && strtoll(p + 16, NULL, 10) >= latest - 1) {
+			free(r.body.p);
+			return now_s() - t0;
+		}
+		free(r.body.p);
+		if (now_s() - t0 > deadline)
+			return -1;
+		usleep(200 * 1000);
+	}
+}
+
 void print_table(void)
 {
 	size_t i;

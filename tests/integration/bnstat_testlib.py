@@ -259,6 +259,22 @@ class Daemon:
             raise DaemonError("bnstatd is not running")
         self.proc.send_signal(sig)
 
+    def wait_drift(self, run, through, domain="default", timeout=20.0):
+        """Wait until the writer has kept the drift metrics of every entry of
+        the run's domain up to step `through` (`drift_through` of GET
+        /v1/runs/{run}, docs/API.md "Runs"); AssertionError after timeout
+        seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st, doc, _ = self.get("/v1/runs/" + run)
+            doms = {d["name"]: d for d in doc.get("domains", [])} if st == 200 else {}
+            if doms.get(domain, {}).get("drift_through") == through:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError("run %s: drift metrics not kept through %d within %.0fs: %r"
+                                     % (run, through, timeout, doc))
+            time.sleep(0.05)
+
     def wait_bucketed(self, run, through, domain="default", timeout=20.0):
         """Wait until the run's domain is bucketed through step `through`
         (GET /v1/runs/{run}, docs/API.md "History"); AssertionError after

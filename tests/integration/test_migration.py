@@ -68,7 +68,7 @@ class TestMigration(TestCaseMixin, unittest.TestCase):
     def test_migrates_and_answers_the_same(self):
         log = "\n".join(self.d.log_lines())
         self.assertRegex(log, r"event=migrated version=6 name=0006_history")
-        self.assertRegex(log, r"event=listening .*schema=8")
+        self.assertRegex(log, r"event=listening .*schema=9")
         # the daemon buckets the old steps on start: steps <= 60 - 20
         deadline = time.monotonic() + 20
         while True:
