@@ -10,6 +10,7 @@ CREATE TABLE drift_steps (
 	run_id    INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
 	domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
 	step      INTEGER NOT NULL,
+	width     INTEGER NOT NULL,         -- the entry's: 1, or a bucket's width
 	worker    TEXT,
 	data      BLOB NOT NULL,
 	PRIMARY KEY (run_id, domain_id, step)

@@ -524,6 +524,31 @@ static int drift_metrics(struct drift *d)
 	return 0;
 }
 
+/*
+ * The entries of [from, to]: up to the writer's mark they are its rows
+ * (one each, store_drift.c), read instead of every layer's index entries;
+ * after it, from the aggregates' index.
+ */
+static int list_entries(struct drift *d, int64_t from, int64_t to)
+{
+	int64_t through;
+	int rc;
+
+	if (!kept_applies(d) || to < from)
+		return store_entries_foreach(d->r, d->run_id, d->domain_id, from, to, add_entry, d);
+	rc = store_drift_through(d->r, d->run_id, d->domain_id, &through);
+	if (rc == -ENOENT || through < from)
+		return store_entries_foreach(d->r, d->run_id, d->domain_id, from, to, add_entry, d);
+	if (rc < 0)
+		return rc;
+	rc = store_drift_entries(d->r, d->run_id, d->domain_id, from, through < to ? through : to,
+				 add_entry, d);
+	if (rc == 0 && through < to)
+		rc = store_entries_foreach(d->r, d->run_id, d->domain_id, through + 1, to, add_entry,
+					   d);
+	return rc;
+}
+
 /* --- the reply ----------------------------------------------------------------------- */
 
 /* The maximum of v[first * step], ..., v[last * step], ignoring NANs (NAN: none). */
@@ -551,6 +576,7 @@ static int drift_json(struct drift *d, size_t stride, json_t *doc)
 	json_t *steps = json_array(), *res = json_array(), *order = json_array(),
 	       *layers = json_object(), *overall = json_object(), *bounds = NULL;
 	double *mean_over = NULL;
+	size_t *count_over = NULL;
 	size_t i, li, m;
 	int rc = -ENOMEM;
 
@@ -558,25 +584,28 @@ static int drift_json(struct drift *d, size_t stride, json_t *doc)
 		goto done;
 	if (d->sim && (bounds = json_array()) == NULL)
 		goto done;
-	/* per entry: the mean over the layers with a value, per metric */
+	/*
+	 * per entry: the mean over the layers with a value, per metric, summed
+	 * layer by layer (each sum in layer order, as before: the same bits),
+	 * walking the metrics in their order in memory
+	 */
 	mean_over = malloc((d->n ? d->n : 1) * N_METRICS * sizeof(double));
-	if (mean_over == NULL)
+	count_over = calloc((d->n ? d->n : 1) * N_METRICS, sizeof(size_t));
+	if (mean_over == NULL || count_over == NULL)
 		goto done;
-	for (i = 0; i < d->n; i++)
-		for (m = 0; m < N_METRICS; m++) {
-			double sum = 0.0;
-			size_t cnt = 0;
+	for (i = 0; i < d->n * N_METRICS; i++)
+		mean_over[i] = 0.0;
+	for (li = 0; li < d->n_layers; li++) {
+		const double *v = d->metric + li * d->n * N_METRICS;
 
-			for (li = 0; li < d->n_layers; li++) {
-				double x = d->metric[(li * d->n + i) * N_METRICS + m];
-
-				if (!isnan(x)) {
-					sum += x;
-					cnt++;
-				}
+		for (i = 0; i < d->n * N_METRICS; i++)
+			if (!isnan(v[i])) {
+				mean_over[i] += v[i];
+				count_over[i]++;
 			}
-			mean_over[i * N_METRICS + m] = cnt ? sum / (double)cnt : NAN;
-		}
+	}
+	for (i = 0; i < d->n * N_METRICS; i++)
+		mean_over[i] = count_over[i] ? mean_over[i] / (double)count_over[i] : NAN;
 	for (i = 0; i < d->n; i += stride) {
 		size_t last = i + stride - 1 < d->n ? i + stride - 1 : d->n - 1, k;
 		int64_t w = 0;
@@ -648,6 +677,7 @@ static int drift_json(struct drift *d, size_t stride, json_t *doc)
 	rc = 0;
 done:
 	free(mean_over);
+	free(count_over);
 	json_decref(steps);
 	json_decref(res);
 	json_decref(order);
@@ -714,7 +744,7 @@ int query_drift(struct store_reader *r, struct replay_cache *cache, const char *
 		rc = store_latest_step(r, d.run_id, d.domain_id, &latest);
 		to = rc == 0 ? latest : -1;
 	}
-	rc = store_entries_foreach(r, d.run_id, d.domain_id, from, to, add_entry, &d);
+	rc = list_entries(&d, from, to);
 	if (rc == 0)
 		rc = store_layers_foreach(r, d.run_id, add_layer, &d);
 	if (rc < 0) {

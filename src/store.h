@@ -560,7 +560,7 @@ int store_resolution(struct store_reader *r, int64_t run_id, int64_t domain_id, 
  * for the call.
  */
 struct store_drift_row {
-	int64_t step;
+	int64_t step, width; /* the entry */
 	const char *worker;
 	size_t n;
 	const int64_t *layer_id;
@@ -577,6 +577,18 @@ typedef int (*store_drift_fn)(void *ctx, const struct store_drift_row *row);
  */
 int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
 		      int64_t hi, store_drift_fn fn, void *ctx);
+
+/*
+ * The domain's drift metrics mark: 0 with *through (every entry at or
+ * below it has its row, and no other entry at or below it exists), or
+ * -ENOENT before the first row; -EIO.
+ */
+int store_drift_through(struct store_reader *r, int64_t run_id, int64_t domain_id,
+			int64_t *through);
+
+/* The entries lo <= step <= hi with a drift metrics row, as store_entries_foreach() gives them. */
+int store_drift_entries(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx);
 
 /*
  * The distinct steps with data of the run with lo <= step <= hi in the

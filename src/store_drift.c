@@ -166,6 +166,7 @@ int store_drift_entry(struct store *s, int64_t run_id, int64_t domain_id, int64_
 	rc = store_sql_rows(st, read_first, &first);
 	if (rc < 0)
 		return rc == -ENOMEM ? -ENOMEM : -EIO;
+	rc = 0;
 	if (first != NULL) {
 		st = s->wstmt[W_DRIFT_EMAS];
 		sqlite3_bind_int64(st, 1, run_id);
@@ -352,6 +353,7 @@ static int read_row(void *ctx, sqlite3_stmt *st)
 	if (bytes % DRIFT_RECORD != 0)
 		return -EIO;
 	row.step = sqlite3_column_int64(st, 0);
+	row.width = sqlite3_column_int64(st, 3);
 	row.worker = (const char *)sqlite3_column_text(st, 1);
 	row.n = bytes / DRIFT_RECORD;
 	if (row.n > w->cap) {
@@ -385,7 +387,7 @@ int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id,
 	int rc;
 
 	if (store_sql_prepare(r->db,
-			      "SELECT step, worker, data FROM drift_steps WHERE run_id = ?1"
+			      "SELECT step, worker, data, width FROM drift_steps WHERE run_id = ?1"
 			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
 			      &st) < 0)
 		return -EIO;
@@ -397,5 +399,49 @@ int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id,
 	sqlite3_finalize(st);
 	free(w.layer_id);
 	free(w.metric);
+	return rc;
+}
+
+int store_drift_through(struct store_reader *r, int64_t run_id, int64_t domain_id,
+			int64_t *through)
+{
+	int rc = store_sql_int64(r->db,
+				 "SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2"
+				 " AND tier = -1",
+				 run_id, domain_id, NULL, through);
+
+	return rc == 0 && *through < 0 ? -ENOENT : rc;
+}
+
+struct entry_walk {
+	int (*fn)(void *ctx, int64_t step, int64_t width);
+	void *ctx;
+};
+
+static int read_entry(void *ctx, sqlite3_stmt *st)
+{
+	struct entry_walk *w = ctx;
+
+	return w->fn(w->ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
+}
+
+int store_drift_entries(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx)
+{
+	struct entry_walk w = { fn, ctx };
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(r->db,
+			      "SELECT step, width FROM drift_steps WHERE run_id = ?1"
+			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
+			      &st) < 0)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, run_id);
+	sqlite3_bind_int64(st, 2, domain_id);
+	sqlite3_bind_int64(st, 3, lo);
+	sqlite3_bind_int64(st, 4, hi);
+	rc = store_sql_rows(st, read_entry, &w);
+	sqlite3_finalize(st);
 	return rc;
 }

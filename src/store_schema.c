@@ -143,8 +143,9 @@ static const char *const wstmt_sql[W_COUNT] = {
 	/* without INDEXED BY the planner may walk emas_by_layer_step: every step's rows */
 	[W_DRIFT_EMAS] = "SELECT layer_id, data FROM emas INDEXED BY emas_by_step"
 			 " WHERE run_id = ?1 AND domain_id = ?2 AND step = ?3 AND worker = ?4",
-	[W_DRIFT_PUT] = "INSERT OR REPLACE INTO drift_steps (run_id, domain_id, step, worker, data)"
-			" VALUES (?1, ?2, ?3, ?4, ?5)",
+	[W_DRIFT_PUT] = "INSERT OR REPLACE INTO drift_steps (run_id, domain_id, step, worker, data,"
+			" width) VALUES (?1, ?2, ?3, ?4, ?5, (SELECT max(width) FROM aggs"
+			" WHERE run_id = ?1 AND domain_id = ?2 AND step = ?3))",
 	[W_DRIFT_DEL] = "DELETE FROM drift_steps WHERE run_id = ?1 AND domain_id = ?2 AND step = ?3",
 	[W_DRIFT_DEL_RANGE] = "DELETE FROM drift_steps WHERE run_id = ?1 AND domain_id = ?2"
 			      " AND step > ?3 AND step <= ?4",

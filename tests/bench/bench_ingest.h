@@ -42,6 +42,7 @@ struct options {
 	bool run_sink, run_form[F_COUNT], run_estimator, run_parse;
 	unsigned threads;
 	unsigned batches_per_step;
+	bool ema; /* each upload carries the worker's EMA of every layer */
 	unsigned client_threads;
 	unsigned variants;
 	double timeout;
@@ -70,6 +71,7 @@ void parse_options(int argc, char **argv);
  */
 struct variant {
 	float *mean, *var;   /* [n_channels] */
+	float *ema_mean, *ema_var; /* [n_channels], with --ema */
 	struct sbuf json;    /* "layers":{...}}  (closes the root object) */
 	struct sbuf b64;     /* the same with {"dtype":"f32","b64":...} arrays */
 	struct sbuf st_data; /* safetensors data buffer */

@@ -32,6 +32,8 @@ void usage(FILE *f, const char *argv0)
 		"                          (default: all)\n"
 		"  --threads N             bnstatd --threads and the sink's pool (default 4)\n"
 		"  --batches-per-step K    uploads per worker per step, seq 0..K-1 (default 1)\n"
+		"  --ema                   each upload also carries the worker's EMA of every\n"
+		"                          layer (ema_mean, ema_var), as a training job sends\n"
 		"  --client-threads N      load generator threads (default 2)\n"
 		"  --variants N            distinct value sets, rendered up front (default 8)\n"
 		"  --timeout S             per request (default 60)\n"
@@ -174,6 +176,8 @@ void parse_options(int argc, char **argv)
 		} else if (strcmp(a, "--batches-per-step") == 0) {
 			v = opt_value(argc, argv, &i);
 			opt.batches_per_step = (unsigned)parse_positive(v, a, 100000);
+		} else if (strcmp(a, "--ema") == 0) {
+			opt.ema = true;
 		} else if (strcmp(a, "--client-threads") == 0) {
 			v = opt_value(argc, argv, &i);
 			opt.client_threads = (unsigned)parse_positive(v, a, 256);

@@ -99,9 +99,10 @@ void print_header(int argc, char **argv)
 	       "json %zu\n",
 	       N_LAYERS, n_channels, NBS, NBS, b[F_ST].len, b[F_B64].len, b[F_JSON].len);
 	printf("- each cell: N connections = N workers (`rank0`…), %u upload(s) per worker per "
-	       "step, a barrier between steps, %s; %u client thread(s); one bnstatd per form on "
+	       "step%s, a barrier between steps, %s; %u client thread(s); one bnstatd per form on "
 	       "a fresh database in %s\n\n",
-	       opt.batches_per_step, opt.uploads ? "bounded by --uploads" : "bounded by --seconds",
+	       opt.batches_per_step, opt.ema ? " with the worker's EMA of every layer" : "",
+	       opt.uploads ? "bounded by --uploads" : "bounded by --seconds",
 	       opt.client_threads, opt.tmpdir);
 	for (f = 0; f < F_COUNT; f++)
 		sb_free(&b[f]);

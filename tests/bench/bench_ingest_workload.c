@@ -37,7 +37,8 @@ unsigned variant_of(unsigned worker, int64_t step, unsigned seq)
 
 void make_variants(void)
 {
-	static const char *const parts[2] = { "mean", "var" };
+	static const char *const parts[4] = { "mean", "var", "ema_mean", "ema_var" };
+	int n_parts = opt.ema ? 4 : 2;
 	unsigned v;
 	size_t i, off;
 
@@ -45,26 +46,33 @@ void make_variants(void)
 	for (v = 0; v < opt.variants; v++) {
 		struct variant *vr = &variants[v];
 		uint64_t seed = 0xB5A7u + (uint64_t)v * 0x1000193u;
-		const float *arrays[2];
+		const float *arrays[4];
 
 		vr->mean = xmalloc(n_channels * sizeof(float));
 		vr->var = xmalloc(n_channels * sizeof(float));
+		vr->ema_mean = xmalloc(n_channels * sizeof(float));
+		vr->ema_var = xmalloc(n_channels * sizeof(float));
 		for (i = 0; i < n_channels; i++) {
 			/* Box-Muller: mean ~ N(0, 1); var ~ U(0.5, 2) */
 			double u1 = uniform01(&seed), u2 = uniform01(&seed);
 
 			vr->mean[i] = (float)(sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2));
 			vr->var[i] = (float)(0.5 + 1.5 * uniform01(&seed));
+			/* an EMA near the population's: mean ~ N(0, 0.1), var ~ U(0.9, 1.1) */
+			vr->ema_mean[i] = (float)(0.1 * (uniform01(&seed) - 0.5));
+			vr->ema_var[i] = (float)(0.9 + 0.2 * uniform01(&seed));
 		}
 		arrays[0] = vr->mean;
 		arrays[1] = vr->var;
-		body_layers(&vr->json, BODY_NUMBERS, parts, arrays, 2);
-		body_layers(&vr->b64, BODY_B64, parts, arrays, 2);
-		body_st_data(&vr->st_data, arrays, 2);
+		arrays[2] = vr->ema_mean;
+		arrays[3] = vr->ema_var;
+		body_layers(&vr->json, BODY_NUMBERS, parts, arrays, n_parts);
+		body_layers(&vr->b64, BODY_B64, parts, arrays, n_parts);
+		body_st_data(&vr->st_data, arrays, n_parts);
 	}
 
 	/* the tensor table of the safetensors header: the same for every variant */
-	off = body_st_table(&st_desc, parts, 2);
+	off = body_st_table(&st_desc, parts, n_parts);
 	if (off != variants[0].st_data.len)
 		die("safetensors offsets (%zu) do not cover the data (%zu)", off,
 		    variants[0].st_data.len);

@@ -87,6 +87,18 @@ class TestDriftKept(TestCaseMixin, unittest.TestCase):
         i = kept["step"].index(104)
         self.assertIsNone(kept["overall"]["kl"][i])
 
+    def test_every_entry_up_to_the_mark_has_its_row(self):
+        # the query lists the entries up to drift_through from the rows alone
+        entries = self.computed(**{"to": 119})["step"]
+        db = sqlite3.connect(self.d.db, timeout=10)
+        try:
+            rows = [r[0] for r in db.execute(
+                "SELECT step FROM drift_steps d JOIN runs r ON r.id = d.run_id"
+                " WHERE r.name = 'dk' AND step <= 119 ORDER BY step")]
+        finally:
+            db.close()
+        self.assertEqual(rows, entries)
+
     def test_named_workers_equal_computed(self):
         for w in WORKERS:
             self.assert_same(self.drift(worker=w), self.computed(worker=w), "worker " + w)
