@@ -129,8 +129,8 @@ static void leave(struct store *s, enum store_state to, int code, const char *du
 		 to == STORE_READ_ONLY && (code & 0xff) == SQLITE_FULL ? ": the disk is full" : "");
 	if (from == STORE_WRITABLE)
 		s->health.since_ms = store_now_ms();
-	pthread_mutex_unlock(&s->health.mu);
 	s->health.next_probe = mono_ms() + STORE_PROBE_SECONDS * 1000;
+	pthread_mutex_unlock(&s->health.mu);
 	if (to == STORE_DAMAGED)
 		log_error(
 			"database_damaged",
@@ -185,7 +185,9 @@ static void probe(struct store *s, const char *during)
 	bool was;
 
 	store_sql_fault_take();
+	pthread_mutex_lock(&s->health.mu);
 	s->health.next_probe = mono_ms() + STORE_PROBE_SECONDS * 1000;
+	pthread_mutex_unlock(&s->health.mu);
 	snprintf(sql, sizeof(sql), "BEGIN IMMEDIATE; PRAGMA user_version=%d; COMMIT",
 		 s->schema_version);
 	if (sqlite3_exec(s->wdb, sql, NULL, NULL, NULL) != SQLITE_OK) {
@@ -241,13 +243,14 @@ static void look_at_space(struct store *s)
 
 int64_t store_health_idle(struct store *s)
 {
-	int64_t now = mono_ms(), wait;
+	int64_t now = mono_ms(), wait, next_probe;
 	enum store_state st;
 
 	pthread_mutex_lock(&s->health.mu);
 	st = s->health.state;
+	next_probe = s->health.next_probe;
 	pthread_mutex_unlock(&s->health.mu);
-	if (st == STORE_READ_ONLY && now >= s->health.next_probe) {
+	if (st == STORE_READ_ONLY && now >= next_probe) {
 		probe(s, "a write probe");
 		now = mono_ms();
 	}
@@ -258,8 +261,9 @@ int64_t store_health_idle(struct store *s)
 	wait = s->health.next_space - now;
 	pthread_mutex_lock(&s->health.mu);
 	st = s->health.state;
+	next_probe = s->health.next_probe;
 	pthread_mutex_unlock(&s->health.mu);
-	if (st == STORE_READ_ONLY && s->health.next_probe - now < wait)
-		wait = s->health.next_probe - now;
+	if (st == STORE_READ_ONLY && next_probe - now < wait)
+		wait = next_probe - now;
 	return wait < 1 ? 1 : wait;
 }

@@ -200,13 +200,14 @@ struct store {
 		struct store_reader *idle;
 	} readers;
 
-	/* can the database be written (store_health.c); state and reason guarded by mu */
+	/* can the database be written (store_health.c); state, reason, since_ms and
+	 * next_probe guarded by mu */
 	struct {
 		pthread_mutex_t mu;
 		enum store_state state;
 		char reason[256];
 		int64_t since_ms;
-		int64_t next_probe; /* the writer's: when to try a write again (monotonic ms) */
+		int64_t next_probe; /* when to try a write again (monotonic ms) */
 		int64_t next_space; /* the writer's: when to look at free space again */
 		bool low;	    /* the writer's: free space was below the warning */
 	} health;
