@@ -133,14 +133,19 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 	const char *run = ingest_name_valid(rq->route.run) ? rq->route.run : "-";
 	json_t *e = json_pack("{s:i, s:s, s:s}", "status", status, "code",
 			      err->code[0] ? err->code : BN_E_INTERNAL, "message", err->message);
+	bool quiet = false;
 
 	if (e == NULL)
 		return MHD_NO;
-	/* a store that cannot be written is retried later than a full queue (docs/API.md) */
-	if (strcmp(err->code, BN_E_READ_ONLY) == 0)
-		rq->retry_after = HTTP_RETRY_READ_ONLY;
-	else if (strcmp(err->code, BN_E_DAMAGED) == 0)
-		rq->retry_after = HTTP_RETRY_DAMAGED;
+	/*
+	 * A store that cannot be written is retried later than a full queue
+	 * (docs/API.md); its state change was logged once, so each refusal is
+	 * only a debug line (a full disk may hold the log too).
+	 */
+	if (strcmp(err->code, BN_E_READ_ONLY) == 0 || strcmp(err->code, BN_E_DAMAGED) == 0) {
+		quiet = true;
+		rq->retry_after = err->code[0] == 'r' ? HTTP_RETRY_READ_ONLY : HTTP_RETRY_DAMAGED;
+	}
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));
 	if (rq->route.endpoint == HTTP_BATCHES)
@@ -148,6 +153,9 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 	/* ingest checked the run name before any value */
 	if (rq->route.endpoint == HTTP_BATCHES && err->nonfinite.set)
 		refused_nonfinite(rq, err, e);
+	else if (quiet)
+		log_debug("request_refused", "route=%s run=%s status=%d code=%s", rq->route.name,
+			  run, status, err->code);
 	else if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
 			  rq->route.name, run, status, err->message);
