@@ -162,6 +162,14 @@ report:
 	}
 }
 
+/* A retention or bucketing pass; a full disk or damage it meets is taken as a commit's. */
+static void writer_pass(struct store *s, void (*pass)(struct store *), const char *during)
+{
+	store_sql_fault_take();
+	pass(s);
+	store_health_after_write(s, during);
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
@@ -177,17 +185,13 @@ static void *writer_main(void *arg)
 
 			if (store_retention_due(s) && store_health_writable(s)) {
 				pthread_mutex_unlock(&s->queue.mu);
-				store_sql_fault_take();
-				store_retention_run(s);
-				store_health_after_write(s, "retention");
+				writer_pass(s, store_retention_run, "retention");
 				pthread_mutex_lock(&s->queue.mu);
 				continue;
 			}
 			if (store_history_due(s) && store_health_writable(s)) {
 				pthread_mutex_unlock(&s->queue.mu);
-				store_sql_fault_take();
-				store_history_run(s);
-				store_health_after_write(s, "bucketing");
+				writer_pass(s, store_history_run, "bucketing");
 				pthread_mutex_lock(&s->queue.mu);
 				continue;
 			}
@@ -227,16 +231,10 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&s->queue.mu);
 
 		write_group(s, group, n);
-		if (store_retention_due(s) && store_health_writable(s)) {
-			store_sql_fault_take();
-			store_retention_run(s);
-			store_health_after_write(s, "retention");
-		}
-		if (store_history_due(s) && store_health_writable(s)) {
-			store_sql_fault_take();
-			store_history_run(s);
-			store_health_after_write(s, "bucketing");
-		}
+		if (store_retention_due(s) && store_health_writable(s))
+			writer_pass(s, store_retention_run, "retention");
+		if (store_history_due(s) && store_health_writable(s))
+			writer_pass(s, store_history_run, "bucketing");
 		(void)store_health_idle(s); /* free space, also while uploads never pause */
 	}
 	return NULL;
