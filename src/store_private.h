@@ -192,6 +192,7 @@ struct store {
 		bool wanted, stop;
 		bool running;  /* one checkpoint at a time: a second would get BUSY */
 		int wal_pages; /* WAL size after the writer's last commit */
+		int failed;    /* checkpoints failed in a row (one runs at a time: see running) */
 	} ckpt;
 
 	/* the reader pool, guarded by mu */

@@ -261,6 +261,34 @@ class TestFullDisk(FaultDaemonMixin, unittest.TestCase):
         d.stop()
         ref.stop()
 
+    def test_failing_checkpoints_are_logged_once(self):
+        """The database file cannot grow, the WAL still takes commits: every
+        commit past 256 WAL pages wakes a checkpoint that fails. Logged at
+        error once, then at debug, and once more when one succeeds."""
+        d = self.daemon("--log-level", "debug", "--synchronous", "normal")
+        d.start()
+        big = layer(32768, count=16, rng=random.Random(7))[0]   # 1.3 MB a step: 20 pages
+        self.fault("full file=db")
+        s = Session(d.port)
+        try:
+            for step in range(1, 31):
+                st, body, _ = s.post_batch(RUN, doc(step, layers={"bn": big}))
+                self.assertEqual(st, 200, body)      # the WAL takes them
+            d.wait_log(r"level=debug event=checkpoint_failed .*failed=[2-9]", 10)
+            errors = [line for line in d.log_lines()
+                      if "level=error event=checkpoint_failed" in line]
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn('error="database or disk is full"', errors[0])
+            self.assertEqual(self.health(d)[0], 200)
+            self.fault("off")
+            for step in range(31, 34):
+                self.assertEqual(s.post_batch(RUN, doc(step, layers={"bn": big}))[0], 200)
+            d.wait_log(r"level=info event=checkpoint_recovered by=\w+ failed=[2-9]\d*", 10)
+        finally:
+            s.close()
+        self.assertEqual(d.get("/v1/runs/%s" % RUN)[1]["batches"], 33)
+        d.stop()
+
     def test_low_space_is_warned(self):
         # a threshold above any disk here: the warning comes at start
         d = Daemon("--disk-free-warn-mb", str(1 << 24))
