@@ -75,6 +75,9 @@ static const struct option_def options[] = {
 	{ "open-steps-mb", T_MIB, F(store.open_steps_bytes), 1, 1u << 20,
 	  "MiB of open steps' statistics the writer keeps in memory; past it they are written"
 	  " early" },
+	{ "disk-free-warn-mb", T_MIB, F(store.disk_free_warn_bytes), 0, 1u << 24,
+	  "MiB free on the database's file system below which the log and /metrics warn"
+	  " (0: never)" },
 	{ "retain-runs-days", T_I64, F(store.retain_runs_days), 0, 1000000,
 	  "delete a run this many days after its last upload (0: keep runs)" },
 	{ "token-file", T_OPTSTRING, F(token_file), 0, 0,

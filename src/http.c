@@ -68,7 +68,8 @@ MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text,
 	if (content_type != NULL)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	if (status == 503)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER,
+					rq->retry_after ? rq->retry_after : "1");
 	if (status == 405 && rq->route.allowed != NULL)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rq->route.allowed);
 	if (status == 401 && rq->unauthorized)
@@ -132,9 +133,19 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 	const char *run = ingest_name_valid(rq->route.run) ? rq->route.run : "-";
 	json_t *e = json_pack("{s:i, s:s, s:s}", "status", status, "code",
 			      err->code[0] ? err->code : BN_E_INTERNAL, "message", err->message);
+	bool quiet = false;
 
 	if (e == NULL)
 		return MHD_NO;
+	/*
+	 * A store that cannot be written is retried later than a full queue
+	 * (docs/API.md); its state change was logged once, so each refusal is
+	 * only a debug line (a full disk may hold the log too).
+	 */
+	if (strcmp(err->code, BN_E_READ_ONLY) == 0 || strcmp(err->code, BN_E_DAMAGED) == 0) {
+		quiet = true;
+		rq->retry_after = err->code[0] == 'r' ? HTTP_RETRY_READ_ONLY : HTTP_RETRY_DAMAGED;
+	}
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));
 	if (rq->route.endpoint == HTTP_BATCHES)
@@ -142,6 +153,9 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 	/* ingest checked the run name before any value */
 	if (rq->route.endpoint == HTTP_BATCHES && err->nonfinite.set)
 		refused_nonfinite(rq, err, e);
+	else if (quiet)
+		log_debug("request_refused", "route=%s run=%s status=%d code=%s", rq->route.name,
+			  run, status, err->code);
 	else if (status >= 500)
 		log_error("request_failed", "route=%s run=%s status=%d message=\"%s\"",
 			  rq->route.name, run, status, err->message);
@@ -222,6 +236,12 @@ MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct s
 	}
 	ingest_batch_free(b);
 	store_snapshot_free(snap);
+	if (rc == -EROFS) {
+		struct bn_error err;
+
+		store_health_error(st, &err);
+		return http_reply_error(rq, &err);
+	}
 	return http_fail(rq, 503, BN_E_UNAVAILABLE, NULL,
 			 rc == -EAGAIN ? "the write queue is full; retry after a second"
 				       : "the server is shutting down");

@@ -249,13 +249,34 @@ static MHD_Result handle_snapshot_create(struct http_request *rq)
 
 /* --- reads: on a reader connection of the store --------------------------------------- */
 
-/* GET /healthz: no database read, so that it answers while the readers are busy. */
+/*
+ * GET /healthz: no database read, so that it answers while the readers are
+ * busy. 200 while the store accepts writes; 503 with the reason when it
+ * cannot (a full disk, a damaged file: docs/API.md, "Health").
+ */
 static MHD_Result handle_healthz(struct http_request *rq)
 {
-	return http_reply_json(rq, 200,
-			       json_pack("{s:s, s:i, s:I}", "status", "ok", "schema",
-					 store_schema_version(rq->srv->store), "queue",
-					 (json_int_t)store_queue_depth(rq->srv->store)));
+	struct store *st = rq->srv->store;
+	struct store_health h;
+	struct bn_error err;
+	json_t *doc;
+
+	store_health_get(st, &h);
+	doc = json_pack("{s:s, s:b, s:i, s:I}", "status",
+			h.state == STORE_WRITABLE ? "ok" : store_state_name(h.state), "writable",
+			h.state == STORE_WRITABLE, "schema", store_schema_version(st), "queue",
+			(json_int_t)store_queue_depth(st));
+	if (doc == NULL)
+		return MHD_NO;
+	if (h.state == STORE_WRITABLE)
+		return http_reply_json(rq, 200, doc);
+	store_health_error(st, &err);
+	json_object_set_new(doc, "error",
+			    json_pack("{s:i, s:s, s:s}", "status", 503, "code", err.code, "message",
+				      err.message));
+	json_object_set_new(doc, "since_ms", json_integer((json_int_t)h.since_ms));
+	rq->retry_after = h.state == STORE_READ_ONLY ? HTTP_RETRY_READ_ONLY : HTTP_RETRY_DAMAGED;
+	return http_reply_json(rq, 503, doc);
 }
 
 /* GET /metrics: counters, then the gauges only the store and database know. */
@@ -264,6 +285,7 @@ static MHD_Result handle_metrics(struct http_request *rq)
 	struct store *st = rq->srv->store;
 	struct store_reader *r = NULL;
 	struct metrics_sources src = { 0 };
+	struct store_health health;
 	struct bn_error err;
 	char *text = NULL;
 	size_t len = 0;
@@ -280,7 +302,13 @@ static MHD_Result handle_metrics(struct http_request *rq)
 	}
 	src.queue_depth = store_queue_depth(st);
 	src.database_bytes = store_disk_bytes(st);
-	src.runs = query_metrics_runs;
+	store_health_get(st, &health);
+	src.database_state = store_state_name(health.state);
+	src.disk_free_known = health.free_known;
+	src.disk_free_bytes = health.free_bytes;
+	src.disk_free_warn_bytes = health.warn_bytes;
+	/* a damaged file: the state is what matters, and the walk may not read */
+	src.runs = health.state == STORE_DAMAGED ? NULL : query_metrics_runs;
 	src.runs_ctx = r;
 	rc = metrics_render(f, &src, &err);
 	store_reader_put(st, r);

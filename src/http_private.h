@@ -126,6 +126,10 @@ void http_guard_release(struct http_guard *g, size_t n);
 
 /* --- the server and its requests (http.c) -------------------------------------------- */
 
+/* Retry-After of a 503 read_only (a few write probes of the store later) and database_damaged */
+#define HTTP_RETRY_READ_ONLY "5"
+#define HTTP_RETRY_DAMAGED "60"
+
 struct http_server {
 	struct MHD_Daemon *mhd;
 	struct store *store;	     /* borrowed, see http_start() */
@@ -148,6 +152,7 @@ struct http_request {
 	struct http_route route;
 	struct http_conn *gconn; /* the connection's deadline entry (the guard's), or NULL */
 	bool unauthorized;	 /* a 401: say how to authenticate */
+	const char *retry_after; /* a 503's Retry-After (NULL: "1") */
 	struct timespec started;
 
 	/* the body, NUL-terminated (owned; a handler may take it and set it NULL) */
@@ -166,8 +171,8 @@ struct http_request {
 /*
  * Queue text (len bytes, content_type; NULL for a reply without a body,
  * such as a 204) with status as the reply. text is stolen: freed by libmicrohttpd once sent, or
- * here on failure. 405s carry Allow, 401s WWW-Authenticate, 503s Retry-After. Returns what the
- * access handler returns.
+ * here on failure. 405s carry Allow, 401s WWW-Authenticate, 503s Retry-After (rq->retry_after,
+ * else 1). Returns what the access handler returns.
  */
 MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
 			   const char *content_type);

@@ -502,6 +502,32 @@ static int emit_run(void *ctx, const struct metrics_run *run)
 	return 0;
 }
 
+/* Whether the database can be written, and the free space beside it (docs/OPERATIONS.md). */
+static void render_health(FILE *f, const struct metrics_sources *src)
+{
+	static const char *const states[] = { "writable", "read_only", "damaged" };
+	size_t i;
+
+	if (src->database_state != NULL) {
+		fprintf(f, "# HELP bnstat_database_state 1 for the database's state now: writable, "
+			   "read_only (a full disk: uploads refused) or damaged.\n"
+			   "# TYPE bnstat_database_state gauge\n");
+		for (i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+			fprintf(f, "bnstat_database_state{state=\"%s\"} %d\n", states[i],
+				strcmp(states[i], src->database_state) == 0);
+	}
+	if (src->disk_free_known)
+		fprintf(f,
+			"# HELP bnstat_disk_free_bytes Free bytes on the database's file system.\n"
+			"# TYPE bnstat_disk_free_bytes gauge\nbnstat_disk_free_bytes %llu\n",
+			src->disk_free_bytes);
+	fprintf(f,
+		"# HELP bnstat_disk_free_warn_bytes The log warns when free bytes fall below this "
+		"(disk-free-warn-mb; 0: never).\n"
+		"# TYPE bnstat_disk_free_warn_bytes gauge\nbnstat_disk_free_warn_bytes %llu\n",
+		src->disk_free_warn_bytes);
+}
+
 int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *err)
 {
 	struct run_gauges g = { 0 };
@@ -517,6 +543,7 @@ int metrics_render(FILE *f, const struct metrics_sources *src, struct bn_error *
 		"# HELP bnstat_database_bytes Size of the database file and its WAL.\n"
 		"# TYPE bnstat_database_bytes gauge\nbnstat_database_bytes %llu\n",
 		src->queue_depth, src->database_bytes);
+	render_health(f, src);
 	render_drift(f);
 	if (src->runs == NULL)
 		return 0;

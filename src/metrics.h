@@ -124,6 +124,11 @@ struct metrics_sources {
 	unsigned long long database_bytes; /* the database's files on disk */
 	int (*runs)(void *runs_ctx, metrics_emit_run_fn emit, void *emit_ctx, struct bn_error *err);
 	void *runs_ctx;
+	/* "writable", "read_only" or "damaged" (store_state_name()); NULL: not rendered */
+	const char *database_state;
+	bool disk_free_known;			 /* disk_free_bytes could be read */
+	unsigned long long disk_free_bytes;	 /* free on the database's file system */
+	unsigned long long disk_free_warn_bytes; /* the log warns below it (0: never) */
 };
 
 /*

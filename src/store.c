@@ -23,7 +23,8 @@ void store_options_default(struct store_options *o)
 				     .sync_full = true,
 				     .integrity_check = true,
 				     .history_full_steps = 5000,
-				     .open_steps_bytes = (size_t)256 << 20 };
+				     .open_steps_bytes = (size_t)256 << 20,
+				     .disk_free_warn_bytes = (size_t)1 << 30 };
 	for (i = 0; i < sizeof(momenta) / sizeof(momenta[0]); i++)
 		o->sim_momenta[i] = momenta[i];
 	o->n_sim_momenta = i;
@@ -79,6 +80,16 @@ static int integrity_check(struct store *s, struct bn_error *err)
 		s->path, first);
 }
 
+/*
+ * A write at start failed. A full disk (or one that refuses writes) leaves
+ * the store READ_ONLY and the start goes on, serving reads (docs/OPERATIONS.md,
+ * "A full disk"); anything else fails it. Returns 0 or -EIO.
+ */
+static int start_write_failed(struct store *s)
+{
+	return store_health_after_write(s, "start") == STORE_READ_ONLY ? 0 : -EIO;
+}
+
 int store_open(const char *path, const struct store_options *opt, struct store **out,
 	       struct bn_error *err)
 {
@@ -104,6 +115,7 @@ int store_open(const char *path, const struct store_options *opt, struct store *
 	pthread_mutex_init(&s->ckpt.mu, NULL);
 	pthread_cond_init(&s->ckpt.cv, NULL);
 	pthread_cond_init(&s->ckpt.idle, NULL);
+	store_health_init(s);
 	s->path = strdup(path);
 	if (s->path == NULL) {
 		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "out of memory");
@@ -129,25 +141,33 @@ int store_open(const char *path, const struct store_options *opt, struct store *
 	if (pages == 0 && (store_sql_exec(s->wdb, "PRAGMA page_size=65536", err) < 0 ||
 			   store_sql_exec(s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err) < 0))
 		goto fail;
-	if (store_sql_exec(s->wdb, "PRAGMA journal_mode=WAL", err) < 0)
+	if (store_sql_exec(s->wdb, "PRAGMA journal_mode=WAL", err) < 0 && start_write_failed(s) < 0)
 		goto fail;
 	snprintf(pragma, sizeof(pragma), "PRAGMA synchronous=%s",
 		 s->opt.sync_full ? "FULL" : "NORMAL");
 	if (store_sql_exec(s->wdb, pragma, err) < 0 ||
 	    store_sql_exec(s->wdb, "PRAGMA foreign_keys=ON", err) < 0)
 		goto fail;
+	/* a migration that cannot be written fails the start: reads need the new schema */
 	if (store_schema_migrate(s, err) < 0)
 		goto fail;
 	/*
 	 * late_writes only serve to validate replay checkpoints, which live in
-	 * memory: none exists yet, so the log can start empty.
+	 * memory: none exists yet, so the log can start empty. On a full disk
+	 * the old rows stay: they are older than any checkpoint made from now on.
 	 */
-	if (store_sql_exec(s->wdb, "DELETE FROM late_writes", err) < 0)
+	if (store_health_writable(s) &&
+	    store_sql_exec(s->wdb, "DELETE FROM late_writes", err) < 0 && start_write_failed(s) < 0)
 		goto fail;
 	if (store_checkpoint_start(s, err) < 0 || store_schema_prepare(s, err) < 0)
 		goto fail;
+	/* a full disk that the steps above did not need to write to shows here */
+	if (store_health_writable(s))
+		store_health_probe_start(s);
 	/* A bucketing pass may have been cut short: look at every domain once. */
 	store_history_touch_all(s);
+	/* what the reads of the start met (a damaged page: no write is acknowledged) */
+	store_health_after_write(s, "start");
 	if (store_writer_start(s, err) < 0)
 		goto fail;
 	*out = s;
@@ -177,6 +197,7 @@ void store_close(struct store *s)
 	pthread_mutex_destroy(&s->ckpt.mu);
 	pthread_cond_destroy(&s->ckpt.cv);
 	pthread_cond_destroy(&s->ckpt.idle);
+	store_health_destroy(s);
 	store_aggcache_clear(&s->aggcache);
 	free(s->wlayer_ids);
 	free(s->history.pending);

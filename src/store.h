@@ -8,7 +8,9 @@
  * aggregate cache), store_snapshot.c, store_delete.c, store_retention.c,
  * store_history.c (bounded history: buckets, kept replay states), store_bytes.c
  * (each run's bytes),
- * store_checkpoint.c, store_read.c (the reader pool, lookups, windows),
+ * store_checkpoint.c, store_health.c (whether the database can be written:
+ * a full disk, a damaged file, free space), store_read.c (the reader pool,
+ * lookups, windows),
  * store_runs.c (describing runs), store_layer.c (one layer across steps).
  *
  * One writer thread owns the write connection. HTTP threads hand it decoded
@@ -63,6 +65,9 @@ struct store_options {
 	int64_t retain_runs_days;
 	/* memory of the open steps' aggregates cached by the writer (default 256 MiB) */
 	size_t open_steps_bytes;
+	/* free bytes on the database's file system below which the log warns (default 1 GiB; 0:
+	 * never) */
+	size_t disk_free_warn_bytes;
 	/*
 	 * Told after each group commit, on the writer thread, of every upload
 	 * it stored (not a duplicate, not refused): changed(changed_ctx, run,
@@ -77,7 +82,8 @@ struct store_options {
 
 /* The outcome of one submitted batch, reported after the commit. */
 struct store_result {
-	int status;	     /* 200 accepted or duplicate; 409, 422, 500, 503 */
+	int status;	     /* 200 accepted or duplicate; 409, 422, 500, 503 (unavailable,
+				read_only, database_damaged: not stored) */
 	bool duplicate;	     /* same identity and content seen before */
 	size_t layers;	     /* layers in the batch */
 	struct bn_error err; /* when status is not 200 */
@@ -98,7 +104,9 @@ void store_options_default(struct store_options *o);
  * Open (creating if needed) the database at path, apply pending migrations
  * and start the writer thread. opt may be NULL for the defaults. On success
  * *out is a store the caller owns and releases with store_close().
- * Returns 0 or a negative errno with *err filled in.
+ * Returns 0 or a negative errno with *err filled in. A database at the
+ * latest schema that cannot be written (a full disk) opens READ_ONLY
+ * (store_health_get()); one that needs a migration then fails to open.
  */
 int store_open(const char *path, const struct store_options *opt, struct store **out,
 	       struct bn_error *err);
@@ -122,7 +130,8 @@ void store_close(struct store *s);
  * Queue batch b for the writer. On success the store owns b (it frees it)
  * and will call done(ctx, result) exactly once, from the writer thread;
  * ctx is the caller's and must stay valid until then. Returns -EAGAIN when
- * the queue is full, -ESHUTDOWN when the store is closing and -ENOMEM;
+ * the queue is full, -ESHUTDOWN when the store is closing, -EROFS when it
+ * does not accept writes (store_health_error() says why) and -ENOMEM;
  * then the caller still owns b and done is never called. Any thread.
  */
 int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx);
@@ -235,6 +244,45 @@ int store_submit_delete(struct store *s, const char *run, store_done_fn done, vo
  */
 int store_submit_snapshot_delete(struct store *s, const char *run, const char *label,
 				 store_done_fn done, void *ctx);
+
+/* --- health: can the database be written ------------------------------------- */
+
+/*
+ * Whether the store accepts writes (docs/OPERATIONS.md, "A full disk", "A
+ * damaged database"). READ_ONLY: a write failed with SQLITE_FULL or
+ * SQLITE_IOERR (a full disk, ENOSPC, a disk that refuses writes), at start
+ * or since; the writer retries a small write every STORE_PROBE_SECONDS and
+ * is WRITABLE again once one commits. DAMAGED: SQLite answered
+ * SQLITE_CORRUPT or SQLITE_NOTADB to a write or a read; it stays so until
+ * the daemon is restarted on a recovered file. Reads are served in every
+ * state. While not writable, store_submit() and its siblings return -EROFS
+ * and jobs already queued fail with 503 read_only or database_damaged.
+ */
+enum store_state { STORE_WRITABLE, STORE_READ_ONLY, STORE_DAMAGED };
+
+#define STORE_PROBE_SECONDS 2
+
+struct store_health {
+	enum store_state state;
+	char reason[256];	       /* why not writable ("" when writable) */
+	int64_t since_ms;	       /* when it stopped being writable (wall clock) */
+	bool free_known;	       /* free_bytes could be read (statvfs) */
+	unsigned long long free_bytes; /* free to the daemon on the database's file system */
+	unsigned long long warn_bytes; /* disk_free_warn_bytes */
+};
+
+/* The store's state now, with the free space of its file system. Any thread. */
+void store_health_get(struct store *s, struct store_health *h);
+
+/* The name of a state: "writable", "read_only" or "damaged". */
+const char *store_state_name(enum store_state st);
+
+/*
+ * A 503 for a write refused in the store's present state (code read_only or
+ * database_damaged, the reason in the message) in *err; unavailable when
+ * the store is writable again. Returns -EIO. Any thread.
+ */
+int store_health_error(struct store *s, struct bn_error *err);
 
 /* Batches waiting for the writer right now. */
 size_t store_queue_depth(struct store *s);

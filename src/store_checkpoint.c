@@ -53,11 +53,27 @@ static void checkpoint(struct store *s, sqlite3 *db, const char *who)
 
 	rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_pages,
 				       &done_pages);
-	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-		log_error("checkpoint_failed", "by=%s error=\"%s\"", who, sqlite3_errmsg(db));
-	else
+	/*
+	 * A checkpoint that fails (a full disk: the database file cannot grow)
+	 * fails again at every commit: logged at error the first time, then at
+	 * debug until one succeeds.
+	 */
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+		if (s->ckpt.failed++ == 0)
+			log_error("checkpoint_failed", "by=%s error=\"%s\" wal_pages=%d", who,
+				  sqlite3_errmsg(db), log_pages);
+		else
+			log_debug("checkpoint_failed", "by=%s error=\"%s\" wal_pages=%d failed=%d",
+				  who, sqlite3_errmsg(db), log_pages, s->ckpt.failed);
+	} else {
+		if (s->ckpt.failed > 0 && rc == SQLITE_OK)
+			log_info("checkpoint_recovered", "by=%s failed=%d wal_pages=%d", who,
+				 s->ckpt.failed, log_pages);
+		if (rc == SQLITE_OK)
+			s->ckpt.failed = 0;
 		log_debug("checkpoint", "by=%s rc=%d wal_pages=%d copied=%d", who, rc, log_pages,
 			  done_pages);
+	}
 
 	pthread_mutex_lock(&s->ckpt.mu);
 	s->ckpt.running = false;

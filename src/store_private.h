@@ -204,6 +204,7 @@ struct store {
 		bool wanted, stop;
 		bool running;  /* one checkpoint at a time: a second would get BUSY */
 		int wal_pages; /* WAL size after the writer's last commit */
+		int failed;    /* checkpoints failed in a row (one runs at a time: see running) */
 	} ckpt;
 
 	/* the reader pool, guarded by mu */
@@ -211,6 +212,18 @@ struct store {
 		pthread_mutex_t mu;
 		struct store_reader *idle;
 	} readers;
+
+	/* can the database be written (store_health.c); state, reason, since_ms and
+	 * next_probe guarded by mu */
+	struct {
+		pthread_mutex_t mu;
+		enum store_state state;
+		char reason[256];
+		int64_t since_ms;
+		int64_t next_probe; /* when to try a write again (monotonic ms) */
+		int64_t next_space; /* the writer's: when to look at free space again */
+		bool low;	    /* the writer's: free space was below the warning */
+	} health;
 };
 
 static inline int64_t store_now_ms(void)
@@ -282,6 +295,46 @@ int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
  */
 int store_sql_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b, const char *text,
 		    int64_t *out);
+
+/*
+ * The first SQLITE_CORRUPT or SQLITE_NOTADB (else SQLITE_FULL, else
+ * SQLITE_IOERR) a store_sql_* call on this thread met since the last take,
+ * as an extended result code; 0 when none. Taking it clears it. The
+ * functions above note what they meet; code that calls SQLite directly
+ * notes with store_sql_fault_note(rc).
+ */
+int store_sql_fault_take(void);
+void store_sql_fault_note(int rc);
+
+/* --- store_health.c: can the database be written ------------------------------- */
+
+/* Initialise s->health (writable); store_health_destroy() frees it. */
+void store_health_init(struct store *s);
+void store_health_destroy(struct store *s);
+
+/* Is the store writable now? Any thread. */
+bool store_health_writable(struct store *s);
+
+/*
+ * On the thread that wrote (the writer, or store_open): a write failed or
+ * may have; take this thread's SQLite fault and, for a damaged file or a
+ * full disk, leave the writable state (logged once). during names the work
+ * ("commit", "retention", "start"). Returns the state after.
+ */
+enum store_state store_health_after_write(struct store *s, const char *during);
+
+/* store_reader_put: a read that met SQLITE_CORRUPT marks the store damaged. */
+void store_health_after_read(struct store *s);
+
+/* store_open: one small write, so that a full disk is known before the first upload. */
+void store_health_probe_start(struct store *s);
+
+/*
+ * Writer thread, while idle: a write probe when READ_ONLY and due, a look
+ * at free space when due. Returns the milliseconds until either is due
+ * again (at most 10 s).
+ */
+int64_t store_health_idle(struct store *s);
 
 /* --- store_schema.c: migrations and the writer's statements ------------------- */
 

@@ -51,6 +51,7 @@ void store_reader_put(struct store *s, struct store_reader *r)
 	reader_blobs_close(r);
 	if (!sqlite3_get_autocommit(r->db))
 		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	store_health_after_read(s); /* a read that found the file damaged */
 	pthread_mutex_lock(&s->readers.mu);
 	r->next = s->readers.idle;
 	s->readers.idle = r;

@@ -8,6 +8,38 @@
 
 #include <stdint.h>
 
+/* What store_sql_fault_take() reports (store_private.h); one per thread. */
+static _Thread_local int sql_fault;
+
+static int fault_rank(int rc)
+{
+	switch (rc & 0xff) {
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return 3;
+	case SQLITE_FULL:
+		return 2;
+	case SQLITE_IOERR:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+void store_sql_fault_note(int rc)
+{
+	if (fault_rank(rc) > fault_rank(sql_fault))
+		sql_fault = rc;
+}
+
+int store_sql_fault_take(void)
+{
+	int rc = sql_fault;
+
+	sql_fault = 0;
+	return rc;
+}
+
 int store_sql_error(struct bn_error *err, sqlite3 *db, const char *what)
 {
 	return bn_error_set(err, 500, BN_E_INTERNAL, NULL, "%s: %s", what,
@@ -24,6 +56,7 @@ int store_sql_open(const char *path, bool writer, sqlite3 **out, struct bn_error
 		flags |= SQLITE_OPEN_CREATE;
 	rc = sqlite3_open_v2(path, &db, flags, NULL);
 	if (rc != SQLITE_OK) {
+		store_sql_fault_note(db ? sqlite3_extended_errcode(db) : rc);
 		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "cannot open database %s: %s", path,
 			     db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 		sqlite3_close(db);
@@ -41,6 +74,7 @@ int store_sql_exec(sqlite3 *db, const char *sql, struct bn_error *err)
 	int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
 
 	if (rc != SQLITE_OK) {
+		store_sql_fault_note(sqlite3_extended_errcode(db));
 		bn_error_set(err, 500, BN_E_INTERNAL, NULL, "%s: %s", sql,
 			     msg ? msg : sqlite3_errstr(rc));
 		sqlite3_free(msg);
@@ -58,8 +92,10 @@ int store_sql_rows(sqlite3_stmt *st, store_sql_row_fn fn, void *ctx)
 		if (rc != 0)
 			break;
 	}
-	if (rc == 0 && src != SQLITE_DONE)
+	if (rc == 0 && src != SQLITE_DONE) {
+		store_sql_fault_note(sqlite3_extended_errcode(sqlite3_db_handle(st)));
 		rc = -EIO;
+	}
 	sqlite3_reset(st);
 	return rc;
 }
@@ -68,13 +104,18 @@ int store_sql_run(sqlite3_stmt *st)
 {
 	int rc = sqlite3_step(st);
 
+	if (rc != SQLITE_DONE)
+		store_sql_fault_note(sqlite3_extended_errcode(sqlite3_db_handle(st)));
 	sqlite3_reset(st);
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
 int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
-	return sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -EIO;
+	if (sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK)
+		return 0;
+	store_sql_fault_note(sqlite3_extended_errcode(db));
+	return -EIO;
 }
 
 /* Column 0 of the first row, unless it is NULL (then -ENOENT). */

@@ -16,19 +16,28 @@
 #include "log.h"
 #include "metrics.h"
 
-static void fail_all(struct store_job *group, int status, const char *why)
+/*
+ * The group failed: every job gets a 503, read_only or database_damaged
+ * when the failure left the store so (store_health.c), else unavailable
+ * with why.
+ */
+static void fail_all(struct store *s, struct store_job *group, const char *why)
 {
 	struct store_job *j;
+	struct bn_error err;
 
+	if (store_health_writable(s))
+		bn_error_set(&err, 503, BN_E_UNAVAILABLE, NULL, "%s", why ? why : "retry later");
+	else
+		store_health_error(s, &err);
 	/*
 	 * Every result, refusals included: a 409 or 422 may have been decided
 	 * against rows of this very group, which are gone now.
 	 */
 	for (j = group; j != NULL; j = j->next) {
-		j->res.status = status;
+		j->res.status = 503;
 		j->res.duplicate = false;
-		bn_error_set(&j->res.err, status, status == 503 ? BN_E_UNAVAILABLE : BN_E_INTERNAL,
-			     NULL, "%s", why);
+		j->res.err = err;
 	}
 }
 
@@ -53,11 +62,18 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 	size_t accepted = 0, refused = 0, rows = 0;
 	bool ok = true;
 
+	if (!store_health_writable(s)) {
+		/* queued before the store stopped accepting writes */
+		fail_all(s, group, NULL);
+		goto report;
+	}
 	store_checkpoint_bound_wal(s);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	store_sql_fault_take(); /* what this group meets, only */
 	if (store_sql_exec(s->wdb, "BEGIN IMMEDIATE", &err) < 0) {
 		log_error("commit_failed", "stage=begin error=\"%s\"", err.message);
-		fail_all(group, 503, "the database is unavailable; retry later");
+		store_health_after_write(s, "a commit");
+		fail_all(s, group, "the database is unavailable; retry later");
 		goto report;
 	}
 	for (j = group; j != NULL; j = j->next) {
@@ -119,7 +135,8 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 		log_error("commit_failed", "stage=write error=\"%s\"", err.message);
 		if (!sqlite3_get_autocommit(s->wdb))
 			sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
-		fail_all(group, 503, "the database could not commit; retry later");
+		store_health_after_write(s, "a commit");
+		fail_all(s, group, "the database could not commit; retry later");
 	}
 	if (!ok)
 		store_bytes_drop(s);
@@ -145,6 +162,14 @@ report:
 	}
 }
 
+/* A retention or bucketing pass; a full disk or damage it meets is taken as a commit's. */
+static void writer_pass(struct store *s, void (*pass)(struct store *), const char *during)
+{
+	store_sql_fault_take();
+	pass(s);
+	store_health_after_write(s, during);
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
@@ -155,28 +180,39 @@ static void *writer_main(void *arg)
 
 		pthread_mutex_lock(&s->queue.mu);
 		while (s->queue.head == NULL && !s->queue.closing) {
-			if (store_retention_due(s)) {
-				pthread_mutex_unlock(&s->queue.mu);
-				store_retention_run(s);
-				pthread_mutex_lock(&s->queue.mu);
-				continue;
-			}
-			if (store_history_due(s)) {
-				pthread_mutex_unlock(&s->queue.mu);
-				store_history_run(s);
-				pthread_mutex_lock(&s->queue.mu);
-				continue;
-			}
-			if (s->opt.retain_steps > 0 || s->opt.retain_runs_days > 0 ||
-			    s->history.n > 0) {
-				struct timespec until;
+			struct timespec until;
+			int64_t wait_ms;
 
-				clock_gettime(CLOCK_REALTIME, &until);
-				until.tv_sec += 1;
-				pthread_cond_timedwait(&s->queue.cv, &s->queue.mu, &until);
-			} else {
-				pthread_cond_wait(&s->queue.cv, &s->queue.mu);
+			if (store_retention_due(s) && store_health_writable(s)) {
+				pthread_mutex_unlock(&s->queue.mu);
+				writer_pass(s, store_retention_run, "retention");
+				pthread_mutex_lock(&s->queue.mu);
+				continue;
 			}
+			if (store_history_due(s) && store_health_writable(s)) {
+				pthread_mutex_unlock(&s->queue.mu);
+				writer_pass(s, store_history_run, "bucketing");
+				pthread_mutex_lock(&s->queue.mu);
+				continue;
+			}
+			/* a write probe when read-only, a look at free space */
+			pthread_mutex_unlock(&s->queue.mu);
+			wait_ms = store_health_idle(s);
+			pthread_mutex_lock(&s->queue.mu);
+			if (s->queue.head != NULL || s->queue.closing)
+				break;
+			if ((s->opt.retain_steps > 0 || s->opt.retain_runs_days > 0 ||
+			     s->history.n > 0) &&
+			    wait_ms > 1000)
+				wait_ms = 1000;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += wait_ms / 1000;
+			until.tv_nsec += (wait_ms % 1000) * 1000000;
+			if (until.tv_nsec >= 1000000000) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&s->queue.cv, &s->queue.mu, &until);
 		}
 		if (s->queue.head == NULL) {
 			pthread_mutex_unlock(&s->queue.mu);
@@ -195,10 +231,11 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&s->queue.mu);
 
 		write_group(s, group, n);
-		if (store_retention_due(s))
-			store_retention_run(s);
-		if (store_history_due(s))
-			store_history_run(s);
+		if (store_retention_due(s) && store_health_writable(s))
+			writer_pass(s, store_retention_run, "retention");
+		if (store_history_due(s) && store_health_writable(s))
+			writer_pass(s, store_history_run, "bucketing");
+		(void)store_health_idle(s); /* free space, also while uploads never pause */
 	}
 	return NULL;
 }
@@ -244,6 +281,8 @@ static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapsho
 	pthread_mutex_lock(&s->queue.mu);
 	if (s->queue.closing)
 		rc = -ESHUTDOWN;
+	else if (!store_health_writable(s))
+		rc = -EROFS;
 	else if (s->queue.depth >= s->opt.queue_max)
 		rc = -EAGAIN;
 	if (rc == 0) {

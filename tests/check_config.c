@@ -52,6 +52,14 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.http.body_memory_max, 256u << 20);
 	/* a handful of addresses cannot take every connection */
 	ck_assert_uint_le(c.http.max_per_ip * 8, c.http.max_connections);
+	/* the free-space warning (docs/OPERATIONS.md, "A full disk") */
+	ck_assert_uint_eq(c.store.disk_free_warn_bytes, (size_t)1 << 30);
+	ck_assert_int_eq(parse(&c, &err, 2, "--disk-free-warn-mb", "0"), 0);
+	ck_assert_uint_eq(c.store.disk_free_warn_bytes, 0);
+	ck_assert_int_eq(parse(&c, &err, 1, "--disk-free-warn-mb=300"), 0);
+	ck_assert_uint_eq(c.store.disk_free_warn_bytes, (size_t)300 << 20);
+	ck_assert_int_lt(parse(&c, &err, 2, "--disk-free-warn-mb", "-1"), 0);
+	ck_assert_str_eq(err.path, "disk-free-warn-mb");
 }
 END_TEST
 

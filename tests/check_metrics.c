@@ -151,6 +151,38 @@ START_TEST(test_gauges_and_runs)
 }
 END_TEST
 
+START_TEST(test_database_state_and_free_space)
+{
+	struct metrics_sources src = { 0 };
+	char *text;
+	int rc;
+
+	/* without a state and a known free space, neither is rendered */
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_ptr_null(strstr(text, "bnstat_database_state"));
+	ck_assert_ptr_null(strstr(text, "bnstat_disk_free_bytes "));
+	ck_assert(sample(text, "bnstat_disk_free_warn_bytes") == 0);
+	free(text);
+
+	src.database_state = "read_only";
+	src.disk_free_known = true;
+	src.disk_free_bytes = 12345;
+	src.disk_free_warn_bytes = 1 << 30;
+	text = render(&src, &rc);
+	ck_assert_int_eq(rc, 0);
+	/* one series per state, 1 for the one now */
+	ck_assert(sample(text, "bnstat_database_state{state=\"writable\"}") == 0);
+	ck_assert(sample(text, "bnstat_database_state{state=\"read_only\"}") == 1);
+	ck_assert(sample(text, "bnstat_database_state{state=\"damaged\"}") == 0);
+	ck_assert(strstr(text, "# TYPE bnstat_database_state gauge") <
+		  strstr(text, "bnstat_database_state{"));
+	ck_assert(sample(text, "bnstat_disk_free_bytes") == 12345);
+	ck_assert(sample(text, "bnstat_disk_free_warn_bytes") == 1 << 30);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_failed_walk)
 {
 	const struct metrics_run runs[] = { { "a", true, 1, 0 }, { "b", true, 2, 0 } };
@@ -440,6 +472,7 @@ static Suite *metrics_suite(void)
 	tcase_add_test(tc, test_counters_and_histograms);
 	tcase_add_test(tc, test_gauges_and_runs);
 	tcase_add_test(tc, test_failed_walk);
+	tcase_add_test(tc, test_database_state_and_free_space);
 	tcase_add_test(tc, test_nonfinite_counter);
 	tcase_add_test(tc, test_nonfinite_bounds);
 	tcase_add_test(tc, test_drift_gauges);

@@ -35,6 +35,8 @@
 #define BN_E_METHOD "method_not_allowed"	   /* 405 */
 #define BN_E_MEDIA "unsupported_media_type"	   /* 415 */
 #define BN_E_UNAVAILABLE "unavailable"		   /* 503 */
+#define BN_E_READ_ONLY "read_only"		   /* 503: the disk is full */
+#define BN_E_DAMAGED "database_damaged"		   /* 503: the file is damaged */
 #define BN_E_UNAUTHORIZED "unauthorized"	   /* 401: no or unknown bearer token */
 #define BN_E_FORBIDDEN "forbidden"		   /* 403: the token's role does not allow it */
 #define BN_E_INTERNAL "internal"		   /* 500 */

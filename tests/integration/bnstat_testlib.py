@@ -128,13 +128,16 @@ class Daemon:
                 client keeps its URL across a restart), retrying while the
                 old socket is still held
       scheme    of url (default https with tls_ca, else http)
+      binary    the daemon to run (default $BNSTATD; the disk-fault tests run
+                tests/bnstatd_fault, docs/TESTING.md)
     """
 
     START_TIMEOUT = 15.0
     STOP_TIMEOUT = 30.0
 
     def __init__(self, *args, env=None, prefix=None, host=None, tls_ca=None, ready_file=None,
-                 keep_port=False, scheme=None):
+                 keep_port=False, scheme=None, binary=None):
+        self.binary = binary or BNSTATD
         self.args = [str(a) for a in args]
         self.env = dict(env or {})
         self.prefix = [str(a) for a in (prefix or [])]
@@ -185,7 +188,7 @@ class Daemon:
 
     def _start_once(self, listen_port, timeout):
         self._reap()
-        cmd = self.prefix + [BNSTATD, "--db", self.db, "--listen",
+        cmd = self.prefix + [self.binary, "--db", self.db, "--listen",
                              "%s:%d" % (self.host, listen_port)] + self.args
         self.starts += 1
         with self._lock:
