@@ -152,6 +152,25 @@ int store_layer_emas(struct store_reader *r, int64_t run_id, int64_t domain_id, 
 			  worker, fn, ctx);
 }
 
+/*
+ * A blob handle that did not open says only SQLITE_ERROR, also for a
+ * damaged file: read the row through a statement, whose failure notes
+ * what it met (store_sql_fault_note()), so that store_reader_put() sees a
+ * damaged file as any other read's.
+ */
+static void blob_open_failed(struct store_reader *r, const char *table, int64_t rowid)
+{
+	char sql[64];
+	sqlite3_stmt *st;
+
+	snprintf(sql, sizeof(sql), "SELECT data FROM %s WHERE id = ?1", table);
+	if (store_sql_prepare(r->db, sql, &st) < 0)
+		return;
+	sqlite3_bind_int64(st, 1, rowid);
+	(void)store_sql_rows(st, NULL, NULL);
+	sqlite3_finalize(st);
+}
+
 int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid, size_t channels,
 		   size_t first, size_t n, double *out)
 {
@@ -166,6 +185,7 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 	else
 		rc = sqlite3_blob_open(r->db, "main", table, "data", rowid, 0, blob);
 	if (rc != SQLITE_OK) {
+		blob_open_failed(r, table, rowid);
 		sqlite3_blob_close(*blob);
 		*blob = NULL;
 		return -EIO;
@@ -179,17 +199,22 @@ int store_row_read(struct store_reader *r, enum store_blob which, int64_t rowid,
 			size_t k, m = n - i < sizeof(f) / sizeof(f[0]) ? n - i
 								       : sizeof(f) / sizeof(f[0]);
 
-			if (sqlite3_blob_read(*blob, f, (int)(m * sizeof(float)),
-					      (int)((first + i) * sizeof(float))) != SQLITE_OK)
+			rc = sqlite3_blob_read(*blob, f, (int)(m * sizeof(float)),
+					       (int)((first + i) * sizeof(float)));
+			if (rc != SQLITE_OK) {
+				store_sql_fault_note(rc);
 				return -EIO;
+			}
 			for (k = 0; k < m; k++)
 				out[i + k] = (double)f[k];
 		}
 		return 0;
 	}
-	if (sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)),
-			      (int)(first * sizeof(double))) != SQLITE_OK)
+	rc = sqlite3_blob_read(*blob, out, (int)(n * sizeof(double)), (int)(first * sizeof(double)));
+	if (rc != SQLITE_OK) {
+		store_sql_fault_note(rc);
 		return -EIO;
+	}
 	return 0;
 }
 

@@ -334,6 +334,49 @@ START_TEST(test_corrupt_read_stops_writes)
 }
 END_TEST
 
+START_TEST(test_corrupt_blob_read_stops_writes)
+{
+	enum { C = 20000 }; /* an aggregate of 800 KB: its data lies on overflow pages */
+	struct store *s = tu_open(dbpath);
+	struct store_reader *r;
+	struct bn_error err;
+	sqlite3 *c;
+	sqlite3_stmt *st;
+	int64_t rowid;
+	double *out = malloc(C * sizeof(double));
+	char *json = malloc(64 + 2 * C * 8), *p;
+	int i;
+
+	/* one layer of C channels, so that the blob handle reads pages of its own */
+	p = json + sprintf(json, "{\"worker\":\"w0\",\"step\":1,\"seq\":0,\"layers\":{\"bn\":"
+				 "{\"count\":4,\"mean\":[");
+	for (i = 0; i < C; i++)
+		p += sprintf(p, "%s0.5", i ? "," : "");
+	p += sprintf(p, "],\"var\":[");
+	for (i = 0; i < C; i++)
+		p += sprintf(p, "%s1", i ? "," : "");
+	sprintf(p, "]}}}");
+	ck_assert_int_eq(tu_put(s, json).status, 200);
+	/* the row's id, from a connection of the test's own (the store's page caches stay cold) */
+	ck_assert_int_eq(sqlite3_open(dbpath, &c), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_prepare_v2(c, "SELECT id FROM aggs", -1, &st, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	rowid = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(c);
+	ck_assert_int_eq(store_reader_get(s, &r, &err), 0);
+	faultvfs_arm(FAULT_CORRUPT, 0, FAULT_FILES_ANY);
+	/* the blob handle, not a statement, meets the damaged pages */
+	ck_assert_int_lt(store_row_read(r, STORE_BLOB_AGG, rowid, C, 0, C, out), 0);
+	store_reader_put(s, r);
+	ck_assert_int_eq(state_of(s), STORE_DAMAGED);
+	faultvfs_disarm();
+	store_close(s);
+	free(out);
+	free(json);
+}
+END_TEST
+
 /* Overwrite every page of table `tbl` and its indexes with 0xff. */
 static void damage_table(const char *db, const char *tbl)
 {
@@ -425,6 +468,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_full_at_start_opens_read_only);
 	tcase_add_test(tc, test_full_at_start_of_a_new_file_fails);
 	tcase_add_test(tc, test_corrupt_write_is_damaged_for_good);
+	tcase_add_test(tc, test_corrupt_blob_read_stops_writes);
 	tcase_add_test(tc, test_corrupt_read_stops_writes);
 	tcase_add_test(tc, test_real_damage_refuses_the_upload);
 	suite_add_tcase(s, tc);
