@@ -2,8 +2,9 @@
  * fuzz_query: a request target, as libmicrohttpd hands it to bnstatd: the
  * input is PATH[?QUERY]. The path goes through the router
  * (http_route_parse(), src/http_route.c) with each method; every value of
- * the query string, unescaped by libmicrohttpd's own MHD_http_unescape()
- * with a %00 made DEL as bnstatd's unescape callback does, goes through the
+ * the query string, unescaped by bnstatd's unescape callback
+ * (http_unescape_no_nul(): libmicrohttpd's, with a %00 made DEL, which
+ * must never leave a NUL inside the string), goes through the
  * parameter parsers of src/query.c: the strict number grammar of
  * docs/API.md, "Query parameters" (query_parse_number(), momentum,
  * target_se) and the integer one (query_parse_int()).
@@ -26,8 +27,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <microhttpd.h>
 
 #include "http_private.h"
 #include "query.h"
@@ -134,15 +133,13 @@ static void check_value(const char *name, const char *v)
 			    number_ok ? BN_E_INVALID : BN_E_PARAMETER, "target_se", v);
 }
 
-/* MHD's unescaping, a NUL made DEL (as http.c's unescape callback). */
+/* The daemon's unescaping: a %00 never ends the string early. */
 static void unescape(char *s)
 {
-	size_t n = MHD_http_unescape(s);
+	size_t before = strlen(s), n = http_unescape_no_nul(NULL, NULL, s);
 
-	for (size_t i = 0; i < n; i++)
-		if (s[i] == '\0')
-			s[i] = '\x7f';
-	s[n] = '\0';
+	FUZZ_ASSERT(n <= before && strlen(s) == n, "unescaped to %zu bytes, strlen %zu", n,
+		    strlen(s));
 }
 
 static void check_route(const char *path)
