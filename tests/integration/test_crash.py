@@ -17,8 +17,9 @@ would answer false). Once every thread has all its batches acknowledged the
 statistics of the whole run must be exactly those of the batches sent, each
 once: per layer count and batches equal, mean and var equal to a numpy
 float64 reference from the batches as sent, to 1e-12 relative (the merge's
-rounding in arrival order; counting any batch twice or losing one moves the
-mean by far more, which the test checks it would see).
+rounding in arrival order). Count and batches see any batch counted twice
+or lost exactly; the means would too for a typical batch, which moves them
+by far more than the tolerance (the test checks that it does).
 
 Size: BNSTAT_CRASH_BATCHES per thread (default 60) and BNSTAT_CRASH_KILLS
 (default 24); BNSTAT_CRASH_SEED picks the seed (default: random, printed).
@@ -323,10 +324,11 @@ class CrashTest(TestCaseMixin, unittest.TestCase):
             self.assertEqual(got["batches"], r["batches"], name)
             self.assertAllRelClose(got["mean"], list(r["mean"]), REL, name + " mean")
             self.assertAllRelClose(got["var"], list(r["var"]), REL, name + " var")
-            # the tolerance would see one batch counted twice, or one missing
+            # count and batches see any batch counted twice or lost, exactly;
+            # the mean's tolerance too, for a typical batch (the median one)
             shift = np.abs(r["n"][:, None] * (r["m"] - r["mean"])) / (r["count"] + r["n"][:, None])
-            smallest = shift.max(axis=1).min() / np.abs(r["mean"]).max()
-            self.assertGreater(smallest, 1000 * REL, name)
+            typical = np.median(shift.max(axis=1)) / np.abs(r["mean"]).max()
+            self.assertGreater(typical, 1000 * REL, name)
 
 
 if __name__ == "__main__":
