@@ -54,6 +54,7 @@ static int read_table(const char *path, struct table *t, struct bn_error *err)
 	FILE *f = fopen(path, "r");
 	char *line = NULL; /* getline: a line of any length is read whole */
 	size_t cap = 0;
+	ssize_t n;
 	unsigned lineno = 0;
 	int rc = 0;
 
@@ -62,12 +63,18 @@ static int read_table(const char *path, struct table *t, struct bn_error *err)
 	if (f == NULL)
 		return bn_error_set(err, 400, BN_E_INVALID, "token-file",
 				    "cannot open token file %s: %s", path, strerror(errno));
-	while (getline(&line, &cap, f) != -1) {
+	while ((n = getline(&line, &cap, f)) != -1) {
 		char *save = NULL, *tok, *roles, *extra;
 		struct token *p;
 		unsigned r;
 
 		lineno++;
+		/* a NUL would end the line early, and its tail would go unread */
+		if (memchr(line, '\0', (size_t)n) != NULL) {
+			rc = bn_error_set(err, 400, BN_E_INVALID, "token-file",
+					  "%s:%u: a NUL byte: a token file is text", path, lineno);
+			break;
+		}
 		tok = strtok_r(line, " \t\r\n", &save);
 		if (tok == NULL || tok[0] == '#')
 			continue;

@@ -304,18 +304,26 @@ static int load_file(struct config *c, const char *path, struct bn_error *err)
 	FILE *f = fopen(path, "r");
 	char *line = NULL, where[4200]; /* getline: a line of any length is read whole */
 	size_t cap = 0;
+	ssize_t n;
 	unsigned lineno = 0;
 	int rc = 0;
 
 	if (f == NULL)
 		return bn_error_set(err, 400, BN_E_INVALID, "config",
 				    "cannot open config file %s: %s", path, strerror(errno));
-	while (getline(&line, &cap, f) != -1) {
-		char *s = trim(line), *eq, *key, *val;
+	while ((n = getline(&line, &cap, f)) != -1) {
+		char *s, *eq, *key, *val;
 		const struct option_def *o;
 
 		lineno++;
 		snprintf(where, sizeof(where), "%s:%u", path, lineno);
+		/* a NUL would end the line early, and its tail would go unread */
+		if (memchr(line, '\0', (size_t)n) != NULL) {
+			rc = bn_error_set(err, 400, BN_E_INVALID, "config",
+					  "%s: a NUL byte: a config file is text", where);
+			break;
+		}
+		s = trim(line);
 		if (*s == '\0' || *s == '#')
 			continue;
 		eq = strchr(s, '=');

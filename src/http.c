@@ -342,12 +342,8 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
 	return rq;
 }
 
-/*
- * MHD's unescaping, but a %00 (which would end the string early, so that
- * "/v1/runs/r%00x" named run "r") becomes DEL, a byte that no name or
- * number allows: on_request refuses a path holding it.
- */
-static size_t unescape_no_nul(void *cls, struct MHD_Connection *conn, char *s)
+/* libmicrohttpd's unescape callback (http_private.h): on_request refuses a path holding DEL. */
+size_t http_unescape_no_nul(void *cls, struct MHD_Connection *conn, char *s)
 {
 	size_t n = MHD_http_unescape(s), i;
 
@@ -705,7 +701,7 @@ int http_start(const struct http_options *o, struct store *s, struct replay_cach
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_POOL_BYTES,
 		MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_URI_LOG_CALLBACK,
 		on_request_line, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-		MHD_OPTION_UNESCAPE_CALLBACK, unescape_no_nul, NULL,
+		MHD_OPTION_UNESCAPE_CALLBACK, http_unescape_no_nul, NULL,
 		/* the TLS options last: MHD_OPTION_END ends the list when there is no TLS */
 		(flags & MHD_USE_TLS) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, o->tls_cert_pem,
 		MHD_OPTION_HTTPS_MEM_KEY, o->tls_key_pem, MHD_OPTION_END);

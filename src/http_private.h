@@ -55,6 +55,16 @@ struct http_route {
  */
 int http_route_parse(const char *method, const char *url, struct http_route *out);
 
+/*
+ * libmicrohttpd's unescaping of the path and of every query argument and
+ * value (MHD_OPTION_UNESCAPE_CALLBACK; cls and conn unused), but a %00,
+ * which would end the string early so that "/v1/runs/r%00x" named run
+ * "r", becomes DEL, a byte that no name or number allows. Unescapes s in
+ * place and returns its new length, which is also its strlen(). In
+ * http.c; the fuzz target of request targets calls it too.
+ */
+size_t http_unescape_no_nul(void *cls, struct MHD_Connection *conn, char *s);
+
 /* --- deadlines and the body budget (http_guard.c) ---------------------------------------- */
 
 /* Where a connection's current request is, for its deadline. */

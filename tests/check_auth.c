@@ -201,6 +201,31 @@ START_TEST(test_long_lines)
 }
 END_TEST
 
+/*
+ * A NUL byte refuses the file, naming its line: it would end the line
+ * early, and "TOKEN read\0junk admin" was a read token with its tail
+ * unread (found by tests/fuzz/fuzz_tokens).
+ */
+START_TEST(test_nul_byte)
+{
+	static const char text[] = T_ADMIN " admin\n" T_READ " read\0" T_INGEST " ingest\n";
+	struct auth *a = (struct auth *)&a;
+	struct bn_error err;
+	char where[96];
+
+	tu_write_temp_n(path, sizeof(path), "check_auth", text, sizeof(text) - 1);
+	bn_error_clear(&err);
+	ck_assert_int_lt(auth_load(path, &a, &err), 0);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(err.status, 400);
+	ck_assert_str_eq(err.path, "token-file");
+	snprintf(where, sizeof(where), "%s:2: a NUL byte", path);
+	ck_assert_msg(strstr(err.message, where) != NULL, "\"%s\"", err.message);
+	ck_assert_ptr_null(strstr(err.message, "0123456789abcdef"));
+	unlink(path);
+}
+END_TEST
+
 START_TEST(test_missing_file)
 {
 	struct auth *a = (struct auth *)&a;
@@ -512,6 +537,7 @@ static Suite *auth_suite(void)
 	tcase_add_test(file, test_token_lengths);
 	tcase_add_test(file, test_bad_lines);
 	tcase_add_test(file, test_long_lines);
+	tcase_add_test(file, test_nul_byte);
 	tcase_add_test(file, test_missing_file);
 	tcase_add_test(file, test_reload);
 	suite_add_tcase(s, file);

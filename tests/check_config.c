@@ -194,6 +194,30 @@ START_TEST(test_long_lines)
 }
 END_TEST
 
+/*
+ * A NUL byte refuses the file, naming its line: it would end the line
+ * early, so that "db = /tmp/a\0.db" set db to "/tmp/a" and the tail went
+ * unread (found by tests/fuzz/fuzz_config).
+ */
+START_TEST(test_nul_byte)
+{
+	static const char db[] = "threads = 2\ndb = /tmp/a\0.db\n";
+	static const char comment[] = "# a comment\0 with a NUL\n";
+	struct config c;
+	struct bn_error err;
+
+	tu_write_temp_n(path, sizeof(path), "check_config", db, sizeof(db) - 1);
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_int_eq(err.status, 400);
+	ck_assert_ptr_nonnull(strstr(err.message, ":2: a NUL byte"));
+	unlink(path);
+	tu_write_temp_n(path, sizeof(path), "check_config", comment, sizeof(comment) - 1);
+	ck_assert_int_lt(parse(&c, &err, 2, "--config", path), 0);
+	ck_assert_ptr_nonnull(strstr(err.message, ":1: a NUL byte"));
+	unlink(path);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -208,6 +232,7 @@ int main(void)
 	tcase_add_test(tc, test_file_and_precedence);
 	tcase_add_test(tc, test_file_errors_name_the_line);
 	tcase_add_test(tc, test_long_lines);
+	tcase_add_test(tc, test_nul_byte);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

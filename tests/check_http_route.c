@@ -1,7 +1,7 @@
 /*
  * check_http_route: every endpoint of docs/API.md parsed from its method and
- * path, and what the paths and methods that name none are answered (404,
- * or 405 with the path's Allow).
+ * path, what the paths and methods that name none are answered (404,
+ * or 405 with the path's Allow), and the unescape callback's %00.
  */
 #include <check.h>
 #include <errno.h>
@@ -205,6 +205,20 @@ START_TEST(test_route_is_reset)
 }
 END_TEST
 
+/* The unescape callback: %00 becomes DEL, so that the string never ends early. */
+START_TEST(test_unescape_no_nul)
+{
+	char s[] = "/v1/runs/r%00x%2Fy%41/stats", t[] = "a%00%00", u[] = "plain";
+
+	ck_assert_uint_eq(http_unescape_no_nul(NULL, NULL, s), strlen("/v1/runs/r?x/yA/stats"));
+	ck_assert_str_eq(s, "/v1/runs/r\x7f" "x/yA/stats");
+	ck_assert_uint_eq(http_unescape_no_nul(NULL, NULL, t), 3);
+	ck_assert_str_eq(t, "a\x7f\x7f");
+	ck_assert_uint_eq(http_unescape_no_nul(NULL, NULL, u), 5);
+	ck_assert_str_eq(u, "plain");
+}
+END_TEST
+
 static Suite *route_suite(void)
 {
 	Suite *s = suite_create("http_route");
@@ -216,6 +230,7 @@ static Suite *route_suite(void)
 	tcase_add_test(tc, test_unknown_paths);
 	tcase_add_test(tc, test_wrong_methods);
 	tcase_add_test(tc, test_route_is_reset);
+	tcase_add_test(tc, test_unescape_no_nul);
 	suite_add_tcase(s, tc);
 	return s;
 }
