@@ -259,4 +259,18 @@ int query_parse_number(const char *name, const char *s, double *out, struct bn_e
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err);
 
+/*
+ * GET /v1/runs/{run}/export: the run file of the run (docs/API.md, "Moving
+ * a run"), read in one read snapshot.
+ */
+int query_export(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
+
+/*
+ * The body of POST /v1/runs/{run}/import checked against the run file's
+ * format: 0 and a new *out (the caller's; store_runfile_free()), or 400 /
+ * 422 in *err. Whether its rows hold together is the writer's to check.
+ */
+int query_import_decode(const char *body, size_t len, struct store_runfile **out,
+			struct bn_error *err);
+
 #endif
