@@ -420,7 +420,7 @@ static int answer_shift(struct http_request *rq, struct store_reader *r,
 static int answer_export(struct http_request *rq, struct store_reader *r,
 			 const struct query_params *p, json_t **doc, struct bn_error *err)
 {
-	return query_export(r, rq->route.run, doc, err);
+	return query_export(r, rq->route.run, rq->srv->opt.max_body, doc, err);
 }
 
 /* GET /v1/runs/{run}/snapshots */

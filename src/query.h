@@ -261,9 +261,11 @@ int query_parse_int(const char *name, const char *s, long long min, long long *o
 
 /*
  * GET /v1/runs/{run}/export: the run file of the run (docs/API.md, "Moving
- * a run"), read in one read snapshot.
+ * a run"), read in one read snapshot; 413 when it would take more than
+ * max_bytes (it is built in memory, and an import takes at most max-body).
  */
-int query_export(struct store_reader *r, const char *run, json_t **out, struct bn_error *err);
+int query_export(struct store_reader *r, const char *run, size_t max_bytes, json_t **out,
+		 struct bn_error *err);
 
 /*
  * The body of POST /v1/runs/{run}/import checked against the run file's

@@ -58,7 +58,20 @@ static json_t *b64_string(const uint8_t *p, size_t len)
 
 struct export_walk {
 	json_t *rows[STORE_RF_TABLES];
+	size_t bytes, max_bytes; /* of the file so far (about), and at most */
 };
+
+/* About the bytes a value takes in the file. */
+static size_t value_bytes(const struct store_rf_column *col, const struct store_rf_value *v)
+{
+	if (v->null)
+		return 5;
+	if (col->type == STORE_RF_BLOB)
+		return (v->len + 2) / 3 * 4 + 3;
+	if (col->type == STORE_RF_TEXT)
+		return v->len + 3;
+	return 21;
+}
 
 static json_t *value_json(const struct store_rf_column *col, const struct store_rf_value *v)
 {
@@ -83,6 +96,12 @@ static int export_row(void *ctx, size_t table, const struct store_rf_value *vals
 	json_t *row = json_array();
 	size_t c;
 
+	for (c = 0; c < t->n_cols; c++)
+		ex->bytes += value_bytes(&t->cols[c], &vals[c]);
+	if (ex->bytes > ex->max_bytes) {
+		json_decref(row);
+		return -EFBIG;
+	}
 	if (row == NULL || json_array_append_new(ex->rows[table], row) < 0)
 		return -ENOMEM;
 	for (c = 0; c < t->n_cols; c++) {
@@ -95,9 +114,10 @@ static int export_row(void *ctx, size_t table, const struct store_rf_value *vals
 	return 0;
 }
 
-int query_export(struct store_reader *r, const char *run, json_t **out, struct bn_error *err)
+int query_export(struct store_reader *r, const char *run, size_t max_bytes, json_t **out,
+		 struct bn_error *err)
 {
-	struct export_walk ex = { { NULL } };
+	struct export_walk ex = { .max_bytes = max_bytes };
 	json_t *doc = NULL, *tables;
 	int64_t run_id;
 	size_t t, c;
@@ -136,6 +156,12 @@ int query_export(struct store_reader *r, const char *run, json_t **out, struct b
 	rc = store_runfile_walk(r, run_id, export_row, &ex);
 	if (rc == -ENOMEM)
 		rc = query_oom(err);
+	else if (rc == -EFBIG)
+		rc = bn_error_set(
+			err, 413, BN_E_TOO_LARGE, NULL,
+			"the run file would be larger than %zu bytes (max-body), more than "
+			"an import takes: raise max-body on both servers",
+			max_bytes);
 	else if (rc == -EILSEQ)
 		rc = bn_error_set(err, 500, BN_E_INTERNAL, NULL, "a stored name is not UTF-8");
 	else if (rc < 0)

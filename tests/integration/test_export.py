@@ -283,6 +283,20 @@ class TestExportImport(TestCaseMixin, unittest.TestCase):
                          [r["name"] for r in before["runs"]])
         self.assertTrue(self.b.running)
 
+    def test_file_larger_than_max_body(self):
+        limit = len(self.file) // 2
+        d = Daemon("--max-body", str(limit))
+        self.addCleanup(d.close)
+        d.start()
+        st, body, _ = self.import_file(d, "big", self.file)
+        self.assertError((st, body, {}), 413, "payload_too_large", what="import past max-body")
+        for doc in self.docs:
+            st, body, _ = d.post_batch("big", doc)
+            self.assertEqual(st, 200, body)
+        st, body, _ = d.get("/v1/runs/big/export")
+        self.assertError((st, body, {}), 413, "payload_too_large", what="export past max-body")
+        self.assertIn("max-body", body["error"]["message"])
+
     def test_admin_role(self):
         tmp = tempfile.mkdtemp(prefix="bnstat-export-")
         self.addCleanup(shutil.rmtree, tmp, True)
