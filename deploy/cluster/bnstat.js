@@ -52,7 +52,8 @@ function runs(r) {
             if (reply.status !== 200) {
                 // the node refused the request itself (a parameter, a token): so would all
                 if (refusal === null)
-                    refusal = {status: reply.status, text: reply.responseText};
+                    refusal = {status: reply.status, text: reply.responseText,
+                               auth: reply.headersOut['WWW-Authenticate']};
                 continue;
             }
             all = all.concat(doc.runs);
@@ -61,6 +62,8 @@ function runs(r) {
         }
         if (refusal !== null) {
             r.headersOut['Content-Type'] = 'application/json';
+            if (refusal.auth !== undefined)
+                r.headersOut['WWW-Authenticate'] = refusal.auth;
             r.return(refusal.status, refusal.text);
             return;
         }

@@ -305,6 +305,36 @@ class TestCluster(TestCaseMixin, unittest.TestCase):
         self.assertIn("token-file", r.stderr)
         self.assertEqual([f for f in os.listdir(d) if f.endswith(".pid")], [])
 
+    def test_4_tokens_through_the_front(self):
+        d = tempfile.mkdtemp(prefix="bnstat-cluster-tok-")
+        self.addCleanup(shutil.rmtree, d, True)
+        tok = "front-admin-%016x" % random.Random().getrandbits(64)
+        with open(os.path.join(d, "tokens"), "w") as f:
+            f.write("%s admin\n" % tok)
+        port = free_port()
+        r = subprocess.run([os.path.join(CLUSTER, "up"), "2", str(port), os.path.join(d, "c"),
+                            "--token-file", os.path.join(d, "tokens")],
+                           capture_output=True, text=True, timeout=60)
+        self.addCleanup(subprocess.run, [os.path.join(CLUSTER, "down"), os.path.join(d, "c")],
+                        capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.dumps(make_doc(random.Random(1), 0, "w0", 1))
+        ctype = {"Content-Type": "application/json"}
+        st, body, hdrs = request(port, "POST", "/v1/runs/t/batches", doc, ctype)
+        self.assertError((st, body, hdrs), 401, "unauthorized", what="no token via the front")
+        auth = dict(ctype, Authorization="Bearer " + tok)
+        st, body, _ = request(port, "POST", "/v1/runs/t/batches", doc, auth)
+        self.assertEqual(st, 200, body)
+        for path in ("/v1/runs", "/v1/runs/t/stats"):
+            st, body, hdrs = get(port, path)
+            self.assertError((st, body, hdrs), 401, "unauthorized", what=path + " no token")
+            self.assertTrue((hdrs.get("WWW-Authenticate") or "").startswith("Bearer"), path)
+            st, body, _ = get(port, path, headers=auth)
+            self.assertEqual(st, 200, body)
+        for log in ("access.log", "error.log", "node-1.log", "node-2.log"):
+            with open(os.path.join(d, "c", log), errors="replace") as f:
+                self.assertNotIn(tok, f.read(), "the token is in " + log)
+
     def test_4_unit_refuses_open_listen_without_tokens(self):
         unit = os.path.join(CLUSTER, "bnstatd@.service")
         with open(unit) as f:
