@@ -22,6 +22,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -71,7 +72,7 @@ def reads(run):
 
 def strip_created(doc):
     if isinstance(doc, dict):
-        return {k: strip_created(v) for k, v in doc.items() if k != "created_ms"}
+        return {k: strip_created(v) for k, v in doc.items() if k not in ("created_ms", "created")}
     if isinstance(doc, list):
         return [strip_created(v) for v in doc]
     return doc
@@ -218,6 +219,35 @@ class TestCluster(TestCaseMixin, unittest.TestCase):
             self.assertEqual(pages, ref_pages, params)
         st, doc, _ = get(self.port, "/v1/runs", {"limit": 0})
         self.assertError((st, doc, {}), 422, "invalid_value", "limit", what="limit=0")
+
+    def test_1_snapshots_and_delete_through_the_front(self):
+        run = RUNS[-1]
+        ctype = {"Content-Type": "application/json"}
+        body = json.dumps({"label": "eval", "window": 4})
+        st, front, _ = request(self.port, "POST", "/v1/runs/%s/snapshots" % run, body, ctype)
+        self.assertEqual(st, 201, front)
+        st, ref, _ = self.ref.request("POST", "/v1/runs/%s/snapshots" % run, body, ctype)
+        self.assertEqual(st, 201, ref)
+        self.assertEqual(strip_created(front), strip_created(ref))
+        for params in (None, {"format": "safetensors", "dtype": "f64"}):
+            st, raw = self.raw(self.port, "/v1/runs/%s/snapshots/eval" % run, params)
+            self.assertEqual(st, 200)
+            want = self.raw(self.ref.port, "/v1/runs/%s/snapshots/eval" % run, params)[1]
+            if params:   # the tensors; the header holds the creation time
+                n, m = (struct.unpack("<Q", x[:8])[0] for x in (raw, want))
+                self.assertEqual(raw[8 + n:], want[8 + m:])
+            else:
+                self.assertEqual(strip_created(json.loads(raw)), strip_created(json.loads(want)))
+        st, _, _ = request(self.port, "DELETE", "/v1/runs/%s/snapshots/eval" % run)
+        self.assertEqual(st, 204)
+        # a run deleted through the front is gone from its node
+        st, body, _ = request(self.port, "POST", "/v1/runs/gone/batches",
+                              json.dumps(make_doc(random.Random(2), 0, "w0", 1)), ctype)
+        self.assertEqual(st, 200, body)
+        st, body, _ = request(self.port, "DELETE", "/v1/runs/gone")
+        self.assertEqual((st, body), (200, {"run": "gone", "deleted": True}))
+        for port in self.nodes.values():
+            self.assertEqual(get(port, "/v1/runs/gone")[0], 404)
 
     def test_1_metrics_on_the_front(self):
         st, doc, hdrs = get(self.port, "/metrics")
