@@ -327,9 +327,11 @@ int query_import_decode(const char *body, size_t len, struct store_runfile **out
 			if (strcmp(key, store_rf_tables[t].name) == 0)
 				break;
 		if (t == STORE_RF_TABLES) {
+			/* key is the document's: the message first */
+			rc = bn_error_set(err, 422, BN_E_INVALID, "tables",
+					  "table %s is not of this format version", key);
 			json_decref(doc);
-			return bn_error_set(err, 422, BN_E_INVALID, "tables",
-					    "table %s is not of this format version", key);
+			return rc;
 		}
 	}
 	rf = calloc(1, sizeof(*rf));
