@@ -224,6 +224,8 @@ unsigned auth_endpoint_role(enum http_endpoint ep)
 	case HTTP_RUN_DELETE:
 	case HTTP_SNAPSHOT_CREATE:
 	case HTTP_SNAPSHOT_DELETE:
+	case HTTP_EXPORT:
+	case HTTP_IMPORT:
 	case HTTP_NONE:
 	default:
 		return AUTH_ADMIN;

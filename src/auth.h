@@ -80,10 +80,10 @@ bool auth_token_equal(const char *stored, size_t stored_len, const char *cand, s
 /*
  * The policy: the role endpoint ep needs (docs/OPERATIONS.md,
  * "Authentication"): AUTH_NONE for /healthz, AUTH_INGEST for uploads,
- * AUTH_ADMIN for creating and deleting snapshots and for deleting runs,
- * AUTH_READ for every other GET. HTTP_NONE (and any value not in the enum)
- * needs AUTH_ADMIN, so that an endpoint added without a policy is closed,
- * not open. Pure.
+ * AUTH_ADMIN for creating and deleting snapshots, for deleting runs and
+ * for exporting and importing them, AUTH_READ for every other GET.
+ * HTTP_NONE (and any value not in the enum) needs AUTH_ADMIN, so that an
+ * endpoint added without a policy is closed, not open. Pure.
  */
 unsigned auth_endpoint_role(enum http_endpoint ep);
 

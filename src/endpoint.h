@@ -29,6 +29,8 @@ enum http_endpoint {
 	HTTP_SNAPSHOT_CREATE, /* POST /v1/runs/{run}/snapshots */
 	HTTP_SNAPSHOT,	      /* GET /v1/runs/{run}/snapshots/{label} */
 	HTTP_SNAPSHOT_DELETE, /* DELETE /v1/runs/{run}/snapshots/{label} */
+	HTTP_EXPORT,	      /* GET /v1/runs/{run}/export */
+	HTTP_IMPORT,	      /* POST /v1/runs/{run}/import */
 };
 
 #endif

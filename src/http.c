@@ -247,6 +247,27 @@ MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct s
 				       : "the server is shutting down");
 }
 
+MHD_Result http_submit_import(struct http_request *rq, struct store_runfile *rf)
+{
+	int rc;
+
+	pthread_mutex_lock(&rq->mu);
+	rc = store_submit_import(rq->srv->store, rq->route.run, rf, upload_done, rq);
+	if (rc == 0) {
+		rq->submitted = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	pthread_mutex_unlock(&rq->mu);
+	if (rc == 0) {
+		log_debug("import_queued", "run=%s", rq->route.run);
+		return MHD_YES;
+	}
+	store_runfile_free(rf);
+	return http_fail(rq, 503, BN_E_UNAVAILABLE, NULL,
+			 rc == -EAGAIN ? "the write queue is full; retry after a second"
+				       : "the server is shutting down");
+}
+
 /* --- the access handler ------------------------------------------------------------- */
 
 /* What body_append() made of a piece of the body. */

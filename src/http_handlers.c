@@ -247,6 +247,36 @@ static MHD_Result handle_snapshot_create(struct http_request *rq)
 	return http_submit(rq, NULL, snap, HTTP_DELETE_NONE);
 }
 
+/*
+ * POST /v1/runs/{run}/import: the file is checked here, stored by the
+ * writer as a new run in one savepoint (docs/API.md, "Moving a run"); 201
+ * once committed.
+ */
+static MHD_Result handle_import(struct http_request *rq)
+{
+	struct store_runfile *rf = NULL;
+	struct bn_error err;
+
+	if (rq->submitted) {
+		struct store_result res;
+
+		if (!http_take_result(rq, &res))
+			return MHD_YES;
+		if (res.status >= 300)
+			return http_reply_error(rq, &res.err);
+		return http_reply_json(
+			rq, 201, json_pack("{s:s, s:b}", "run", rq->route.run, "imported", 1));
+	}
+	if (!ingest_name_valid(rq->route.run))
+		return http_fail(rq, 422, BN_E_INVALID, "run",
+				 "run names are 1 to 128 of [A-Za-z0-9._-]");
+	bn_error_clear(&err);
+	if (query_import_decode(rq->body ? rq->body : "", rq->len, &rf, &err) < 0)
+		return http_reply_error(rq, &err);
+	http_body_free(rq);
+	return http_submit_import(rq, rf);
+}
+
 /* --- reads: on a reader connection of the store --------------------------------------- */
 
 /*
@@ -414,6 +444,13 @@ static int answer_shift(struct http_request *rq, struct store_reader *r,
 	return query_shift(r, rq->route.run, p, doc, err);
 }
 
+/* GET /v1/runs/{run}/export */
+static int answer_export(struct http_request *rq, struct store_reader *r,
+			 const struct query_params *p, json_t **doc, struct bn_error *err)
+{
+	return query_export(r, rq->route.run, rq->srv->opt.max_body, doc, err);
+}
+
 /* GET /v1/runs/{run}/snapshots */
 static int answer_snapshots(struct http_request *rq, struct store_reader *r,
 			    const struct query_params *p, json_t **doc, struct bn_error *err)
@@ -493,6 +530,10 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_snapshot(rq);
 	case HTTP_SNAPSHOT_DELETE:
 		return handle_snapshot_delete(rq);
+	case HTTP_EXPORT:
+		return handle_read(rq, answer_export, false);
+	case HTTP_IMPORT:
+		return handle_import(rq);
 	case HTTP_NONE:
 	default:
 		break;

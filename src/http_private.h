@@ -218,6 +218,9 @@ enum http_delete {
 MHD_Result http_submit(struct http_request *rq, struct ingest_batch *b, struct store_snapshot *snap,
 		       enum http_delete del);
 
+/* http_submit() of a run file to import as rq->route.run (rf stolen). */
+MHD_Result http_submit_import(struct http_request *rq, struct store_runfile *rf);
+
 /*
  * Copy the writer's outcome into *res. Returns false while it has not
  * arrived (the handler answers nothing yet); then *res is not meaningful.

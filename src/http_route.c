@@ -41,6 +41,8 @@ static const struct {
 	{ "/momentum", { "momentum", "GET", { { "GET", HTTP_MOMENTUM } } } },
 	{ "/domains", { "domains", "GET", { { "GET", HTTP_DOMAINS } } } },
 	{ "/shift", { "shift", "GET", { { "GET", HTTP_SHIFT } } } },
+	{ "/export", { "export", "GET", { { "GET", HTTP_EXPORT } } } },
+	{ "/import", { "import", "POST", { { "POST", HTTP_IMPORT } } } },
 	{ "/snapshots",
 	  { "snapshots",
 	    "GET, POST",

@@ -259,4 +259,20 @@ int query_parse_number(const char *name, const char *s, double *out, struct bn_e
 int query_parse_int(const char *name, const char *s, long long min, long long *out,
 		    struct bn_error *err);
 
+/*
+ * GET /v1/runs/{run}/export: the run file of the run (docs/API.md, "Moving
+ * a run"), read in one read snapshot; 413 when it would take more than
+ * max_bytes (it is built in memory, and an import takes at most max-body).
+ */
+int query_export(struct store_reader *r, const char *run, size_t max_bytes, json_t **out,
+		 struct bn_error *err);
+
+/*
+ * The body of POST /v1/runs/{run}/import checked against the run file's
+ * format: 0 and a new *out (the caller's; store_runfile_free()), or 400 /
+ * 422 in *err. Whether its rows hold together is the writer's to check.
+ */
+int query_import_decode(const char *body, size_t len, struct store_runfile **out,
+			struct bn_error *err);
+
 #endif

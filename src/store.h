@@ -8,6 +8,7 @@
  * aggregate cache), store_snapshot.c, store_delete.c, store_retention.c,
  * store_history.c (bounded history: buckets, kept replay states), store_bytes.c
  * (each run's bytes),
+ * store_runfile.c and store_import.c (a run's rows for export and import),
  * store_checkpoint.c, store_health.c (whether the database can be written:
  * a full disk, a damaged file, free space), store_read.c (the reader pool,
  * lookups, windows),
@@ -650,5 +651,94 @@ int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain
 /* Look up one layer: 0 with its id and channel count, or -ENOENT. */
 int store_layer_find(struct store_reader *r, int64_t run_id, const char *layer, int64_t *layer_id,
 		     size_t *channels);
+
+/* --- the run file: a run's rows for export and import (docs/API.md, "Moving a run") --- */
+
+/*
+ * The kinds of a column of the run file. An ID is a row's own id in the
+ * file (it only links rows: the importing store gives new ones); DOMAIN,
+ * LAYER and SNAPSHOT name such an id of the domains, layers or snapshots
+ * table.
+ */
+enum store_rf_type {
+	STORE_RF_ID,
+	STORE_RF_DOMAIN,
+	STORE_RF_LAYER,
+	STORE_RF_SNAPSHOT,
+	STORE_RF_INT,
+	STORE_RF_REAL,
+	STORE_RF_TEXT,
+	STORE_RF_BLOB,
+};
+
+struct store_rf_column {
+	const char *name;
+	enum store_rf_type type;
+	bool nullable;
+};
+
+/* One table of the run file: its name and columns, in the file's order. */
+struct store_rf_table {
+	const char *name;
+	const struct store_rf_column *cols;
+	size_t n_cols;
+};
+
+/* The tables of the run file (format version STORE_RF_VERSION), in import order. */
+#define STORE_RF_VERSION 1
+enum {
+	STORE_RF_T_RUNS, /* exactly one row: the run's own */
+	STORE_RF_T_DOMAINS,
+	STORE_RF_T_LAYERS,
+	STORE_RF_T_BATCHES,
+	STORE_RF_T_AGGS,
+	STORE_RF_T_EMAS,
+	STORE_RF_T_HISTORY,
+	STORE_RF_T_SIMS,
+	STORE_RF_T_SNAPSHOTS,
+	STORE_RF_T_SNAPSHOT_LAYERS,
+	STORE_RF_TABLES
+};
+extern const struct store_rf_table store_rf_tables[STORE_RF_TABLES];
+
+/* One value of a row: s (len bytes, not NUL-terminated) for TEXT, b for BLOB. */
+struct store_rf_value {
+	bool null;
+	int64_t i;
+	double d;
+	const void *p; /* TEXT or BLOB bytes */
+	size_t len;
+};
+
+/*
+ * Called with each row of each table of a run, table by table in
+ * store_rf_tables' order, rows in the order they were written; vals
+ * (n_cols values) are borrowed for the call. Nonzero stops the walk.
+ */
+typedef int (*store_rf_row_fn)(void *ctx, size_t table, const struct store_rf_value *vals);
+
+/* Walk every row of the run's file inside one read snapshot: 0, fn's value, or -EIO. */
+int store_runfile_walk(struct store_reader *r, int64_t run_id, store_rf_row_fn fn, void *ctx);
+
+/*
+ * A run file decoded for import: per table, n_rows rows of n_cols values
+ * each, in rows[table]; every TEXT and BLOB value's bytes are the file's
+ * own (malloc'd), freed by store_runfile_free().
+ */
+struct store_runfile {
+	size_t n_rows[STORE_RF_TABLES];
+	struct store_rf_value *rows[STORE_RF_TABLES];
+};
+
+void store_runfile_free(struct store_runfile *rf);
+
+/*
+ * Queue the import of rf as run `run` for the writer: one job, stored in
+ * one savepoint or not at all (409 when the run exists, 422 when the
+ * file's rows do not hold together). As store_submit(): on success the
+ * store owns rf; on failure (-EAGAIN, -ESHUTDOWN, -ENOMEM) the caller does.
+ */
+int store_submit_import(struct store *s, const char *run, struct store_runfile *rf,
+			store_done_fn done, void *ctx);
 
 #endif

@@ -5,7 +5,7 @@
  *
  * Threads: everything under "the writer" below belongs to the writer
  * thread alone (store_writer.c and what it calls: store_batch.c,
- * store_snapshot.c's apply, store_delete.c, store_intern.c,
+ * store_snapshot.c's apply, store_delete.c, store_import.c, store_intern.c,
  * store_aggcache.c, store_retention.c, store_history.c, store_bytes.c);
  * the queue, the checkpointer and the reader pool each have their own
  * mutex.
@@ -30,7 +30,8 @@
 
 /*
  * One job for the writer: a batch to merge, a snapshot to create, a run to
- * delete, or (delete_run with delete_label) one snapshot of a run to delete.
+ * delete, (delete_run with delete_label) one snapshot of a run to delete,
+ * or (import with import_run) a run file to store as a new run.
  */
 struct store_job {
 	struct store_job *next;
@@ -38,6 +39,8 @@ struct store_job {
 	struct store_snapshot *snap;
 	char *delete_run;
 	char *delete_label;
+	struct store_runfile *import;
+	char *import_run;
 	store_done_fn done;
 	void *ctx;
 	struct store_result res;
@@ -408,6 +411,10 @@ int store_batch_apply(struct store *s, struct store_job *j);	       /* store_bat
 int store_snapshot_apply(struct store *s, struct store_job *j);	       /* store_snapshot.c */
 int store_snapshot_delete_apply(struct store *s, struct store_job *j); /* store_snapshot.c */
 int store_delete_apply(struct store *s, struct store_job *j);	       /* store_delete.c */
+int store_import_apply(struct store *s, struct store_job *j);	       /* store_import.c */
+
+/* The run file's INSERT per table (store_runfile.c; ?1 the run id, ?2.. the columns). */
+extern const char *const store_rf_insert_sql[STORE_RF_TABLES];
 
 /* --- store_retention.c (writer thread) ----------------------------------------- */
 

@@ -41,6 +41,24 @@ static void fail_all(struct store *s, struct store_job *group, const char *why)
 	}
 }
 
+/* An imported run: each of its domains changed as an upload would change it. */
+static void tell_imported(struct store *s, const struct store_job *j)
+{
+	const struct store_runfile *rf = j->import;
+	size_t i, w = store_rf_tables[STORE_RF_T_DOMAINS].n_cols;
+	char name[INGEST_NAME_MAX + 1];
+
+	for (i = 0; i < rf->n_rows[STORE_RF_T_DOMAINS]; i++) {
+		const struct store_rf_value *v = &rf->rows[STORE_RF_T_DOMAINS][i * w + 1];
+
+		if (v->len > INGEST_NAME_MAX)
+			continue;
+		memcpy(name, v->p, v->len);
+		name[v->len] = '\0';
+		s->opt.changed(s->opt.changed_ctx, j->import_run, name);
+	}
+}
+
 /* After a commit: every upload the group stored, to whoever watches (store.h). */
 static void tell_changed(struct store *s, const struct store_job *group)
 {
@@ -48,9 +66,12 @@ static void tell_changed(struct store *s, const struct store_job *group)
 
 	if (s->opt.changed == NULL)
 		return;
-	for (j = group; j != NULL; j = j->next)
+	for (j = group; j != NULL; j = j->next) {
 		if (j->batch != NULL && j->res.status == 200 && !j->res.duplicate)
 			s->opt.changed(s->opt.changed_ctx, j->batch->run, j->batch->domain);
+		if (j->import != NULL && j->res.status == 200)
+			tell_imported(s, j);
+	}
 }
 
 /* One group commit: apply every job of the group, commit, report. */
@@ -85,6 +106,8 @@ static void write_group(struct store *s, struct store_job *group, size_t count)
 		}
 		if (j->snap != NULL)
 			rc = store_snapshot_apply(s, j);
+		else if (j->import != NULL)
+			rc = store_import_apply(s, j);
 		else if (j->delete_label != NULL)
 			rc = store_snapshot_delete_apply(s, j);
 		else if (j->delete_run != NULL)
@@ -158,6 +181,8 @@ report:
 		store_snapshot_free(j->snap);
 		free(j->delete_run);
 		free(j->delete_label);
+		store_runfile_free(j->import);
+		free(j->import_run);
 		free(j);
 	}
 }
@@ -261,22 +286,10 @@ void store_stop_writer(struct store *s)
 	}
 }
 
-/* Queue a job for the writer; on failure the caller keeps what it carries. */
-static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapshot *snap,
-		   char *delete_run, char *delete_label, store_done_fn done, void *ctx)
+/* Queue job j (the caller's until queued): 0, or -EAGAIN, -ESHUTDOWN and j freed. */
+static int enqueue_job(struct store *s, struct store_job *j)
 {
-	struct store_job *j;
 	int rc = 0;
-
-	j = calloc(1, sizeof(*j));
-	if (j == NULL)
-		return -ENOMEM;
-	j->batch = b;
-	j->snap = snap;
-	j->delete_run = delete_run;
-	j->delete_label = delete_label;
-	j->done = done;
-	j->ctx = ctx;
 
 	pthread_mutex_lock(&s->queue.mu);
 	if (s->queue.closing)
@@ -298,6 +311,24 @@ static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapsho
 	if (rc < 0)
 		free(j);
 	return rc;
+}
+
+/* Queue a job for the writer; on failure the caller keeps what it carries. */
+static int enqueue(struct store *s, struct ingest_batch *b, struct store_snapshot *snap,
+		   char *delete_run, char *delete_label, store_done_fn done, void *ctx)
+{
+	struct store_job *j;
+
+	j = calloc(1, sizeof(*j));
+	if (j == NULL)
+		return -ENOMEM;
+	j->batch = b;
+	j->snap = snap;
+	j->delete_run = delete_run;
+	j->delete_label = delete_label;
+	j->done = done;
+	j->ctx = ctx;
+	return enqueue_job(s, j);
 }
 
 int store_submit(struct store *s, struct ingest_batch *b, store_done_fn done, void *ctx)
@@ -336,6 +367,28 @@ int store_submit_snapshot_delete(struct store *s, const char *run, const char *l
 		free(name);
 		free(lbl);
 	}
+	return rc;
+}
+
+int store_submit_import(struct store *s, const char *run, struct store_runfile *rf,
+			store_done_fn done, void *ctx)
+{
+	struct store_job *j = calloc(1, sizeof(*j));
+	char *name = strdup(run);
+	int rc;
+
+	if (j == NULL || name == NULL) {
+		free(j);
+		free(name);
+		return -ENOMEM;
+	}
+	j->import = rf;
+	j->import_run = name;
+	j->done = done;
+	j->ctx = ctx;
+	rc = enqueue_job(s, j);
+	if (rc < 0)
+		free(name);
 	return rc;
 }
 

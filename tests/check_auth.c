@@ -313,7 +313,8 @@ static const struct {
 	{ HTTP_DOMAINS, AUTH_READ, "read" },	  { HTTP_SHIFT, AUTH_READ, "read" },
 	{ HTTP_SNAPSHOTS, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_CREATE, AUTH_ADMIN, "admin" },
 	{ HTTP_SNAPSHOT, AUTH_READ, "read" },	  { HTTP_SNAPSHOT_DELETE, AUTH_ADMIN, "admin" },
-	{ HTTP_MOMENTUM, AUTH_READ, "read" },
+	{ HTTP_MOMENTUM, AUTH_READ, "read" },	  { HTTP_EXPORT, AUTH_ADMIN, "admin" },
+	{ HTTP_IMPORT, AUTH_ADMIN, "admin" },
 };
 
 #define N_POLICY (sizeof(policy) / sizeof(policy[0]))
@@ -347,14 +348,14 @@ START_TEST(test_endpoint_roles)
 	size_t i;
 
 	/* every endpoint of the enum is in the table above */
-	ck_assert_uint_eq(N_POLICY, HTTP_SNAPSHOT_DELETE);
+	ck_assert_uint_eq(N_POLICY, HTTP_IMPORT);
 	for (i = 0; i < N_POLICY; i++)
 		ck_assert_msg(auth_endpoint_role(policy[i].ep) == policy[i].need,
 			      "endpoint %d needs %u, not %u", (int)policy[i].ep, policy[i].need,
 			      auth_endpoint_role(policy[i].ep));
 	/* what no endpoint is stays closed */
 	ck_assert_uint_eq(auth_endpoint_role(HTTP_NONE), AUTH_ADMIN);
-	ck_assert_uint_eq(auth_endpoint_role((enum http_endpoint)(HTTP_SNAPSHOT + 1)), AUTH_ADMIN);
+	ck_assert_uint_eq(auth_endpoint_role((enum http_endpoint)(HTTP_IMPORT + 1)), AUTH_ADMIN);
 }
 END_TEST
 

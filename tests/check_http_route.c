@@ -80,6 +80,8 @@ START_TEST(test_run_endpoints)
 	       "demo", "final");
 	expect("DELETE", "/v1/runs/demo/snapshots/final", HTTP_SNAPSHOT_DELETE, "snapshot",
 	       "GET, DELETE", "demo", "final");
+	expect("GET", "/v1/runs/demo/export", HTTP_EXPORT, "export", "GET", "demo", "");
+	expect("POST", "/v1/runs/demo/import", HTTP_IMPORT, "import", "POST", "demo", "");
 	/* names are taken as they come: validating them is the handlers' job */
 	expect("GET", "/v1/runs/a.b-c_D/snapshots/v1.0", HTTP_SNAPSHOT, "snapshot", "GET, DELETE",
 	       "a.b-c_D", "v1.0");

@@ -138,6 +138,7 @@ class TestAuthMatrix(TokenDaemonMixin, unittest.TestCase):
             ("GET", "/v1/runs/m/snapshots/snap", "read"),
             ("GET", "/metrics", "read"),
             ("POST", "/v1/runs/m/snapshots", "admin"),
+            ("GET", "/v1/runs/m/export", "admin"),
             ("DELETE", "/v1/runs/{victim}", "admin"),
             ("DELETE", "/v1/runs/m/snapshots/{snap}", "admin"),
             ("GET", "/healthz", None),
