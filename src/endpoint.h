@@ -29,6 +29,8 @@ enum http_endpoint {
 	HTTP_SNAPSHOT_CREATE, /* POST /v1/runs/{run}/snapshots */
 	HTTP_SNAPSHOT,	      /* GET /v1/runs/{run}/snapshots/{label} */
 	HTTP_SNAPSHOT_DELETE, /* DELETE /v1/runs/{run}/snapshots/{label} */
+	HTTP_ROOT,	      /* GET / and /ui: a redirect to /ui/ */
+	HTTP_UI,	      /* GET /ui/{path}: the dashboard's files */
 };
 
 #endif

@@ -465,6 +465,9 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_snapshot(rq);
 	case HTTP_SNAPSHOT_DELETE:
 		return handle_snapshot_delete(rq);
+	case HTTP_ROOT:
+	case HTTP_UI:
+		return http_static_answer(rq);
 	case HTTP_NONE:
 	default:
 		break;

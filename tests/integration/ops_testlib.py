@@ -340,6 +340,7 @@ EXPECTED_OPTIONS = {
     "max-connections-per-ip", "timeout", "queue-max", "group-max", "synchronous",
     "retain-steps", "token-file", "tls-cert", "tls-key", "log-file", "replay-cache-mb",
     "log-level", "header-timeout", "body-min-rate", "body-memory-max", "integrity-check",
+    "ui-dir",
 }
 
 
