@@ -111,6 +111,8 @@ MHD_Result http_static_answer(struct http_request *rq)
 	off_t size = 0;
 	int fd;
 
+	if (dir == NULL || dir[0] == '\0')
+		return not_found(rq); /* no dashboard */
 	if (rq->route.endpoint == HTTP_ROOT)
 		return redirect(rq);
 	if (strncmp(name, VENDOR_DYGRAPHS, strlen(VENDOR_DYGRAPHS)) == 0) {
