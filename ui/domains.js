@@ -12,8 +12,10 @@ export async function show(ctx) {
   const source = names.includes(ctx.params.source) ? ctx.params.source : names[0];
   const target = names.includes(ctx.params.target) ? ctx.params.target
     : names.find((n) => n !== source) || source;
+  const win = ctx.params.window || 'auto';
+  const step = ctx.params.step || '';
   const go = (change) => {
-    location.hash = runHref(run, 'domains', Object.assign({ source, target }, change));
+    location.hash = runHref(run, 'domains', Object.assign({ source, target, window: win, step }, change));
   };
   const counts = h('table', { id: 'domains-table' }, h('thead', {}, h('tr', {},
     ['domain', 'layers', 'steps', 'batches', 'elements per channel'].map((t) => h('th', {}, t)))),
@@ -32,8 +34,13 @@ export async function show(ctx) {
       h('label', {}, 'source (estimate) ', select('source', names.map((n) => [n, n]), source,
         (ev) => go({ source: ev.target.value }))),
       h('label', {}, 'target (reference) ', select('target', names.map((n) => [n, n]), target,
-        (ev) => go({ target: ev.target.value })))));
-  const sh = await api.shift(run, { source, target });
+        (ev) => go({ target: ev.target.value }))),
+      h('label', {}, 'step ', h('input', { id: 'shift-step', value: step, size: 7, placeholder: 'latest',
+        on: { change: (ev) => go({ step: ev.target.value.trim() }) } })),
+      h('label', {}, 'window ', h('input', { id: 'shift-window', value: win, size: 5,
+        on: { change: (ev) => go({ window: ev.target.value.trim() || 'auto' }) } }))));
+  // the step defaults to the lower of the two domains' latest: both need data in the window
+  const sh = await api.shift(run, { source, target, window: win, step });
   if (!ctx.open()) return;
   const order = info.layers.map((l) => l.name).filter((l) => sh.layers[l]);
   const cols = ['mean_err', 'var_err', 'kl'];
