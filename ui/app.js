@@ -75,6 +75,7 @@ function context(params, gen) {
 async function route() {
   if (current && current.timer) clearTimeout(current.timer);
   const gen = ++generation;
+  performance.mark('bnstat:view');
   current = { timer: null };
   showError(null);
   $('live').textContent = '';
