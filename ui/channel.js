@@ -10,6 +10,7 @@ import { plot } from './plot.js';
 
 export const name = 'channel';
 
+// points asked for the whole run (and for each range zoomed into); #...&points=N
 const POINTS = 1000;
 const SIM_COLOURS = ['#1f77b4', '#17becf', '#9467bd', '#8c564b'];
 
@@ -25,6 +26,7 @@ export async function show(ctx) {
     worker: p.worker || '',
     window: p.window || 'auto',
     momenta: p.momenta || '0.1,0.01',
+    points: /^[1-9][0-9]*$/.test(p.points || '') ? p.points : String(POINTS),
   };
   const go = (change) => { location.hash = runHref(run, 'channel', Object.assign({}, c, change)); };
   const momenta = c.momenta.split(',').map((s) => s.trim()).filter((s) => s !== '');
@@ -62,7 +64,7 @@ export async function show(ctx) {
   }
   const names = ['step', 'batch', 'worker EMA'].concat(momenta.map((m) => 'simulated EMA ' + m),
     ['precise (window ' + c.window + ')']);
-  const held = await fetchRange(undefined, undefined, POINTS);
+  const held = await fetchRange(undefined, undefined, c.points);
   if (!ctx.open()) return;
   const detailed = []; // [from, to] ranges held at full detail
   let syncing = false;
@@ -75,7 +77,7 @@ export async function show(ctx) {
     if (held.stride <= 1 || g.isZoomed() === false) return;
     const from = Math.ceil(minX), to = Math.floor(maxX);
     if (detailed.some(([a, b]) => a <= from && to <= b)) return;
-    const more = await fetchRange(from, to, POINTS);
+    const more = await fetchRange(from, to, c.points);
     if (!ctx.open() || !more.mean.length) return;
     detailed.push([more.mean[0][0], more.mean[more.mean.length - 1][0]]);
     const splice = (rows, add) => rows.filter((r) => r[0] < add[0][0] || r[0] > add[add.length - 1][0])
@@ -110,7 +112,7 @@ export async function show(ctx) {
     const last = held.mean.length ? held.mean[held.mean.length - 1][0] : 0;
     const now = await api.run(run);
     if (!now.steps || now.steps.max <= last) return;
-    const more = await fetchRange(last + 1, undefined, POINTS).catch((err) => {
+    const more = await fetchRange(last + 1, undefined, c.points).catch((err) => {
       if (err.status === 404) return null;
       throw err;
     });

@@ -408,6 +408,50 @@ class TestDashboard(BrowserCase):
                         series[0]["sim_" + what][i], series[1]["sim_" + what][i],
                         a["precise_" + what][i]]
                 self.assertEqual(row, want, "%s row %d" % (what, i))
+        # a drag zooms into what is held: nothing is fetched again (every step
+        # is held), and the variance follows the mean's range
+        asked = len([u for u in self.requests_made() if "/series?" in u])
+        plot = self.drv.find_element(By.CSS_SELECTOR, "#mean-plot canvas")
+        ActionChains(self.drv).move_to_element_with_offset(plot, -200, 0).click_and_hold() \
+            .move_by_offset(200, 0).release().perform()
+        lo, hi = wait_for("the zoom", lambda: self.js(
+            "const g = window.bnstatGraphs.mean; return g.isZoomed() ? g.xAxisRange() : null"))
+        self.assertLess(hi - lo, STEPS / 2)
+        self.assertEqual(self.js("return window.bnstatGraphs.vari.xAxisRange()"), [lo, hi])
+        self.assertEqual(len([u for u in self.requests_made() if "/series?" in u]), asked)
+        self.assertNoConsoleError()
+
+    def test_channel_zoom_fetches_detail_once(self):
+        # 20 points for the run's 60 steps: each merges 3; a zoom fetches its range in detail
+        layer, channel = "out_bn", 2
+        self.open("#/run/%s/channel?layer=%s&channel=%d&momenta=0.1&points=20"
+                  % (RUN, layer, channel))
+        rows = lambda: self.js(
+            "const g = window.bnstatGraphs.mean, rows = [];"
+            "for (let i = 0; i < g.numRows(); i++) rows.push([g.getValue(i, 0), g.getValue(i, 1)]);"
+            "return rows;")
+        coarse = self.api("/v1/runs/%s/series" % RUN, layer=layer, channel=channel,
+                          window="auto", momentum="0.1", points=20, domain="default")
+        self.assertEqual(coarse["stride"], 3)
+        self.assertEqual(rows(), [list(x) for x in zip(coarse["step"], coarse["batch_mean"])])
+        plot = self.drv.find_element(By.CSS_SELECTOR, "#mean-plot canvas")
+        ActionChains(self.drv).move_to_element_with_offset(plot, -100, 0).click_and_hold() \
+            .move_by_offset(250, 0).release().perform()
+        detail = wait_for("the zoomed range's request", lambda: [
+            dict(urllib.parse.parse_qsl(urllib.parse.urlparse(u).query))
+            for u in self.requests_made() if "/series?" in u and "to=" in u])
+        self.assertEqual(len(detail), 1, detail)
+        lo, hi = int(detail[0]["from"]), int(detail[0]["to"])
+        fine = self.api("/v1/runs/%s/series" % RUN, layer=layer, channel=channel, window="auto",
+                        momentum="0.1", points=20, domain="default", **{"from": lo, "to": hi})
+        self.assertEqual(fine["stride"], 1)
+        want = [list(x) for x in zip(fine["step"], fine["batch_mean"])]
+        got = wait_for("the detail in the chart", lambda: (lambda r: r if [x for x in r if lo <= x[0] <= hi] == want else None)(rows()))
+        # outside the range the coarse points stay
+        self.assertEqual([x for x in got if x[0] < lo or x[0] > hi],
+                         [list(x) for x in zip(coarse["step"], coarse["batch_mean"])
+                          if x[0] < fine["step"][0] or x[0] > fine["step"][-1]])
+        self.assertNoConsoleError()
 
     def test_domains_shift(self):
         self.open("#/run/%s/domains" % RUN)
