@@ -180,6 +180,17 @@ class TestDefaultFromTheBuildTree(unittest.TestCase):
         st, h, body = raw_get(d.port, "/ui/")
         self.assertEqual(st, 200, body[:200])
         self.assertIn(b"app.js", body)
+        d.wait_log(r"event=ui dir=\S+/ui path=/ui/")
+
+    def test_a_dir_without_the_page_is_logged(self):
+        tmp = tempfile.mkdtemp(prefix="bnstat-ui-empty-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        d = Daemon("--ui-dir", tmp)
+        self.addCleanup(d.close)
+        d.start()
+        d.wait_log(r"level=warn event=ui dir=%s index=missing" % re.escape(tmp))
+        st, _, _ = raw_get(d.port, "/ui/")
+        self.assertEqual(st, 404)
 
 
 class TestWithTokens(unittest.TestCase):
