@@ -310,19 +310,18 @@ class TestDashboard(BrowserCase):
         self.open("#/")
         run = self.api("/v1/runs/" + RUN)
         row = "#runs-table tr[data-run='%s']" % RUN
-        wait_for("the run's bytes", lambda: self.js(
-            "return document.querySelector(arguments[0] + \" td[data-field='bytes']\")"
-            ".dataset.value", row))
-        cells = self.js("return [...document.querySelectorAll(arguments[0] + ' td')]"
-                        ".map(td => td.textContent)", row)
+        # one read of the row (the view redraws it every 2 s), once its bytes are in
+        cells, stored = wait_for("the run's bytes", lambda: self.js(
+            "const r = document.querySelector(arguments[0]);"
+            "const b = r && r.querySelector(\"td[data-field='bytes']\").dataset.value;"
+            "return b ? [[...r.querySelectorAll('td')].map(td => td.textContent), +b] : null;",
+            row))
         self.assertEqual(cells[0], RUN)
         self.assertEqual(int(cells[1]), run["steps"]["max"])
         self.assertEqual([int(c) for c in cells[2:6]],
                          [len(run["workers"]), len(run["layers"]), len(run["domains"]),
                           run["batches"]])
-        self.assertEqual(int(self.js("return document.querySelector(arguments[0] + "
-                                     "\" td[data-field='bytes']\").dataset.value", row)),
-                         run["bytes"])
+        self.assertEqual(stored, run["bytes"])
         # a prefix that matches nothing lists nothing
         self.open("#/?prefix=zz")
         self.assertFalse(self.drv.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]"))
