@@ -25,8 +25,12 @@ static const struct resource runs = { "runs", "GET", { { "GET", HTTP_RUNS } } };
 static const struct resource run = { "run",
 				     "GET, DELETE",
 				     { { "GET", HTTP_RUN }, { "DELETE", HTTP_RUN_DELETE } } };
-static const struct resource root = { "root", "GET, HEAD", { { "GET", HTTP_ROOT }, { "HEAD", HTTP_ROOT } } };
-static const struct resource ui = { "ui", "GET, HEAD", { { "GET", HTTP_UI }, { "HEAD", HTTP_UI } } };
+static const struct resource root = { "root",
+				      "GET, HEAD",
+				      { { "GET", HTTP_ROOT }, { "HEAD", HTTP_ROOT } } };
+static const struct resource ui = { "ui",
+				    "GET, HEAD",
+				    { { "GET", HTTP_UI }, { "HEAD", HTTP_UI } } };
 static const struct resource snapshot = {
 	"snapshot", "GET, DELETE", { { "GET", HTTP_SNAPSHOT }, { "DELETE", HTTP_SNAPSHOT_DELETE } }
 };

@@ -211,8 +211,9 @@ int main(int argc, char **argv)
 	else if (ui_dir_has_page(cfg.ui_dir))
 		log_info("ui", "dir=%s path=/ui/", cfg.ui_dir);
 	else
-		log_warn("ui", "dir=%s index=missing hint=\"the dashboard answers 404: set ui-dir to the"
-			       " directory of its index.html\"",
+		log_warn("ui",
+			 "dir=%s index=missing hint=\"the dashboard answers 404: set ui-dir to the"
+			 " directory of its index.html\"",
 			 cfg.ui_dir);
 	log_info("listening", "host=%s port=%u db=%s schema=%d threads=%u tls=%s version=%s",
 		 cfg.host, http_port(http), cfg.db, store_schema_version(store), cfg.http.threads,
