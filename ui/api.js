@@ -59,6 +59,13 @@ export async function call(path, params, opts = {}) {
 export const api = {
   runs: (p) => call('/v1/runs', p),
   run: (run) => call(runPath(run)),
+  // the run's line of GET /v1/runs (steps, counts; no layers, no bytes):
+  // what a view polls, since GET /v1/runs/{run} also sums the run's storage
+  summary: async (run) => {
+    const page = await call('/v1/runs', { prefix: run, limit: 1 });
+    const r = page.runs[0];
+    return r && r.name === run ? r : null;
+  },
   drift: (run, p) => call(runPath(run, 'drift'), p),
   stats: (run, p) => call(runPath(run, 'stats'), p),
   series: (run, p) => call(runPath(run, 'series'), p),

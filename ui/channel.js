@@ -110,8 +110,8 @@ export async function show(ctx) {
 
   ctx.every(async () => {
     const last = held.mean.length ? held.mean[held.mean.length - 1][0] : 0;
-    const now = await api.run(run);
-    if (!now.steps || now.steps.max <= last) return;
+    const now = await api.summary(run);
+    if (!now || !now.steps || now.steps.max <= last) return;
     const more = await fetchRange(last + 1, undefined, c.points).catch((err) => {
       if (err.status === 404) return null;
       throw err;

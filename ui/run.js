@@ -47,6 +47,15 @@ export function driftParams(c, info, points) {
 
 export async function show(ctx) {
   const run = ctx.params.run;
+  const width = Math.max(200, Math.min(1600, ctx.el.clientWidth - 240));
+  // /drift does not wait for the run's summary when its parameters do not
+  // depend on it (the domain given or default, no other worker to pick)
+  const guess = choices(ctx.params, { domains: [{ name: ctx.params.domain || 'default' }], workers: [] },
+    [{ label: (ctx.params.ref || '').replace(/^snapshot:/, '') }]);
+  const early = guess.ref.startsWith('worker:') ? null
+    : driftParams(guess, { workers: [] }, width);
+  const earlyDrift = early ? api.drift(run, early) : null;
+  if (earlyDrift) earlyDrift.catch(() => null); // used, or asked again below
   const [info, snapList] = await Promise.all([api.run(run), api.snapshots(run)]);
   const snaps = snapList.snapshots;
   const c = choices(ctx.params, info, snaps);
@@ -94,7 +103,6 @@ export async function show(ctx) {
     h('h2', {}, 'Overall ', c.metric, ' (mean over layers)'), overall,
     h('h2', {}, 'Layers'), layerTable);
 
-  const width = Math.max(200, Math.min(1600, ctx.el.clientWidth - 240));
   canvas.width = width;
   const map = new Heatmap(canvas, tip, (layer, step) => {
     location.hash = runHref(run, 'channel', { layer, step, channel: 0, domain: c.domain,
@@ -148,7 +156,9 @@ export async function show(ctx) {
     }));
   }
 
-  d = await api.drift(run, driftParams(c, info, width));
+  const params = driftParams(c, info, width);
+  d = await (early && JSON.stringify(early) === JSON.stringify(params) ? earlyDrift
+    : api.drift(run, params));
   if (!ctx.open()) return;
   render();
   // for tests/bench/bench_dashboard.py: the frame that paints the heatmap
@@ -159,9 +169,9 @@ export async function show(ctx) {
   // live: the steps after the last one held, appended; all again when they
   // would pass twice the canvas' width
   ctx.every(async () => {
-    const now = await api.run(run);
+    const now = await api.summary(run);
     const last = d.step.length ? d.step[d.step.length - 1] : (info.steps ? info.steps.min - 1 : 0);
-    if (!now.steps || now.steps.max <= last) return;
+    if (!now || !now.steps || now.steps.max <= last) return;
     const q = driftParams(c, info, width);
     if (d.step.length < 2 * width) {
       q.from = last + 1;
@@ -178,10 +188,11 @@ export async function show(ctx) {
         for (const m of METRICS)
           d.layers[l][m] = d.layers[l][m].concat(more.layers[l] ? more.layers[l][m] : new Array(more.step.length).fill(null));
       for (const m of METRICS) d.overall[m] = d.overall[m].concat(more.overall[m]);
-      if (!order.every((l) => info.layers.some((x) => x.name === l)) || Object.keys(more.layers).some((l) => !order.includes(l))) {
-        info.layers = now.layers;
-        order.splice(0, order.length, ...now.layers.map((x) => x.name));
-        for (const x of now.layers) channels[x.name] = x.channels;
+      if (Object.keys(more.layers).some((l) => !order.includes(l))) {
+        const full = await api.run(run); // a new layer: its place in the model's order
+        info.layers = full.layers;
+        order.splice(0, order.length, ...full.layers.map((x) => x.name));
+        for (const x of full.layers) channels[x.name] = x.channels;
       }
     } else {
       d = await api.drift(run, q);

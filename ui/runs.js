@@ -7,6 +7,8 @@ import { bytes, h, runHref } from './dom.js';
 export const name = 'runs';
 
 const LIMIT = 25;
+const BYTES_MS = 60000;
+const sizes = new Map(); // run -> {bytes, at}
 
 export async function show(ctx) {
   const p = ctx.params;
@@ -44,11 +46,17 @@ export async function show(ctx) {
       ' ',
       page.next ? h('a', { id: 'runs-next', href: '#/?' +
         new URLSearchParams({ prefix, after: page.next }).toString() }, 'next page »') : '');
-    // the storage of each run is in its own summary
+    // the storage of each run is in its own summary, which sums it (seconds
+    // for a long run): asked once per run and BYTES_MS, not at every refresh
+    const now = Date.now();
     await Promise.all(page.runs.map(async (r) => {
-      const one = await api.run(r.name).catch(() => null);
+      let b = sizes.get(r.name);
+      if (!b || now - b.at > BYTES_MS) {
+        const one = await api.run(r.name).catch(() => null);
+        if (one) sizes.set(r.name, b = { bytes: one.bytes, at: now });
+      }
       const td = body.querySelector(`tr[data-run="${CSS.escape(r.name)}"] td[data-field="bytes"]`);
-      if (one && td) { td.textContent = bytes(one.bytes); td.dataset.value = one.bytes; }
+      if (b && td) { td.textContent = bytes(b.bytes); td.dataset.value = b.bytes; }
     }));
     ctx.ok();
   }

@@ -18,7 +18,7 @@ The first repetition is the cold one (a fresh daemon).
 
 Usage:
   tests/bench/bench_dashboard.py --bnstatd src/bnstatd [--steps 10000]
-      [--workers 1] [--reps 3] [--db FILE [--no-fill]] [--tmpdir DIR]
+      [--workers 1] [--reps 3] [--window auto] [--db FILE [--no-fill]] [--tmpdir DIR]
 """
 
 import argparse
@@ -99,15 +99,17 @@ def wait_marks(drv, name, n, timeout=1800):
         time.sleep(0.05)
 
 
-def measure(drv, url):
+def measure(drv, url, window):
     """(ms to the heatmap's paint, ms of /drift, ms from the switch to sim to its paint)."""
+    q = "" if window == "auto" else "?window=" + window
     drv.get("about:blank")
-    drv.get(url + "/ui/#/run/" + RUN)
+    drv.get(url + "/ui/#/run/" + RUN + q)
     first = wait_marks(drv, "bnstat:heatmap", 1)[0]
     drift = drv.execute_script(
         "return performance.getEntriesByType('resource').filter(e => e.name.includes('/drift?'))"
         ".map(e => e.duration)")[0]
-    drv.execute_script("location.hash = '#/run/%s?ema=sim&momentum=0.1'" % RUN)
+    drv.execute_script("location.hash = '#/run/%s?ema=sim&momentum=0.1%s'"
+                       % (RUN, "" if window == "auto" else "&window=" + window))
     heat = wait_marks(drv, "bnstat:heatmap", 2)
     view = marks(drv, "bnstat:view")
     return first, drift, heat[1] - view[-1]
@@ -119,6 +121,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--window", default="auto",
+                    help="the view's precise window (the page's default: auto)")
     ap.add_argument("--db", help="database file (kept); with --no-fill, measure it as it is")
     ap.add_argument("--no-fill", action="store_true")
     ap.add_argument("--tmpdir", default=os.environ.get("TMPDIR", "/tmp"))
@@ -140,13 +144,13 @@ def main():
         proc, c = start(args, db, log)
         drv = browser()
         url = "http://127.0.0.1:%d" % c.port
-        print("run view of %d steps x %d layers x %d workers (%s)"
-              % (args.steps, len(layers), args.workers, time.strftime("%Y-%m-%d")))
+        print("run view of %d steps x %d layers x %d workers, window %s (%s)"
+              % (args.steps, len(layers), args.workers, args.window, time.strftime("%Y-%m-%d")))
         print("| repetition | heatmap painted, ms from navigation | of it /drift, ms |"
               " switch to simulated EMA, ms |")
         print("|---|--:|--:|--:|")
         for i in range(args.reps):
-            first, drift, sim = measure(drv, url)
+            first, drift, sim = measure(drv, url, args.window)
             print("| %s | %.0f | %.0f | %.0f |" % ("1 (cold daemon)" if i == 0 else str(i + 1),
                                                  first, drift, sim), flush=True)
         stop(proc)
