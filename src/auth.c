@@ -221,6 +221,9 @@ unsigned auth_endpoint_role(enum http_endpoint ep)
 	case HTTP_SNAPSHOTS:
 	case HTTP_SNAPSHOT:
 		return AUTH_READ;
+	case HTTP_ROOT:
+	case HTTP_UI:
+		return AUTH_PAGE;
 	case HTTP_RUN_DELETE:
 	case HTTP_SNAPSHOT_CREATE:
 	case HTTP_SNAPSHOT_DELETE:
@@ -268,6 +271,8 @@ int auth_check(struct auth *a, enum http_endpoint ep, const char *authorization,
 			err, 403, BN_E_FORBIDDEN, NULL, "%s",
 			"this server has no token file and only serves loopback clients");
 	}
+	if (need == AUTH_PAGE)
+		return 0;
 	if (authorization == NULL || strncasecmp(authorization, "Bearer ", 7) != 0)
 		return bn_error_set(err, 401, BN_E_UNAUTHORIZED, NULL, "%s",
 				    "send Authorization: Bearer TOKEN");

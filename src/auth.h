@@ -26,6 +26,12 @@ enum auth_role {
 	AUTH_INGEST = 1 << 0,
 	AUTH_READ = 1 << 1,
 	AUTH_ADMIN = 1 << 2,
+	/*
+	 * Not a token's role but an endpoint's need: no token even with a
+	 * token file (the dashboard's files, which a browser's navigation
+	 * fetches without one), loopback clients only without one.
+	 */
+	AUTH_PAGE = 1 << 3,
 };
 
 #define AUTH_TOKEN_MIN 16  /* characters of a token, at least */
@@ -81,9 +87,10 @@ bool auth_token_equal(const char *stored, size_t stored_len, const char *cand, s
  * The policy: the role endpoint ep needs (docs/OPERATIONS.md,
  * "Authentication"): AUTH_NONE for /healthz, AUTH_INGEST for uploads,
  * AUTH_ADMIN for creating and deleting snapshots, for deleting runs and
- * for exporting and importing them, AUTH_READ for every other GET.
- * HTTP_NONE (and any value not in the enum) needs AUTH_ADMIN, so that an
- * endpoint added without a policy is closed, not open. Pure.
+ * for exporting and importing them, AUTH_PAGE for / and the dashboard's
+ * files under /ui/, AUTH_READ for every other GET. HTTP_NONE (and any
+ * value not in the enum) needs AUTH_ADMIN, so that an endpoint added
+ * without a policy is closed, not open. Pure.
  */
 unsigned auth_endpoint_role(enum http_endpoint ep);
 
@@ -99,7 +106,8 @@ bool auth_loopback(const struct sockaddr *sa);
 /*
  * May a request for ep go on? ep's role comes from auth_endpoint_role();
  * an endpoint needing none is always allowed. Without a token file (a is
- * NULL) only loopback clients are served. With one, authorization (the
+ * NULL) only loopback clients are served. With one, an AUTH_PAGE endpoint
+ * is served to anyone, without a token; for the others authorization (the
  * Authorization header's value, NULL when absent) must be "Bearer TOKEN"
  * (scheme in any case) with a token that has the role.
  *

@@ -7,10 +7,12 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum opt_type {
 	T_STRING,
@@ -85,6 +87,9 @@ static const struct option_def options[] = {
 	{ "tls-cert", T_OPTSTRING, F(tls_cert), 0, 0,
 	  "PEM certificate: serve HTTPS (with tls-key)" },
 	{ "tls-key", T_OPTSTRING, F(tls_key), 0, 0, "PEM private key of tls-cert" },
+	{ "ui-dir", T_OPTSTRING, F(ui_dir), 0, 0,
+	  "directory of the dashboard's files served under /ui/ (auto: the installed ones, or"
+	  " the source tree's for a bnstatd run from its build tree; empty: no dashboard)" },
 	{ "log-file", T_OPTSTRING, F(log_file), 0, 0,
 	  "append logs to this file instead of stderr (reopened on SIGHUP)" },
 	{ "replay-cache-mb", T_SIZE, F(replay_cache_mb), 0, 1u << 20,
@@ -106,6 +111,7 @@ void config_defaults(struct config *c)
 	c->log_level = LOG_INFO;
 	c->replay_cache_mb = 256;
 	c->metrics_interval_ms = 1000;
+	snprintf(c->ui_dir, sizeof(c->ui_dir), "auto");
 	http_options_default(&c->http);
 	store_options_default(&c->store);
 }
@@ -354,6 +360,23 @@ static int load_file(struct config *c, const char *path, struct bn_error *err)
 	return rc;
 }
 
+void config_ui_dir_auto(char *buf, size_t size)
+{
+	char exe[PATH_MAX], build[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	size_t len;
+
+	if (n > 0 && realpath(BNSTAT_BUILDDIR, build) != NULL) {
+		exe[n] = '\0';
+		len = strlen(build);
+		if (strncmp(exe, build, len) == 0 && exe[len] == '/') {
+			snprintf(buf, size, "%s", BNSTAT_UI_SRCDIR);
+			return;
+		}
+	}
+	snprintf(buf, size, "%s", BNSTAT_UI_DIR);
+}
+
 int config_parse(struct config *c, int argc, char **argv, struct bn_error *err)
 {
 	int i, pass, rc;
@@ -421,6 +444,9 @@ int config_parse(struct config *c, int argc, char **argv, struct bn_error *err)
 	}
 	c->http.host = c->host;
 	c->http.port = c->port;
+	if (strcmp(c->ui_dir, "auto") == 0)
+		config_ui_dir_auto(c->ui_dir, sizeof(c->ui_dir));
+	c->http.ui_dir = c->ui_dir;
 	if ((c->tls_cert[0] == '\0') != (c->tls_key[0] == '\0'))
 		return bn_error_set(err, 400, BN_E_INVALID, "tls-cert",
 				    "tls-cert and tls-key go together: give both or neither");
@@ -451,7 +477,7 @@ void config_usage(const char *prog)
 			snprintf(def, sizeof(def), "%s", field);
 			break;
 		case T_OPTSTRING:
-			snprintf(def, sizeof(def), "none");
+			snprintf(def, sizeof(def), "%s", field[0] != '\0' ? field : "none");
 			break;
 		case T_UINT:
 			snprintf(def, sizeof(def), "%u", *(const unsigned *)(const void *)field);

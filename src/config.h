@@ -29,6 +29,7 @@ struct config {
 	char tls_cert[4096];	      /* PEM files; both or neither */
 	char tls_key[4096];
 	char log_file[4096]; /* "" : stderr */
+	char ui_dir[4096];   /* the dashboard's files; "" : none; "auto" resolved by config_parse() */
 	struct http_options http;
 	struct store_options store;
 	bool help;
@@ -45,6 +46,14 @@ void config_defaults(struct config *c);
  * a message naming the flag, or the file and line, in *err.
  */
 int config_parse(struct config *c, int argc, char **argv, struct bn_error *err);
+
+/*
+ * Write into buf (size bytes) where ui-dir "auto" points: the source
+ * tree's ui/ when the running program lies under the build tree it was
+ * built in (bnstatd run from a clone), else the installed
+ * $(pkgdatadir)/ui.
+ */
+void config_ui_dir_auto(char *buf, size_t size);
 
 /* Print --help text to stdout. */
 void config_usage(const char *prog);

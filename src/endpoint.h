@@ -31,6 +31,8 @@ enum http_endpoint {
 	HTTP_SNAPSHOT_DELETE, /* DELETE /v1/runs/{run}/snapshots/{label} */
 	HTTP_EXPORT,	      /* GET /v1/runs/{run}/export */
 	HTTP_IMPORT,	      /* POST /v1/runs/{run}/import */
+	HTTP_ROOT,	      /* GET / and /ui: a redirect to /ui/ */
+	HTTP_UI,	      /* GET /ui/{path}: the dashboard's files */
 };
 
 #endif

@@ -50,23 +50,17 @@ void http_options_default(struct http_options *o)
 	o->max_per_ip = 128;
 	o->limits.max_layers = INGEST_DEFAULT_MAX_LAYERS;
 	o->limits.max_channels = INGEST_DEFAULT_MAX_CHANNELS;
+	o->dygraphs_dir = BNSTAT_DYGRAPHS_DIR;
 }
 
 /* --- replies ---------------------------------------------------------------- */
 
-MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
-			   const char *content_type)
+MHD_Result http_queue(struct http_request *rq, unsigned status, struct MHD_Response *resp)
 {
-	struct MHD_Response *resp;
 	MHD_Result ret;
 
-	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (resp == NULL) {
-		free(text);
-		return MHD_NO;
-	}
-	if (content_type != NULL)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	/* no reply of ours is to be read as another type than it says */
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	if (status == 503)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER,
 					rq->retry_after ? rq->retry_after : "1");
@@ -79,6 +73,21 @@ MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text,
 	ret = MHD_queue_response(rq->conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+MHD_Result http_reply_text(struct http_request *rq, unsigned status, char *text, size_t len,
+			   const char *content_type)
+{
+	struct MHD_Response *resp;
+
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	if (content_type != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	return http_queue(rq, status, resp);
 }
 
 MHD_Result http_reply_json(struct http_request *rq, unsigned status, json_t *doc)

@@ -42,6 +42,8 @@ struct http_options {
 	struct auth *auth;	  /* bearer tokens; NULL: loopback clients only */
 	const char *tls_cert_pem; /* PEM text; both set: HTTPS */
 	const char *tls_key_pem;
+	const char *ui_dir;	  /* the dashboard's files; NULL or "": none (404) */
+	const char *dygraphs_dir; /* the dygraphs library, served as /ui/vendor/dygraphs/ */
 };
 
 struct http_server;

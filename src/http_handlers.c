@@ -534,6 +534,9 @@ MHD_Result http_handlers_dispatch(struct http_request *rq)
 		return handle_read(rq, answer_export, false);
 	case HTTP_IMPORT:
 		return handle_import(rq);
+	case HTTP_ROOT:
+	case HTTP_UI:
+		return http_static_answer(rq);
 	case HTTP_NONE:
 	default:
 		break;

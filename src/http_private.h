@@ -28,6 +28,9 @@ typedef int MHD_Result;
 typedef enum MHD_Result MHD_Result;
 #endif
 
+/* The longest {path} below /ui/ that names a file of the dashboard. */
+#define HTTP_ASSET_MAX 255
+
 /*
  * A request's method and path, parsed. run and label hold one byte more
  * than a valid name can have, so that an over-long name is cut where name
@@ -40,6 +43,7 @@ struct http_route {
 	const char *allowed;	     /* the path's methods, for 405's Allow; NULL: unknown path */
 	char run[INGEST_NAME_MAX + 2];	 /* {run}, "" when the path has none */
 	char label[STORE_LABEL_MAX + 2]; /* {label} of /snapshots/{label}, else "" */
+	char asset[HTTP_ASSET_MAX + 1];	 /* {path} of /ui/{path} ("" for /ui/), else "" */
 };
 
 /*
@@ -49,6 +53,10 @@ struct http_route {
  * unknown path (404; run may still be filled in, for the log line);
  * -ENOTSUP for a known path that does not take method (405; name and
  * allowed are filled in). Method names are case-sensitive, as in HTTP.
+ * A {path} below /ui/ names a file only when each of its '/'-separated
+ * segments is made of [A-Za-z0-9._-] and does not begin with a dot (no
+ * "..", no hidden file, no empty segment) and it is at most
+ * HTTP_ASSET_MAX bytes; any other is an unknown path.
  *
  * Pure: no allocation, no I/O, any thread. method and url are borrowed
  * for the call only; out->name and out->allowed point to static strings.
@@ -179,6 +187,14 @@ struct http_request {
 };
 
 /*
+ * Queue resp (taken: destroyed here) with status as the reply, with the
+ * headers every reply carries (X-Content-Type-Options: nosniff) and those
+ * of its status: 405s carry Allow, 401s WWW-Authenticate, 503s
+ * Retry-After. Returns what the access handler returns.
+ */
+MHD_Result http_queue(struct http_request *rq, unsigned status, struct MHD_Response *resp);
+
+/*
  * Queue text (len bytes, content_type; NULL for a reply without a body,
  * such as a 204) with status as the reply. text is stolen: freed by libmicrohttpd once sent, or
  * here on failure. 405s carry Allow, 401s WWW-Authenticate, 503s Retry-After (rq->retry_after,
@@ -233,6 +249,18 @@ bool http_take_result(struct http_request *rq, struct store_result *res);
  * bounded by queue-max, not by the body budget).
  */
 void http_body_free(struct http_request *rq);
+
+/* --- the dashboard's files (http_static.c) --------------------------------------------- */
+
+/*
+ * Answer GET / (HTTP_ROOT: a redirect to /ui/) or GET /ui/{path}
+ * (HTTP_UI: the file rq->route.asset of the server's ui_dir, index.html
+ * for "", and vendor/dygraphs/{file} from the system's dygraphs; see
+ * docs/API.md, "Dashboard"). A file that is not there, whose type is not
+ * one the dashboard uses, or whose real path leaves its directory (a
+ * symbolic link out of it) is a JSON 404.
+ */
+MHD_Result http_static_answer(struct http_request *rq);
 
 /* --- the handlers (http_handlers.c) ---------------------------------------------------- */
 

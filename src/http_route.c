@@ -5,6 +5,7 @@
 #include "http_private.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +25,12 @@ static const struct resource runs = { "runs", "GET", { { "GET", HTTP_RUNS } } };
 static const struct resource run = { "run",
 				     "GET, DELETE",
 				     { { "GET", HTTP_RUN }, { "DELETE", HTTP_RUN_DELETE } } };
+static const struct resource root = { "root",
+				      "GET, HEAD",
+				      { { "GET", HTTP_ROOT }, { "HEAD", HTTP_ROOT } } };
+static const struct resource ui = { "ui",
+				    "GET, HEAD",
+				    { { "GET", HTTP_UI }, { "HEAD", HTTP_UI } } };
 static const struct resource snapshot = {
 	"snapshot", "GET, DELETE", { { "GET", HTTP_SNAPSHOT }, { "DELETE", HTTP_SNAPSHOT_DELETE } }
 };
@@ -66,6 +73,30 @@ static int resolve(const struct resource *res, const char *method, struct http_r
 	return -ENOTSUP;
 }
 
+/* Does p name a file below /ui/ (see http_route_parse())? */
+static bool asset_valid(const char *p)
+{
+	size_t seg = 0; /* bytes of the current segment */
+
+	if (strlen(p) > HTTP_ASSET_MAX)
+		return false;
+	for (; *p != '\0'; p++) {
+		if (*p == '/') {
+			if (seg == 0)
+				return false;
+			seg = 0;
+			continue;
+		}
+		if (seg == 0 && *p == '.')
+			return false;
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+			return false;
+		seg++;
+	}
+	return true;
+}
+
 int http_route_parse(const char *method, const char *url, struct http_route *out)
 {
 	const char *p, *slash;
@@ -78,6 +109,15 @@ int http_route_parse(const char *method, const char *url, struct http_route *out
 		return resolve(&healthz, method, out);
 	if (strcmp(url, "/metrics") == 0)
 		return resolve(&metrics, method, out);
+	if (strcmp(url, "/") == 0 || strcmp(url, "/ui") == 0)
+		return resolve(&root, method, out);
+	if (strncmp(url, "/ui/", 4) == 0) {
+		/* a directory (a trailing '/') is no file, but /ui/ is index.html */
+		if (!asset_valid(url + 4) || (url[4] != '\0' && url[strlen(url) - 1] == '/'))
+			return -ENOENT;
+		snprintf(out->asset, sizeof(out->asset), "%s", url + 4);
+		return resolve(&ui, method, out);
+	}
 	if (strcmp(url, "/v1/runs") == 0 || strcmp(url, "/v1/runs/") == 0)
 		return resolve(&runs, method, out);
 	if (strncmp(url, "/v1/runs/", 9) != 0)

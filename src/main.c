@@ -12,6 +12,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,15 @@
 #include "log.h"
 #include "replay.h"
 #include "store.h"
+
+/* Does dir hold the dashboard's page (docs/OPERATIONS.md, "The dashboard")? */
+static bool ui_dir_has_page(const char *dir)
+{
+	char path[4200];
+
+	snprintf(path, sizeof(path), "%s/index.html", dir);
+	return access(path, R_OK) == 0;
+}
 
 /*
  * The sd_notify protocol: one datagram to the AF_UNIX socket named by
@@ -196,6 +206,15 @@ int main(int argc, char **argv)
 				 "other hosts\"");
 	else
 		log_info("auth", "tokens=%u", auth_count(auth));
+	if (cfg.ui_dir[0] == '\0')
+		log_info("ui", "dir=none");
+	else if (ui_dir_has_page(cfg.ui_dir))
+		log_info("ui", "dir=%s path=/ui/", cfg.ui_dir);
+	else
+		log_warn("ui",
+			 "dir=%s index=missing hint=\"the dashboard answers 404: set ui-dir to the"
+			 " directory of its index.html\"",
+			 cfg.ui_dir);
 	log_info("listening", "host=%s port=%u db=%s schema=%d threads=%u tls=%s version=%s",
 		 cfg.host, http_port(http), cfg.db, store_schema_version(store), cfg.http.threads,
 		 cert ? "yes" : "no", PACKAGE_VERSION);

@@ -347,15 +347,51 @@ START_TEST(test_endpoint_roles)
 {
 	size_t i;
 
-	/* every endpoint of the enum is in the table above */
-	ck_assert_uint_eq(N_POLICY, HTTP_IMPORT);
+	/* every endpoint of the enum is in the table above, or the dashboard's (test_page) */
+	ck_assert_uint_eq(N_POLICY + 2, HTTP_UI);
 	for (i = 0; i < N_POLICY; i++)
 		ck_assert_msg(auth_endpoint_role(policy[i].ep) == policy[i].need,
 			      "endpoint %d needs %u, not %u", (int)policy[i].ep, policy[i].need,
 			      auth_endpoint_role(policy[i].ep));
 	/* what no endpoint is stays closed */
 	ck_assert_uint_eq(auth_endpoint_role(HTTP_NONE), AUTH_ADMIN);
-	ck_assert_uint_eq(auth_endpoint_role((enum http_endpoint)(HTTP_IMPORT + 1)), AUTH_ADMIN);
+	ck_assert_uint_eq(auth_endpoint_role((enum http_endpoint)(HTTP_UI + 1)), AUTH_ADMIN);
+}
+END_TEST
+
+/*
+ * The dashboard's files: with a token file, served without a token (a
+ * browser's navigation sends none), whatever the header holds; without
+ * one, to loopback clients only, as every other endpoint.
+ */
+START_TEST(test_page)
+{
+	static const enum http_endpoint pages[] = { HTTP_ROOT, HTTP_UI };
+	struct sockaddr_storage lo = addr4("127.0.0.1"), far4 = addr4("10.231.16.2"),
+				far6 = addr6("2001:db8::2");
+	struct auth *a = load_four();
+	struct bn_error err;
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		ck_assert_uint_eq(auth_endpoint_role(pages[i]), AUTH_PAGE);
+		ck_assert_int_eq(auth_check(a, pages[i], NULL, SA(far4), &err), 0);
+		ck_assert_int_eq(auth_check(a, pages[i], "Bearer junk", SA(far6), &err), 0);
+		ck_assert_int_eq(auth_check(a, pages[i], NULL, NULL, &err), 0);
+		ck_assert_int_eq(auth_check(NULL, pages[i], NULL, SA(lo), &err), 0);
+		bn_error_clear(&err);
+		ck_assert_int_lt(auth_check(NULL, pages[i], NULL, SA(far4), &err), 0);
+		ck_assert_int_eq(err.status, 403);
+		ck_assert_str_eq(err.code, BN_E_FORBIDDEN);
+		bn_error_clear(&err);
+		ck_assert_int_lt(auth_check(NULL, pages[i], "Bearer " T_ADMIN, NULL, &err), 0);
+		ck_assert_int_eq(err.status, 403);
+	}
+	/* the API the page calls still needs its token */
+	bn_error_clear(&err);
+	ck_assert_int_lt(auth_check(a, HTTP_DRIFT, NULL, SA(lo), &err), 0);
+	ck_assert_int_eq(err.status, 401);
+	auth_free(a);
 }
 END_TEST
 
@@ -545,6 +581,7 @@ static Suite *auth_suite(void)
 	tcase_add_test(compare, test_token_equal);
 	suite_add_tcase(s, compare);
 	tcase_add_test(pol, test_endpoint_roles);
+	tcase_add_test(pol, test_page);
 	tcase_add_test(pol, test_matrix);
 	tcase_add_test(pol, test_unauthorized);
 	tcase_add_test(pol, test_loopback_addresses);

@@ -60,6 +60,23 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.store.disk_free_warn_bytes, (size_t)300 << 20);
 	ck_assert_int_lt(parse(&c, &err, 2, "--disk-free-warn-mb", "-1"), 0);
 	ck_assert_str_eq(err.path, "disk-free-warn-mb");
+	/* this program runs from the build tree: the dashboard of the source tree */
+	ck_assert_str_eq(c.ui_dir, BNSTAT_UI_SRCDIR);
+	ck_assert_ptr_eq(c.http.ui_dir, c.ui_dir);
+}
+END_TEST
+
+START_TEST(test_ui_dir)
+{
+	struct config c;
+	struct bn_error err;
+
+	ck_assert_int_eq(parse(&c, &err, 2, "--ui-dir", "/srv/ui"), 0);
+	ck_assert_str_eq(c.http.ui_dir, "/srv/ui");
+	ck_assert_int_eq(parse(&c, &err, 1, "--ui-dir="), 0);
+	ck_assert_str_eq(c.http.ui_dir, "");
+	ck_assert_int_eq(parse(&c, &err, 2, "--ui-dir", "auto"), 0);
+	ck_assert_str_eq(c.http.ui_dir, BNSTAT_UI_SRCDIR);
 }
 END_TEST
 
@@ -228,6 +245,7 @@ int main(void)
 	tcase_add_test(tc, test_defaults);
 	tcase_add_test(tc, test_client_limits);
 	tcase_add_test(tc, test_flags);
+	tcase_add_test(tc, test_ui_dir);
 	tcase_add_test(tc, test_bad_flags);
 	tcase_add_test(tc, test_file_and_precedence);
 	tcase_add_test(tc, test_file_errors_name_the_line);

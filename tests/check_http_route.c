@@ -126,7 +126,6 @@ END_TEST
 START_TEST(test_unknown_paths)
 {
 	expect_unknown("GET", "");
-	expect_unknown("GET", "/");
 	expect_unknown("GET", "/v1");
 	expect_unknown("GET", "/v1/");
 	expect_unknown("GET", "/v1/run");
@@ -160,6 +159,47 @@ START_TEST(test_unknown_paths)
 	/* an unknown path is a 404 whatever the method */
 	expect_unknown("PUT", "/v1/runs/r/unknown");
 	expect_unknown("DELETE", "/nowhere");
+}
+END_TEST
+
+/* The dashboard: / and /ui redirect, /ui/{path} a file with a plain path. */
+START_TEST(test_dashboard)
+{
+	char long_path[300];
+
+	expect("GET", "/", HTTP_ROOT, "root", "GET, HEAD", "", "");
+	expect("HEAD", "/ui", HTTP_ROOT, "root", "GET, HEAD", "", "");
+	expect("GET", "/ui/", HTTP_UI, "ui", "GET, HEAD", "", "");
+	ck_assert_str_eq(route.asset, "");
+	expect("GET", "/ui/app.js", HTTP_UI, "ui", "GET, HEAD", "", "");
+	ck_assert_str_eq(route.asset, "app.js");
+	expect("HEAD", "/ui/vendor/dygraphs/dygraph.min.css", HTTP_UI, "ui", "GET, HEAD", "", "");
+	ck_assert_str_eq(route.asset, "vendor/dygraphs/dygraph.min.css");
+	expect_method("POST", "/ui/app.js", "ui", "GET, HEAD");
+	expect_method("DELETE", "/", "root", "GET, HEAD");
+	/* no way up, no hidden file, no empty segment, no directory, no odd byte */
+	expect_unknown("GET", "/ui/..");
+	expect_unknown("GET", "/ui/../src/main.c");
+	expect_unknown("GET", "/ui/vendor/../../etc/passwd");
+	expect_unknown("GET", "/ui/./app.js");
+	expect_unknown("GET", "/ui/.hidden.js");
+	expect_unknown("GET", "/ui/vendor/.x/a.js");
+	expect_unknown("GET", "/ui//app.js");
+	expect_unknown("GET", "/ui/vendor/");
+	expect_unknown("GET", "/ui/a b.js");
+	expect_unknown("GET", "/ui/a\\b.js");
+	expect_unknown("GET", "/ui/a\x7f.js");
+	expect_unknown("GET", "/ui/%2e%2e/x.js"); /* '%' itself: MHD unescapes before */
+	ck_assert_str_eq(route.asset, "");
+	expect_unknown("GET", "/uix");
+	expect_unknown("GET", "/ui/x/");
+	memset(long_path, 'a', sizeof(long_path));
+	memcpy(long_path, "/ui/", 4);
+	long_path[4 + HTTP_ASSET_MAX] = '\0';
+	expect("GET", long_path, HTTP_UI, "ui", "GET, HEAD", "", "");
+	long_path[4 + HTTP_ASSET_MAX] = 'a';
+	long_path[5 + HTTP_ASSET_MAX] = '\0';
+	expect_unknown("GET", long_path);
 }
 END_TEST
 
@@ -231,6 +271,7 @@ static Suite *route_suite(void)
 	tcase_add_test(tc, test_over_long_names);
 	tcase_add_test(tc, test_unknown_paths);
 	tcase_add_test(tc, test_wrong_methods);
+	tcase_add_test(tc, test_dashboard);
 	tcase_add_test(tc, test_route_is_reset);
 	tcase_add_test(tc, test_unescape_no_nul);
 	suite_add_tcase(s, tc);

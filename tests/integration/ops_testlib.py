@@ -341,6 +341,7 @@ EXPECTED_OPTIONS = {
     "retain-steps", "token-file", "tls-cert", "tls-key", "log-file", "replay-cache-mb",
     "log-level", "header-timeout", "body-min-rate", "body-memory-max", "integrity-check",
     "disk-free-warn-mb",
+    "ui-dir",
 }
 
 

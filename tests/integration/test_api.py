@@ -788,7 +788,8 @@ class TestReadEndpoints(DaemonTest):
             self.assertTrue(is_json_int(w["batches"]) and is_json_int(w["last_step"]), w)
 
     def test_not_found(self):
-        for path in ("/v1/runs/nope", "/v1/runs/nope/stats", "/v1/nothing", "/",
+        # (/ is the dashboard's redirect: test_ui_static.py)
+        for path in ("/v1/runs/nope", "/v1/runs/nope/stats", "/v1/nothing", "/nowhere",
                      "/v1/runs/meta/nothing", "/v1/runs/meta/stats/extra"):
             with self.subTest(path=path):
                 self.assertError(self.d.get(path), 404, what=path)

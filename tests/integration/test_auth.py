@@ -432,7 +432,8 @@ class TestNonLoopbackClient(TestCaseMixin, unittest.TestCase):
         st, body = self.client(d.port, "GET", "/healthz")
         self.assertEqual(st, 200, body)
         for method, path, doc in (("GET", "/v1/runs", None), ("GET", "/metrics", None),
-                                  ("POST", "/v1/runs/r/batches", upload(1))):
+                                  ("POST", "/v1/runs/r/batches", upload(1)),
+                                  ("GET", "/ui/", None), ("GET", "/", None)):
             with self.subTest(path=path):
                 st, body = self.client(d.port, method, path, body=doc)
                 self.assertEqual(st, 403, body)
@@ -453,6 +454,10 @@ class TestNonLoopbackClient(TestCaseMixin, unittest.TestCase):
         self.assertEqual(st, 200, body)
         st, body = self.client(d.port, "GET", "/v1/runs")
         self.assertEqual(st, 401, body)
+        # the dashboard's page needs no token (a browser's navigation sends none)
+        st, body = self.client(d.port, "GET", "/ui/")
+        self.assertEqual(st, 200, body)
+        self.assertIn("<html", body)
         d.stop()
 
 

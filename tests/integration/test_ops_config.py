@@ -51,7 +51,7 @@ class TestConfig(TestCaseMixin, unittest.TestCase):
             "log-level": "warn", "history-full-steps": "250", "sim-momenta": "0.1,0.01",
             "open-steps-mb": "64", "retain-runs-days": "90", "metrics-interval-ms": "250",
             "header-timeout": "7", "body-min-rate": "100", "body-memory-max": "33554432",
-            "integrity-check": "off", "disk-free-warn-mb": "300",
+            "integrity-check": "off", "disk-free-warn-mb": "300", "ui-dir": self.tmp,
         }
         options = help_options()
         self.assertEqual(set(values), options,
