@@ -4,7 +4,8 @@
  * most `points` points by their maximum (docs/API.md, "Drift").
  *
  * Steps are taken in chunks: per layer and chunk the precise window of
- * every step (a queue of the window's pooled rows), then the EMA at those
+ * every step (query_slide.c: the window's pooled rows slid along, each
+ * merged O(1) times however wide the window), then the EMA at those
  * steps (the worker's arrays, or the simulated EMA walked over the chunk,
  * resuming from the replay's checkpoints), so that memory stays within a
  * chunk's arrays however long the range. With precise=snapshot:LABEL the
@@ -131,20 +132,17 @@ static int64_t window_low(const struct drift *d, int64_t step)
 
 /* --- one layer, one chunk ------------------------------------------------------- */
 
-/* A row of the window: pooled over domains at one step. */
-struct wrow {
-	int64_t step, n;
-	double *mean, *m2; /* [channels] */
-};
-
 struct chunk {
 	struct drift *d;
 	const struct drift_layer *l;
 	size_t first, count;  /* entries [first, first + count) */
 	double *pmean, *pvar; /* [count][channels]: the precise window at each entry */
 	bool *has_precise;    /* [count] */
-	struct wrow *q;	      /* the window's rows, oldest first: q[head..tail) */
-	size_t head, tail, qcap;
+	struct query_slide slide; /* the precise window, slid along the layer's rows */
+	bool slide_on;
+	double *pend;		  /* [2 * channels]: the newest step's row, pooled over domains */
+	int64_t pend_step, pend_n;
+	bool pend_have;
 	double *row;	   /* [2 * channels] scratch */
 	double *ema;	   /* [2 * channels] scratch */
 	size_t lm;	   /* index of (layer, entry) metrics: layer * n */
@@ -176,96 +174,56 @@ static void compare_at(struct chunk *k, size_t idx, const double *mean, const do
 		d->bound[idx] = bound;
 }
 
-/* The precise window ending at the newest queued step, into entry slot j. */
-static void window_out(struct chunk *k, size_t j)
+/*
+ * The newest step's row is complete: push it into the window (which drops
+ * the rows that left it) and, at an entry of the chunk, take the window's
+ * estimate there.
+ */
+static int window_push(struct chunk *k)
 {
-	size_t c = k->l->channels, i, ch;
-	double *pm = k->pmean + j * c, *pv = k->pvar + j * c;
-
-	for (ch = 0; ch < c; ch++) {
-		int64_t n = 0;
-		double mean = 0.0, m2 = 0.0;
-
-		for (i = k->head; i < k->tail; i++)
-			stats_merge1(&n, &mean, &m2, k->q[i].n, k->q[i].mean[ch], k->q[i].m2[ch]);
-		pm[ch] = mean;
-		pv[ch] = n > 0 ? m2 / (double)n : 0.0;
-	}
-	k->has_precise[j] = true;
-}
-
-/* Close the newest queued step: drop rows that left its window, emit it. */
-static void window_close(struct chunk *k)
-{
-	struct wrow *top = &k->q[k->tail - 1];
+	size_t c = k->l->channels;
 	long idx;
 
-	int64_t low = window_low(k->d, top->step);
+	if (!k->pend_have)
+		return 0;
+	k->pend_have = false;
+	if (query_slide_push(&k->slide, k->pend_step, k->pend_n, k->pend, k->pend + c) < 0)
+		return -ENOMEM;
+	idx = find_step(k->d, k->first, k->first + k->count, k->pend_step);
+	if (idx >= 0) {
+		size_t j = (size_t)idx - k->first;
 
-	while (k->q[k->head].step <= low)
-		k->head++;
-	idx = find_step(k->d, k->first, k->first + k->count, top->step);
-	if (idx >= 0)
-		window_out(k, (size_t)idx - k->first);
+		query_slide_estimate(&k->slide, k->pmean + j * c, k->pvar + j * c);
+		k->has_precise[j] = true;
+	}
+	return 0;
 }
 
 static int window_row(void *ctx, const struct store_row *row)
 {
 	struct chunk *k = ctx;
 	size_t c = k->l->channels, ch;
-	struct wrow *w;
 
 	if (store_row_read(k->d->r, STORE_BLOB_AGG, row->rowid, c, 0, c, k->row) < 0 ||
 	    store_row_read(k->d->r, STORE_BLOB_AGG, row->rowid, c, c, c, k->row + c) < 0)
 		return -EIO;
-	if (k->tail > k->head && k->q[k->tail - 1].step == row->step) {
+	if (k->pend_have && k->pend_step == row->step) {
 		/* another domain at the same step (domain "*") */
-		w = &k->q[k->tail - 1];
 		for (ch = 0; ch < c; ch++) {
-			int64_t n = w->n;
+			int64_t n = k->pend_n;
 
-			stats_merge1(&n, &w->mean[ch], &w->m2[ch], row->n, k->row[ch],
+			stats_merge1(&n, &k->pend[ch], &k->pend[c + ch], row->n, k->row[ch],
 				     k->row[c + ch]);
 		}
-		w->n += row->n;
+		k->pend_n += row->n;
 		return 0;
 	}
-	if (k->tail > k->head)
-		window_close(k);
-	if (k->tail == k->qcap) {
-		/* compact (the rows that left keep their arrays for reuse), then grow */
-		size_t live = k->tail - k->head, i;
-		struct wrow spare;
-
-		for (i = 0; i < live; i++) {
-			spare = k->q[i];
-			k->q[i] = k->q[k->head + i];
-			k->q[k->head + i] = spare;
-		}
-		k->head = 0;
-		k->tail = live;
-		if (k->tail == k->qcap) {
-			size_t cap = k->qcap ? 2 * k->qcap : 16;
-			struct wrow *p = realloc(k->q, cap * sizeof(*p));
-
-			if (p == NULL)
-				return -ENOMEM;
-			memset(p + k->qcap, 0, (cap - k->qcap) * sizeof(*p));
-			k->q = p;
-			k->qcap = cap;
-		}
-	}
-	w = &k->q[k->tail];
-	if (w->mean == NULL) {
-		w->mean = malloc(2 * c * sizeof(double));
-		if (w->mean == NULL)
-			return -ENOMEM;
-	}
-	w->m2 = w->mean + c;
-	w->step = row->step;
-	w->n = row->n;
-	memcpy(w->mean, k->row, 2 * c * sizeof(double));
-	k->tail++;
+	if (window_push(k) < 0)
+		return -ENOMEM;
+	memcpy(k->pend, k->row, 2 * c * sizeof(double));
+	k->pend_step = row->step;
+	k->pend_n = row->n;
+	k->pend_have = true;
 	return 0;
 }
 
@@ -350,11 +308,9 @@ static int ema_row(void *ctx, const struct store_row *row)
 
 static void chunk_free(struct chunk *k)
 {
-	size_t i;
-
-	for (i = 0; i < k->qcap; i++)
-		free(k->q[i].mean);
-	free(k->q);
+	if (k->slide_on)
+		query_slide_free(&k->slide);
+	free(k->pend);
 	free(k->pmean);
 	free(k->has_precise);
 	free(k->row);
@@ -394,11 +350,19 @@ static int layer_chunk(struct drift *d, size_t li, size_t first, size_t count)
 		rc = store_layer_emas(d->r, d->run_id, d->domain_id, l->id, d->ref.name, lo - 1, hi,
 				      ref_worker_row, &k);
 	} else {
+		struct query_slide_rule rule = { d->window, d->window_auto ? &d->autow : NULL };
+
+		k.pend = malloc(2 * c * sizeof(double));
+		if (k.pend == NULL || query_slide_init(&k.slide, c, &rule) < 0) {
+			chunk_free(&k);
+			return -ENOMEM;
+		}
+		k.slide_on = true;
 		/* lo - window cannot overflow: lo >= 0 and window >= 1 */
 		rc = store_layer_aggs(d->r, d->run_id, d->domain_id, l->id, window_low(d, lo), hi,
 				      window_row, &k);
-		if (rc == 0 && k.tail > k.head)
-			window_close(&k);
+		if (rc == 0)
+			rc = window_push(&k);
 	}
 	if (rc == 0 && d->sim)
 		rc = replay_layer_steps(d->cache, d->r, d->run_id, d->domain_id, l->id, c,
