@@ -52,6 +52,9 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.http.body_memory_max, 256u << 20);
 	/* a handful of addresses cannot take every connection */
 	ck_assert_uint_le(c.http.max_per_ip * 8, c.http.max_connections);
+	/* this program runs from the build tree: the dashboard of the source tree */
+	ck_assert_str_eq(c.ui_dir, BNSTAT_UI_SRCDIR);
+	ck_assert_ptr_eq(c.http.ui_dir, c.ui_dir);
 	/* the free-space warning (docs/OPERATIONS.md, "A full disk") */
 	ck_assert_uint_eq(c.store.disk_free_warn_bytes, (size_t)1 << 30);
 	ck_assert_int_eq(parse(&c, &err, 2, "--disk-free-warn-mb", "0"), 0);
@@ -60,9 +63,6 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.store.disk_free_warn_bytes, (size_t)300 << 20);
 	ck_assert_int_lt(parse(&c, &err, 2, "--disk-free-warn-mb", "-1"), 0);
 	ck_assert_str_eq(err.path, "disk-free-warn-mb");
-	/* this program runs from the build tree: the dashboard of the source tree */
-	ck_assert_str_eq(c.ui_dir, BNSTAT_UI_SRCDIR);
-	ck_assert_ptr_eq(c.http.ui_dir, c.ui_dir);
 }
 END_TEST
 

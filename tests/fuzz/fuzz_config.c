@@ -134,6 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check_config(&by_file);
 			memset(by_file.config_file, 0, sizeof(by_file.config_file));
 			by_file.http.host = by_flags.http.host = NULL;
+			by_file.http.ui_dir = by_flags.http.ui_dir = NULL; /* point into each */
 			FUZZ_ASSERT(memcmp(&by_file, &by_flags, sizeof(by_file)) == 0,
 				    "the file and its flags give different configurations");
 		} else {
