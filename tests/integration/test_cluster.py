@@ -249,6 +249,22 @@ class TestCluster(TestCaseMixin, unittest.TestCase):
         for port in self.nodes.values():
             self.assertEqual(get(port, "/v1/runs/gone")[0], 404)
 
+    def test_1_dashboard_through_the_front(self):
+        # the page and its assets name no run: any live node serves them, as one node does
+        st, _, hdrs = request_raw(self.port, "GET", "/")
+        self.assertEqual(st, 302)
+        self.assertEqual(hdrs["Location"], "/ui/")
+        for path in ("/ui/", "/ui/app.js", "/ui/vendor/dygraphs/dygraph.min.js"):
+            want = request_raw(self.ref.port, "GET", path)
+            got = request_raw(self.port, "GET", path)
+            self.assertEqual(want[0], 200, path)
+            self.assertEqual((got[0], got[1]), (want[0], want[1]), path)
+            self.assertEqual(got[2]["Content-Security-Policy"],
+                             want[2]["Content-Security-Policy"], path)
+            self.assertEqual(got[2]["Content-Type"], want[2]["Content-Type"], path)
+        st, _, _ = request_raw(self.port, "GET", "/ui/nowhere.js")
+        self.assertEqual(st, 404)
+
     def test_1_metrics_on_the_front(self):
         st, doc, hdrs = get(self.port, "/metrics")
         self.assertError((st, doc, hdrs), 404, "not_found", what="front /metrics")
