@@ -47,13 +47,16 @@ static void init(void)
 	done = true;
 }
 
-/* A 400 invalid_parameter (or status/code given) naming name. */
+/*
+ * A 400 invalid_parameter (or status/code given) naming name: the error's
+ * path holds a name's first BN_ERROR_PATH_MAX - 1 bytes.
+ */
 static void check_error(int rc, const struct bn_error *err, int status, const char *code,
 			const char *name, const char *v)
 {
 	FUZZ_ASSERT(rc == -EINVAL, "%s=%s: rc %d", name, v, rc);
 	FUZZ_ASSERT(err->status == status && strcmp(err->code, code) == 0 &&
-			    strcmp(err->path, name) == 0,
+			    strncmp(err->path, name, sizeof(err->path) - 1) == 0,
 		    "%s=%s: %d %s '%s', expected %d %s '%s'", name, v, err->status, err->code,
 		    err->path, status, code, name);
 }
