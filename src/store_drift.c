@@ -110,10 +110,7 @@ static int read_ema(void *ctx, sqlite3_stmt *st)
 	struct stats_cmp cmp;
 	int rc;
 
-	sqlite3_bind_int64(q, 1, e->run_id);
-	sqlite3_bind_int64(q, 2, e->domain_id);
-	sqlite3_bind_int64(q, 3, e->step);
-	sqlite3_bind_int64(q, 4, layer_id);
+	store_sql_bind_ints(q, (int64_t[]){ e->run_id, e->domain_id, e->step, layer_id }, 4);
 	rc = store_sql_rows(q, read_agg, e);
 	if (rc < 0)
 		return rc;
@@ -160,26 +157,21 @@ int store_drift_entry(struct store *s, int64_t run_id, int64_t domain_id, int64_
 	char *first = NULL;
 	int rc;
 
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, step);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, step }, 3);
 	rc = store_sql_rows(st, read_first, &first);
 	if (rc < 0)
 		return rc == -ENOMEM ? -ENOMEM : -EIO;
 	rc = 0;
 	if (first != NULL) {
 		st = s->wstmt[W_DRIFT_EMAS];
-		sqlite3_bind_int64(st, 1, run_id);
-		sqlite3_bind_int64(st, 2, domain_id);
-		sqlite3_bind_int64(st, 3, step);
+		store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, step }, 3);
 		sqlite3_bind_text(st, 4, first, -1, SQLITE_STATIC);
 		rc = store_sql_rows(st, read_ema, &e);
+		sqlite3_clear_bindings(st); /* `first` is freed below */
 	}
 	if (rc == 0) {
 		st = s->wstmt[W_DRIFT_PUT];
-		sqlite3_bind_int64(st, 1, run_id);
-		sqlite3_bind_int64(st, 2, domain_id);
-		sqlite3_bind_int64(st, 3, step);
+		store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, step }, 3);
 		if (first != NULL)
 			sqlite3_bind_text(st, 4, first, -1, SQLITE_STATIC);
 		else
@@ -212,8 +204,7 @@ static int mark_get(struct store *s, int64_t run_id, int64_t domain_id, int64_t 
 	sqlite3_stmt *st = s->wstmt[W_DRIFT_MARK];
 	int rc;
 
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id }, 2);
 	rc = store_sql_rows(st, read_i64, done);
 	return rc < 0 ? -EIO : rc == 1;
 }
@@ -222,10 +213,7 @@ static int mark_put(struct store *s, int64_t run_id, int64_t domain_id, int64_t 
 {
 	sqlite3_stmt *st = s->wstmt[W_HIST_PUT];
 
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, STORE_DRIFT_TIER);
-	sqlite3_bind_int64(st, 4, done);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, STORE_DRIFT_TIER, done }, 4);
 	return store_sql_run(st);
 }
 
@@ -235,15 +223,11 @@ int store_drift_forget(struct store *s, int64_t run_id, int64_t domain_id, int64
 {
 	sqlite3_stmt *st = s->wstmt[W_DRIFT_DEL];
 
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, step);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, step }, 3);
 	if (store_sql_run(st) < 0)
 		return -EIO;
 	st = s->wstmt[W_DRIFT_BACK];
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, step);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, step }, 3);
 	return store_sql_run(st);
 }
 
@@ -254,10 +238,7 @@ int store_drift_bucket(struct store *s, int64_t run_id, int64_t domain_id, int64
 	int64_t done;
 	int rc;
 
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, lo);
-	sqlite3_bind_int64(st, 4, end);
+	store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, lo, end }, 4);
 	if (store_sql_run(st) < 0)
 		return -EIO;
 	rc = mark_get(s, run_id, domain_id, &done);
@@ -291,9 +272,7 @@ int store_drift_pass(struct store *s, int64_t run_id, int64_t domain_id, int64_t
 		int64_t next = 0;
 		int have;
 
-		sqlite3_bind_int64(st, 1, run_id);
-		sqlite3_bind_int64(st, 2, domain_id);
-		sqlite3_bind_int64(st, 3, from);
+		store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, from }, 3);
 		have = store_sql_rows(st, read_i64, &next);
 		if (have < 0)
 			return -EIO;
@@ -308,9 +287,7 @@ int store_drift_pass(struct store *s, int64_t run_id, int64_t domain_id, int64_t
 		if (dry)
 			return 1;
 		st = s->wstmt[W_DRIFT_HAS];
-		sqlite3_bind_int64(st, 1, run_id);
-		sqlite3_bind_int64(st, 2, domain_id);
-		sqlite3_bind_int64(st, 3, next);
+		store_sql_bind_ints(st, (int64_t[]){ run_id, domain_id, next }, 3);
 		have = store_sql_rows(st, NULL, NULL);
 		if (have < 0)
 			return -EIO;
@@ -383,20 +360,12 @@ int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id,
 		      int64_t hi, store_drift_fn fn, void *ctx)
 {
 	struct drift_walk w = { fn, ctx, NULL, NULL, 0 };
-	sqlite3_stmt *st;
-	int rc;
+	int64_t a[4] = { run_id, domain_id, lo, hi };
+	int rc = store_sql_select(r->db,
+				  "SELECT step, worker, data, width FROM drift_steps WHERE run_id = ?1"
+				  " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
+				  a, 4, read_row, &w);
 
-	if (store_sql_prepare(r->db,
-			      "SELECT step, worker, data, width FROM drift_steps WHERE run_id = ?1"
-			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
-			      &st) < 0)
-		return -EIO;
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, lo);
-	sqlite3_bind_int64(st, 4, hi);
-	rc = store_sql_rows(st, read_row, &w);
-	sqlite3_finalize(st);
 	free(w.layer_id);
 	free(w.metric);
 	return rc;
@@ -411,37 +380,4 @@ int store_drift_through(struct store_reader *r, int64_t run_id, int64_t domain_i
 				 run_id, domain_id, NULL, through);
 
 	return rc == 0 && *through < 0 ? -ENOENT : rc;
-}
-
-struct entry_walk {
-	int (*fn)(void *ctx, int64_t step, int64_t width);
-	void *ctx;
-};
-
-static int read_entry(void *ctx, sqlite3_stmt *st)
-{
-	struct entry_walk *w = ctx;
-
-	return w->fn(w->ctx, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
-}
-
-int store_drift_entries(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
-			int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx)
-{
-	struct entry_walk w = { fn, ctx };
-	sqlite3_stmt *st;
-	int rc;
-
-	if (store_sql_prepare(r->db,
-			      "SELECT step, width FROM drift_steps WHERE run_id = ?1"
-			      " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
-			      &st) < 0)
-		return -EIO;
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, lo);
-	sqlite3_bind_int64(st, 4, hi);
-	rc = store_sql_rows(st, read_entry, &w);
-	sqlite3_finalize(st);
-	return rc;
 }

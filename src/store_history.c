@@ -57,21 +57,15 @@ static int read_opt_i64(void *ctx, sqlite3_stmt *st)
 /* Run st (its ?1.. bound to a[0..n)) for an optional int64: 0, or -EIO. */
 static int query_opt(sqlite3_stmt *st, const int64_t *a, int n, struct opt_i64 *out)
 {
-	int i;
-
 	*out = (struct opt_i64){ 0 };
-	for (i = 0; i < n; i++)
-		sqlite3_bind_int64(st, i + 1, a[i]);
+	store_sql_bind_ints(st, a, n);
 	return store_sql_rows(st, read_opt_i64, out) < 0 ? -EIO : 0;
 }
 
 /* Run st with ?1.. bound to a[0..n), expecting no row: 0 or -EIO. */
 static int run_ints(sqlite3_stmt *st, const int64_t *a, int n)
 {
-	int i;
-
-	for (i = 0; i < n; i++)
-		sqlite3_bind_int64(st, i + 1, a[i]);
+	store_sql_bind_ints(st, a, n);
 	return store_sql_run(st);
 }
 

@@ -299,6 +299,17 @@ int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
 int store_sql_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b, const char *text,
 		    int64_t *out);
 
+/* Bind ?1..?n of st to a[0..n). */
+void store_sql_bind_ints(sqlite3_stmt *st, const int64_t *a, int n);
+
+/*
+ * A one-shot query: prepare sql on db, bind ?1..?n to args[0..n), hand its
+ * rows to fn (as store_sql_rows()), finalize. Returns what
+ * store_sql_rows() returns, or -EIO when it does not prepare.
+ */
+int store_sql_select(sqlite3 *db, const char *sql, const int64_t *args, int n,
+		     store_sql_row_fn fn, void *ctx);
+
 /*
  * The first SQLITE_CORRUPT or SQLITE_NOTADB (else SQLITE_FULL, else
  * SQLITE_IOERR) a store_sql_* call on this thread met since the last take,

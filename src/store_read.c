@@ -157,31 +157,35 @@ int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain
 			  int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx)
 {
 	struct entry_walk w = { fn, ctx };
-	sqlite3_stmt *st;
-	int rc;
+	int64_t a[4] = { run_id, domain_id, lo, hi };
 
 	/*
 	 * `width` follows `data` in the row (0006_history.sql): read from the
 	 * row it would read the blob and its overflow pages. aggs_by_step holds
 	 * it (0008_aggs_batches.sql), so the index alone answers.
 	 */
-	if (store_sql_prepare(
-		    r->db,
-		    domain_id < 0 ? "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
-				    " WHERE run_id = ?1 AND ?2 < 0 AND step >= ?3 AND step <= ?4"
-				    " GROUP BY step ORDER BY step"
-				  : "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
-				    " WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3 AND step <= ?4"
-				    " GROUP BY step ORDER BY step",
-		    &st) < 0)
-		return -EIO;
-	sqlite3_bind_int64(st, 1, run_id);
-	sqlite3_bind_int64(st, 2, domain_id);
-	sqlite3_bind_int64(st, 3, lo);
-	sqlite3_bind_int64(st, 4, hi);
-	rc = store_sql_rows(st, read_entry, &w);
-	sqlite3_finalize(st);
-	return rc;
+	return store_sql_select(r->db,
+				domain_id < 0
+					? "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+					  " WHERE run_id = ?1 AND ?2 < 0 AND step >= ?3 AND step <= ?4"
+					  " GROUP BY step ORDER BY step"
+					: "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+					  " WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3"
+					  " AND step <= ?4 GROUP BY step ORDER BY step",
+				a, 4, read_entry, &w);
+}
+
+int store_drift_entries(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,
+			int64_t hi, int (*fn)(void *ctx, int64_t step, int64_t width), void *ctx)
+{
+	struct entry_walk w = { fn, ctx };
+	int64_t a[4] = { run_id, domain_id, lo, hi };
+
+	/* up to the drift mark, one row per entry (store_drift.c) */
+	return store_sql_select(r->db,
+				"SELECT step, width FROM drift_steps WHERE run_id = ?1"
+				" AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
+				a, 4, read_entry, &w);
 }
 
 static int read_tier_max(void *ctx, sqlite3_stmt *st)

@@ -127,6 +127,28 @@ static int first_int64(void *ctx, sqlite3_stmt *st)
 	return 1;
 }
 
+void store_sql_bind_ints(sqlite3_stmt *st, const int64_t *a, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		sqlite3_bind_int64(st, i + 1, a[i]);
+}
+
+int store_sql_select(sqlite3 *db, const char *sql, const int64_t *args, int n,
+		     store_sql_row_fn fn, void *ctx)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (store_sql_prepare(db, sql, &st) < 0)
+		return -EIO;
+	store_sql_bind_ints(st, args, n);
+	rc = store_sql_rows(st, fn, ctx);
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int store_sql_int64(sqlite3 *db, const char *sql, int64_t a, int64_t b, const char *text,
 		    int64_t *out)
 {
