@@ -348,3 +348,48 @@ void fuzz_check_reencoded(const struct ingest_batch *b, const struct ingest_limi
 	free(json);
 	free(st);
 }
+
+static void decoders_one(const struct fuzz_decoders *d, const void *body, size_t len,
+			 const struct ingest_limits *lim)
+{
+	struct ingest_batch *b = NULL, *bf = NULL, *bj = NULL;
+	struct bn_error e, ef, ej;
+	int r, rf, rj;
+	char what[96];
+
+	bn_error_clear(&e);
+	bn_error_clear(&ef);
+	bn_error_clear(&ej);
+	r = d->decode("r1", body, len, lim, &b, &e);
+	rf = d->fast("r1", body, len, lim, &bf, &ef);
+	rj = d->slow("r1", body, len, lim, &bj, &ej);
+	if (r == 0) {
+		fuzz_check_batch(b, "r1", lim);
+		fuzz_check_reencoded(b, lim);
+	} else {
+		fuzz_check_refused(r, b, &e);
+	}
+	snprintf(what, sizeof(what), "%s vs jansson", d->name);
+	fuzz_check_same(what, true, r, b, &e, rj, bj, &ej);
+	if (rf == INGEST_NOT_HANDLED)
+		FUZZ_ASSERT(bf == NULL && ef.status == 0 && ef.message[0] == '\0',
+			    "the fast scanner gave up, leaving a result");
+	else
+		fuzz_check_same("fast scanner vs jansson", true, rf, bf, &ef, rj, bj, &ej);
+	ingest_batch_free(b);
+	ingest_batch_free(bf);
+	ingest_batch_free(bj);
+}
+
+void fuzz_check_decoders(const struct fuzz_decoders *d, const uint8_t *data, size_t size)
+{
+	static const struct ingest_limits small = { 3, 8 };
+	uint8_t *body = malloc(size ? size : 1);
+
+	FUZZ_ASSERT(body != NULL, "out of memory");
+	if (size > 0)
+		memcpy(body, data, size);
+	decoders_one(d, body, size, NULL);
+	decoders_one(d, body, size, &small);
+	free(body);
+}

@@ -79,4 +79,29 @@ void fuzz_check_reencoded(const struct ingest_batch *b, const struct ingest_limi
  */
 const char *fuzz_file(const uint8_t *data, size_t size);
 
+/*
+ * The three decoders of one upload form (the public one, its fast path
+ * alone, jansson alone), called as decode(run, body, len, lim, &batch, &err).
+ */
+struct fuzz_decoders {
+	const char *name; /* the public decoder's, for messages */
+	int (*decode)(const char *run, const void *body, size_t len,
+		      const struct ingest_limits *lim, struct ingest_batch **out,
+		      struct bn_error *err);
+	int (*fast)(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
+		    struct ingest_batch **out, struct bn_error *err);
+	int (*slow)(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
+		    struct ingest_batch **out, struct bn_error *err);
+};
+
+/*
+ * The body (a copy of exactly size bytes, so that a read past it is
+ * caught) through the three decoders, under the default limits and under
+ * small ones (3 layers, 8 channels): an accepted batch obeys
+ * fuzz_check_batch() and survives fuzz_check_reencoded(), a refusal
+ * fuzz_check_refused(); the public decoder and the fast path (unless it
+ * leaves the body to jansson, with no result) agree with jansson.
+ */
+void fuzz_check_decoders(const struct fuzz_decoders *d, const uint8_t *data, size_t size);
+
 #endif
