@@ -116,7 +116,7 @@ MHD_Result http_reply_error(struct http_request *rq, const struct bn_error *err)
 	if (strcmp(err->code, BN_E_READ_ONLY) == 0 || strcmp(err->code, BN_E_DAMAGED) == 0) {
 		quiet = true;
 		rq->retry_after = strcmp(err->code, BN_E_READ_ONLY) == 0 ? HTTP_RETRY_READ_ONLY
-								 : HTTP_RETRY_DAMAGED;
+									 : HTTP_RETRY_DAMAGED;
 	}
 	if (err->path[0] != '\0')
 		json_object_set_new(e, "path", json_string(err->path));

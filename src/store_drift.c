@@ -231,8 +231,7 @@ int store_drift_forget(struct store *s, int64_t run_id, int64_t domain_id, int64
 	return store_sql_run(st);
 }
 
-int store_drift_bucket(struct store *s, int64_t run_id, int64_t domain_id, int64_t lo,
-		       int64_t end)
+int store_drift_bucket(struct store *s, int64_t run_id, int64_t domain_id, int64_t lo, int64_t end)
 {
 	sqlite3_stmt *st = s->wstmt[W_DRIFT_DEL_RANGE];
 	int64_t done;
@@ -361,18 +360,18 @@ int store_drift_steps(struct store_reader *r, int64_t run_id, int64_t domain_id,
 {
 	struct drift_walk w = { fn, ctx, NULL, NULL, 0 };
 	int64_t a[4] = { run_id, domain_id, lo, hi };
-	int rc = store_sql_select(r->db,
-				  "SELECT step, worker, data, width FROM drift_steps WHERE run_id = ?1"
-				  " AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
-				  a, 4, read_row, &w);
+	int rc = store_sql_select(
+		r->db,
+		"SELECT step, worker, data, width FROM drift_steps WHERE run_id = ?1"
+		" AND domain_id = ?2 AND step >= ?3 AND step <= ?4 ORDER BY step",
+		a, 4, read_row, &w);
 
 	free(w.layer_id);
 	free(w.metric);
 	return rc;
 }
 
-int store_drift_through(struct store_reader *r, int64_t run_id, int64_t domain_id,
-			int64_t *through)
+int store_drift_through(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t *through)
 {
 	int rc = store_sql_int64(r->db,
 				 "SELECT done FROM history WHERE run_id = ?1 AND domain_id = ?2"

@@ -164,15 +164,15 @@ int store_entries_foreach(struct store_reader *r, int64_t run_id, int64_t domain
 	 * row it would read the blob and its overflow pages. aggs_by_step holds
 	 * it (0008_aggs_batches.sql), so the index alone answers.
 	 */
-	return store_sql_select(r->db,
-				domain_id < 0
-					? "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
-					  " WHERE run_id = ?1 AND ?2 < 0 AND step >= ?3 AND step <= ?4"
-					  " GROUP BY step ORDER BY step"
-					: "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
-					  " WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3"
-					  " AND step <= ?4 GROUP BY step ORDER BY step",
-				a, 4, read_entry, &w);
+	return store_sql_select(
+		r->db,
+		domain_id < 0 ? "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+				" WHERE run_id = ?1 AND ?2 < 0 AND step >= ?3 AND step <= ?4"
+				" GROUP BY step ORDER BY step"
+			      : "SELECT step, max(width) FROM aggs INDEXED BY aggs_by_step"
+				" WHERE run_id = ?1 AND domain_id = ?2 AND step >= ?3"
+				" AND step <= ?4 GROUP BY step ORDER BY step",
+		a, 4, read_entry, &w);
 }
 
 int store_drift_entries(struct store_reader *r, int64_t run_id, int64_t domain_id, int64_t lo,

@@ -135,8 +135,8 @@ void store_sql_bind_ints(sqlite3_stmt *st, const int64_t *a, int n)
 		sqlite3_bind_int64(st, i + 1, a[i]);
 }
 
-int store_sql_select(sqlite3 *db, const char *sql, const int64_t *args, int n,
-		     store_sql_row_fn fn, void *ctx)
+int store_sql_select(sqlite3 *db, const char *sql, const int64_t *args, int n, store_sql_row_fn fn,
+		     void *ctx)
 {
 	sqlite3_stmt *st;
 	int rc;

@@ -63,8 +63,8 @@ void fuzz_check_batch(const struct ingest_batch *b, const char *run,
 		FUZZ_ASSERT(i == 0 || strcmp(b->layers[i - 1].name, l->name) < 0,
 			    "layers \"%s\", \"%s\" out of order or repeated", b->layers[i - 1].name,
 			    l->name);
-		FUZZ_ASSERT(l->count >= 0 && l->count <= (INT64_C(1) << 53),
-			    "layer %s: count %lld", l->name, (long long)l->count);
+		FUZZ_ASSERT(l->count >= 0 && l->count <= (INT64_C(1) << 53), "layer %s: count %lld",
+			    l->name, (long long)l->count);
 		FUZZ_ASSERT(!(l->count == 1 && b->var_kind == STATS_VAR_UNBIASED),
 			    "layer %s: count 1 with an unbiased variance", l->name);
 		FUZZ_ASSERT(l->channels <= lim->max_channels, "layer %s: %zu channels (limit %zu)",
@@ -94,8 +94,8 @@ void fuzz_check_batch(const struct ingest_batch *b, const char *run,
 
 void fuzz_check_refused(int rc, const struct ingest_batch *b, const struct bn_error *err)
 {
-	static const char *const codes[] = { BN_E_MALFORMED, BN_E_TYPE, BN_E_MISSING,
-					     BN_E_INVALID, BN_E_LIMIT };
+	static const char *const codes[] = { BN_E_MALFORMED, BN_E_TYPE, BN_E_MISSING, BN_E_INVALID,
+					     BN_E_LIMIT };
 	bool known = false;
 
 	FUZZ_ASSERT(rc < 0, "rc %d", rc);
@@ -132,8 +132,8 @@ void fuzz_check_same(const char *what, bool order, int r1, const struct ingest_b
 		     const struct bn_error *e2)
 {
 	FUZZ_ASSERT(r1 == r2, "%s: rc %d (%d %s '%s': %s) vs %d (%d %s '%s': %s)", what, r1,
-		    e1->status, e1->code, e1->path, e1->message, r2, e2->status, e2->code,
-		    e2->path, e2->message);
+		    e1->status, e1->code, e1->path, e1->message, r2, e2->status, e2->code, e2->path,
+		    e2->message);
 	if (r1 == 0) {
 		FUZZ_ASSERT(strcmp(b1->worker, b2->worker) == 0 &&
 				    strcmp(b1->domain, b2->domain) == 0 && b1->step == b2->step &&
@@ -271,7 +271,8 @@ char *fuzz_batch_json(const struct ingest_batch *b, size_t *len)
 static void st_entry(struct fbuf *h, struct fbuf *d, const char *layer, const char *what,
 		     const char *dtype, const char *shape, const void *bytes, size_t n)
 {
-	fb_printf(h, ", \"%s.%s\": {\"dtype\": \"%s\", \"shape\": %s, \"data_offsets\": [%zu, %zu]}",
+	fb_printf(h,
+		  ", \"%s.%s\": {\"dtype\": \"%s\", \"shape\": %s, \"data_offsets\": [%zu, %zu]}",
 		  layer, what, dtype, shape, d->len, d->len + n);
 	fb_add(d, bytes, n);
 }

@@ -19,13 +19,13 @@ static int decode(const char *run, const void *body, size_t len, const struct in
 }
 
 static int fast(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
-		  struct ingest_batch **out, struct bn_error *err)
+		struct ingest_batch **out, struct bn_error *err)
 {
 	return ingest_decode_json_jscan(run, (const char *)body, len, lim, out, err);
 }
 
 static int slow(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
-		  struct ingest_batch **out, struct bn_error *err)
+		struct ingest_batch **out, struct bn_error *err)
 {
 	return ingest_decode_json_jansson(run, (const char *)body, len, lim, out, err);
 }

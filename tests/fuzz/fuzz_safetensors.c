@@ -18,13 +18,13 @@ static int decode(const char *run, const void *body, size_t len, const struct in
 }
 
 static int fast(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
-		  struct ingest_batch **out, struct bn_error *err)
+		struct ingest_batch **out, struct bn_error *err)
 {
 	return ingest_decode_safetensors_jscan(run, (const uint8_t *)body, len, lim, out, err);
 }
 
 static int slow(const char *run, const void *body, size_t len, const struct ingest_limits *lim,
-		  struct ingest_batch **out, struct bn_error *err)
+		struct ingest_batch **out, struct bn_error *err)
 {
 	return ingest_decode_safetensors_jansson(run, (const uint8_t *)body, len, lim, out, err);
 }
