@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -33,7 +32,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
-from bench_momentum import Conn, procs, resnet50, start, stop  # noqa: E402
+from bench_momentum import procs, resnet50, start, stop  # noqa: E402
+from benchlib import add_db_args, db_paths  # noqa: E402
 from bnstat.safetensors import encode_upload  # noqa: E402
 
 RUN = "bench-dashboard"
@@ -123,15 +123,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--window", default="auto",
                     help="the view's precise window (the page's default: auto)")
-    ap.add_argument("--db", help="database file (kept); with --no-fill, measure it as it is")
-    ap.add_argument("--no-fill", action="store_true")
-    ap.add_argument("--tmpdir", default=os.environ.get("TMPDIR", "/tmp"))
+    add_db_args(ap)
     args = ap.parse_args()
-    if args.no_fill and not args.db:
-        raise SystemExit("--no-fill needs --db")
     layers = resnet50()
-    tmp = tempfile.mkdtemp(prefix="bench-dashboard-", dir=args.tmpdir)
-    db = args.db or os.path.join(tmp, "bench.db")
+    tmp, db = db_paths(args, "bench-dashboard-")
     log = open(os.path.join(tmp, "bnstatd.log"), "w")
     drv = None
     try:

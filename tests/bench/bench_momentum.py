@@ -36,7 +36,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -46,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "clients", "python"))
 from bench_history import free_port  # noqa: E402
+from benchlib import add_db_args, db_paths  # noqa: E402
 from bnstat.safetensors import encode_upload  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,15 +164,10 @@ def main():
     ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--db", help="database file (kept); with --no-fill, measure it as it is")
-    ap.add_argument("--no-fill", action="store_true")
-    ap.add_argument("--tmpdir", default=os.environ.get("TMPDIR", "/tmp"))
+    add_db_args(ap)
     args = ap.parse_args()
-    if args.no_fill and not args.db:
-        raise SystemExit("--no-fill needs --db")
     layers = resnet50()
-    tmp = tempfile.mkdtemp(prefix="bench-momentum-", dir=args.tmpdir)
-    db = args.db or os.path.join(tmp, "bench.db")
+    tmp, db = db_paths(args, "bench-momentum-")
     if not args.no_fill:
         need = args.steps * 26560 * 5 * 8 * 2.2
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free
